@@ -1,0 +1,33 @@
+# cascade-dllm: raw text -> annotated Parquet -> stage datasets -> cascaded diffusion training ->
+# cascade sampling -> evaluation -> paper tables. See README.md and ../shared/DESIGN.md.
+#
+#   snakemake --cores 2                                   # the embedded default (config.yaml)
+#   snakemake --profile profiles/slurm --configfile configs/paper.yaml
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+# A wrong key or value stops the run here, before any job, naming the key.
+validate(config, "schemas/config.schema.yaml")
+
+
+include: "rules/common.smk"
+include: "rules/preprocess.smk"
+include: "rules/train.smk"
+include: "rules/eval.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        preprocess_outputs(),
+        report_inputs(),
+
+
+rule preprocess:
+    input:
+        preprocess_outputs(),

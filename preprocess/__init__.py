@@ -1,0 +1,1 @@
+"""Preprocessing: raw text -> sharded Parquet -> tokenizer -> annotated shards -> stage datasets."""

@@ -1,0 +1,87 @@
+# Preprocessing: corpus -> raw shards -> tokenizer -> annotated shards (one job per method, split, shard)
+# -> stage shards. Rerun one shard by asking for its file, e.g.
+#   snakemake --cores 2 data/pydoc/annot/keybert/train/shard_00001.parquet --forcerun annotate
+
+
+def preprocess_outputs():
+    """Every stage shard of every method and split (with the annotated shards and tokenizer they need)."""
+    return [p for m in METHODS for split in SPLITS for p in stage_shards(m, split)]
+
+
+# One job per split writes all of that split's shards: a source is read once, as a stream.
+for _split in SPLITS:
+
+    rule:
+        name:
+            f"corpus_{_split}"
+        output:
+            shards=raw_shards(_split),
+            stats=f"{DATA}/raw/{_split}/stats.json",
+        params:
+            split=_split,
+        log:
+            f"logs/{CORPUS}/corpus/{_split}.log",
+        benchmark:
+            f"benchmarks/{CORPUS}/corpus/{_split}.tsv"
+        resources:
+            mem_mb=8000,
+            runtime=240,
+        shell:
+            "python -m preprocess.corpus --config {CONFIG_FILE} --split {params.split}"
+            " --out {output.shards} --stats {output.stats} > {log} 2>&1"
+
+
+rule tokenizer:
+    input:
+        raw_shards("train") if config["tokenizer"]["kind"] == "bpe" else [],
+    output:
+        directory(tokenizer_dir()),
+    log:
+        f"logs/{CORPUS}/tokenizer.log",
+    benchmark:
+        f"benchmarks/{CORPUS}/tokenizer.tsv"
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    shell:
+        "python -m preprocess.tokenizer --config {CONFIG_FILE} --train-shards {input} --out {output} > {log} 2>&1"
+
+
+rule annotate:
+    input:
+        raw=f"{DATA}/raw/{{split}}/{{shard}}.parquet",
+        tokenizer=tokenizer_dir(),
+    output:
+        shard=f"{DATA}/annot/{{method}}/{{split}}/{{shard}}.parquet",
+        stats=f"{DATA}/annot/{{method}}/{{split}}/{{shard}}.stats.json",
+    log:
+        f"logs/{CORPUS}/annotate/{{method}}/{{split}}/{{shard}}.log",
+    benchmark:
+        f"benchmarks/{CORPUS}/annotate/{{method}}/{{split}}/{{shard}}.tsv"
+    threads: config["annotate"].get("threads", 1)
+    resources:
+        cpus_per_task=config["annotate"].get("threads", 1),
+        mem_mb=config["annotate"].get("mem_mb", 6000),
+        runtime=config["annotate"].get("runtime", 120),
+    shell:
+        "python -m preprocess.annotate --config {CONFIG_FILE} --method {wildcards.method}"
+        " --input {input.raw} --tokenizer {input.tokenizer} --out {output.shard} > {log} 2>&1"
+
+
+rule stages:
+    input:
+        f"{DATA}/annot/{{method}}/{{split}}/{{shard}}.parquet",
+    output:
+        shard=f"{DATA}/stages/{{method}}/{{lengths}}/{{split}}/{{shard}}.parquet",
+        stats=f"{DATA}/stages/{{method}}/{{lengths}}/{{split}}/{{shard}}.stats.json",
+    params:
+        lengths=lambda wc: wc.lengths.replace("_", " "),
+    log:
+        f"logs/{CORPUS}/stages/{{method}}/{{lengths}}/{{split}}/{{shard}}.log",
+    benchmark:
+        f"benchmarks/{CORPUS}/stages/{{method}}/{{lengths}}/{{split}}/{{shard}}.tsv"
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    shell:
+        "python -m preprocess.stages --lengths {params.lengths} --input {input} --out {output.shard} > {log} 2>&1"
