@@ -3,16 +3,18 @@
 #
 #   snakemake --cores 2                                   # the embedded default (config.yaml)
 #   snakemake --profile profiles/slurm --configfile configs/paper.yaml
+import os
+
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
 
 
-configfile: "config.yaml"
+configfile: os.path.join(workflow.basedir, "config.yaml")
 
 
 # A wrong key or value stops the run here, before any job, naming the key.
-validate(config, "schemas/config.schema.yaml")
+validate(config, os.path.join(workflow.basedir, "schemas/config.schema.yaml"))
 
 
 include: "rules/common.smk"

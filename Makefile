@@ -1,0 +1,44 @@
+# The two promises of the README: `make demo` and `make test` work on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+# Offline first: nothing in the default reaches a hub.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: venv demo test test-fast cluster-test dry-run-paper slurm-profile clean
+
+# torch first and pinned: 2.13.0 is the CPU build on this disk; a loose range would pull a CUDA build.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet torch==2.13.0
+	$(VENV)/bin/pip install --quiet -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+## The main job on the embedded default (config.yaml): raw text -> tables and plots in results/demo/.
+demo: venv
+	snakemake --profile profiles/local
+
+## The test suite, including an end-to-end Snakemake run of configs/tiny.yaml.
+test: venv
+	python -m pytest tests -q
+
+## Unit tests only (no end-to-end DAG run).
+test-fast: venv
+	python -m pytest tests -q -m "not slow"
+
+## The live-SLURM test: installs and starts a single-node SLURM here, runs the tiny DAG through sbatch.
+cluster-test: venv
+	bash tests/cluster/test_slurm_e2e.sh
+
+## Plan the paper reproduction without running it.
+dry-run-paper: venv
+	snakemake -n --configfile configs/paper.yaml -q
+
+clean:
+	rm -rf data runs results logs benchmarks .snakemake
