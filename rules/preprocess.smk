@@ -23,6 +23,8 @@ for _split in SPLITS:
             f"logs/{CORPUS}/corpus/{_split}.log",
         benchmark:
             f"benchmarks/{CORPUS}/corpus/{_split}.tsv"
+        conda:
+            "../envs/preprocess.yaml"
         resources:
             mem_mb=8000,
             runtime=240,
@@ -40,6 +42,8 @@ rule tokenizer:
         f"logs/{CORPUS}/tokenizer.log",
     benchmark:
         f"benchmarks/{CORPUS}/tokenizer.tsv"
+    conda:
+        "../envs/preprocess.yaml"
     resources:
         mem_mb=8000,
         runtime=120,
@@ -59,6 +63,8 @@ rule annotate:
     benchmark:
         f"benchmarks/{CORPUS}/annotate/{{method}}/{{split}}/{{shard}}.tsv"
     threads: config["annotate"].get("threads", 1)
+    conda:
+        "../envs/preprocess.yaml"
     resources:
         cpus_per_task=config["annotate"].get("threads", 1),
         mem_mb=config["annotate"].get("mem_mb", 6000),
@@ -80,6 +86,8 @@ rule stages:
         f"logs/{CORPUS}/stages/{{method}}/{{lengths}}/{{split}}/{{shard}}.log",
     benchmark:
         f"benchmarks/{CORPUS}/stages/{{method}}/{{lengths}}/{{split}}/{{shard}}.tsv"
+    conda:
+        "../envs/preprocess.yaml"
     resources:
         mem_mb=4000,
         runtime=60,
