@@ -1,0 +1,1 @@
+"""Sampling and evaluation: samplers over a clean prefix, cascade sampling, metrics and the paper tables."""

@@ -1,0 +1,210 @@
+"""The paper tables and plots: one row per (run x sampler x steps), loss curves, gen ppl against steps.
+
+Inputs are the files the evaluation leaves (docs/contracts.md):
+    runs/{run}/eval/{sampler}-{steps}.json     sample metrics (eval.evaluate samples)
+    runs/{run}/eval/val.json                   validation NELBO per stage (eval.evaluate val)
+    runs/{run}/{stage1..3|model}/metrics.csv   training log: step, split (train|val), loss, ...
+Outputs:
+    {tables}/main.md, main.csv, main.tex
+    {plots}/loss.png            train (solid) and validation (dashed) loss per stage, one panel per run
+    {plots}/gen_ppl_steps.png   generative perplexity against sampling steps, one line per run x sampler
+
+    python -m eval.report --sample-metrics runs/*/eval/*-*.json --val-metrics runs/*/eval/val.json \
+        --train-metrics runs/*/*/metrics.csv --tables results/demo/tables --plots results/demo/plots
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+from preprocess.io import InputError, atomic_path
+
+COLUMNS = {  # column -> header in the Markdown / LaTeX tables
+    "run": "run", "kind": "kind", "method": "method", "objective": "objective", "sampler": "sampler",
+    "steps": "steps", "val_nelbo": "val NELBO", "val_ppl": "val ppl", "gen_ppl": "gen ppl",
+    "retention": "retention", "entropy": "entropy", "distinct_1": "dist-1", "distinct_2": "dist-2",
+    "distinct_3": "dist-3", "seconds_per_sample": "s/sample", "tokens_per_second": "tok/s",
+}
+NOTES = (
+    "val NELBO: upper bound on the NLL of a stage-3 block, nats per stage-3 token (cascade: sum of the stage "
+    "NELBOs; AR: exact NLL); val ppl = exp(val NELBO). gen ppl: token-weighted perplexity of the final text "
+    "under the scorer. retention: mean over consecutive stage pairs of the share of stage k-1 tokens kept in "
+    "stage k. entropy: mean per-sample unigram entropy (nats). dist-n: corpus-level distinct n-grams. "
+    "Exact definitions: runs/{run}/eval/*.json.")
+
+
+def _read_json(path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise InputError(f"{path}: not readable JSON ({err})") from err
+
+
+def _value(metrics: dict, key: str):
+    return metrics[key]["value"] if key in metrics else None
+
+
+def table_rows(sample_files, val_files) -> list[dict]:
+    """One dict per sample-metrics file, joined with its run's val.json (matched on the run name)."""
+    vals = {}
+    for path in val_files:
+        val = _read_json(path)
+        vals[val.get("run") or Path(path).parent.parent.name] = val
+    rows = []
+    for path in sample_files:
+        result = _read_json(path)
+        if "metrics" not in result or "sampler" not in result:
+            raise InputError(f"{path}: not a sample-metrics file (no 'metrics' / 'sampler')")
+        m = result["metrics"]
+        retention = [v["value"] for k, v in m.items() if k.startswith("prefix_retention_")]
+        row = {k: result.get(k) for k in ("run", "kind", "method", "objective", "sampler", "steps")}
+        val = vals.get(result["run"])
+        row.update({
+            "val_nelbo": val["total"]["nelbo"] if val else None,
+            "val_ppl": val["total"]["ppl"] if val else None,
+            "gen_ppl": _value(m, "gen_ppl"),
+            "retention": sum(retention) / len(retention) if retention else None,
+            "entropy": _value(m, "unigram_entropy"),
+            "distinct_1": _value(m, "distinct_1"), "distinct_2": _value(m, "distinct_2"),
+            "distinct_3": _value(m, "distinct_3"),
+            "seconds_per_sample": _value(m, "seconds_per_sample"),
+            "tokens_per_second": _value(m, "tokens_per_second"),
+        })
+        for stage, s in (val or {}).get("stages", {}).items():
+            row[f"val_nelbo_{stage}"] = s["nelbo"]
+        rows.append(row)
+    rows.sort(key=lambda r: (str(r["run"]), str(r["sampler"]), int(r["steps"])))
+    return rows
+
+
+def _format(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) >= 1000 or abs(value) < 0.01 else f"{value:.3f}"
+    return str(value)
+
+
+def write_tables(rows: list[dict], out_dir) -> list[Path]:
+    """main.csv (all columns, full precision), main.md and main.tex (the COLUMNS, 3 decimals)."""
+    out_dir = Path(out_dir)
+    stage_cols = sorted({k for r in rows for k in r if k.startswith("val_nelbo_stage")})
+    csv_cols = list(COLUMNS) + stage_cols
+    with atomic_path(out_dir / "main.csv") as tmp:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=csv_cols)
+            writer.writeheader()
+            writer.writerows([{k: r.get(k) for k in csv_cols} for r in rows])
+    headers = list(COLUMNS.values())
+    body = [[_format(r.get(k)) for k in COLUMNS] for r in rows]
+    md = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    md += ["| " + " | ".join(cells) + " |" for cells in body]
+    with atomic_path(out_dir / "main.md") as tmp:
+        tmp.write_text("\n".join(md) + "\n\n" + NOTES + "\n")
+
+    def tex(s: str) -> str:
+        return s.replace("\\", "\\textbackslash{}").replace("_", "\\_").replace("%", "\\%").replace("&", "\\&")
+    lines = ["\\begin{tabular}{" + "l" * 6 + "r" * (len(headers) - 6) + "}", "\\toprule",
+             " & ".join(tex(h) for h in headers) + " \\\\", "\\midrule"]
+    lines += [" & ".join(tex(c) for c in cells) + " \\\\" for cells in body]
+    lines += ["\\bottomrule", "\\end{tabular}"]
+    with atomic_path(out_dir / "main.tex") as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    return [out_dir / f"main.{ext}" for ext in ("md", "csv", "tex")]
+
+
+def read_training_log(path) -> dict:
+    """{'train': [(step, loss)], 'val': [(step, loss)]} from a trainer metrics.csv."""
+    curves = {"train": [], "val": []}
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = {"step", "split", "loss"} - set(reader.fieldnames or [])
+        if missing:
+            raise InputError(f"{path}: metrics.csv lacks column(s) {sorted(missing)}")
+        for number, row in enumerate(reader, 2):
+            if row["split"] in curves and row["loss"] not in ("", None):
+                try:
+                    curves[row["split"]].append((int(row["step"]), float(row["loss"])))
+                except ValueError as err:
+                    raise InputError(f"{path}:{number}: bad step or loss ({err})") from err
+    return curves
+
+
+def _save_figure(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_losses(train_files, out_path) -> None:
+    """One panel per run; per stage the train loss (solid) and validation loss (dashed, markers)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_run: dict[str, list] = {}
+    for path in sorted(map(Path, train_files)):
+        by_run.setdefault(path.parent.parent.name, []).append((path.parent.name, read_training_log(path)))
+    fig, axes = plt.subplots(1, max(1, len(by_run)), figsize=(4.5 * max(1, len(by_run)), 3.5), squeeze=False)
+    for ax, (run, stages) in zip(axes[0], sorted(by_run.items())):
+        for i, (stage, curves) in enumerate(stages):
+            color = f"C{i}"
+            if curves["train"]:
+                ax.plot(*zip(*curves["train"]), color=color, lw=1, label=f"{stage} train")
+            if curves["val"]:
+                ax.plot(*zip(*curves["val"]), color=color, ls="--", marker="o", ms=3, label=f"{stage} val")
+        ax.set(title=run, xlabel="step", ylabel="loss (nats / target token)")
+        ax.legend(fontsize=7)
+    _save_figure(fig, Path(out_path))
+
+
+def plot_gen_ppl(rows: list[dict], out_path) -> None:
+    """Gen ppl against steps (log x), one line per (run, sampler)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    lines: dict[tuple, list] = {}
+    for r in rows:
+        if r["gen_ppl"] is not None:
+            lines.setdefault((r["run"], r["sampler"]), []).append((int(r["steps"]), r["gen_ppl"]))
+    for (run, sampler), points in sorted(lines.items()):
+        ax.plot(*zip(*sorted(points)), marker="o", label=f"{run} / {sampler}")
+    ax.set_xscale("log")
+    ax.set(xlabel="sampling steps per stage", ylabel="generative perplexity")
+    if lines:
+        ax.legend(fontsize=7)
+    _save_figure(fig, Path(out_path))
+
+
+def build_report(sample_files, val_files, train_files, tables_dir, plots_dir) -> list[dict]:
+    rows = table_rows(sample_files, val_files)
+    if not rows:
+        raise InputError("no sample-metrics files given: nothing to report")
+    write_tables(rows, tables_dir)
+    plot_losses(train_files, Path(plots_dir) / "loss.png")
+    plot_gen_ppl(rows, Path(plots_dir) / "gen_ppl_steps.png")
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m eval.report", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sample-metrics", nargs="+", required=True)
+    parser.add_argument("--val-metrics", nargs="*", default=[])
+    parser.add_argument("--train-metrics", nargs="*", default=[])
+    parser.add_argument("--tables", required=True, help="results/{profile}/tables")
+    parser.add_argument("--plots", required=True, help="results/{profile}/plots")
+    args = parser.parse_args(argv)
+    rows = build_report(args.sample_metrics, args.val_metrics, args.train_metrics, args.tables, args.plots)
+    print((Path(args.tables) / "main.md").read_text())
+    print(f"{len(rows)} rows -> {args.tables}, plots -> {args.plots}")
+
+
+if __name__ == "__main__":
+    main()

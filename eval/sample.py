@@ -1,0 +1,175 @@
+"""Cascade sampling: stage 1 from nothing, stage 2 after the stage-1 sample, stage 3 after stage 2.
+
+A single-stage diffusion run samples its one model with no prefix; an autoregressive run samples left to
+right (sampler ``ar``). The output is JSONL, one object per sample (docs/contracts.md):
+
+    {"sample": 0, "sampler": "ddpm_cache", "steps": 64, "temperature": 1.0, "seed": 0,
+     "stage1_ids": [...], "stage1_text": "...", "stage2_ids": ..., "stage3_ids": ..., "stage3_text": ...,
+     "seconds": 0.41, "stage_seconds": {"stage1": 0.1, ...}, "generated_tokens": 112}
+
+``seconds`` is the wall time of the sample's batch (all stages) divided by the batch size;
+``generated_tokens`` counts the tokens sampled over all stages (prefixes are not regenerated).
+
+    python -m eval.sample --run-dir runs/cascade --n 16 --sampler ddpm_cache --steps 64 \
+        --out runs/cascade/samples/ddpm_cache-64.jsonl
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+from tqdm import tqdm
+
+from eval.denoiser import Denoiser, resolve_device
+from eval.runs import load_tokenizer, read_model_config, run_model_dirs, stage_name
+from eval.samplers import NATIVE_OBJECTIVE, SAMPLERS, autoregressive, sample
+from preprocess.io import atomic_path
+
+
+class Stage:
+    """One trained model of a run, ready to sample: ``name`` (stage{k}), ``meta`` (config.json), and either a
+    diffusion ``denoiser`` + ``noise`` or a causal ``model``."""
+
+    def __init__(self, name: str, meta: dict, model, denoiser: Denoiser | None = None, noise=None):
+        self.name, self.meta, self.model, self.denoiser, self.noise = name, meta, model, denoiser, noise
+
+    @property
+    def is_ar(self) -> bool:
+        return self.meta["objective"] == "ar"
+
+    @classmethod
+    def load(cls, model_dir, device) -> "Stage":
+        from train.checkpoint import load_model
+        from train.noise import get_noise
+
+        meta = read_model_config(model_dir)
+        model, meta = load_model(str(model_dir), device=device)
+        name = stage_name(model_dir, meta)
+        if meta["objective"] == "ar":
+            return cls(name, meta, model)
+        objective = "mdlm" if meta["objective"] == "atat" else meta["objective"]
+        denoiser = Denoiser(model, objective, meta["mask_id"], meta["prefix_len"],
+                            time_conditioned=meta.get("time_conditioning", True))
+        return cls(name, meta, model, denoiser, get_noise(meta["noise"]))
+
+
+def bos_id(meta: dict) -> int:
+    """The token the AR model starts from (train/objectives.ar_loss feeds [bos ; x])."""
+    return int(meta.get("bos_id", meta["eos_id"]))
+
+
+def sample_batch(stages: list[Stage], batch: int, sampler: str, steps: int, temperature: float,
+                 block_size: int | None, generator: torch.Generator, device) -> tuple[dict, dict]:
+    """Run the cascade once for ``batch`` samples: ({stage: Long[batch, len]}, {stage: seconds})."""
+    prefix = torch.zeros(batch, 0, dtype=torch.long, device=device)
+    ids, seconds = {}, {}
+    for stage in stages:
+        start = time.perf_counter()
+        if stage.is_ar:
+            if sampler != "ar":
+                raise ValueError(f"{stage.name} is autoregressive: use --sampler ar, not {sampler!r}")
+            out = autoregressive(stage.model, bos_id(stage.meta), stage.meta["mask_id"], batch,
+                                 stage.meta["target_len"], temperature, generator, device)
+        else:
+            if sampler == "ar":
+                raise ValueError(f"{stage.name} is a diffusion model: sampler 'ar' applies to AR runs only")
+            if prefix.shape[1] != stage.meta["prefix_len"]:
+                raise ValueError(f"{stage.name} expects a prefix of {stage.meta['prefix_len']} tokens, "
+                                 f"the previous stage gives {prefix.shape[1]}")
+            out = sample(stage.denoiser, stage.noise, prefix, stage.meta["target_len"], sampler, steps,
+                         temperature, block_size, generator)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds[stage.name] = time.perf_counter() - start
+        ids[stage.name] = out
+        prefix = out
+    return ids, seconds
+
+
+def cascade_records(stages: list[Stage], tokenizer, n: int, batch_size: int, sampler: str, steps: int,
+                    temperature: float = 1.0, block_size: int | None = None, seed: int = 0,
+                    device=torch.device("cpu"), progress: bool = True) -> list[dict]:
+    """``n`` JSON-ready samples of the run, in batches, with a progress bar over samples."""
+    generator = torch.Generator(device=device).manual_seed(seed)
+    records = []
+    bar = tqdm(total=n, desc=f"sample {sampler}-{steps}", unit="sample", disable=not progress)
+    with torch.no_grad():
+        while len(records) < n:
+            batch = min(batch_size, n - len(records))
+            ids, seconds = sample_batch(stages, batch, sampler, steps, temperature, block_size, generator, device)
+            total = sum(seconds.values())
+            for row in range(batch):
+                record = {"sample": len(records), "sampler": sampler, "steps": steps,
+                          "temperature": temperature, "seed": seed}
+                for name, out in ids.items():
+                    tokens = out[row].tolist()
+                    record[f"{name}_ids"] = tokens
+                    record[f"{name}_text"] = tokenizer.decode(tokens)
+                record["seconds"] = total / batch
+                record["stage_seconds"] = {name: s / batch for name, s in seconds.items()}
+                record["generated_tokens"] = sum(out.shape[1] for out in ids.values())
+                records.append(record)
+            bar.update(batch)
+    bar.close()
+    return records
+
+
+def write_jsonl(records: list[dict], path) -> None:
+    """One JSON object per line, written atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            for record in records:
+                f.write(json.dumps(record) + "\n")
+
+
+def read_jsonl(path) -> list[dict]:
+    """Read a samples file; a line that is not JSON is an error naming the file and line."""
+    records = []
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{number}: not JSON ({err})") from err
+    if not records:
+        raise ValueError(f"{path}: no samples")
+    return records
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m eval.sample", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run-dir", required=True, help="runs/{run}: stage1..3/ or model/ inside")
+    parser.add_argument("--sampler", required=True, choices=SAMPLERS + ("ar",),
+                        help="written for: " + ", ".join(f"{k} ({v})" for k, v in NATIVE_OBJECTIVE.items())
+                        + ", ar (AR runs); every diffusion sampler also runs on the other objective")
+    parser.add_argument("--steps", type=int, required=True, help="denoising steps per stage (ignored by ar)")
+    parser.add_argument("--n", type=int, default=16, help="number of samples")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--block-size", type=int, default=None,
+                        help="semi-autoregressive blocks of this many tokens (ddpm, ddpm_cache, confidence, ...)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tokenizer", default=None, help="override the tokenizer path of config.json")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--out", required=True, help="samples JSONL, e.g. runs/{run}/samples/{sampler}-{steps}.jsonl")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    stages = [Stage.load(d, device) for d in run_model_dirs(args.run_dir)]
+    tokenizer = load_tokenizer(args.tokenizer or stages[-1].meta["tokenizer"])
+    records = cascade_records(stages, tokenizer, args.n, args.batch_size, args.sampler, args.steps,
+                              args.temperature, args.block_size, args.seed, device)
+    write_jsonl(records, args.out)
+    mean = sum(r["seconds"] for r in records) / len(records)
+    print(f"{args.out}: {len(records)} samples, {mean:.3f} s/sample")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""Generative perplexity: how likely an autoregressive scorer finds the final text of the samples.
+
+    gen_ppl = exp( sum_samples sum_i -log p_scorer(y_i | bos, y_<i)  /  sum_samples len(y) )
+
+token-weighted over all samples, every token of a sample scored after a BOS token. Two scorers:
+
+- ``ar`` (the default): the pipeline's own causal model (runs/ar/model), trained on the same stage-3 blocks
+  with the same tokenizer, so the sampled token ids are scored as they are (no retokenization). When the
+  tokenizers differ the text is retokenized with the scorer's tokenizer.
+- a hub id or local folder of a causal LM (``gpt2-large`` in the paper profile): the decoded text is
+  retokenized with its AutoTokenizer and scored by AutoModelForCausalLM, in windows of its context length.
+
+    python -m eval.scorer --samples runs/cascade/samples/ddpm_cache-64.jsonl --scorer-dir runs/ar/model
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from eval.denoiser import resolve_device
+
+DEFINITION = (
+    "generative perplexity of the final-stage text, token-weighted: exp(sum over samples and tokens of "
+    "-ln p_scorer(y_i | bos, y_<i) / number of scored tokens); scorer {scorer}; {tokens}")
+
+
+class PipelineARScorer:
+    """The pipeline's causal model: ``model(x) -> logits``, logits at i predict token i+1, fed [bos ; y]."""
+
+    def __init__(self, model_dir, device=torch.device("cpu"), batch_size: int = 32):
+        from train.checkpoint import load_model
+
+        self.model, self.meta = load_model(str(model_dir), device=device)
+        if self.meta["objective"] != "ar":
+            raise ValueError(f"{model_dir}: the scorer must be an autoregressive model, got {self.meta['objective']!r}")
+        self.name, self.device, self.batch_size = str(model_dir), device, batch_size
+        self.bos_id = int(self.meta.get("bos_id", self.meta["eos_id"]))
+        self.tokenizer_path = str(self.meta["tokenizer"])
+        self._tokenizer = None
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from eval.runs import load_tokenizer
+            self._tokenizer = load_tokenizer(self.tokenizer_path)
+        return self._tokenizer
+
+    @torch.no_grad()
+    def nll(self, sequences: Sequence[Sequence[int]]) -> tuple[float, int]:
+        """(summed nats, tokens) of the sequences; sequences are grouped by length to batch without padding."""
+        by_length: dict[int, list] = {}
+        for seq in sequences:
+            if len(seq):
+                by_length.setdefault(len(seq), []).append(list(seq))
+        nats, tokens = 0.0, 0
+        for length, group in by_length.items():
+            for start in range(0, len(group), self.batch_size):
+                y = torch.tensor(group[start:start + self.batch_size], dtype=torch.long, device=self.device)
+                x = torch.cat([torch.full_like(y[:, :1], self.bos_id), y[:, :-1]], dim=1)
+                logits = self.model(x).float()
+                nats += float(F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum"))
+                tokens += y.numel()
+        return nats, tokens
+
+    def score(self, records: list[dict], ids_key: str, text_key: str, tokenizer_path: str | None) -> tuple:
+        if tokenizer_path is not None and Path(tokenizer_path).resolve() == Path(self.tokenizer_path).resolve():
+            return self.nll([r[ids_key] for r in records]) + ("sampled token ids, no retokenization",)
+        ids = [self.tokenizer(r[text_key], add_special_tokens=False)["input_ids"] for r in records]
+        return self.nll(ids) + (f"text retokenized with {self.tokenizer_path}",)
+
+
+class HubScorer:
+    """Any transformers causal LM (hub id or local folder); text retokenized with its own tokenizer."""
+
+    def __init__(self, name: str, device=torch.device("cpu"), batch_size: int = 8):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.name, self.device, self.batch_size = name, device, batch_size
+        self.tokenizer = AutoTokenizer.from_pretrained(name)
+        self.model = AutoModelForCausalLM.from_pretrained(name).to(device).eval()
+        bos = self.tokenizer.bos_token_id
+        self.bos_id = bos if bos is not None else self.tokenizer.eos_token_id
+        if self.bos_id is None:
+            raise ValueError(f"{name}: the tokenizer has neither a BOS nor an EOS token to start from")
+        self.context = int(getattr(self.model.config, "n_positions", None)
+                           or getattr(self.model.config, "max_position_embeddings", 1024))
+
+    @torch.no_grad()
+    def nll(self, sequences: Sequence[Sequence[int]]) -> tuple[float, int]:
+        """Each sequence is cut into windows of context - 1 tokens, each scored after bos (as MDLM's eval)."""
+        windows = [list(seq[i:i + self.context - 1]) for seq in sequences for i in range(0, len(seq), self.context - 1)]
+        nats, tokens = 0.0, 0
+        for start in tqdm(range(0, len(windows), self.batch_size), desc=f"score {self.name}", unit="batch",
+                          disable=len(windows) <= self.batch_size):
+            group = windows[start:start + self.batch_size]
+            width = max(len(w) for w in group) + 1
+            ids = torch.full((len(group), width), self.bos_id, dtype=torch.long)
+            attention = torch.zeros_like(ids)
+            for row, w in enumerate(group):
+                ids[row, 1:len(w) + 1] = torch.tensor(w)
+                attention[row, :len(w) + 1] = 1
+            ids, attention = ids.to(self.device), attention.to(self.device)
+            logits = self.model(input_ids=ids, attention_mask=attention).logits.float()[:, :-1]
+            target, keep = ids[:, 1:], attention[:, 1:].bool()
+            nll = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none").view_as(target)
+            nats += float(nll[keep].sum())
+            tokens += int(keep.sum())
+        return nats, tokens
+
+    def score(self, records: list[dict], ids_key: str, text_key: str, tokenizer_path: str | None) -> tuple:
+        ids = [self.tokenizer(r[text_key], add_special_tokens=False)["input_ids"] for r in records]
+        return self.nll(ids) + (f"text retokenized with {self.name}",)
+
+
+def load_scorer(spec: str, device=torch.device("cpu"), runs_root: str | Path = "runs"):
+    """``ar`` -> runs/ar/model; a folder holding config.json with objective ar -> that pipeline model;
+    anything else -> a transformers causal LM (hub id or folder)."""
+    if spec == "ar":
+        spec = str(Path(runs_root) / "ar" / "model")
+    config = Path(spec) / "config.json"
+    if config.exists() and json.loads(config.read_text()).get("objective") == "ar":
+        return PipelineARScorer(spec, device)
+    return HubScorer(spec, device)
+
+
+def generative_perplexity(records: list[dict], scorer, stage: str, tokenizer_path: str | None = None) -> dict:
+    """Token-weighted gen ppl of ``{stage}_ids`` / ``{stage}_text`` of the records (see module docstring)."""
+    nats, tokens, how = scorer.score(records, f"{stage}_ids", f"{stage}_text", tokenizer_path)
+    if tokens == 0:
+        raise ValueError("no tokens to score")
+    return {"value": math.exp(nats / tokens), "nll_per_token": nats / tokens, "nats": nats, "tokens": tokens,
+            "scorer": scorer.name, "definition": DEFINITION.format(scorer=scorer.name, tokens=how)}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m eval.scorer", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--samples", required=True)
+    parser.add_argument("--scorer", default="ar", help="ar | a pipeline AR model folder | a hub causal LM (gpt2-large)")
+    parser.add_argument("--runs-root", default="runs")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer the samples were decoded with")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+    from eval.metrics import stage_names
+    from eval.sample import read_jsonl
+
+    records = read_jsonl(args.samples)
+    scorer = load_scorer(args.scorer, resolve_device(args.device), args.runs_root)
+    print(json.dumps(generative_perplexity(records, scorer, stage_names(records[0])[-1], args.tokenizer), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+# Sampling, evaluation and the paper tables: trained models -> samples JSONL -> metrics JSON -> tables/plots.
+#   snakemake --cores 2 runs/cascade/samples/ddpm_cache-64.jsonl       # one sampling job
+#   snakemake --cores 2 report                                         # tables and plots of every run
+#   snakemake --report report.zip                                      # the tables and plots as a browsable report
+# Uses from the Snakefile / rules/common.smk: config, RUNS, L3, stage_shards(), tokenizer_dir(), run_model_dirs().
+
+SAMPLE = config["sample"]
+EVALUATE = config["evaluate"]
+PROFILE = config["profile"]
+TABLES = f"results/{PROFILE}/tables"
+PLOTS = f"results/{PROFILE}/plots"
+
+
+wildcard_constraints:
+    run="|".join(RUNS),
+    sampler=r"[a-z_]+",
+    steps=r"\d+",
+
+
+def run_samplings(run):
+    """(sampler, steps) pairs sampled for a run: every configured pair for diffusion runs, left-to-right
+    sampling of the whole block for an AR run."""
+    if RUNS[run]["kind"] == "ar":
+        return [("ar", L3)]
+    return [(s, n) for s in SAMPLE["samplers"] for n in SAMPLE["steps"]]
+
+
+def model_files(run):
+    return [f"{d}/{name}" for d in run_model_dirs(run) for name in ("model.safetensors", "config.json")]
+
+
+def scorer_dir():
+    """evaluate.scorer: 'ar' -> the model folder of the first run of kind ar; anything else is passed on
+    (a hub id or a local folder of a causal LM) and has no input file in the DAG."""
+    if EVALUATE["scorer"] != "ar":
+        return None
+    ar_runs = [r for r, spec in RUNS.items() if spec["kind"] == "ar"]
+    if not ar_runs:
+        raise ValueError("config evaluate.scorer is 'ar' but no run in config runs has kind: ar")
+    return run_model_dirs(ar_runs[0])[0]
+
+
+def scorer_files():
+    d = scorer_dir()
+    return [] if d is None else [f"{d}/model.safetensors", f"{d}/config.json"]
+
+
+def device_args(gpus):
+    return "--device auto" if gpus else "--device cpu"
+
+
+def report_inputs():
+    """Every file the report reads: sample metrics of every (run, sampler, steps), val.json of every run,
+    and the training log of every trained model."""
+    files = []
+    for run in RUNS:
+        files += [f"runs/{run}/eval/{s}-{n}.json" for s, n in run_samplings(run)]
+        files.append(f"runs/{run}/eval/val.json")
+        files += [f"{d}/metrics.csv" for d in run_model_dirs(run)]
+    return files
+
+
+def report_outputs():
+    """The tables and plots (the end of the default target)."""
+    return [f"{TABLES}/main.{ext}" for ext in ("md", "csv", "tex")] + [f"{PLOTS}/loss.png", f"{PLOTS}/gen_ppl_steps.png"]
+
+
+rule sample:
+    input:
+        models=lambda w: model_files(w.run),
+        tokenizer=tokenizer_dir(),
+    output:
+        "runs/{run}/samples/{sampler}-{steps}.jsonl",
+    params:
+        block=f"--block-size {SAMPLE['block_size']}" if SAMPLE.get("block_size") else "",
+        device=device_args(SAMPLE.get("gpus", 0)),
+    log:
+        "logs/sample/{run}/{sampler}-{steps}.log",
+    benchmark:
+        "benchmarks/sample/{run}/{sampler}-{steps}.tsv"
+    threads: 1
+    resources:
+        gpu=SAMPLE.get("gpus", 0),
+        mem_mb=8000,
+        runtime=120,
+    shell:
+        "python -m eval.sample --run-dir runs/{wildcards.run} --sampler {wildcards.sampler} --steps {wildcards.steps}"
+        " --n {SAMPLE[n]} --batch-size {SAMPLE[batch_size]} --temperature {SAMPLE[temperature]} --seed {SAMPLE[seed]}"
+        " {params.block} {params.device} --threads {threads} --out {output} > {log} 2>&1"
+
+
+rule evaluate:
+    input:
+        samples="runs/{run}/samples/{sampler}-{steps}.jsonl",
+        models=lambda w: model_files(w.run),
+        scorer=scorer_files(),
+    output:
+        "runs/{run}/eval/{sampler}-{steps}.json",
+    params:
+        scorer=scorer_dir() or EVALUATE["scorer"],
+        device=device_args(EVALUATE.get("gpus", 0)),
+    log:
+        "logs/evaluate/{run}/{sampler}-{steps}.log",
+    benchmark:
+        "benchmarks/evaluate/{run}/{sampler}-{steps}.tsv"
+    threads: 1
+    resources:
+        gpu=EVALUATE.get("gpus", 0),
+        mem_mb=8000,
+        runtime=60,
+    shell:
+        "python -m eval.evaluate samples --run-dir runs/{wildcards.run} --samples {input.samples}"
+        " --scorer {params.scorer} {params.device} --threads {threads} --out {output} > {log} 2>&1"
+
+
+rule evaluate_val:
+    input:
+        models=lambda w: model_files(w.run),
+        shards=lambda w: stage_shards(RUNS[w.run]["method"], "validation"),
+    output:
+        "runs/{run}/eval/val.json",
+    params:
+        device=device_args(EVALUATE.get("gpus", 0)),
+        batch_size=EVALUATE.get("batch_size", 32),
+    log:
+        "logs/evaluate/{run}/val.log",
+    benchmark:
+        "benchmarks/evaluate/{run}/val.tsv"
+    threads: 1
+    resources:
+        gpu=EVALUATE.get("gpus", 0),
+        mem_mb=8000,
+        runtime=60,
+    shell:
+        "python -m eval.evaluate val --run-dir runs/{wildcards.run} --val-shards {input.shards}"
+        " --time-samples {EVALUATE[val_time_samples]} --batch-size {params.batch_size}"
+        " --max-batches {EVALUATE[val_batches]} {params.device} --threads {threads} --out {output} > {log} 2>&1"
+
+
+rule report:
+    input:
+        samples=[f for f in report_inputs() if f.endswith(".json") and not f.endswith("/val.json")],
+        val=[f for f in report_inputs() if f.endswith("/val.json")],
+        train=[f for f in report_inputs() if f.endswith("metrics.csv")],
+    output:
+        md=report(f"{TABLES}/main.md", category="Tables", labels={"table": "main", "format": "md"}),
+        csv=report(f"{TABLES}/main.csv", category="Tables", labels={"table": "main", "format": "csv"}),
+        tex=f"{TABLES}/main.tex",
+        loss=report(f"{PLOTS}/loss.png", category="Plots", labels={"plot": "train and val loss per stage"}),
+        gen_ppl=report(f"{PLOTS}/gen_ppl_steps.png", category="Plots", labels={"plot": "gen ppl vs steps"}),
+    log:
+        f"logs/report/{PROFILE}.log",
+    benchmark:
+        f"benchmarks/report/{PROFILE}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "python -m eval.report --sample-metrics {input.samples} --val-metrics {input.val}"
+        " --train-metrics {input.train} --tables {TABLES} --plots {PLOTS} > {log} 2>&1"

@@ -1,0 +1,175 @@
+"""Each noise schedule, objective and model property against a hand computation on tiny tensors."""
+import math
+
+import pytest
+import torch
+
+from train.model import DiffusionTransformer, ModelConfig
+from train.noise import get_noise, sample_times
+from train.objectives import (ar_token_loss, corrupt, diffusion_loss, mdlm_token_loss, sedd_log_score,
+                              sedd_token_loss, subs_log_probs)
+from train.settings import compute_matched_steps, resolve
+
+torch.set_num_threads(1)
+NEG_INF = float("-inf")
+
+
+@pytest.mark.parametrize("spec", [{"type": "loglinear", "eps": 1e-3}, {"type": "geometric", "sigma_min": 1e-4,
+                                  "sigma_max": 20.0}, {"type": "cosine", "eps": 1e-3}])
+def test_rate_is_derivative_of_total(spec):
+    noise = get_noise(spec)
+    t = torch.tensor([0.1, 0.37, 0.8], dtype=torch.float64)
+    h = 1e-6
+    numeric = (noise.total(t + h) - noise.total(t - h)) / (2 * h)
+    assert torch.allclose(noise.rate(t), numeric, rtol=1e-5)
+
+
+def test_schedule_values_by_hand():
+    t = torch.tensor([0.5], dtype=torch.float64)
+    assert get_noise({"type": "loglinear", "eps": 1e-3}).total(t).item() == pytest.approx(-math.log(1 - 0.999 * 0.5))
+    assert get_noise({"type": "geometric", "sigma_min": 1e-4, "sigma_max": 20}).total(t).item() == \
+        pytest.approx(math.sqrt(1e-4 * 20))
+    assert get_noise({"type": "cosine", "eps": 1e-3}).total(t).item() == \
+        pytest.approx(-math.log(1e-3 + 0.999 * math.cos(math.pi / 4)))
+    # loglinear: mask probability 1 - exp(-sigma) = (1 - eps) t, and the MDLM weight sigma'/expm1(sigma) = 1/t
+    ll = get_noise({"type": "loglinear", "eps": 1e-3})
+    t = torch.tensor([0.2, 0.5, 0.9], dtype=torch.float64)
+    assert torch.allclose(-torch.expm1(-ll.total(t)), 0.999 * t)
+    assert torch.allclose(ll.rate(t) / torch.expm1(ll.total(t)), 1 / t)
+    with pytest.raises(ValueError, match="noise type"):
+        get_noise({"type": "linear"})
+
+
+def test_antithetic_times_cover_every_stratum():
+    n = 8
+    t = sample_times(n, torch.Generator().manual_seed(3), antithetic=True, sampling_eps=0.0)
+    assert sorted(int(v * n) for v in t) == list(range(n))
+
+
+def test_corrupt_masks_where_uniform_below_move_probability():
+    x0 = torch.tensor([[5, 6, 7]])
+    sigma = torch.tensor([-math.log(0.5)])  # move probability 0.5
+    x_t = corrupt(x0, sigma, 9, torch.tensor([[0.4, 0.6, 0.49]]))
+    assert x_t.tolist() == [[9, 6, 9]]
+
+
+def test_subs_log_probs_by_hand():
+    logits = torch.tensor([[[1.0, 2.0, 0.0, 5.0], [1.0, 2.0, 0.0, 5.0]]])
+    x_t = torch.tensor([[3, 1]])  # position 0 masked (mask_id 3), position 1 carries token 1
+    out = subs_log_probs(logits, x_t, mask_id=3)
+    z = math.log(math.e + math.e ** 2 + 1)
+    assert out[0, 0, :3].tolist() == pytest.approx([1 - z, 2 - z, -z])
+    assert out[0, 0, 3].item() == NEG_INF  # the mask is never predicted
+    assert out[0, 1].tolist() == [NEG_INF, 0.0, NEG_INF, NEG_INF]  # carry-over
+
+
+def test_mdlm_loss_by_hand():
+    logits = torch.tensor([[1.0, 2.0, 0.0, 5.0]])
+    noise = get_noise({"type": "loglinear", "eps": 1e-3})
+    t = torch.tensor([0.25])
+    loss = mdlm_token_loss(logits, torch.tensor([1]), noise.total(t), noise.rate(t), mask_id=3)
+    nll = -(2 - math.log(math.e + math.e ** 2 + 1))
+    assert loss.item() == pytest.approx(nll / 0.25, rel=1e-5)  # weight 1/t under loglinear
+
+
+class FixedLogits(torch.nn.Module):
+    """A stand-in network: returns a fixed logit table at the selected positions; records its inputs."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = torch.nn.Parameter(logits)
+
+    def forward(self, x, sigma, prefix_len, select=None):
+        self.seen = (x.clone(), prefix_len, select.clone())
+        return self.logits.expand(x.shape[0], -1, -1)[select]
+
+
+def test_diffusion_loss_sums_masked_positions_over_all_targets_and_never_masks_the_prefix():
+    V, mask_id = 4, 3
+    logits = torch.tensor([[[0.0, 1.0, 2.0, 0.0]] * 5])  # prefix 2 + target 3
+    model = FixedLogits(logits)
+    x0 = torch.tensor([[0, 1, 2]])
+    prefix = torch.tensor([[2, 2]])
+    noise = get_noise({"type": "loglinear", "eps": 0.0})
+    t = torch.tensor([0.5])
+    u = torch.tensor([[0.1, 0.9, 0.2]])  # positions 0 and 2 masked (move prob 0.5)
+    loss = diffusion_loss(model, "mdlm", x0, prefix, t, u, noise, mask_id)
+    x, prefix_len, select = model.seen
+    assert prefix_len == 2 and x[0, :2].tolist() == [2, 2] and x[0, 2:].tolist() == [3, 1, 3]
+    assert select.tolist() == [[False, False, True, False, True]]
+    z = math.log(1 + math.e + math.e ** 2)
+    expected = (2 * (z - 0.0) + 2 * (z - 2.0)) / 3  # weight 1/t = 2; sum over masked / 3 targets
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_sedd_log_score_by_hand():
+    logits = torch.tensor([[[1.0, 2.0, 0.0, 5.0]]])
+    sigma = torch.tensor([1.0])
+    score = sedd_log_score(logits, torch.tensor([[3]]), sigma, mask_id=3)
+    shift = math.log(math.e - 1) + math.log(3)
+    assert score[0, 0, :3].tolist() == pytest.approx([1 - shift, 2 - shift, -shift])
+    assert score[0, 0, 3].item() == 0.0  # the current token's score is 1 by definition
+
+
+def test_sedd_score_entropy_by_hand_and_zero_at_the_true_ratio():
+    sigma, dsigma = torch.tensor([0.7]), torch.tensor([1.3])
+    log_score = torch.tensor([[0.2, -0.5, 1.0, 0.0]])  # mask_id 3
+    loss = sedd_token_loss(log_score, torch.tensor([2]), sigma, dsigma, mask_id=3)
+    r = 1 / math.expm1(0.7)
+    positive = math.exp(0.2) + math.exp(-0.5) + math.exp(1.0)
+    expected = 1.3 * (positive - r * 1.0 + r * (math.log(r) - 1))
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    # the score entropy is minimised (= 0) by the true ratio r at x0 and 0 elsewhere
+    exact = torch.tensor([[-60.0, -60.0, math.log(r), 0.0]])
+    assert sedd_token_loss(exact, torch.tensor([2]), sigma, dsigma, 3).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_ar_loss_by_hand():
+    logits = torch.tensor([[[0.0, 1.0], [2.0, 0.0]]])
+    loss = ar_token_loss(logits, torch.tensor([[1, 1]]))
+    assert loss[0].tolist() == pytest.approx([math.log(1 + math.e) - 1, math.log(math.e ** 2 + 1)])
+
+
+def _random_model(**kw):
+    torch.manual_seed(0)
+    model = DiffusionTransformer(ModelConfig(vocab_size=11, dim=16, n_layers=2, n_heads=2, cond_dim=8, **kw))
+    for p in model.parameters():  # leave adaLN-zero's zero init so every path matters
+        torch.nn.init.normal_(p, std=0.3)
+    return model.eval()
+
+
+def test_model_select_equals_full_logits_and_prefix_changes_output():
+    model = _random_model()
+    x = torch.randint(0, 10, (2, 6))
+    sigma = torch.tensor([0.3, 2.0])
+    full = model(x, sigma, 2)
+    select = torch.rand(2, 6) < 0.5
+    assert torch.allclose(model(x, sigma, 2, select=select), full[select], atol=1e-6)
+    assert not torch.allclose(model(x, sigma, 0), full)  # the segment embedding marks the prefix
+    assert not torch.allclose(model(x, sigma * 3, 2), full)  # sigma conditions the output
+
+
+def test_causal_model_does_not_look_ahead():
+    model = _random_model(causal=True)
+    x = torch.randint(0, 10, (1, 6))
+    y = x.clone()
+    y[0, 4:] = (y[0, 4:] + 1) % 10
+    assert torch.allclose(model(x)[0, :4], model(y)[0, :4], atol=1e-6)
+    assert not torch.allclose(model(x)[0, 4:], model(y)[0, 4:])
+
+
+def test_compute_matched_steps_and_settings():
+    assert compute_matched_steps([300, 300, 300], [16, 32, 64]) == 750  # 300 * (16 + 48 + 96) / 64
+    config = {"stages": {"lengths": [16, 32, 64]},
+              "train": {"max_steps": 300, "lr": 1e-3, "model": "tiny"},
+              "runs": {"c": {"kind": "cascade", "objective": "sedd", "lr": 5e-4},
+                       "s": {"kind": "single", "objective": "mdlm"}, "a": {"kind": "ar", "objective": "ar"}}}
+    c2 = resolve(config, "c", 2)
+    assert (c2["lr"], c2["prefix_len"], c2["target_len"], c2["objective"]) == (5e-4, 16, 32, "sedd")
+    s = resolve(config, "s")
+    assert (s["max_steps"], s["prefix_len"], s["target_len"]) == (750, 0, 64)
+    assert resolve(config, "a", 3)["objective"] == "ar"
+    with pytest.raises(ValueError, match="stage must be 1, 2 or 3"):
+        resolve(config, "c", 4)
+    with pytest.raises(KeyError, match="not in config runs"):
+        resolve(config, "nope", 1)

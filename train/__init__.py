@@ -1,0 +1,1 @@
+"""Cascaded discrete diffusion training: model, noise, objectives, trainer (`python -m train --help`)."""

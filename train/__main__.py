@@ -1,0 +1,56 @@
+"""Train one model of a run: a cascade stage, a single-stage model, or the AR baseline.
+
+    python -m train --config config.yaml --run cascade --stage 2 \\
+        --train-shards data/pydoc/stages/keybert_no_stopword/16_32_64/train/shard_*.parquet \\
+        --val-shards data/pydoc/stages/keybert_no_stopword/16_32_64/validation/shard_*.parquet \\
+        --tokenizer data/pydoc/tokenizer --out runs/cascade/stage2 [--init runs/cascade/stage1]
+
+Multi-process: `accelerate launch --num_processes N -m train ...` (N GPUs; `--cpu` for gloo on CPU).
+Exit status: 0 when finished, 75 when a SIGTERM / SIGUSR1 made it checkpoint and stop (rerun to resume).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import yaml
+
+from train.settings import load_config, resolve
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="pipeline config (config.yaml)")
+    parser.add_argument("--run", required=True, help="a name under config runs:")
+    parser.add_argument("--stage", type=int, default=None, help="1, 2 or 3 (cascade); 3 or omitted otherwise")
+    parser.add_argument("--train-shards", nargs="+", required=True)
+    parser.add_argument("--val-shards", nargs="+", required=True)
+    parser.add_argument("--tokenizer", required=True, help="tokenizer folder (PreTrainedTokenizerFast)")
+    parser.add_argument("--out", required=True, help="output folder (runs/{run}/stage{k} or runs/{run}/model)")
+    parser.add_argument("--init", default=None, help="warm start from this model folder (needs warm_start: true)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a resolved train setting, value parsed as YAML (e.g. --set max_steps=20)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None, on_step=None) -> int:
+    """Run the command; on_step(step) is called after every step (used by tests to interrupt a run)."""
+    args = parse_args(argv)
+    settings = resolve(load_config(args.config), args.run, args.stage)
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        if not sep or key not in settings:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE with KEY one of {sorted(settings)}")
+        settings[key] = yaml.safe_load(value)
+    if args.init and not settings.get("warm_start"):
+        raise SystemExit(f"--init {args.init} given but runs.{args.run}.warm_start is false")
+    from train.trainer import Trainer
+
+    trainer = Trainer(settings, args.train_shards, args.val_shards, args.tokenizer, args.out,
+                      init_dir=args.init, run=args.run)
+    return trainer.run(on_step=on_step)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""Training objectives: MDLM (SUBS), SEDD (score entropy, absorbing graph) and AR cross-entropy.
+
+Notation: x0 the clean target tokens, x_t the noised tokens, m the mask (absorbing) token,
+sigma = sigma_bar(t) the total noise and dsigma = sigma'(t) its rate (train/noise.py). Under the absorbing
+graph each target token independently becomes m with probability 1 - exp(-sigma).
+
+Every loss here is a per-token NELBO (nats per target token): the sum over target positions divided by
+B * L_target, so MDLM, SEDD and AR numbers share a unit and a batch split into micro-batches or
+processes averages to the same value.
+
+    python -m train.objectives --help     # prints the three losses on a random tiny batch
+"""
+from __future__ import annotations
+
+import argparse
+import math
+
+import torch
+import torch.nn.functional as F
+
+OBJECTIVES = ("mdlm", "sedd", "ar")
+
+
+def corrupt(x0: torch.Tensor, sigma: torch.Tensor, mask_id: int, uniform: torch.Tensor) -> torch.Tensor:
+    """Absorbing forward process: x_t[i] = m if u[i] < 1 - exp(-sigma) else x0[i].
+
+    `uniform` (same shape as x0, U[0,1)) is drawn by the caller so that a global batch can be noised once
+    and split across micro-batches and processes identically.
+    """
+    move = -torch.expm1(-sigma)  # 1 - exp(-sigma), exact for small sigma
+    return torch.where(uniform < move[:, None], torch.full_like(x0, mask_id), x0)
+
+
+def subs_log_probs(logits: torch.Tensor, x_t: torch.Tensor, mask_id: int) -> torch.Tensor:
+    """MDLM's SUBS parameterization of log p_theta(x0 | x_t).
+
+    Zero masking probability: the mask logit is set to -inf, so the model never predicts m.
+    Carry-over unmasking: where x_t != m the distribution is a point mass on x_t
+    (log prob 0 at x_t, -inf elsewhere); elsewhere it is log_softmax(logits).
+    logits: [..., V], x_t: [...] -> [..., V] (float32).
+    """
+    logits = logits.float().clone()
+    logits[..., mask_id] = float("-inf")
+    log_probs = logits.log_softmax(dim=-1)
+    unmasked = (x_t != mask_id)[..., None]
+    carry = torch.full_like(log_probs, float("-inf")).scatter(-1, x_t[..., None], 0.0)
+    return torch.where(unmasked, carry, log_probs)
+
+
+def mdlm_token_loss(logits_masked: torch.Tensor, x0_masked: torch.Tensor, sigma: torch.Tensor,
+                    dsigma: torch.Tensor, mask_id: int) -> torch.Tensor:
+    """Continuous-time MDLM NELBO term of each masked position (unmasked positions contribute 0 by SUBS):
+
+        loss_i = dsigma / expm1(sigma) * -log p_theta(x0_i | x_t),
+
+    and dsigma / expm1(sigma) = 1/t under the loglinear schedule. All inputs are already restricted to
+    the masked positions: logits [N, V], x0 [N], sigma and dsigma [N].
+    """
+    logits = logits_masked.float().clone()
+    logits[:, mask_id] = float("-inf")
+    nll = F.cross_entropy(logits, x0_masked, reduction="none")
+    return dsigma / torch.expm1(sigma) * nll
+
+
+def sedd_log_score(logits: torch.Tensor, x_t: torch.Tensor, sigma: torch.Tensor, mask_id: int) -> torch.Tensor:
+    """SEDD's absorbing-graph log score with scale_by_sigma:
+
+        log s_theta(x_t)_y = logits_y - log(expm1(sigma)) - log(V - 1),   and log s(x_t)_{x_t} = 0.
+
+    The shift makes an untrained (zero-logit) network output the score of a uniform guess,
+    p_t(y)/p_t(m) = 1 / ((V - 1) expm1(sigma)). The mask id is not needed by the formula itself (the
+    scatter puts 0 at the current token, which is m at every masked position); it is kept in the
+    signature so all parameterizations are called alike.
+    logits [..., V], x_t [...], sigma broadcastable from the left ([B] for [B, L, V]; [N] for [N, V]).
+    """
+    del mask_id
+    logits = logits.float()
+    sigma = sigma.float().reshape(sigma.shape + (1,) * (logits.dim() - sigma.dim()))
+    esigm1 = torch.where(sigma < 0.5, torch.expm1(sigma), sigma.exp() - 1)
+    score = logits - esigm1.log() - math.log(logits.shape[-1] - 1)
+    return score.scatter(-1, x_t[..., None], 0.0)
+
+
+def sedd_token_loss(log_score: torch.Tensor, x0_masked: torch.Tensor, sigma: torch.Tensor,
+                    dsigma: torch.Tensor, mask_id: int) -> torch.Tensor:
+    """Denoising score entropy of each masked position (x_t = m; unmasked positions have no
+    transition out of them under the absorbing graph and contribute 0):
+
+        loss_i = dsigma * [ sum_{y != m} s_y  -  r log s_{x0}  +  r (log r - 1) ],   r = 1 / expm1(sigma),
+
+    where s = exp(log_score) and r = p_t(x0)/p_t(m) is the true ratio, so the bracket is >= 0 and is 0
+    exactly when s_{x0} = r and s_y = 0 for every other y. log_score [N, V], the rest [N].
+    """
+    log_score = log_score.float()
+    ratio = 1 / torch.where(sigma < 0.5, torch.expm1(sigma), sigma.exp() - 1)
+    keep = torch.ones(log_score.shape[-1], dtype=torch.bool, device=log_score.device)
+    keep[mask_id] = False
+    positive = log_score[:, keep].exp().sum(-1)
+    negative = ratio * log_score.gather(-1, x0_masked[:, None]).squeeze(-1)
+    constant = ratio * (ratio.log() - 1)
+    return dsigma * (positive - negative + constant)
+
+
+def ar_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Autoregressive NLL: loss_i = -log p_theta(x_{i+1} | x_{<=i}); logits [B, L, V], targets [B, L]."""
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
+
+
+def diffusion_loss(model, objective: str, x0: torch.Tensor, prefix: torch.Tensor | None, t: torch.Tensor,
+                   uniform: torch.Tensor, noise, mask_id: int) -> torch.Tensor:
+    """Per-target-token NELBO of one (micro-)batch for objective mdlm or sedd.
+
+    The model sees [prefix (clean) ; x_t]; only the target positions are noised and scored. The output
+    head runs only on the masked positions, the only ones that carry loss under both objectives.
+    """
+    sigma, dsigma = noise.total(t), noise.rate(t)
+    x_t = corrupt(x0, sigma, mask_id, uniform)
+    prefix_len = 0 if prefix is None else prefix.shape[1]
+    x_in = x_t if prefix is None else torch.cat([prefix, x_t], dim=1)
+    masked = x_t == mask_id
+    select = torch.cat([torch.zeros_like(prefix, dtype=torch.bool), masked], 1) if prefix_len else masked
+    logits = model(x_in, sigma, prefix_len, select=select)  # [N, V], rows in masked-position order
+    rows = masked.nonzero(as_tuple=True)[0]
+    if objective == "mdlm":
+        token_loss = mdlm_token_loss(logits, x0[masked], sigma[rows], dsigma[rows], mask_id)
+    elif objective == "sedd":
+        log_score = sedd_log_score(logits, x_t[masked], sigma[rows], mask_id)
+        token_loss = sedd_token_loss(log_score, x0[masked], sigma[rows], dsigma[rows], mask_id)
+    else:
+        raise ValueError(f"diffusion objective must be mdlm or sedd, got {objective!r}")
+    # sum over masked positions / all target positions (unmasked positions contribute exactly 0);
+    # adding 0 * sum(logits) keeps every parameter in the graph when nothing is masked (DDP needs it)
+    return (token_loss.sum() + 0.0 * logits.sum()) / x0.numel()
+
+
+def ar_loss(model, x0: torch.Tensor, bos_id: int) -> torch.Tensor:
+    """Per-token NLL of the causal model on [bos ; x0]: every token of the block is predicted."""
+    x_in = torch.cat([torch.full_like(x0[:, :1], bos_id), x0[:, :-1]], dim=1)
+    return ar_token_loss(model(x_in), x0).mean()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--vocab", type=int, default=8)
+    parser.add_argument("--length", type=int, default=6)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    from train.noise import LogLinearNoise
+
+    g = torch.Generator().manual_seed(args.seed)
+    mask_id = args.vocab - 1
+    x0 = torch.randint(0, mask_id, (2, args.length), generator=g)
+    logits = torch.randn(2, args.length, args.vocab, generator=g)
+    t = torch.tensor([0.3, 0.8])
+    noise = LogLinearNoise()
+    x_t = corrupt(x0, noise.total(t), mask_id, torch.rand(x0.shape, generator=g))
+    m = x_t == mask_id
+    rows = m.nonzero(as_tuple=True)[0]
+    sigma, dsigma = noise.total(t)[rows], noise.rate(t)[rows]
+    print("x0 ", x0.tolist(), "\nx_t", x_t.tolist())
+    print("mdlm", mdlm_token_loss(logits[m], x0[m], sigma, dsigma, mask_id).sum().item() / x0.numel())
+    score = sedd_log_score(logits, x_t, noise.total(t), mask_id)[m]
+    print("sedd", sedd_token_loss(score, x0[m], sigma, dsigma, mask_id).sum().item() / x0.numel())
+    print("ar  ", ar_token_loss(logits, x0).mean().item())
+
+
+if __name__ == "__main__":
+    main()
