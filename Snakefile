@@ -27,7 +27,7 @@ rule all:
     default_target: True
     input:
         preprocess_outputs(),
-        report_inputs(),
+        report_outputs(),
 
 
 rule preprocess:

@@ -36,6 +36,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -261,9 +262,12 @@ def plan_seconds(paper_config: Path, shards: int, snakemake: str) -> dict:
         yaml.safe_dump({"corpus": {"shards": {"train": shards, "validation": shards}}}, f)
     cmd = [snakemake, "-n", "--cores", "1", "--quiet", "rules", "--configfile", str(paper_config), f.name]
     try:
+        children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         seconds = time.perf_counter() - t0
+        children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (children1.ru_utime + children1.ru_stime) - (children0.ru_utime + children0.ru_stime)
     finally:
         os.unlink(f.name)
     if done.returncode != 0:
@@ -274,7 +278,8 @@ def plan_seconds(paper_config: Path, shards: int, snakemake: str) -> dict:
         if len(parts) == 2 and parts[0] == "total" and parts[1].isdigit():
             jobs = int(parts[1])
     return {"command": " ".join(cmd[:-1] + [f"<(corpus.shards = {shards} per split)>"]), "shards": shards,
-            "seconds": round(seconds, 2), "jobs": jobs}
+            "seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2), "jobs": jobs,
+            "load_average_after": [round(x, 2) for x in os.getloadavg()]}
 
 
 def markdown(results: list[dict]) -> str:

@@ -68,10 +68,10 @@ def make_stepper(model, loss_fn, device, bf16: bool):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     model.train()
 
-    def step(batch) -> float:
+    def step(batch) -> tuple[float, float]:
         if device.type == "cuda":
             torch.cuda.synchronize()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         with torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext():
             loss = loss_fn(model, *batch)
         loss.backward()
@@ -80,20 +80,22 @@ def make_stepper(model, loss_fn, device, bf16: bool):
         opt.zero_grad(set_to_none=True)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        return time.perf_counter() - start
+        return time.perf_counter() - start, time.process_time() - cpu_start
     return step
 
 
-def time_interleaved(steppers: list, batches: list) -> list[float]:
-    """Seconds per step of each model: one warm-up step each, then the models take turns on every batch
-    (so a busy machine slows all of them alike) and the median of each model's timed steps is kept."""
+def time_interleaved(steppers: list, batches: list) -> list[tuple[float, float]]:
+    """(wall, CPU) seconds per step of each model: one warm-up step each, then the models take turns on every
+    batch (so a busy machine slows all of them alike) and the median of each model's timed steps is kept.
+    CPU seconds (process time) are the steadier figure on a shared machine."""
     times = [[] for _ in steppers]
     for i, batch in enumerate(batches):
         for k, step in enumerate(steppers):
             seconds = step(batch)
             if i > 0:
                 times[k].append(seconds)
-    return [sorted(t)[len(t) // 2] for t in times]
+    median = lambda v: sorted(v)[len(v) // 2]  # noqa: E731
+    return [(median([w for w, _ in t]), median([c for _, c in t])) for t in times]
 
 
 def main(argv=None):
@@ -138,22 +140,28 @@ def main(argv=None):
                      for b in berts]
         seconds = time_interleaved(steppers, batches)
         flops_tok = 6 * (p_ours - cfg.vocab_size * cfg.dim) + 12 * cfg.n_layers * cfg.dim * d["length"]
-        mfu = flops_tok * tokens / seconds[0] / (args.peak_tflops * 1e12) if device.type == "cuda" else None
-        rows.append((size, "ours (DiffusionTransformer)", cfg.n_layers, p_ours, tokens / seconds[0], 1.0, mfu))
-        for (name, n_layers), bert, sec in zip(variants, berts, seconds[1:]):
-            rows.append((size, name, n_layers, n_params(bert), tokens / sec, seconds[0] / sec, None))
+        mfu = flops_tok * tokens / seconds[0][0] / (args.peak_tflops * 1e12) if device.type == "cuda" else None
+        rows.append((size, "ours (DiffusionTransformer)", cfg.n_layers, p_ours, tokens / seconds[0][0],
+                     tokens / seconds[0][1], mfu))
+        for (name, n_layers), bert, (wall, cpu) in zip(variants, berts, seconds[1:]):
+            rows.append((size, name, n_layers, n_params(bert), tokens / wall, tokens / cpu, None))
         del ours, berts, steppers
         print(f"[{size}] batch {d['batch']} x {d['length']} tokens, vocab {d['vocab']}, {args.steps} timed steps",
               flush=True)
 
     print(f"\ndevice {device}, threads {torch.get_num_threads()}, torch {torch.__version__}"
           f"{', bf16 autocast' if bf16 else ', fp32'}")
-    print(f"| size | model | layers | params | train tokens/s | ours / this |{' MFU |' if bf16 else ''}")
-    print(f"|---|---|---|---|---|---|{'---|' if bf16 else ''}")
-    for size, name, layers, params, tps, rel, mfu in rows:
-        speedup = "1.00" if name.startswith("ours") else f"{1 / rel:.2f}x"
+    print("| size | model | layers | params | tokens/s (wall) | ours / this (wall) | tokens per CPU-s | "
+          f"ours / this (CPU) |{' MFU |' if bf16 else ''}")
+    print(f"|---|---|---|---|---|---|---|---|{'---|' if bf16 else ''}")
+    ours_row = {}
+    for size, name, layers, params, wall_tps, cpu_tps, mfu in rows:
+        if name.startswith("ours"):
+            ours_row[size] = (wall_tps, cpu_tps)
+        w, c = ours_row[size]
         extra = f" {mfu:.1%} |" if bf16 and mfu is not None else (" |" if bf16 else "")
-        print(f"| {size} | {name} | {layers} | {params / 1e6:.1f}M | {tps:,.0f} | {speedup} |{extra}")
+        print(f"| {size} | {name} | {layers} | {params / 1e6:.1f}M | {wall_tps:,.0f} | {w / wall_tps:.2f}x | "
+              f"{cpu_tps:,.0f} | {c / cpu_tps:.2f}x |{extra}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ Outputs:
     {tables}/main.md, main.csv, main.tex
     {plots}/loss.png            train (solid) and validation (dashed) loss per stage, one panel per run
     {plots}/gen_ppl_steps.png   generative perplexity against sampling steps, one line per run x sampler
+                                (AR baselines as horizontal reference lines)
 
     python -m eval.report --sample-metrics runs/*/eval/*-*.json --val-metrics runs/*/eval/val.json \
         --train-metrics runs/*/*/metrics.csv --tables results/demo/tables --plots results/demo/plots
@@ -163,19 +164,29 @@ def plot_losses(train_files, out_path) -> None:
 
 
 def plot_gen_ppl(rows: list[dict], out_path) -> None:
-    """Gen ppl against steps (log x), one line per (run, sampler)."""
+    """Gen ppl against steps (log x), one line per diffusion (run, sampler); AR runs, whose step count is
+    just their length, as dashed horizontal reference lines."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, NullLocator
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     lines: dict[tuple, list] = {}
     for r in rows:
         if r["gen_ppl"] is not None:
             lines.setdefault((r["run"], r["sampler"]), []).append((int(r["steps"]), r["gen_ppl"]))
-    for (run, sampler), points in sorted(lines.items()):
-        ax.plot(*zip(*sorted(points)), marker="o", label=f"{run} / {sampler}")
-    ax.set_xscale("log")
+    steps = sorted({s for (_, sampler), points in lines.items() if sampler != "ar" for s, _ in points})
+    for i, ((run, sampler), points) in enumerate(sorted(lines.items())):
+        if sampler == "ar":
+            ax.axhline(points[0][1], color=f"C{i}", ls="--", lw=1, label=f"{run} (autoregressive)")
+        else:
+            ax.plot(*zip(*sorted(points)), color=f"C{i}", marker="o", label=f"{run} / {sampler}")
+    if steps:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(FixedLocator(steps))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xticklabels([str(s) for s in steps])
     ax.set(xlabel="sampling steps per stage", ylabel="generative perplexity")
     if lines:
         ax.legend(fontsize=7)

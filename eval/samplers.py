@@ -86,8 +86,10 @@ def ddpm_steps(denoiser, x, editable, noise, steps, temperature, generator, cach
     unmasks at this step. Every other row keeps its x_t, so its output would be the same as at its last call
     (time-independent network) or unused (time-conditioned network): MDLM's cache, taken one step further
     (a row is recomputed only when its output is needed, not whenever x_t changed). The random stream is
-    identical to ``ddpm``'s, so under the same generator both return the same tokens. A row of L tokens
-    needs at most L network evaluations instead of one per step (1,000 at 1,000 steps).
+    identical to ``ddpm``'s, so under the same generator both return the same tokens (bit for bit where the
+    network gives a row the same numbers whatever the batch around it, as on CPU; GPU kernels chosen by
+    batch size can differ in the last bits). A row of L tokens needs at most L network evaluations instead
+    of one per step (1,000 at 1,000 steps).
     """
     batch = x.shape[0]
     grid = time_grid(steps)

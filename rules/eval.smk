@@ -49,6 +49,10 @@ def device_args(gpus):
     return "--device auto" if gpus else "--device cpu"
 
 
+SAMPLE_GPUS = int(SAMPLE.get("gpus") or 0)
+EVALUATE_GPUS = int(EVALUATE.get("gpus") or 0)
+
+
 def report_inputs():
     """Every file the report reads: sample metrics of every (run, sampler, steps), val.json of every run,
     and the training log of every trained model."""
@@ -73,16 +77,17 @@ rule sample:
         "runs/{run}/samples/{sampler}-{steps}.jsonl",
     params:
         block=f"--block-size {SAMPLE['block_size']}" if SAMPLE.get("block_size") else "",
-        device=device_args(SAMPLE.get("gpus", 0)),
+        device=device_args(SAMPLE_GPUS),
     log:
         "logs/sample/{run}/{sampler}-{steps}.log",
     benchmark:
         "benchmarks/sample/{run}/{sampler}-{steps}.tsv"
-    threads: 1
+    threads: 4 if SAMPLE_GPUS else 1
     resources:
-        gpu=SAMPLE.get("gpus", 0),
-        mem_mb=8000,
-        runtime=120,
+        gpu=SAMPLE_GPUS,
+        cpus_per_task=lambda w, threads: threads,
+        mem_mb=32000 if SAMPLE_GPUS else 8000,
+        runtime=240 if SAMPLE_GPUS else 120,
     shell:
         "python -m eval.sample --run-dir runs/{wildcards.run} --sampler {wildcards.sampler} --steps {wildcards.steps}"
         " --n {SAMPLE[n]} --batch-size {SAMPLE[batch_size]} --temperature {SAMPLE[temperature]} --seed {SAMPLE[seed]}"
@@ -98,16 +103,17 @@ rule evaluate:
         "runs/{run}/eval/{sampler}-{steps}.json",
     params:
         scorer=scorer_dir() or EVALUATE["scorer"],
-        device=device_args(EVALUATE.get("gpus", 0)),
+        device=device_args(EVALUATE_GPUS),
     log:
         "logs/evaluate/{run}/{sampler}-{steps}.log",
     benchmark:
         "benchmarks/evaluate/{run}/{sampler}-{steps}.tsv"
-    threads: 1
+    threads: 4 if EVALUATE_GPUS else 1
     resources:
-        gpu=EVALUATE.get("gpus", 0),
-        mem_mb=8000,
-        runtime=60,
+        gpu=EVALUATE_GPUS,
+        cpus_per_task=lambda w, threads: threads,
+        mem_mb=32000 if EVALUATE_GPUS else 8000,
+        runtime=120 if EVALUATE_GPUS else 60,
     shell:
         "python -m eval.evaluate samples --run-dir runs/{wildcards.run} --samples {input.samples}"
         " --scorer {params.scorer} {params.device} --threads {threads} --out {output} > {log} 2>&1"
@@ -120,17 +126,18 @@ rule evaluate_val:
     output:
         "runs/{run}/eval/val.json",
     params:
-        device=device_args(EVALUATE.get("gpus", 0)),
+        device=device_args(EVALUATE_GPUS),
         batch_size=EVALUATE.get("batch_size", 32),
     log:
         "logs/evaluate/{run}/val.log",
     benchmark:
         "benchmarks/evaluate/{run}/val.tsv"
-    threads: 1
+    threads: 4 if EVALUATE_GPUS else 1
     resources:
-        gpu=EVALUATE.get("gpus", 0),
-        mem_mb=8000,
-        runtime=60,
+        gpu=EVALUATE_GPUS,
+        cpus_per_task=lambda w, threads: threads,
+        mem_mb=32000 if EVALUATE_GPUS else 8000,
+        runtime=120 if EVALUATE_GPUS else 60,
     shell:
         "python -m eval.evaluate val --run-dir runs/{wildcards.run} --val-shards {input.shards}"
         " --time-samples {EVALUATE[val_time_samples]} --batch-size {params.batch_size}"
@@ -154,6 +161,7 @@ rule report:
         f"benchmarks/report/{PROFILE}.tsv"
     threads: 1
     resources:
+        cpus_per_task=1,
         mem_mb=2000,
         runtime=10,
     shell:

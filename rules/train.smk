@@ -55,9 +55,11 @@ def train_launcher(run, stage):
 
 
 def train_threads(run, stage):
+    """train.cpus, else 8 per GPU, else 1 on CPU: a tiny model gains little from a second thread, and on a
+    2-core laptop two single-threaded stages side by side beat two oversubscribed OpenMP teams."""
     s = train_settings(run, stage)
     gpus = int(s.get("gpus") or 0)
-    return int(s.get("cpus") or (8 * gpus if gpus else 2))
+    return int(s.get("cpus") or (8 * gpus if gpus else 1))
 
 
 def train_resource(key, cpu_default, gpu_default):

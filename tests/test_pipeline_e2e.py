@@ -74,3 +74,26 @@ def test_rerun_of_one_shard_is_byte_identical_and_alone(demo):
     assert hashlib.sha256((demo / target).read_bytes()).hexdigest() == digest
     assert {p: p.stat().st_mtime_ns for p in others} == before  # no other shard was touched
     assert "1 of 1 steps (100%) done" in proc.stdout + proc.stderr  # exactly one job ran
+
+
+def test_training_sampling_and_report(demo):
+    import csv
+
+    l1, l2, l3 = tiny()["stages"]["lengths"]
+    for stage_dir in ("runs/cascade/stage1", "runs/cascade/stage2", "runs/cascade/stage3", "runs/single/model", "runs/ar/model"):
+        for name in ("model.safetensors", "config.json", "metrics.csv"):
+            assert (demo / stage_dir / name).exists(), f"{stage_dir}/{name}"
+    mask_id = json.loads((demo / "runs" / "cascade" / "stage3" / "config.json").read_text())["mask_id"]
+    samples = [json.loads(line) for line in (demo / "runs/cascade/samples/ddpm_cache-4.jsonl").read_text().splitlines()]
+    assert len(samples) == tiny()["sample"]["n"]
+    for s in samples:
+        assert [len(s[f"stage{k}_ids"]) for k in (1, 2, 3)] == [l1, l2, l3]
+        assert all(mask_id not in s[f"stage{k}_ids"] for k in (1, 2, 3))
+        assert isinstance(s["stage3_text"], str)
+    with open(demo / "results" / "tiny" / "tables" / "main.csv") as f:
+        rows = {(r["run"], r["sampler"], r["steps"]) for r in csv.DictReader(f)}
+    assert rows == {("ar", "ar", str(l3)), ("cascade", "ddpm_cache", "4"), ("single", "ddpm_cache", "4")}
+    for name in ("main.md", "main.tex"):
+        assert (demo / "results" / "tiny" / "tables" / name).stat().st_size > 0
+    for name in ("loss.png", "gen_ppl_steps.png"):
+        assert (demo / "results" / "tiny" / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -116,6 +116,13 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return torch.addcmul(shift, x, 1 + scale)  # x * (1 + scale) + shift in one kernel
 
 
+def norm_modulate(norm: nn.LayerNorm, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """modulate(LN(x) * w, shift, scale) = LN_plain(x) * (w * (1 + scale)) + shift: the LayerNorm weight and
+    the adaLN scale are both per-channel, so they are multiplied first ([B, 1, D]) and applied in one pass."""
+    plain = F.layer_norm(x, norm.normalized_shape, eps=norm.eps)
+    return torch.addcmul(shift, plain, norm.weight * (1 + scale))
+
+
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -133,7 +140,7 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         B, L, D = x.shape
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaLN_modulation(c)[:, None].chunk(6, dim=2)
-        qkv = self.attn_qkv(modulate(self.norm1(x), shift_a, scale_a)).view(B, L, 3, self.n_heads, D // self.n_heads)
+        qkv = self.attn_qkv(norm_modulate(self.norm1, x, shift_a, scale_a)).view(B, L, 3, self.n_heads, D // self.n_heads)
         # split/unbind rather than indexing: their backward is one cat/stack instead of zero-filled copies
         qk, v = qkv.split([2, 1], dim=2)
         q, k = apply_rotary(qk, cos, sin).unbind(2)  # q and k rotated together
@@ -142,7 +149,7 @@ class Block(nn.Module):
         h = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
         h = self.attn_out(h.transpose(1, 2).reshape(B, L, D))
         x = torch.addcmul(x, gate_a, self.dropout(h))  # x + gate * h
-        h = self.mlp(modulate(self.norm2(x), shift_m, scale_m))
+        h = self.mlp(norm_modulate(self.norm2, x, shift_m, scale_m))
         return torch.addcmul(x, gate_m, self.dropout(h))
 
 
@@ -153,12 +160,14 @@ class FinalLayer(nn.Module):
         self.linear = nn.Linear(cfg.dim, cfg.vocab_size)
         self.adaLN_modulation = nn.Linear(cfg.cond_dim, 2 * cfg.dim)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """x [B, L, D] with c [B, C], or selected rows x [N, D] with their own c [N, C]."""
+    def forward(self, x: torch.Tensor, c: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, L, D] with c [B, C]; or selected positions x [N, D] whose batch rows are `rows` [N]."""
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
-        if x.dim() == 3:
+        if rows is None:
             shift, scale = shift[:, None], scale[:, None]
-        return self.linear(modulate(self.norm_final(x), shift, scale))
+        else:  # modulation computed once per sequence, then gathered per selected position
+            shift, scale = shift[rows], scale[rows]
+        return self.linear(norm_modulate(self.norm_final, x, shift, scale))
 
 
 class DiffusionTransformer(nn.Module):
@@ -211,7 +220,7 @@ class DiffusionTransformer(nn.Module):
             h = block(h, cos, sin, c)
         if select is not None:
             rows = select.nonzero(as_tuple=True)[0]
-            return self.output_layer(h[select], c[rows])
+            return self.output_layer(h[select], c, rows)
         return self.output_layer(h, c)
 
 

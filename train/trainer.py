@@ -340,3 +340,16 @@ def write_metrics_csv(path: Path, rows: list[dict]) -> None:
     writer.writeheader()
     writer.writerows(rows)
     write_text_atomic(path, buffer.getvalue())
+
+
+def main(argv=None) -> int:
+    """`python -m train.trainer ...` is the training command itself (same arguments as `python -m train`)."""
+    from train.__main__ import main as train_main
+
+    return train_main(argv)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

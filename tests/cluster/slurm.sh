@@ -38,10 +38,11 @@ show_log() {  # the tail of a daemon's log, so a failure explains itself
     [[ -f $f ]] && { log "--- last lines of $f ---"; tail -n 25 "$f" >&2; } || log "(no log at $f)"
 }
 
-wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...: poll once a second until COMMAND succeeds
-    local seconds=$1 what=$2; shift 2
-    for ((i = 0; i < seconds * 2; i++)); do
-        if "$@" >/dev/null 2>&1; then return 0; fi
+wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...: poll until COMMAND succeeds (each try at most 5 s:
+    local seconds=$1 what=$2 deadline; shift 2   # a client can hang when a daemon it needs is half up)
+    deadline=$((SECONDS + seconds))
+    while ((SECONDS < deadline)); do
+        if timeout -k 1 5 "$@" >/dev/null 2>&1; then return 0; fi
         sleep 0.5
     done
     log "timed out after ${seconds}s waiting for $what"
@@ -153,7 +154,10 @@ EOF
 }
 
 start_munge() {
-    if pgrep -x munged >/dev/null; then log "munged already running: using it"; return 0; fi
+    # A munged that answers is reused (and left running by `down`); a dead or half-gone one is not.
+    if timeout 5 munge -n </dev/null 2>/dev/null | timeout 5 unmunge >/dev/null 2>&1; then
+        log "munged already running: using it"; return 0
+    fi
     if [[ ! -s /etc/munge/munge.key ]]; then
         log "creating /etc/munge/munge.key"
         (command -v mungekey >/dev/null && mungekey -c -f -k /etc/munge/munge.key) ||
@@ -163,8 +167,8 @@ start_munge() {
     mkdir -p /run/munge /var/log/munge /var/lib/munge
     chown munge: /run/munge /var/log/munge /var/lib/munge
     runuser -u munge -- /usr/sbin/munged || { show_log /var/log/munge/munged.log; return 1; }
-    wait_for 10 munged munge -n || return 1
     record munged /run/munge/munged.pid
+    wait_for 10 munged munge -n || { show_log /var/log/munge/munged.log; return 1; }
 }
 
 start_mariadb() {
@@ -179,8 +183,8 @@ start_mariadb() {
     mariadbd --user=mysql --datadir="$data" --socket="$sock" --pid-file="$DIR/run/mariadb.pid" \
         --port="$DB_PORT" --bind-address=127.0.0.1 --log-error="$DIR/log/mariadb.log" \
         --innodb-buffer-pool-size=64M >/dev/null 2>&1 &
-    wait_for 30 "mariadb socket" mariadb -S "$sock" -u root -e 'select 1' || { show_log "$DIR/log/mariadb.log"; return 1; }
     record mariadbd "$DIR/run/mariadb.pid"
+    wait_for 30 "mariadb socket" mariadb -S "$sock" -u root -e 'select 1' || { show_log "$DIR/log/mariadb.log"; return 1; }
     mariadb -S "$sock" -u root <<'EOF'
 CREATE DATABASE IF NOT EXISTS slurm_acct_db;
 CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY 'cascade-test';
@@ -193,19 +197,18 @@ EOF
 
 start_slurmdbd() {
     slurmdbd || { show_log "$DIR/log/slurmdbd.log"; return 1; }
-    wait_for 30 slurmdbd sacctmgr -n list cluster || { show_log "$DIR/log/slurmdbd.log"; return 1; }
     record slurmdbd "$DIR/run/slurmdbd.pid"
+    wait_for 30 slurmdbd sacctmgr -n list cluster || { show_log "$DIR/log/slurmdbd.log"; return 1; }
     sacctmgr -i -Q add cluster "$CLUSTER" >/dev/null 2>&1 || true   # exists already on a restart
 }
 
 start_slurm() {
     slurmctld -f "$ETC/slurm.conf" || { show_log "$DIR/log/slurmctld.log"; return 1; }
-    wait_for 30 slurmctld scontrol ping || { show_log "$DIR/log/slurmctld.log"; return 1; }
     record slurmctld "$DIR/run/slurmctld.pid"
+    wait_for 30 slurmctld scontrol ping || { show_log "$DIR/log/slurmctld.log"; return 1; }
     slurmd -f "$ETC/slurm.conf" -N localhost || { show_log "$DIR/log/slurmd.log"; return 1; }
     record slurmd "$DIR/run/slurmd.pid"
-    node_idle() { sinfo -h -N -o '%t' | grep -qx idle; }
-    wait_for 60 "node idle in sinfo" node_idle || { sinfo -N >&2; show_log "$DIR/log/slurmd.log"; show_log "$DIR/log/slurmctld.log"; return 1; }
+    wait_for 60 "node idle in sinfo" bash -c "sinfo -h -N -o '%t' | grep -qx idle" || { sinfo -N >&2; show_log "$DIR/log/slurmd.log"; show_log "$DIR/log/slurmctld.log"; return 1; }
 }
 
 add_account() {
@@ -220,12 +223,16 @@ add_account() {
 }
 
 link_configs() {  # /etc/slurm/NAME -> $ETC/NAME, recorded so that `down` removes exactly these links
-    local name target
+    local name target names=(slurm.conf gres.conf slurmdbd.conf)
     mkdir -p /etc/slurm
-    for name in slurm.conf gres.conf slurmdbd.conf; do
+    for name in "${names[@]}"; do  # check all before linking any, so a skip leaves nothing behind
         target=/etc/slurm/$name
-        if [[ -L $target && $(readlink "$target") == "$ETC/$name" ]]; then continue; fi
+        [[ -L $target && $(readlink "$target") == "$ETC/$name" ]] && continue
         [[ -e $target || -L $target ]] && skip "$target already exists: this host has its own SLURM configuration, which this test will not replace"
+    done
+    for name in "${names[@]}"; do
+        target=/etc/slurm/$name
+        [[ -L $target ]] && continue
         ln -s "$ETC/$name" "$target"
         echo "$target" >>"$DIR/links"
     done

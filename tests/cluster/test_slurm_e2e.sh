@@ -10,16 +10,17 @@
 #             2-GPU job whose step must see CUDA_VISIBLE_DEVICES=0,1; sacct lists exactly those 4 jobs, all
 #             COMPLETED, under the profile's partition and account.
 #   rerun     asking for one smoke shard's file (`<file> --forcerun shard`) submits exactly that one job.
-#   preempt   a running smoke job gets SIGUSR1 from SLURM (`scancel --signal=USR1`: the same delivery as the
-#             profile's `--signal=USR1@120` before a time limit), checkpoints and fails; Snakemake's retry
-#             resumes it from the checkpoint. sacct shows the FAILED and the COMPLETED attempt.
+#   preempt   a smoke job with a 1-minute limit and `--signal=USR1@40` (the profile's mechanism, smaller
+#             numbers) gets SIGUSR1 from SLURM's own timer, checkpoints and fails before the limit;
+#             Snakemake's retry (2 minutes) resumes it from the checkpoint. sacct shows both attempts.
 #   pipeline  `snakemake --profile profiles/slurm --configfile configs/tiny.yaml` for the stage shards of one
 #             annotation method ($CASCADE_SLURM_METHOD, default constituency; or $CASCADE_SLURM_TARGETS): one
 #             sacct job per submitted Snakemake job, every preprocessing rule seen; then one annotate shard
 #             rerun by asking for its file: exactly that job, same documents, in the partition given on the
 #             command line (--default-resources).
 #   train     the real trainer (`python -m train` via rules/train.smk), cascade stage 1 on the tiny data,
-#             signalled with SIGUSR1 after its first checkpoint: it fails, is resubmitted, resumes, and its
+#             signalled with SIGUSR1 after its first checkpoint (`scancel --signal=USR1`: the same delivery
+#             to every process of the job step as the timer's, at a moment the test controls): it fails, is resubmitted, resumes, and its
 #             final model.safetensors equals, tensor for tensor, the same job run uninterrupted here.
 # Default parts: "smoke pipeline train" where the pipeline exists (its rerun and train parts cover `rerun`
 # and `preempt` with the real rules), else "smoke rerun preempt".
@@ -73,11 +74,11 @@ cleanup() {
 trap cleanup EXIT
 
 last_job_id() {  # highest job id SLURM's accounting knows (0 on a fresh cluster)
-    sacct -X -n -P -a -S 2000-01-01 -o JobID 2>/dev/null | grep -E '^[0-9]+$' | sort -n | tail -1 | grep . || echo 0
+    timeout 20 sacct -X -n -P -a -S 2000-01-01 -o JobID 2>/dev/null | grep -E '^[0-9]+$' | sort -n | tail -1 | grep . || echo 0
 }
 
 jobs_after() {  # jobs_after ID: "jobid|partition|account|comment|state" for every job with a larger id
-    sacct -X -n -P -a -S 2000-01-01 -o JobID,Partition,Account,Comment,State 2>/dev/null |
+    timeout 20 sacct -X -n -P -a -S 2000-01-01 -o JobID,Partition,Account,Comment,State 2>/dev/null |
         awk -F'|' -v b="$1" '$1 ~ /^[0-9]+$/ && $1 > b'
 }
 
@@ -158,29 +159,16 @@ DONE+=("one-shard rerun ($((SECONDS - t0))s);")
 fi
 
 if want preempt; then
-# ---------------------------------------------------------------- preempt: signal, checkpoint, resume
+# ---------------------------------------------------------------- preempt: SLURM's own timer, checkpoint, resume
+# The job asks for 1 minute and --signal=USR1@40 (the profile's mechanism for training, with smaller numbers):
+# SLURM's timer signals it 20-50 s in, it checkpoints and fails; the retry gets 2 minutes and finishes.
 t0=$SECONDS
-STEPS=25
+STEPS=60
 before=$(last_job_id)
-say "preemption: a $STEPS-step job gets SIGUSR1 while running, then resumes on the retry"
+say "preemption: a $STEPS-step job with a 1-minute limit and --signal=USR1@40; the retry resumes"
 smk -s "$HERE/smoke/Snakefile" -d "$SMOKE" preempt/done.json --retries 1 \
-    --config preempt_steps=$STEPS preempt_save_seconds=3 >"$WORK/preempt.log" 2>&1 &
-BG_PID=$!
-job=
-for ((i = 0; i < 120; i++)); do  # until the job runs and has made progress past step 0
-    job=$(squeue -h -t RUNNING -o %i 2>/dev/null | awk -v b="$before" '$1 > b' | head -1)
-    [[ -n $job ]] && grep -q "starting at step 0" "$SMOKE/logs/preempt.log" 2>/dev/null && break
-    job=
-    sleep 0.5
-done
-[[ -n $job ]] || fail "preemption: the job never started (log: $WORK/preempt.log)"
-sleep 4
-scancel --signal=USR1 "$job" || fail "preemption: scancel --signal=USR1 $job failed"
-say "sent SIGUSR1 to the steps of job $job"
-wait "$BG_PID"
-rc=$?
-BG_PID=
-((rc == 0)) || { tail -n 40 "$WORK/preempt.log" >&2; fail "preemption: Snakemake failed after the signal (log: $WORK/preempt.log)"; }
+    --config preempt_steps=$STEPS preempt_save_seconds=3 preempt_runtime=1 preempt_signal=40 >"$WORK/preempt.log" 2>&1 ||
+    { tail -n 40 "$WORK/preempt.log" >&2; fail "preemption: Snakemake failed (log: $WORK/preempt.log)"; }
 python3 - "$SMOKE/preempt/done.json" "$STEPS" <<'EOF' || fail "preemption: the resumed job's record is wrong (see above)"
 import json, sys
 state = json.load(open(sys.argv[1]))
@@ -195,7 +183,11 @@ wait_for_jobs "$before" 2 || fail "preemption: sacct does not show two finished 
 jobs=$(jobs_after "$before")
 say "sacct saw:"$'\n'"$jobs"
 [[ $(grep -c 'rule_preempt|' <<<"$jobs") == 2 ]] || fail "preemption: expected 2 SLURM jobs for the preempted rule"
-head -1 <<<"$jobs" | grep -q '|FAILED$' || fail "preemption: the signalled attempt is not FAILED in sacct"
+first=$(head -1 <<<"$jobs" | cut -d'|' -f1)
+read -r state limit elapsed < <(timeout 20 sacct -j "$first" -X -n -P -o State,Timelimit,ElapsedRaw | tr '|' ' ')
+say "first attempt: $state after ${elapsed}s of its $limit limit"
+[[ $state == FAILED && $limit == 00:01:00 ]] && ((elapsed < 60)) ||
+    fail "preemption: the first attempt should end FAILED (checkpointed) before its 1-minute limit, not $state after ${elapsed}s"
 tail -1 <<<"$jobs" | grep -q '|COMPLETED$' || fail "preemption: the resumed attempt is not COMPLETED in sacct"
 DONE+=("preemption stand-in resumed ($((SECONDS - t0))s);")
 fi
@@ -211,8 +203,8 @@ cat >"$WORK/cluster-test.yaml" <<EOF
 runs:
   cascade: {method: ${CASCADE_SLURM_METHOD:-constituency}}
 train:
-  max_steps: ${CASCADE_SLURM_TRAIN_STEPS:-40}
-  save_every: 10
+  max_steps: ${CASCADE_SLURM_TRAIN_STEPS:-20}
+  save_every: 5
   eval_every: 20
 EOF
 CONFIGS=(--configfile "$ROOT/configs/tiny.yaml" "$WORK/cluster-test.yaml")
