@@ -14,7 +14,10 @@ The number of ``--out`` files is the shard count. Sources, chosen by ``corpus.na
   field ``corpus.text_column``. Ids ``{relative path}:{paragraph | line | row}``.
 - Hugging Face datasets by name (``datasets.load_dataset``, needs the network or a filled HF cache):
   wikitext103, wikitext2, openwebtext, ptb, lm1b, lambada, wikihow, each with its detokenizer
-  (``preprocess.detokenize``) and the dataset ids of the MDLM code base.
+  (``preprocess.detokenize``). The ids are those of the MDLM code base where ``datasets`` >= 4 still loads
+  them, else their data-only successors (``datasets`` 4 dropped loading scripts: "wikitext" ->
+  "Salesforce/wikitext", "openwebtext" -> "Skylion007/openwebtext", "lm1b" -> "dvruette/lm1b", and
+  "ptb_text_only" is read from the Hub's own Parquet conversion of it).
 
 Splits. A source with its own validation split uses it. Otherwise the split is a pure function of the data:
 ``pydoc``, ``local`` and ``lambada`` put a document in validation when a stable hash of its id falls below
@@ -309,6 +312,7 @@ class HubCorpus:
     source_split: str | None = None
     holdout: tuple[str, float | None] | None = None
     wikitext_articles: bool = False
+    revision: str | None = None
 
     def rows(self, split: str, n_rows: int) -> range:
         """Row indices of ``split`` in the hub split that holds it (all rows for a hash holdout)."""
@@ -325,11 +329,13 @@ HUB_CORPORA: dict[str, HubCorpus] = {
     "wikitext103": HubCorpus("Salesforce/wikitext", "wikitext-103-raw-v1", "text", "wikitext", wikitext_articles=True),
     "wikitext2": HubCorpus("Salesforce/wikitext", "wikitext-2-raw-v1", "text", "wikitext", wikitext_articles=True),
     # MDLM: openwebtext-train = train[:-100000], openwebtext-valid = train[-100000:].
-    "openwebtext": HubCorpus("openwebtext", None, "text", source_split="train", holdout=("tail_rows", 100_000)),
-    # One sentence per row, with its own train / validation / test splits.
-    "ptb": HubCorpus("ptb_text_only", None, "sentence", "ptb"),
+    "openwebtext": HubCorpus("Skylion007/openwebtext", None, "text", source_split="train",
+                             holdout=("tail_rows", 100_000)),
+    # One sentence per row, with its own train / validation / test splits. The repository holds only a
+    # loading script; the Hub's automatic Parquet conversion of it is on this branch.
+    "ptb": HubCorpus("ptb-text-only/ptb_text_only", None, "sentence", "ptb", revision="refs/convert/parquet"),
     # LM1B has train and test only; test serves as validation (as in MDLM).
-    "lm1b": HubCorpus("lm1b", None, "text", "lm1b", splits=(("train", "train"), ("validation", "test"))),
+    "lm1b": HubCorpus("dvruette/lm1b", None, "text", "lm1b", splits=(("train", "train"), ("validation", "test"))),
     # LAMBADA (OpenAI's release) is a single test split of passages: hash-split by validation_fraction.
     "lambada": HubCorpus("EleutherAI/lambada_openai", "en", "text", "lambada", source_split="test", holdout=("hash", None)),
     # WikiHow ships one split; the seed holds out the last 5% (train[-5%:]) for validation.
@@ -372,7 +378,8 @@ def hub_documents(name: str, split: str, load: Callable = None, batch_rows: int 
 
         load = datasets.load_dataset
     hub_split = spec.source_split or dict(spec.splits)[split]
-    dataset = load(spec.path, spec.config, split=hub_split)
+    extra = {"revision": spec.revision} if spec.revision else {}
+    dataset = load(spec.path, spec.config, split=hub_split, **extra)
     if spec.text_column not in dataset.column_names:
         raise InputError(
             f"hub dataset {spec.path} ({spec.config}, {hub_split}): no text column {spec.text_column!r}; "

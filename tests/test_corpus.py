@@ -272,8 +272,9 @@ def fake_hub(tables):
     """A stand-in for datasets.load_dataset over in-memory splits: (path, config, split) -> datasets.Dataset."""
     import datasets
 
-    def load(path, config, split):
-        return datasets.Dataset.from_dict(tables[(path, config, split)])
+    def load(path, config, split, revision=None):
+        key = (path, config, split) if revision is None else (path, config, split, revision)
+        return datasets.Dataset.from_dict(tables[key])
 
     return load
 
@@ -311,8 +312,9 @@ def test_wikihow_tail_split_through_the_loader(tmp_path):
 
 def test_ptb_lm1b_lambada_use_their_splits_and_detokenizers(tmp_path):
     load = fake_hub({
-        ("ptb_text_only", None, "validation"): {"sentence": ["it does n't cost $ N", " "]},
-        ("lm1b", None, "test"): {"text": ["Hello , world !"]},
+        ("ptb-text-only/ptb_text_only", None, "validation", "refs/convert/parquet"): {
+            "sentence": ["it does n't cost $ N", " "]},
+        ("dvruette/lm1b", None, "test"): {"text": ["Hello , world !"]},
         ("EleutherAI/lambada_openai", "en", "test"): {"text": [f"\u201cPassage {i}\u201d" for i in range(30)]},
     })
     outs, stats = build(config(name="ptb"), "validation", tmp_path / "ptb", load=load)
@@ -340,8 +342,8 @@ def test_validation_source_reads_another_corpus_for_validation(tmp_path):
 
 
 def test_hub_missing_text_column_names_dataset_and_columns(tmp_path):
-    load = fake_hub({("lm1b", None, "train"): {"sentence": ["x"]}})
-    with pytest.raises(InputError, match=r"hub dataset lm1b .*no text column 'text'; it has columns \['sentence'\]"):
+    load = fake_hub({("dvruette/lm1b", None, "train"): {"sentence": ["x"]}})
+    with pytest.raises(InputError, match=r"hub dataset dvruette/lm1b .*no text column 'text'; it has columns \['sentence'\]"):
         build(config(name="lm1b"), "train", tmp_path, load=load)
 
 

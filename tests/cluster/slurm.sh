@@ -3,23 +3,24 @@
 #
 #   tests/cluster/slurm.sh up      install (Debian) where missing, write configs, start daemons, wait for idle
 #   tests/cluster/slurm.sh down    stop every daemon this script started, by pid (reverse order)
-#   tests/cluster/slurm.sh status  sinfo + which daemons we own
-#   tests/cluster/slurm.sh env     print `export SLURM_CONF=...` (eval "$(tests/cluster/slurm.sh env)")
+#   tests/cluster/slurm.sh status  the daemons we started, and sinfo
 #
 # The cluster: one node `localhost` with every CPU, ~90% of the RAM and two fake GPUs (gres.conf points
-# them at /dev/null and /dev/zero: a `--gpus=1` job gets CUDA_VISIBLE_DEVICES=0, nothing runs on a GPU).
-# Accounting is real (mariadb + slurmdbd), because snakemake-executor-plugin-slurm asks `sacct` for job
-# states; without accounting sacct fails and Snakemake waits forever after the jobs end.
+# them at /dev/null and /dev/zero: a `--gpus=1` job gets CUDA_VISIBLE_DEVICES=0, nothing runs on a GPU);
+# partitions `debug` (default) and `gpu` on that node; account `cascade` for root. Accounting is real
+# (mariadb + slurmdbd), because snakemake-executor-plugin-slurm asks `sacct` for job states; without
+# accounting sacct fails and Snakemake waits forever after the jobs end.
 #
 # Everything the cluster writes lives under $CASCADE_SLURM_DIR (default /tmp/cascade-slurm): configs,
-# state, spool, logs, pid files, the database. The configs are also linked into /etc/slurm/ (and the links
-# removed by `down`), because the plugin's job step strips SLURM_* variables, SLURM_CONF included, so the
-# `srun` inside every job reads the default path; a host that already has /etc/slurm/slurm.conf is skipped. Daemons are started by hand (no systemd on CI machines)
-# and their pids recorded in $CASCADE_SLURM_DIR/started, so `down` stops exactly those, never a daemon
-# that was running before.
+# state, spool, logs, pid files, the database. The configs are also linked into /etc/slurm/ (the links are
+# removed by `down`): the plugin's job step strips SLURM_* variables, SLURM_CONF included, so the `srun`
+# inside every job reads the default path. Daemons are started by hand (no systemd on CI machines) and
+# their pid files recorded in $CASCADE_SLURM_DIR/started, so `down` stops exactly those, never a daemon
+# that was running before (a munged that already answers is used and left alone).
 #
-# Exit codes: 0 ok, 1 failure (daemon did not start: its log is printed), 77 skipped: this host cannot
-# run SLURM at all (not root and SLURM not installed, or the packages cannot be installed).
+# Exit codes: 0 ok; 1 failure (a daemon did not come up: its log is printed, and what was started is
+# stopped); 77 skipped: this host cannot run this cluster (not root, SLURM missing and not installable,
+# or a SLURM configuration of its own in /etc/slurm, which is never replaced).
 set -euo pipefail
 
 DIR=${CASCADE_SLURM_DIR:-/tmp/cascade-slurm}
@@ -293,6 +294,5 @@ case ${1:-} in
 up) up ;;
 down) down ;;
 status) status ;;
-env) echo "export SLURM_CONF=$ETC/slurm.conf" ;;
-*) echo "usage: $0 up|down|status|env   (state in \$CASCADE_SLURM_DIR, default /tmp/cascade-slurm)" >&2; exit 2 ;;
+*) echo "usage: $0 up|down|status   (state in \$CASCADE_SLURM_DIR, default /tmp/cascade-slurm)" >&2; exit 2 ;;
 esac

@@ -10,9 +10,9 @@
 #             2-GPU job whose step must see CUDA_VISIBLE_DEVICES=0,1; sacct lists exactly those 4 jobs, all
 #             COMPLETED, under the profile's partition and account.
 #   rerun     asking for one smoke shard's file (`<file> --forcerun shard`) submits exactly that one job.
-#   preempt   a smoke job with a 1-minute limit and `--signal=USR1@40` (the profile's mechanism, smaller
+#   preempt   a smoke job with a 3-minute limit and `--signal=USR1@100` (the profile's mechanism, smaller
 #             numbers) gets SIGUSR1 from SLURM's own timer, checkpoints and fails before the limit;
-#             Snakemake's retry (2 minutes) resumes it from the checkpoint. sacct shows both attempts.
+#             Snakemake's retry (6 minutes) resumes it from the checkpoint. sacct shows both attempts.
 #   pipeline  `snakemake --profile profiles/slurm --configfile configs/tiny.yaml` for the stage shards of one
 #             annotation method ($CASCADE_SLURM_METHOD, default constituency; or $CASCADE_SLURM_TARGETS): one
 #             sacct job per submitted Snakemake job, every preprocessing rule seen; then one annotate shard
@@ -160,14 +160,15 @@ fi
 
 if want preempt; then
 # ---------------------------------------------------------------- preempt: SLURM's own timer, checkpoint, resume
-# The job asks for 1 minute and --signal=USR1@40 (the profile's mechanism for training, with smaller numbers):
-# SLURM's timer signals it 20-50 s in, it checkpoints and fails; the retry gets 2 minutes and finishes.
+# The job asks for 3 minutes and --signal=USR1@100 (the profile's mechanism for training, smaller numbers).
+# SLURM may send the signal up to 60 s early, so it comes 20-80 s in: the job checkpoints and fails before
+# its limit; the retry gets 6 minutes and finishes.
 t0=$SECONDS
-STEPS=60
+STEPS=100
 before=$(last_job_id)
-say "preemption: a $STEPS-step job with a 1-minute limit and --signal=USR1@40; the retry resumes"
+say "preemption: a $STEPS-second job with a 3-minute limit and --signal=USR1@100; the retry resumes"
 smk -s "$HERE/smoke/Snakefile" -d "$SMOKE" preempt/done.json --retries 1 \
-    --config preempt_steps=$STEPS preempt_save_seconds=3 preempt_runtime=1 preempt_signal=40 >"$WORK/preempt.log" 2>&1 ||
+    --config preempt_steps=$STEPS preempt_save_seconds=3 preempt_runtime=3 preempt_signal=100 >"$WORK/preempt.log" 2>&1 ||
     { tail -n 40 "$WORK/preempt.log" >&2; fail "preemption: Snakemake failed (log: $WORK/preempt.log)"; }
 python3 - "$SMOKE/preempt/done.json" "$STEPS" <<'EOF' || fail "preemption: the resumed job's record is wrong (see above)"
 import json, sys
@@ -186,8 +187,8 @@ say "sacct saw:"$'\n'"$jobs"
 first=$(head -1 <<<"$jobs" | cut -d'|' -f1)
 read -r state limit elapsed < <(timeout 20 sacct -j "$first" -X -n -P -o State,Timelimit,ElapsedRaw | tr '|' ' ')
 say "first attempt: $state after ${elapsed}s of its $limit limit"
-[[ $state == FAILED && $limit == 00:01:00 ]] && ((elapsed < 60)) ||
-    fail "preemption: the first attempt should end FAILED (checkpointed) before its 1-minute limit, not $state after ${elapsed}s"
+[[ $state == FAILED && $limit == 00:03:00 ]] && ((elapsed < 180)) ||
+    fail "preemption: the first attempt should end FAILED (checkpointed) before its 3-minute limit, not $state after ${elapsed}s"
 tail -1 <<<"$jobs" | grep -q '|COMPLETED$' || fail "preemption: the resumed attempt is not COMPLETED in sacct"
 DONE+=("preemption stand-in resumed ($((SECONDS - t0))s);")
 fi
