@@ -101,3 +101,15 @@ def test_rotary_matches_rotate_half_and_depends_on_offset_only():
     rq = apply_rotary(q.expand(1, 6, 1, 1, 8), cos, sin)[0, :, 0, 0]
     rk = apply_rotary(k.expand(1, 6, 1, 1, 8), cos, sin)[0, :, 0, 0]
     assert torch.allclose(rq[3] @ rk[1], rq[5] @ rk[3], atol=1e-5)  # offset 2 both times
+
+
+def test_batch_order_is_a_function_of_step_and_covers_each_epoch_once():
+    from train.data import BatchOrder
+
+    order = BatchOrder(n_rows=10, global_batch=4, seed=3)
+    first_epochs = torch.cat([order.indices(s) for s in range(5)])  # 20 positions = epochs 0 and 1
+    assert sorted(first_epochs[:10].tolist()) == list(range(10))
+    assert sorted(first_epochs[10:].tolist()) == list(range(10))
+    assert first_epochs[:10].tolist() != first_epochs[10:].tolist()  # a new permutation per epoch
+    fresh = BatchOrder(n_rows=10, global_batch=4, seed=3)
+    assert fresh.indices(3).tolist() == order.indices(3).tolist()  # resuming at step 3 needs no state

@@ -24,8 +24,8 @@ import torch
 
 @dataclass
 class StageTensors:
-    target: torch.Tensor                 # Long[N, target_len]
-    prefix: torch.Tensor | None          # Long[N, prefix_len] or None
+    target: torch.Tensor                 # Int32[N, target_len] (cast to long per batch)
+    prefix: torch.Tensor | None          # Int32[N, prefix_len] or None
 
     def __len__(self) -> int:
         return self.target.shape[0]
@@ -41,7 +41,7 @@ def _column_matrix(table, column: str, length: int, path: str) -> np.ndarray:
     if bad.size:
         raise ValueError(f"{path}: column {column!r} row {int(bad[0])} has {int(sizes[bad[0]])} tokens, "
                          f"expected {length} (and {bad.size - 1} more such rows)")
-    values = np.asarray(col.values.to_numpy(zero_copy_only=False), dtype=np.int64)
+    values = np.asarray(col.values.to_numpy(zero_copy_only=False), dtype=np.int32)  # int32 in memory; batches are cast
     return values[offsets[0]:offsets[-1]].reshape(-1, length)
 
 

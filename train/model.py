@@ -112,10 +112,6 @@ class TimestepEmbedder(nn.Module):
         return self.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=-1))
 
 
-def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return torch.addcmul(shift, x, 1 + scale)  # x * (1 + scale) + shift in one kernel
-
-
 def norm_modulate(norm: nn.LayerNorm, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """modulate(LN(x) * w, shift, scale) = LN_plain(x) * (w * (1 + scale)) + shift: the LayerNorm weight and
     the adaLN scale are both per-channel, so they are multiplied first ([B, 1, D]) and applied in one pass."""

@@ -112,8 +112,10 @@ class Trainer:
         if init_dir:
             previous, _ = load_model(init_dir)
             load_state_strict(model, previous.state_dict(), f"--init {init_dir}")
+        # fused AdamW (one kernel per step on CPU and CUDA); DeepSpeed brings its own optimizer path
         optimizer = torch.optim.AdamW(model.parameters(), lr=float(settings["lr"]), betas=(0.9, 0.999),
-                                      weight_decay=float(settings.get("weight_decay", 0.0)))
+                                      weight_decay=float(settings.get("weight_decay", 0.0)),
+                                      fused=not settings.get("deepspeed"))
         self.model, self.optimizer = self.acc.prepare(model, optimizer)
         self.ema = EMA(self.acc.unwrap_model(self.model), float(settings["ema"]))
         self.acc.register_for_checkpointing(self.ema)
@@ -124,6 +126,7 @@ class Trainer:
             "vocab_size": self.vocab_size, "mask_id": self.mask_id, "eos_id": self.eos_id,
             # the AR model reads [bos ; block] with bos = eos, so every block token is predicted
             "bos_id": self.eos_id, "tokenizer": str(tokenizer_dir), "run": run, "kind": self.kind,
+            "time_conditioning": self.model_config.time_conditioning,
             "method": settings.get("method"), "steps": self.max_steps, "init": init_dir,
             "pretrained": settings.get("pretrained"),
             "train": {k: settings[k] for k in ("global_batch_size", "lr", "warmup_steps", "ema", "seed",
@@ -145,10 +148,10 @@ class Trainer:
         return ds
 
     def _batch(self, data, rows: torch.Tensor, perm_keys: torch.Tensor | None):
-        x0 = data.target[rows].to(self.acc.device)
+        x0 = data.target[rows].long().to(self.acc.device)
         prefix = None
         if data.prefix is not None:
-            prefix = data.prefix[rows]
+            prefix = data.prefix[rows].long()
             if perm_keys is not None:  # small_shuffle: a random order of the prefix tokens per example
                 prefix = prefix.gather(1, perm_keys.argsort(dim=1))
             prefix = prefix.to(self.acc.device)
@@ -254,10 +257,8 @@ class Trainer:
             return [r for r in csv.DictReader(f) if int(r["step"]) <= upto_step]
 
     def _flush_metrics(self) -> None:
-        with open(self.partial_metrics, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
-            writer.writeheader()
-            writer.writerows(self.metrics)
+        """Rows so far, beside the checkpoints; on resume only rows up to the checkpoint's step are kept."""
+        write_metrics_csv(self.partial_metrics, self.metrics)
 
     def _log(self, **row) -> None:
         self.metrics.append({k: row.get(k, "") for k in METRIC_FIELDS})

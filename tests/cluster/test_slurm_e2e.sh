@@ -57,7 +57,8 @@ fail() { RESULT="FAIL: $*"; exit 1; }
 
 cleanup() {
     local rc=$?
-    [[ -n $BG_PID ]] && kill -0 "$BG_PID" 2>/dev/null && kill -TERM "$BG_PID" 2>/dev/null
+    local pid
+    for pid in $BG_PID ${REF_PID:-}; do kill -0 "$pid" 2>/dev/null && kill -TERM "$pid" 2>/dev/null; done
     if ((STARTED_CLUSTER)); then
         # Cancel any job this test left behind, then stop the daemons this test started.
         local left
@@ -66,7 +67,11 @@ cleanup() {
         "$SLURM_SH" down >&2 || true
     fi
     if [[ -z $RESULT ]]; then
-        ((rc == 0)) && RESULT="PASS: ${DONE[*]}" || RESULT="FAIL: exited with status $rc"
+        if ((rc == 0)); then
+            RESULT="PASS: $(printf '%s; ' "${DONE[@]}")" && RESULT=${RESULT%; }
+        else
+            RESULT="FAIL: exited with status $rc"
+        fi
     fi
     echo "$RESULT (tests/cluster/test_slurm_e2e.sh, $((SECONDS - T0))s, work dir $WORK)"
     case $RESULT in PASS*) exit 0 ;; SKIP*) exit $SKIP ;; *) exit 1 ;; esac
@@ -132,7 +137,7 @@ for i in 0 1 2; do
     id=$(sed -n 's/.*slurm_job=\([0-9]*\).*/\1/p' "$SMOKE/shards/shard_$i.txt")
     grep -q "^$id|.*|rule_shard_wildcards_$i|" <<<"$jobs" || fail "smoke: shard $i was written by job '$id', not one sacct lists for it"
 done
-DONE+=("smoke: 4 jobs incl. 2 GPUs ($((SECONDS - t0))s);")
+DONE+=("smoke: 4 jobs incl. 2 GPUs ($((SECONDS - t0))s)")
 fi
 
 if want rerun; then
@@ -155,7 +160,7 @@ grep -q '|gpu|cascade|rule_shard_wildcards_1|COMPLETED$' <<<"$jobs" ||
 [[ $(cat "$SMOKE/shards/shard_1.txt") != "$old1" ]] || fail "rerun: shard_1.txt was not rewritten"
 [[ $(cat "$SMOKE/shards/shard_0.txt") == "$old0" && $(cat "$SMOKE/shards/shard_2.txt") == "$old2" ]] ||
     fail "rerun: shards 0 or 2 were rewritten"
-DONE+=("one-shard rerun ($((SECONDS - t0))s);")
+DONE+=("one-shard rerun ($((SECONDS - t0))s)")
 fi
 
 if want preempt; then
@@ -190,7 +195,7 @@ say "first attempt: $state after ${elapsed}s of its $limit limit"
 [[ $state == FAILED && $limit == 00:03:00 ]] && ((elapsed < 180)) ||
     fail "preemption: the first attempt should end FAILED (checkpointed) before its 3-minute limit, not $state after ${elapsed}s"
 tail -1 <<<"$jobs" | grep -q '|COMPLETED$' || fail "preemption: the resumed attempt is not COMPLETED in sacct"
-DONE+=("preemption stand-in resumed ($((SECONDS - t0))s);")
+DONE+=("preemption stand-in resumed ($((SECONDS - t0))s)")
 fi
 
 if want pipeline || want train; then
@@ -198,15 +203,15 @@ if want pipeline || want train; then
 PIPE=$WORK/pipeline
 mkdir -p "$PIPE"
 # On top of configs/tiny.yaml: the cascade run on the method whose shards the test builds, and a training
-# run long enough to be signalled between two checkpoints. Same file for every invocation, so the effective
+# run long enough to be signalled well before its end (the tiny model does ~30 steps/s on 2 free cores). Same file for every invocation, so the effective
 # config (and every job's command) stays the same.
 cat >"$WORK/cluster-test.yaml" <<EOF
 runs:
   cascade: {method: ${CASCADE_SLURM_METHOD:-constituency}}
 train:
-  max_steps: ${CASCADE_SLURM_TRAIN_STEPS:-20}
-  save_every: 5
-  eval_every: 20
+  max_steps: ${CASCADE_SLURM_TRAIN_STEPS:-600}
+  save_every: 50
+  eval_every: 200
 EOF
 CONFIGS=(--configfile "$ROOT/configs/tiny.yaml" "$WORK/cluster-test.yaml")
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false   # no network on a CI machine
@@ -257,7 +262,7 @@ for rule in corpus_train corpus_validation tokenizer annotate stages; do
 done
 (($(grep -c '|rule_annotate_' <<<"$jobs") == annot)) || fail "pipeline: expected one annotate job per annotated shard ($annot)"
 
-DONE+=("tiny pipeline: $submitted jobs ($((SECONDS - t0))s);")
+DONE+=("tiny pipeline: $submitted jobs ($((SECONDS - t0))s)")
 
 # Rerun one annotate shard by asking for its file: exactly that job, same documents; and the partition
 # given on the command line is the one SLURM used.
@@ -279,7 +284,7 @@ grep -q "|gpu|cascade|rule_annotate_wildcards_.*${method}.*train.*shard_00001|CO
     fail "pipeline rerun: the one job is not annotate $method/train/shard_00001, COMPLETED, in partition gpu"
 python3 -c "import pyarrow.parquet as pq, sys; print(pq.read_table(sys.argv[1]).column('doc_id').to_pylist())" "$PIPE/$shard" >"$WORK/docs.after"
 cmp -s "$WORK/docs.before" "$WORK/docs.after" || fail "pipeline rerun: $shard holds other documents after the rerun"
-DONE+=("one annotate shard rerun ($((SECONDS - t0))s);")
+DONE+=("one annotate shard rerun ($((SECONDS - t0))s)")
 fi
 
 if want train; then
@@ -311,15 +316,19 @@ scancel --signal=USR1 "$job" || fail "training: scancel --signal=USR1 $job faile
 say "sent SIGUSR1 to the steps of training job $job"
 wait "$BG_PID"; rc=$?; BG_PID=
 ((rc == 0)) || { tail -n 40 "$WORK/train.log" >&2; fail "training: Snakemake failed after the signal (log: $WORK/train.log)"; }
-wait "$REF_PID" || { tail -n 40 "$WORK/train-reference.log" >&2; fail "training: the uninterrupted local run failed (log: $WORK/train-reference.log)"; }
+wait "$REF_PID"; rc=$?; REF_PID=
+((rc == 0)) || { tail -n 40 "$WORK/train-reference.log" >&2; fail "training: the uninterrupted local run failed (log: $WORK/train-reference.log)"; }
 wait_for_jobs "$before" 2 || fail "training: sacct does not show two finished attempts"
 jobs=$(jobs_after "$before")
 say "sacct saw:"$'\n'"$jobs"
 (($(grep -c '|rule_train_stage_wildcards_cascade_1|' <<<"$jobs") == 2)) || fail "training: expected 2 SLURM jobs for train_stage cascade/1"
 head -1 <<<"$jobs" | grep -q '|FAILED$' || fail "training: the signalled attempt is not FAILED in sacct"
 tail -1 <<<"$jobs" | grep -q '|COMPLETED$' || fail "training: the resumed attempt is not COMPLETED in sacct"
-grep -q "resuming from" "$PIPE/logs/train/cascade/stage1.log" ||
-    fail "training: the second attempt did not resume from a checkpoint (logs/train/cascade/stage1.log)"
+resumed=$(sed -n 's/.*resuming from .*(step \([0-9]*\)).*/\1/p' "$PIPE/logs/train/cascade/stage1.log" | head -1)
+max_steps=$(sed -n 's/^  max_steps: //p' "$WORK/cluster-test.yaml")
+say "the second attempt resumed at step ${resumed:-none} of $max_steps"
+[[ -n $resumed ]] && ((resumed > 0 && resumed < max_steps)) ||
+    fail "training: the second attempt did not resume mid-run from a checkpoint (step '${resumed:-none}' of $max_steps; logs/train/cascade/stage1.log)"
 python3 - "$PIPE/$model" "$REF/$model" <<'EOF' || fail "training: the resumed model differs from the uninterrupted one"
 import sys
 from safetensors.torch import load_file
@@ -329,5 +338,5 @@ diff = {k: (resumed[k] - reference[k]).abs().max().item() for k in resumed if no
 assert not diff, f"{len(diff)} of {len(resumed)} tensors differ, largest |diff| {max(diff.values()):.3g}"
 print(f"[e2e] resumed == uninterrupted: all {len(resumed)} tensors of model.safetensors identical", file=sys.stderr)
 EOF
-DONE+=("training preempted by SIGUSR1, resumed == uninterrupted ($((SECONDS - t0))s).")
+DONE+=("training preempted by SIGUSR1, resumed == uninterrupted ($((SECONDS - t0))s)")
 fi
