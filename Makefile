@@ -33,12 +33,20 @@ test-fast: venv
 	python -m pytest tests -q -m "not slow"
 
 ## The live-SLURM test: installs and starts a single-node SLURM here, runs the tiny DAG through sbatch.
+# The script prints PASS, FAIL or SKIP (exit 77: this host cannot run SLURM daemons, and says why).
 cluster-test: venv
 	bash tests/cluster/test_slurm_e2e.sh
 
 ## Plan the paper reproduction without running it.
 dry-run-paper: venv
-	snakemake -n --configfile configs/paper.yaml -q
+	snakemake -n --profile profiles/slurm --configfile configs/paper.yaml --quiet rules
+
+## Link profiles/slurm into ~/.config/snakemake/slurm, so that `snakemake --profile slurm` works from anywhere.
+slurm-profile:
+	@mkdir -p $(HOME)/.config/snakemake
+	@if [ -e $(HOME)/.config/snakemake/slurm ] && [ ! -L $(HOME)/.config/snakemake/slurm ]; then \
+	    echo "$(HOME)/.config/snakemake/slurm exists and is not a link: move it away first" >&2; exit 1; fi
+	ln -sfn $(CURDIR)/profiles/slurm $(HOME)/.config/snakemake/slurm
 
 clean:
 	rm -rf data runs results logs benchmarks .snakemake
