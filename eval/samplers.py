@@ -126,6 +126,19 @@ def _tempered_score(log_score: torch.Tensor, temperature: float, mask_id: int) -
     return (total + torch.log_softmax(log_score / temperature, dim=-1)).exp()
 
 
+def _jump_from_masks(weights, x, editable, mask_id, last_step, generator):
+    """One jump of the absorbing reverse chain: each editable masked position draws its next token from
+    ``weights`` [B, L, V] (unnormalised jump weights). The mask entry gets the stay-masked weight
+    max(0, 1 - sum_y w_y), or 0 on the last step so that every mask is replaced."""
+    if last_step:
+        weights[..., mask_id] = 0.0
+    else:
+        weights[..., mask_id] = (1.0 - weights.sum(-1)).clamp_min(0.0)
+    proposal = sample_categorical(weights, generator)
+    update = editable[None, :] & (x == mask_id)
+    return torch.where(update, proposal, x)
+
+
 def analytic_steps(denoiser, x, editable, noise, steps, temperature, generator):
     """Analytic (Tweedie) tau-leaping of SEDD (Lou et al., 2024, sec. 4.2), absorbing graph. Objective: sedd.
 
@@ -145,13 +158,7 @@ def analytic_steps(denoiser, x, editable, noise, steps, temperature, generator):
         score = _tempered_score(denoiser.log_score(x, sigma_t), temperature, denoiser.mask_id)
         growth = torch.expm1(sigma_t - sigma_s)[:, None, None].to(score.dtype)
         weights = score * growth
-        if i == steps - 1:
-            weights[..., denoiser.mask_id] = 0.0
-        else:
-            weights[..., denoiser.mask_id] = (1.0 - weights.sum(-1)).clamp_min(0.0)
-        proposal = sample_categorical(weights, generator)
-        update = editable[None, :] & (x == denoiser.mask_id)
-        x = torch.where(update, proposal, x)
+        x = _jump_from_masks(weights, x, editable, denoiser.mask_id, i == steps - 1, generator)
     return x
 
 
@@ -172,13 +179,7 @@ def euler_steps(denoiser, x, editable, noise, steps, temperature, generator):
         rate = noise.rate(t).to(torch.float32)
         score = _tempered_score(denoiser.log_score(x, sigma_t), temperature, denoiser.mask_id)
         weights = score * (dt * rate)[:, None, None].to(score.dtype)
-        if i == steps - 1:
-            weights[..., denoiser.mask_id] = 0.0
-        else:
-            weights[..., denoiser.mask_id] = (1.0 - weights.sum(-1)).clamp_min(0.0)
-        proposal = sample_categorical(weights, generator)
-        update = editable[None, :] & (x == denoiser.mask_id)
-        x = torch.where(update, proposal, x)
+        x = _jump_from_masks(weights, x, editable, denoiser.mask_id, i == steps - 1, generator)
     return x
 
 

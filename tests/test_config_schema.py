@@ -53,25 +53,24 @@ def test_wrong_key_or_value_is_named(patch, named):
         validate(config, SCHEMA)
 
 
-def test_snakemake_stops_before_any_job(tmp_path):
+def dry_run_with(tmp_path, yaml_text):
+    """`snakemake -n` on config.yaml overridden by ``yaml_text``, in an empty working directory."""
     bad = tmp_path / "bad.yaml"
-    bad.write_text("train:\n  learning_rate: 0.1\n")
-    proc = subprocess.run(
+    bad.write_text(yaml_text)
+    return subprocess.run(
         [sys.executable, "-m", "snakemake", "-n", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path),
          "--configfile", str(bad)],
         capture_output=True, text=True,
     )
+
+
+def test_snakemake_stops_before_any_job(tmp_path):
+    proc = dry_run_with(tmp_path, "train:\n  learning_rate: 0.1\n")
     assert proc.returncode != 0
     assert "learning_rate" in proc.stdout + proc.stderr
     assert not (tmp_path / "data").exists()
 
 
 def test_decreasing_lengths_are_refused(tmp_path):
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("stages:\n  lengths: [16, 8, 32]\n")
-    proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path),
-         "--configfile", str(bad)],
-        capture_output=True, text=True,
-    )
+    proc = dry_run_with(tmp_path, "stages:\n  lengths: [16, 8, 32]\n")
     assert proc.returncode != 0 and "stages.lengths" in proc.stdout + proc.stderr
