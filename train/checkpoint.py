@@ -19,45 +19,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from preprocess.io import atomic_path
 from train.model import DiffusionTransformer, build_model
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 
 
-def atomic_path(path: str | os.PathLike) -> str:
-    """A fresh temporary file name in the folder of `path` (same filesystem, so os.replace is atomic)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return tmp
-
-
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    tmp = atomic_path(path)
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def save_weights_atomic(path: str | os.PathLike, state_dict: dict[str, torch.Tensor]) -> None:
-    tmp = atomic_path(path)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, str(tmp))
 
 
 def save_model(out_dir: str | os.PathLike, state_dict: dict[str, torch.Tensor], meta: dict) -> None:
