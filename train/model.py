@@ -71,7 +71,9 @@ class Rotary(nn.Module):
     (x_j, x_{j+D/2}) of q and k by the angle p * base^(-2j/D), so q.k depends only on the relative offset:
 
         rot(x) = x * cos + rotate_half(x) * sin,   rotate_half(x) = [-x2, x1]
-               = x * cos + roll(x, D/2) * [-sin_1, sin_2]      (the form computed: no negation, no cat)
+               = x * cos + swap_halves(x) * [-sin_1, sin_2]      (the form computed: no negation)
+
+    The tables depend only on (L, device, dtype) and are cached.
     """
 
     def __init__(self, head_dim: int, base: float = 10000.0):
@@ -92,8 +94,46 @@ class Rotary(nn.Module):
         return self._cache[3], self._cache[4]
 
 
+def swap_halves(x: torch.Tensor) -> torch.Tensor:
+    """[x1, x2] -> [x2, x1] on the last dim (= roll(x, D/2); a cat of two views is cheaper on CPU)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x2, x1), dim=-1)
+
+
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
-    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), signed_sin)
+    return torch.addcmul(x * cos, swap_halves(x), signed_sin)
+
+
+class _RotaryQKV(torch.autograd.Function):
+    """qkv [B, L, 3, H, D] -> (rot(q), rot(k), v), each [B, L, H, D].
+
+    The rotation is orthogonal, so the backward is the rotation by the opposite angle,
+    rot^T(g) = g * cos - swap_halves(g) * signed_sin, written with dv straight into one d(qkv) buffer
+    (autograd would run five ops per rotation and then stack dq, dk and cat dv onto them)."""
+
+    @staticmethod
+    def forward(ctx, qkv, cos, signed_sin):
+        ctx.save_for_backward(cos, signed_sin)
+        qk, v = qkv.split([2, 1], dim=2)
+        rot = (qk * cos).addcmul_(swap_halves(qk), signed_sin)  # apply_rotary, q and k together
+        q, k = rot.unbind(2)
+        return q, k, v.squeeze(2)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dq, dk, dv):
+        cos, signed_sin = (t.squeeze(2) for t in ctx.saved_tensors)  # [1, L, 1, D] for [B, L, H, D]
+        dqkv = dv.new_empty(dv.shape[:2] + (3,) + dv.shape[2:])
+        for i, grad in enumerate((dq, dk)):
+            torch.mul(grad, cos, out=dqkv[:, :, i])
+            dqkv[:, :, i].addcmul_(swap_halves(grad), signed_sin, value=-1)
+        dqkv[:, :, 2] = dv
+        return dqkv, None, None
+
+
+def rotary_qkv(qkv: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor):
+    """q, k, v = qkv.unbind(2) with rotary q and k (apply_rotary), as one autograd op."""
+    return _RotaryQKV.apply(qkv, cos, signed_sin)
 
 
 class TimestepEmbedder(nn.Module):
@@ -112,11 +152,43 @@ class TimestepEmbedder(nn.Module):
         return self.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=-1))
 
 
+class _Affine(torch.autograd.Function):
+    """out = a + s * y (torch.addcmul), for a per-sequence s (and possibly a) broadcast over a full-size y:
+
+        da = sum_to_shape(g),   ds = sum_to_shape(g * y),   dy = g * s.
+
+    Autograd's addcmul backward also multiplies the full-size y by the scalar `value` (= 1) before the product
+    (one more pass over y); this is the same gradient without it."""
+
+    @staticmethod
+    def forward(ctx, a, s, y):
+        ctx.save_for_backward(s, y)
+        ctx.a_shape = a.shape
+        return torch.addcmul(a, s, y)
+
+    @staticmethod
+    def backward(ctx, grad):
+        s, y = ctx.saved_tensors
+        da = ds = dy = None
+        if ctx.needs_input_grad[0]:
+            da = grad.sum_to_size(ctx.a_shape)
+        if ctx.needs_input_grad[1]:
+            ds = (grad * y).sum_to_size(s.shape)
+        if ctx.needs_input_grad[2]:
+            dy = grad * s
+        return da, ds, dy
+
+
+def gated_add(x: torch.Tensor, gate: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """x + gate * h (the adaLN-zero gated residual), gate [B, 1, D]."""
+    return _Affine.apply(x, gate, h)
+
+
 def norm_modulate(norm: nn.LayerNorm, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """modulate(LN(x) * w, shift, scale) = LN_plain(x) * (w * (1 + scale)) + shift: the LayerNorm weight and
     the adaLN scale are both per-channel, so they are multiplied first ([B, 1, D]) and applied in one pass."""
     plain = F.layer_norm(x, norm.normalized_shape, eps=norm.eps)
-    return torch.addcmul(shift, plain, norm.weight * (1 + scale))
+    return _Affine.apply(shift, norm.weight * (1 + scale), plain)
 
 
 class Block(nn.Module):
@@ -137,16 +209,13 @@ class Block(nn.Module):
         B, L, D = x.shape
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaLN_modulation(c)[:, None].chunk(6, dim=2)
         qkv = self.attn_qkv(norm_modulate(self.norm1, x, shift_a, scale_a)).view(B, L, 3, self.n_heads, D // self.n_heads)
-        # split/unbind rather than indexing: their backward is one cat/stack instead of zero-filled copies
-        qk, v = qkv.split([2, 1], dim=2)
-        q, k = apply_rotary(qk, cos, sin).unbind(2)  # q and k rotated together
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.squeeze(2).transpose(1, 2)
+        q, k, v = (t.transpose(1, 2) for t in rotary_qkv(qkv, cos, sin))  # [B, H, L, D]
         # SDPA picks flash / memory-efficient kernels on GPU and a fused flash kernel on CPU
         h = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
         h = self.attn_out(h.transpose(1, 2).reshape(B, L, D))
-        x = torch.addcmul(x, gate_a, self.dropout(h))  # x + gate * h
+        x = gated_add(x, gate_a, self.dropout(h))
         h = self.mlp(norm_modulate(self.norm2, x, shift_m, scale_m))
-        return torch.addcmul(x, gate_m, self.dropout(h))
+        return gated_add(x, gate_m, self.dropout(h))
 
 
 class FinalLayer(nn.Module):

@@ -47,6 +47,35 @@ def subs_log_probs(logits: torch.Tensor, x_t: torch.Tensor, mask_id: int) -> tor
     return torch.where(unmasked, carry, log_probs)
 
 
+class _SubsCrossEntropy(torch.autograd.Function):
+    """-log p_theta(x0 | x_t) at masked positions under SUBS: the cross-entropy of the logits with the mask
+    logit set to -inf,
+
+        nll_i = -log_softmax(logits_i with l_m = -inf)[x0_i],   d nll_i / d logits_i = p_i - onehot(x0_i),
+
+    p_i the softmax (0 at m). Same values as F.cross_entropy on a masked copy; the backward is the closed form,
+    computed in place in the saved log-softmax buffer instead of autograd's three new [N, V] tensors
+    (zero-filled one-hot, log-softmax grad, copy for the -inf column)."""
+
+    @staticmethod
+    def forward(ctx, logits, target, mask_id):
+        z = logits.float()
+        z = z.clone() if z is logits else z  # .float() already copied bf16 logits
+        z[:, mask_id] = float("-inf")
+        log_p = z.log_softmax(dim=-1)
+        ctx.save_for_backward(log_p, target)
+        ctx.dtype = logits.dtype
+        return -log_p.gather(-1, target[:, None]).squeeze(-1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        log_p, target = ctx.saved_tensors
+        dlogits = log_p.exp_()  # in place: a second backward through this graph raises (saved tensor modified)
+        dlogits[torch.arange(len(target), device=target.device), target] -= 1
+        return dlogits.mul_(grad[:, None]).to(ctx.dtype), None, None
+
+
 def mdlm_token_loss(logits_masked: torch.Tensor, x0_masked: torch.Tensor, sigma: torch.Tensor,
                     dsigma: torch.Tensor, mask_id: int) -> torch.Tensor:
     """Continuous-time MDLM NELBO term of each masked position (unmasked positions contribute 0 by SUBS):
@@ -56,9 +85,7 @@ def mdlm_token_loss(logits_masked: torch.Tensor, x0_masked: torch.Tensor, sigma:
     and dsigma / expm1(sigma) = 1/t under the loglinear schedule. All inputs are already restricted to
     the masked positions: logits [N, V], x0 [N], sigma and dsigma [N].
     """
-    logits = logits_masked.float().clone()
-    logits[:, mask_id] = float("-inf")
-    nll = F.cross_entropy(logits, x0_masked, reduction="none")
+    nll = _SubsCrossEntropy.apply(logits_masked, x0_masked, mask_id)
     return dsigma / torch.expm1(sigma) * nll
 
 
@@ -128,9 +155,9 @@ def diffusion_loss(model, objective: str, x0: torch.Tensor, prefix: torch.Tensor
         token_loss = sedd_token_loss(log_score, x0[masked], sigma[rows], dsigma[rows], mask_id)
     else:
         raise ValueError(f"diffusion objective must be mdlm or sedd, got {objective!r}")
-    # sum over masked positions / all target positions (unmasked positions contribute exactly 0);
-    # adding 0 * sum(logits) keeps every parameter in the graph when nothing is masked (DDP needs it)
-    return (token_loss.sum() + 0.0 * logits.sum()) / x0.numel()
+    # sum over masked positions / all target positions (unmasked positions contribute exactly 0). When nothing
+    # is masked the [0, V] logits still carry the graph, so every parameter gets a (zero) gradient (DDP needs it)
+    return token_loss.sum() / x0.numel()
 
 
 def ar_loss(model, x0: torch.Tensor, bos_id: int) -> torch.Tensor:
