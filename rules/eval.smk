@@ -78,6 +78,8 @@ rule sample:
     params:
         block=f"--block-size {SAMPLE['block_size']}" if SAMPLE.get("block_size") else "",
         device=device_args(SAMPLE_GPUS),
+    conda:
+        "../envs/train.yaml"
     log:
         "logs/sample/{run}/{sampler}-{steps}.log",
     benchmark:
@@ -104,6 +106,8 @@ rule evaluate:
     params:
         scorer=scorer_dir() or EVALUATE["scorer"],
         device=device_args(EVALUATE_GPUS),
+    conda:
+        "../envs/train.yaml"
     log:
         "logs/evaluate/{run}/{sampler}-{steps}.log",
     benchmark:
@@ -128,6 +132,8 @@ rule evaluate_val:
     params:
         device=device_args(EVALUATE_GPUS),
         batch_size=EVALUATE.get("batch_size", 32),
+    conda:
+        "../envs/train.yaml"
     log:
         "logs/evaluate/{run}/val.log",
     benchmark:
@@ -155,6 +161,8 @@ rule report:
         tex=f"{TABLES}/main.tex",
         loss=report(f"{PLOTS}/loss.png", category="Plots", labels={"plot": "train and val loss per stage"}),
         gen_ppl=report(f"{PLOTS}/gen_ppl_steps.png", category="Plots", labels={"plot": "gen ppl vs steps"}),
+    conda:
+        "../envs/train.yaml"
     log:
         f"logs/report/{PROFILE}.log",
     benchmark:

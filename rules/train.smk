@@ -97,6 +97,8 @@ rule train_stage:
         init=lambda w: init_arg(w.run, w.stage),
         stage=lambda w: f"--stage {w.stage}",
         out=lambda w: f"runs/{w.run}/stage{w.stage}",
+    conda:
+        "../envs/train.yaml"
     log:
         "logs/train/{run}/stage{stage}.log",
     benchmark:
@@ -125,6 +127,8 @@ rule train_single:
         init="",
         stage="--stage 3",
         out=lambda w: f"runs/{w.run}/model",
+    conda:
+        "../envs/train.yaml"
     log:
         "logs/train/{run}/model.log",
     benchmark:
