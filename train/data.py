@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
+
+from preprocess.io import read_parquet
 
 
 @dataclass
@@ -53,13 +53,8 @@ def load_stage_tensors(paths: list[str], stage: int, prefix_len: int, target_len
     targets, prefixes = [], []
     for path in paths:
         path = str(path)
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"{path}: stage shard not found")
         wanted = [f"stage{stage}_ids"] + ([f"stage{stage - 1}_ids"] if prefix_len else [])
-        try:
-            table = pq.read_table(path, columns=[c for c in wanted])
-        except Exception as err:  # pyarrow raises several types for a bad file or a missing column
-            raise ValueError(f"{path}: cannot read {wanted} from the stage shard ({err})") from None
+        table = read_parquet(path, wanted)  # names the file when it is missing, corrupt or lacks a column
         targets.append(_column_matrix(table, wanted[0], target_len, path))
         if prefix_len:
             prefixes.append(_column_matrix(table, wanted[1], prefix_len, path))
