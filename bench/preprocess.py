@@ -65,7 +65,7 @@ def load_documents(n_docs: int, input_path: str | None, unit: str = "topic") -> 
     ``topic`` (a whole reference-manual topic, ~1,000 words: the length of an OpenWebText page, the seeds'
     corpus) or ``paragraph`` (the pipeline's pydoc documents, ~40 words)."""
     if input_path:
-        from preprocess.io import read_parquet
+        from common.io import read_parquet
 
         texts = read_parquet(input_path, ["text"]).column("text").to_pylist()
     elif unit == "topic":

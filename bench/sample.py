@@ -23,10 +23,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from eval.denoiser import resolve_device  # noqa: E402
+from common.device import resolve_device  # noqa: E402
 from eval.sample import Stage, cascade_records  # noqa: E402
 from eval.scorer import PipelineARScorer, generative_perplexity  # noqa: E402
-from preprocess.io import read_parquet, write_json  # noqa: E402
+from common.io import read_parquet, write_json  # noqa: E402
 from train.checkpoint import save_model  # noqa: E402
 from train.model import DiffusionTransformer, ModelConfig  # noqa: E402
 from train.noise import get_noise, sample_times  # noqa: E402

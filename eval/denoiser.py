@@ -18,12 +18,7 @@ import json
 
 import torch
 
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' -> cuda when available, else cpu."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+from common.device import resolve_device
 
 
 class Denoiser:

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import torch
 
-from eval.denoiser import resolve_device
+from common.device import resolve_device
 from eval.likelihood import run_validation
 from eval.metrics import sample_metrics, stage_names
 from eval.runs import read_model_config, run_model_dirs
 from eval.sample import read_jsonl
-from preprocess.io import write_json
+from common.io import write_json
 
 
 def run_info(run_dir) -> dict:

@@ -26,9 +26,9 @@ import math
 import torch
 from tqdm import tqdm
 
-from eval.denoiser import resolve_device
+from common.device import resolve_device
 from eval.runs import read_model_config, run_model_dirs, stage_name
-from preprocess.io import InputError, read_parquet, write_json
+from common.io import InputError, read_parquet, write_json
 
 SAMPLING_EPS = 1e-3  # as train/noise.sample_times: the MDLM weight diverges at t = 0
 

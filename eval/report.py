@@ -20,7 +20,7 @@ import csv
 import json
 from pathlib import Path
 
-from preprocess.io import InputError, atomic_path
+from common.io import InputError, atomic_path
 
 COLUMNS = {  # column -> header in the Markdown / LaTeX tables
     "run": "run", "kind": "kind", "method": "method", "objective": "objective", "sampler": "sampler",

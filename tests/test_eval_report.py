@@ -5,7 +5,7 @@ import json
 import pytest
 
 from eval.report import build_report, read_training_log
-from preprocess.io import InputError
+from common.io import InputError
 
 
 def metric(value):

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from preprocess.annotate import ANNOT_SCHEMA
-from preprocess.io import InputError, write_parquet
+from common.io import InputError, write_parquet
 from preprocess.stages import build_stages, select_positions, split_block
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from preprocess.io import atomic_path
+from common.io import atomic_path
 from train.model import DiffusionTransformer, build_model
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from preprocess.io import read_parquet
+from common.io import read_parquet
 
 
 @dataclass

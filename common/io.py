@@ -1,4 +1,4 @@
-"""Atomic file writing and checked Parquet reading, shared by every preprocessing step.
+"""Atomic file writing and checked Parquet reading: the file I/O of every phase (preprocess, train, eval).
 
 A killed job must never leave a file that looks finished: everything is written under a temporary name in
 the destination folder and renamed into place (``os.replace`` is atomic on POSIX within one file system).
@@ -90,3 +90,9 @@ def read_parquet(path: str | os.PathLike, columns: list[str] | None = None) -> p
             raise InputError(f"{path}: missing column(s) {missing}; it has {table.column_names}")
         table = table.select(columns)
     return table
+
+
+def stats_path(shard_path: str | os.PathLike) -> Path:
+    """``shard_00000.parquet`` -> ``shard_00000.stats.json`` (the accounting written beside a shard)."""
+    shard_path = Path(shard_path)
+    return shard_path.with_name(shard_path.name.removesuffix(".parquet") + ".stats.json")
