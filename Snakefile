@@ -1,20 +1,25 @@
 # cascade-dllm: raw text -> annotated Parquet -> stage datasets -> cascaded diffusion training ->
-# cascade sampling -> evaluation -> paper tables. See README.md and ../shared/DESIGN.md.
+# cascade sampling -> evaluation -> paper tables. See README.md and docs/design.md.
 #
 #   snakemake --cores 2                                   # the embedded default (config.yaml)
 #   snakemake --profile profiles/slurm --configfile configs/paper.yaml
 import os
+import sys
 
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("9.0")
+
+sys.path.insert(0, workflow.basedir)
+from common.config import validate_config  # noqa: E402
 
 
 configfile: os.path.join(workflow.basedir, "config.yaml")
 
 
-# A wrong key or value stops the run here, before any job, naming the key.
-validate(config, os.path.join(workflow.basedir, "schemas/config.schema.yaml"))
+# A wrong key or value stops the run here, before any job, naming the key; every default of
+# schemas/config.schema.yaml is filled in, so the rules and the jobs read config[...] directly.
+validate_config(config)
 
 
 include: "rules/common.smk"

@@ -1,6 +1,9 @@
-# Paths and helpers shared by every phase. Layout: ../shared/DESIGN.md ("The DAG").
+# Paths and helpers shared by every phase. Layout: docs/design.md ("Files").
+#
+# Rerun triggers: each rule declares, as `params: settings`, exactly the config keys its job reads, so that
+# changing one reruns that job (Snakemake's `params` rerun trigger) and, through the newer outputs, everything
+# downstream, and nothing else. The jobs read the whole merged config file (CONFIG_FILE), but only those keys.
 import hashlib
-import json
 import os
 
 import yaml
@@ -13,14 +16,6 @@ LENGTHS = f"{L1}_{L2}_{L3}"
 METHODS = config["annotate"]["methods"]
 RUNS = config["runs"]
 
-if not L1 < L2 < L3:
-    raise ValueError(f"config stages.lengths must be increasing (l1 < l2 < l3), got {config['stages']['lengths']}")
-for _run, _spec in RUNS.items():
-    if _spec["method"] not in METHODS:
-        raise ValueError(
-            f"config runs.{_run}.method = {_spec['method']!r} is not among annotate.methods {METHODS}"
-        )
-
 
 wildcard_constraints:
     split="|".join(SPLITS),
@@ -30,8 +25,9 @@ wildcard_constraints:
 
 
 def _effective_config_path():
-    """The merged, validated config (config.yaml + --configfile + --config) as one file that every job
-    reads. Named by its content hash, so it never changes under a running job and triggers no reruns."""
+    """The merged, validated config (config.yaml + --configfile + --config, defaults filled in) as one file
+    that every job reads. Named by its content hash, so it never changes under a running job; the path is not
+    a rerun trigger (the rules' `params: settings` are)."""
     text = yaml.safe_dump(config, sort_keys=True)
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
     path = f".snakemake/cascade/config-{digest}.yaml"
@@ -47,6 +43,17 @@ def _effective_config_path():
 CONFIG_FILE = _effective_config_path()
 
 
+def job_resources(section):
+    """threads and resources of a job from a config section's gpus / cpus / mem_mb / runtime (one block for
+    training, sampling and evaluation). gpu is the SLURM plugin's --gpus; cpus_per_task follows threads."""
+    return dict(gpu=section["gpus"], cpus_per_task=section["cpus"], mem_mb=section["mem_mb"],
+                runtime=section["runtime"])
+
+
+def device_arg(section):
+    return "--device auto" if section["gpus"] else "--device cpu"
+
+
 def n_shards(split):
     return config["corpus"]["shards"][split]
 
@@ -59,10 +66,6 @@ def raw_shards(split):
     return [f"{DATA}/raw/{split}/{s}.parquet" for s in shard_names(split)]
 
 
-def annot_shards(method, split):
-    return [f"{DATA}/annot/{method}/{split}/{s}.parquet" for s in shard_names(split)]
-
-
 def stage_shards(method, split):
     """The stage shards of one method and split, at the configured lengths."""
     return [f"{DATA}/stages/{method}/{LENGTHS}/{split}/{s}.parquet" for s in shard_names(split)]
@@ -72,8 +75,10 @@ def tokenizer_dir():
     return f"{DATA}/tokenizer"
 
 
+def model_names(run):
+    """The trained model folders of a run, under runs/{run}/: stage1..3 for a cascade, model otherwise."""
+    return ["stage1", "stage2", "stage3"] if RUNS[run]["kind"] == "cascade" else ["model"]
+
+
 def run_model_dirs(run):
-    """The trained model folders of a run: stage1..3 for a cascade, one folder otherwise."""
-    if RUNS[run]["kind"] == "cascade":
-        return [f"runs/{run}/stage{k}" for k in (1, 2, 3)]
-    return [f"runs/{run}/model"]
+    return [f"runs/{run}/{name}" for name in model_names(run)]

@@ -2,10 +2,14 @@
 #   snakemake --cores 2 runs/cascade/samples/ddpm_cache-64.jsonl       # one sampling job
 #   snakemake --cores 2 report                                         # tables and plots of every run
 #   snakemake --report report.zip                                      # the tables and plots as a browsable report
-# Uses from the Snakefile / rules/common.smk: config, RUNS, L3, stage_shards(), tokenizer_dir(), run_model_dirs().
+# Uses from the Snakefile / rules/common.smk: config, RUNS, L3, stage_shards(), tokenizer_dir(), run_model_dirs(),
+# job_resources(), device_arg().
+
+from common.config import ar_scorer_run  # noqa: E402
 
 SAMPLE = config["sample"]
 EVALUATE = config["evaluate"]
+SAMPLE_SETTINGS = {k: SAMPLE[k] for k in ("n", "batch_size", "temperature", "block_size", "seed")}
 PROFILE = config["profile"]
 TABLES = f"results/{PROFILE}/tables"
 PLOTS = f"results/{PROFILE}/plots"
@@ -29,28 +33,18 @@ def model_files(run):
     return [f"{d}/{name}" for d in run_model_dirs(run) for name in ("model.safetensors", "config.json")]
 
 
-def scorer_dir():
-    """evaluate.scorer: 'ar' -> the model folder of the first run of kind ar; anything else is passed on
-    (a hub id or a local folder of a causal LM) and has no input file in the DAG."""
-    if EVALUATE["scorer"] != "ar":
-        return None
-    ar_runs = [r for r, spec in RUNS.items() if spec["kind"] == "ar"]
-    if not ar_runs:
-        raise ValueError("config evaluate.scorer is 'ar' but no run in config runs has kind: ar")
-    return run_model_dirs(ar_runs[0])[0]
+def scorer_spec():
+    """evaluate.scorer: 'ar' -> the model folder of the config's run of kind ar (common.config checked that
+    one exists); anything else is passed on (a hub id or a local folder of a causal LM, not a DAG input)."""
+    if EVALUATE["scorer"] == "ar":
+        return run_model_dirs(ar_scorer_run(config))[0]
+    return EVALUATE["scorer"]
 
 
 def scorer_files():
-    d = scorer_dir()
-    return [] if d is None else [f"{d}/model.safetensors", f"{d}/config.json"]
-
-
-def device_args(gpus):
-    return "--device auto" if gpus else "--device cpu"
-
-
-SAMPLE_GPUS = int(SAMPLE.get("gpus") or 0)
-EVALUATE_GPUS = int(EVALUATE.get("gpus") or 0)
+    if EVALUATE["scorer"] != "ar":
+        return []
+    return [f"{scorer_spec()}/model.safetensors", f"{scorer_spec()}/config.json"]
 
 
 def report_inputs():
@@ -76,20 +70,18 @@ rule sample:
     output:
         "runs/{run}/samples/{sampler}-{steps}.jsonl",
     params:
-        block=f"--block-size {SAMPLE['block_size']}" if SAMPLE.get("block_size") else "",
-        device=device_args(SAMPLE_GPUS),
+        settings=SAMPLE_SETTINGS,
+        block=f"--block-size {SAMPLE['block_size']}" if SAMPLE["block_size"] else "",
+        device=device_arg(SAMPLE),
     conda:
         "../envs/train.yaml"
     log:
         "logs/sample/{run}/{sampler}-{steps}.log",
     benchmark:
         "benchmarks/sample/{run}/{sampler}-{steps}.tsv"
-    threads: 4 if SAMPLE_GPUS else 1
+    threads: SAMPLE["cpus"]
     resources:
-        gpu=SAMPLE_GPUS,
-        cpus_per_task=lambda w, threads: threads,
-        mem_mb=32000 if SAMPLE_GPUS else 8000,
-        runtime=240 if SAMPLE_GPUS else 120,
+        **job_resources(SAMPLE),
     shell:
         "python -m eval.sample --run-dir runs/{wildcards.run} --sampler {wildcards.sampler} --steps {wildcards.steps}"
         " --n {SAMPLE[n]} --batch-size {SAMPLE[batch_size]} --temperature {SAMPLE[temperature]} --seed {SAMPLE[seed]}"
@@ -104,20 +96,18 @@ rule evaluate:
     output:
         "runs/{run}/eval/{sampler}-{steps}.json",
     params:
-        scorer=scorer_dir() or EVALUATE["scorer"],
-        device=device_args(EVALUATE_GPUS),
+        settings={"scorer": EVALUATE["scorer"]},
+        scorer=scorer_spec(),
+        device=device_arg(EVALUATE),
     conda:
         "../envs/train.yaml"
     log:
         "logs/evaluate/{run}/{sampler}-{steps}.log",
     benchmark:
         "benchmarks/evaluate/{run}/{sampler}-{steps}.tsv"
-    threads: 4 if EVALUATE_GPUS else 1
+    threads: EVALUATE["cpus"]
     resources:
-        gpu=EVALUATE_GPUS,
-        cpus_per_task=lambda w, threads: threads,
-        mem_mb=32000 if EVALUATE_GPUS else 8000,
-        runtime=120 if EVALUATE_GPUS else 60,
+        **job_resources(EVALUATE),
     shell:
         "python -m eval.evaluate samples --run-dir runs/{wildcards.run} --samples {input.samples}"
         " --scorer {params.scorer} {params.device} --threads {threads} --out {output} > {log} 2>&1"
@@ -130,23 +120,20 @@ rule evaluate_val:
     output:
         "runs/{run}/eval/val.json",
     params:
-        device=device_args(EVALUATE_GPUS),
-        batch_size=EVALUATE.get("batch_size", 32),
+        settings={k: EVALUATE[k] for k in ("val_time_samples", "val_batches", "batch_size")},
+        device=device_arg(EVALUATE),
     conda:
         "../envs/train.yaml"
     log:
         "logs/evaluate/{run}/val.log",
     benchmark:
         "benchmarks/evaluate/{run}/val.tsv"
-    threads: 4 if EVALUATE_GPUS else 1
+    threads: EVALUATE["cpus"]
     resources:
-        gpu=EVALUATE_GPUS,
-        cpus_per_task=lambda w, threads: threads,
-        mem_mb=32000 if EVALUATE_GPUS else 8000,
-        runtime=120 if EVALUATE_GPUS else 60,
+        **job_resources(EVALUATE),
     shell:
         "python -m eval.evaluate val --run-dir runs/{wildcards.run} --val-shards {input.shards}"
-        " --time-samples {EVALUATE[val_time_samples]} --batch-size {params.batch_size}"
+        " --time-samples {EVALUATE[val_time_samples]} --batch-size {EVALUATE[batch_size]}"
         " --max-batches {EVALUATE[val_batches]} {params.device} --threads {threads} --out {output} > {log} 2>&1"
 
 

@@ -8,6 +8,16 @@ def preprocess_outputs():
     return [p for m in METHODS for split in SPLITS for p in stage_shards(m, split)]
 
 
+def annotate_settings(method):
+    """The annotate keys that change a shard of ``method``: the models it runs and the piece size (threads and
+    batch size change only the speed). constituency runs no KeyBERT."""
+    cfg = config["annotate"]
+    settings = {"spacy_model": cfg["spacy_model"], "max_doc_chars": cfg["max_doc_chars"]}
+    if method != "constituency":
+        settings["keybert_model"] = cfg["keybert_model"]
+    return settings
+
+
 # One job per split writes all of that split's shards: a source is read once, as a stream.
 for _split in SPLITS:
 
@@ -19,6 +29,7 @@ for _split in SPLITS:
             stats=f"{DATA}/raw/{_split}/stats.json",
         params:
             split=_split,
+            settings=config["corpus"],
         log:
             f"logs/{CORPUS}/corpus/{_split}.log",
         benchmark:
@@ -38,6 +49,8 @@ rule tokenizer:
         raw_shards("train") if config["tokenizer"]["kind"] == "bpe" else [],
     output:
         directory(tokenizer_dir()),
+    params:
+        settings=config["tokenizer"],
     log:
         f"logs/{CORPUS}/tokenizer.log",
     benchmark:
@@ -58,17 +71,19 @@ rule annotate:
     output:
         shard=f"{DATA}/annot/{{method}}/{{split}}/{{shard}}.parquet",
         stats=f"{DATA}/annot/{{method}}/{{split}}/{{shard}}.stats.json",
+    params:
+        settings=lambda w: annotate_settings(w.method),
     log:
         f"logs/{CORPUS}/annotate/{{method}}/{{split}}/{{shard}}.log",
     benchmark:
         f"benchmarks/{CORPUS}/annotate/{{method}}/{{split}}/{{shard}}.tsv"
-    threads: config["annotate"].get("threads", 1)
+    threads: config["annotate"]["threads"]
     conda:
         "../envs/preprocess.yaml"
     resources:
-        cpus_per_task=config["annotate"].get("threads", 1),
-        mem_mb=config["annotate"].get("mem_mb", 6000),
-        runtime=config["annotate"].get("runtime", 120),
+        cpus_per_task=config["annotate"]["threads"],
+        mem_mb=config["annotate"]["mem_mb"],
+        runtime=config["annotate"]["runtime"],
     shell:
         "python -m preprocess.annotate --config {CONFIG_FILE} --method {wildcards.method}"
         " --input {input.raw} --tokenizer {input.tokenizer} --out {output.shard} > {log} 2>&1"

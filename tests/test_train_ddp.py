@@ -30,7 +30,7 @@ def test_two_processes_match_one(tmp_path):
     data = write_stage_shards(tmp_path / "data", rows=128, val_rows=32, lengths=(4, 8, 16))
     config = {
         "stages": {"lengths": [4, 8, 16]},
-        "runs": {"toy": {"kind": "cascade", "method": "toy", "objective": "sedd"}},
+        "runs": {"toy": {"kind": "cascade", "method": "keybert_no_stopword", "objective": "sedd"}},
         "train": {"model": "tiny", "noise": {"type": "geometric", "sigma_min": 1e-4, "sigma_max": 20.0},
                   "global_batch_size": 16, "micro_batch_size": 8, "lr": 3e-3, "weight_decay": 0.0,
                   "warmup_steps": 2, "max_steps": 8, "grad_clip": 1.0, "ema": 0.5, "dropout": 0.0,

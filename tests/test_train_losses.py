@@ -8,6 +8,7 @@ from train.model import DiffusionTransformer, ModelConfig
 from train.noise import get_noise, sample_times
 from train.objectives import (ar_token_loss, corrupt, diffusion_loss, mdlm_token_loss, sedd_log_score,
                               sedd_token_loss, subs_log_probs)
+from common.config import validate_config
 from train.settings import compute_matched_steps, resolve
 
 torch.set_num_threads(1)
@@ -160,16 +161,39 @@ def test_causal_model_does_not_look_ahead():
 
 def test_compute_matched_steps_and_settings():
     assert compute_matched_steps([300, 300, 300], [16, 32, 64]) == 750  # 300 * (16 + 48 + 96) / 64
-    config = {"stages": {"lengths": [16, 32, 64]},
-              "train": {"max_steps": 300, "lr": 1e-3, "model": "tiny"},
-              "runs": {"c": {"kind": "cascade", "objective": "sedd", "lr": 5e-4},
-                       "s": {"kind": "single", "objective": "mdlm"}, "a": {"kind": "ar", "objective": "ar"}}}
+    method = "keybert_no_stopword"
+    config = validate_config({
+        "stages": {"lengths": [16, 32, 64]},
+        "train": {"max_steps": 300, "lr": 1e-3, "model": "tiny"},
+        "runs": {"c": {"kind": "cascade", "method": method, "objective": "sedd", "lr": 5e-4, "max_steps": 200},
+                 "s": {"kind": "single", "method": method, "objective": "mdlm", "match_compute": "c"},
+                 "plain": {"kind": "single", "method": method, "objective": "mdlm"},
+                 "a": {"kind": "ar", "method": method, "objective": "ar"}}})
     c2 = resolve(config, "c", 2)
-    assert (c2["lr"], c2["prefix_len"], c2["target_len"], c2["objective"]) == (5e-4, 16, 32, "sedd")
+    assert (c2.lr, c2.prefix_len, c2.target_len, c2.objective, c2.max_steps) == (5e-4, 16, 32, "sedd", 200)
     s = resolve(config, "s")
-    assert (s["max_steps"], s["prefix_len"], s["target_len"]) == (750, 0, 64)
-    assert resolve(config, "a", 3)["objective"] == "ar"
+    assert (s.max_steps, s.prefix_len, s.target_len) == (500, 0, 64)  # 200 * (16 + 48 + 96) / 64
+    assert s.steps_source.startswith("match_compute: c")
+    # a plain max_steps means what it says
+    assert (resolve(config, "plain").max_steps, resolve(config, "plain").steps_source) == (300, "train.max_steps")
+    assert resolve(config, "a", 3).objective == "ar"
+    assert resolve(config, "a").lr == 1e-3 and resolve(config, "a").warmup_steps == 30  # the schema default
     with pytest.raises(ValueError, match="stage must be 1, 2 or 3"):
         resolve(config, "c", 4)
-    with pytest.raises(KeyError, match="not in config runs"):
+    with pytest.raises(ValueError, match="not in config runs"):
         resolve(config, "nope", 1)
+
+
+def test_settings_checks_name_the_run_and_key():
+    method = "keybert_no_stopword"
+    base = {"stages": {"lengths": [4, 8, 16]}}
+    bad_kind = validate_config({**base, "runs": {"x": {"kind": "ar", "method": method, "objective": "mdlm"}}})
+    with pytest.raises(ValueError, match="runs.x: kind ar trains objective ar"):
+        resolve(bad_kind, "x")
+    bad_batch = validate_config({**base, "runs": {"x": {"kind": "single", "method": method, "objective": "mdlm",
+                                                         "global_batch_size": 10, "micro_batch_size": 4}}})
+    with pytest.raises(ValueError, match="global_batch_size 10 is not a multiple of micro_batch_size 4"):
+        resolve(bad_batch, "x")
+    with pytest.raises(ValueError, match="match_compute = 'x' must name a cascade run"):
+        validate_config({**base, "runs": {"x": {"kind": "single", "method": method, "objective": "mdlm",
+                                                 "match_compute": "x"}}})

@@ -32,7 +32,7 @@ def setup(tmp_path_factory):
     data = write_stage_shards(tmp / "data", rows=96, val_rows=32, lengths=(4, 8, 16))
     config = {
         "stages": {"lengths": [4, 8, 16]},
-        "runs": {"toy": {"kind": "cascade", "method": "toy", "objective": "mdlm"}},
+        "runs": {"toy": {"kind": "cascade", "method": "keybert_no_stopword", "objective": "mdlm"}},
         # dropout > 0 so the restored RNG state matters; micro 8 of global 16 so accumulation is exercised
         "train": {"model": "tiny", "noise": {"type": "loglinear", "eps": 1e-3}, "global_batch_size": 16,
                   "micro_batch_size": 8, "lr": 3e-3, "weight_decay": 0.01, "warmup_steps": 3, "max_steps": 12,

@@ -22,10 +22,10 @@ def toy(tmp_path_factory):
     data = write_stage_shards(tmp / "data", rows=128, val_rows=32, lengths=(4, 8, 16), max_stride=1)
     config = {
         "stages": {"lengths": [4, 8, 16]},
-        "runs": {"cascade": {"kind": "cascade", "method": "toy", "objective": "mdlm", "warm_start": True},
-                 "sedd": {"kind": "cascade", "method": "toy", "objective": "sedd"},
-                 "single": {"kind": "single", "method": "toy", "objective": "mdlm", "max_steps": 4},
-                 "ar": {"kind": "ar", "method": "toy", "objective": "ar"}},
+        "runs": {"cascade": {"kind": "cascade", "method": "keybert_no_stopword", "objective": "mdlm", "warm_start": True},
+                 "sedd": {"kind": "cascade", "method": "keybert_no_stopword", "objective": "sedd"},
+                 "single": {"kind": "single", "method": "keybert_no_stopword", "objective": "mdlm", "max_steps": 4},
+                 "ar": {"kind": "ar", "method": "keybert_no_stopword", "objective": "ar"}},
         "train": {"model": "tiny", "noise": {"type": "loglinear", "eps": 1e-3}, "global_batch_size": 16,
                   "micro_batch_size": 16, "lr": 3e-3, "weight_decay": 0.0, "warmup_steps": 5, "max_steps": 60,
                   "grad_clip": 1.0, "ema": 0.9, "dropout": 0.0, "eval_every": 30, "eval_batches": 2,
@@ -73,7 +73,7 @@ def test_sedd_single_and_ar_runs(toy):
     assert load_model(tmp / "sedd3")[1]["objective"] == "sedd"
     assert main(args(tmp, data, "single", tmp / "single")) == 0
     _, meta = load_model(tmp / "single")
-    assert (meta["steps"], meta["prefix_len"], meta["target_len"]) == (10, 0, 16)  # 4*(4+12+24)/16 = 10
+    assert (meta["steps"], meta["prefix_len"], meta["target_len"]) == (4, 0, 16)  # max_steps means what it says
     assert main(args(tmp, data, "ar", tmp / "ar", None, "--set", "max_steps=3")) == 0
     model, meta = load_model(tmp / "ar")
     assert meta["objective"] == "ar" and meta["model"]["causal"] and meta["bos_id"] == meta["eos_id"]

@@ -15,7 +15,8 @@ import sys
 
 import yaml
 
-from train.settings import load_config, resolve
+from common.config import load_config
+from train.settings import resolve
 
 
 def parse_args(argv=None):
@@ -40,10 +41,10 @@ def main(argv=None, on_step=None) -> int:
     settings = resolve(load_config(args.config), args.run, args.stage)
     for item in args.overrides:
         key, sep, value = item.partition("=")
-        if not sep or key not in settings:
-            raise SystemExit(f"--set {item!r}: expected KEY=VALUE with KEY one of {sorted(settings)}")
-        settings[key] = yaml.safe_load(value)
-    if args.init and not settings.get("warm_start"):
+        if not sep or key not in settings.to_dict():
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE with KEY one of {sorted(settings.to_dict())}")
+        settings = settings.replace(**{key: yaml.safe_load(value)})
+    if args.init and not settings.warm_start:
         raise SystemExit(f"--init {args.init} given but runs.{args.run}.warm_start is false")
     from train.trainer import Trainer
 

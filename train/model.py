@@ -22,17 +22,21 @@ prefix is never masked and never scored.
 
 `causal=True` gives the autoregressive model (is_causal in SDPA; sigma is then absent and c = silu(sigma_map(0))).
 
-    python -m train.model --size tiny --vocab 2048      # prints the parameter count of a size
+The rotary, gated-residual and modulation steps are written here as the plain formulas. The same math with
+cheaper hand-written backward passes lives in train/fused.py; `DiffusionTransformer(cfg, fused=...)` picks
+between them ("auto": fused on CPU, where it was measured faster; True / False to force). The switch is not
+part of ModelConfig and changes no parameter, so checkpoints and config.json do not depend on it.
 """
 from __future__ import annotations
 
-import argparse
 import math
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from train import fused as fused_ops
 
 SIZES = {
     # dim, layers, heads, cond_dim
@@ -101,39 +105,16 @@ def swap_halves(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
-    return torch.addcmul(x * cos, swap_halves(x), signed_sin)
+    return x * cos + swap_halves(x) * signed_sin
 
 
-class _RotaryQKV(torch.autograd.Function):
-    """qkv [B, L, 3, H, D] -> (rot(q), rot(k), v), each [B, L, H, D].
-
-    The rotation is orthogonal, so the backward is the rotation by the opposite angle,
-    rot^T(g) = g * cos - swap_halves(g) * signed_sin, written with dv straight into one d(qkv) buffer
-    (autograd would run five ops per rotation and then stack dq, dk and cat dv onto them)."""
-
-    @staticmethod
-    def forward(ctx, qkv, cos, signed_sin):
-        ctx.save_for_backward(cos, signed_sin)
-        qk, v = qkv.split([2, 1], dim=2)
-        rot = (qk * cos).addcmul_(swap_halves(qk), signed_sin)  # apply_rotary, q and k together
-        q, k = rot.unbind(2)
-        return q, k, v.squeeze(2)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dq, dk, dv):
-        cos, signed_sin = (t.squeeze(2) for t in ctx.saved_tensors)  # [1, L, 1, D] for [B, L, H, D]
-        dqkv = dv.new_empty(dv.shape[:2] + (3,) + dv.shape[2:])
-        for i, grad in enumerate((dq, dk)):
-            torch.mul(grad, cos, out=dqkv[:, :, i])
-            dqkv[:, :, i].addcmul_(swap_halves(grad), signed_sin, value=-1)
-        dqkv[:, :, 2] = dv
-        return dqkv, None, None
-
-
-def rotary_qkv(qkv: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor):
-    """q, k, v = qkv.unbind(2) with rotary q and k (apply_rotary), as one autograd op."""
-    return _RotaryQKV.apply(qkv, cos, signed_sin)
+def rotary_qkv(qkv: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor, fused: bool = False):
+    """qkv [B, L, 3, H, D] -> q, k, v [B, L, H, D], with q and k rotated (together: one broadcast over (q, k))."""
+    if fused:
+        return fused_ops.rotary_qkv(qkv, cos, signed_sin)
+    qk, v = qkv.split([2, 1], dim=2)
+    q, k = apply_rotary(qk, cos, signed_sin).unbind(2)
+    return q, k, v.squeeze(2)
 
 
 class TimestepEmbedder(nn.Module):
@@ -152,43 +133,19 @@ class TimestepEmbedder(nn.Module):
         return self.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=-1))
 
 
-class _Affine(torch.autograd.Function):
-    """out = a + s * y (torch.addcmul), for a per-sequence s (and possibly a) broadcast over a full-size y:
-
-        da = sum_to_shape(g),   ds = sum_to_shape(g * y),   dy = g * s.
-
-    Autograd's addcmul backward also multiplies the full-size y by the scalar `value` (= 1) before the product
-    (one more pass over y); this is the same gradient without it."""
-
-    @staticmethod
-    def forward(ctx, a, s, y):
-        ctx.save_for_backward(s, y)
-        ctx.a_shape = a.shape
-        return torch.addcmul(a, s, y)
-
-    @staticmethod
-    def backward(ctx, grad):
-        s, y = ctx.saved_tensors
-        da = ds = dy = None
-        if ctx.needs_input_grad[0]:
-            da = grad.sum_to_size(ctx.a_shape)
-        if ctx.needs_input_grad[1]:
-            ds = (grad * y).sum_to_size(s.shape)
-        if ctx.needs_input_grad[2]:
-            dy = grad * s
-        return da, ds, dy
+def gated_add(x: torch.Tensor, gate: torch.Tensor, h: torch.Tensor, fused: bool = False) -> torch.Tensor:
+    """The adaLN-zero gated residual x + gate * h, gate [B, 1, D] per sequence."""
+    if fused:
+        return fused_ops.gated_add(x, gate, h)
+    return x + gate * h
 
 
-def gated_add(x: torch.Tensor, gate: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """x + gate * h (the adaLN-zero gated residual), gate [B, 1, D]."""
-    return _Affine.apply(x, gate, h)
-
-
-def norm_modulate(norm: nn.LayerNorm, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """modulate(LN(x) * w, shift, scale) = LN_plain(x) * (w * (1 + scale)) + shift: the LayerNorm weight and
-    the adaLN scale are both per-channel, so they are multiplied first ([B, 1, D]) and applied in one pass."""
-    plain = F.layer_norm(x, norm.normalized_shape, eps=norm.eps)
-    return _Affine.apply(shift, norm.weight * (1 + scale), plain)
+def norm_modulate(norm: nn.LayerNorm, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor,
+                  fused: bool = False) -> torch.Tensor:
+    """The adaLN modulation of the normalized input, modulate(LN(x), shift, scale) = LN(x) * (1 + scale) + shift."""
+    if fused:
+        return fused_ops.norm_modulate(norm, x, shift, scale)
+    return norm(x) * (1 + scale) + shift
 
 
 class Block(nn.Module):
@@ -205,17 +162,19 @@ class Block(nn.Module):
         self.adaLN_modulation = nn.Linear(cfg.cond_dim, 6 * d)
         self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, c: torch.Tensor,
+                fused: bool = False) -> torch.Tensor:
         B, L, D = x.shape
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaLN_modulation(c)[:, None].chunk(6, dim=2)
-        qkv = self.attn_qkv(norm_modulate(self.norm1, x, shift_a, scale_a)).view(B, L, 3, self.n_heads, D // self.n_heads)
-        q, k, v = (t.transpose(1, 2) for t in rotary_qkv(qkv, cos, sin))  # [B, H, L, D]
+        h = norm_modulate(self.norm1, x, shift_a, scale_a, fused)
+        qkv = self.attn_qkv(h).view(B, L, 3, self.n_heads, D // self.n_heads)
+        q, k, v = (t.transpose(1, 2) for t in rotary_qkv(qkv, cos, sin, fused))  # [B, H, L, D]
         # SDPA picks flash / memory-efficient kernels on GPU and a fused flash kernel on CPU
         h = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
         h = self.attn_out(h.transpose(1, 2).reshape(B, L, D))
-        x = gated_add(x, gate_a, self.dropout(h))
-        h = self.mlp(norm_modulate(self.norm2, x, shift_m, scale_m))
-        return gated_add(x, gate_m, self.dropout(h))
+        x = gated_add(x, gate_a, self.dropout(h), fused)
+        h = self.mlp(norm_modulate(self.norm2, x, shift_m, scale_m, fused))
+        return gated_add(x, gate_m, self.dropout(h), fused)
 
 
 class FinalLayer(nn.Module):
@@ -225,22 +184,26 @@ class FinalLayer(nn.Module):
         self.linear = nn.Linear(cfg.dim, cfg.vocab_size)
         self.adaLN_modulation = nn.Linear(cfg.cond_dim, 2 * cfg.dim)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: torch.Tensor, rows: torch.Tensor | None = None,
+                fused: bool = False) -> torch.Tensor:
         """x [B, L, D] with c [B, C]; or selected positions x [N, D] whose batch rows are `rows` [N]."""
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
         if rows is None:
             shift, scale = shift[:, None], scale[:, None]
         else:  # modulation computed once per sequence, then gathered per selected position
             shift, scale = shift[rows], scale[rows]
-        return self.linear(norm_modulate(self.norm_final, x, shift, scale))
+        return self.linear(norm_modulate(self.norm_final, x, shift, scale, fused))
 
 
 class DiffusionTransformer(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, fused: bool | str = "auto"):
+        """fused: "auto", True or False, whether the forward (and diffusion_loss) use train/fused.py;
+        a plain attribute, not a ModelConfig field, so it may differ between runs of the same checkpoint."""
         super().__init__()
         if cfg.dim % cfg.n_heads or (cfg.dim // cfg.n_heads) % 2:
             raise ValueError(f"dim {cfg.dim} must split into {cfg.n_heads} heads of even size")
         self.config = cfg
+        self.fused = fused_ops.check_fused_setting(fused)
         self.vocab_embed = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.prefix_embed = nn.Parameter(torch.zeros(cfg.dim))
         self.sigma_map = TimestepEmbedder(cfg.cond_dim, cfg.freq_dim)
@@ -281,28 +244,15 @@ class DiffusionTransformer(nn.Module):
         if not prefix_len:  # keep prefix_embed in the graph (zero gradient) so DDP finds every parameter used
             c = c + 0.0 * self.prefix_embed.sum()
         cos, sin = self.rotary(L, x.device, h.dtype)
+        fused = fused_ops.use_fused(self.fused, h)
         for block in self.blocks:
-            h = block(h, cos, sin, c)
+            h = block(h, cos, sin, c, fused)
         if select is not None:
             rows = select.nonzero(as_tuple=True)[0]
-            return self.output_layer(h[select], c, rows)
-        return self.output_layer(h, c)
+            return self.output_layer(h[select], c, rows, fused)
+        return self.output_layer(h, c, fused=fused)
 
 
-def build_model(model_cfg: dict) -> DiffusionTransformer:
-    return DiffusionTransformer(ModelConfig(**model_cfg))
+def build_model(model_cfg: dict, fused: bool | str = "auto") -> DiffusionTransformer:
+    return DiffusionTransformer(ModelConfig(**model_cfg), fused)
 
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", default="tiny", choices=sorted(SIZES))
-    parser.add_argument("--vocab", type=int, default=2048)
-    parser.add_argument("--causal", action="store_true")
-    args = parser.parse_args(argv)
-    model = DiffusionTransformer(ModelConfig.from_size(args.size, args.vocab, causal=args.causal))
-    body = model.num_params() - model.vocab_embed.weight.numel() - model.output_layer.linear.weight.numel()
-    print(f"{args.size}: {model.num_params():,} parameters ({body:,} outside the two vocabulary matrices)")
-
-
-if __name__ == "__main__":
-    main()

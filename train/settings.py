@@ -1,28 +1,36 @@
-"""A run's training settings: the `train:` defaults overridden by the run's own keys (config `runs.{name}`).
+"""A run's training settings: one typed object, built once from the config by resolve().
 
-Shared by rules/train.smk (resources, warm-start inputs) and the training command, so both read one truth.
+The `train:` section gives every training key (its defaults come from the schema); a run under `runs:` may
+override any of them. resolve() merges the two for one model (a cascade stage, or the single / AR model),
+adds what the run kind decides (which stage columns, prefix and target lengths, the number of steps), and
+runs the cross-field checks once, here. The Snakemake rules (resources, inputs, rerun triggers) and the
+training command both build their settings with resolve(), so they read one truth.
 
 Run kinds:
     cascade  stages 1, 2, 3; stage k > 1 sees [stage k-1 clean ; noisy stage k]
-    single   the stage-3 blocks with no prefix, trained with the compute of the three cascade stages
+    single   the stage-3 blocks with no prefix
     ar       a causal LM on the stage-3 blocks (objective ar, cross-entropy)
-
-    python -m train.settings --config config.yaml --run cascade --stage 2     # prints the resolved settings
 """
 from __future__ import annotations
 
-import argparse
-import copy
+import dataclasses
+import hashlib
 import json
-
-import yaml
+from dataclasses import dataclass, field
 
 KINDS = ("cascade", "single", "ar")
-RUN_ONLY_KEYS = ("kind", "method", "objective")
+DIFFUSION_OBJECTIVES = ("mdlm", "sedd")
+# Keys that change where and how fast a job runs, never what it computes: left out of the settings digest,
+# so changing them reruns nothing and a checkpoint written under other values still resumes.
+JOB_ONLY_KEYS = ("gpus", "cpus", "mem_mb", "runtime", "log_with")
+
+
+class SettingsError(ValueError):
+    """Settings that cannot train; the message names the run and the key."""
 
 
 def compute_matched_steps(stage_steps: list[int], lengths: list[int]) -> int:
-    """Steps for a single-stage model on l3-token blocks that costs what the cascade costs.
+    """Steps for a single-stage model on l3-token blocks that costs what a cascade costs.
 
     Cascade stage k trains on sequences of prefix + target = l_{k-1} + l_k tokens (l_0 = 0), so with the
     same batch size its compute is proportional to steps_k * (l_{k-1} + l_k). The single-stage model sees
@@ -30,7 +38,7 @@ def compute_matched_steps(stage_steps: list[int], lengths: list[int]) -> int:
 
         steps_single = ceil( sum_k steps_k * (l_{k-1} + l_k) / l3 ).
 
-    Example (demo): 300 * (16 + 48 + 96) / 64 = 750 steps. (Tokens, not FLOPs: attention's quadratic
+    Example (demo): 800 * (8 + 24 + 48) / 32 = 2,000 steps. (Tokens, not FLOPs: attention's quadratic
     term is ignored, which is small at these lengths.)
     """
     if len(stage_steps) != len(lengths):
@@ -42,78 +50,135 @@ def compute_matched_steps(stage_steps: list[int], lengths: list[int]) -> int:
     return -(-tokens // lengths[-1])
 
 
-def resolve(config: dict, run: str, stage: int | None = None) -> dict:
-    """Settings of `run` at `stage` (1..3 for cascade runs; 3 or None for single / ar runs).
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything one training job needs to know, checked. Field meanings: schemas/config.schema.yaml."""
 
-    Adds: kind, method, objective, stage, prefix_len, target_len, and for single runs max_steps replaced by
-    compute_matched_steps (the run's max_steps is read as the steps of each cascade stage it matches).
-    """
-    runs = config.get("runs") or {}
+    # what is trained
+    run: str
+    kind: str
+    method: str
+    objective: str
+    stage: int                      # 1..3 for a cascade; 3 for single / ar (they model the stage-3 blocks)
+    lengths: tuple[int, int, int]
+    prefix_len: int                 # l_{k-1} (0 for stage 1, single and ar)
+    target_len: int                 # l_k
+    max_steps: int
+    steps_source: str               # how max_steps was decided, printed with the settings
+    match_compute: str | None
+    # the train: keys
+    model: str
+    noise: dict
+    global_batch_size: int
+    micro_batch_size: int
+    lr: float
+    weight_decay: float
+    warmup_steps: int
+    grad_clip: float
+    ema: float
+    dropout: float
+    eval_every: int
+    eval_batches: int
+    save_every: int
+    shuffle_prefix: bool
+    warm_start: bool
+    antithetic: bool
+    precision: str
+    fused: object                   # "auto" | True | False
+    deepspeed: str | None
+    seed: int
+    max_nonfinite_steps: int
+    log_with: list = field(default_factory=list)
+    pretrained: str | None = None
+    pretrained_format: str | None = None
+    gpus: int = 0
+    cpus: int = 1
+    mem_mb: int = 8000
+    runtime: int = 60
+
+    def __post_init__(self):
+        where = f"runs.{self.run}"
+        if self.kind not in KINDS:
+            raise SettingsError(f"{where}.kind must be one of {KINDS}, got {self.kind!r}")
+        if self.kind == "ar" and self.objective != "ar":
+            raise SettingsError(f"{where}: kind ar trains objective ar, got objective {self.objective!r}")
+        if self.kind != "ar" and self.objective not in DIFFUSION_OBJECTIVES:
+            raise SettingsError(f"{where}.objective must be one of {DIFFUSION_OBJECTIVES} for kind {self.kind}, "
+                                f"got {self.objective!r}")
+        if self.match_compute is not None and self.kind != "single":
+            raise SettingsError(f"{where}.match_compute applies to single runs, this run is kind {self.kind}")
+        if self.warm_start and self.kind != "cascade":
+            raise SettingsError(f"{where}.warm_start chains cascade stages; this run is kind {self.kind}")
+        if self.global_batch_size % self.micro_batch_size:
+            raise SettingsError(f"{where}: global_batch_size {self.global_batch_size} is not a multiple of "
+                                f"micro_batch_size {self.micro_batch_size}")
+        if self.pretrained_format is not None and self.pretrained is None:
+            raise SettingsError(f"{where}.pretrained_format is {self.pretrained_format!r} but pretrained is not set")
+
+    @property
+    def name(self) -> str:
+        """stage{k} for a cascade stage, model for a single / AR run: the run's output folder."""
+        return f"stage{self.stage}" if self.kind == "cascade" else "model"
+
+    def accumulation_steps(self, num_processes: int) -> int:
+        """global batch = micro batch x processes x accumulation; the division must be exact."""
+        per_step = self.micro_batch_size * num_processes
+        if self.global_batch_size % per_step:
+            raise SettingsError(f"runs.{self.run}: global_batch_size {self.global_batch_size} is not a multiple "
+                                f"of micro_batch_size {self.micro_batch_size} x {num_processes} processes")
+        return self.global_batch_size // per_step
+
+    def replace(self, **changes) -> "TrainSettings":
+        """A copy with some fields changed, checked again."""
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise SettingsError(f"unknown training setting(s) {unknown}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def computing(self) -> dict:
+        """The settings that decide what the job computes (all but JOB_ONLY_KEYS)."""
+        return {k: v for k, v in self.to_dict().items() if k not in JOB_ONLY_KEYS}
+
+    def digest(self) -> str:
+        """sha256 of computing(): equal digests, equal training. Recorded in checkpoints and compared on resume."""
+        text = json.dumps(self.computing(), sort_keys=True, default=list)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def describe(self) -> str:
+        """The resolved settings, one per line, for the training log."""
+        width = max(len(k) for k in self.to_dict())
+        return "\n".join(f"  {k:<{width}} {v}" for k, v in self.to_dict().items())
+
+
+def resolve(config: dict, run: str, stage: int | None = None) -> TrainSettings:
+    """Settings of ``run`` at ``stage`` (1..3 for cascade runs; 3 or None for single / ar runs) from a config
+    read by common.config (every key present)."""
+    runs = config["runs"]
     if run not in runs:
-        raise KeyError(f"run {run!r} is not in config runs (have {sorted(runs)})")
-    spec = runs[run] or {}
-    kind = spec.get("kind")
-    if kind not in KINDS:
-        raise ValueError(f"runs.{run}.kind must be one of {KINDS}, got {kind!r}")
-    settings = copy.deepcopy(config.get("train") or {})
-    settings.update(copy.deepcopy({k: v for k, v in spec.items()}))
-    lengths = list(config["stages"]["lengths"])
-    if len(lengths) != 3 or sorted(set(lengths)) != lengths:
-        raise ValueError(f"stages.lengths must be three increasing lengths, got {lengths}")
-    objective = settings.get("objective")
-    if kind == "ar" and objective not in (None, "ar"):
-        raise ValueError(f"runs.{run}: kind ar trains objective ar, got {objective!r}")
-    if kind != "ar" and objective not in ("mdlm", "sedd"):
-        raise ValueError(f"runs.{run}.objective must be mdlm or sedd for kind {kind}, got {objective!r}")
-    settings["objective"] = "ar" if kind == "ar" else objective
-
+        raise SettingsError(f"run {run!r} is not in config runs (have {sorted(runs)})")
+    spec = runs[run]
+    kind = spec["kind"]
+    values = {**config["train"], **{k: v for k, v in spec.items() if k not in ("kind", "method", "objective",
+                                                                             "match_compute")}}
+    lengths = tuple(config["stages"]["lengths"])
     if kind == "cascade":
         if stage not in (1, 2, 3):
-            raise ValueError(f"run {run!r} is a cascade: stage must be 1, 2 or 3, got {stage!r}")
-        settings["prefix_len"] = 0 if stage == 1 else lengths[stage - 2]
-        settings["target_len"] = lengths[stage - 1]
+            raise SettingsError(f"run {run!r} is a cascade: stage must be 1, 2 or 3, got {stage!r}")
+        prefix_len, target_len = (0 if stage == 1 else lengths[stage - 2]), lengths[stage - 1]
     else:
         if stage not in (None, 3):
-            raise ValueError(f"run {run!r} is kind {kind}: it models the stage-3 blocks (stage 3), got {stage!r}")
-        stage = 3
-        settings["prefix_len"], settings["target_len"] = 0, lengths[2]
-        if kind == "single":
-            settings["max_steps"] = compute_matched_steps([int(settings["max_steps"])] * 3, lengths)
-    settings.update(kind=kind, stage=stage, lengths=lengths)
-    settings.setdefault("method", None)
-    settings.setdefault("pretrained", None)
-    return settings
-
-
-def accumulation_steps(settings: dict, num_processes: int) -> int:
-    """global batch = micro batch x processes x accumulation; the division must be exact."""
-    global_bs, micro = int(settings["global_batch_size"]), int(settings["micro_batch_size"])
-    per_step = micro * num_processes
-    if global_bs % per_step:
-        raise ValueError(f"global_batch_size {global_bs} is not a multiple of micro_batch_size {micro} x "
-                         f"{num_processes} processes")
-    return global_bs // per_step
-
-
-def load_config(path: str) -> dict:
-    with open(path) as f:
-        try:
-            config = yaml.safe_load(f)
-        except yaml.YAMLError as err:
-            raise ValueError(f"{path}: not valid YAML ({err})") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level")
-    return config
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="config.yaml")
-    parser.add_argument("--run", required=True)
-    parser.add_argument("--stage", type=int, default=None)
-    args = parser.parse_args(argv)
-    print(json.dumps(resolve(load_config(args.config), args.run, args.stage), indent=2, sort_keys=True))
-
-
-if __name__ == "__main__":
-    main()
+            raise SettingsError(f"run {run!r} is kind {kind}: it models the stage-3 blocks (stage 3), got {stage!r}")
+        stage, prefix_len, target_len = 3, 0, lengths[2]
+    steps_source = f"runs.{run}.max_steps" if "max_steps" in spec else "train.max_steps"
+    target = spec.get("match_compute")
+    if target is not None:
+        stage_steps = [resolve(config, target, k).max_steps for k in (1, 2, 3)]
+        values["max_steps"] = compute_matched_steps(stage_steps, list(lengths))
+        steps_source = (f"match_compute: {target} (ceil(sum_k steps_k (l_(k-1) + l_k) / l3) with steps "
+                        f"{stage_steps}, lengths {list(lengths)})")
+    return TrainSettings(run=run, kind=kind, method=spec["method"], objective=spec["objective"], stage=stage,
+                         lengths=lengths, prefix_len=prefix_len, target_len=target_len,
+                         steps_source=steps_source, match_compute=target, **values)

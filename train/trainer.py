@@ -39,7 +39,7 @@ from train.ema import EMA
 from train.model import DiffusionTransformer, ModelConfig
 from train.noise import get_noise, sample_times
 from train.objectives import ar_loss, diffusion_loss
-from train.settings import accumulation_steps
+from train.settings import TrainSettings
 
 EXIT_PREEMPTED = 75
 METRIC_FIELDS = ["step", "split", "loss", "lr", "tokens", "seconds", "grad_norm"]
@@ -58,37 +58,35 @@ def _step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
 
 
 class Trainer:
-    def __init__(self, settings: dict, train_shards: list[str], val_shards: list[str], tokenizer_dir: str,
+    def __init__(self, settings: TrainSettings, train_shards: list[str], val_shards: list[str], tokenizer_dir: str,
                  out_dir: str, init_dir: str | None = None, run: str | None = None):
         from accelerate import Accelerator
         from accelerate.utils import DeepSpeedPlugin
         from transformers import PreTrainedTokenizerFast
 
         self.s, self.out, self.run_name = settings, Path(out_dir), run
-        self.objective, self.kind = settings["objective"], settings["kind"]
-        self.prefix_len, self.target_len = int(settings["prefix_len"]), int(settings["target_len"])
-        self.max_steps = int(settings["max_steps"])
-        self.seed = int(settings["seed"])
+        self.objective, self.kind = settings.objective, settings.kind
+        self.prefix_len, self.target_len = settings.prefix_len, settings.target_len
+        self.max_steps = settings.max_steps
+        self.seed = settings.seed
 
-        precision = settings.get("precision", "auto")
+        precision = settings.precision
         if precision == "auto":
             precision = "bf16" if torch.cuda.is_available() else "fp32"
-        if precision not in ("bf16", "fp32"):
-            raise ValueError(f"train.precision must be auto, bf16 or fp32, got {precision!r}")
         # accumulation needs the process count, which the launcher puts in the environment
         processes = int(os.environ.get("WORLD_SIZE", "1"))
-        self.accum = accumulation_steps(settings, processes)
+        self.accum = settings.accumulation_steps(processes)
         plugin = None
-        if settings.get("deepspeed"):
-            plugin = DeepSpeedPlugin(hf_ds_config=self._deepspeed_config(settings["deepspeed"], precision))
+        if settings.deepspeed:
+            plugin = DeepSpeedPlugin(hf_ds_config=self._deepspeed_config(settings.deepspeed, precision))
         self.acc = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no",
                                gradient_accumulation_steps=self.accum, deepspeed_plugin=plugin,
                                cpu=not torch.cuda.is_available())
         if self.acc.num_processes != processes:
             raise RuntimeError(f"WORLD_SIZE {processes} but accelerate sees {self.acc.num_processes} processes")
         self.precision = precision
-        self.micro = int(settings["micro_batch_size"])
-        self.global_batch = int(settings["global_batch_size"])
+        self.micro = settings.micro_batch_size
+        self.global_batch = settings.global_batch_size
         torch.manual_seed(self.seed + self.acc.process_index)  # dropout; restored from checkpoints on resume
 
         tokenizer = PreTrainedTokenizerFast.from_pretrained(tokenizer_dir)
@@ -96,41 +94,40 @@ class Trainer:
             raise ValueError(f"{tokenizer_dir}: the tokenizer needs mask_token and eos_token set")
         self.vocab_size, self.mask_id = len(tokenizer), tokenizer.mask_token_id
         self.eos_id = tokenizer.eos_token_id
-        stage = int(settings["stage"])
+        stage = settings.stage
         self.train_data = load_stage_tensors(train_shards, stage, self.prefix_len, self.target_len, self.vocab_size)
         self.val_data = load_stage_tensors(val_shards, stage, self.prefix_len, self.target_len, self.vocab_size)
         self.order = BatchOrder(len(self.train_data), self.global_batch, self.seed)
-        self.noise = get_noise(settings["noise"])
+        self.noise = get_noise(settings.noise)
 
-        self.model_config = ModelConfig.from_size(settings["model"], self.vocab_size,
-                                                  dropout=float(settings.get("dropout", 0.0)),
+        self.model_config = ModelConfig.from_size(settings.model, self.vocab_size,
+                                                  dropout=settings.dropout,
                                                   causal=self.objective == "ar")
         model = DiffusionTransformer(self.model_config)
-        if settings.get("pretrained"):
+        if settings.pretrained:
             from train.pretrained import load_pretrained
-            load_pretrained(model, settings["pretrained"], settings.get("pretrained_format"))
+            load_pretrained(model, settings.pretrained, settings.pretrained_format)
         if init_dir:
             previous, _ = load_model(init_dir)
             load_state_strict(model, previous.state_dict(), f"--init {init_dir}")
         # fused AdamW (one kernel per step on CPU and CUDA); DeepSpeed brings its own optimizer path
-        optimizer = torch.optim.AdamW(model.parameters(), lr=float(settings["lr"]), betas=(0.9, 0.999),
-                                      weight_decay=float(settings.get("weight_decay", 0.0)),
-                                      fused=not settings.get("deepspeed"))
+        optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, betas=(0.9, 0.999),
+                                      weight_decay=settings.weight_decay,
+                                      fused=not settings.deepspeed)
         self.model, self.optimizer = self.acc.prepare(model, optimizer)
-        self.ema = EMA(self.acc.unwrap_model(self.model), float(settings["ema"]))
+        self.ema = EMA(self.acc.unwrap_model(self.model), settings.ema)
         self.acc.register_for_checkpointing(self.ema)
 
         self.meta = {
-            "model": self.model_config.to_dict(), "objective": self.objective, "noise": dict(settings["noise"]),
+            "model": self.model_config.to_dict(), "objective": self.objective, "noise": dict(settings.noise),
             "stage": stage, "prefix_len": self.prefix_len, "target_len": self.target_len,
             "vocab_size": self.vocab_size, "mask_id": self.mask_id, "eos_id": self.eos_id,
             # the AR model reads [bos ; block] with bos = eos, so every block token is predicted
             "bos_id": self.eos_id, "tokenizer": str(tokenizer_dir), "run": run, "kind": self.kind,
             "time_conditioning": self.model_config.time_conditioning,
-            "method": settings.get("method"), "steps": self.max_steps, "init": init_dir,
-            "pretrained": settings.get("pretrained"),
-            "train": {k: settings[k] for k in ("global_batch_size", "lr", "warmup_steps", "ema", "seed",
-                                               "shuffle_prefix", "antithetic", "grad_clip") if k in settings},
+            "method": settings.method, "steps": self.max_steps, "init": init_dir,
+            "pretrained": settings.pretrained, "settings_digest": settings.digest(),
+            "train": settings.computing(),
         }
         self._stop_signal: int | None = None
 
@@ -141,9 +138,9 @@ class Trainer:
             ds = json.loads(Path(path).read_text())
         except (OSError, json.JSONDecodeError) as err:
             raise ValueError(f"{path}: cannot read the DeepSpeed config ({err})") from None
-        ds.update(train_micro_batch_size_per_gpu=int(self.s["micro_batch_size"]),
-                  gradient_accumulation_steps=self.accum, train_batch_size=int(self.s["global_batch_size"]),
-                  gradient_clipping=float(self.s["grad_clip"]))
+        ds.update(train_micro_batch_size_per_gpu=self.s.micro_batch_size,
+                  gradient_accumulation_steps=self.accum, train_batch_size=self.s.global_batch_size,
+                  gradient_clipping=self.s.grad_clip)
         ds["bf16"] = {"enabled": precision == "bf16"}
         return ds
 
@@ -164,19 +161,19 @@ class Trainer:
                               self.noise, self.mask_id)
 
     def _draw(self, gen: torch.Generator, n: int, shuffle: bool):
-        t = sample_times(n, gen, antithetic=bool(self.s.get("antithetic", True)))
+        t = sample_times(n, gen, antithetic=self.s.antithetic)
         u = torch.rand(n, self.target_len, generator=gen)
         keys = torch.rand(n, self.prefix_len, generator=gen) if shuffle and self.prefix_len else None
         return t, u, keys
 
     def train_step(self, step: int) -> tuple[float, float]:
         """One optimizer step on the global batch of `step`; returns (mean loss, grad norm)."""
-        lr = lr_at(step, float(self.s["lr"]), int(self.s["warmup_steps"]), self.max_steps)
+        lr = lr_at(step, self.s.lr, self.s.warmup_steps, self.max_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         rows = self.order.indices(step)
         t, u, keys = self._draw(_step_generator(self.seed, step), self.global_batch,
-                                bool(self.s.get("shuffle_prefix", False)))
+                                self.s.shuffle_prefix)
         self.model.train()
         total, grad_norm = torch.zeros((), device=self.acc.device), float("nan")
         for a in range(self.accum):
@@ -187,7 +184,7 @@ class Trainer:
                 loss = self._loss(self.model, x0, prefix, t[sl], u[sl])
                 self.acc.backward(loss)
                 if self.acc.sync_gradients:
-                    norm = self.acc.clip_grad_norm_(self.model.parameters(), float(self.s["grad_clip"]))
+                    norm = self.acc.clip_grad_norm_(self.model.parameters(), self.s.grad_clip)
                     grad_norm = float(norm) if norm is not None else float("nan")
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
@@ -201,7 +198,7 @@ class Trainer:
         """Per-token NELBO (or NLL for AR) of the EMA weights on the first eval_batches x G validation rows,
         with noise from a fixed generator, so every evaluation of a run scores the same corrupted batches."""
         model = self.acc.unwrap_model(self.model)
-        n = min(len(self.val_data), int(self.s["eval_batches"]) * self.global_batch)
+        n = min(len(self.val_data), self.s.eval_batches * self.global_batch)
         gen = _step_generator(self.seed, 0, stream=1)
         t, u, _ = self._draw(gen, n, shuffle=False)
         chunks = [slice(i, min(i + self.micro, n)) for i in range(0, n, self.micro)]
@@ -280,6 +277,9 @@ class Trainer:
         for sig in (signal.SIGTERM, signal.SIGUSR1):
             signal.signal(sig, self._request_stop)
         self.ckpt_root.mkdir(parents=True, exist_ok=True)
+        self.acc.print(f"{self.run_name} {self.s.name}: {self.acc.unwrap_model(self.model).num_params():,} parameters; "
+                       f"max_steps from {self.s.steps_source}; settings (digest {self.s.digest()}):\n"
+                       f"{self.s.describe()}")
         step, seconds = 0, 0.0
         latest = self.latest_checkpoint()
         if latest is not None:
@@ -289,7 +289,7 @@ class Trainer:
             self.acc.print(f"resuming from {latest} (step {step})")
         self.metrics = self._load_metrics(step)
         tokens_per_step = self.global_batch * (self.prefix_len + self.target_len)
-        eval_every, save_every = int(self.s.get("eval_every") or 0), int(self.s.get("save_every") or 0)
+        eval_every, save_every = self.s.eval_every, self.s.save_every
         if step == 0 and eval_every:
             self._log(step=0, split="val", loss=self.validate(), tokens=0, seconds=0.0)
 
@@ -341,16 +341,3 @@ def write_metrics_csv(path: Path, rows: list[dict]) -> None:
     writer.writeheader()
     writer.writerows(rows)
     write_text_atomic(path, buffer.getvalue())
-
-
-def main(argv=None) -> int:
-    """`python -m train.trainer ...` is the training command itself (same arguments as `python -m train`)."""
-    from train.__main__ import main as train_main
-
-    return train_main(argv)
-
-
-if __name__ == "__main__":
-    import sys
-
-    sys.exit(main())
