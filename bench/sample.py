@@ -24,8 +24,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common.device import resolve_device  # noqa: E402
-from eval.sample import Stage, cascade_records  # noqa: E402
+from eval.sample import cascade_records  # noqa: E402
 from eval.scorer import PipelineARScorer, generative_perplexity  # noqa: E402
+from eval.trained import load_trained  # noqa: E402
 from common.io import read_parquet, write_json  # noqa: E402
 from train.checkpoint import save_model  # noqa: E402
 from train.model import DiffusionTransformer, ModelConfig  # noqa: E402
@@ -123,32 +124,28 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
 
-    from transformers import AutoTokenizer
-
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         model_dir, scorer_dir = Path(args.model_dir), Path(args.scorer_dir)
         if not (model_dir / "config.json").exists() or not (scorer_dir / "config.json").exists():
             model_dir, scorer_dir = train_both(args, Path(args.save_models or tmp), device)
-        stage = Stage.load(model_dir, device)
+        stage = load_trained(model_dir, device)
         if stage.meta["objective"] != "mdlm" or stage.meta["prefix_len"]:
             raise SystemExit(f"{model_dir}: need an unconditional mdlm model, got {stage.meta['objective']} "
                              f"with prefix_len {stage.meta['prefix_len']}")
-        tokenizer = AutoTokenizer.from_pretrained(stage.meta["tokenizer"])
         scorer = PipelineARScorer(scorer_dir, device)
-        print(f"model {model_dir} (time_conditioning={stage.meta.get('time_conditioning', True)}), scorer {scorer_dir}")
+        print(f"model {model_dir} (time_conditioning={stage.model.config.time_conditioning}), scorer {scorer_dir}")
         for sampler in ("ddpm", "ddpm_cache"):
             stage.denoiser.calls = stage.denoiser.rows = 0
             start = time.perf_counter()
-            records = cascade_records([stage], tokenizer, args.n, args.n, sampler, args.steps, seed=args.seed,
-                                      device=device)
+            records = cascade_records([stage], args.n, args.n, sampler, args.steps, seed=args.seed, device=device)
             seconds = time.perf_counter() - start
-            ppl = generative_perplexity(records, scorer, "stage3", stage.meta["tokenizer"])
+            ppl = generative_perplexity(records, scorer, stage.name, stage.meta["tokenizer"])
             tokens = sum(r["generated_tokens"] for r in records)
             results[sampler] = {"tokens_per_second": tokens / seconds, "seconds": seconds,
                                 "network_calls": stage.denoiser.calls,
                                 "rows_evaluated": stage.denoiser.rows, "gen_ppl": ppl["value"],
-                                "ids": [r["stage3_ids"] for r in records]}
+                                "ids": [r[f"{stage.name}_ids"] for r in records]}
     same = results["ddpm"].pop("ids") == results["ddpm_cache"].pop("ids")
     speedup = results["ddpm_cache"]["tokens_per_second"] / results["ddpm"]["tokens_per_second"]
     ppl_diff = abs(results["ddpm_cache"]["gen_ppl"] / results["ddpm"]["gen_ppl"] - 1)

@@ -13,6 +13,12 @@ gets more layers); "equal shape" has our exact layer count, for context.
 
     python bench/train_step.py                          # tiny and small, CPU, all threads
     python bench/train_step.py --sizes small --device cuda --peak-tflops 989   # bf16 + MFU on an H100
+    python bench/train_step.py --sizes tiny --fused both --skip-equal-shape    # train/fused.py on and off
+
+--fused sets DiffusionTransformer(cfg, fused=...) and the loss's switch (train/fused.py): auto (the default:
+fused on CPU, plain on CUDA), on, off, or both, which times our model fused and plain, interleaved with the
+BERT rows on the same batches, so the plain row's "ours / this" is the fused / plain ratio. BERT's step
+computes the same MDLM loss with the first of these settings (on for both).
 
 MFU (CUDA only) = achieved FLOP/s / peak, with FLOPs per token = 6 N + 12 n_layers d L (PaLM appendix B;
 N the non-embedding parameters plus the output projection).
@@ -32,6 +38,7 @@ from train.model import DiffusionTransformer, ModelConfig  # noqa: E402
 from train.noise import get_noise, sample_times  # noqa: E402
 from train.objectives import corrupt, diffusion_loss, mdlm_token_loss  # noqa: E402
 
+FUSED_SETTINGS = {"auto": ["auto"], "on": [True], "off": [False], "both": [True, False]}
 DEFAULTS = {"tiny": dict(vocab=2048, batch=32, length=96), "small": dict(vocab=50258, batch=8, length=128)}
 
 
@@ -55,13 +62,13 @@ def bert_equal_params(cfg: ModelConfig, target: int, length: int) -> tuple[int, 
     return layers, base + layers * per_layer
 
 
-def bert_loss(model, x0, t, u, noise, mask_id):
+def bert_loss(model, x0, t, u, noise, mask_id, fused):
     sigma, dsigma = noise.total(t), noise.rate(t)
     x_t = corrupt(x0, sigma, mask_id, u)
     logits = model(input_ids=x_t).logits
     masked = x_t == mask_id
     rows = masked.nonzero(as_tuple=True)[0]
-    return mdlm_token_loss(logits[masked], x0[masked], sigma[rows], dsigma[rows], mask_id).sum() / x0.numel()
+    return mdlm_token_loss(logits[masked], x0[masked], sigma[rows], dsigma[rows], mask_id, fused).sum() / x0.numel()
 
 
 def make_stepper(model, loss_fn, device, bf16: bool):
@@ -106,6 +113,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 dense peak of the GPU (H100 SXM)")
     parser.add_argument("--skip-equal-shape", action="store_true")
+    parser.add_argument("--fused", default="auto", choices=sorted(FUSED_SETTINGS),
+                        help="train/fused.py for our model and the loss: auto, on, off, or both (two rows)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -115,9 +124,12 @@ def main(argv=None):
     rows = []
     for size in args.sizes:
         d = DEFAULTS[size]
-        torch.manual_seed(0)
         cfg = ModelConfig.from_size(size, d["vocab"])
-        ours = DiffusionTransformer(cfg).to(device)
+        settings = FUSED_SETTINGS[args.fused]
+        ours = []
+        for fused in settings:  # the same initial weights for each setting
+            torch.manual_seed(0)
+            ours.append(DiffusionTransformer(cfg, fused=fused).to(device))
         mask_id = d["vocab"] - 1
         g = torch.Generator().manual_seed(0)
         batches = []
@@ -127,23 +139,24 @@ def main(argv=None):
             u = torch.rand(d["batch"], d["length"], generator=g)
             batches.append((x0.to(device), t.to(device), u.to(device)))
         tokens = d["batch"] * d["length"]
-        p_ours = n_params(ours)
+        p_ours = n_params(ours[0])
         layers, _ = bert_equal_params(cfg, p_ours, d["length"])
         variants = [("BERT equal params", layers)] + ([] if args.skip_equal_shape else [("BERT equal shape", cfg.n_layers)])
         berts = []
         for _, n_layers in variants:
             torch.manual_seed(0)
             berts.append(bert_for(cfg, n_layers, d["length"]).to(device))
-        steppers = [make_stepper(ours, lambda m, x0, t, u: diffusion_loss(m, "mdlm", x0, None, t, u, noise, mask_id),
-                                 device, bf16)]
-        steppers += [make_stepper(b, lambda m, x0, t, u: bert_loss(m, x0, t, u, noise, mask_id), device, bf16)
-                     for b in berts]
+        steppers = [make_stepper(m, lambda m, x0, t, u: diffusion_loss(m, "mdlm", x0, None, t, u, noise, mask_id),
+                                 device, bf16) for m in ours]
+        steppers += [make_stepper(b, lambda m, x0, t, u: bert_loss(m, x0, t, u, noise, mask_id, settings[0]),
+                                  device, bf16) for b in berts]
         seconds = time_interleaved(steppers, batches)
         flops_tok = 6 * (p_ours - cfg.vocab_size * cfg.dim) + 12 * cfg.n_layers * cfg.dim * d["length"]
-        mfu = flops_tok * tokens / seconds[0][0] / (args.peak_tflops * 1e12) if device.type == "cuda" else None
-        rows.append((size, "ours (DiffusionTransformer)", cfg.n_layers, p_ours, tokens / seconds[0][0],
-                     tokens / seconds[0][1], mfu))
-        for (name, n_layers), bert, (wall, cpu) in zip(variants, berts, seconds[1:]):
+        for fused, (wall, cpu) in zip(settings, seconds):
+            mfu = flops_tok * tokens / wall / (args.peak_tflops * 1e12) if device.type == "cuda" else None
+            rows.append((size, f"ours (DiffusionTransformer, fused={fused})", cfg.n_layers, p_ours, tokens / wall,
+                         tokens / cpu, mfu))
+        for (name, n_layers), bert, (wall, cpu) in zip(variants, berts, seconds[len(ours):]):
             rows.append((size, name, n_layers, n_params(bert), tokens / wall, tokens / cpu, None))
         del ours, berts, steppers
         print(f"[{size}] batch {d['batch']} x {d['length']} tokens, vocab {d['vocab']}, {args.steps} timed steps",
@@ -154,10 +167,10 @@ def main(argv=None):
     print("| size | model | layers | params | tokens/s (wall) | ours / this (wall) | tokens per CPU-s | "
           f"ours / this (CPU) |{' MFU |' if bf16 else ''}")
     print(f"|---|---|---|---|---|---|---|---|{'---|' if bf16 else ''}")
-    ours_row = {}
+    ours_row = {}  # the first of our rows of each size is the reference of the ratio columns
     for size, name, layers, params, wall_tps, cpu_tps, mfu in rows:
         if name.startswith("ours"):
-            ours_row[size] = (wall_tps, cpu_tps)
+            ours_row.setdefault(size, (wall_tps, cpu_tps))
         w, c = ours_row[size]
         extra = f" {mfu:.1%} |" if bf16 and mfu is not None else (" |" if bf16 else "")
         print(f"| {size} | {name} | {layers} | {params / 1e6:.1f}M | {wall_tps:,.0f} | {w / wall_tps:.2f}x | "

@@ -69,9 +69,10 @@ def coerce_strings(value, schema: dict, root: dict):
     misfit_enum = "enum" in schema and value not in schema["enum"]
     if isinstance(value, str) and (misfit_enum or not _accepts_string(schema, root)):
         try:
-            return coerce_strings(yaml.safe_load(value), schema, root)
+            parsed = yaml.safe_load(value)
         except yaml.YAMLError:
             return value  # the schema check names the key and the bad value
+        return value if isinstance(parsed, str) else coerce_strings(parsed, schema, root)
     if isinstance(value, dict):
         props = schema.get("properties", {})
         extra = schema.get("additionalProperties")

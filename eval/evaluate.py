@@ -1,12 +1,12 @@
-"""Evaluate a run: metrics of a samples file, or the validation NELBO of its stages. Writes JSON in which every
+r"""Evaluate a run: metrics of a samples file, or the validation NELBO of its stages. Writes JSON in which every
 number sits beside the exact definition used to compute it.
 
     # sample metrics: retention, entropy, distinct-1/2/3, speed, generative perplexity under a scorer
     python -m eval.evaluate samples --run-dir runs/cascade --samples runs/cascade/samples/ddpm_cache-64.jsonl \
-        --scorer ar --out runs/cascade/eval/ddpm_cache-64.json
+        --scorer runs/ar/model --out runs/cascade/eval/ddpm_cache-64.json
     # validation NELBO / perplexity per stage (eval/likelihood.py)
     python -m eval.evaluate val --run-dir runs/cascade --val-shards data/pydoc/stages/.../validation/*.parquet \
-        --out runs/cascade/eval/val.json
+        --time-samples 4 --batch-size 32 --out runs/cascade/eval/val.json
 """
 from __future__ import annotations
 
@@ -17,17 +17,18 @@ from pathlib import Path
 import torch
 
 from common.device import resolve_device
+from common.io import write_json
 from eval.likelihood import run_validation
 from eval.metrics import sample_metrics, stage_names
-from eval.runs import read_model_config, run_model_dirs
+from eval.runs import run_model_dirs
 from eval.sample import read_jsonl
-from common.io import write_json
+from train.checkpoint import read_meta
 
 
 def run_info(run_dir) -> dict:
     """Who the run is, from the config.json of its last model: name, kind, method, objective."""
     dirs = run_model_dirs(run_dir)
-    meta = read_model_config(dirs[-1])
+    meta = read_meta(dirs[-1])
     return {"run": meta.get("run") or Path(run_dir).name, "kind": meta.get("kind"), "method": meta.get("method"),
             "objective": meta["objective"], "stages": len(dirs), "tokenizer": meta["tokenizer"]}
 
@@ -52,21 +53,22 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
     s = sub.add_parser("samples", help="metrics of a samples JSONL")
-    s.add_argument("--run-dir", required=True)
-    s.add_argument("--samples", required=True)
-    s.add_argument("--scorer", default="ar", help="ar (runs/ar/model) | a pipeline AR folder | a hub causal LM | none")
-    s.add_argument("--runs-root", default="runs", help="where the 'ar' scorer run lives")
+    s.add_argument("--run-dir", required=True, help="runs/{run}: stage1..3/ or model/ inside")
+    s.add_argument("--samples", required=True, help="samples JSONL written by eval.sample")
+    s.add_argument("--scorer", required=True,
+                   help="gen ppl scorer: a pipeline AR model folder (runs/ar/model) | a hub id or local folder of a "
+                        "causal LM (gpt2-large) | none (no gen ppl)")
     v = sub.add_parser("val", help="validation NELBO and perplexity per stage")
-    v.add_argument("--run-dir", required=True)
-    v.add_argument("--val-shards", nargs="+", required=True)
-    v.add_argument("--time-samples", type=int, default=4)
-    v.add_argument("--batch-size", type=int, default=32)
-    v.add_argument("--max-batches", type=int, default=None)
+    v.add_argument("--run-dir", required=True, help="runs/{run}: stage1..3/ or model/ inside")
+    v.add_argument("--val-shards", nargs="+", required=True, help="validation stage shards of the run's method")
+    v.add_argument("--time-samples", type=int, required=True, help="stratified time samples per block (K)")
+    v.add_argument("--batch-size", type=int, required=True, help="blocks per batch")
+    v.add_argument("--max-batches", type=int, default=None, help="score only the first batches (default: all)")
     v.add_argument("--seed", type=int, default=0)
     for p in (s, v):
         p.add_argument("--device", default="auto")
-        p.add_argument("--threads", type=int, default=None)
-        p.add_argument("--out", required=True)
+        p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+        p.add_argument("--out", required=True, help="runs/{run}/eval/{sampler}-{steps}.json or val.json")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -74,7 +76,7 @@ def main(argv=None):
     if args.what == "samples":
         from eval.scorer import load_scorer
 
-        scorer = None if args.scorer == "none" else load_scorer(args.scorer, device, args.runs_root)
+        scorer = None if args.scorer == "none" else load_scorer(args.scorer, device)
         result = evaluate_samples(args.run_dir, args.samples, scorer)
     else:
         result = {**run_info(args.run_dir), **run_validation(args.run_dir, args.val_shards, args.time_samples,

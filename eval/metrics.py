@@ -3,13 +3,9 @@
 Every function returns ``{"value": float, "definition": str, ...counts}`` so an eval JSON says how each
 number was computed. Token-level metrics work on token ids of the tokenizer the run was trained with.
 Likelihood metrics live in eval/likelihood.py (validation NELBO) and eval/scorer.py (generative perplexity).
-
-    python -m eval.metrics runs/cascade/samples/ddpm_cache-64.jsonl     # prints the sample metrics
 """
 from __future__ import annotations
 
-import argparse
-import json
 import math
 from collections import Counter
 from typing import Sequence
@@ -101,17 +97,3 @@ def sample_metrics(records: Sequence[dict]) -> dict:
         metrics[f"distinct_{n}"] = distinct_n(final, n)
     metrics.update(speed(records))
     return metrics
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m eval.metrics", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("samples", help="a samples JSONL written by eval.sample")
-    args = parser.parse_args(argv)
-    from eval.sample import read_jsonl
-
-    print(json.dumps(sample_metrics(read_jsonl(args.samples)), indent=2))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,4 +1,4 @@
-"""The paper tables and plots: one row per (run x sampler x steps), loss curves, gen ppl against steps.
+r"""The paper tables and plots: one row per (run x sampler x steps), loss curves, gen ppl against steps.
 
 Inputs are the files the evaluation leaves (docs/contracts.md):
     runs/{run}/eval/{sampler}-{steps}.json     sample metrics (eval.evaluate samples)
@@ -6,9 +6,10 @@ Inputs are the files the evaluation leaves (docs/contracts.md):
     runs/{run}/{stage1..3|model}/metrics.csv   training log: step, split (train|val), loss, ...
 Outputs:
     {tables}/main.md, main.csv, main.tex
-    {plots}/loss.png            train (solid) and validation (dashed) loss per stage, one panel per run
-    {plots}/gen_ppl_steps.png   generative perplexity against sampling steps, one line per run x sampler
-                                (AR baselines as horizontal reference lines)
+    {plots}/loss.png            per stage: train loss smoothed (solid; EMA, see smooth()) over the raw per-step
+                                loss (faint), and validation loss (dashed); one panel per run
+    {plots}/gen_ppl_steps.png   generative perplexity (log axis) against sampling steps (log axis), one line per
+                                run x sampler (AR baselines as horizontal reference lines)
 
     python -m eval.report --sample-metrics runs/*/eval/*-*.json --val-metrics runs/*/eval/val.json \
         --train-metrics runs/*/*/metrics.csv --tables results/demo/tables --plots results/demo/plots
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 from pathlib import Path
 
 from common.io import InputError, atomic_path
@@ -141,8 +143,27 @@ def _save_figure(fig, path: Path) -> None:
     plt.close(fig)
 
 
+SMOOTH_SHARE = 0.03  # EMA time constant as a share of the logged step range: 24 steps of an 800-step stage
+
+
+def smooth(points: list[tuple[int, float]], tau: float) -> list[float]:
+    """Bias-corrected exponential moving average over steps with time constant ``tau`` steps:
+
+        ema_i = sum_{j <= i} w_ij loss_j / sum_{j <= i} w_ij,   w_ij = exp(-(step_i - step_j) / tau),
+
+    computed recursively; the normalisation keeps the first points from being pulled toward 0, and weighting
+    by the step gap keeps it right when the log skips steps. Trailing (no look-ahead), like the run itself."""
+    out, num, den, last = [], 0.0, 0.0, None
+    for step, loss in points:
+        decay = 1.0 if last is None else math.exp(-(step - last) / tau)
+        num, den, last = num * decay + loss, den * decay + 1.0, step
+        out.append(num / den)
+    return out
+
+
 def plot_losses(train_files, out_path) -> None:
-    """One panel per run; per stage the train loss (solid) and validation loss (dashed, markers)."""
+    """One panel per run; per stage the smoothed train loss (solid, EMA), the raw per-step train loss (faint)
+    and the validation loss (dashed, markers)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -155,7 +176,11 @@ def plot_losses(train_files, out_path) -> None:
         for i, (stage, curves) in enumerate(stages):
             color = f"C{i}"
             if curves["train"]:
-                ax.plot(*zip(*curves["train"]), color=color, lw=1, label=f"{stage} train")
+                steps = [step for step, _ in curves["train"]]
+                tau = max(1.0, SMOOTH_SHARE * (steps[-1] - steps[0]))
+                ax.plot(*zip(*curves["train"]), color=color, lw=0.6, alpha=0.25)
+                ax.plot(steps, smooth(curves["train"], tau), color=color, lw=1.5,
+                        label=f"{stage} train: EMA {tau:.0f} steps, raw faint")
             if curves["val"]:
                 ax.plot(*zip(*curves["val"]), color=color, ls="--", marker="o", ms=3, label=f"{stage} val")
         ax.set(title=run, xlabel="step", ylabel="loss (nats / target token)")
@@ -169,7 +194,7 @@ def plot_gen_ppl(rows: list[dict], out_path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FixedLocator, NullLocator
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     lines: dict[tuple, list] = {}
@@ -187,7 +212,10 @@ def plot_gen_ppl(rows: list[dict], out_path) -> None:
         ax.xaxis.set_major_locator(FixedLocator(steps))
         ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xticklabels([str(s) for s in steps])
-    ax.set(xlabel="sampling steps per stage", ylabel="generative perplexity")
+    # gen ppl spans orders of magnitude (AR near 20, few-step samplers in the thousands): log axis
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
+    ax.set(xlabel="sampling steps per stage", ylabel="generative perplexity (log scale)")
     if lines:
         ax.legend(fontsize=7)
     _save_figure(fig, Path(out_path))

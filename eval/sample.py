@@ -1,4 +1,4 @@
-"""Cascade sampling: stage 1 from nothing, stage 2 after the stage-1 sample, stage 3 after stage 2.
+r"""Cascade sampling: stage 1 from nothing, stage 2 after the stage-1 sample, stage 3 after stage 2.
 
 A single-stage diffusion run samples its one model with no prefix; an autoregressive run samples left to
 right (sampler ``ar``). The output is JSONL, one object per sample (docs/contracts.md):
@@ -23,45 +23,13 @@ import torch
 from tqdm import tqdm
 
 from common.device import resolve_device
-from eval.denoiser import Denoiser
-from eval.runs import load_tokenizer, read_model_config, run_model_dirs, stage_name
-from eval.samplers import NATIVE_OBJECTIVE, SAMPLERS, autoregressive, sample
 from common.io import atomic_path
+from eval.runs import run_model_dirs
+from eval.samplers import NATIVE_OBJECTIVE, SAMPLERS, autoregressive, sample
+from eval.trained import Trained, load_trained
 
 
-class Stage:
-    """One trained model of a run, ready to sample: ``name`` (stage{k}), ``meta`` (config.json), and either a
-    diffusion ``denoiser`` + ``noise`` or a causal ``model``."""
-
-    def __init__(self, name: str, meta: dict, model, denoiser: Denoiser | None = None, noise=None):
-        self.name, self.meta, self.model, self.denoiser, self.noise = name, meta, model, denoiser, noise
-
-    @property
-    def is_ar(self) -> bool:
-        return self.meta["objective"] == "ar"
-
-    @classmethod
-    def load(cls, model_dir, device) -> "Stage":
-        from train.checkpoint import load_model
-        from train.noise import get_noise
-
-        meta = read_model_config(model_dir)
-        model, meta = load_model(str(model_dir), device=device)
-        name = stage_name(model_dir, meta)
-        if meta["objective"] == "ar":
-            return cls(name, meta, model)
-        objective = "mdlm" if meta["objective"] == "atat" else meta["objective"]
-        denoiser = Denoiser(model, objective, meta["mask_id"], meta["prefix_len"],
-                            time_conditioned=meta.get("time_conditioning", True))
-        return cls(name, meta, model, denoiser, get_noise(meta["noise"]))
-
-
-def bos_id(meta: dict) -> int:
-    """The token the AR model starts from (train/objectives.ar_loss feeds [bos ; x])."""
-    return int(meta.get("bos_id", meta["eos_id"]))
-
-
-def sample_batch(stages: list[Stage], batch: int, sampler: str, steps: int, temperature: float,
+def sample_batch(stages: list[Trained], batch: int, sampler: str, steps: int, temperature: float,
                  block_size: int | None, generator: torch.Generator, device) -> tuple[dict, dict]:
     """Run the cascade once for ``batch`` samples: ({stage: Long[batch, len]}, {stage: seconds})."""
     prefix = torch.zeros(batch, 0, dtype=torch.long, device=device)
@@ -71,7 +39,7 @@ def sample_batch(stages: list[Stage], batch: int, sampler: str, steps: int, temp
         if stage.is_ar:
             if sampler != "ar":
                 raise ValueError(f"{stage.name} is autoregressive: use --sampler ar, not {sampler!r}")
-            out = autoregressive(stage.model, bos_id(stage.meta), stage.meta["mask_id"], batch,
+            out = autoregressive(stage.model, stage.meta["bos_id"], stage.meta["mask_id"], batch,
                                  stage.meta["target_len"], temperature, generator, device)
         else:
             if sampler == "ar":
@@ -89,11 +57,13 @@ def sample_batch(stages: list[Stage], batch: int, sampler: str, steps: int, temp
     return ids, seconds
 
 
-def cascade_records(stages: list[Stage], tokenizer, n: int, batch_size: int, sampler: str, steps: int,
+def cascade_records(stages: list[Trained], n: int, batch_size: int, sampler: str, steps: int,
                     temperature: float = 1.0, block_size: int | None = None, seed: int = 0,
                     device=torch.device("cpu"), progress: bool = True) -> list[dict]:
-    """``n`` JSON-ready samples of the run, in batches, with a progress bar over samples."""
+    """``n`` JSON-ready samples of the run, in batches, with a progress bar over samples; each stage's tokens
+    decoded with its own tokenizer."""
     generator = torch.Generator(device=device).manual_seed(seed)
+    tokenizers = {stage.name: stage.tokenizer for stage in stages}
     records = []
     bar = tqdm(total=n, desc=f"sample {sampler}-{steps}", unit="sample", disable=not progress)
     with torch.no_grad():
@@ -107,7 +77,7 @@ def cascade_records(stages: list[Stage], tokenizer, n: int, batch_size: int, sam
                 for name, out in ids.items():
                     tokens = out[row].tolist()
                     record[f"{name}_ids"] = tokens
-                    record[f"{name}_text"] = tokenizer.decode(tokens)
+                    record[f"{name}_text"] = tokenizers[name].decode(tokens)
                 record["seconds"] = total / batch
                 record["stage_seconds"] = {name: s / batch for name, s in seconds.items()}
                 record["generated_tokens"] = sum(out.shape[1] for out in ids.values())
@@ -149,13 +119,12 @@ def main(argv=None):
                         help="written for: " + ", ".join(f"{k} ({v})" for k, v in NATIVE_OBJECTIVE.items())
                         + ", ar (AR runs); every diffusion sampler also runs on the other objective")
     parser.add_argument("--steps", type=int, required=True, help="denoising steps per stage (ignored by ar)")
-    parser.add_argument("--n", type=int, default=16, help="number of samples")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--n", type=int, required=True, help="number of samples")
+    parser.add_argument("--batch-size", type=int, default=None, help="samples per batch (default: --n, one batch)")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--block-size", type=int, default=None,
                         help="semi-autoregressive blocks of this many tokens (ddpm, ddpm_cache, confidence, ...)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--tokenizer", default=None, help="override the tokenizer path of config.json")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--out", required=True, help="samples JSONL, e.g. runs/{run}/samples/{sampler}-{steps}.jsonl")
@@ -163,9 +132,8 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    stages = [Stage.load(d, device) for d in run_model_dirs(args.run_dir)]
-    tokenizer = load_tokenizer(args.tokenizer or stages[-1].meta["tokenizer"])
-    records = cascade_records(stages, tokenizer, args.n, args.batch_size, args.sampler, args.steps,
+    stages = [load_trained(d, device) for d in run_model_dirs(args.run_dir)]
+    records = cascade_records(stages, args.n, args.batch_size or args.n, args.sampler, args.steps,
                               args.temperature, args.block_size, args.seed, device)
     write_jsonl(records, args.out)
     mean = sum(r["seconds"] for r in records) / len(records)

@@ -19,7 +19,6 @@ float64), and how many numbers a step draws never depends on the network's outpu
 """
 from __future__ import annotations
 
-import argparse
 import math
 
 import torch
@@ -53,6 +52,54 @@ def _sigma(noise, t: float, batch: int, device) -> torch.Tensor:
     return total.to(torch.float32)
 
 
+def _bisect_time(noise, share: torch.Tensor, iterations: int = 60) -> torch.Tensor:
+    """The t in [0, 1] with 1 - exp(-sigma_bar(t)) = share, by bisection on noise.total (the mask
+    probability rises with t for every schedule); 60 halvings reach float64 resolution."""
+    low, high = torch.zeros_like(share), torch.ones_like(share)
+    for _ in range(iterations):
+        mid = (low + high) / 2
+        below = -torch.expm1(-noise.total(mid)) < share
+        low, high = torch.where(below, mid, low), torch.where(below, high, mid)
+    return (low + high) / 2
+
+
+def time_of_mask_share(noise, share: torch.Tensor) -> torch.Tensor:
+    """Invert the mask probability: the t in [0, 1] with move(t) = 1 - exp(-sigma_bar(t)) = share
+    (float64, any shape), clamped to [0, 1] where the schedule never reaches the share (loglinear and cosine
+    top out at 1 - eps; geometric starts at 1 - exp(-sigma_min)). Closed forms:
+
+        loglinear  move(t) = (1 - eps) t                    t = share / (1 - eps)
+        cosine     move(t) = (1 - eps)(1 - cos(pi t / 2))   t = (2 / pi) arccos(1 - share / (1 - eps))
+        geometric  sigma_bar(t) = smin^(1-t) smax^t         t = log(-log(1 - share) / smin) / log(smax / smin)
+
+    any other schedule is inverted numerically (_bisect_time)."""
+    from train.noise import CosineNoise, GeometricNoise, LogLinearNoise
+
+    share = share.to(torch.float64)
+    if isinstance(noise, LogLinearNoise):
+        t = share / (1 - noise.eps)
+    elif isinstance(noise, CosineNoise):
+        t = (2 / math.pi) * torch.arccos((1 - share / (1 - noise.eps)).clamp(-1.0, 1.0))
+    elif isinstance(noise, GeometricNoise):
+        sigma = -torch.log1p(-share.clamp(max=1 - 1e-16))
+        log_min, log_max = math.log(noise.sigma_min), math.log(noise.sigma_max)
+        t = (torch.log(sigma) - log_min) / (log_max - log_min)
+    else:
+        t = _bisect_time(noise, share)
+    return t.clamp(0.0, 1.0)
+
+
+def mask_share_level(noise, prefix_len: int, mask_id: int):
+    """Noise level from the sequence itself, for semi-autoregressive blocks: x [B, P + L] -> sigma [B] with
+    sigma = sigma_bar(t) and 1 - exp(-sigma_bar(t)) = share of the row's L target positions still masked
+    (time_of_mask_share). A block's own grid restarts at t = 1, where the network would be told that the
+    whole target is masked while the blocks to its left are already clean; this tells it the truth."""
+    def level(x: torch.Tensor) -> torch.Tensor:
+        share = (x[:, prefix_len:] == mask_id).to(torch.float64).mean(dim=-1)
+        return noise.total(time_of_mask_share(noise, share)).to(torch.float32)
+    return level
+
+
 def tempered_log_probs(log_p: torch.Tensor, temperature: float) -> torch.Tensor:
     """log p^(1/T) renormalised: for SUBS, softmax(logits / T) with the mask logit at -inf."""
     if temperature == 1.0:
@@ -69,7 +116,7 @@ def _unmask_probability(sigma_t: torch.Tensor, sigma_s: torch.Tensor) -> torch.T
     return torch.expm1(sigma_t - sigma_s) / torch.expm1(sigma_t)
 
 
-def ddpm_steps(denoiser, x, editable, noise, steps, temperature, generator, cache=False):
+def ddpm_steps(denoiser, x, editable, noise, steps, temperature, generator, cache=False, level=None):
     """Ancestral sampling of the MDLM reverse process (Sahoo et al., 2024, eq. 7). Objective: mdlm.
 
     For a masked position from time t to s < t (sigma_t = sigma_bar(t), sigma_s = sigma_bar(s)):
@@ -90,13 +137,16 @@ def ddpm_steps(denoiser, x, editable, noise, steps, temperature, generator, cach
     network gives a row the same numbers whatever the batch around it, as on CPU; GPU kernels chosen by
     batch size can differ in the last bits). A row of L tokens needs at most L network evaluations instead
     of one per step (1,000 at 1,000 steps).
+
+    ``level`` (x -> sigma [B]), when given, is the noise level the network is told instead of sigma_bar(t) of
+    the grid (semi-autoregressive blocks, see sample()); it depends on each row alone, so the cache still holds.
     """
     batch = x.shape[0]
     grid = time_grid(steps)
     x = x.clone()
     for i in range(steps):
         sigma64 = noise.total(grid[i:i + 2].to(x.device))
-        sigma_t = sigma64[0].to(torch.float32).expand(batch)
+        sigma_t = sigma64[0].to(torch.float32).expand(batch) if level is None else level(x)
         p_unmask = 1.0 if i == steps - 1 else float(_unmask_probability(sigma64[0], sigma64[1]))
         masked = editable[None, :] & (x == denoiser.mask_id)
         uniform = torch.rand(x.shape, generator=generator, dtype=torch.float64, device=x.device)
@@ -139,7 +189,7 @@ def _jump_from_masks(weights, x, editable, mask_id, last_step, generator):
     return torch.where(update, proposal, x)
 
 
-def analytic_steps(denoiser, x, editable, noise, steps, temperature, generator):
+def analytic_steps(denoiser, x, editable, noise, steps, temperature, generator, level=None):
     """Analytic (Tweedie) tau-leaping of SEDD (Lou et al., 2024, sec. 4.2), absorbing graph. Objective: sedd.
 
     For a masked position from sigma_t to sigma_s, with d = sigma_t - sigma_s and learned ratios
@@ -148,27 +198,28 @@ def analytic_steps(denoiser, x, editable, noise, steps, temperature, generator):
         w_m = max(0, 1 - (exp(d) - 1) * sum_y s_y)
     (SEDD's staggered_score x transp_transition, worked out for the absorbing graph). With the true ratios
     this is exactly the posterior that ``ddpm`` samples. The last step drops the mask entry (SEDD's final
-    denoiser), so every mask is replaced.
+    denoiser), so every mask is replaced. ``level``: as in ddpm_steps; the score stays expressed at sigma_t.
     """
     batch = x.shape[0]
     grid = time_grid(steps)
     for i in range(steps):
         sigma_t = _sigma(noise, grid[i], batch, x.device)
         sigma_s = _sigma(noise, grid[i + 1], batch, x.device)
-        score = _tempered_score(denoiser.log_score(x, sigma_t), temperature, denoiser.mask_id)
+        log_score = denoiser.log_score(x, sigma_t, None if level is None else level(x))
+        score = _tempered_score(log_score, temperature, denoiser.mask_id)
         growth = torch.expm1(sigma_t - sigma_s)[:, None, None].to(score.dtype)
         weights = score * growth
         x = _jump_from_masks(weights, x, editable, denoiser.mask_id, i == steps - 1, generator)
     return x
 
 
-def euler_steps(denoiser, x, editable, noise, steps, temperature, generator):
+def euler_steps(denoiser, x, editable, noise, steps, temperature, generator, level=None):
     """Euler discretisation of the reverse CTMC (SEDD's EulerPredictor), absorbing graph. Objective: sedd.
 
     The reverse rate out of the mask is sigma'(t) * s_theta(x_t)_y, so over a step dt:
         w_y = dt * sigma'(t) * s_y                   for y != m
         w_m = max(0, 1 - dt * sigma'(t) * sum_y s_y)
-    The last step drops the mask entry so every mask is replaced.
+    The last step drops the mask entry so every mask is replaced. ``level``: as in analytic_steps.
     """
     batch = x.shape[0]
     grid = time_grid(steps)
@@ -177,26 +228,27 @@ def euler_steps(denoiser, x, editable, noise, steps, temperature, generator):
         t = torch.full((batch,), float(grid[i]), dtype=torch.float64, device=x.device)
         sigma_t = noise.total(t).to(torch.float32)
         rate = noise.rate(t).to(torch.float32)
-        score = _tempered_score(denoiser.log_score(x, sigma_t), temperature, denoiser.mask_id)
+        log_score = denoiser.log_score(x, sigma_t, None if level is None else level(x))
+        score = _tempered_score(log_score, temperature, denoiser.mask_id)
         weights = score * (dt * rate)[:, None, None].to(score.dtype)
         x = _jump_from_masks(weights, x, editable, denoiser.mask_id, i == steps - 1, generator)
     return x
 
 
-def confidence_steps(denoiser, x, editable, noise, steps, temperature, generator):
+def confidence_steps(denoiser, x, editable, noise, steps, temperature, generator, level=None):
     """Low-confidence remasking (MaskGIT; LLaDA's ``low_confidence``; the uncertainty sampler of ATAT).
     Objective: mdlm.
 
     Each step proposes x_0 ~ p_theta(x_0 | x_t)^(1/T) at every masked position, scores each proposal by its
     own probability, keeps the most confident ones and remasks the rest. How many stay masked follows the
     noise schedule: after the step to time s, round(n_editable * (1 - exp(-sigma_bar(s)))) positions of the
-    editable span are still masked, and none after the last step.
+    editable span are still masked, and none after the last step. ``level``: as in ddpm_steps.
     """
     batch = x.shape[0]
     grid = time_grid(steps)
     n_editable = int(editable.sum())
     for i in range(steps):
-        sigma_t = _sigma(noise, grid[i], batch, x.device)
+        sigma_t = _sigma(noise, grid[i], batch, x.device) if level is None else level(x)
         log_p0 = tempered_log_probs(denoiser.x0_log_probs(x, sigma_t), temperature)
         proposal = sample_categorical(log_p0.exp(), generator)
         confidence = log_p0.gather(-1, proposal[..., None]).squeeze(-1)
@@ -241,6 +293,9 @@ def sample(denoiser, noise, prefix: torch.Tensor, target_len: int, sampler: str,
     left to right in blocks of ``block_size`` tokens, each with ``max(1, steps // n_blocks)`` steps of the
     chosen sampler, while the finished blocks act as clean context and the later ones stay masked.
     Sampler ``semi_ar`` is ``ddpm_cache`` in such blocks (default: ceil(target_len / 4) tokens each).
+    Each block runs its own grid from t = 1 to 0 (how many of its positions unmask when), but the network
+    is told the noise level whose mask probability is the share of the target still masked
+    (mask_share_level): that is the state it was trained on, a uniformly noised target.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
@@ -255,9 +310,10 @@ def sample(denoiser, noise, prefix: torch.Tensor, target_len: int, sampler: str,
     starts = list(range(0, target_len, block_size))
     steps_per_block = max(1, steps // len(starts))
     positions = torch.arange(x.shape[1], device=x.device)
+    level = mask_share_level(noise, prefix_len, denoiser.mask_id) if len(starts) > 1 else None
     for start in starts:
         editable = (positions >= prefix_len + start) & (positions < prefix_len + min(start + block_size, target_len))
-        kwargs = dict(noise=noise, steps=steps_per_block, temperature=temperature, generator=generator)
+        kwargs = dict(noise=noise, steps=steps_per_block, temperature=temperature, generator=generator, level=level)
         if sampler in ("ddpm", "ddpm_cache"):
             x = ddpm_steps(denoiser, x, editable, cache=sampler == "ddpm_cache", **kwargs)
         elif sampler == "analytic":
@@ -271,41 +327,3 @@ def sample(denoiser, noise, prefix: torch.Tensor, target_len: int, sampler: str,
     if (x[:, prefix_len:] == denoiser.mask_id).any():
         raise AssertionError("a mask token survived the final step")
     return x[:, prefix_len:]
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="python -m eval.samplers",
-        description="Sample from one trained diffusion model folder (model.safetensors + config.json), "
-                    "unconditionally or after a prefix of token ids, and print the decoded text.")
-    parser.add_argument("--model-dir", required=True, help="a trained model folder, e.g. runs/single/model")
-    parser.add_argument("--sampler", choices=SAMPLERS, default="ddpm_cache")
-    parser.add_argument("--steps", type=int, default=64)
-    parser.add_argument("--n", type=int, default=4)
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--block-size", type=int, default=None, help="semi-autoregressive block length")
-    parser.add_argument("--prefix", default=None, help="comma-separated token ids (length = the model's prefix_len)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto")
-    args = parser.parse_args(argv)
-
-    from eval.denoiser import load_denoiser, resolve_device
-    from eval.runs import load_tokenizer
-    device = resolve_device(args.device)
-    denoiser, noise, meta = load_denoiser(args.model_dir, device)
-    prefix_ids = [int(v) for v in args.prefix.split(",")] if args.prefix else []
-    if len(prefix_ids) != meta["prefix_len"]:
-        raise SystemExit(f"{args.model_dir}: the model expects a prefix of {meta['prefix_len']} ids, "
-                         f"got {len(prefix_ids)}")
-    prefix = torch.tensor([prefix_ids] * args.n, dtype=torch.long, device=device).reshape(args.n, len(prefix_ids))
-    generator = torch.Generator(device=device).manual_seed(args.seed)
-    with torch.no_grad():
-        out = sample(denoiser, noise, prefix, meta["target_len"], args.sampler, args.steps, args.temperature,
-                     args.block_size, generator)
-    tokenizer = load_tokenizer(meta["tokenizer"])
-    for row in out.tolist():
-        print(tokenizer.decode(row))
-
-
-if __name__ == "__main__":
-    main()

@@ -2,20 +2,19 @@
 
     gen_ppl = exp( sum_samples sum_i -log p_scorer(y_i | bos, y_<i)  /  sum_samples len(y) )
 
-token-weighted over all samples, every token of a sample scored after a BOS token. Two scorers:
+token-weighted over all samples, every token of a sample scored after a BOS token. load_scorer(spec) picks
+one of two scorers:
 
-- ``ar`` (the default): the pipeline's own causal model (runs/ar/model), trained on the same stage-3 blocks
-  with the same tokenizer, so the sampled token ids are scored as they are (no retokenization). When the
-  tokenizers differ the text is retokenized with the scorer's tokenizer.
-- a hub id or local folder of a causal LM (``gpt2-large`` in the paper profile): the decoded text is
-  retokenized with its AutoTokenizer and scored by AutoModelForCausalLM, in windows of its context length.
-
-    python -m eval.scorer --samples runs/cascade/samples/ddpm_cache-64.jsonl --scorer-dir runs/ar/model
+- a pipeline AR model folder (config evaluate.scorer ``ar``: rules/eval.smk passes the model folder of the
+  first run of kind ar): the pipeline's own causal model, trained on the same stage-3 blocks with the same
+  tokenizer, so the sampled token ids are scored as they are (no retokenization). When the tokenizers differ
+  the text is retokenized with the scorer's tokenizer.
+- a hub id or local folder of a transformers causal LM (``gpt2-large`` in the paper profile): the decoded
+  text is retokenized with its AutoTokenizer and scored by AutoModelForCausalLM, in windows of its context
+  length.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import math
 from pathlib import Path
 from typing import Sequence
@@ -23,8 +22,6 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
-
-from common.device import resolve_device
 
 DEFINITION = (
     "generative perplexity of the final-stage text, token-weighted: exp(sum over samples and tokens of "
@@ -35,22 +32,16 @@ class PipelineARScorer:
     """The pipeline's causal model: ``model(x) -> logits``, logits at i predict token i+1, fed [bos ; y]."""
 
     def __init__(self, model_dir, device=torch.device("cpu"), batch_size: int = 32):
-        from train.checkpoint import load_model
+        from eval.trained import load_trained
 
-        self.model, self.meta = load_model(str(model_dir), device=device)
-        if self.meta["objective"] != "ar":
-            raise ValueError(f"{model_dir}: the scorer must be an autoregressive model, got {self.meta['objective']!r}")
+        trained = load_trained(model_dir, device)
+        if not trained.is_ar:
+            raise ValueError(f"{model_dir}/config.json: objective should be 'ar' for a scorer, "
+                             f"got {trained.meta['objective']!r}")
+        self.model, self.meta, self.tokenizer = trained.model, trained.meta, trained.tokenizer
         self.name, self.device, self.batch_size = str(model_dir), device, batch_size
-        self.bos_id = int(self.meta.get("bos_id", self.meta["eos_id"]))
-        self.tokenizer_path = str(self.meta["tokenizer"])
-        self._tokenizer = None
-
-    @property
-    def tokenizer(self):
-        if self._tokenizer is None:
-            from eval.runs import load_tokenizer
-            self._tokenizer = load_tokenizer(self.tokenizer_path)
-        return self._tokenizer
+        self.bos_id = self.meta["bos_id"]
+        self.tokenizer_path = self.meta["tokenizer"]
 
     @torch.no_grad()
     def nll(self, sequences: Sequence[Sequence[int]]) -> tuple[float, int]:
@@ -119,15 +110,12 @@ class HubScorer:
         return self.nll(ids) + (f"text retokenized with {self.name}",)
 
 
-def load_scorer(spec: str, device=torch.device("cpu"), runs_root: str | Path = "runs"):
-    """``ar`` -> runs/ar/model; a folder holding config.json with objective ar -> that pipeline model;
-    anything else -> a transformers causal LM (hub id or folder)."""
-    if spec == "ar":
-        spec = str(Path(runs_root) / "ar" / "model")
-    config = Path(spec) / "config.json"
-    if config.exists() and json.loads(config.read_text()).get("objective") == "ar":
-        return PipelineARScorer(spec, device)
-    return HubScorer(spec, device)
+def load_scorer(spec: str, device=torch.device("cpu")):
+    """A pipeline model folder (train.checkpoint.is_model_dir; it must be autoregressive) -> PipelineARScorer;
+    anything else -> HubScorer, a transformers causal LM (hub id or local folder)."""
+    from train.checkpoint import is_model_dir
+
+    return PipelineARScorer(spec, device) if is_model_dir(spec) else HubScorer(spec, device)
 
 
 def generative_perplexity(records: list[dict], scorer, stage: str, tokenizer_path: str | None = None) -> dict:
@@ -137,24 +125,3 @@ def generative_perplexity(records: list[dict], scorer, stage: str, tokenizer_pat
         raise ValueError("no tokens to score")
     return {"value": math.exp(nats / tokens), "nll_per_token": nats / tokens, "nats": nats, "tokens": tokens,
             "scorer": scorer.name, "definition": DEFINITION.format(scorer=scorer.name, tokens=how)}
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m eval.scorer", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--samples", required=True)
-    parser.add_argument("--scorer", default="ar", help="ar | a pipeline AR model folder | a hub causal LM (gpt2-large)")
-    parser.add_argument("--runs-root", default="runs")
-    parser.add_argument("--tokenizer", default=None, help="tokenizer the samples were decoded with")
-    parser.add_argument("--device", default="auto")
-    args = parser.parse_args(argv)
-    from eval.metrics import stage_names
-    from eval.sample import read_jsonl
-
-    records = read_jsonl(args.samples)
-    scorer = load_scorer(args.scorer, resolve_device(args.device), args.runs_root)
-    print(json.dumps(generative_perplexity(records, scorer, stage_names(records[0])[-1], args.tokenizer), indent=2))
-
-
-if __name__ == "__main__":
-    main()

@@ -40,6 +40,10 @@ SPACY_COMPONENTS = {
 # Priority of a token that belongs to no word (whitespace between words): the method's "anything else".
 NO_WORD_PRIORITY = {"constituency": -7.0, "keybert": priorities.UNSCORED, "keybert_no_stopword": priorities.UNSCORED}
 
+# Documents annotated together (spaCy batches, one KeyBERT call); a batch also holds at most
+# annotate.max_doc_chars characters (see Annotator.words), so its memory does not grow with document length.
+DOCS_PER_BATCH = 256
+
 ANNOT_SCHEMA = pa.schema(
     [("doc_id", pa.string()), ("input_ids", pa.list_(pa.int32())), ("priority", pa.list_(pa.float32()))]
 )
@@ -134,16 +138,21 @@ class Annotator:
             self.scorer = KeywordScorer(load_keybert(keybert_model))
 
     def words(self, texts: list[str], batch_size: int) -> list[Words]:
-        """spaCy words of each text, long texts annotated in pieces."""
-        pieces, owner = [], []
-        for d, text in enumerate(texts):
-            for offset, piece in split_long_text(text, self.max_doc_chars):
-                pieces.append((offset, piece))
-                owner.append(d)
+        """spaCy words of each text, long texts annotated in pieces of at most ``max_doc_chars`` characters.
+
+        spaCy's memory grows with the characters of the batch it runs at once (about 3.6 KB per character
+        with tok2vec, bench/README.md "Annotate memory"), so a batch holds at most ``batch_size`` pieces
+        and at most ``max_doc_chars`` characters: peak memory is bounded by the piece size, not by the
+        document size.
+        """
+        pieces = [(d, offset, piece) for d, text in enumerate(texts)
+                  for offset, piece in split_long_text(text, self.max_doc_chars)]
         out = [Words() for _ in texts]
-        docs = self.nlp.pipe((p for _, p in pieces), batch_size=batch_size)
-        for (offset, _), d, doc in zip(pieces, owner, docs):
-            out[d].extend(doc, offset, with_sentences=self.method == "keybert_no_stopword")
+        for batch in bounded_batches([len(p) for _, _, p in pieces], batch_size, self.max_doc_chars):
+            chunk = pieces[batch]
+            docs = self.nlp.pipe([p for _, _, p in chunk], batch_size=len(chunk))
+            for (d, offset, _), doc in zip(chunk, docs):
+                out[d].extend(doc, offset, with_sentences=self.method == "keybert_no_stopword")
         return out
 
     def word_priorities(self, texts: list[str], words: list[Words]) -> list[list[float]]:
@@ -157,7 +166,7 @@ class Annotator:
             for s, w in zip(scores, words)
         ]
 
-    def annotate(self, texts: list[str], batch_size: int = 64) -> list[tuple[np.ndarray, np.ndarray, int]]:
+    def annotate(self, texts: list[str], batch_size: int) -> list[tuple[np.ndarray, np.ndarray, int]]:
         """(input_ids int32, priority float32, n_words) for each text."""
         words = self.words(texts, batch_size)
         word_prio = self.word_priorities(texts, words)
@@ -169,12 +178,20 @@ class Annotator:
         return out
 
 
-def iter_batches(n: int, size: int) -> Iterator[slice]:
-    for start in range(0, n, size):
-        yield slice(start, min(n, start + size))
+def bounded_batches(sizes: list[int], max_items: int, max_chars: int) -> Iterator[slice]:
+    """Consecutive runs of items, each with at most ``max_items`` items and at most ``max_chars`` summed
+    ``sizes`` (an item larger than ``max_chars`` forms a batch of its own)."""
+    start, chars = 0, 0
+    for i, size in enumerate(sizes):
+        if i > start and (i - start == max_items or chars + size > max_chars):
+            yield slice(start, i)
+            start, chars = i, 0
+        chars += size
+    if start < len(sizes):
+        yield slice(start, len(sizes))
 
 
-def annotate_shard(annotator: Annotator, input_path: str | Path, out_path: str | Path, batch_size: int = 64) -> dict:
+def annotate_shard(annotator: Annotator, input_path: str | Path, out_path: str | Path, batch_size: int) -> dict:
     """Annotate every document of one raw shard; write the Parquet and its stats atomically."""
     t0 = time.perf_counter()
     table = read_parquet(input_path, ["doc_id", "text"])
@@ -189,7 +206,7 @@ def annotate_shard(annotator: Annotator, input_path: str | Path, out_path: str |
     rows = {"doc_id": [], "input_ids": [], "priority": []}
     n_words = n_tokens = 0
     with tqdm(total=len(keep), desc=f"annotate {annotator.method} {Path(input_path).name}", unit="doc") as bar:
-        for batch in iter_batches(len(keep), max(batch_size, 256)):
+        for batch in bounded_batches([len(texts[i]) for i in keep], DOCS_PER_BATCH, annotator.max_doc_chars):
             idx = keep[batch]
             for i, (ids, prio, words) in zip(idx, annotator.annotate([texts[i] for i in idx], batch_size)):
                 if len(ids) == 0:
@@ -231,10 +248,10 @@ def main(argv=None):
     import torch
     from transformers import PreTrainedTokenizerFast
 
-    torch.set_num_threads(cfg.get("threads", 1))
+    torch.set_num_threads(cfg["threads"])
     tokenizer = PreTrainedTokenizerFast.from_pretrained(args.tokenizer)
-    annotator = Annotator(args.method, tokenizer, cfg["spacy_model"], cfg.get("keybert_model"), cfg["max_doc_chars"])
-    stats = annotate_shard(annotator, args.input, args.out, cfg.get("batch_size", 64))
+    annotator = Annotator(args.method, tokenizer, cfg["spacy_model"], cfg["keybert_model"], cfg["max_doc_chars"])
+    stats = annotate_shard(annotator, args.input, args.out, cfg["batch_size"])
     print(f"{args.out}: {stats['documents_written']}/{stats['documents_in']} documents, {stats['tokens']} tokens")
 
 

@@ -35,13 +35,19 @@ Documents per hub corpus: a WikiText article (its rows regrouped at each top-lev
 OpenWebText page, a WikiHow article, a LAMBADA passage, a PTB or LM1B sentence (those two corpora carry no
 document boundaries).
 
-Bad input never disappears silently; every document read is written or skipped under a reason:
+Bad input never disappears silently; every document read is written or skipped under a reason, and
+``stats.json`` holds documents_read = documents_written + sum(skipped), with up to 5 examples per reason
+naming the file and the paragraph, line or row:
 ``empty`` (whitespace only or null), ``invalid_utf8`` (bytes that do not decode; local files are decoded
 one document at a time, so one bad paragraph or line costs only itself), ``binary`` (decodes but holds NUL
 bytes or more than 1% control characters), ``invalid_json`` (a ``.jsonl`` line that is not a JSON object),
-``not_text`` (the text field is a number, list, ...). A local file whose first 8 KiB hold a NUL byte is not
-text at all (an image, an archive): that stops the run with an error naming the file and the byte offset,
-as do a corrupt Parquet file and a missing text column (the error lists the columns the file has).
+``no_text_field`` (a ``.jsonl`` object without the field ``corpus.text_column``), ``not_text`` (the text
+field is a number, list, ...), ``empty_file`` (a local file that holds no document at all: 0 bytes, only
+whitespace or blank lines, a Parquet file without rows; it counts as one item read, with the file's
+relative path as its id, so it lands in one split by the same hash rule as a document). A local file whose
+first 8 KiB hold a NUL byte is not text at all (an image, an archive): that stops the run with an error
+naming the file and the byte offset, as do a corrupt Parquet file and a missing text column or a text
+column that is not a string column (the error lists the columns the file has).
 Huge documents are kept whole; the annotator cuts them into pieces.
 """
 from __future__ import annotations
@@ -123,9 +129,17 @@ def text_problem(text) -> str | None:
     return None
 
 
-def checked(doc_id: str, text) -> Item:
+def checked(doc_id: str, text, where: str = "") -> Item:
+    """``text`` as a Document, or a Skipped under ``text_problem``'s reason; ``where`` (file and line, or
+    dataset and row) goes into the skip's detail, with the type found where it is not a string."""
     reason = text_problem(text)
-    return Skipped(doc_id, reason) if reason else Document(doc_id, text)
+    if reason is None:
+        return Document(doc_id, text)
+    detail = where
+    if reason == "not_text":
+        found = f"a {type(text).__name__}, expected a string"
+        detail = f"{where}: {found}" if where else found
+    return Skipped(doc_id, reason, detail)
 
 
 def decoded(doc_id: str, raw: bytes, where: str) -> Item:
@@ -226,8 +240,9 @@ def jsonl_documents(path: Path, name: str, column: str) -> Iterator[Item]:
                 yield Skipped(doc_id, "invalid_json", f"{where}: a {type(obj).__name__}, not an object")
                 continue
             if column not in obj:
-                raise InputError(f"{where}: no text field {column!r}; the object has fields {sorted(obj)}")
-            yield checked(doc_id, obj[column])
+                yield Skipped(doc_id, "no_text_field", f"{where}: no field {column!r}; it has {sorted(obj)}")
+                continue
+            yield checked(doc_id, obj[column], f"{where} field {column!r}")
 
 
 def parquet_documents(path: Path, name: str, column: str) -> Iterator[Item]:
@@ -257,7 +272,7 @@ def parquet_documents(path: Path, name: str, column: str) -> Iterator[Item]:
         for raw in batch.column(0).cast(pa.large_binary()).to_pylist():
             doc_id = f"{name}:{row}"
             if raw is None:
-                yield Skipped(doc_id, "empty")
+                yield Skipped(doc_id, "empty", f"{path} row {row}: null")
             else:
                 yield decoded(doc_id, raw, f"{path} row {row}")
             row += 1
@@ -278,17 +293,29 @@ def local_files(path: Path) -> tuple[list[Path], list[Path]]:
     return wanted, [p for p in files if p not in wanted]
 
 
-def local_documents(path: str | os.PathLike, column: str = "text") -> Iterator[Item]:
+def file_documents(file: Path, name: str, column: str) -> Iterator[Item]:
+    """The items of one local file; a file that yields none is one ``empty_file`` skip with id ``name``."""
+    if file.suffix == ".txt":
+        items = txt_documents(file, name)
+    elif file.suffix == ".jsonl":
+        items = jsonl_documents(file, name, column)
+    else:
+        items = parquet_documents(file, name, column)
+    empty = True
+    for item in items:
+        empty = False
+        yield item
+    if empty:
+        yield Skipped(name, "empty_file", f"{file}: {file.stat().st_size} bytes, no document in it")
+
+
+def local_documents(path: str | os.PathLike, column: str) -> Iterator[Item]:
+    """Every item of the local corpus at ``path`` (a file, or a folder's files in sorted order)."""
     path = Path(path)
     files, _ = local_files(path)
     for file in files:
         name = file.name if path.is_file() else file.relative_to(path).as_posix()
-        if file.suffix == ".txt":
-            yield from txt_documents(file, name)
-        elif file.suffix == ".jsonl":
-            yield from jsonl_documents(file, name, column)
-        else:
-            yield from parquet_documents(file, name, column)
+        yield from file_documents(file, name, column)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -392,12 +419,13 @@ def hub_documents(name: str, split: str, load: Callable = None, batch_rows: int 
         for start in range(rows.start, rows.stop, batch_rows):
             yield from dataset[start : min(start + batch_rows, rows.stop)][spec.text_column]
 
+    where = f"hub dataset {spec.path} ({spec.config}, {hub_split})"
     if spec.wikitext_articles:
         for index, raw in wikitext_articles(texts()):
-            yield checked(f"{hub_split}/{index}", detok(raw))
+            yield checked(f"{hub_split}/{index}", detok(raw), f"{where} article {index}")
         return
     for row, text in zip(rows, texts()):
-        yield checked(f"{hub_split}/{row}", detok(text) if isinstance(text, str) else text)
+        yield checked(f"{hub_split}/{row}", detok(text) if isinstance(text, str) else text, f"{where} row {row}")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -416,13 +444,13 @@ def split_items(corpus: dict, split: str, source: str | None = None, load: Calla
     if split not in SPLITS:
         raise InputError(f"unknown split {split!r}; expected one of {SPLITS}")
     source = source or corpus["name"]
-    fraction = float(corpus.get("validation_fraction", 0.1))
+    fraction = corpus["validation_fraction"]
     if source == "pydoc":
         return hash_split(pydoc_documents(), split, fraction)
     if source == "local":
-        if not corpus.get("path"):
+        if not corpus["path"]:
             raise InputError("corpus.name is 'local' but corpus.path is not set")
-        return hash_split(local_documents(corpus["path"], corpus.get("text_column") or "text"), split, fraction)
+        return hash_split(local_documents(corpus["path"], corpus["text_column"]), split, fraction)
     if source in HUB_CORPORA:
         items = hub_documents(source, split, load=load)
         if HUB_CORPORA[source].holdout == ("hash", None):
@@ -536,7 +564,8 @@ def write_split(items: Iterable[Item], outs: Sequence[str | os.PathLike], stats_
 
 
 def load_corpus_config(config_path: str | os.PathLike) -> dict:
-    """The ``corpus:`` section of a config file, with defaults for the optional keys."""
+    """The ``corpus:`` section of a config file in which every key of the schema is set (the job's config,
+    written by the workflow with the schema's defaults applied)."""
     config_path = Path(config_path)
     try:
         config = yaml.safe_load(config_path.read_text())
@@ -544,16 +573,13 @@ def load_corpus_config(config_path: str | os.PathLike) -> dict:
         raise InputError(f"{config_path}: cannot read the config ({err})") from err
     if not isinstance(config, dict) or not isinstance(config.get("corpus"), dict):
         raise InputError(f"{config_path}: no 'corpus:' section")
-    corpus = {"path": None, "text_column": "text", "validation_fraction": 0.1, "max_docs": None, **config["corpus"]}
-    if "name" not in corpus:
-        raise InputError(f"{config_path}: corpus.name is missing")
-    return corpus
+    return config["corpus"]
 
 
 def source_for(corpus: dict, split: str) -> str:
     """The source a split is read from: ``corpus.validation_source`` for validation where set (the paper
     trains on openwebtext and validates on wikitext103), else ``corpus.name``."""
-    if split == "validation" and corpus.get("validation_source"):
+    if split == "validation" and corpus["validation_source"]:
         return corpus["validation_source"]
     return corpus["name"]
 
@@ -565,16 +591,16 @@ def build(corpus: dict, split: str, outs: Sequence[str], stats_path: str | None 
         raise InputError("no output shards given")
     stats_path = stats_path or Path(outs[0]).parent / "stats.json"
     source = source or source_for(corpus, split)
-    describe = {"corpus": source, "split": split, "validation_fraction": corpus.get("validation_fraction"),
-                "max_docs": corpus.get("max_docs")}
+    describe = {"corpus": source, "split": split, "validation_fraction": corpus["validation_fraction"],
+                "max_docs": corpus["max_docs"]}
     if source == "local":
-        describe["path"] = str(corpus.get("path"))
-        if corpus.get("path"):
+        describe["path"] = str(corpus["path"])
+        if corpus["path"]:
             read, ignored = local_files(Path(corpus["path"]))
             describe["files_read"] = len(read)
             describe["files_ignored"] = [str(p) for p in ignored]
     items = split_items(corpus, split, source=source, load=load)
-    return write_split(items, outs, stats_path, max_docs=corpus.get("max_docs"), describe=describe,
+    return write_split(items, outs, stats_path, max_docs=corpus["max_docs"], describe=describe,
                        progress=progress)
 
 

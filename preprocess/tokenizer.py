@@ -71,7 +71,7 @@ def build(config: dict, train_shards: list[str], out: str | Path):
     """Build the tokenizer the config asks for and save it atomically as a folder at ``out``."""
     cfg = config["tokenizer"]
     if cfg["kind"] == "bpe":
-        tok = train_bpe(iter_texts(train_shards), cfg["vocab_size"], cfg.get("min_frequency", 2))
+        tok = train_bpe(iter_texts(train_shards), cfg["vocab_size"], cfg["min_frequency"])
     else:
         tok = load_pretrained(cfg["name"])
     with atomic_dir(out) as tmp:

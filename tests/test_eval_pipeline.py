@@ -7,17 +7,20 @@ import pyarrow as pa
 import pytest
 import torch
 
+from common.io import write_parquet
+from eval.denoiser import Denoiser
 from eval.evaluate import main as evaluate_main
-from eval.likelihood import read_stage_blocks, run_validation
+from eval.likelihood import read_stage_blocks, run_validation, stage_nelbo
 from eval.report import main as report_main
 from eval.runs import RunError, run_model_dirs
 from eval.sample import main as sample_main, read_jsonl
-from eval.scorer import PipelineARScorer, generative_perplexity
-from common.io import write_parquet
+from eval.scorer import PipelineARScorer, generative_perplexity, load_scorer
+from eval.trained import Trained, load_trained
 from preprocess.tokenizer import train_bpe
-from train.checkpoint import save_model
+from train.checkpoint import read_meta, save_model
 from train.model import DiffusionTransformer, ModelConfig
-from train.objectives import ar_token_loss
+from train.noise import GeometricNoise, LogLinearNoise
+from train.objectives import ar_token_loss, subs_log_probs
 
 torch.set_num_threads(1)
 
@@ -111,7 +114,7 @@ def test_cascade_conditions_each_stage_on_the_previous(project, monkeypatch):
         seen.append((prefix.clone(), out.clone()))
         return out
     monkeypatch.setattr(sample_module, "sample", spy)
-    stages = [sample_module.Stage.load(d, torch.device("cpu")) for d in run_model_dirs(project["runs"] / "cascade")]
+    stages = [load_trained(d, torch.device("cpu")) for d in run_model_dirs(project["runs"] / "cascade")]
     sample_module.sample_batch(stages, 3, "ddpm", 4, 1.0, None, torch.Generator().manual_seed(0), torch.device("cpu"))
     assert seen[0][0].shape == (3, 0)
     assert torch.equal(seen[1][0], seen[0][1]) and torch.equal(seen[2][0], seen[1][1])
@@ -177,8 +180,8 @@ def test_end_to_end_sample_evaluate_report(project, tmp_path):
         sample_main(["--run-dir", str(runs / run), "--n", "3", "--sampler", sampler, "--steps", str(steps),
                      "--out", str(samples), "--device", "cpu"])
         out = runs / run / "eval" / f"{sampler}-{steps}.json"
-        evaluate_main(["samples", "--run-dir", str(runs / run), "--samples", str(samples), "--scorer", "ar",
-                       "--runs-root", str(runs), "--out", str(out), "--device", "cpu"])
+        evaluate_main(["samples", "--run-dir", str(runs / run), "--samples", str(samples),
+                       "--scorer", str(runs / "ar" / "model"), "--out", str(out), "--device", "cpu"])
         sample_files.append(out)
     for run in ("cascade", "single", "ar"):
         out = runs / run / "eval" / "val.json"
@@ -213,7 +216,7 @@ def test_hub_scorer_on_a_local_causal_lm(project, tmp_path):
     """The hub path (AutoTokenizer + AutoModelForCausalLM, text retokenized) on a local random GPT-2."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from eval.scorer import HubScorer, load_scorer
+    from eval.scorer import HubScorer
 
     tok = project["tok"]
     torch.manual_seed(0)
@@ -238,3 +241,81 @@ def test_hub_scorer_on_a_local_causal_lm(project, tmp_path):
     assert result["tokens"] == tokens and tokens > 8
     assert math.isclose(result["nats"], nats, rel_tol=1e-5)
     assert "retokenized" in result["definition"]
+
+
+def test_load_trained_gives_every_part(project):
+    stage2 = load_trained(project["runs"] / "cascade" / "stage2")
+    assert stage2.name == "stage2" and not stage2.is_ar and not stage2.model.training
+    assert (stage2.meta["prefix_len"], stage2.meta["target_len"]) == (4, 8)
+    assert stage2.denoiser.prefix_len == 4 and stage2.denoiser.mask_id == project["tok"].mask_token_id
+    assert float(stage2.noise.total(torch.tensor([0.5]))) == pytest.approx(-math.log(1 - 0.999 * 0.5))
+    assert stage2.tokenizer.decode([5, 6]) == project["tok"].decode([5, 6])
+    ar = load_trained(project["runs"] / "ar" / "model")
+    assert ar.name == "stage3" and ar.is_ar and ar.denoiser is None and ar.noise is None
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("bos_id", None, "missing key 'bos_id'"),
+    ("objective", "atat", "key 'objective' should be one of \\['mdlm', 'sedd', 'ar'\\], got 'atat'"),
+    ("prefix_len", -1, "key 'prefix_len' should be an integer >= 0, got -1"),
+])
+def test_config_json_errors_name_file_key_expected_and_got(project, tmp_path, key, value, message):
+    meta = json.loads((project["runs"] / "single" / "model" / "config.json").read_text())
+    meta = {k: v for k, v in meta.items() if k != key} if value is None else {**meta, key: value}
+    (tmp_path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=f"{tmp_path / 'config.json'}: {message}"):
+        read_meta(tmp_path)
+
+
+def test_scorer_spec_is_a_pipeline_ar_folder_or_a_causal_lm(project):
+    assert isinstance(load_scorer(str(project["runs"] / "ar" / "model")), PipelineARScorer)
+    with pytest.raises(ValueError, match="single/model/config.json: objective should be 'ar'.*got 'sedd'"):
+        load_scorer(str(project["runs"] / "single" / "model"))
+
+
+def test_sample_cli_requires_n_and_batches_default_to_one(project, tmp_path, monkeypatch):
+    from eval import sample as sample_module
+
+    with pytest.raises(SystemExit):
+        sample_main(["--run-dir", str(project["runs"] / "single"), "--sampler", "ddpm", "--steps", "2",
+                     "--out", str(tmp_path / "x.jsonl")])
+    batches = []
+    real = sample_module.sample_batch
+    monkeypatch.setattr(sample_module, "sample_batch", lambda stages, batch, *a: batches.append(batch) or real(
+        stages, batch, *a))
+    sample_main(["--run-dir", str(project["runs"] / "single"), "--n", "3", "--sampler", "ddpm", "--steps", "2",
+                 "--out", str(tmp_path / "x.jsonl"), "--device", "cpu"])
+    assert batches == [3]
+
+
+def one_token_model(vocab, mask_id):
+    """A network that ignores sigma (time_conditioning False) on one-token blocks, so its sampler's likelihood
+    is exact: -log p(x0) = -log p_theta(x0 | [m])."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=vocab, dim=16, n_layers=1, n_heads=2, cond_dim=8, time_conditioning=False)
+    model = DiffusionTransformer(cfg).eval()
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    return model
+
+
+@pytest.mark.parametrize("noise_spec", [{"type": "loglinear", "eps": 0.5},
+                                        {"type": "geometric", "sigma_min": 0.5, "sigma_max": 4.0}])
+def test_validation_nelbo_bounds_the_sampler_likelihood(noise_spec):
+    """On one-token blocks with a time-independent network the NELBO of the sampler's model is its exact NLL.
+    The training estimator (t ~ U[eps, 1], training noise) gives (1 - eps) NLL for loglinear, below the NLL,
+    and without the t = 0 term the geometric schedule's first share move(0) / M would be missing."""
+    vocab, mask_id = 6, 5
+    model = one_token_model(vocab, mask_id)
+    noise = {"loglinear": LogLinearNoise, "geometric": GeometricNoise}[noise_spec["type"]](
+        **{k: v for k, v in noise_spec.items() if k != "type"})
+    meta = {"objective": "mdlm", "mask_id": mask_id, "prefix_len": 0, "target_len": 1, "noise": noise_spec}
+    trained = Trained("stage3", None, model, meta, None, noise, Denoiser(model, "mdlm", mask_id, 0))
+    target = torch.arange(400)[:, None] % mask_id
+    with torch.no_grad():
+        log_p = subs_log_probs(model(torch.full((1, 1), mask_id), torch.zeros(1)), torch.full((1, 1), mask_id),
+                               mask_id)[0, 0]
+    nll = float(-log_p[target[:, 0]].sum())
+    result = stage_nelbo(trained, torch.zeros(400, 0, dtype=torch.long), target, time_samples=64, batch_size=400)
+    assert result["nats"] == pytest.approx(nll, rel=0.03)
+    assert "strict upper bound" in result["definition"]

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from eval.report import build_report, read_training_log
+from eval.report import build_report, read_training_log, smooth
 from common.io import InputError
 
 
@@ -82,3 +82,37 @@ def test_training_log_and_bad_inputs_are_named(tmp_path):
     broken.write_text("{")
     with pytest.raises(InputError, match="broken.json"):
         build_report([broken], [], [], tmp_path / "t", tmp_path / "p")
+
+
+def test_smooth_is_a_bias_corrected_ema_over_steps():
+    from math import exp
+
+    assert smooth([(10, 4.0)], tau=5) == [4.0]  # no pull toward 0 at the start
+    got = smooth([(1, 1.0), (2, 3.0), (4, 5.0)], tau=2.0)
+    w1, w2 = exp(-0.5), exp(-1.0)  # one step, then a two-step gap in the log
+    assert got[1] == pytest.approx((w1 * 1 + 3) / (w1 + 1))
+    assert got[2] == pytest.approx((w2 * (w1 * 1 + 3) + 5) / (w2 * (w1 + 1) + 1))
+
+
+def test_plots_read_well(tmp_path, monkeypatch):
+    """gen ppl on a log axis (it spans AR ~20 to few-step samplers ~10^4); the loss panel draws each stage's raw
+    train loss faint under a smoothed curve named in the legend."""
+    from eval import report
+
+    figures = {}
+    monkeypatch.setattr(report, "_save_figure", lambda fig, path: figures.__setitem__(path.name, fig))
+    rows = [{"run": "cascade", "sampler": "ddpm_cache", "steps": s, "gen_ppl": p} for s, p in ((16, 7e4), (64, 900))]
+    rows.append({"run": "ar", "sampler": "ar", "steps": 64, "gen_ppl": 20.0})
+    report.plot_gen_ppl(rows, tmp_path / "gen_ppl_steps.png")
+    assert figures["gen_ppl_steps.png"].axes[0].get_yscale() == "log"
+    log = training_log(tmp_path / "r/stage1/metrics.csv", [(5.0 - step / 100, None) for step in range(200)])
+    report.plot_losses([log], tmp_path / "loss.png")
+    lines = figures["loss.png"].axes[0].get_lines()
+    raw = [line for line in lines if line.get_alpha() is not None and line.get_alpha() < 0.5]
+    smoothed = [line for line in lines if "EMA" in line.get_label()]
+    assert len(raw) == 1 and len(smoothed) == 1 and len(raw[0].get_xdata()) == len(smoothed[0].get_xdata()) == 200
+    # a falling curve: the trailing average lags above the raw loss, but never by more than the steps it averages
+    assert all(0 <= s - r <= 0.1 for r, s in zip(raw[0].get_ydata(), smoothed[0].get_ydata()))
+    import matplotlib.pyplot as plt
+
+    plt.close("all")

@@ -1,13 +1,14 @@
-"""Samplers over a clean prefix: the prefix never changes, no mask survives, ddpm_cache replays ddpm, and the
-one-step posteriors match hand computations."""
+"""Samplers over a clean prefix: the prefix never changes, no mask survives, ddpm_cache replays ddpm, the
+one-step posteriors match hand computations, and semi-AR blocks tell the network the masked share."""
 
 import pytest
 import torch
 
 from eval.denoiser import Denoiser
-from eval.samplers import SAMPLERS, autoregressive, sample, sample_categorical, time_grid
+from eval.samplers import (SAMPLERS, _bisect_time, autoregressive, sample, sample_categorical, time_grid,
+                           time_of_mask_share)
 from train.model import DiffusionTransformer, ModelConfig
-from train.noise import LogLinearNoise
+from train.noise import CosineNoise, GeometricNoise, LogLinearNoise
 
 torch.set_num_threads(1)
 
@@ -15,18 +16,18 @@ VOCAB, MASK = 24, 23
 PREFIX_LEN, TARGET_LEN = 5, 12
 
 
-def tiny_model(causal=False, seed=0):
+def tiny_model(causal=False, seed=0, time_conditioning=True):
     """A random-weight transformer whose logits are far from uniform (adaLN-zero starts at zero)."""
     torch.manual_seed(seed)
     model = DiffusionTransformer(ModelConfig(vocab_size=VOCAB, dim=32, n_layers=2, n_heads=2, cond_dim=16,
-                                             causal=causal))
+                                             causal=causal, time_conditioning=time_conditioning))
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.3)
     return model.eval()
 
 
-def tiny_denoiser(objective="mdlm", time_conditioned=True, prefix_len=PREFIX_LEN):
-    return Denoiser(tiny_model(), objective, MASK, prefix_len, time_conditioned=time_conditioned)
+def tiny_denoiser(objective="mdlm", time_conditioning=True, prefix_len=PREFIX_LEN):
+    return Denoiser(tiny_model(time_conditioning=time_conditioning), objective, MASK, prefix_len)
 
 
 def prefix_batch(batch=3, seed=1):
@@ -66,19 +67,21 @@ def test_one_step_leaves_no_mask_even_at_high_noise():
     assert not (out == MASK).any()
 
 
-@pytest.mark.parametrize("time_conditioned", [False, True])
-def test_ddpm_cache_equals_ddpm_under_same_stream(time_conditioned):
-    denoiser = tiny_denoiser("mdlm", time_conditioned=time_conditioned)
+@pytest.mark.parametrize("block_size", [None, 4])
+@pytest.mark.parametrize("time_conditioning", [False, True])
+def test_ddpm_cache_equals_ddpm_under_same_stream(time_conditioning, block_size):
+    denoiser = tiny_denoiser("mdlm", time_conditioning=time_conditioning)
     prefix = prefix_batch(batch=4)
     outs, calls = {}, {}
     for sampler in ("ddpm", "ddpm_cache"):
         denoiser.calls = 0
         with torch.no_grad():
             outs[sampler] = sample(denoiser, LogLinearNoise(), prefix, TARGET_LEN, sampler, steps=200,
-                                   temperature=0.8, generator=torch.Generator().manual_seed(123))
+                                   temperature=0.8, block_size=block_size,
+                                   generator=torch.Generator().manual_seed(123))
         calls[sampler] = denoiser.calls
     assert torch.equal(outs["ddpm"], outs["ddpm_cache"])
-    assert calls["ddpm"] == 200
+    assert calls["ddpm"] == 200 - 200 % (TARGET_LEN // (block_size or TARGET_LEN))  # steps // blocks per block
     # a call only at steps where some row unmasks a position: at most 4 rows x 12 tokens of the 200 steps
     assert calls["ddpm_cache"] <= 4 * TARGET_LEN
 
@@ -103,7 +106,6 @@ def test_sample_categorical_frequencies():
 class FixedDenoiser:
     """A denoiser whose p(x_0 | x_t) at a masked position is a fixed distribution (as SUBS, carry-over)."""
     mask_id = 3
-    time_conditioned = False
 
     def __init__(self, probs):
         self.probs = torch.tensor(probs)
@@ -113,7 +115,7 @@ class FixedDenoiser:
         carry = torch.full_like(out, float("-inf")).scatter(-1, x[..., None], 0.0)
         return torch.where((x != self.mask_id)[..., None], carry, out)
 
-    def log_score(self, x, sigma):
+    def log_score(self, x, sigma, network_sigma=None):
         return self.x0_log_probs(x, sigma) - torch.log(torch.expm1(sigma))[:, None, None]
 
 
@@ -148,7 +150,7 @@ def test_two_step_unmask_rate_matches_posterior(sampler):
         calls.append(1)
         return FixedDenoiser.x0_log_probs(denoiser, x_, sigma)
 
-    def score(x_, sigma):
+    def score(x_, sigma, network_sigma=None):
         return x0(x_, sigma) - torch.log(torch.expm1(sigma))[:, None, None]
 
     denoiser.x0_log_probs, denoiser.log_score = x0, score
@@ -209,7 +211,7 @@ def test_bad_arguments_are_named():
 
 def test_semi_ar_fills_blocks_left_to_right():
     """While block j is being denoised, blocks < j are complete and blocks > j are still all masks."""
-    denoiser = tiny_denoiser("mdlm", time_conditioned=False)
+    denoiser = tiny_denoiser("mdlm", time_conditioning=False)
     inner = denoiser.model
     seen = []
 
@@ -227,3 +229,71 @@ def test_semi_ar_fills_blocks_left_to_right():
         block = first_open // 3
         assert not (target[:, :block * 3] == MASK).any()
         assert (target[:, (block + 1) * 3:] == MASK).all()
+
+
+def test_model_without_time_conditioning_ignores_sigma():
+    """Time conditioning is the network's own switch: the denoiser passes sigma on and the views agree."""
+    x = torch.cat([prefix_batch(), torch.full((3, TARGET_LEN), MASK)], 1)
+    for objective in ("mdlm", "sedd"):
+        denoiser = tiny_denoiser(objective, time_conditioning=False)
+        with torch.no_grad():
+            low, high = (denoiser.x0_log_probs(x, torch.full((3,), s)) for s in (0.1, 5.0))
+        assert torch.allclose(low, high, atol=1e-5)
+    conditioned = tiny_denoiser("mdlm", time_conditioning=True)
+    with torch.no_grad():
+        assert not torch.allclose(conditioned.x0_log_probs(x, torch.full((3,), 0.1)),
+                                  conditioned.x0_log_probs(x, torch.full((3,), 5.0)), atol=1e-3)
+
+
+class SquareNoise:
+    """A schedule without a closed-form inverse here: sigma_bar(t) = 3 t^2."""
+
+    def total(self, t):
+        return 3 * t ** 2
+
+
+@pytest.mark.parametrize("noise", [LogLinearNoise(1e-3), LogLinearNoise(0.2), CosineNoise(1e-3),
+                                   GeometricNoise(1e-4, 20.0), SquareNoise()], ids=lambda n: type(n).__name__)
+def test_time_of_mask_share_inverts_the_mask_probability(noise):
+    t = torch.linspace(0, 1, 101, dtype=torch.float64)
+    share = -torch.expm1(-noise.total(t))
+    assert torch.allclose(time_of_mask_share(noise, share), t, atol=1e-6)
+    assert torch.allclose(_bisect_time(noise, share), t, atol=1e-9)
+    # shares the schedule never reaches are clamped to the ends of [0, 1]
+    assert time_of_mask_share(noise, torch.tensor([1.0], dtype=torch.float64)).item() == pytest.approx(1.0, abs=1e-12)
+    assert time_of_mask_share(noise, torch.tensor([0.0], dtype=torch.float64)).item() == pytest.approx(0.0, abs=1e-12)
+
+
+class RecordingDenoiser(FixedDenoiser):
+    """Records the noise level the network would be told at every call, with the sequence it is told it for."""
+
+    def __init__(self):
+        super().__init__([0.5, 0.3, 0.2, 0.0])
+        self.heard = []
+
+    def x0_log_probs(self, x, sigma):
+        self.heard.append((x.clone(), sigma.clone()))
+        return super().x0_log_probs(x, sigma)
+
+    def log_score(self, x, sigma, network_sigma=None):
+        self.heard.append((x.clone(), (sigma if network_sigma is None else network_sigma).clone()))
+        return FixedDenoiser.x0_log_probs(self, x, sigma) - torch.log(torch.expm1(sigma))[:, None, None]
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_semi_ar_blocks_tell_the_network_the_masked_share(sampler):
+    """In blocks, the network is told sigma with 1 - exp(-sigma) = share of target positions still masked
+    (loglinear: (1 - eps) t = share, capped at t = 1), not the block's own restarted t = 1."""
+    eps, prefix_len, target_len = 0.05, 5, 12
+    denoiser = RecordingDenoiser()
+    prefix = torch.randint(0, 3, (6, prefix_len), generator=torch.Generator().manual_seed(2))
+    sample(denoiser, LogLinearNoise(eps), prefix, target_len, sampler, steps=12, block_size=3,
+           generator=torch.Generator().manual_seed(0))
+    shares = []
+    for x, sigma in denoiser.heard:
+        share = (x[:, prefix_len:] == 3).double().mean(-1)
+        told = -torch.expm1(-sigma.double())
+        assert torch.allclose(told, share.clamp(max=1 - eps), atol=1e-6), (told, share)
+        shares += share.tolist()
+    # the later blocks were reached, where a restarted grid would have said "all masked"
+    assert min(shares) <= 0.25 and max(shares) == 1.0

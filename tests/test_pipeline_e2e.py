@@ -1,37 +1,17 @@
-"""The real Snakemake DAG on configs/tiny.yaml, offline, end to end; then one shard rerun byte for byte."""
+"""The real Snakemake DAG on configs/tiny.yaml, offline, end to end (the `demo` fixture, tests/conftest.py);
+then one shard rerun byte for byte, and the exact jobs a changed setting reruns."""
 import hashlib
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from conftest import snakemake
+
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-
-
-def snakemake(workdir, *args):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir), "--cores", "2",
-           *args, "--configfile", str(ROOT / "configs" / "tiny.yaml")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        logs = "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in sorted(Path(workdir, "logs").rglob("*.log")))
-        pytest.fail(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}\n{logs}")
-    return proc
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    """One run of the default target of the tiny config."""
-    workdir = tmp_path_factory.mktemp("tiny")
-    snakemake(workdir)
-    return workdir
 
 
 def tiny():
@@ -97,3 +77,39 @@ def test_training_sampling_and_report(demo):
         assert (demo / "results" / "tiny" / "tables" / name).stat().st_size > 0
     for name in ("loss.png", "gen_ppl_steps.png"):
         assert (demo / "results" / "tiny" / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def planned_jobs(workdir, *args) -> dict[str, int]:
+    """{rule: jobs} that `snakemake -n` plans in ``workdir`` (the target `all`, so `all` itself is left out)."""
+    proc = snakemake(workdir, "-n", "--quiet", "rules", *args)
+    text = proc.stdout + proc.stderr
+    if "Nothing to be done" in text:
+        return {}
+    stats = text[text.index("Job stats:"):].split("\n\n")[0].splitlines()[3:]
+    jobs = {line.split()[0]: int(line.split()[1]) for line in stats}
+    jobs.pop("all", None)
+    jobs.pop("total", None)
+    return jobs
+
+
+DOWNSTREAM_OF_TRAIN = {"evaluate_val": 3, "sample": 3, "evaluate": 3, "report": 1}
+DOWNSTREAM_OF_ANNOTATE = {"annotate": 9, "stages": 9, "train": 5, **DOWNSTREAM_OF_TRAIN}
+
+
+@pytest.mark.parametrize("override, reruns", [
+    # (setting changed on top of configs/tiny.yaml, the jobs that must rerun: exactly these)
+    ("corpus={max_docs: 150}", {"corpus_train": 1, "corpus_validation": 1, "tokenizer": 1, **DOWNSTREAM_OF_ANNOTATE}),
+    ("tokenizer={vocab_size: 480}", {"tokenizer": 1, **DOWNSTREAM_OF_ANNOTATE}),
+    ("annotate={max_doc_chars: 2000}", DOWNSTREAM_OF_ANNOTATE),
+    ("annotate={threads: 2, batch_size: 8}", {}),  # speed only
+    ("train={lr: 0.002}", {"train": 5, **DOWNSTREAM_OF_TRAIN}),
+    ("runs={cascade: {lr: 0.002}}", {"train": 3, "evaluate_val": 1, "sample": 1, "evaluate": 1, "report": 1}),
+    ("runs={ar: {max_steps: 10}}", {"train": 1, "evaluate_val": 1, "sample": 1, "evaluate": 3, "report": 1}),
+    ("train={cpus: 2, mem_mb: 4000, log_with: [tensorboard]}", {}),  # where and how a job runs, not what
+    ("sample={temperature: 0.9}", {"sample": 3, "evaluate": 3, "report": 1}),
+    ("evaluate={val_batches: 2}", {"evaluate_val": 3, "report": 1}),
+])
+def test_a_changed_setting_reruns_exactly_the_jobs_it_affects(demo, override, reruns):
+    snakemake(demo)  # bring the workdir up to date after the other tests (the forced shard rerun)
+    assert planned_jobs(demo) == {}
+    assert planned_jobs(demo, "--config", override) == reruns

@@ -6,7 +6,8 @@
         --tokenizer data/pydoc/tokenizer --out runs/cascade/stage2 [--init runs/cascade/stage1]
 
 Multi-process: `accelerate launch --num_processes N -m train ...` (N GPUs; `--cpu` for gloo on CPU).
-Exit status: 0 when finished, 75 when a SIGTERM / SIGUSR1 made it checkpoint and stop (rerun to resume).
+Exit status: 0 when finished, 75 when a SIGTERM / SIGUSR1 made it checkpoint and stop (rerun to resume),
+1 when training diverged (non-finite loss or gradient norm; the message names the step and the quantity).
 """
 from __future__ import annotations
 
@@ -46,11 +47,14 @@ def main(argv=None, on_step=None) -> int:
         settings = settings.replace(**{key: yaml.safe_load(value)})
     if args.init and not settings.warm_start:
         raise SystemExit(f"--init {args.init} given but runs.{args.run}.warm_start is false")
-    from train.trainer import Trainer
+    from train.trainer import Trainer, TrainingDiverged
 
     trainer = Trainer(settings, args.train_shards, args.val_shards, args.tokenizer, args.out,
                       init_dir=args.init, run=args.run)
-    return trainer.run(on_step=on_step)
+    try:
+        return trainer.run(on_step=on_step)
+    except TrainingDiverged as err:  # the message says it all; a traceback into the loop would bury it
+        raise SystemExit(f"error: {err}") from None
 
 
 if __name__ == "__main__":

@@ -8,12 +8,9 @@ The order is a pure function of (seed, step): the global batch of step s is rows
 stream perm_0 ++ perm_1 ++ ..., where perm_e is a seeded permutation of the rows for epoch e. Resuming at
 step s therefore needs no data-loader state, and every process computes the same global batch and takes
 its own slice of it.
-
-    python -m train.data --shards data/pydoc/stages/.../train/shard_00000.parquet --stage 2
 """
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 
 import numpy as np
@@ -89,19 +86,3 @@ class BatchOrder:
         positions = torch.arange(step * self.g, (step + 1) * self.g)
         epochs, offsets = positions // self.n, positions % self.n
         return torch.stack([self._perm(int(e))[int(o)] for e, o in zip(epochs, offsets)])
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shards", nargs="+", required=True)
-    parser.add_argument("--stage", type=int, default=1)
-    parser.add_argument("--lengths", type=int, nargs=3, default=[16, 32, 64])
-    args = parser.parse_args(argv)
-    prefix_len = 0 if args.stage == 1 else args.lengths[args.stage - 2]
-    data = load_stage_tensors(args.shards, args.stage, prefix_len, args.lengths[args.stage - 1])
-    print(f"{len(data)} rows; target {tuple(data.target.shape)}; prefix "
-          f"{None if data.prefix is None else tuple(data.prefix.shape)}")
-
-
-if __name__ == "__main__":
-    main()

@@ -4,12 +4,9 @@
 
 The shadow is kept in float32 (bf16 training would otherwise round small updates away). It has
 state_dict / load_state_dict so the trainer's checkpoint (accelerate register_for_checkpointing) carries it.
-
-    python -m train.ema --decay 0.99 --steps 300     # prints how much of step 0 survives
 """
 from __future__ import annotations
 
-import argparse
 from contextlib import contextmanager
 
 import torch
@@ -59,16 +56,3 @@ class EMA:
         self.decay = state["decay"]
         for name, value in state["shadow"].items():
             self.shadow[name].copy_(value)
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--decay", type=float, default=0.99)
-    parser.add_argument("--steps", type=int, default=300)
-    args = parser.parse_args(argv)
-    print(f"weight of the initial parameters after {args.steps} steps: {args.decay ** args.steps:.3g}; "
-          f"effective window ~ {1 / (1 - args.decay):.0f} steps")
-
-
-if __name__ == "__main__":
-    main()

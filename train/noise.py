@@ -8,12 +8,9 @@ absorbing graph a token is replaced by the mask at time t with probability
 so the schedules below are written as "how fast the mask probability rises". Every objective only needs
 `total(t)` and `rate(t)`; the MDLM weight sigma'(t) / expm1(sigma(t)) and the SEDD weight sigma'(t) both come
 from them.
-
-    python -m train.noise --type loglinear --eps 1e-3     # prints a table of t, sigma, rate, move(t)
 """
 from __future__ import annotations
 
-import argparse
 import math
 
 import torch
@@ -97,27 +94,3 @@ def sample_times(n: int, generator: torch.Generator | None = None, antithetic: b
     if antithetic:
         u = (u / n + torch.arange(n) / n) % 1
     return (1 - sampling_eps) * u + sampling_eps
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--type", default="loglinear", choices=sorted(SCHEDULES))
-    parser.add_argument("--eps", type=float, default=None)
-    parser.add_argument("--sigma-min", type=float, default=None)
-    parser.add_argument("--sigma-max", type=float, default=None)
-    parser.add_argument("--points", type=int, default=11)
-    args = parser.parse_args(argv)
-    spec = {"type": args.type}
-    for key in ("eps", "sigma_min", "sigma_max"):
-        if getattr(args, key) is not None:
-            spec[key] = getattr(args, key)
-    noise = get_noise(spec)
-    t = torch.linspace(0, 1, args.points, dtype=torch.float64)
-    sigma, rate = noise.total(t), noise.rate(t)
-    print(f"{'t':>6} {'sigma':>10} {'rate':>10} {'move(t)':>8}")
-    for ti, si, ri in zip(t.tolist(), sigma.tolist(), rate.tolist()):
-        print(f"{ti:6.2f} {si:10.4f} {ri:10.4f} {1 - math.exp(-si):8.4f}")
-
-
-if __name__ == "__main__":
-    main()

@@ -7,12 +7,9 @@ graph each target token independently becomes m with probability 1 - exp(-sigma)
 Every loss here is a per-token NELBO (nats per target token): the sum over target positions divided by
 B * L_target, so MDLM, SEDD and AR numbers share a unit and a batch split into micro-batches or
 processes averages to the same value.
-
-    python -m train.objectives --help     # prints the three losses on a random tiny batch
 """
 from __future__ import annotations
 
-import argparse
 import math
 
 import torch
@@ -151,32 +148,3 @@ def ar_loss(model, x0: torch.Tensor, bos_id: int) -> torch.Tensor:
     """Per-token NLL of the causal model on [bos ; x0]: every token of the block is predicted."""
     x_in = torch.cat([torch.full_like(x0[:, :1], bos_id), x0[:, :-1]], dim=1)
     return ar_token_loss(model(x_in), x0).mean()
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--vocab", type=int, default=8)
-    parser.add_argument("--length", type=int, default=6)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    from train.noise import LogLinearNoise
-
-    g = torch.Generator().manual_seed(args.seed)
-    mask_id = args.vocab - 1
-    x0 = torch.randint(0, mask_id, (2, args.length), generator=g)
-    logits = torch.randn(2, args.length, args.vocab, generator=g)
-    t = torch.tensor([0.3, 0.8])
-    noise = LogLinearNoise()
-    x_t = corrupt(x0, noise.total(t), mask_id, torch.rand(x0.shape, generator=g))
-    m = x_t == mask_id
-    rows = m.nonzero(as_tuple=True)[0]
-    sigma, dsigma = noise.total(t)[rows], noise.rate(t)[rows]
-    print("x0 ", x0.tolist(), "\nx_t", x_t.tolist())
-    print("mdlm", mdlm_token_loss(logits[m], x0[m], sigma, dsigma, mask_id).sum().item() / x0.numel())
-    score = sedd_log_score(logits, x_t, noise.total(t), mask_id)[m]
-    print("sedd", sedd_token_loss(score, x0[m], sigma, dsigma, mask_id).sum().item() / x0.numel())
-    print("ar  ", ar_token_loss(logits, x0).mean().item())
-
-
-if __name__ == "__main__":
-    main()

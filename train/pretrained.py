@@ -21,12 +21,9 @@ mapping is a renaming:
 zero init, so the loaded model starts exactly as the published one. Any other missing, unexpected or
 mis-shaped key is an error that names it. The vocabulary must be the one the checkpoint was trained with
 (GPT-2 + mask = 50258 for both): use that tokenizer.
-
-    python -m train.pretrained louaaron/sedd-small            # prints the layout and the model config
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -132,22 +129,3 @@ def load_pretrained(model: torch.nn.Module, source: str, layout: str | None = No
             own[key].copy_(value.to(own[key].dtype))
     return {"layout": layout, "source": str(folder), "loaded": len(converted),
             "new": [k for k in NEW_KEYS if k in own]}
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("source", help="hub id (louaaron/sedd-small, kuleshov-group/mdlm-owt) or local folder")
-    args = parser.parse_args(argv)
-    from train.model import DiffusionTransformer, ModelConfig
-
-    folder = resolve_source(args.source)
-    config, state = read_checkpoint(folder)
-    layout = detect_layout(config, state)
-    arch = architecture(layout, config, state)
-    model = DiffusionTransformer(ModelConfig(**arch))
-    report = load_pretrained(model, str(folder))
-    print(json.dumps({**report, "model": model.config.to_dict(), "parameters": model.num_params()}, indent=2))
-
-
-if __name__ == "__main__":
-    main()

@@ -4,12 +4,9 @@ Tokens are words w0..w{n-1} plus [EOS] and [MASK] (a tokenizers WordLevel model 
 PreTrainedTokenizerFast). Each block is an arithmetic progression x_i = (a + b i) mod n (b in 1..max_stride), so it is
 learnable: a model that has seen a few tokens can fill in the rest. Stage 2 and stage 1 keep a random
 subset of the block's positions (nested, in text order), as preprocess/stages.py would with priorities.
-
-    python -m train.toydata --out /tmp/toy --rows 256 --lengths 16 32 64
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -71,20 +68,3 @@ def write_stage_shards(out_dir: str | Path, rows: int = 256, val_rows: int = 64,
         (out / split / "shard_00000.stats.json").write_text(json.dumps({"rows": n}))
         paths[split] = str(path)
     return paths
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--rows", type=int, default=256)
-    parser.add_argument("--val-rows", type=int, default=64)
-    parser.add_argument("--lengths", type=int, nargs=3, default=[4, 8, 16])
-    parser.add_argument("--words", type=int, default=61)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    print(json.dumps(write_stage_shards(args.out, args.rows, args.val_rows, tuple(args.lengths), args.words,
-                                        args.seed), indent=2))
-
-
-if __name__ == "__main__":
-    main()

@@ -11,13 +11,27 @@ generators seeded by (seed, s), drawn for the whole global batch; each process a
 its own slice. So a resumed run sees exactly the batches and noise an uninterrupted run would, and 1 or N
 processes see the same global batch (their curves differ only by float summation order).
 
-Checkpoints (`{out}/checkpoints/step_XXXXXXXX/`, the newest kept) hold accelerate's state (model, optimizer,
-RNG states of every process), the EMA, and trainer_state.json (step, seconds); they are written under a
-temporary name and renamed. A run finds the newest one and resumes from it. SIGTERM or SIGUSR1 (SLURM
-preemption / time limit) finishes the current step, writes a checkpoint and exits with EXIT_PREEMPTED = 75
-(EX_TEMPFAIL): non-zero, so Snakemake / SLURM treat the job as failed and requeue or retry it (use
---retries), and the rerun resumes. The declared outputs (model.safetensors, config.json, metrics.csv) are
-written only when max_steps is reached.
+Checkpoints (`{out}/checkpoints/step_XXXXXXXX/`, the newest two kept) hold accelerate's state (model,
+optimizer, RNG states of every process), the EMA, and trainer_state.json (step, seconds, the settings and
+their digest); they are written under a temporary name and renamed. A run resumes from the newest checkpoint
+that is intact (every safetensors header and torch archive opens, trainer_state.json parses) and was written
+under the same settings digest; each one passed over is named in the log with the reason (the broken file,
+or the settings that differ, old -> new) and removed, and with none left the run starts from step 0.
+SIGTERM or SIGUSR1 (SLURM preemption / time limit) finishes the current step, writes a checkpoint and exits
+with EXIT_PREEMPTED = 75 (EX_TEMPFAIL): non-zero, so Snakemake / SLURM treat the job as failed and requeue
+or retry it (use --retries), and the rerun resumes. The declared outputs (model.safetensors, config.json,
+metrics.csv) are written only when max_steps is reached; then `checkpoints/` is removed, since it holds only
+an unfinished run's state, and a forced rerun trains from step 0.
+
+Divergence: a step whose loss or gradient norm is non-finite (on any process) makes no update (optimizer
+and EMA untouched, gradients zeroed), is logged and marked in metrics.csv's `skipped` column; a bf16
+overflow passes that way. More than max_nonfinite_steps such steps in a row, or a non-finite validation
+loss, raise TrainingDiverged naming the step and the quantity: no declared output is written and the
+checkpoints stay. (Under DeepSpeed the engine steps inside backward and reports no norm, so a non-finite
+loss there is counted and stops the run but its update cannot be skipped.)
+
+Trackers: metrics.csv is always written; `log_with` (tensorboard, wandb) adds accelerate's trackers, with
+their files under `{out}/tracker/` (wandb offline unless WANDB_MODE is set).
 """
 from __future__ import annotations
 
@@ -28,6 +42,8 @@ import os
 import shutil
 import signal
 import time
+import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -42,7 +58,13 @@ from train.objectives import ar_loss, diffusion_loss
 from train.settings import TrainSettings
 
 EXIT_PREEMPTED = 75
-METRIC_FIELDS = ["step", "split", "loss", "lr", "tokens", "seconds", "grad_norm"]
+METRIC_FIELDS = ["step", "split", "loss", "lr", "tokens", "seconds", "grad_norm", "skipped"]
+STATE_FILE = "trainer_state.json"
+CHECKPOINTS_KEPT = 2  # the newest may be damaged (a write cut short by the file system); the older is the fallback
+
+
+class TrainingDiverged(RuntimeError):
+    """Non-finite training: the message names the step, the quantity and its value."""
 
 
 def lr_at(step: int, lr: float, warmup: int, max_steps: int, final_ratio: float = 0.1) -> float:
@@ -55,6 +77,129 @@ def lr_at(step: int, lr: float, warmup: int, max_steps: int, final_ratio: float 
 
 def _step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 4 + stream)
+
+
+@dataclass
+class StepResult:
+    loss: float                 # mean over the global batch
+    grad_norm: float | None     # None when the backend reports none (DeepSpeed clips inside its engine)
+    nonfinite: list[str]        # "loss" / "grad_norm" when non-finite on some process: the update was skipped
+
+
+# -- checkpoint checks --------------------------------------------------------------------------------
+def _as_json(value):
+    """`value` as it reads back from JSON (tuples become lists), so recorded and current settings compare."""
+    return json.loads(json.dumps(value, default=list))
+
+
+def settings_difference(recorded: dict, current: dict) -> str:
+    """'key old -> new' for every setting that differs, e.g. 'lr 0.003 -> 0.002, max_steps 12 -> 8'."""
+    current = _as_json(current)
+    changed = [f"{key} {json.dumps(recorded.get(key, '(absent)'))} -> {json.dumps(current.get(key, '(absent)'))}"
+               for key in sorted(set(recorded) | set(current)) if recorded.get(key) != current.get(key)]
+    return ", ".join(changed) or "no recorded setting differs (the digest's definition changed)"
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    from safetensors import SafetensorError, safe_open
+
+    try:  # the header lists every tensor's byte range; safe_open checks the file covers them all
+        with safe_open(str(path), "pt") as handle:
+            for key in handle.keys():
+                handle.get_slice(key).get_shape()
+    except (SafetensorError, OSError) as err:
+        return f"{path}: unreadable safetensors file, {path.stat().st_size} bytes ({err})"
+    return None
+
+
+def _torch_archive_problem(path: Path) -> str | None:
+    try:  # torch.save writes a zip archive whose directory is at the end: a cut-short file has none
+        with zipfile.ZipFile(path) as archive:
+            archive.namelist()
+    except (zipfile.BadZipFile, OSError) as err:
+        return f"{path}: unreadable torch archive, {path.stat().st_size} bytes ({err})"
+    return None
+
+
+def damaged_file(folder: Path, expected: list[str]) -> str | None:
+    """The first missing or unreadable file of a checkpoint folder (with what is wrong), or None."""
+    for name in expected:
+        if not (folder / name).is_file():
+            return f"{folder / name}: missing"
+    for path in sorted(folder.rglob("*")):
+        if path.suffix == ".safetensors":
+            problem = _safetensors_problem(path)
+        elif path.suffix in (".bin", ".pkl", ".pt"):
+            problem = _torch_archive_problem(path)
+        else:
+            continue
+        if problem:
+            return problem
+    return None
+
+
+def read_trainer_state(folder: Path) -> dict:
+    """trainer_state.json of a checkpoint; ValueError naming the file when it is unreadable or incomplete."""
+    path = folder / STATE_FILE
+    try:
+        state = json.loads(path.read_text())
+        int(state["step"]), float(state["seconds"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}: unreadable ({type(err).__name__}: {err})") from None
+    return state
+
+
+def checkpoint_problem(folder: Path, settings: TrainSettings, expected_files: list[str]) -> str | None:
+    """Why this run cannot resume from `folder`, or None when it can."""
+    try:
+        state = read_trainer_state(folder)
+    except ValueError as err:
+        return str(err)
+    recorded = state.get("settings_digest")
+    if recorded != settings.digest():
+        if "settings" not in state:
+            return f"written without a settings record (digest {recorded}), by an older trainer"
+        return (f"written under other settings (digest {recorded} -> {settings.digest()}): "
+                f"{settings_difference(state['settings'], settings.computing())}")
+    return damaged_file(folder, expected_files)
+
+
+# -- trackers -----------------------------------------------------------------------------------------
+def check_trackers(log_with: list[str]) -> None:
+    """accelerate leaves out a tracker whose package is missing without a word; refuse instead."""
+    from accelerate.tracking import get_available_trackers
+
+    available = {str(t) for t in get_available_trackers()}
+    missing = [name for name in log_with if name not in available]
+    if missing:
+        raise ValueError(f"train.log_with asks for {missing}, but the package(s) are not installed here "
+                         f"(pip install {' '.join(missing)}, or drop them from log_with)")
+
+
+def tracker_init_kwargs(log_with: list[str], tracker_dir: Path, resume_step: int) -> dict:
+    """Per-tracker arguments: local files under tracker_dir, nothing contacted unless the user asked."""
+    kwargs = {}
+    if "tensorboard" in log_with:
+        # hide events a killed run logged past its checkpoint (and a previous run's, on a fresh start)
+        kwargs["tensorboard"] = {"purge_step": resume_step}
+    if "wandb" in log_with:
+        os.environ.setdefault("WANDB_MODE", "offline")
+        kwargs["wandb"] = {"dir": str(tracker_dir)}
+    return kwargs
+
+
+def flat_config(values: dict, prefix: str = "") -> dict:
+    """Nested settings as the flat str / int / float / bool mapping trackers accept (noise.type, lengths '[..]')."""
+    flat = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flat_config(value, f"{name}."))
+        elif isinstance(value, (bool, int, float, str)):
+            flat[name] = value
+        else:
+            flat[name] = str(value)
+    return flat
 
 
 class Trainer:
@@ -79,9 +224,11 @@ class Trainer:
         plugin = None
         if settings.deepspeed:
             plugin = DeepSpeedPlugin(hf_ds_config=self._deepspeed_config(settings.deepspeed, precision))
+        check_trackers(settings.log_with)
         self.acc = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no",
                                gradient_accumulation_steps=self.accum, deepspeed_plugin=plugin,
-                               cpu=not torch.cuda.is_available())
+                               cpu=not torch.cuda.is_available(), log_with=settings.log_with or None,
+                               project_dir=str(self.tracker_dir))
         if self.acc.num_processes != processes:
             raise RuntimeError(f"WORLD_SIZE {processes} but accelerate sees {self.acc.num_processes} processes")
         self.precision = precision
@@ -103,7 +250,7 @@ class Trainer:
         self.model_config = ModelConfig.from_size(settings.model, self.vocab_size,
                                                   dropout=settings.dropout,
                                                   causal=self.objective == "ar")
-        model = DiffusionTransformer(self.model_config)
+        model = DiffusionTransformer(self.model_config, fused=settings.fused)
         if settings.pretrained:
             from train.pretrained import load_pretrained
             load_pretrained(model, settings.pretrained, settings.pretrained_format)
@@ -130,6 +277,8 @@ class Trainer:
             "train": settings.computing(),
         }
         self._stop_signal: int | None = None
+        self.nonfinite_streak = 0   # consecutive skipped steps up to now (checkpointed, so a resume counts on)
+        self.skipped_steps = 0      # all skipped steps of the run
 
     # -- pieces ---------------------------------------------------------------------------------
     def _deepspeed_config(self, path: str, precision: str) -> dict:
@@ -166,8 +315,19 @@ class Trainer:
         keys = torch.rand(n, self.prefix_len, generator=gen) if shuffle and self.prefix_len else None
         return t, u, keys
 
-    def train_step(self, step: int) -> tuple[float, float]:
-        """One optimizer step on the global batch of `step`; returns (mean loss, grad norm)."""
+    def _nonfinite(self, loss_sum: torch.Tensor, grad_norm: float | None) -> list[str]:
+        """Which of loss / grad_norm is non-finite on any process: every process gets the same answer, so they
+        all skip the same steps (the grad norm is global already; the loss is per process)."""
+        bad_loss = not bool(torch.isfinite(loss_sum))
+        bad_norm = grad_norm is not None and not math.isfinite(grad_norm)
+        flags = torch.tensor([bad_loss, bad_norm], dtype=torch.float32, device=self.acc.device)
+        if self.acc.num_processes > 1:
+            flags = self.acc.reduce(flags, reduction="sum")
+        return [name for name, flag in zip(("loss", "grad_norm"), flags.tolist()) if flag]
+
+    def train_step(self, step: int) -> StepResult:
+        """One optimizer step on the global batch of `step`, skipped (no update) when the loss or the gradient
+        norm is non-finite."""
         lr = lr_at(step, self.s.lr, self.s.warmup_steps, self.max_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -175,7 +335,7 @@ class Trainer:
         t, u, keys = self._draw(_step_generator(self.seed, step), self.global_batch,
                                 self.s.shuffle_prefix)
         self.model.train()
-        total, grad_norm = torch.zeros((), device=self.acc.device), float("nan")
+        total, grad_norm, nonfinite = torch.zeros((), device=self.acc.device), None, []
         for a in range(self.accum):
             start = (a * self.acc.num_processes + self.acc.process_index) * self.micro
             sl = slice(start, start + self.micro)
@@ -183,15 +343,18 @@ class Trainer:
                 x0, prefix = self._batch(self.train_data, rows[sl], None if keys is None else keys[sl])
                 loss = self._loss(self.model, x0, prefix, t[sl], u[sl])
                 self.acc.backward(loss)
-                if self.acc.sync_gradients:
+                total += loss.detach().float()
+                if self.acc.sync_gradients:  # the last micro step: the whole batch's gradient is in
                     norm = self.acc.clip_grad_norm_(self.model.parameters(), self.s.grad_clip)
-                    grad_norm = float(norm) if norm is not None else float("nan")
-                self.optimizer.step()
+                    grad_norm = float(norm) if norm is not None else None
+                    nonfinite = self._nonfinite(total, grad_norm)
+                    if not nonfinite:
+                        self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
-            total += loss.detach().float()
         mean = self.acc.reduce(total / self.accum, reduction="mean")
-        self.ema.update(self.acc.unwrap_model(self.model))
-        return float(mean), grad_norm
+        if not nonfinite:
+            self.ema.update(self.acc.unwrap_model(self.model))
+        return StepResult(float(mean), grad_norm, nonfinite)
 
     @torch.no_grad()
     def validate(self) -> float:
@@ -218,9 +381,63 @@ class Trainer:
     def ckpt_root(self) -> Path:
         return self.out / "checkpoints"
 
-    def latest_checkpoint(self) -> Path | None:
-        done = sorted(p for p in self.ckpt_root.glob("step_*") if (p / "trainer_state.json").is_file())
-        return done[-1] if done else None
+    @property
+    def tracker_dir(self) -> Path:
+        return self.out / "tracker"
+
+    def checkpoints(self) -> list[Path]:
+        """Finished checkpoint folders, oldest first (the zero-padded step sorts by name)."""
+        return sorted(p for p in self.ckpt_root.glob("step_*") if p.is_dir())
+
+    def _expected_files(self) -> list[str]:
+        """What accelerate's save_state writes for this run (DeepSpeed lays the model and optimizer out its own way)."""
+        names = ["custom_checkpoint_0.pkl"] + [f"random_states_{i}.pkl" for i in range(self.acc.num_processes)]
+        if not self.s.deepspeed:
+            names += ["model.safetensors", "optimizer.bin"]
+        return [STATE_FILE] + names
+
+    def choose_checkpoint(self) -> Path | None:
+        """The newest checkpoint this run can resume from. Each newer one that it cannot use is named in the
+        log with the reason and removed (a later save of the same step must not find it in the way)."""
+        passed_over, chosen = [], None
+        for folder in reversed(self.checkpoints()):
+            problem = checkpoint_problem(folder, self.s, self._expected_files())
+            if problem is None:
+                chosen = folder
+                break
+            self.acc.print(f"warning: not resuming from {folder}: {problem}")
+            passed_over.append(folder)
+        if chosen is None and passed_over:
+            self.acc.print(f"warning: no usable checkpoint in {self.ckpt_root}; training from step 0")
+        self.acc.wait_for_everyone()  # every process has judged the folders before any is removed
+        if self.acc.is_main_process:
+            for folder in passed_over:
+                shutil.rmtree(folder)
+        self.acc.wait_for_everyone()
+        return chosen
+
+    def resume(self) -> tuple[int, float]:
+        """(step, seconds) of the chosen checkpoint with its state loaded, or (0, 0.0) for a fresh start."""
+        folder = self.choose_checkpoint()
+        if folder is None:
+            self.metrics = []
+            return 0, 0.0
+        try:
+            self.acc.load_state(str(folder))
+        except Exception as err:  # noqa: BLE001 - re-raised with the folder named
+            raise RuntimeError(f"{folder}: cannot load the checkpoint ({type(err).__name__}: {err})") from err
+        state = read_trainer_state(folder)
+        step, seconds = int(state["step"]), float(state["seconds"])
+        self.nonfinite_streak = int(state.get("nonfinite_streak", 0))
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+        self.metrics = self._load_metrics(step)
+        self.acc.print(f"resuming from {folder} (step {step})")
+        return step, seconds
+
+    def _trainer_state(self, step: int, seconds: float) -> dict:
+        return {"step": step, "seconds": seconds, "nonfinite_streak": self.nonfinite_streak,
+                "skipped_steps": self.skipped_steps, "settings_digest": self.s.digest(),
+                "settings": _as_json(self.s.computing())}
 
     def save_checkpoint(self, step: int, seconds: float) -> None:
         final = self.ckpt_root / f"step_{step:08d}"
@@ -234,12 +451,11 @@ class Trainer:
         self.acc.save_state(str(tmp), safe_serialization=True)
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
-            (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "seconds": seconds}))
+            (tmp / STATE_FILE).write_text(json.dumps(self._trainer_state(step, seconds), indent=2) + "\n")
             self._flush_metrics()
             os.replace(tmp, final)
-            for old in self.ckpt_root.glob("step_*"):
-                if old != final:
-                    shutil.rmtree(old, ignore_errors=True)
+            for old in self.checkpoints()[:-CHECKPOINTS_KEPT]:
+                shutil.rmtree(old, ignore_errors=True)
         self.acc.wait_for_everyone()
 
     # -- metrics ---------------------------------------------------------------------------------
@@ -258,7 +474,60 @@ class Trainer:
         write_metrics_csv(self.partial_metrics, self.metrics)
 
     def _log(self, **row) -> None:
+        """A metrics.csv row, and the same numbers to the trackers (as split/quantity, e.g. train/loss)."""
         self.metrics.append({k: row.get(k, "") for k in METRIC_FIELDS})
+        scalars = {f"{row['split']}/{k}": float(v) for k, v in row.items()
+                   if k in ("loss", "lr", "grad_norm") and v is not None and v != ""}
+        if row["split"] == "train":
+            scalars["train/skipped"] = float(bool(row.get("skipped")))
+        self.acc.log(scalars, step=row["step"])
+
+    def _start_trackers(self, step: int) -> None:
+        if not self.s.log_with:
+            return
+        self.tracker_dir.mkdir(parents=True, exist_ok=True)
+        config = flat_config({**self.s.to_dict(), "digest": self.s.digest()})
+        self.acc.init_trackers(f"{self.s.run}-{self.s.name}", config=config,
+                               init_kwargs=tracker_init_kwargs(self.s.log_with, self.tracker_dir, step))
+
+    # -- divergence ------------------------------------------------------------------------------
+    def _diverged(self, step: int, what: str) -> TrainingDiverged:
+        """The error for a diverged run; the metrics so far go beside the kept checkpoints for a post-mortem."""
+        if self.acc.is_main_process:
+            self._flush_metrics()
+        kept = self.checkpoints()
+        return TrainingDiverged(
+            f"{self.out}: training diverged at step {step}: {what}. No model written; "
+            f"{'last checkpoint kept: ' + str(kept[-1]) if kept else 'no checkpoint was written yet'}; "
+            f"metrics so far: {self.partial_metrics}. Lower train.lr or raise warmup_steps / grad_clip.")
+
+    def _say(self, message: str) -> None:
+        """A log line from the main process, written above the progress bar (tqdm.write) so it starts a line."""
+        from tqdm.auto import tqdm
+
+        if self.acc.is_main_process:
+            tqdm.write(message)
+
+    def _count_nonfinite(self, step: int, result: StepResult) -> None:
+        """Count a skipped step; more than max_nonfinite_steps in a row is divergence."""
+        self.nonfinite_streak += 1
+        self.skipped_steps += 1
+        norm = "not reported" if result.grad_norm is None else f"{result.grad_norm:.4g}"
+        values, quantity = f"loss {result.loss:.4g}, grad_norm {norm}", " and ".join(result.nonfinite)
+        if self.nonfinite_streak > self.s.max_nonfinite_steps:
+            first = step - self.nonfinite_streak + 1
+            raise self._diverged(step, f"non-finite {quantity} ({values}) on {self.nonfinite_streak} consecutive "
+                                       f"steps ({first} to {step}), more than max_nonfinite_steps = "
+                                       f"{self.s.max_nonfinite_steps}")
+        self._say(f"warning: step {step}: non-finite {quantity} ({values}); update skipped "
+                       f"({self.nonfinite_streak} in a row of at most {self.s.max_nonfinite_steps})")
+
+    def _validate_at(self, step: int, seconds: float, tokens: int) -> float:
+        val = self.validate()
+        self._log(step=step, split="val", loss=val, tokens=tokens, seconds=round(seconds, 3))
+        if not math.isfinite(val):
+            raise self._diverged(step, f"non-finite validation loss ({val}) of the EMA weights")
+        return val
 
     # -- the loop --------------------------------------------------------------------------------
     def _request_stop(self, signum, frame) -> None:
@@ -271,43 +540,48 @@ class Trainer:
         return bool(flag.item())
 
     def run(self, on_step: Callable[[int], None] | None = None) -> int:
-        """Train to max_steps (resuming from the newest checkpoint); 0 when done, EXIT_PREEMPTED on a signal."""
-        from tqdm.auto import tqdm
-
+        """Train to max_steps (resuming from the newest usable checkpoint); 0 when done, EXIT_PREEMPTED on a
+        signal; TrainingDiverged when the loss or gradient stays non-finite."""
         for sig in (signal.SIGTERM, signal.SIGUSR1):
             signal.signal(sig, self._request_stop)
         self.ckpt_root.mkdir(parents=True, exist_ok=True)
         self.acc.print(f"{self.run_name} {self.s.name}: {self.acc.unwrap_model(self.model).num_params():,} parameters; "
                        f"max_steps from {self.s.steps_source}; settings (digest {self.s.digest()}):\n"
                        f"{self.s.describe()}")
-        step, seconds = 0, 0.0
-        latest = self.latest_checkpoint()
-        if latest is not None:
-            self.acc.load_state(str(latest))
-            state = json.loads((latest / "trainer_state.json").read_text())
-            step, seconds = int(state["step"]), float(state["seconds"])
-            self.acc.print(f"resuming from {latest} (step {step})")
-        self.metrics = self._load_metrics(step)
+        step, seconds = self.resume()
+        self._start_trackers(step)
+        try:
+            return self._train(step, seconds, on_step)
+        finally:
+            self.acc.end_training()
+
+    def _train(self, step: int, seconds: float, on_step: Callable[[int], None] | None) -> int:
+        from tqdm.auto import tqdm
+
         tokens_per_step = self.global_batch * (self.prefix_len + self.target_len)
         eval_every, save_every = self.s.eval_every, self.s.save_every
         if step == 0 and eval_every:
-            self._log(step=0, split="val", loss=self.validate(), tokens=0, seconds=0.0)
+            self._validate_at(0, 0.0, 0)
 
         bar = tqdm(total=self.max_steps, initial=step, disable=not self.acc.is_main_process,
                    desc=f"train {self.run_name or ''} stage {self.meta['stage']}", dynamic_ncols=True, mininterval=1)
         clock = time.perf_counter() - seconds
         while step < self.max_steps:
-            loss, grad_norm = self.train_step(step)
+            result = self.train_step(step)
             step += 1
             seconds = time.perf_counter() - clock
-            self._log(step=step, split="train", loss=loss, grad_norm=grad_norm, seconds=round(seconds, 3),
-                      lr=self.optimizer.param_groups[0]["lr"], tokens=step * tokens_per_step)
+            self._log(step=step, split="train", loss=result.loss, grad_norm=result.grad_norm,
+                      seconds=round(seconds, 3), lr=self.optimizer.param_groups[0]["lr"],
+                      tokens=step * tokens_per_step, skipped=" ".join(result.nonfinite))
+            if result.nonfinite:
+                self._count_nonfinite(step, result)
+            else:
+                self.nonfinite_streak = 0
             if eval_every and (step % eval_every == 0 or step == self.max_steps):
-                val = self.validate()
-                self._log(step=step, split="val", loss=val, tokens=step * tokens_per_step, seconds=round(seconds, 3))
-                bar.set_postfix(loss=f"{loss:.3f}", val=f"{val:.3f}")
+                val = self._validate_at(step, seconds, step * tokens_per_step)
+                bar.set_postfix(loss=f"{result.loss:.3f}", val=f"{val:.3f}")
             elif step % 10 == 0:
-                bar.set_postfix(loss=f"{loss:.3f}")
+                bar.set_postfix(loss=f"{result.loss:.3f}")
             bar.update(1)
             stop = self._stop_requested()
             if stop or step == self.max_steps or (save_every and step % save_every == 0):
@@ -324,12 +598,17 @@ class Trainer:
         return 0
 
     def finish(self) -> None:
-        """Write the declared outputs: EMA weights, config.json, metrics.csv (each atomically)."""
+        """Write the declared outputs: EMA weights, config.json, metrics.csv (each atomically); then remove the
+        checkpoints, which only an unfinished run needs (a forced rerun must train from step 0)."""
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
             model = self.acc.unwrap_model(self.model)
             write_metrics_csv(self.out / "metrics.csv", self.metrics)
             save_model(self.out, self.ema.weights(model), self.meta)
+            shutil.rmtree(self.ckpt_root)
+        if self.skipped_steps:
+            self.acc.print(f"finished with {self.skipped_steps} step(s) skipped for a non-finite loss or gradient "
+                           f"norm (metrics.csv column 'skipped')")
         self.acc.wait_for_everyone()
 
 

@@ -70,7 +70,7 @@ def test_paper_training_jobs_get_gpus_and_the_preemption_signal(tmp_path):
     """The profile's set-resources must name the real training rules, or no job gets the signal."""
     out = dry_run(tmp_path, "--profile", str(ROOT / "profiles" / "slurm"), "--configfile",
                   str(ROOT / "configs" / "paper.yaml"), snakefile=ROOT / "Snakefile")
-    train = job_resources(out, "train_stage") + job_resources(out, "train_single")
+    train = job_resources(out, "train")
     assert train, "no training job in the paper DAG"
     for res in train:
         assert res["slurm_extra"].strip("'") == "--signal=USR1@120"

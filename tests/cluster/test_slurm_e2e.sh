@@ -321,7 +321,7 @@ wait "$REF_PID"; rc=$?; REF_PID=
 wait_for_jobs "$before" 2 || fail "training: sacct does not show two finished attempts"
 jobs=$(jobs_after "$before")
 say "sacct saw:"$'\n'"$jobs"
-(($(grep -c '|rule_train_stage_wildcards_cascade_1|' <<<"$jobs") == 2)) || fail "training: expected 2 SLURM jobs for train_stage cascade/1"
+(($(grep -c '|rule_train_wildcards_cascade_stage1|' <<<"$jobs") == 2)) || fail "training: expected 2 SLURM jobs for train cascade/stage1"
 head -1 <<<"$jobs" | grep -q '|FAILED$' || fail "training: the signalled attempt is not FAILED in sacct"
 tail -1 <<<"$jobs" | grep -q '|COMPLETED$' || fail "training: the resumed attempt is not COMPLETED in sacct"
 resumed=$(sed -n 's/.*resuming from .*(step \([0-9]*\)).*/\1/p' "$PIPE/logs/train/cascade/stage1.log" | head -1)
