@@ -3,6 +3,10 @@ document size, for each method, with the configured models.
 
     python bench/annotate_memory.py --methods constituency keybert keybert_no_stopword \
         --piece-chars 10000 100000 1000000 --doc-chars 1000000 --json /tmp/annotate_memory.json
+    python bench/annotate_memory.py --methods constituency --piece-chars 10000 100000 --one-piece
+
+Every piece size runs against every document size; ``--one-piece`` instead makes each document exactly one
+piece long (document chars = piece chars), which isolates the cost of the piece.
 
 Every case is one real job, ``python -m preprocess.annotate`` in a subprocess of its own, exactly as the
 ``annotate`` rule runs it (the repository's ``config.yaml`` with ``annotate.max_doc_chars`` set to the piece
@@ -34,8 +38,10 @@ sys.path.insert(0, str(ROOT))
 import pyarrow as pa  # noqa: E402
 import yaml  # noqa: E402
 
+from common.config import load_config  # noqa: E402
 from common.io import write_parquet  # noqa: E402
 from preprocess import priorities  # noqa: E402
+from preprocess.annotate import split_long_text  # noqa: E402
 
 MB = 10**6
 
@@ -67,7 +73,8 @@ def make_shard(folder: Path, n_chars: int) -> Path:
 
 
 def make_config(folder: Path, base: Path, piece_chars: int) -> Path:
-    config = yaml.safe_load(base.read_text())
+    """``base`` read as a job reads it (defaults applied), with ``annotate.max_doc_chars`` = ``piece_chars``."""
+    config = load_config(base)
     config["annotate"]["max_doc_chars"] = piece_chars
     path = folder / f"config_{piece_chars}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=True))
@@ -106,12 +113,15 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", required=True, choices=priorities.METHODS)
     parser.add_argument("--piece-chars", type=int, nargs="+", required=True, help="annotate.max_doc_chars values")
-    parser.add_argument("--doc-chars", type=int, nargs="+", required=True, help="document sizes, in characters")
+    parser.add_argument("--doc-chars", type=int, nargs="+", default=[], help="document sizes, in characters")
+    parser.add_argument("--one-piece", action="store_true", help="one document per piece size, that long")
     parser.add_argument("--config", default=str(ROOT / "config.yaml"), help="base config (models, batch size)")
     parser.add_argument("--repo", default=str(ROOT), help="checkout whose preprocess.annotate runs")
     parser.add_argument("--workdir", help="keep inputs here (default: a temporary folder)")
     parser.add_argument("--json", help="write the rows here as JSON")
     args = parser.parse_args(argv)
+    if not args.one_piece and not args.doc_chars:
+        parser.error("give --doc-chars or --one-piece")
 
     with tempfile.TemporaryDirectory(prefix="annotate-memory-") as tmp:
         work = Path(args.workdir or tmp)
@@ -123,11 +133,11 @@ def main(argv=None):
         for method in args.methods:
             for piece in args.piece_chars:
                 config = make_config(work, Path(args.config), piece)
-                for n_chars in args.doc_chars:
+                for n_chars in [piece] if args.one_piece else args.doc_chars:
                     shard = make_shard(work, n_chars)
                     job = run_job(Path(args.repo), config, method, shard, tokenizer, work / "out.parquet")
                     row = {"method": method, "piece_chars": piece, "doc_chars": n_chars,
-                           "pieces": -(-n_chars // piece), **job}
+                           "pieces": len(split_long_text(pydoc_text(n_chars), piece)), **job}
                     print(json.dumps(row), flush=True)
                     rows.append(row)
     print(markdown(rows))

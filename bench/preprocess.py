@@ -54,6 +54,7 @@ import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from common.config import load_config  # noqa: E402
 from preprocess import priorities  # noqa: E402
 from preprocess.annotate import Annotator, Words  # noqa: E402
 
@@ -192,7 +193,7 @@ def bench_method(method: str, texts: list[str], config: dict, nlp_full, tokenize
 
     torch.set_num_threads(1)
     cfg = config["annotate"]
-    fast = Annotator(method, tokenizer, cfg["spacy_model"], cfg.get("keybert_model"), cfg["max_doc_chars"])
+    fast = Annotator(method, tokenizer, cfg["spacy_model"], cfg["keybert_model"], cfg["max_doc_chars"])
     keybert = None
     if method in KEYBERT_METHODS:
         from preprocess.keywords import load_keybert
@@ -208,7 +209,7 @@ def bench_method(method: str, texts: list[str], config: dict, nlp_full, tokenize
         fast.scorer.embedded_words = 0
 
     slow_t, slow_exact, slow_rounded, n_words = run_slow(slow, texts)
-    fast_t, fast_prio, fast_words = run_fast(fast, texts, batch_docs, cfg.get("batch_size", 64))
+    fast_t, fast_prio, fast_words = run_fast(fast, texts, batch_docs, cfg["batch_size"])
     result = {
         "method": method,
         "documents": len(texts),
@@ -236,7 +237,7 @@ def bench_method(method: str, texts: list[str], config: dict, nlp_full, tokenize
         result["words_embedded_fast"] = fast.scorer.embedded_words
         # The same documents again with every word already cached: the per-document cost deep into a large
         # shard, where almost every word has been seen (reported separately, never as the headline).
-        warm_t, warm_prio, _ = run_fast(fast, texts, batch_docs, cfg.get("batch_size", 64))
+        warm_t, warm_prio, _ = run_fast(fast, texts, batch_docs, cfg["batch_size"])
         result["fast_warm_cache_cpu_seconds"] = round(warm_t.cpu, 3)
         result["fast_warm_cache_words_per_cpu_s"] = round(fast_words / warm_t.cpu, 1)
         result["speedup_warm_cache"] = round(slow_t.cpu / warm_t.cpu, 2)
@@ -330,7 +331,7 @@ def main(argv=None):
         import torch
 
         torch.set_num_threads(1)
-        config = yaml.safe_load(Path(args.config).read_text())
+        config = load_config(args.config)
         if args.spacy_model:
             config["annotate"]["spacy_model"] = args.spacy_model
         if args.keybert_model:

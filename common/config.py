@@ -58,6 +58,11 @@ def _accepts_string(schema: dict, root: dict) -> bool:
     return "string" in (types if isinstance(types, list) else [types])
 
 
+def _wants_number(schema: dict) -> bool:
+    types = schema.get("type")
+    return bool({"number", "integer"} & set(types if isinstance(types, list) else [types]))
+
+
 def coerce_strings(value, schema: dict, root: dict):
     """Parse, as YAML, strings that sit where the schema wants no string.
 
@@ -72,6 +77,11 @@ def coerce_strings(value, schema: dict, root: dict):
             parsed = yaml.safe_load(value)
         except yaml.YAMLError:
             return value  # the schema check names the key and the bad value
+        if isinstance(parsed, str) and _wants_number(schema):
+            try:  # YAML 1.1 reads 1e6 (no dot) as a string
+                parsed = float(value)
+            except ValueError:
+                return value
         return value if isinstance(parsed, str) else coerce_strings(parsed, schema, root)
     if isinstance(value, dict):
         props = schema.get("properties", {})

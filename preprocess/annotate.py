@@ -25,11 +25,11 @@ from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
-import yaml
 from tqdm import tqdm
 
-from preprocess import priorities
+from common.config import load_config
 from common.io import read_parquet, stats_path, write_json, write_parquet
+from preprocess import priorities
 
 # spaCy components each method needs; everything else is excluded (the speed-up over the full pipeline).
 SPACY_COMPONENTS = {
@@ -237,13 +237,13 @@ def annotate_shard(annotator: Annotator, input_path: str | Path, out_path: str |
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True)
+    parser.add_argument("--config", required=True, help="the pipeline config (read with common.config.load_config)")
     parser.add_argument("--method", required=True, choices=priorities.METHODS)
     parser.add_argument("--input", required=True, help="raw shard (Parquet: doc_id, text)")
     parser.add_argument("--tokenizer", required=True, help="tokenizer folder")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    cfg = yaml.safe_load(Path(args.config).read_text())["annotate"]
+    cfg = load_config(args.config)["annotate"]
 
     import torch
     from transformers import PreTrainedTokenizerFast

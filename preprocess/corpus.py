@@ -65,11 +65,11 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import yaml
 from tqdm import tqdm
 
-from preprocess import detokenize
+from common.config import ConfigError, load_config
 from common.io import InputError, atomic_path, write_json
+from preprocess import detokenize
 
 SPLITS = ("train", "validation")
 SCHEMA = pa.schema([("doc_id", pa.string()), ("text", pa.string())])
@@ -563,19 +563,6 @@ def write_split(items: Iterable[Item], outs: Sequence[str | os.PathLike], stats_
     return stats
 
 
-def load_corpus_config(config_path: str | os.PathLike) -> dict:
-    """The ``corpus:`` section of a config file in which every key of the schema is set (the job's config,
-    written by the workflow with the schema's defaults applied)."""
-    config_path = Path(config_path)
-    try:
-        config = yaml.safe_load(config_path.read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise InputError(f"{config_path}: cannot read the config ({err})") from err
-    if not isinstance(config, dict) or not isinstance(config.get("corpus"), dict):
-        raise InputError(f"{config_path}: no 'corpus:' section")
-    return config["corpus"]
-
-
 def source_for(corpus: dict, split: str) -> str:
     """The source a split is read from: ``corpus.validation_source`` for validation where set (the paper
     trains on openwebtext and validates on wikitext103), else ``corpus.name``."""
@@ -606,15 +593,15 @@ def build(corpus: dict, split: str, outs: Sequence[str], stats_path: str | None 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="YAML config with a corpus: section")
+    parser.add_argument("--config", required=True, help="the pipeline config (read with common.config.load_config)")
     parser.add_argument("--split", required=True, choices=SPLITS)
     parser.add_argument("--out", required=True, nargs="+", help="the shard files; their count is the shard count")
     parser.add_argument("--stats", help="stats JSON (default: stats.json beside the first shard)")
     parser.add_argument("--source", help="read this source instead of the configured one")
     args = parser.parse_args(argv)
     try:
-        stats = build(load_corpus_config(args.config), args.split, args.out, args.stats, args.source)
-    except InputError as err:
+        stats = build(load_config(args.config)["corpus"], args.split, args.out, args.stats, args.source)
+    except (ConfigError, InputError) as err:
         parser.exit(2, f"preprocess.corpus: error: {err}\n")
     print(f"{stats['corpus']}/{args.split}: {stats['documents_written']} of {stats['documents_read']} documents "
           f"into {stats['shards']} shards, skipped {stats['skipped'] or 'none'}")

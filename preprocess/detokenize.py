@@ -6,16 +6,12 @@ punctuation, " @-@ " for an in-word hyphen, "<unk>" for rare words). A byte-leve
 learns those artefacts, and generative perplexity measured on it is not comparable with other corpora. These
 are the detokenizers of the MDLM / SEDD code bases (which take them from Megatron-LM and the LM1B release),
 rule for rule, with one fix noted in ``wikitext``. Each rule is a plain string or regex substitution, applied
-in the order written, because later rules assume the earlier ones ran.
-
-    python -m preprocess.detokenize --kind wikitext "the 1st @-@ year student , who said"
-    echo "it does n't matter" | python -m preprocess.detokenize --kind ptb
+in the order written, because later rules assume the earlier ones ran. ``preprocess.corpus`` applies them
+to the hub corpora that need them; from Python: ``detokenize.get("wikitext")("the 1st @-@ year student")``.
 """
 from __future__ import annotations
 
-import argparse
 import re
-import sys
 from typing import Callable
 
 
@@ -141,15 +137,3 @@ def get(kind: str) -> Callable[[str], str]:
     except KeyError:
         raise ValueError(f"unknown detokenizer {kind!r}; known: {sorted(DETOKENIZERS)}") from None
 
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--kind", required=True, choices=sorted(DETOKENIZERS))
-    parser.add_argument("text", nargs="*", help="text to detokenize (default: read standard input)")
-    args = parser.parse_args(argv)
-    text = " ".join(args.text) if args.text else sys.stdin.read()
-    sys.stdout.write(get(args.kind)(text) + ("\n" if args.text else ""))
-
-
-if __name__ == "__main__":
-    main()

@@ -11,6 +11,10 @@ id was already taken, except that tokens with priority > 1 (the structural sente
 Stage 2 is the first l2 taken positions and stage 1 the first l1, each put back in text order; stage 3 is
 the whole block. So stage1 ⊂ stage2 ⊂ stage3 as position sets. A block with fewer than l2 taken positions
 is dropped and counted.
+
+A shard that yields no block at all (every document shorter than l3 tokens, or every block dropped) is an
+error naming the shard, l3 and the counts, and writes nothing: training or validating on an empty split
+would otherwise pass silently.
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
-from common.io import read_parquet, stats_path, write_json, write_parquet
+from common.io import InputError, read_parquet, stats_path, write_json, write_parquet
 
 REPEATABLE_ABOVE = 1.0  # priorities above this may be taken more than once per block
 
@@ -63,6 +67,21 @@ def split_block(ids: np.ndarray, priority: np.ndarray, l1: int, l2: int) -> tupl
     return ids[np.sort(taken[:l1])], ids[np.sort(taken)]
 
 
+def no_blocks_error(input_path, out_path, lengths: tuple[int, int, int], counts: Counter) -> InputError:
+    """The error for a shard without a single block; an older shard and stats at ``out_path`` are removed,
+    so that nothing there looks finished."""
+    for stale in (Path(out_path), stats_path(out_path)):
+        stale.unlink(missing_ok=True)
+    _, l2, l3 = lengths
+    return InputError(
+        f"{out_path}: no block of l3 = {l3} tokens from {input_path}: "
+        f"{counts['documents_in']} documents in, {counts['documents_shorter_than_block']} of them shorter "
+        f"than {l3} tokens, {counts['blocks_dropped_too_few_distinct']} blocks dropped with fewer than "
+        f"l2 = {l2} distinct tokens; expected at least one block. Lower stages.lengths, or give this split "
+        f"more or longer documents (corpus.max_docs, corpus.validation_fraction, corpus.shards)"
+    )
+
+
 def build_stages(input_path: str | Path, out_path: str | Path, lengths: tuple[int, int, int]) -> dict:
     """Cut every annotated document of a shard into blocks and write the stage shard and its stats."""
     l1, l2, l3 = lengths
@@ -100,6 +119,8 @@ def build_stages(input_path: str | Path, out_path: str | Path, lengths: tuple[in
             rows["stage3_ids"].append(block_ids)
             rows["priority"].append(block_prio)
             counts["blocks_written"] += 1
+    if counts["blocks_written"] == 0:
+        raise no_blocks_error(input_path, out_path, lengths, counts)
     write_parquet(pa.table(rows, schema=STAGE_SCHEMA), out_path)
     stats = {
         "input": str(input_path),
@@ -120,7 +141,10 @@ def main(argv=None):
     parser.add_argument("--input", required=True, help="annotated shard (doc_id, input_ids, priority)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    stats = build_stages(args.input, args.out, tuple(args.lengths))
+    try:
+        stats = build_stages(args.input, args.out, tuple(args.lengths))
+    except InputError as err:
+        parser.exit(2, f"preprocess.stages: error: {err}\n")
     print(f"{args.out}: {stats['blocks_written']} blocks, {stats['blocks_dropped_too_few_distinct']} dropped")
 
 

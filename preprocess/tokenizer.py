@@ -14,9 +14,9 @@ import argparse
 from pathlib import Path
 from typing import Iterable, Iterator
 
-import yaml
 from tqdm import tqdm
 
+from common.config import load_config
 from common.io import atomic_dir, read_parquet
 
 EOS_TOKEN = "<|endoftext|>"
@@ -81,11 +81,11 @@ def build(config: dict, train_shards: list[str], out: str | Path):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True)
+    parser.add_argument("--config", required=True, help="the pipeline config (read with common.config.load_config)")
     parser.add_argument("--train-shards", nargs="+", required=True)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    config = yaml.safe_load(Path(args.config).read_text())
+    config = load_config(args.config)
     tok = build(config, args.train_shards, args.out)
     print(f"tokenizer: {len(tok)} tokens (eos={tok.eos_token_id}, mask={tok.mask_token_id}) -> {args.out}")
 

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from preprocess.annotate import Annotator, annotate_shard, split_long_text
+from preprocess.annotate import Annotator, annotate_shard, bounded_batches, split_long_text
 from common.io import InputError, write_parquet
 from preprocess.tokenizer import train_bpe
 
@@ -54,7 +54,7 @@ def test_keybert_scores_match_keybert_itself(keybert_annotator):
 
 
 def test_subword_tokens_inherit_their_word_priority_and_periods_are_kept(keybert_annotator, tokenizer):
-    (ids, prio, n_words), = keybert_annotator.annotate([DOCS[1]])
+    (ids, prio, n_words), = keybert_annotator.annotate([DOCS[1]], batch_size=8)
     assert len(ids) == len(prio) == len(tokenizer(DOCS[1], add_special_tokens=False)["input_ids"])
     pieces = [tokenizer.decode([i]) for i in ids]
     by_token = list(zip(pieces, prio.tolist()))
@@ -74,9 +74,46 @@ def test_long_document_is_annotated_in_pieces_not_dropped(tokenizer):
     annot = Annotator("constituency", tokenizer, SPACY, None, max_doc_chars=1000)
     text = " ".join(DOCS * 40)  # ~8,000 characters -> 9 pieces
     assert len(split_long_text(text, 1000)) >= 8
-    (ids, prio, n_words), = annot.annotate([text])
+    (ids, prio, n_words), = annot.annotate([text], batch_size=64)
     assert len(ids) == len(tokenizer(text, add_special_tokens=False)["input_ids"])
     assert n_words > 1000 and set(np.unique(prio)) <= {-1.0, -2.0, -3.0, -4.0, -5.0, -6.0, -7.0}
+
+
+class RecordingPipe:
+    """Stands in for a spaCy pipeline: records the characters of every nlp.pipe call, then runs it."""
+
+    def __init__(self, nlp):
+        self.nlp, self.calls = nlp, []
+
+    def pipe(self, texts, batch_size):
+        texts = list(texts)
+        self.calls.append(sum(len(t) for t in texts))
+        return self.nlp.pipe(texts, batch_size=batch_size)
+
+
+def test_spacy_never_sees_more_than_max_doc_chars_at_once(tokenizer):
+    """Memory grows with the characters spaCy runs at once: pieces of a long document, and short documents,
+    go to spaCy in batches of at most max_doc_chars characters, and the words are those of one whole run."""
+    annot = Annotator("constituency", tokenizer, SPACY, None, max_doc_chars=1000)
+    long_text = " ".join(DOCS * 40)  # ~8,000 characters
+    texts = [long_text, *DOCS * 20]  # then 60 short documents, ~4,500 characters
+    whole = Annotator("constituency", tokenizer, SPACY, None, max_doc_chars=100_000).words(texts, batch_size=64)
+    annot.nlp = RecordingPipe(annot.nlp)
+    words = annot.words(texts, batch_size=64)
+    assert max(annot.nlp.calls) <= 1000 and sum(annot.nlp.calls) == sum(len(t) for t in texts)
+    assert [w.texts for w in words[1:]] == [w.texts for w in whole[1:]]
+    # Cut into pieces, the long document still yields every character of its words, at the right offsets.
+    assert "".join("".join(words[0].texts).split()) == "".join(long_text.split())
+    assert all(long_text[s:e] == t for s, e, t in zip(words[0].starts, words[0].ends, words[0].texts))
+
+
+def test_bounded_batches():
+    """Runs of at most max_items items and max_chars summed sizes; an oversized item stands alone."""
+    cut = lambda sizes, items, chars: [(b.start, b.stop) for b in bounded_batches(sizes, items, chars)]
+    assert cut([3, 3, 3, 3], 2, 100) == [(0, 2), (2, 4)]
+    assert cut([4, 4, 4, 1], 10, 8) == [(0, 2), (2, 4)]
+    assert cut([2, 50, 2], 10, 8) == [(0, 1), (1, 2), (2, 3)]
+    assert cut([], 10, 8) == []
 
 
 def test_split_long_text_cuts_at_whitespace_and_loses_nothing():
@@ -92,13 +129,13 @@ def test_shard_counts_skips_and_reruns_byte_identically(tmp_path, tokenizer):
     write_parquet(pa.table({"doc_id": ["a", "b", "c", "d"], "text": [DOCS[0], "   \n ", DOCS[2], ""]}), raw)
     annot = Annotator("constituency", tokenizer, SPACY, None, max_doc_chars=10_000)
     out = tmp_path / "annot" / "shard_00000.parquet"
-    stats = annotate_shard(annot, raw, out)
+    stats = annotate_shard(annot, raw, out, batch_size=64)
     table = pq.read_table(out)
     assert table.column("doc_id").to_pylist() == ["a", "c"]
     assert stats["documents_in"] == 4 and stats["documents_written"] == 2 and stats["skipped"] == {"empty": 2}
     assert json.loads((tmp_path / "annot" / "shard_00000.stats.json").read_text())["tokens"] == stats["tokens"]
     first = out.read_bytes()
-    annotate_shard(annot, raw, out)
+    annotate_shard(annot, raw, out, batch_size=64)
     assert out.read_bytes() == first
 
 
@@ -107,5 +144,5 @@ def test_corrupt_raw_shard_names_the_file(tmp_path, tokenizer):
     bad.write_bytes(b"\x00\x01 not a parquet file")
     annot = Annotator("constituency", tokenizer, SPACY, None, max_doc_chars=10_000)
     with pytest.raises(InputError, match="raw_bad.parquet"):
-        annotate_shard(annot, bad, tmp_path / "out.parquet")
+        annotate_shard(annot, bad, tmp_path / "out.parquet", batch_size=64)
     assert not (tmp_path / "out.parquet").exists()

@@ -8,13 +8,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from preprocess import corpus
+import yaml
+
+from common.config import load_config
 from common.io import InputError
+from preprocess import corpus
+
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def config(**overrides):
-    return {"name": "pydoc", "path": None, "text_column": "text", "validation_fraction": 0.1, "max_docs": None,
-            **overrides}
+    """A corpus: section as a job reads it: every key set (common.config applies the schema's defaults)."""
+    return {**load_config(ROOT / "config.yaml")["corpus"], **overrides}
 
 
 def shard_paths(folder: Path, n: int):
@@ -91,9 +97,16 @@ def test_max_docs_caps_written_documents(tmp_path):
     assert len(rows(outs)) == 25
 
 
+def write_config(config_path, **corpus_keys):
+    """The repository's config.yaml with some corpus: keys changed, as the --config of a command."""
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    config["corpus"].update(corpus_keys)
+    config_path.write_text(yaml.safe_dump(config))
+
+
 def test_command_line(tmp_path):
     cfg = tmp_path / "config.yaml"
-    cfg.write_text("corpus:\n  name: pydoc\n  validation_fraction: 0.5\n  max_docs: 40\n  shards: {train: 2}\n")
+    write_config(cfg, name="pydoc", validation_fraction=0.5, max_docs=40, shards={"train": 2})
     outs = [str(p) for p in shard_paths(tmp_path / "raw", 2)]
     done = subprocess.run([sys.executable, "-m", "preprocess.corpus", "--config", str(cfg), "--split", "train",
                            "--out", *outs], capture_output=True, text=True)
@@ -101,10 +114,16 @@ def test_command_line(tmp_path):
     assert len(rows(outs)) == 40
     assert json.loads((tmp_path / "raw" / "stats.json").read_text())["documents_written"] == 40
 
-    cfg.write_text("corpus:\n  name: nosuchcorpus\n")
+    write_config(cfg, name="local", path=str(tmp_path / "missing"))
     done = subprocess.run([sys.executable, "-m", "preprocess.corpus", "--config", str(cfg), "--split", "train",
                            "--out", str(tmp_path / "x.parquet")], capture_output=True, text=True)
-    assert done.returncode == 2 and "unknown corpus 'nosuchcorpus'" in done.stderr
+    assert done.returncode == 2 and "missing: corpus path does not exist" in done.stderr
+    assert not (tmp_path / "x.parquet").exists()
+
+    write_config(cfg, name="nosuchcorpus")  # the config reader names the key and the value
+    done = subprocess.run([sys.executable, "-m", "preprocess.corpus", "--config", str(cfg), "--split", "train",
+                           "--out", str(tmp_path / "x.parquet")], capture_output=True, text=True)
+    assert done.returncode == 2 and "corpus.name: 'nosuchcorpus' is not one of" in done.stderr
     assert not (tmp_path / "x.parquet").exists()
 
 
@@ -179,13 +198,61 @@ def test_local_jsonl(tmp_path):
     assert_adds_up(stats)
 
 
-def test_local_jsonl_missing_text_field_names_file_line_and_fields(tmp_path):
+def test_local_jsonl_missing_text_field_is_a_counted_skip_naming_file_line_and_fields(tmp_path):
     src = tmp_path / "docs.jsonl"
-    src.write_text(json.dumps({"text": "fine"}) + "\n" + json.dumps({"content": "x", "title": "t"}) + "\n")
-    with pytest.raises(InputError, match=r"docs\.jsonl line 2: no text field 'text'; .*\['content', 'title'\]"):
-        build(everything(src), "train", tmp_path / "out")
-    # Nothing half-written: no shard, no stats, no temporary file.
-    assert not list((tmp_path / "out").iterdir())
+    src.write_text(json.dumps({"text": "fine"}) + "\n" + json.dumps({"content": "x", "title": "t"}) + "\n"
+                   + json.dumps({"text": "also fine"}) + "\n")
+    outs, stats = build(everything(src), "train", tmp_path / "out")
+    assert [r["text"] for r in rows(outs)] == ["fine", "also fine"]
+    assert stats["skipped"] == {"no_text_field": 1}
+    assert stats["skipped_examples"]["no_text_field"] == [
+        f"docs.jsonl:2 {src} line 2: no field 'text'; it has ['content', 'title']"]
+    assert_adds_up(stats)
+
+
+def test_local_jsonl_wrong_type_in_text_field_names_file_line_and_type(tmp_path):
+    src = tmp_path / "docs.jsonl"
+    src.write_text("".join(json.dumps(obj) + "\n" for obj in (
+        {"text": ["a", "list"]}, {"text": "fine"}, {"text": {"nested": 1}}, {"text": True}, {"text": 1.5})))
+    outs, stats = build(everything(src), "train", tmp_path / "out")
+    assert [r["text"] for r in rows(outs)] == ["fine"]
+    assert stats["skipped"] == {"not_text": 4}
+    assert stats["skipped_examples"]["not_text"] == [
+        f"docs.jsonl:{line} {src} line {line} field 'text': a {kind}, expected a string"
+        for line, kind in ((1, "list"), (3, "dict"), (4, "bool"), (5, "float"))]
+    assert_adds_up(stats)
+
+
+def test_empty_and_whitespace_files_are_counted_by_reason(tmp_path):
+    """A file with no document at all is one skip, empty_file; summed over the two splits each counts once."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("one paragraph\n\nanother one\n")
+    (src / "empty.txt").write_bytes(b"")
+    (src / "blank.txt").write_text("  \n\t\n\n   \n")
+    (src / "blank.jsonl").write_text("\n   \n")
+    pq.write_table(pa.table({"text": pa.array([], pa.string())}), src / "norows.parquet")
+    outs, stats = build(everything(src), "train", tmp_path / "out")
+    assert [r["text"] for r in rows(outs)] == ["one paragraph", "another one"]
+    assert stats["skipped"] == {"empty_file": 4} and stats["files_read"] == 5
+    assert stats["documents_read"] == 6
+    assert_adds_up(stats)
+    assert stats["skipped_examples"]["empty_file"] == [
+        f"blank.jsonl {src / 'blank.jsonl'}: 5 bytes, no document in it",
+        f"blank.txt {src / 'blank.txt'}: 10 bytes, no document in it",
+        f"empty.txt {src / 'empty.txt'}: 0 bytes, no document in it",
+        f"norows.parquet {src / 'norows.parquet'}: {(src / 'norows.parquet').stat().st_size} bytes, no document in it",
+    ]
+    cfg = config(name="local", path=str(src), validation_fraction=0.5)
+    per_split = [build(cfg, split, tmp_path / split)[1]["skipped"].get("empty_file", 0) for split in corpus.SPLITS]
+    assert sum(per_split) == 4
+
+
+def test_a_single_empty_file_is_counted(tmp_path):
+    src = tmp_path / "nothing.txt"
+    src.write_text("\n \n")
+    outs, stats = build(everything(src), "train", tmp_path / "out")
+    assert rows(outs) == [] and stats["documents_read"] == 1 and stats["skipped"] == {"empty_file": 1}
 
 
 def test_local_parquet(tmp_path):

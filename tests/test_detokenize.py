@@ -1,7 +1,4 @@
 """Detokenizers on hand-made strings in each corpus's own tokenized style."""
-import subprocess
-import sys
-
 import pytest
 
 from preprocess import detokenize
@@ -58,10 +55,3 @@ def test_get_names_unknown_kind():
     with pytest.raises(ValueError, match="unknown detokenizer 'bogus'"):
         detokenize.get("bogus")
 
-
-def test_command_line():
-    out = subprocess.run(
-        [sys.executable, "-m", "preprocess.detokenize", "--kind", "wikitext", "a @-@ b , c"],
-        capture_output=True, text=True, check=True,
-    ).stdout
-    assert out == "a-b, c\n"

@@ -34,7 +34,7 @@ def test_two_processes_match_one(tmp_path):
         "train": {"model": "tiny", "noise": {"type": "geometric", "sigma_min": 1e-4, "sigma_max": 20.0},
                   "global_batch_size": 16, "micro_batch_size": 8, "lr": 3e-3, "weight_decay": 0.0,
                   "warmup_steps": 2, "max_steps": 8, "grad_clip": 1.0, "ema": 0.5, "dropout": 0.0,
-                  "eval_every": 4, "eval_batches": 2, "save_every": 0, "shuffle_prefix": False,
+                  "eval_every": 4, "eval_batches": 2, "save_every": 1000, "shuffle_prefix": False,
                   "warm_start": False, "antithetic": True, "precision": "fp32", "deepspeed": None, "seed": 1,
                   "gpus": 0},
     }

@@ -53,6 +53,7 @@ def test_validation_loss_falls_on_learnable_blocks(toy):
     assert main(args(tmp, data, "cascade", out, 3)) == 0
     val = val_losses(out)
     assert len(val) == 3 and val[-1] < 0.8 * val[0], val  # runs of consecutive words: NELBO falls fast
+    assert not (out / "checkpoints").exists()  # resumable state of a finished run is gone with the run
 
 
 def test_cascade_stages_chain_by_warm_start(toy):

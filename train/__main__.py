@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-import yaml
-
-from common.config import load_config
+from common.config import load_config, validate_config
 from train.settings import resolve
 
 
@@ -32,19 +30,22 @@ def parse_args(argv=None):
     parser.add_argument("--out", required=True, help="output folder (runs/{run}/stage{k} or runs/{run}/model)")
     parser.add_argument("--init", default=None, help="warm start from this model folder (needs warm_start: true)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a resolved train setting, value parsed as YAML (e.g. --set max_steps=20)")
+                        help="override a training key of this run, checked by the config schema (e.g. --set max_steps=20)")
     return parser.parse_args(argv)
 
 
 def main(argv=None, on_step=None) -> int:
     """Run the command; on_step(step) is called after every step (used by tests to interrupt a run)."""
     args = parse_args(argv)
-    settings = resolve(load_config(args.config), args.run, args.stage)
-    for item in args.overrides:
-        key, sep, value = item.partition("=")
-        if not sep or key not in settings.to_dict():
-            raise SystemExit(f"--set {item!r}: expected KEY=VALUE with KEY one of {sorted(settings.to_dict())}")
-        settings = settings.replace(**{key: yaml.safe_load(value)})
+    config = load_config(args.config)
+    if args.overrides:
+        for item in args.overrides:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise SystemExit(f"--set {item!r}: expected KEY=VALUE, e.g. --set max_steps=20")
+            config["runs"][args.run][key] = value  # a string: the schema check gives it the key's type
+        config = validate_config(config, f"{args.config} with --set {' '.join(args.overrides)}")
+    settings = resolve(config, args.run, args.stage)
     if args.init and not settings.warm_start:
         raise SystemExit(f"--init {args.init} given but runs.{args.run}.warm_start is false")
     from train.trainer import Trainer, TrainingDiverged

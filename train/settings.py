@@ -22,7 +22,9 @@ KINDS = ("cascade", "single", "ar")
 DIFFUSION_OBJECTIVES = ("mdlm", "sedd")
 # Keys that change where and how fast a job runs, never what it computes: left out of the settings digest,
 # so changing them reruns nothing and a checkpoint written under other values still resumes.
-JOB_ONLY_KEYS = ("gpus", "cpus", "mem_mb", "runtime", "log_with")
+# `fused` is one of them: the fused kernels compute the plain formulas (equal to float rounding, pinned by
+# tests/test_train_model_equivalence.py), so switching them is a speed choice.
+JOB_ONLY_KEYS = ("gpus", "cpus", "mem_mb", "runtime", "log_with", "fused")
 
 
 class SettingsError(ValueError):

@@ -157,7 +157,7 @@ def checkpoint_problem(folder: Path, settings: TrainSettings, expected_files: li
         return str(err)
     recorded = state.get("settings_digest")
     if recorded != settings.digest():
-        if "settings" not in state:
+        if not isinstance(state.get("settings"), dict):
             return f"written without a settings record (digest {recorded}), by an older trainer"
         return (f"written under other settings (digest {recorded} -> {settings.digest()}): "
                 f"{settings_difference(state['settings'], settings.computing())}")
@@ -180,8 +180,8 @@ def tracker_init_kwargs(log_with: list[str], tracker_dir: Path, resume_step: int
     """Per-tracker arguments: local files under tracker_dir, nothing contacted unless the user asked."""
     kwargs = {}
     if "tensorboard" in log_with:
-        # hide events a killed run logged past its checkpoint (and a previous run's, on a fresh start)
-        kwargs["tensorboard"] = {"purge_step": resume_step}
+        # hide the events a killed run logged after its checkpoint's step (all of them, on a fresh start)
+        kwargs["tensorboard"] = {"purge_step": resume_step + 1 if resume_step else 0}
     if "wandb" in log_with:
         os.environ.setdefault("WANDB_MODE", "offline")
         kwargs["wandb"] = {"dir": str(tracker_dir)}
@@ -189,7 +189,8 @@ def tracker_init_kwargs(log_with: list[str], tracker_dir: Path, resume_step: int
 
 
 def flat_config(values: dict, prefix: str = "") -> dict:
-    """Nested settings as the flat str / int / float / bool mapping trackers accept (noise.type, lengths '[..]')."""
+    """Nested settings as the flat str / int / float / bool mapping trackers accept: {"noise": {"type": ..}}
+    becomes "noise.type", anything else that is not a scalar (a tuple, None) its str()."""
     flat = {}
     for key, value in values.items():
         name = f"{prefix}{key}"
@@ -558,13 +559,22 @@ class Trainer:
     def _train(self, step: int, seconds: float, on_step: Callable[[int], None] | None) -> int:
         from tqdm.auto import tqdm
 
+        if step == 0 and self.s.eval_every:
+            self._validate_at(0, 0.0, 0)
+        with tqdm(total=self.max_steps, initial=step, disable=not self.acc.is_main_process, dynamic_ncols=True,
+                  desc=f"train {self.run_name or ''} stage {self.meta['stage']}", mininterval=1) as bar:
+            stopped_at = self._loop(step, seconds, bar, on_step)
+        if stopped_at is not None:
+            self.acc.print(f"signal {self._stop_signal}: checkpoint at step {stopped_at} written, exiting "
+                           f"{EXIT_PREEMPTED} so the job is requeued and resumes")
+            return EXIT_PREEMPTED
+        self.finish()
+        return 0
+
+    def _loop(self, step: int, seconds: float, bar, on_step: Callable[[int], None] | None) -> int | None:
+        """Steps from `step` to max_steps; returns the step at which a signal stopped it, None when done."""
         tokens_per_step = self.global_batch * (self.prefix_len + self.target_len)
         eval_every, save_every = self.s.eval_every, self.s.save_every
-        if step == 0 and eval_every:
-            self._validate_at(0, 0.0, 0)
-
-        bar = tqdm(total=self.max_steps, initial=step, disable=not self.acc.is_main_process,
-                   desc=f"train {self.run_name or ''} stage {self.meta['stage']}", dynamic_ncols=True, mininterval=1)
         clock = time.perf_counter() - seconds
         while step < self.max_steps:
             result = self.train_step(step)
@@ -589,13 +599,8 @@ class Trainer:
             if on_step is not None:
                 on_step(step)
             if stop:
-                bar.close()
-                self.acc.print(f"signal {self._stop_signal}: checkpoint at step {step} written, exiting "
-                               f"{EXIT_PREEMPTED} so the job is requeued and resumes")
-                return EXIT_PREEMPTED
-        bar.close()
-        self.finish()
-        return 0
+                return step
+        return None
 
     def finish(self) -> None:
         """Write the declared outputs: EMA weights, config.json, metrics.csv (each atomically); then remove the
