@@ -11,11 +11,12 @@ export TOKENIZERS_PARALLELISM := false
 .PHONY: venv demo test test-fast cluster-test dry-run-paper slurm-profile clean
 
 # torch first and pinned: 2.13.0 is the CPU build on this disk; a loose range would pull a CUDA build.
-$(VENV)/.installed: pyproject.toml
+# Everything else at the exact versions of constraints.txt, so a fresh machine gets what the figures used.
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet torch==2.13.0
-	$(VENV)/bin/pip install --quiet -e '.[test]'
+	$(VENV)/bin/pip install --quiet -c constraints.txt -e '.[test]'
 	touch $@
 
 venv: $(VENV)/.installed

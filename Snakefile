@@ -12,6 +12,7 @@ min_version("9.0")
 
 sys.path.insert(0, workflow.basedir)
 from common.config import validate_config  # noqa: E402
+from preprocess.models import check_models  # noqa: E402
 
 
 configfile: os.path.join(workflow.basedir, "config.yaml")
@@ -20,6 +21,14 @@ configfile: os.path.join(workflow.basedir, "config.yaml")
 # A wrong key or value stops the run here, before any job, naming the key; every default of
 # schemas/config.schema.yaml is filled in, so the rules and the jobs read config[...] directly.
 validate_config(config)
+
+
+# A spaCy or KeyBERT model that is not installed here fails when the run starts, before any job, naming the
+# key, not after the corpus and tokenizer jobs. A dry run plans without them; annotate.check_models: false
+# skips the check (a cluster login node without the models its compute nodes have).
+onstart:
+    if config["annotate"]["check_models"]:
+        check_models(config["annotate"])
 
 
 include: "rules/common.smk"

@@ -78,7 +78,7 @@ def load_blocks(args, folder: Path) -> tuple[torch.Tensor, str]:
     from preprocess.tokenizer import train_bpe
 
     texts = [topics[k] for k in sorted(topics)]
-    tokenizer = train_bpe([texts], vocab_size=2048)
+    tokenizer = train_bpe([texts], vocab_size=2048, min_frequency=2)
     tokenizer.save_pretrained(str(folder / "tokenizer"))
     stream = [i for ids in tokenizer(texts)["input_ids"] for i in ids + [tokenizer.eos_token_id]]
     n = len(stream) // args.block_len

@@ -11,6 +11,15 @@ lowest "anything else" value). spaCy runs only the components a method needs: ``
 tagger, ``keybert`` only the tokenizer, ``keybert_no_stopword`` the parser (for sentence ends). A document
 longer than ``annotate.max_doc_chars`` is annotated in pieces cut at whitespace, never dropped.
 
+Memory. spaCy's peak grows with the characters it runs at once (about 3.7 KB per character through tok2vec,
+0.3 KB with the tokenizer alone), so spaCy never gets more than ``max_doc_chars`` characters at once: pieces
+and short documents go to it in batches of at most ``annotate.batch_size`` texts and ``max_doc_chars``
+characters (``bounded_batches``), and documents are annotated together up to 256 documents or
+``max_doc_chars`` characters. What still grows with one document is its own tokenization and word lists
+(about 0.2 KB per character of the longest document). So, measured (bench/README.md, "Annotate memory"):
+
+    peak RSS ~ base (0.45 to 0.75 GB) + 3.7 KB x max_doc_chars + 0.2 KB x (characters of the longest document)
+
 Output: Parquet ``doc_id, input_ids list<int32>, priority list<float32>`` and ``<shard>.stats.json``
 (documents in / written / skipped by reason, words, tokens, seconds).
 """
@@ -41,7 +50,8 @@ SPACY_COMPONENTS = {
 NO_WORD_PRIORITY = {"constituency": -7.0, "keybert": priorities.UNSCORED, "keybert_no_stopword": priorities.UNSCORED}
 
 # Documents annotated together (spaCy batches, one KeyBERT call); a batch also holds at most
-# annotate.max_doc_chars characters (see Annotator.words), so its memory does not grow with document length.
+# annotate.max_doc_chars characters (one longer document goes alone), so many long documents in a row cost
+# no more memory than the longest of them.
 DOCS_PER_BATCH = 256
 
 ANNOT_SCHEMA = pa.schema(
@@ -140,10 +150,10 @@ class Annotator:
     def words(self, texts: list[str], batch_size: int) -> list[Words]:
         """spaCy words of each text, long texts annotated in pieces of at most ``max_doc_chars`` characters.
 
-        spaCy's memory grows with the characters of the batch it runs at once (about 3.6 KB per character
+        spaCy's memory grows with the characters of the batch it runs at once (about 3.7 KB per character
         with tok2vec, bench/README.md "Annotate memory"), so a batch holds at most ``batch_size`` pieces
-        and at most ``max_doc_chars`` characters: peak memory is bounded by the piece size, not by the
-        document size.
+        and at most ``max_doc_chars`` characters: spaCy's share of the peak is bounded by the piece size,
+        whatever the document size.
         """
         pieces = [(d, offset, piece) for d, text in enumerate(texts)
                   for offset, piece in split_long_text(text, self.max_doc_chars)]

@@ -52,8 +52,7 @@ def spacy_model_meta(name: str) -> tuple[dict | None, str]:
         return blank_meta(name.removeprefix("blank:"))
     looked = f"no installed package {name!r}"
     if package_installed(name):
-        spec = importlib.util.find_spec(name)
-        folder = Path(spec.origin).parent if spec and spec.origin else None
+        folder = module_folder(name)
         if folder is not None and (folder / "meta.json").is_file():
             return json.loads((folder / "meta.json").read_text()), f"package {name!r} at {folder}"
         looked = f"package {name!r} is installed but has no module {name!r} holding a meta.json: no spaCy model"
@@ -61,6 +60,15 @@ def spacy_model_meta(name: str) -> tuple[dict | None, str]:
     if folder.is_dir() and (folder / "config.cfg").is_file() and (folder / "meta.json").is_file():
         return json.loads((folder / "meta.json").read_text()), f"folder {folder}"
     return None, f"{looked}, and no folder {str(folder)!r} holding config.cfg and meta.json"
+
+
+def module_folder(name: str) -> Path | None:
+    """The folder of the module ``name`` (found, not imported), or None."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):  # a dotted name whose parent does not import, an empty name
+        return None
+    return Path(spec.origin).parent if spec is not None and spec.origin else None
 
 
 def package_installed(name: str) -> bool:

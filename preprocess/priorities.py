@@ -1,7 +1,7 @@
 """Word priorities: which words of a block make stage 1 and stage 2 (higher is kept first).
 
 Every method maps each word of a document to one float; sub-word tokens inherit their word's priority
-(see ``preprocess.annotate``). The rules, as ../shared/DESIGN.md fixes them:
+(see ``preprocess.annotate``). The rules, as docs/design.md ("Priorities") fixes them:
 
 ``constituency`` (from spaCy's fine-grained Penn tag), priority = -label with
     label 1  last token of a proper-noun run (consecutive NNP/NNPS)

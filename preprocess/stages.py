@@ -4,7 +4,7 @@
         --input data/pydoc/annot/keybert/train/shard_00000.parquet \
         --out data/pydoc/stages/keybert/16_32_64/train/shard_00000.parquet
 
-Selection rule (../shared/DESIGN.md). A document's tokens are cut into non-overlapping blocks of l3 tokens
+Selection rule (docs/design.md, "Stages"). A document's tokens are cut into non-overlapping blocks of l3 tokens
 (a tail shorter than l3 is dropped and counted). In each block, positions are ranked by priority, highest
 first, ties broken by the earlier position, and walked in that order; a position is *taken* unless its token
 id was already taken, except that tokens with priority > 1 (the structural sentence periods) may repeat.

@@ -32,7 +32,7 @@ def iter_texts(shards: Iterable[str | Path], batch_size: int = 1000) -> Iterator
             yield texts[i : i + batch_size]
 
 
-def train_bpe(texts: Iterable[list[str]], vocab_size: int, min_frequency: int = 2):
+def train_bpe(texts: Iterable[list[str]], vocab_size: int, min_frequency: int):
     """Train a byte-level BPE (GPT-2 style pre-tokenization) and wrap it as a PreTrainedTokenizerFast."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast

@@ -1,4 +1,4 @@
-"""The priority rules of DESIGN.md on hand-made tags and on real spaCy output."""
+"""The priority rules of docs/design.md on hand-made tags and on real spaCy output."""
 import pytest
 
 from preprocess import priorities as P
