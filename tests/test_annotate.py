@@ -25,7 +25,7 @@ def tokenizer():
     from pydoc_data.topics import topics
 
     torch.set_num_threads(1)
-    return train_bpe([list(topics.values())], vocab_size=400)
+    return train_bpe([list(topics.values())], vocab_size=400, min_frequency=2)
 
 
 @pytest.fixture(scope="module")
