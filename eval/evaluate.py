@@ -14,9 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-
-from common.device import resolve_device
+from common.device import add_device_arguments, device_from_arguments
 from common.io import write_json
 from eval.likelihood import run_validation
 from eval.metrics import sample_metrics, stage_names
@@ -66,13 +64,10 @@ def main(argv=None):
     v.add_argument("--max-batches", type=int, default=None, help="score only the first batches (default: all)")
     v.add_argument("--seed", type=int, default=0)
     for p in (s, v):
-        p.add_argument("--device", default="auto")
-        p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+        add_device_arguments(p)
         p.add_argument("--out", required=True, help="runs/{run}/eval/{sampler}-{steps}.json or val.json")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    device = device_from_arguments(args)
     if args.what == "samples":
         from eval.scorer import load_scorer
 

@@ -22,7 +22,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from common.device import resolve_device
+from common.device import add_device_arguments, device_from_arguments
 from common.io import atomic_path
 from eval.runs import run_model_dirs
 from eval.samplers import NATIVE_OBJECTIVE, SAMPLERS, autoregressive, sample
@@ -125,13 +125,10 @@ def main(argv=None):
     parser.add_argument("--block-size", type=int, default=None,
                         help="semi-autoregressive blocks of this many tokens (ddpm, ddpm_cache, confidence, ...)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_device_arguments(parser)
     parser.add_argument("--out", required=True, help="samples JSONL, e.g. runs/{run}/samples/{sampler}-{steps}.jsonl")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    device = device_from_arguments(args)
     stages = [load_trained(d, device) for d in run_model_dirs(args.run_dir)]
     records = cascade_records(stages, args.n, args.batch_size or args.n, args.sampler, args.steps,
                               args.temperature, args.block_size, args.seed, device)
