@@ -7,7 +7,6 @@ here, or this test fails and says which.
 """
 import re
 import subprocess
-from pathlib import Path
 
 import pytest
 

@@ -14,7 +14,8 @@ from common.config import load_config
 from train.__main__ import main
 from train.settings import resolve
 from train.toydata import write_stage_shards
-from train.trainer import Trainer, checkpoint_problem
+from train.resume import checkpoint_problem
+from train.trainer import Trainer
 
 torch.set_num_threads(1)
 

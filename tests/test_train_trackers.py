@@ -10,7 +10,7 @@ import yaml
 
 from train.__main__ import main
 from train.toydata import write_stage_shards
-from train.trainer import check_trackers, flat_config, tracker_init_kwargs
+from train.trackers import check_trackers, flat_config, tracker_init_kwargs
 
 torch.set_num_threads(1)
 

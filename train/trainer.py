@@ -42,7 +42,6 @@ import os
 import shutil
 import signal
 import time
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -55,11 +54,12 @@ from train.ema import EMA
 from train.model import DiffusionTransformer, ModelConfig
 from train.noise import get_noise, sample_times
 from train.objectives import ar_loss, diffusion_loss
+from train.resume import STATE_FILE, as_json, checkpoint_problem, read_trainer_state
 from train.settings import TrainSettings
+from train.trackers import check_trackers, flat_config, tracker_init_kwargs
 
 EXIT_PREEMPTED = 75
 METRIC_FIELDS = ["step", "split", "loss", "lr", "tokens", "seconds", "grad_norm", "skipped"]
-STATE_FILE = "trainer_state.json"
 CHECKPOINTS_KEPT = 2  # the newest may be damaged (a write cut short by the file system); the older is the fallback
 
 
@@ -84,123 +84,6 @@ class StepResult:
     loss: float                 # mean over the global batch
     grad_norm: float | None     # None when the backend reports none (DeepSpeed clips inside its engine)
     nonfinite: list[str]        # "loss" / "grad_norm" when non-finite on some process: the update was skipped
-
-
-# -- checkpoint checks --------------------------------------------------------------------------------
-def _as_json(value):
-    """`value` as it reads back from JSON (tuples become lists), so recorded and current settings compare."""
-    return json.loads(json.dumps(value, default=list))
-
-
-def settings_difference(recorded: dict, current: dict) -> str:
-    """'key old -> new' for every setting that differs, e.g. 'lr 0.003 -> 0.002, max_steps 12 -> 8'."""
-    current = _as_json(current)
-    changed = [f"{key} {json.dumps(recorded.get(key, '(absent)'))} -> {json.dumps(current.get(key, '(absent)'))}"
-               for key in sorted(set(recorded) | set(current)) if recorded.get(key) != current.get(key)]
-    return ", ".join(changed) or "no recorded setting differs (the digest's definition changed)"
-
-
-def _safetensors_problem(path: Path) -> str | None:
-    from safetensors import SafetensorError, safe_open
-
-    try:  # the header lists every tensor's byte range; safe_open checks the file covers them all
-        with safe_open(str(path), "pt") as handle:
-            for key in handle.keys():
-                handle.get_slice(key).get_shape()
-    except (SafetensorError, OSError) as err:
-        return f"{path}: unreadable safetensors file, {path.stat().st_size} bytes ({err})"
-    return None
-
-
-def _torch_archive_problem(path: Path) -> str | None:
-    try:  # torch.save writes a zip archive whose directory is at the end: a cut-short file has none
-        with zipfile.ZipFile(path) as archive:
-            archive.namelist()
-    except (zipfile.BadZipFile, OSError) as err:
-        return f"{path}: unreadable torch archive, {path.stat().st_size} bytes ({err})"
-    return None
-
-
-def damaged_file(folder: Path, expected: list[str]) -> str | None:
-    """The first missing or unreadable file of a checkpoint folder (with what is wrong), or None."""
-    for name in expected:
-        if not (folder / name).is_file():
-            return f"{folder / name}: missing"
-    for path in sorted(folder.rglob("*")):
-        if path.suffix == ".safetensors":
-            problem = _safetensors_problem(path)
-        elif path.suffix in (".bin", ".pkl", ".pt"):
-            problem = _torch_archive_problem(path)
-        else:
-            continue
-        if problem:
-            return problem
-    return None
-
-
-def read_trainer_state(folder: Path) -> dict:
-    """trainer_state.json of a checkpoint; ValueError naming the file when it is unreadable or incomplete."""
-    path = folder / STATE_FILE
-    try:
-        state = json.loads(path.read_text())
-        int(state["step"]), float(state["seconds"])
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{path}: unreadable ({type(err).__name__}: {err})") from None
-    return state
-
-
-def checkpoint_problem(folder: Path, settings: TrainSettings, expected_files: list[str]) -> str | None:
-    """Why this run cannot resume from `folder`, or None when it can."""
-    try:
-        state = read_trainer_state(folder)
-    except ValueError as err:
-        return str(err)
-    recorded = state.get("settings_digest")
-    if recorded != settings.digest():
-        if not isinstance(state.get("settings"), dict):
-            return f"written without a settings record (digest {recorded}), by an older trainer"
-        return (f"written under other settings (digest {recorded} -> {settings.digest()}): "
-                f"{settings_difference(state['settings'], settings.computing())}")
-    return damaged_file(folder, expected_files)
-
-
-# -- trackers -----------------------------------------------------------------------------------------
-def check_trackers(log_with: list[str]) -> None:
-    """accelerate leaves out a tracker whose package is missing without a word; refuse instead."""
-    from accelerate.tracking import get_available_trackers
-
-    available = {str(t) for t in get_available_trackers()}
-    missing = [name for name in log_with if name not in available]
-    if missing:
-        raise ValueError(f"train.log_with asks for {missing}, but the package(s) are not installed here "
-                         f"(pip install {' '.join(missing)}, or drop them from log_with)")
-
-
-def tracker_init_kwargs(log_with: list[str], tracker_dir: Path, resume_step: int) -> dict:
-    """Per-tracker arguments: local files under tracker_dir, nothing contacted unless the user asked."""
-    kwargs = {}
-    if "tensorboard" in log_with:
-        # hide the events a killed run logged after its checkpoint's step (all of them, on a fresh start)
-        kwargs["tensorboard"] = {"purge_step": resume_step + 1 if resume_step else 0}
-    if "wandb" in log_with:
-        os.environ.setdefault("WANDB_MODE", "offline")
-        kwargs["wandb"] = {"dir": str(tracker_dir)}
-    return kwargs
-
-
-def flat_config(values: dict, prefix: str = "") -> dict:
-    """Nested settings as the flat str / int / float / bool mapping trackers accept: {"noise": {"type": ..}}
-    becomes "noise.type", anything else that is not a scalar (a tuple, None) its str()."""
-    flat = {}
-    for key, value in values.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flat_config(value, f"{name}."))
-        elif isinstance(value, (bool, int, float, str)):
-            flat[name] = value
-        else:
-            flat[name] = str(value)
-    return flat
 
 
 class Trainer:
@@ -438,7 +321,7 @@ class Trainer:
     def _trainer_state(self, step: int, seconds: float) -> dict:
         return {"step": step, "seconds": seconds, "nonfinite_streak": self.nonfinite_streak,
                 "skipped_steps": self.skipped_steps, "settings_digest": self.s.digest(),
-                "settings": _as_json(self.s.computing())}
+                "settings": as_json(self.s.computing())}
 
     def save_checkpoint(self, step: int, seconds: float) -> None:
         final = self.ckpt_root / f"step_{step:08d}"
