@@ -126,8 +126,12 @@ class Trainer:
         self.vocab_size, self.mask_id = len(tokenizer), tokenizer.mask_token_id
         self.eos_id = tokenizer.eos_token_id
         stage = settings.stage
-        self.train_data = load_stage_tensors(train_shards, stage, self.prefix_len, self.target_len, self.vocab_size)
-        self.val_data = load_stage_tensors(val_shards, stage, self.prefix_len, self.target_len, self.vocab_size)
+        # rows are read from uncompressed cache files per batch (train/data.py), built once by the main process
+        with self.acc.main_process_first():
+            self.train_data = load_stage_tensors(train_shards, stage, self.prefix_len, self.target_len,
+                                                 self.vocab_size, cache_dir=self.data_cache)
+            self.val_data = load_stage_tensors(val_shards, stage, self.prefix_len, self.target_len,
+                                               self.vocab_size, cache_dir=self.data_cache)
         self.order = BatchOrder(len(self.train_data), self.global_batch, self.seed)
         self.noise = get_noise(settings.noise)
 
@@ -259,6 +263,10 @@ class Trainer:
                                       device=self.acc.device, dtype=torch.float64)
         total = self.acc.reduce(total, reduction="sum")
         return float(total[0] / total[1])
+
+    @property
+    def data_cache(self) -> Path:
+        return self.out / "data-cache"
 
     # -- checkpoints -----------------------------------------------------------------------------
     @property
@@ -494,6 +502,7 @@ class Trainer:
             write_metrics_csv(self.out / "metrics.csv", self.metrics)
             save_model(self.out, self.ema.weights(model), self.meta)
             shutil.rmtree(self.ckpt_root)
+            shutil.rmtree(self.data_cache, ignore_errors=True)  # decoded shards, needed only while training
         if self.skipped_steps:
             self.acc.print(f"finished with {self.skipped_steps} step(s) skipped for a non-finite loss or gradient "
                            f"norm (metrics.csv column 'skipped')")
