@@ -75,21 +75,32 @@ def write_json(obj, path: str | os.PathLike) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def read_parquet(path: str | os.PathLike, columns: list[str] | None = None) -> pa.Table:
-    """Read a Parquet file, failing with an error that names the file when it is corrupt or lacks columns."""
+def open_parquet(path: str | os.PathLike, columns: list[str] = ()) -> pq.ParquetFile:
+    """Open a Parquet file (its footer only), failing with an error that names the file when it is missing,
+    corrupt or lacks one of ``columns``."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: file does not exist")
     try:
-        table = pq.read_table(path)
+        parquet = pq.ParquetFile(path)
     except (pa.ArrowInvalid, OSError) as err:
         raise InputError(f"{path}: not a readable Parquet file ({err})") from err
-    if columns is not None:
-        missing = [c for c in columns if c not in table.column_names]
-        if missing:
-            raise InputError(f"{path}: missing column(s) {missing}; it has {table.column_names}")
-        table = table.select(columns)
-    return table
+    have = parquet.schema_arrow.names
+    missing = [c for c in columns if c not in have]
+    if missing:
+        names = ", ".join(repr(c) for c in missing)
+        raise InputError(f"{path}: missing column{'s' if len(missing) > 1 else ''} {names}; it has {have}")
+    return parquet
+
+
+def read_parquet(path: str | os.PathLike, columns: list[str] | None = None) -> pa.Table:
+    """Read a Parquet file (only ``columns``, when given), failing with an error that names the file when it is
+    missing, corrupt or lacks columns."""
+    parquet = open_parquet(path, columns or [])
+    try:
+        return parquet.read(columns=columns, use_threads=False)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise InputError(f"{path}: not a readable Parquet file ({err})") from err
 
 
 def stats_path(shard_path: str | os.PathLike) -> Path:

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from common.io import atomic_path
+from common.io import atomic_path, write_json
 from train.model import DiffusionTransformer, build_model
 from train.objectives import OBJECTIVES
 
@@ -44,7 +44,7 @@ def save_model(out_dir: str | os.PathLike, state_dict: dict[str, torch.Tensor], 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_weights_atomic(out_dir / WEIGHTS, state_dict)
-    write_text_atomic(out_dir / CONFIG, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    write_json(meta, out_dir / CONFIG)
 
 
 def _is_int(value) -> bool:

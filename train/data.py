@@ -32,10 +32,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
-from common.io import InputError, atomic_path
+from common.io import InputError, atomic_path, open_parquet, write_json
 
 CACHE_VERSION = 1
 _READ_BATCH_ROWS = 16384  # rows decoded at a time while a cache file is written
@@ -167,20 +166,6 @@ def _cached(npy: Path, sidecar: Path, identity: dict) -> dict | None:
         return None
 
 
-def _open_parquet(path: Path, columns: list[str]) -> pq.ParquetFile:
-    if not path.exists():
-        raise InputError(f"{path}: file does not exist")
-    try:
-        pf = pq.ParquetFile(path)
-    except (pa.ArrowInvalid, OSError) as err:
-        raise InputError(f"{path}: not a readable Parquet file ({err})") from err
-    names = pf.schema_arrow.names
-    for column in columns:
-        if column not in names:
-            raise ValueError(f"{path}: missing column {column!r} (has {names})")
-    return pf
-
-
 def _flat_values(col: pa.Array, column: str, length: int, path: Path, first_row: int) -> np.ndarray:
     """The values of one record batch's list column as int32[rows, length], row lengths checked."""
     if isinstance(col, pa.ChunkedArray):
@@ -215,7 +200,7 @@ def _flat_values(col: pa.Array, column: str, length: int, path: Path, first_row:
 
 def _build(path: Path, wanted: dict[str, tuple[int, Path, Path, str]]) -> dict[str, dict]:
     """Decode the `wanted` columns of one shard into their cache files in one pass, a record batch at a time."""
-    pf = _open_parquet(path, list(wanted))
+    pf = open_parquet(path, list(wanted))
     rows = pf.metadata.num_rows
     metas = {c: {**_identity(path, c, length), "rows": rows, "min": None, "max": None}
              for c, (length, *_rest) in wanted.items()}
@@ -249,8 +234,7 @@ def _build(path: Path, wanted: dict[str, tuple[int, Path, Path, str]]) -> dict[s
         meta = metas[c]
         meta["min"] = 0 if meta["min"] is None else meta["min"]
         meta["max"] = -1 if meta["max"] is None else meta["max"]
-        with atomic_path(sidecar) as tmp:
-            tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        write_json(meta, sidecar)
         for old in npy.parent.glob(pattern):  # the cache of an older version of this shard
             if old not in (npy, sidecar) and not old.name.startswith("."):
                 with contextlib.suppress(OSError):
