@@ -66,26 +66,10 @@ def _bisect_time(noise, share: torch.Tensor, iterations: int = 60) -> torch.Tens
 def time_of_mask_share(noise, share: torch.Tensor) -> torch.Tensor:
     """Invert the mask probability: the t in [0, 1] with move(t) = 1 - exp(-sigma_bar(t)) = share
     (float64, any shape), clamped to [0, 1] where the schedule never reaches the share (loglinear and cosine
-    top out at 1 - eps; geometric starts at 1 - exp(-sigma_min)). Closed forms:
-
-        loglinear  move(t) = (1 - eps) t                    t = share / (1 - eps)
-        cosine     move(t) = (1 - eps)(1 - cos(pi t / 2))   t = (2 / pi) arccos(1 - share / (1 - eps))
-        geometric  sigma_bar(t) = smin^(1-t) smax^t         t = log(-log(1 - share) / smin) / log(smax / smin)
-
-    any other schedule is inverted numerically (_bisect_time)."""
-    from train.noise import CosineNoise, GeometricNoise, LogLinearNoise
-
+    top out at 1 - eps; geometric starts at 1 - exp(-sigma_min)). Each schedule of train/noise.py writes its
+    closed form as `time_of_move`; a schedule without one is inverted numerically (_bisect_time)."""
     share = share.to(torch.float64)
-    if isinstance(noise, LogLinearNoise):
-        t = share / (1 - noise.eps)
-    elif isinstance(noise, CosineNoise):
-        t = (2 / math.pi) * torch.arccos((1 - share / (1 - noise.eps)).clamp(-1.0, 1.0))
-    elif isinstance(noise, GeometricNoise):
-        sigma = -torch.log1p(-share.clamp(max=1 - 1e-16))
-        log_min, log_max = math.log(noise.sigma_min), math.log(noise.sigma_max)
-        t = (torch.log(sigma) - log_min) / (log_max - log_min)
-    else:
-        t = _bisect_time(noise, share)
+    t = noise.time_of_move(share) if hasattr(noise, "time_of_move") else _bisect_time(noise, share)
     return t.clamp(0.0, 1.0)
 
 

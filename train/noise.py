@@ -32,6 +32,10 @@ class LogLinearNoise:
     def rate(self, t: torch.Tensor) -> torch.Tensor:
         return (1 - self.eps) / (1 - (1 - self.eps) * t)
 
+    def time_of_move(self, share: torch.Tensor) -> torch.Tensor:
+        """The t with move(t) = share:  t = share / (1 - eps)  (unclamped)."""
+        return share / (1 - self.eps)
+
 
 class GeometricNoise:
     """sigma_bar(t) = sigma_min^(1-t) sigma_max^t,   sigma'(t) = sigma_bar(t) (log sigma_max - log sigma_min)."""
@@ -46,6 +50,13 @@ class GeometricNoise:
 
     def rate(self, t: torch.Tensor) -> torch.Tensor:
         return self.total(t) * (math.log(self.sigma_max) - math.log(self.sigma_min))
+
+    def time_of_move(self, share: torch.Tensor) -> torch.Tensor:
+        """The t with move(t) = 1 - exp(-sigma_bar(t)) = share (unclamped):
+        sigma = -log(1 - share),  t = log(sigma / sigma_min) / log(sigma_max / sigma_min)."""
+        sigma = -torch.log1p(-share.clamp(max=1 - 1e-16))
+        log_min, log_max = math.log(self.sigma_min), math.log(self.sigma_max)
+        return (torch.log(sigma) - log_min) / (log_max - log_min)
 
 
 class CosineNoise:
@@ -65,6 +76,10 @@ class CosineNoise:
         cos = (1 - self.eps) * torch.cos(t * math.pi / 2)
         sin = (1 - self.eps) * torch.sin(t * math.pi / 2)
         return (math.pi / 2) * sin / (cos + self.eps)
+
+    def time_of_move(self, share: torch.Tensor) -> torch.Tensor:
+        """The t with move(t) = share:  t = (2 / pi) arccos(1 - share / (1 - eps))  (in [0, 1])."""
+        return (2 / math.pi) * torch.arccos((1 - share / (1 - self.eps)).clamp(-1.0, 1.0))
 
 
 SCHEDULES = {"loglinear": LogLinearNoise, "geometric": GeometricNoise, "cosine": CosineNoise}
