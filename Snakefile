@@ -15,7 +15,12 @@ from common.config import validate_config  # noqa: E402
 from preprocess.models import check_models  # noqa: E402
 
 
-configfile: os.path.join(workflow.basedir, "config.yaml")
+# config.yaml is the embedded default; a --configfile replaces it (several are merged key by key, in order),
+# so each file of configs/ is a whole recipe and no run of the demo leaks into it. The schema's defaults fill
+# in whatever a file leaves out; --config overrides single keys on top of either.
+if not workflow.overwrite_configfiles:
+
+    configfile: os.path.join(workflow.basedir, "config.yaml")
 
 
 # A wrong key or value stops the run here, before any job, naming the key; every default of
@@ -25,9 +30,10 @@ validate_config(config)
 
 # A spaCy or KeyBERT model that is not installed here fails when the run starts, before any job, naming the
 # key, not after the corpus and tokenizer jobs. A dry run plans without them; annotate.check_models: false
-# skips the check (a cluster login node without the models its compute nodes have).
+# skips the check (a cluster login node without the models its compute nodes have), and so does a config that
+# annotates nothing (no stages section).
 onstart:
-    if config["annotate"]["check_models"]:
+    if config["annotate"]["check_models"] and "stages" in config:
         check_models(config["annotate"])
 
 

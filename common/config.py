@@ -136,20 +136,45 @@ def validate_config(config: dict, source: str = "config") -> dict:
 
 
 def _check_whole(config: dict, source: str) -> None:
-    """What a schema cannot say: increasing stage lengths, runs that refer to what exists."""
-    lengths = config["stages"]["lengths"]
-    if not lengths[0] < lengths[1] < lengths[2]:
-        raise ConfigError(f"{source}: stages.lengths must be increasing (l1 < l2 < l3), got {lengths}")
+    """What a schema cannot say: increasing stage lengths, runs that refer to what exists, a block length for
+    block runs."""
+    stages = config.get("stages")
+    if stages is not None:
+        lengths = stages["lengths"]
+        if not lengths[0] < lengths[1] < lengths[2]:
+            raise ConfigError(f"{source}: stages.lengths must be increasing (l1 < l2 < l3), got {lengths}")
     methods = config["annotate"]["methods"]
     for name, run in config["runs"].items():
-        if run["method"] not in methods:
-            raise ConfigError(f"{source}: runs.{name}.method = {run['method']!r} is not among annotate.methods "
-                              f"{methods}")
+        data = "stages" if run["kind"] == "cascade" else run["data"]
+        if run["kind"] == "cascade" and run["data"] != "stages":
+            raise ConfigError(f"{source}: runs.{name}.data = {run['data']!r}: a cascade trains on the stage "
+                              f"datasets (data: stages)")
+        if data == "stages":
+            if stages is None:
+                raise ConfigError(f"{source}: runs.{name} reads stage shards (kind {run['kind']}, data: stages) but "
+                                  f"the config has no stages section (stages: {{lengths: [l1, l2, l3]}})")
+            if run.get("method") is None:
+                raise ConfigError(f"{source}: runs.{name}.method is missing: a run with data: stages names the "
+                                  f"priority method of its stage shards, one of {methods}")
+            if run["method"] not in methods:
+                raise ConfigError(f"{source}: runs.{name}.method = {run['method']!r} is not among annotate.methods "
+                                  f"{methods}")
+        elif block_length(config) is None:
+            raise ConfigError(f"{source}: runs.{name}.data = {data!r} needs blocks.length (or a stages section, "
+                              f"whose l3 it defaults to)")
         target = run.get("match_compute")
         if target is not None and config["runs"].get(target, {}).get("kind") != "cascade":
             cascades = sorted(r for r, spec in config["runs"].items() if spec["kind"] == "cascade")
             raise ConfigError(f"{source}: runs.{name}.match_compute = {target!r} must name a cascade run, one of "
                               f"{cascades}")
+
+
+def block_length(config: dict) -> int | None:
+    """Tokens per block of the unannotated block shards: blocks.length, else the stage-3 length l3."""
+    if config["blocks"]["length"] is not None:
+        return config["blocks"]["length"]
+    stages = config.get("stages")
+    return None if stages is None else stages["lengths"][2]
 
 
 def read_yaml(path: str | os.PathLike) -> dict:

@@ -8,20 +8,27 @@ import os
 
 import yaml
 
+from common.config import block_length  # noqa: E402 (the Snakefile put the repo on sys.path)
+
 SPLITS = ["train", "validation"]
 CORPUS = config["corpus"]["name"]
 DATA = f"data/{CORPUS}"
-L1, L2, L3 = config["stages"]["lengths"]
-LENGTHS = f"{L1}_{L2}_{L3}"
-METHODS = config["annotate"]["methods"]
+# The stage datasets exist only in a config with a stages section (all cascades need one); without it nothing
+# is annotated and every run reads unannotated block shards (data: wrap | doc).
+HAS_STAGES = "stages" in config
+LENGTHS = "_".join(map(str, config["stages"]["lengths"])) if HAS_STAGES else None
+METHODS = config["annotate"]["methods"] if HAS_STAGES else []
+BLOCK_LENGTH = block_length(config)
 RUNS = config["runs"]
 
 
 wildcard_constraints:
     split="|".join(SPLITS),
     shard=r"shard_\d{5}",
-    method="|".join(METHODS),
+    method="|".join(METHODS) or "(?!)",
     lengths=r"\d+_\d+_\d+",
+    packing="wrap|doc",
+    block_length=r"\d+",
 
 
 def _effective_config_path():
@@ -69,6 +76,18 @@ def raw_shards(split):
 def stage_shards(method, split):
     """The stage shards of one method and split, at the configured lengths."""
     return [f"{DATA}/stages/{method}/{LENGTHS}/{split}/{s}.parquet" for s in shard_names(split)]
+
+
+def block_shards(packing, split):
+    """The unannotated block shards of one packing (wrap | doc) and split, at blocks.length tokens."""
+    return [f"{DATA}/blocks/{packing}/{BLOCK_LENGTH}/{split}/{s}.parquet" for s in shard_names(split)]
+
+
+def run_data_shards(run, split):
+    """What a run trains and validates on: its method's stage shards, or the block shards of its packing."""
+    spec = RUNS[run]
+    data = "stages" if spec["kind"] == "cascade" else spec["data"]
+    return stage_shards(spec["method"], split) if data == "stages" else block_shards(data, split)
 
 
 def tokenizer_dir():

@@ -2,8 +2,8 @@
 #   snakemake --cores 2 runs/cascade/samples/ddpm_cache-64.jsonl       # one sampling job
 #   snakemake --cores 2 report                                         # tables and plots of every run
 #   snakemake --report report.zip                                      # the tables and plots as a browsable report
-# Uses from the Snakefile / rules/common.smk: config, RUNS, L3, stage_shards(), tokenizer_dir(), run_model_dirs(),
-# job_resources(), device_arg().
+# Uses from the Snakefile / rules/common.smk and rules/train.smk: config, RUNS, TRAIN, run_data_shards(),
+# tokenizer_dir(), run_model_dirs(), job_resources(), device_arg().
 
 from common.config import ar_scorer_run  # noqa: E402
 
@@ -25,7 +25,7 @@ def run_samplings(run):
     """(sampler, steps) pairs sampled for a run: every configured pair for diffusion runs, left-to-right
     sampling of the whole block for an AR run."""
     if RUNS[run]["kind"] == "ar":
-        return [("ar", L3)]
+        return [("ar", TRAIN[(run, "model")].target_len)]
     return [(s, n) for s in SAMPLE["samplers"] for n in SAMPLE["steps"]]
 
 
@@ -116,11 +116,12 @@ rule evaluate:
 rule evaluate_val:
     input:
         models=lambda w: model_files(w.run),
-        shards=lambda w: stage_shards(RUNS[w.run]["method"], "validation"),
+        shards=lambda w: run_data_shards(w.run, "validation"),
     output:
         "runs/{run}/eval/val.json",
     params:
-        settings={k: EVALUATE[k] for k in ("val_time_samples", "val_batches", "batch_size")},
+        settings={k: EVALUATE[k] for k in ("val_time_samples", "val_batches", "batch_size", "discrete_steps")},
+        discrete=f"--discrete-steps {EVALUATE['discrete_steps']}" if EVALUATE["discrete_steps"] else "",
         device=device_arg(EVALUATE),
     conda:
         "../envs/train.yaml"
@@ -134,7 +135,8 @@ rule evaluate_val:
     shell:
         "python -m eval.evaluate val --run-dir runs/{wildcards.run} --val-shards {input.shards}"
         " --time-samples {EVALUATE[val_time_samples]} --batch-size {EVALUATE[batch_size]}"
-        " --max-batches {EVALUATE[val_batches]} {params.device} --threads {threads} --out {output} > {log} 2>&1"
+        " --max-batches {EVALUATE[val_batches]} {params.discrete} {params.device} --threads {threads} --out {output}"
+        " > {log} 2>&1"
 
 
 rule report:

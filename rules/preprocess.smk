@@ -4,8 +4,11 @@
 
 
 def preprocess_outputs():
-    """Every stage shard of every method and split (with the annotated shards and tokenizer they need)."""
-    return [p for m in METHODS for split in SPLITS for p in stage_shards(m, split)]
+    """Every stage shard of every method and split (with the annotated shards and tokenizer they need), and the
+    block shards of every packing a run reads."""
+    packings = sorted({spec["data"] for spec in RUNS.values() if spec["kind"] != "cascade"} - {"stages"})
+    return ([p for m in METHODS for split in SPLITS for p in stage_shards(m, split)]
+            + [p for packing in packings for split in SPLITS for p in block_shards(packing, split)])
 
 
 def annotate_settings(method):
@@ -108,3 +111,25 @@ rule stages:
         runtime=60,
     shell:
         "python -m preprocess.stages --lengths {params.lengths} --input {input} --out {output.shard} > {log} 2>&1"
+
+
+# Unannotated blocks (no spaCy, no KeyBERT) for single / AR runs with data: wrap | doc; length in the path.
+rule blocks:
+    input:
+        raw=f"{DATA}/raw/{{split}}/{{shard}}.parquet",
+        tokenizer=tokenizer_dir(),
+    output:
+        shard=f"{DATA}/blocks/{{packing}}/{{block_length}}/{{split}}/{{shard}}.parquet",
+        stats=f"{DATA}/blocks/{{packing}}/{{block_length}}/{{split}}/{{shard}}.stats.json",
+    log:
+        f"logs/{CORPUS}/blocks/{{packing}}/{{block_length}}/{{split}}/{{shard}}.log",
+    benchmark:
+        f"benchmarks/{CORPUS}/blocks/{{packing}}/{{block_length}}/{{split}}/{{shard}}.tsv"
+    conda:
+        "../envs/preprocess.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    shell:
+        "python -m preprocess.blocks --packing {wildcards.packing} --length {wildcards.block_length}"
+        " --tokenizer {input.tokenizer} --input {input.raw} --out {output.shard} > {log} 2>&1"

@@ -34,9 +34,10 @@ def previous_stage(s):
 
 
 def train_inputs(wildcards):
-    """Stage shards of the run's method, the tokenizer, and the previous stage's model when warm_start."""
+    """The run's data (stage shards of its method, or block shards), the tokenizer, and the previous stage's
+    model when warm_start."""
     s = train_settings(wildcards)
-    inputs = {"train": stage_shards(s.method, "train"), "val": stage_shards(s.method, "validation"),
+    inputs = {"train": run_data_shards(s.run, "train"), "val": run_data_shards(s.run, "validation"),
               "tokenizer": tokenizer_dir()}
     if previous_stage(s):
         inputs["init"] = [f"{previous_stage(s)}/model.safetensors", f"{previous_stage(s)}/config.json"]

@@ -16,7 +16,7 @@ def load(name):
 
 
 def merged(*names):
-    """config.yaml overridden by other files, merged the way Snakemake merges --configfile."""
+    """Config files merged key by key, in order, the way Snakemake merges several --configfile."""
     def update(base, new):
         for k, v in new.items():
             base[k] = update(base.get(k, {}), v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
@@ -27,10 +27,35 @@ def merged(*names):
     return out
 
 
-@pytest.mark.parametrize("files", [["config.yaml"], ["config.yaml", "configs/tiny.yaml"], ["config.yaml", "configs/paper.yaml"]])
-def test_shipped_configs_are_valid(files):
-    config = validate_config(merged(*files))
+@pytest.mark.parametrize("name", ["config.yaml", "configs/tiny.yaml", "configs/paper.yaml", "configs/wikihow.yaml",
+                                  "configs/wikihow-tiny.yaml"])
+def test_shipped_configs_are_valid(name):
+    """Each file is a whole config (a --configfile replaces config.yaml); the schema fills in the rest."""
+    config = validate_config(merged(name))
     assert config["train"]["grad_clip"] == 1.0 and config["sample"]["seed"] == 0  # defaults filled in
+
+
+@pytest.mark.parametrize("runs, named", [
+    ({"c": {"kind": "cascade", "data": "wrap", "method": "keybert", "objective": "mdlm"}}, "runs.c.data"),
+    ({"s": {"kind": "single", "objective": "mdlm"}}, "runs.s.method is missing"),
+    ({"s": {"kind": "single", "data": "stages", "method": "tfidf", "objective": "mdlm"}}, "tfidf"),
+])
+def test_run_data_and_method_are_checked(runs, named):
+    config = load("config.yaml")
+    config["runs"] = runs
+    with pytest.raises(ConfigError, match=named):
+        validate_config(config)
+
+
+def test_block_runs_need_no_stages_but_a_block_length():
+    config = {"runs": {"s": {"kind": "single", "data": "wrap", "objective": "mdlm"}}}
+    with pytest.raises(ConfigError, match="needs blocks.length"):
+        validate_config(dict(config))
+    config = validate_config({**config, "blocks": {"length": 64}})
+    assert "method" not in config["runs"]["s"] and "stages" not in config
+    cascade = {"runs": {"c": {"kind": "cascade", "method": "keybert", "objective": "mdlm"}}}
+    with pytest.raises(ConfigError, match="no stages section"):
+        validate_config(cascade)
 
 
 @pytest.mark.parametrize(
@@ -55,14 +80,29 @@ def test_wrong_key_or_value_is_named(patch, named):
 
 
 def dry_run_with(tmp_path, yaml_text):
-    """`snakemake -n` on config.yaml overridden by ``yaml_text``, in an empty working directory."""
+    """`snakemake -n` on config.yaml with ``yaml_text`` read after it as a second config file, in an empty
+    working directory (a --configfile replaces config.yaml; several are merged key by key)."""
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml_text)
     return subprocess.run(
         [sys.executable, "-m", "snakemake", "-n", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path),
-         "--configfile", str(bad)],
+         "--configfile", str(ROOT / "config.yaml"), str(bad)],
         capture_output=True, text=True,
     )
+
+
+def test_a_config_file_replaces_config_yaml(tmp_path):
+    """configs/wikihow-tiny.yaml plans its own runs only: none of the demo's (cascade, single) leaks in, and
+    without a stages section nothing is annotated."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "--quiet",
+         "rules", "--configfile", str(ROOT / "configs" / "wikihow-tiny.yaml")],
+        capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    written = yaml.safe_load(next((tmp_path / ".snakemake" / "cascade").glob("config-*.yaml")).read_text())
+    assert sorted(written["runs"]) == ["ar", "mdlm-doc", "mdlm-scratch"]
+    planned = proc.stdout + proc.stderr
+    assert "blocks" in planned and "annotate" not in planned and "stages" not in planned
 
 
 def test_snakemake_stops_before_any_job(tmp_path):

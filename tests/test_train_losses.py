@@ -6,7 +6,7 @@ import torch
 
 from train.model import DiffusionTransformer, ModelConfig
 from train.noise import get_noise, sample_times
-from train.objectives import (ar_token_loss, corrupt, diffusion_loss, mdlm_token_loss, sedd_log_score,
+from train.objectives import (ar_loss, ar_token_loss, corrupt, diffusion_loss, mdlm_token_loss, sedd_log_score,
                               sedd_token_loss, subs_log_probs)
 from common.config import validate_config
 from train.settings import compute_matched_steps, resolve
@@ -103,6 +103,35 @@ def test_diffusion_loss_sums_masked_positions_over_all_targets_and_never_masks_t
     assert loss.item() == pytest.approx(expected, rel=1e-6)
 
 
+def test_pad_positions_are_never_masked_carry_no_loss_and_are_not_counted():
+    """data: doc blocks end in pads: the loss is the sum over masked non-pad positions / non-pad tokens."""
+    mask_id, pad_id = 3, 2
+    model = FixedLogits(torch.tensor([[[0.0, 1.0, 2.0, 0.0]] * 4]))
+    x0 = torch.tensor([[0, 1, pad_id, pad_id]])
+    noise = get_noise({"type": "loglinear", "eps": 0.0})
+    u = torch.tensor([[0.1, 0.9, 0.0, 0.0]])      # position 0 masked; the pads would be, by u, but never are
+    loss = diffusion_loss(model, "mdlm", x0, None, torch.tensor([0.5]), u, noise, mask_id, pad_id=pad_id)
+    x, _, select = model.seen
+    assert x[0].tolist() == [mask_id, 1, pad_id, pad_id] and select.tolist() == [[True, False, False, False]]
+    z = math.log(1 + math.e + math.e ** 2)
+    assert loss.item() == pytest.approx(2 * (z - 0.0) / 2, rel=1e-6)   # weight 1/t = 2; 2 non-pad targets
+    # without pad_id the same block counts 4 targets and masks the pads
+    plain = diffusion_loss(model, "mdlm", x0, None, torch.tensor([0.5]), u, noise, mask_id)
+    assert model.seen[0][0].tolist() == [mask_id, 1, mask_id, mask_id] and plain.item() > 0
+
+
+def test_ar_loss_ignores_pads():
+    class FavoursFour(torch.nn.Module):
+        def forward(self, x):
+            logits = torch.zeros(*x.shape, 5)
+            logits[..., 4] = 2.0
+            return logits
+    x0 = torch.tensor([[4, 4, 1, 1]])   # pad id 1
+    z = math.log(4 + math.e ** 2)
+    assert ar_loss(FavoursFour(), x0, bos_id=0, pad_id=1).item() == pytest.approx(z - 2.0)
+    assert ar_loss(FavoursFour(), x0, bos_id=0).item() == pytest.approx((2 * (z - 2.0) + 2 * z) / 4)
+
+
 def test_sedd_log_score_by_hand():
     logits = torch.tensor([[[1.0, 2.0, 0.0, 5.0]]])
     sigma = torch.tensor([1.0])
@@ -180,6 +209,11 @@ def test_compute_matched_steps_and_settings():
     assert resolve(config, "a").lr == 1e-3 and resolve(config, "a").warmup_steps == 30  # the schema default
     with pytest.raises(ValueError, match="stage must be 1, 2 or 3"):
         resolve(config, "c", 4)
+    # a run on packed blocks: no method, block length from blocks.length, compute matched per block token
+    config["runs"]["w"] = {"kind": "single", "data": "wrap", "objective": "mdlm", "match_compute": "c"}
+    config["blocks"] = {"length": 128}
+    w = resolve(validate_config(config), "w")
+    assert (w.data, w.method, w.target_len, w.max_steps) == ("wrap", None, 128, 250)  # 200 * 160 / 128
     with pytest.raises(ValueError, match="not in config runs"):
         resolve(config, "nope", 1)
 

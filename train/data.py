@@ -259,18 +259,33 @@ def _first_row_outside(npy: Path, length: int, vocab_size: int) -> tuple[int, in
             row += chunk.size // length
 
 
+def data_columns(data: str, stage: int, prefix_len: int) -> tuple[str, str | None]:
+    """(target column, prefix column or None) a run reads: `stage{k}_ids` and `stage{k-1}_ids` of stage shards
+    (data: stages), `ids` of unannotated block shards (data: wrap | doc, preprocess/blocks.py; no prefix)."""
+    if data == "stages":
+        return f"stage{stage}_ids", (f"stage{stage - 1}_ids" if prefix_len else None)
+    if data in ("wrap", "doc"):
+        if prefix_len:
+            raise ValueError(f"block shards (data: {data}) have no prefix column, got prefix_len {prefix_len}")
+        return "ids", None
+    raise ValueError(f"data must be stages, wrap or doc, got {data!r}")
+
+
 def load_stage_tensors(paths: list[str], stage: int, prefix_len: int, target_len: int,
-                       vocab_size: int | None = None, cache_dir: str | os.PathLike | None = None) -> StageTensors:
-    """The target (stage{stage}_ids) and prefix (stage{stage-1}_ids, if prefix_len) of every row, as row stores
-    over cache files under `cache_dir` (default: `.data-cache/` beside each shard), built when missing or stale.
+                       vocab_size: int | None = None, cache_dir: str | os.PathLike | None = None,
+                       data: str = "stages") -> StageTensors:
+    """The target and prefix (if prefix_len) columns of every row (data_columns(): stage{stage}_ids and
+    stage{stage-1}_ids of stage shards, ids of block shards), as row stores over cache files under `cache_dir`
+    (default: `.data-cache/` beside each shard), built when missing or stale.
 
     Every row's length and every token id's range (when vocab_size is given) is checked; errors name the shard,
     the column and the row."""
     if not paths:
         raise ValueError("no stage shards given")
-    columns = {f"stage{stage}_ids": target_len}
-    if prefix_len:
-        columns[f"stage{stage - 1}_ids"] = prefix_len
+    target_column, prefix_column = data_columns(data, stage, prefix_len)
+    columns = {target_column: target_len}
+    if prefix_column:
+        columns[prefix_column] = prefix_len
     files: dict[str, list[Path]] = {c: [] for c in columns}
     counts: list[int] = []
     for raw in paths:
@@ -307,8 +322,8 @@ def load_stage_tensors(paths: list[str], stage: int, prefix_len: int, target_len
                                      f"wrong tokenizer?)")
     if sum(counts) == 0:
         raise ValueError(f"stage shards {paths} hold no rows")
-    target = RowStore(files[f"stage{stage}_ids"], counts, target_len)
-    prefix = RowStore(files[f"stage{stage - 1}_ids"], counts, prefix_len) if prefix_len else None
+    target = RowStore(files[target_column], counts, target_len)
+    prefix = RowStore(files[prefix_column], counts, prefix_len) if prefix_column else None
     return StageTensors(target=target, prefix=prefix)
 
 

@@ -116,13 +116,19 @@ def ar_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def diffusion_loss(model, objective: str, x0: torch.Tensor, prefix: torch.Tensor | None, t: torch.Tensor,
-                   uniform: torch.Tensor, noise, mask_id: int) -> torch.Tensor:
+                   uniform: torch.Tensor, noise, mask_id: int, pad_id: int | None = None) -> torch.Tensor:
     """Per-target-token NELBO of one (micro-)batch for objective mdlm or sedd.
 
     The model sees [prefix (clean) ; x_t]; only the target positions are noised and scored. The output
     head runs only on the masked positions, the only ones that carry loss under both objectives.
+
+    pad_id (blocks padded to length, data: doc): positions where x0 = pad are never masked (the model sees
+    them clean, as it sees a prefix), so they carry no loss, and the sum is divided by the number of non-pad
+    target tokens instead of B * L:  loss = sum_i loss_i / #{i : x0_i != pad}.
     """
     sigma, dsigma = noise.total(t), noise.rate(t)
+    if pad_id is not None:
+        uniform = torch.where(x0 == pad_id, torch.ones_like(uniform), uniform)  # u = 1 is never < move(t) <= 1
     x_t = corrupt(x0, sigma, mask_id, uniform)
     prefix_len = 0 if prefix is None else prefix.shape[1]
     x_in = x_t if prefix is None else torch.cat([prefix, x_t], dim=1)
@@ -141,10 +147,21 @@ def diffusion_loss(model, objective: str, x0: torch.Tensor, prefix: torch.Tensor
         raise ValueError(f"diffusion objective must be mdlm or sedd, got {objective!r}")
     # sum over masked positions / all target positions (unmasked positions contribute exactly 0). When nothing
     # is masked the [0, V] logits still carry the graph, so every parameter gets a (zero) gradient (DDP needs it)
-    return token_loss.sum() / x0.numel()
+    return token_loss.sum() / target_tokens(x0, pad_id)
 
 
-def ar_loss(model, x0: torch.Tensor, bos_id: int) -> torch.Tensor:
-    """Per-token NLL of the causal model on [bos ; x0]: every token of the block is predicted."""
+def target_tokens(x0: torch.Tensor, pad_id: int | None = None):
+    """The loss's normaliser: B * L target positions, or the non-pad ones when blocks are padded (at least 1)."""
+    if pad_id is None:
+        return x0.numel()
+    return (x0 != pad_id).sum().clamp(min=1)
+
+
+def ar_loss(model, x0: torch.Tensor, bos_id: int, pad_id: int | None = None) -> torch.Tensor:
+    """Per-token NLL of the causal model on [bos ; x0]: every token of the block is predicted (every non-pad
+    token, when blocks are padded: sum over non-pad targets / their count)."""
     x_in = torch.cat([torch.full_like(x0[:, :1], bos_id), x0[:, :-1]], dim=1)
-    return ar_token_loss(model(x_in), x0).mean()
+    token_loss = ar_token_loss(model(x_in), x0)
+    if pad_id is None:
+        return token_loss.mean()
+    return (token_loss * (x0 != pad_id)).sum() / target_tokens(x0, pad_id)

@@ -10,6 +10,8 @@ Run kinds:
     cascade  stages 1, 2, 3; stage k > 1 sees [stage k-1 clean ; noisy stage k]
     single   the stage-3 blocks with no prefix
     ar       a causal LM on the stage-3 blocks (objective ar, cross-entropy)
+A single or ar run with `data: wrap | doc` reads unannotated block shards of blocks.length tokens instead of
+the stage-3 blocks (preprocess/blocks.py); it has no method.
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
+
+from common.config import block_length
 
 KINDS = ("cascade", "single", "ar")
 DIFFUSION_OBJECTIVES = ("mdlm", "sedd")
@@ -31,14 +35,14 @@ class SettingsError(ValueError):
     """Settings that cannot train; the message names the run and the key."""
 
 
-def compute_matched_steps(stage_steps: list[int], lengths: list[int]) -> int:
-    """Steps for a single-stage model on l3-token blocks that costs what a cascade costs.
+def compute_matched_steps(stage_steps: list[int], lengths: list[int], block: int | None = None) -> int:
+    """Steps for a single-stage model on `block`-token blocks (default l3) that costs what a cascade costs.
 
     Cascade stage k trains on sequences of prefix + target = l_{k-1} + l_k tokens (l_0 = 0), so with the
     same batch size its compute is proportional to steps_k * (l_{k-1} + l_k). The single-stage model sees
-    l3 tokens per example, so it gets
+    `block` tokens per example, so it gets
 
-        steps_single = ceil( sum_k steps_k * (l_{k-1} + l_k) / l3 ).
+        steps_single = ceil( sum_k steps_k * (l_{k-1} + l_k) / block ).
 
     Example (demo): 800 * (8 + 24 + 48) / 32 = 2,000 steps. (Tokens, not FLOPs: attention's quadratic
     term is ignored, which is small at these lengths.)
@@ -49,7 +53,7 @@ def compute_matched_steps(stage_steps: list[int], lengths: list[int]) -> int:
     for steps, length in zip(stage_steps, lengths):
         tokens += steps * (previous + length)
         previous = length
-    return -(-tokens // lengths[-1])
+    return -(-tokens // (block or lengths[-1]))
 
 
 @dataclass(frozen=True)
@@ -59,10 +63,11 @@ class TrainSettings:
     # what is trained
     run: str
     kind: str
-    method: str
+    data: str                       # stages | wrap | doc (what the run reads; cascades: stages)
+    method: str | None              # the stage shards' priority method (None for data wrap | doc)
     objective: str
     stage: int                      # 1..3 for a cascade; 3 for single / ar (they model the stage-3 blocks)
-    lengths: tuple[int, int, int]
+    lengths: tuple[int, int, int] | None   # stages.lengths (None when the config has no stages section)
     prefix_len: int                 # l_{k-1} (0 for stage 1, single and ar)
     target_len: int                 # l_k
     max_steps: int
@@ -111,6 +116,8 @@ class TrainSettings:
             raise SettingsError(f"{where}.match_compute applies to single runs, this run is kind {self.kind}")
         if self.warm_start and self.kind != "cascade":
             raise SettingsError(f"{where}.warm_start chains cascade stages; this run is kind {self.kind}")
+        if self.kind == "cascade" and self.data != "stages":
+            raise SettingsError(f"{where}.data: a cascade trains on the stage datasets, got {self.data!r}")
         if self.global_batch_size % self.micro_batch_size:
             raise SettingsError(f"{where}: global_batch_size {self.global_batch_size} is not a multiple of "
                                 f"micro_batch_size {self.micro_batch_size}")
@@ -163,9 +170,10 @@ def resolve(config: dict, run: str, stage: int | None = None) -> TrainSettings:
         raise SettingsError(f"run {run!r} is not in config runs (have {sorted(runs)})")
     spec = runs[run]
     kind = spec["kind"]
-    values = {**config["train"], **{k: v for k, v in spec.items() if k not in ("kind", "method", "objective",
-                                                                             "match_compute")}}
-    lengths = tuple(config["stages"]["lengths"])
+    values = {**config["train"], **{k: v for k, v in spec.items() if k not in ("kind", "data", "method",
+                                                                             "objective", "match_compute")}}
+    lengths = tuple(config["stages"]["lengths"]) if config.get("stages") else None
+    data = "stages" if kind == "cascade" else spec.get("data", "stages")
     if kind == "cascade":
         if stage not in (1, 2, 3):
             raise SettingsError(f"run {run!r} is a cascade: stage must be 1, 2 or 3, got {stage!r}")
@@ -173,14 +181,16 @@ def resolve(config: dict, run: str, stage: int | None = None) -> TrainSettings:
     else:
         if stage not in (None, 3):
             raise SettingsError(f"run {run!r} is kind {kind}: it models the stage-3 blocks (stage 3), got {stage!r}")
-        stage, prefix_len, target_len = 3, 0, lengths[2]
+        stage, prefix_len = 3, 0
+        target_len = lengths[2] if data == "stages" else block_length(config)
     steps_source = f"runs.{run}.max_steps" if "max_steps" in spec else "train.max_steps"
     target = spec.get("match_compute")
     if target is not None:
         stage_steps = [resolve(config, target, k).max_steps for k in (1, 2, 3)]
-        values["max_steps"] = compute_matched_steps(stage_steps, list(lengths))
-        steps_source = (f"match_compute: {target} (ceil(sum_k steps_k (l_(k-1) + l_k) / l3) with steps "
+        values["max_steps"] = compute_matched_steps(stage_steps, list(lengths), target_len)
+        steps_source = (f"match_compute: {target} (ceil(sum_k steps_k (l_(k-1) + l_k) / {target_len}) with steps "
                         f"{stage_steps}, lengths {list(lengths)})")
-    return TrainSettings(run=run, kind=kind, method=spec["method"], objective=spec["objective"], stage=stage,
+    method = spec.get("method") if data == "stages" else None
+    return TrainSettings(run=run, kind=kind, data=data, method=method, objective=spec["objective"], stage=stage,
                          lengths=lengths, prefix_len=prefix_len, target_len=target_len,
                          steps_source=steps_source, match_compute=target, **values)

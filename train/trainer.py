@@ -48,6 +48,7 @@ from typing import Callable
 
 import torch
 
+from common.provenance import code_commit
 from train.checkpoint import load_model, load_state_strict, save_model, write_text_atomic
 from train.data import BatchOrder, load_stage_tensors
 from train.ema import EMA
@@ -125,13 +126,20 @@ class Trainer:
             raise ValueError(f"{tokenizer_dir}: the tokenizer needs mask_token and eos_token set")
         self.vocab_size, self.mask_id = len(tokenizer), tokenizer.mask_token_id
         self.eos_id = tokenizer.eos_token_id
+        # padded blocks (data: doc): pad positions are never masked and carry no loss (train/objectives.py)
+        self.pad_id = None
+        if settings.data == "doc":
+            self.pad_id = tokenizer.pad_token_id
+            if self.pad_id is None or self.pad_id in (self.eos_id, self.mask_id):
+                raise ValueError(f"{tokenizer_dir}: data: doc needs a pad token of its own, the tokenizer has "
+                                 f"pad {tokenizer.pad_token!r} (eos {self.eos_id}, mask {self.mask_id})")
         stage = settings.stage
         # rows are read from uncompressed cache files per batch (train/data.py), built once by the main process
         with self.acc.main_process_first():
             self.train_data = load_stage_tensors(train_shards, stage, self.prefix_len, self.target_len,
-                                                 self.vocab_size, cache_dir=self.data_cache)
+                                                 self.vocab_size, cache_dir=self.data_cache, data=settings.data)
             self.val_data = load_stage_tensors(val_shards, stage, self.prefix_len, self.target_len,
-                                               self.vocab_size, cache_dir=self.data_cache)
+                                               self.vocab_size, cache_dir=self.data_cache, data=settings.data)
         self.order = BatchOrder(len(self.train_data), self.global_batch, self.seed)
         self.noise = get_noise(settings.noise)
 
@@ -160,9 +168,10 @@ class Trainer:
             # the AR model reads [bos ; block] with bos = eos, so every block token is predicted
             "bos_id": self.eos_id, "tokenizer": str(tokenizer_dir), "run": run, "kind": self.kind,
             "time_conditioning": self.model_config.time_conditioning,
-            "method": settings.method, "steps": self.max_steps, "init": init_dir,
+            "method": settings.method, "data": settings.data, "pad_id": self.pad_id,
+            "steps": self.max_steps, "init": init_dir,
             "pretrained": settings.pretrained, "settings_digest": settings.digest(),
-            "train": settings.computing(),
+            "code_commit": code_commit(), "train": settings.computing(),
         }
         self._stop_signal: int | None = None
         self.nonfinite_streak = 0   # consecutive skipped steps up to now (checkpointed, so a resume counts on)
@@ -193,9 +202,9 @@ class Trainer:
 
     def _loss(self, model, x0, prefix, t, u) -> torch.Tensor:
         if self.objective == "ar":
-            return ar_loss(model, x0, self.eos_id)
+            return ar_loss(model, x0, self.eos_id, self.pad_id)
         return diffusion_loss(model, self.objective, x0, prefix, t.to(x0.device), u.to(x0.device),
-                              self.noise, self.mask_id)
+                              self.noise, self.mask_id, self.pad_id)
 
     def _draw(self, gen: torch.Generator, n: int, shuffle: bool):
         t = sample_times(n, gen, antithetic=self.s.antithetic)
