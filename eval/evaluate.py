@@ -4,9 +4,18 @@ number sits beside the exact definition used to compute it.
     # sample metrics: retention, entropy, distinct-1/2/3, speed, generative perplexity under a scorer
     python -m eval.evaluate samples --run-dir runs/cascade --samples runs/cascade/samples/ddpm_cache-64.jsonl \
         --scorer runs/ar/model --out runs/cascade/eval/ddpm_cache-64.json
-    # validation NELBO / perplexity per stage (eval/likelihood.py)
+    # validation NELBO / perplexity per stage (eval/likelihood.py); --discrete-steps T adds the T-step bound
     python -m eval.evaluate val --run-dir runs/cascade --val-shards data/pydoc/stages/.../validation/*.parquet \
-        --time-samples 4 --batch-size 32 --out runs/cascade/eval/val.json
+        --time-samples 4 --batch-size 32 --discrete-steps 1000 --out runs/cascade/eval/val.json
+
+Both outputs carry who the run is (run_info: run, kind, data, method, objective, stages, tokenizer) and its
+``provenance``, read from the config.json of the run's last model:
+
+    provenance = {"settings_digest": config.json settings_digest (sha256 of the computing settings, 16 hex),
+                  "seed": config.json train.seed, "code_commit": config.json code_commit (git commit or null)}
+
+each null where an older model folder lacks it. ``data`` is what the run trained on: stages (stage shards) |
+wrap | doc (unannotated block shards); absent in older folders, which all read stage shards: stages.
 """
 from __future__ import annotations
 
@@ -16,19 +25,29 @@ from pathlib import Path
 
 from common.device import add_device_arguments, device_from_arguments
 from common.io import write_json
-from eval.likelihood import run_validation
+from eval.likelihood import model_data, run_validation
 from eval.metrics import sample_metrics, stage_names
 from eval.runs import run_model_dirs
 from eval.sample import read_jsonl
 from train.checkpoint import read_meta
 
 
+def provenance(meta: dict) -> dict:
+    """settings_digest, seed (train.seed) and code_commit of a config.json (module docstring); None where absent."""
+    train = meta.get("train")
+    return {"settings_digest": meta.get("settings_digest"),
+            "seed": train.get("seed") if isinstance(train, dict) else None,
+            "code_commit": meta.get("code_commit")}
+
+
 def run_info(run_dir) -> dict:
-    """Who the run is, from the config.json of its last model: name, kind, method, objective."""
+    """Who the run is, from the config.json of its last model: name, kind, data, method, objective, provenance."""
     dirs = run_model_dirs(run_dir)
     meta = read_meta(dirs[-1])
-    return {"run": meta.get("run") or Path(run_dir).name, "kind": meta.get("kind"), "method": meta.get("method"),
-            "objective": meta["objective"], "stages": len(dirs), "tokenizer": meta["tokenizer"]}
+    data, _ = model_data(meta, dirs[-1] / "config.json")
+    return {"run": meta.get("run") or Path(run_dir).name, "kind": meta.get("kind"), "data": data,
+            "method": meta.get("method"), "objective": meta["objective"], "stages": len(dirs),
+            "tokenizer": meta["tokenizer"], "provenance": provenance(meta)}
 
 
 def evaluate_samples(run_dir, samples_path, scorer=None) -> dict:
@@ -44,6 +63,16 @@ def evaluate_samples(run_dir, samples_path, scorer=None) -> dict:
         final = stage_names(records[0])[-1]
         result["metrics"]["gen_ppl"] = generative_perplexity(records, scorer, final, info["tokenizer"])
     return result
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
 
 
 def main(argv=None):
@@ -62,6 +91,9 @@ def main(argv=None):
     v.add_argument("--time-samples", type=int, required=True, help="stratified time samples per block (K)")
     v.add_argument("--batch-size", type=int, required=True, help="blocks per batch")
     v.add_argument("--max-batches", type=int, default=None, help="score only the first batches (default: all)")
+    v.add_argument("--discrete-steps", type=positive_int, default=None, metavar="T",
+                   help="also the discrete-T bound with T steps (MDLM's T > 0; mdlm runs, AR exact, sedd null); "
+                        "default: only the continuous-time bound")
     v.add_argument("--seed", type=int, default=0)
     for p in (s, v):
         add_device_arguments(p)
@@ -75,7 +107,8 @@ def main(argv=None):
         result = evaluate_samples(args.run_dir, args.samples, scorer)
     else:
         result = {**run_info(args.run_dir), **run_validation(args.run_dir, args.val_shards, args.time_samples,
-                                                             args.batch_size, args.max_batches, args.seed, device)}
+                                                             args.batch_size, args.max_batches, args.seed, device,
+                                                             args.discrete_steps)}
     write_json(result, args.out)
     print(json.dumps(result, indent=2)[:2000])
 

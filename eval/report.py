@@ -6,6 +6,10 @@ Inputs are the files the evaluation leaves (docs/contracts.md):
     runs/{run}/{stage1..3|model}/metrics.csv   training log: step, split (train|val), loss, ...
 Outputs:
     {tables}/main.md, main.csv, main.tex
+                                one row per run x sampler x steps: who the run is (run, kind, data, method,
+                                objective), val NELBO / ppl (continuous; the discrete-T ppl and T when a val.json
+                                has them), the sample metrics, and where the row came from (settings digest,
+                                seed, code commit of the run's config.json, from the eval JSONs' provenance)
     {plots}/loss.png            per stage: train loss smoothed (solid; EMA, see smooth()) over the raw per-step
                                 loss (faint), and validation loss (dashed); one panel per run
     {plots}/gen_ppl_steps.png   generative perplexity (log axis) against sampling steps (log axis), one line per
@@ -25,16 +29,26 @@ from pathlib import Path
 from common.io import InputError, atomic_path
 
 COLUMNS = {  # column -> header in the Markdown / LaTeX tables
-    "run": "run", "kind": "kind", "method": "method", "objective": "objective", "sampler": "sampler",
-    "steps": "steps", "val_nelbo": "val NELBO", "val_ppl": "val ppl", "gen_ppl": "gen ppl",
+    "run": "run", "kind": "kind", "data": "data", "method": "method", "objective": "objective",
+    "sampler": "sampler", "steps": "steps", "val_nelbo": "val NELBO", "val_ppl": "val ppl",
+    "val_ppl_discrete": "val ppl (T)", "discrete_steps": "T", "gen_ppl": "gen ppl",
     "retention": "retention", "entropy": "entropy", "distinct_1": "dist-1", "distinct_2": "dist-2",
     "distinct_3": "dist-3", "seconds_per_sample": "s/sample", "tokens_per_second": "tok/s",
+    "settings_digest": "digest", "seed": "seed", "code_commit": "commit",
 }
+DISCRETE_COLUMNS = ("val_ppl_discrete", "discrete_steps")  # in the tables only when some val.json has them
+TEXT_COLUMNS = ("run", "kind", "data", "method", "objective", "sampler", "settings_digest", "code_commit")
+SHORT = {"settings_digest": 8, "code_commit": 7}  # md / tex show the first characters; main.csv the full value
+PROVENANCE = ("settings_digest", "seed", "code_commit")
 NOTES = (
     "val NELBO: upper bound on the NLL of a stage-3 block, nats per stage-3 token (cascade: sum of the stage "
-    "NELBOs; AR: exact NLL); val ppl = exp(val NELBO). gen ppl: token-weighted perplexity of the final text "
-    "under the scorer. retention: mean over consecutive stage pairs of the share of stage k-1 tokens kept in "
-    "stage k. entropy: mean per-sample unigram entropy (nats). dist-n: corpus-level distinct n-grams. "
+    "NELBOs; AR: exact NLL; continuous time); val ppl = exp(val NELBO). val ppl (T): the same from the T-step "
+    "discrete bound (MDLM's T > 0; '-' for sedd, which has none). gen ppl: token-weighted perplexity of the final "
+    "text under the scorer. retention: mean over consecutive stage pairs of the share of stage k-1 tokens kept in "
+    "stage k. entropy: mean per-sample unigram entropy (nats). dist-n: corpus-level distinct n-grams. data: what "
+    "the run trained and is validated on (stages: stage shards; wrap: packed blocks across documents; doc: one "
+    "document per block, padded, pads not counted), which changes what a perplexity means. digest, seed, commit: "
+    "settings_digest, train.seed and code_commit of the run's last config.json (first characters; full in main.csv). "
     "Exact definitions: runs/{run}/eval/*.json.")
 
 
@@ -49,12 +63,22 @@ def _value(metrics: dict, key: str):
     return metrics[key]["value"] if key in metrics else None
 
 
+def _provenance(result: dict, path) -> dict:
+    """settings_digest, seed, code_commit of an eval JSON's ``provenance`` (None each where absent: older files)."""
+    prov = result.get("provenance") or {}
+    if not isinstance(prov, dict):
+        raise InputError(f"{path}: key 'provenance' should be an object {{settings_digest, seed, code_commit}}, "
+                         f"got {prov!r}")
+    return {k: prov.get(k) for k in PROVENANCE}
+
+
 def table_rows(sample_files, val_files) -> list[dict]:
-    """One dict per sample-metrics file, joined with its run's val.json (matched on the run name)."""
+    """One dict per sample-metrics file, joined with its run's val.json (matched on the run name). Both name the
+    model they were computed from (provenance); a val.json of another training than the samples is an error."""
     vals = {}
     for path in val_files:
         val = _read_json(path)
-        vals[val.get("run") or Path(path).parent.parent.name] = val
+        vals[val.get("run") or Path(path).parent.parent.name] = (val, path)
     rows = []
     for path in sample_files:
         result = _read_json(path)
@@ -63,10 +87,26 @@ def table_rows(sample_files, val_files) -> list[dict]:
         m = result["metrics"]
         retention = [v["value"] for k, v in m.items() if k.startswith("prefix_retention_")]
         row = {k: result.get(k) for k in ("run", "kind", "method", "objective", "sampler", "steps")}
-        val = vals.get(result["run"])
+        # eval JSONs older than block data have no 'data': they all come from stage shards
+        row["data"] = result.get("data", "stages")
+        row.update(_provenance(result, path))
+        val, val_path = vals.get(result["run"], (None, None))
+        if val is not None:
+            val_prov = _provenance(val, val_path)
+            sample_prov = {k: row[k] for k in PROVENANCE}
+            if any(sample_prov[k] != val_prov[k] for k in PROVENANCE if None not in (sample_prov[k], val_prov[k])):
+                raise InputError(f"{val_path}: provenance {val_prov} differs from {path}: {sample_prov}; "
+                                 f"the two were computed from different trainings of run {result['run']!r}: "
+                                 f"rerun the evaluation")
+            for k in PROVENANCE:
+                row[k] = val_prov[k] if row[k] is None else row[k]
+        total = (val or {}).get("total", {})
         row.update({
-            "val_nelbo": val["total"]["nelbo"] if val else None,
-            "val_ppl": val["total"]["ppl"] if val else None,
+            "val_nelbo": total.get("nelbo"),
+            "val_ppl": total.get("ppl"),
+            "val_nelbo_discrete": total.get("nelbo_discrete"),
+            "val_ppl_discrete": total.get("ppl_discrete"),
+            "discrete_steps": total.get("discrete_steps"),
             "gen_ppl": _value(m, "gen_ppl"),
             "retention": sum(retention) / len(retention) if retention else None,
             "entropy": _value(m, "unigram_entropy"),
@@ -82,26 +122,37 @@ def table_rows(sample_files, val_files) -> list[dict]:
     return rows
 
 
-def _format(value) -> str:
+def _format(value, column: str | None = None) -> str:
     if value is None:
         return "-"
+    if column in SHORT:
+        return str(value)[:SHORT[column]]
     if isinstance(value, float):
         return f"{value:.3g}" if abs(value) >= 1000 or abs(value) < 0.01 else f"{value:.3f}"
     return str(value)
 
 
+def table_columns(rows: list[dict]) -> list[str]:
+    """The COLUMNS of the md / tex tables: the discrete-T ones only when some row has a discrete bound's T."""
+    discrete = any(r.get("discrete_steps") is not None for r in rows)
+    return [c for c in COLUMNS if discrete or c not in DISCRETE_COLUMNS]
+
+
 def write_tables(rows: list[dict], out_dir) -> list[Path]:
-    """main.csv (all columns, full precision), main.md and main.tex (the COLUMNS, 3 decimals)."""
+    """main.csv (all columns, full precision and full digest / commit), main.md and main.tex (table_columns(),
+    3 decimals, digest and commit shortened)."""
     out_dir = Path(out_dir)
     stage_cols = sorted({k for r in rows for k in r if k.startswith("val_nelbo_stage")})
-    csv_cols = list(COLUMNS) + stage_cols
+    columns = table_columns(rows)
+    extra = ["val_nelbo_discrete"] if "discrete_steps" in columns else []
+    csv_cols = columns + extra + stage_cols
     with atomic_path(out_dir / "main.csv") as tmp:
         with open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=csv_cols)
             writer.writeheader()
             writer.writerows([{k: r.get(k) for k in csv_cols} for r in rows])
-    headers = list(COLUMNS.values())
-    body = [[_format(r.get(k)) for k in COLUMNS] for r in rows]
+    headers = [COLUMNS[c] for c in columns]
+    body = [[_format(r.get(k), k) for k in columns] for r in rows]
     md = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     md += ["| " + " | ".join(cells) + " |" for cells in body]
     with atomic_path(out_dir / "main.md") as tmp:
@@ -109,7 +160,8 @@ def write_tables(rows: list[dict], out_dir) -> list[Path]:
 
     def tex(s: str) -> str:
         return s.replace("\\", "\\textbackslash{}").replace("_", "\\_").replace("%", "\\%").replace("&", "\\&")
-    lines = ["\\begin{tabular}{" + "l" * 6 + "r" * (len(headers) - 6) + "}", "\\toprule",
+    align = "".join("l" if c in TEXT_COLUMNS else "r" for c in columns)
+    lines = ["\\begin{tabular}{" + align + "}", "\\toprule",
              " & ".join(tex(h) for h in headers) + " \\\\", "\\midrule"]
     lines += [" & ".join(tex(c) for c in cells) + " \\\\" for cells in body]
     lines += ["\\bottomrule", "\\end{tabular}"]

@@ -16,10 +16,11 @@ def offline_env() -> dict:
     return env
 
 
-def snakemake(workdir, *args):
-    """Snakemake on the tiny config in ``workdir``; on failure, fail the test with the run's output and logs."""
+def snakemake(workdir, *args, configfiles=(ROOT / "configs" / "tiny.yaml",)):
+    """Snakemake on the tiny config (or ``configfiles``, merged in order) in ``workdir``; on failure, fail the
+    test with the run's output and logs."""
     cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir), "--cores", "2",
-           *args, "--configfile", str(ROOT / "configs" / "tiny.yaml")]
+           *args, "--configfile", *map(str, configfiles)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=offline_env())
     if proc.returncode != 0:
         logs = "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in sorted(Path(workdir, "logs").rglob("*.log")))

@@ -36,12 +36,22 @@ def make_model(vocab, causal=False, seed=0):
     return model, cfg
 
 
-def write_model(folder, tok_dir, tok, objective, stage, prefix_len, target_len, run, kind, seed):
+def provenance_keys(seed):
+    """What the trainer writes into config.json about where a model came from (settings digest, train.seed,
+    code commit); distinct per model so a table row can be traced to its own folder."""
+    return {"settings_digest": f"{seed:x}" * 16, "train": {"seed": 100 + seed, "lr": 1e-3},
+            "code_commit": f"c0ffee{seed}" + "0" * 33, "data": "stages"}
+
+
+def write_model(folder, tok_dir, tok, objective, stage, prefix_len, target_len, run, kind, seed, old=False,
+                **extra):
+    """A random tiny model folder; ``old``: a config.json from before provenance and data were written."""
     model, cfg = make_model(len(tok), causal=objective == "ar", seed=seed)
     meta = {"model": cfg.to_dict(), "objective": objective, "noise": {"type": "loglinear", "eps": 1e-3},
             "stage": stage, "prefix_len": prefix_len, "target_len": target_len, "vocab_size": len(tok),
             "mask_id": tok.mask_token_id, "eos_id": tok.eos_token_id, "bos_id": tok.eos_token_id,
-            "tokenizer": str(tok_dir), "run": run, "kind": kind, "method": "keybert"}
+            "tokenizer": str(tok_dir), "run": run, "kind": kind, "method": "keybert",
+            **({} if old else provenance_keys(seed)), **extra}
     save_model(folder, model.state_dict(), meta)
     rows = [{"step": s, "split": "train", "loss": 5 - s / 10, "lr": 1e-3, "tokens": s * 32, "seconds": s,
              "grad_norm": 1.0} for s in range(1, 11)]
@@ -66,7 +76,7 @@ def project(tmp_path_factory):
         write_model(runs / "cascade" / f"stage{k}", tok_dir, tok, "mdlm", k, prefix_len, target_len,
                     "cascade", "cascade", seed=k)
     write_model(runs / "single" / "model", tok_dir, tok, "sedd", 3, 0, 16, "single", "single", seed=7)
-    write_model(runs / "ar" / "model", tok_dir, tok, "ar", 3, 0, 16, "ar", "ar", seed=8)
+    write_model(runs / "ar" / "model", tok_dir, tok, "ar", 3, 0, 16, "ar", "ar", seed=8, old=True)
     g = torch.Generator().manual_seed(0)
     n = 10
     stage3 = torch.randint(0, tok.mask_token_id, (n, 16), generator=g)
@@ -171,6 +181,55 @@ def test_stage_blocks_of_wrong_length_name_the_file(project):
         read_stage_blocks([project["val"]], 2, 4, 9, None)
 
 
+@pytest.fixture(scope="module")
+def doc_run(project):
+    """A single-stage mdlm run on doc blocks (column ids, data: doc, pad_id) and its validation block shard: 10
+    blocks of 16 tokens, block i holding 16 - i real tokens then pads (the end of a document)."""
+    root, tok = project["root"], project["tok"]
+    pad = tok.eos_token_id
+    ids = torch.tensor([i for i in range(tok.mask_token_id) if i != pad])  # real tokens: never the pad
+    real = ids[torch.randint(0, len(ids), (10, 16), generator=torch.Generator().manual_seed(4))]
+    blocks = torch.where(torch.arange(16)[None] < 16 - torch.arange(10)[:, None], real, pad)
+    shard = root / "blocks" / "doc" / "shard_00000.parquet"
+    write_parquet(pa.table({"doc_id": [f"d{i}" for i in range(10)], "ids": blocks.tolist()}), shard)
+    run = root / "doc-runs" / "doc"
+    write_model(run / "model", project["tok_dir"], tok, "mdlm", 3, 0, 16, "doc", "single", seed=9, data="doc",
+                pad_id=pad, method=None)
+    return {"run": run, "shard": shard, "blocks": blocks, "pad": pad}
+
+
+def test_validation_of_a_doc_run_reads_ids_and_counts_real_tokens(doc_run, project):
+    prefix, target = read_stage_blocks([doc_run["shard"]], 3, 0, 16, None, data="doc")
+    assert prefix.shape == (10, 0) and torch.equal(target, doc_run["blocks"])
+    result = run_validation(doc_run["run"], [doc_run["shard"]], 2, 4, None, discrete_steps=8)
+    stage = result["stages"]["stage3"]
+    real = sum(16 - i for i in range(10))
+    assert stage["tokens"] == result["total"]["tokens"] == real < 10 * 16 and stage["blocks"] == 10
+    assert result["total"]["nelbo"] == pytest.approx(stage["nats"] / real)
+    assert result["total"]["nelbo_discrete"] == pytest.approx(stage["nats_discrete"] / real)
+    # stage shards have no ids column: the run reads the column its config.json names
+    with pytest.raises(ValueError, match="ids"):
+        read_stage_blocks([project["val"]], 3, 0, 16, None, data="wrap")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"pad_id": None}, "missing key 'pad_id'"),
+    ({"data": "packed"}, "key 'data' should be one of \\['stages', 'wrap', 'doc'\\], got 'packed'"),
+    ({"pad_id": 10 ** 6}, "key 'pad_id' should be an integer token id in \\[0, \\d+\\), got 1000000"),
+])
+def test_data_and_pad_id_errors_name_the_config(doc_run, tmp_path, change, message):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(doc_run["run"], run)
+    config = run / "model" / "config.json"
+    meta = json.loads(config.read_text())
+    meta = {k: v for k, v in {**meta, **change}.items() if v is not None}
+    config.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=f"{config}: {message}"):
+        run_validation(run, [doc_run["shard"]], 1, 4, 1)
+
+
 def test_end_to_end_sample_evaluate_report(project, tmp_path):
     runs = project["runs"]
     sample_files, val_files = [], []
@@ -186,7 +245,7 @@ def test_end_to_end_sample_evaluate_report(project, tmp_path):
     for run in ("cascade", "single", "ar"):
         out = runs / run / "eval" / "val.json"
         evaluate_main(["val", "--run-dir", str(runs / run), "--val-shards", str(project["val"]), "--time-samples", "2",
-                       "--batch-size", "5", "--out", str(out), "--device", "cpu"])
+                       "--batch-size", "5", "--discrete-steps", "4", "--out", str(out), "--device", "cpu"])
         val_files.append(out)
     metrics = json.loads(sample_files[0].read_text())
     assert metrics["run"] == "cascade" and metrics["sampler"] == "ddpm_cache" and metrics["steps"] == 4
@@ -205,8 +264,34 @@ def test_end_to_end_sample_evaluate_report(project, tmp_path):
     val = json.loads(val_files[0].read_text())
     assert float(rows[1]["val_nelbo"]) == pytest.approx(val["total"]["nelbo"])
     assert float(rows[2]["gen_ppl"]) == pytest.approx(metrics["metrics"]["gen_ppl"]["value"])
+    # the discrete-T bound: per stage and total for the mdlm cascade, null for sedd, the exact NLL for AR
+    for stage in val["stages"].values():
+        assert stage["discrete_steps"] == 4 and stage["nelbo_discrete"] > 0 and "T = 4" in stage["definition_discrete"]
+    assert val["total"]["nelbo_discrete"] == pytest.approx(
+        sum(s["nats_discrete"] for s in val["stages"].values()) / val["total"]["tokens"])
+    assert float(rows[1]["val_ppl_discrete"]) == pytest.approx(val["total"]["ppl_discrete"])
+    assert rows[1]["discrete_steps"] == "4"
+    single = json.loads(val_files[1].read_text())
+    assert single["stages"]["stage3"]["nelbo_discrete"] is None and rows[4]["val_ppl_discrete"] == ""
+    ar = json.loads(val_files[2].read_text())
+    assert float(rows[0]["val_ppl_discrete"]) == pytest.approx(ar["total"]["ppl"])
+    # provenance: every row carries the digest, seed and commit of its run's last config.json, and what it read;
+    # the AR folder predates them (nulls, data stages)
+    for row in rows:
+        meta = read_meta(run_model_dirs(runs / row["run"])[-1])
+        assert row["data"] == meta.get("data", "stages") == "stages"
+        for key, value in (("settings_digest", meta.get("settings_digest")), ("seed", meta.get("train", {}).get(
+                "seed")), ("code_commit", meta.get("code_commit"))):
+            assert row[key] == ("" if value is None else str(value))
+    assert rows[1]["settings_digest"] == provenance_keys(3)["settings_digest"] and rows[1]["seed"] == "103"
+    assert rows[4]["code_commit"] == provenance_keys(7)["code_commit"] and rows[0]["settings_digest"] == ""
+    assert metrics["provenance"] == val["provenance"] == {
+        "settings_digest": "3" * 16, "seed": 103, "code_commit": "c0ffee3" + "0" * 33}
+    assert ar["provenance"] == {"settings_digest": None, "seed": None, "code_commit": None}
     md = (tables / "main.md").read_text()
     assert sum(line.startswith("| ") for line in md.splitlines()) == 6 and "gen ppl" in md
+    cascade_md = md.splitlines()[3].split(" | ")
+    assert cascade_md[-3:] == ["33333333", "103", "c0ffee3 |"] and "val ppl (T)" in md
     assert "\\begin{tabular}" in (tables / "main.tex").read_text()
     for name in ("loss.png", "gen_ppl_steps.png"):
         assert (plots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

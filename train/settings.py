@@ -121,6 +121,8 @@ class TrainSettings:
         if self.global_batch_size % self.micro_batch_size:
             raise SettingsError(f"{where}: global_batch_size {self.global_batch_size} is not a multiple of "
                                 f"micro_batch_size {self.micro_batch_size}")
+        if self.max_steps == 0 and self.pretrained is None:
+            raise SettingsError(f"{where}.max_steps is 0 (evaluate a checkpoint as is) but pretrained is not set")
         if self.pretrained_format is not None and self.pretrained is None:
             raise SettingsError(f"{where}.pretrained_format is {self.pretrained_format!r} but pretrained is not set")
 

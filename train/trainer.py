@@ -149,7 +149,8 @@ class Trainer:
         model = DiffusionTransformer(self.model_config, fused=settings.fused)
         if settings.pretrained:
             from train.pretrained import load_pretrained
-            load_pretrained(model, settings.pretrained, settings.pretrained_format)
+            report = load_pretrained(model, settings.pretrained, settings.pretrained_format)
+            self._say(f"pretrained start: {report}")
         if init_dir:
             previous, _ = load_model(init_dir)
             load_state_strict(model, previous.state_dict(), f"--init {init_dir}")
