@@ -3,7 +3,9 @@
     from eval.trained import load_trained
     m = load_trained("runs/cascade/stage2", device)
     m.name         'stage2': stage{k} with k = config.json's stage (single-stage and AR models model stage 3)
-    m.model        the network in eval mode with its EMA weights (train.checkpoint.load_model)
+    m.model        the network in eval mode with its EMA weights (train.checkpoint.load_model): a
+                   DiffusionTransformer or a transformers masked LM (train/backbones.py), called alike
+    m.backbone     config.json's backbone kind: "dit" (also when absent) or "masked_lm"
     m.meta         config.json, its keys checked (train.checkpoint.read_meta)
     m.tokenizer    the tokenizer folder named in config.json
     m.noise        the noise schedule, train.noise.get_noise(meta["noise"])      diffusion only, else None
@@ -11,7 +13,8 @@
     m.is_ar        objective == "ar": sampled left to right, scored as a causal LM
 
 Time conditioning is the network's own business: a model built with ModelConfig.time_conditioning False
-ignores the sigma it is given (train/model.py), so nothing here or downstream special-cases it.
+ignores the sigma it is given (train/model.py), as a masked_lm backbone always does (train/backbones.py),
+so nothing here or downstream special-cases it.
 """
 from __future__ import annotations
 
@@ -41,6 +44,10 @@ class Trained:
     tokenizer: object
     noise: object | None = None
     denoiser: Denoiser | None = None
+
+    @property
+    def backbone(self) -> str:
+        return (self.meta.get("backbone") or {}).get("kind", "dit")
 
     @property
     def is_ar(self) -> bool:

@@ -4,11 +4,16 @@ A model folder holds
     model.safetensors   the EMA weights (the ones used for evaluation and sampling)
     config.json         everything needed to rebuild and use the model: model (architecture), objective,
                         noise, stage, prefix_len, target_len, vocab_size, mask_id, eos_id, bos_id, tokenizer
-                        (REQUIRED below; the trainer also writes run, kind, method, steps, ...)
+                        (REQUIRED below; the trainer also writes run, kind, method, steps, ...), and
+                        backbone (train/backbones.py: {"kind": "dit"} or a transformers masked LM, whose
+                        "model" is then its transformers config dict; absent = dit)
 
     from train.checkpoint import load_model
     model, meta = load_model("runs/cascade/stage2", device="cpu")   # eval mode, EMA weights
     logits = model(x, sigma, meta["prefix_len"])                     # diffusion; AR: model(x)
+
+The network is a DiffusionTransformer or a MaskedLMDenoiser (train/backbones.py: model_from_meta); both
+are called alike.
 
 Every file is written to a temporary name in the same folder and renamed into place (os.replace), so a
 killed job never leaves a file that looks finished.
@@ -23,7 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from common.io import atomic_path, write_json
-from train.model import DiffusionTransformer, build_model
+from train.backbones import model_from_meta
 from train.objectives import OBJECTIVES
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
@@ -53,7 +58,8 @@ def _is_int(value) -> bool:
 
 # config.json: every key eval/ and warm starts rely on, with the check its value must pass
 REQUIRED = {
-    "model": (lambda v: isinstance(v, dict), "an object (train.model.ModelConfig.to_dict())"),
+    "model": (lambda v: isinstance(v, dict), "an object (train.model.ModelConfig.to_dict(), or the transformers "
+                                             "config dict of a masked_lm backbone)"),
     "objective": (lambda v: v in OBJECTIVES, f"one of {list(OBJECTIVES)}"),
     "noise": (lambda v: isinstance(v, dict) and "type" in v, "an object with a 'type' (train.noise.get_noise)"),
     "stage": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
@@ -114,13 +120,14 @@ def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], so
     model.load_state_dict(state)
 
 
-def load_model(model_dir: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[DiffusionTransformer, dict]:
+def load_model(model_dir: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
     """Rebuild the model of a training folder with its EMA weights, in eval mode. Returns (model, meta), meta
-    being config.json as read_meta checks it. eval/trained.py builds everything else eval needs on top."""
+    being config.json as read_meta checks it; the network is whichever backbone config.json names
+    (train.backbones.model_from_meta). eval/trained.py builds everything else eval needs on top."""
     meta = read_meta(model_dir)
     weights = Path(model_dir) / WEIGHTS
     if not weights.is_file():
         raise FileNotFoundError(f"{weights}: missing model weights")
-    model = build_model(meta["model"])
+    model = model_from_meta(meta)
     load_state_strict(model, load_file(str(weights)), str(weights))
     return model.to(device).eval(), meta

@@ -1,0 +1,583 @@
+"""Supervised fine-tuning (SFT) data: conversations -> one Parquet shard of fixed-length rows whose answers are
+the only masked tokens (LLaDA-style; the masking rules are in common/chat.py).
+
+    python -m preprocess.sft --config config.yaml --split train --tokenizer data/pydoc/tokenizer \
+        --out data/sft/reverse/train.parquet [--stats FILE]
+
+Settings: the config's ``sft`` section (defaults in schemas/config.schema.yaml), every key present:
+``source``, ``format`` (auto | messages | alpaca), ``length`` (L, tokens per row), ``validation_fraction``,
+``n_train``, ``n_validation``, ``seed``.
+
+Sources (``sft.source``):
+- ``task:reverse``: an offline procedural task with a checkable answer, "Reverse the words: a b c" -> "c b a".
+  Words come from Python's own identifiers (``keyword.kwlist`` + names of ``builtins``, the lowercase ASCII
+  alphabetic ones, without the names ``site`` adds: so ``python -S`` gives the same list); 2-5 distinct words
+  per list; 1-3 turns per conversation, each user turn asking for a new list and each assistant turn answering
+  it, so multi-turn targets are exercised. Record i of a split is a pure function of (seed, split, i);
+  ``n_train`` / ``n_validation`` records. Held-out split: a word list w belongs to validation iff
+  u("reverse|" + " ".join(w)) < validation_fraction (u = ``preprocess.corpus.in_validation``'s hash), and every
+  list of a record is drawn (by rejection) from its split's side, so no validation word list equals a train word
+  list, whatever the seed. ``check_answer`` / ``reference_answer`` score generated answers (eval uses them).
+- a local file or folder (searched recursively, sorted): ``.jsonl`` (one JSON object a line), ``.json`` (one
+  JSON array of objects, as Alpaca's ``alpaca_data.json``), ``.parquet`` (rows). Record ids: the record's own
+  ``id`` field when it has one (a string or an integer), else ``{relative path}:{line | index | row}``.
+  Validation = records with u(id) < validation_fraction (hash split, stable when records are added).
+- anything else names a Hugging Face dataset (``datasets.load_dataset``, needs the network or a filled cache):
+  its ``train`` split for train, its ``validation`` / ``valid`` / ``val`` / ``test`` split (first found) for
+  validation, else a hash split of train as for local files. Ids: the record's ``id`` or ``{hub split}/{row}``.
+
+Record shapes (``sft.format``; ``auto`` decides per record: ``messages`` when it has that field, ``alpaca`` when it
+has ``instruction`` and ``output``):
+- ``messages``: a list of {role, content}, roles system | user | assistant, any number of turns. Trailing
+  non-assistant turns are dropped (the last message must be an answer) and counted
+  (``trailing_turns_dropped``).
+- ``alpaca``: ``instruction``, optional ``input``, ``output`` -> user = instruction + "\\n\\n" + input (input
+  non-empty) else instruction; assistant = output.
+
+Rows (docs/contracts.md): ``conversation_id: string``, ``ids: list<int32>[L]``, ``answer_mask: list<int32>[L]``
+(1 = answer token: masked in training, carries the loss), ``n_answer: int32`` (= sum(answer_mask)),
+``truncated: bool``, ``prompt: string`` (JSON list of the messages before the final assistant turn: the
+generation prompt), ``reference: string`` (the final assistant answer).
+
+Bad records never disappear silently: records_read = records_written + sum(skipped), with up to 5 examples per
+reason naming the file and line, index or row, in the stats JSON. Reasons: ``invalid_utf8`` (a .jsonl line that
+does not decode), ``invalid_json`` (a line that does not parse), ``not_object`` (valid JSON but not an object),
+``unknown_shape`` (auto: neither ``messages`` nor ``instruction`` + ``output``), ``no_messages_field`` /
+``no_alpaca_fields`` (the format is forced and the fields are missing), ``wrong_type`` (messages not a list, a
+message not an object, a role / content / instruction / input / output that is not a string), ``unknown_role``,
+``empty_content`` (empty or whitespace-only content, null), ``binary`` (content with NUL or many control
+characters), ``no_assistant_turn``, ``special_token_in_content`` (content holding the text of one of the
+tokenizer's special tokens, which would tokenize as that token), ``template_error`` (the chat template itself
+refuses the conversation, e.g. roles that do not alternate), ``no_answer_within_length`` (the prompt alone fills
+the L tokens). A template without the prefix property (common/chat.assistant_spans) stops the run with an error
+naming the record. A split that yields no row is an error naming the output file; it writes nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import builtins
+import json
+import keyword
+import random
+import re
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from common.chat import ROLES, encode_conversation
+from common.config import ConfigError, load_config
+from common.io import InputError, atomic_path, stats_path as default_stats_path, write_json
+from preprocess.corpus import in_validation, text_problem
+
+SPLITS = ("train", "validation")
+FORMATS = ("auto", "messages", "alpaca")
+LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
+SFT_SCHEMA = pa.schema([
+    ("conversation_id", pa.string()),
+    ("ids", pa.list_(pa.int32())),
+    ("answer_mask", pa.list_(pa.int32())),
+    ("n_answer", pa.int32()),
+    ("truncated", pa.bool_()),
+    ("prompt", pa.string()),
+    ("reference", pa.string()),
+])
+ROWS_PER_BATCH = 512          # conversations encoded, and rows written as one row group, at a time
+EXAMPLES_PER_REASON = 5       # skipped records named in the stats, per reason
+HUB_VALIDATION_SPLITS = ("validation", "valid", "val", "test")
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """A record that passed the checks: ``messages`` ends with an assistant turn."""
+
+    conversation_id: str
+    messages: list
+
+
+@dataclass(frozen=True)
+class Skipped:
+    conversation_id: str
+    reason: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Raw:
+    """A record as read, before the shape checks: ``obj`` is the parsed JSON value / Parquet row."""
+
+    record_id: str
+    obj: object
+    where: str
+
+
+Item = Conversation | Skipped
+
+
+# --------------------------------------------------------------------------------------------------------
+# Record shapes -> messages
+
+
+def _content_problem(content) -> tuple[str, str] | None:
+    """(reason, detail) when ``content`` cannot be a message's text."""
+    if content is None:
+        return "empty_content", "null"
+    if not isinstance(content, str):
+        return "wrong_type", f"a {type(content).__name__}, expected a string"
+    reason = text_problem(content)
+    if reason is not None:
+        return ("empty_content" if reason == "empty" else reason), ""
+    return None
+
+
+def _messages_of(obj: dict) -> tuple[list | None, str, str]:
+    """(messages, "", "") from a ``messages`` record, or (None, reason, detail)."""
+    messages = obj["messages"]
+    if not isinstance(messages, list):
+        return None, "wrong_type", f"field 'messages' is a {type(messages).__name__}, expected a list"
+    out = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            return None, "wrong_type", f"messages[{i}] is a {type(message).__name__}, expected an object"
+        role, content = message.get("role"), message.get("content")
+        if not isinstance(role, str):
+            return None, "wrong_type", f"messages[{i}].role is a {type(role).__name__}, expected a string"
+        if role not in ROLES:
+            return None, "unknown_role", f"messages[{i}].role is {role!r}, expected one of {list(ROLES)}"
+        problem = _content_problem(content)
+        if problem:
+            return None, problem[0], f"messages[{i}].content ({role}) {problem[1]}".rstrip()
+        out.append({"role": role, "content": content})
+    return out, "", ""
+
+
+def _alpaca_of(obj: dict) -> tuple[list | None, str, str]:
+    """(messages, "", "") from an Alpaca record: user = instruction [+ "\\n\\n" + input], assistant = output."""
+    for key in ("instruction", "output"):
+        problem = _content_problem(obj[key])
+        if problem:
+            return None, problem[0], f"field {key!r} {problem[1]}".rstrip()
+    extra = obj.get("input")
+    if extra is not None and not isinstance(extra, str):
+        return None, "wrong_type", f"field 'input' is a {type(extra).__name__}, expected a string"
+    user = obj["instruction"] + ("\n\n" + extra if extra and extra.strip() else "")
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": obj["output"]}], "", ""
+
+
+def to_conversation(raw: Raw, fmt: str, counts: Counter) -> Item:
+    """A checked Conversation from a raw record, or a Skipped with the reason; trailing non-assistant turns are
+    dropped and counted in ``counts["trailing_turns_dropped"]``."""
+    obj, rid, where = raw.obj, raw.record_id, raw.where
+    if not isinstance(obj, dict):
+        return Skipped(rid, "not_object", f"{where}: a {type(obj).__name__}, expected a JSON object")
+    has_messages = "messages" in obj
+    has_alpaca = "instruction" in obj and "output" in obj
+    shape = fmt
+    if fmt == "auto":
+        shape = "messages" if has_messages else "alpaca" if has_alpaca else None
+        if shape is None:
+            return Skipped(rid, "unknown_shape", f"{where}: neither 'messages' nor 'instruction' + 'output'; "
+                                                 f"it has {sorted(map(str, obj))}")
+    elif fmt == "messages" and not has_messages:
+        return Skipped(rid, "no_messages_field", f"{where}: no field 'messages'; it has {sorted(map(str, obj))}")
+    elif fmt == "alpaca" and not has_alpaca:
+        return Skipped(rid, "no_alpaca_fields",
+                       f"{where}: expected 'instruction' and 'output'; it has {sorted(map(str, obj))}")
+    messages, reason, detail = (_messages_of if shape == "messages" else _alpaca_of)(obj)
+    if messages is None:
+        return Skipped(rid, reason, f"{where}: {detail}")
+    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+    if last is None:
+        return Skipped(rid, "no_assistant_turn", f"{where}: roles {[m['role'] for m in messages]}")
+    counts["trailing_turns_dropped"] += len(messages) - last - 1
+    return Conversation(rid, messages[: last + 1])
+
+
+def _record_id(obj, fallback: str) -> str:
+    if isinstance(obj, dict):
+        rid = obj.get("id")
+        if isinstance(rid, str) and rid.strip() or (isinstance(rid, int) and not isinstance(rid, bool)):
+            return str(rid)
+    return fallback
+
+
+# --------------------------------------------------------------------------------------------------------
+# Local files
+
+
+def jsonl_records(path: Path, name: str) -> Iterator[Raw | Skipped]:
+    """One record per non-blank line, decoded and parsed on its own (a bad line costs only itself)."""
+    with open(path, "rb") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            fallback, where = f"{name}:{lineno}", f"{path} line {lineno}"
+            try:
+                obj = json.loads(line.decode("utf-8"))
+            except UnicodeDecodeError as err:
+                yield Skipped(fallback, "invalid_utf8", f"{where}: {err.reason} at byte {err.start}")
+                continue
+            except json.JSONDecodeError as err:
+                yield Skipped(fallback, "invalid_json", f"{where}: {err.msg} (column {err.colno})")
+                continue
+            yield Raw(_record_id(obj, fallback), obj, where)
+
+
+def json_records(path: Path, name: str) -> Iterator[Raw | Skipped]:
+    """The elements of one JSON array (a file that is not one is an error naming it)."""
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"{path}: not a JSON file ({err}); expected a JSON array of records "
+                         f"(use .jsonl for one record a line)") from err
+    if not isinstance(data, list):
+        raise InputError(f"{path}: a JSON {type(data).__name__}, expected a JSON array of records")
+    for index, obj in enumerate(data):
+        yield Raw(_record_id(obj, f"{name}:{index}"), obj, f"{path} index {index}")
+
+
+def parquet_records(path: Path, name: str) -> Iterator[Raw | Skipped]:
+    """One record per row (a dict of the row's columns), read in batches."""
+    try:
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as err:
+        raise InputError(f"{path}: not a readable Parquet file ({err})") from err
+    row = 0
+    batches = parquet.iter_batches(batch_size=1024)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except (pa.ArrowException, OSError) as err:
+            raise InputError(f"{path}: corrupt Parquet data, {row} rows read before it ({err})") from err
+        for obj in batch.to_pylist():
+            yield Raw(_record_id(obj, f"{name}:{row}"), obj, f"{path} row {row}")
+            row += 1
+
+
+def local_records(path: str | Path) -> Iterator[Raw | Skipped]:
+    """Every record under ``path`` (a file, or a folder's .jsonl / .json / .parquet files in sorted order)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: sft.source does not exist")
+    if path.is_file():
+        if path.suffix not in LOCAL_SUFFIXES:
+            raise InputError(f"{path}: unsupported SFT file type {path.suffix!r}; expected {LOCAL_SUFFIXES}")
+        files = [path]
+    else:
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in LOCAL_SUFFIXES
+                       and not p.name.startswith("."))
+        if not files:
+            raise InputError(f"{path}: no {', '.join(LOCAL_SUFFIXES)} files in this folder")
+    readers = {".jsonl": jsonl_records, ".json": json_records, ".parquet": parquet_records}
+    for file in files:
+        name = file.name if path.is_file() else file.relative_to(path).as_posix()
+        yield from readers[file.suffix](file, name)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Hugging Face datasets
+
+
+def hub_records(name: str, split: str, fraction: float, load: Callable = None) -> Iterator[Raw | Skipped]:
+    """Records of hub dataset ``name`` for our ``split`` (see the module docstring for which hub split).
+
+    ``load`` is ``datasets.load_dataset`` (called as ``load(name)``, returning a dict of splits)."""
+    if load is None:
+        import datasets
+
+        load = datasets.load_dataset
+    try:
+        splits = load(name)
+    except Exception as err:  # datasets raises many kinds (not found, offline, gated): name the source either way
+        raise InputError(f"{name}: sft.source is not a local path, and loading it as a Hugging Face dataset "
+                         f"failed ({type(err).__name__}: {err})") from err
+    have = list(splits.keys())
+    if "train" not in splits:
+        raise InputError(f"hub dataset {name}: no 'train' split; it has {have}")
+    held = next((s for s in HUB_VALIDATION_SPLITS if s in splits), None)
+    hub_split = "train" if split == "train" or held is None else held
+    dataset = splits[hub_split]
+    for row, obj in enumerate(dataset):
+        rid = _record_id(obj, f"{hub_split}/{row}")
+        if held is None and in_validation(rid, fraction) != (split == "validation"):
+            continue
+        yield Raw(rid, obj, f"hub dataset {name} ({hub_split}) row {row}")
+
+
+# --------------------------------------------------------------------------------------------------------
+# The procedural task: reverse the words
+
+
+# Names ``site`` puts into builtins (absent under ``python -S``): left out so the word list does not depend on it.
+_SITE_BUILTINS = {"copyright", "credits", "exit", "quit", "help", "license"}
+REVERSE_WORDS = tuple(sorted({
+    w for w in [*keyword.kwlist, *dir(builtins)]
+    if w.isascii() and w.isalpha() and w.islower() and w not in _SITE_BUILTINS
+}))
+REVERSE_PROMPT = "Reverse the words: "
+_REVERSE_RE = re.compile(r"^\s*Reverse the words:\s*(.*?)\s*$", re.DOTALL)
+MAX_DRAWS = 10_000
+
+
+def reverse_side(words: Iterable[str], fraction: float) -> str:
+    """The split a word list belongs to: validation iff u("reverse|" + " ".join(words)) < fraction."""
+    return "validation" if in_validation("reverse|" + " ".join(words), fraction) else "train"
+
+
+def reverse_record(seed: int, split: str, index: int, fraction: float) -> Conversation:
+    """Record ``index`` of ``split``: 1-3 turns, each a new list of 2-5 distinct words from REVERSE_WORDS drawn
+    (by rejection) from the split's side, answered by the list reversed. A pure function of its arguments."""
+    if not 0 < fraction < 1:
+        raise InputError(f"sft.validation_fraction must be in (0, 1) for task:reverse (it splits the word lists "
+                         f"between train and validation), got {fraction}")
+    rng = random.Random(f"reverse:{seed}:{split}:{index}")
+    messages = []
+    for _ in range(rng.randint(1, 3)):
+        for _ in range(MAX_DRAWS):
+            words = rng.sample(REVERSE_WORDS, rng.randint(2, 5))
+            if reverse_side(words, fraction) == split:
+                break
+        else:
+            raise InputError(f"task:reverse: no {split} word list in {MAX_DRAWS} draws (validation_fraction "
+                             f"{fraction}); use a fraction further from 0 and 1")
+        messages.append({"role": "user", "content": REVERSE_PROMPT + " ".join(words)})
+        messages.append({"role": "assistant", "content": " ".join(reversed(words))})
+    return Conversation(f"reverse/{split}/{index}", messages)
+
+
+def _normalise(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _last_user(prompt_messages: list) -> str:
+    users = [m["content"] for m in prompt_messages if m.get("role") == "user"]
+    if not users:
+        raise ValueError(f"prompt has no user turn: roles {[m.get('role') for m in prompt_messages]}")
+    return users[-1]
+
+
+def reference_answer(task: str, prompt_messages: list) -> str:
+    """The correct answer to the last user turn of ``prompt_messages`` for ``task`` ("task:reverse" or
+    "reverse"): the words after "Reverse the words:", in reverse order, joined by single spaces."""
+    name = task.removeprefix("task:")
+    if name not in TASKS:
+        raise ValueError(f"unknown task {task!r}; known: {['task:' + t for t in TASKS]}")
+    question = _last_user(prompt_messages)
+    match = _REVERSE_RE.match(question)
+    if not match:
+        raise ValueError(f"task:reverse: the last user turn is not a reverse question: {question[:80]!r}")
+    return " ".join(reversed(match.group(1).split()))
+
+
+def check_answer(task: str, prompt_messages: list, answer: str) -> bool:
+    """Exact match after whitespace normalisation (runs of whitespace -> one space, ends stripped):
+    normalise(answer) == reference_answer(task, prompt_messages)."""
+    return _normalise(answer) == reference_answer(task, prompt_messages)
+
+
+TASKS = {"reverse": reverse_record}
+
+
+def task_items(name: str, sft: dict, split: str) -> Iterator[Item]:
+    if name not in TASKS:
+        raise InputError(f"unknown sft task {'task:' + name!r}; known: {['task:' + t for t in TASKS]}")
+    count = sft["n_train"] if split == "train" else sft["n_validation"]
+    for index in range(count):
+        yield TASKS[name](sft["seed"], split, index, sft["validation_fraction"])
+
+
+# --------------------------------------------------------------------------------------------------------
+# One split of one source
+
+
+def source_kind(source: str) -> str:
+    """``task``, ``local`` (an existing path) or ``hub``; a name that looks like a path but does not exist is an
+    error rather than a hub lookup."""
+    if source.startswith("task:"):
+        return "task"
+    path = Path(source).expanduser()
+    if path.exists():
+        return "local"
+    if source.startswith(("/", ".", "~")) or path.suffix in LOCAL_SUFFIXES or "\\" in source:
+        raise InputError(f"{source}: sft.source does not exist (expected task:reverse, a local "
+                         f"{'/'.join(LOCAL_SUFFIXES)} file or folder, or a Hugging Face dataset id)")
+    return "hub"
+
+
+def iter_split(sft: dict, split: str, counts: Counter, load: Callable = None) -> Iterator[Item]:
+    """Every conversation (or skip) of ``split`` from ``sft.source``; trailing turns dropped go into ``counts``."""
+    if split not in SPLITS:
+        raise InputError(f"unknown split {split!r}; expected one of {SPLITS}")
+    if sft["format"] not in FORMATS:
+        raise InputError(f"sft.format is {sft['format']!r}; expected one of {FORMATS}")
+    source = str(sft["source"])
+    kind = source_kind(source)
+    if kind == "task":
+        yield from task_items(source.removeprefix("task:"), sft, split)
+        return
+    fraction = sft["validation_fraction"]
+    if kind == "local":
+        # Bad lines are split by their id too, so each is counted in exactly one split's stats.
+        raws = (r for r in local_records(Path(source).expanduser())
+                if in_validation(r.conversation_id if isinstance(r, Skipped) else r.record_id, fraction)
+                == (split == "validation"))
+    else:
+        raws = hub_records(source, split, fraction, load=load)
+    for raw in raws:
+        yield raw if isinstance(raw, Skipped) else to_conversation(raw, sft["format"], counts)
+
+
+def _special_texts(tokenizer) -> list[str]:
+    """Texts of the tokenizer's special / added tokens that would tokenize as one token if found in content."""
+    texts = set(tokenizer.all_special_tokens)
+    texts |= {t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special}
+    return sorted((t for t in texts if t), key=len, reverse=True)
+
+
+def build(sft: dict, tokenizer, split: str, out_path: str | Path, stats_path: str | Path | None = None,
+          load: Callable = None, progress: bool = True) -> dict:
+    """Write the SFT shard of ``split`` (Parquet, SFT_SCHEMA, atomically, one row group per batch) and its stats
+    JSON (default: ``<shard>.stats.json`` beside it). Returns the stats.
+
+    ``sft`` is the filled ``sft`` config section; ``load`` replaces ``datasets.load_dataset`` (tests).
+    """
+    t0 = time.perf_counter()
+    out_path = Path(out_path)
+    stats_path = Path(stats_path) if stats_path else default_stats_path(out_path)
+    length = int(sft["length"])
+    if length < 2:
+        raise InputError(f"sft.length must be at least 2, got {length}")
+    if not getattr(tokenizer, "is_fast", False):
+        raise InputError("preprocess.sft needs a fast tokenizer (offsets mapping); got "
+                         f"{type(tokenizer).__name__}")
+    if tokenizer.eos_token_id is None:
+        raise InputError("the tokenizer has no eos_token; SFT rows end answers and fill with it")
+    specials = _special_texts(tokenizer)
+    counts, skipped, examples = Counter(), Counter(), {}
+    read = written = 0
+
+    def skip(cid: str, reason: str, detail: str) -> None:
+        skipped[reason] += 1
+        named = examples.setdefault(reason, [])
+        if len(named) < EXAMPLES_PER_REASON:
+            named.append(f"{cid} {detail}".strip())
+
+    def rows_of(batch: list[Conversation]) -> list[dict]:
+        import jinja2
+
+        rows = []
+        for conv in batch:
+            found = next((s for m in conv.messages for s in specials if s in m["content"]), None)
+            if found is not None:
+                skip(conv.conversation_id, "special_token_in_content", f"content holds {found!r}")
+                continue
+            try:
+                enc = encode_conversation(tokenizer, conv.messages, length)
+            except jinja2.TemplateError as err:
+                skip(conv.conversation_id, "template_error", str(err))
+                continue
+            except ValueError as err:
+                raise InputError(f"{sft['source']} record {conv.conversation_id}: {err}") from err
+            if enc.n_answer == 0:
+                skip(conv.conversation_id, "no_answer_within_length",
+                     f"the prompt fills all {length} tokens (sft.length)")
+                continue
+            counts["truncated"] += enc.truncated
+            counts["filled_tokens"] += enc.filled
+            counts["answer_tokens"] += enc.n_answer
+            counts["assistant_turns"] += sum(m["role"] == "assistant" for m in conv.messages)
+            rows.append({
+                "conversation_id": conv.conversation_id, "ids": enc.ids, "answer_mask": enc.answer_mask,
+                "n_answer": enc.n_answer, "truncated": enc.truncated,
+                "prompt": json.dumps(conv.messages[:-1], ensure_ascii=False),
+                "reference": conv.messages[-1]["content"],
+            })
+        return rows
+
+    with atomic_path(out_path) as tmp:
+        writer = pq.ParquetWriter(tmp, SFT_SCHEMA, compression="zstd", write_statistics=False, store_schema=True)
+        try:
+            bar = tqdm(desc=f"sft {split} -> {out_path.name}", unit="conv", disable=not progress, file=sys.stderr)
+            batch: list[Conversation] = []
+
+            def flush() -> None:
+                nonlocal written
+                rows = rows_of(batch)
+                if rows:
+                    writer.write_table(pa.Table.from_pylist(rows, schema=SFT_SCHEMA))
+                    written += len(rows)
+                batch.clear()
+
+            for item in iter_split(sft, split, counts, load=load):
+                read += 1
+                bar.update()
+                if isinstance(item, Skipped):
+                    skip(item.conversation_id, item.reason, item.detail)
+                    continue
+                batch.append(item)
+                if len(batch) >= ROWS_PER_BATCH:
+                    flush()
+            flush()
+            bar.close()
+        finally:
+            writer.close()
+        if written == 0:
+            raise InputError(
+                f"{out_path}: no SFT row for split {split!r} from {sft['source']}: {read} records read, skipped "
+                f"{dict(sorted(skipped.items())) or 'none'}; expected at least one conversation with an answer "
+                f"token within sft.length = {length}")
+    stats = {
+        "source": str(sft["source"]), "split": split, "format": sft["format"], "length": length,
+        "records_read": read, "records_written": written,
+        "skipped": dict(sorted(skipped.items())), "skipped_examples": dict(sorted(examples.items())),
+        "trailing_turns_dropped": counts["trailing_turns_dropped"], "truncated": counts["truncated"],
+        "filled_tokens": counts["filled_tokens"], "answer_tokens": counts["answer_tokens"],
+        "assistant_turns": counts["assistant_turns"], "tokens": written * length,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    if source_kind(str(sft["source"])) == "task":
+        stats["task_words"] = len(REVERSE_WORDS)
+    assert read == written + sum(skipped.values())
+    write_json(stats, stats_path)
+    return stats
+
+
+def load_tokenizer(path: str | Path):
+    """The tokenizer folder written by preprocess.tokenizer (a fast tokenizer: offsets are needed)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m preprocess.sft", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="the pipeline config (read with common.config.load_config)")
+    parser.add_argument("--split", required=True, choices=SPLITS)
+    parser.add_argument("--tokenizer", required=True, help="tokenizer folder")
+    parser.add_argument("--out", required=True, help="the SFT shard (Parquet)")
+    parser.add_argument("--stats", help="stats JSON (default: <out>.stats.json beside the shard)")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+        if "sft" not in config:
+            raise ConfigError(f"{args.config}: no 'sft' section; expected sft.source, sft.length, ...")
+        sft = config["sft"]
+        stats = build(sft, load_tokenizer(args.tokenizer), args.split, args.out, args.stats)
+    except (ConfigError, InputError) as err:
+        parser.exit(2, f"preprocess.sft: error: {err}\n")
+    print(f"{args.out}: {stats['records_written']} of {stats['records_read']} conversations, "
+          f"{stats['answer_tokens']} answer tokens, {stats['truncated']} truncated, "
+          f"skipped {stats['skipped'] or 'none'}")
+
+
+if __name__ == "__main__":
+    main()
