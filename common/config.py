@@ -145,6 +145,9 @@ def _check_whole(config: dict, source: str) -> None:
             raise ConfigError(f"{source}: stages.lengths must be increasing (l1 < l2 < l3), got {lengths}")
     methods = config["annotate"]["methods"]
     for name, run in config["runs"].items():
+        if run["kind"] == "sft" or run.get("init_from") is not None:
+            _check_sft_run(config, name, run, source)
+            continue
         data = "stages" if run["kind"] == "cascade" else run["data"]
         if run["kind"] == "cascade" and run["data"] != "stages":
             raise ConfigError(f"{source}: runs.{name}.data = {run['data']!r}: a cascade trains on the stage "
@@ -167,6 +170,20 @@ def _check_whole(config: dict, source: str) -> None:
             cascades = sorted(r for r, spec in config["runs"].items() if spec["kind"] == "cascade")
             raise ConfigError(f"{source}: runs.{name}.match_compute = {target!r} must name a cascade run, one of "
                               f"{cascades}")
+
+
+def _check_sft_run(config: dict, name: str, run: dict, source: str) -> None:
+    """An sft run reads the sft section's data and may start from another run's single model folder."""
+    if run["kind"] != "sft":
+        raise ConfigError(f"{source}: runs.{name}.init_from applies to sft runs, this run is kind {run['kind']}")
+    target = run.get("init_from")
+    if target is None:
+        return
+    kinds = {r: spec["kind"] for r, spec in config["runs"].items()}
+    if target == name or kinds.get(target) not in ("single", "sft"):
+        starts = sorted(r for r, kind in kinds.items() if kind in ("single", "sft") and r != name)
+        raise ConfigError(f"{source}: runs.{name}.init_from = {target!r} must name another run of kind single or "
+                          f"sft (its runs/<run>/model folder), one of {starts}")
 
 
 def block_length(config: dict) -> int | None:

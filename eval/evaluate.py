@@ -95,9 +95,19 @@ def main(argv=None):
                    help="also the discrete-T bound with T steps (MDLM's T > 0; mdlm runs, AR exact, sedd null); "
                         "default: only the continuous-time bound")
     v.add_argument("--seed", type=int, default=0)
-    for p in (s, v):
+    f = sub.add_parser("sft", help="held-out exact match and answer NELBO of an SFT run, before and after (eval/sft.py)")
+    f.add_argument("--run-dir", required=True, help="runs/{run} of an sft run (model/ inside)")
+    f.add_argument("--before-dir", default=None, help="the model folder it started from (runs/{init_from}/model)")
+    f.add_argument("--sft-shards", nargs="+", required=True, help="held-out SFT shard(s) (preprocess/sft.py)")
+    f.add_argument("--n", type=int, required=True, help="held-out conversations answered and scored")
+    f.add_argument("--gen-length", type=int, required=True, help="answer canvas (mask tokens)")
+    f.add_argument("--steps", type=int, required=True, help="unmasking steps (eval/generate.py)")
+    f.add_argument("--remasking", required=True, help="random | low_confidence | margin | entropy")
+    f.add_argument("--time-samples", type=int, required=True, help="stratified times per answer NELBO (K)")
+    f.add_argument("--batch-size", type=int, required=True)
+    for p in (s, v, f):
         add_device_arguments(p)
-        p.add_argument("--out", required=True, help="runs/{run}/eval/{sampler}-{steps}.json or val.json")
+        p.add_argument("--out", required=True, help="runs/{run}/eval/{sampler}-{steps}.json, val.json or sft.json")
     args = parser.parse_args(argv)
     device = device_from_arguments(args)
     if args.what == "samples":
@@ -105,6 +115,11 @@ def main(argv=None):
 
         scorer = None if args.scorer == "none" else load_scorer(args.scorer, device)
         result = evaluate_samples(args.run_dir, args.samples, scorer)
+    elif args.what == "sft":
+        from eval.sft import evaluate_sft
+
+        result = evaluate_sft(args.run_dir, args.before_dir, args.sft_shards, args.n, args.gen_length, args.steps,
+                              args.remasking, args.time_samples, args.batch_size, device)
     else:
         result = {**run_info(args.run_dir), **run_validation(args.run_dir, args.val_shards, args.time_samples,
                                                              args.batch_size, args.max_batches, args.seed, device,

@@ -253,7 +253,7 @@ def _generate_batch(trained, prompts: torch.Tensor, generators, gen_length, step
                     done = _answered(canvas, mask_id, eos_id)
                     canvas[done] = torch.where(canvas[done] == mask_id, eos_id, canvas[done])
                     active[rows[done]] = False
-                x[rows, plen:] = canvas
+                x[rows] = xa  # the whole row: a step that wrote into the prompt is caught below
             if record:
                 for r in range(batch):
                     trajectory[r].append(x[r, plen:].tolist())
@@ -502,8 +502,8 @@ document.getElementById("play").addEventListener("click", function () {{
   if (+slider.value >= data.frames.length - 1) slider.value = 0;
   this.textContent = "pause"; const button = this;
   timer = setInterval(function () {{
+    if (+slider.value >= data.frames.length - 1) {{ clearInterval(timer); timer = null; button.textContent = "play"; return; }}
     slider.value = +slider.value + 1; show(+slider.value);
-    if (+slider.value >= data.frames.length - 1) {{ clearInterval(timer); timer = null; button.textContent = "play"; }}
   }}, {frame_ms});
 }});
 show(+slider.value);

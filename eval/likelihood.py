@@ -270,10 +270,12 @@ def ar_nats(trained: Trained, x0: torch.Tensor, valid: torch.Tensor) -> float:
 @torch.no_grad()
 def stage_nelbo(trained: Trained, prefix: torch.Tensor, target: torch.Tensor, time_samples: int,
                 batch_size: int, seed: int = 0, device=torch.device("cpu"), desc: str = "val",
-                discrete_steps: int | None = None) -> dict:
+                discrete_steps: int | None = None, scored: torch.Tensor | None = None) -> dict:
     """Summed NELBO (nats) and token count of one model over the given blocks (see module docstring); with
     ``discrete_steps`` = T also the discrete-T bound on the same draws (``nats_discrete`` ... ; None for sedd).
-    Pad positions (config.json pad_id, trained.meta) are never masked and not counted."""
+    Pad positions (config.json pad_id, trained.meta) are never masked and not counted. ``scored`` (Bool, the
+    shape of ``target``; SFT: the answer tokens) restricts the same way: only those positions are masked and
+    counted, everything else is clean context, so the number is the NELBO of the answers given the prompts."""
     if discrete_steps is not None and (isinstance(discrete_steps, bool) or not isinstance(discrete_steps, int)
                                        or discrete_steps < 1):
         raise ValueError(f"discrete_steps should be an integer >= 1 or None, got {discrete_steps!r}")
@@ -289,6 +291,8 @@ def stage_nelbo(trained: Trained, prefix: torch.Tensor, target: torch.Tensor, ti
         x0 = target[start:start + batch_size].to(device)
         pre = prefix[start:start + batch_size].to(device) if prefix.shape[1] else None
         valid = valid_positions(x0, pad_id)
+        if scored is not None:
+            valid = valid & scored[start:start + batch_size].to(device)
         tokens += int(valid.sum())
         if trained.is_ar:
             nats += ar_nats(trained, x0, valid)

@@ -505,7 +505,11 @@ def build(sft: dict, tokenizer, split: str, out_path: str | Path, stats_path: st
     with atomic_path(out_path) as tmp:
         writer = pq.ParquetWriter(tmp, SFT_SCHEMA, compression="zstd", write_statistics=False, store_schema=True)
         try:
-            bar = tqdm(desc=f"sft {split} -> {out_path.name}", unit="conv", disable=not progress, file=sys.stderr)
+            total = None
+            if source_kind(str(sft["source"])) == "task":
+                total = sft["n_train"] if split == "train" else sft["n_validation"]
+            bar = tqdm(total=total, desc=f"sft {split} -> {out_path.name}", unit="conv", disable=not progress,
+                       file=sys.stderr)
             batch: list[Conversation] = []
 
             def flush() -> None:

@@ -83,9 +83,17 @@ def block_shards(packing, split):
     return [f"{DATA}/blocks/{packing}/{BLOCK_LENGTH}/{split}/{s}.parquet" for s in shard_names(split)]
 
 
+def sft_shards(split):
+    """The question/answer canvases of sft runs (preprocess/sft.py), one shard per split, at sft.length tokens."""
+    return [f"{DATA}/sft/{config['sft']['length']}/{split}/shard_00000.parquet"]
+
+
 def run_data_shards(run, split):
-    """What a run trains and validates on: its method's stage shards, or the block shards of its packing."""
+    """What a run trains and validates on: its method's stage shards, the block shards of its packing, or the
+    SFT canvases."""
     spec = RUNS[run]
+    if spec["kind"] == "sft":
+        return sft_shards(split)
     data = "stages" if spec["kind"] == "cascade" else spec["data"]
     return stage_shards(spec["method"], split) if data == "stages" else block_shards(data, split)
 

@@ -47,20 +47,26 @@ def scorer_files():
     return [f"{scorer_spec()}/model.safetensors", f"{scorer_spec()}/config.json"]
 
 
+SFT_RUNS = [run for run, spec in RUNS.items() if spec["kind"] == "sft"]
+
+
 def report_inputs():
     """Every file the report reads: sample metrics of every (run, sampler, steps), val.json of every run,
-    and the training log of every trained model."""
+    and the training log of every trained model. SFT runs are scored on their task instead (sft.json)."""
     files = []
     for run in RUNS:
+        files += [f"{d}/metrics.csv" for d in run_model_dirs(run)]
+        if run in SFT_RUNS:
+            continue
         files += [f"runs/{run}/eval/{s}-{n}.json" for s, n in run_samplings(run)]
         files.append(f"runs/{run}/eval/val.json")
-        files += [f"{d}/metrics.csv" for d in run_model_dirs(run)]
     return files
 
 
 def report_outputs():
-    """The tables and plots (the end of the default target)."""
-    return [f"{TABLES}/main.{ext}" for ext in ("md", "csv", "tex")] + [f"{PLOTS}/loss.png", f"{PLOTS}/gen_ppl_steps.png"]
+    """The tables and plots (the end of the default target); the SFT table when the config has sft runs."""
+    return ([f"{TABLES}/main.{ext}" for ext in ("md", "csv", "tex")] + [f"{PLOTS}/loss.png", f"{PLOTS}/gen_ppl_steps.png"]
+            + ([f"{TABLES}/sft.{ext}" for ext in ("md", "csv")] if SFT_RUNS else []))
 
 
 rule sample:
@@ -164,3 +170,63 @@ rule report:
     shell:
         "python -m eval.report --sample-metrics {input.samples} --val-metrics {input.val}"
         " --train-metrics {input.train} --tables {TABLES} --plots {PLOTS} > {log} 2>&1"
+
+
+# SFT: held-out questions answered by generation (eval/generate.py) and scored by exact match against the
+# reference, plus the answer NELBO, for the SFT model and for the model it started from (before / after).
+SFT = config["sft"]
+SFT_EVAL_SETTINGS = {k: SFT[k] for k in ("eval_n", "gen_length", "eval_steps", "remasking")}
+
+
+def sft_before_dir(run):
+    start = RUNS[run].get("init_from")
+    return f"runs/{start}/model" if start else None
+
+
+rule evaluate_sft:
+    input:
+        models=lambda w: model_files(w.run) + (model_files(RUNS[w.run]["init_from"]) if sft_before_dir(w.run) else []),
+        shards=sft_shards("validation"),
+    output:
+        "runs/{run}/eval/sft.json",
+    wildcard_constraints:
+        run="|".join(SFT_RUNS) or "(?!)",
+    params:
+        settings=SFT_EVAL_SETTINGS | {k: EVALUATE[k] for k in ("val_time_samples", "batch_size")},
+        before=lambda w: f"--before-dir {sft_before_dir(w.run)}" if sft_before_dir(w.run) else "",
+        device=device_arg(EVALUATE),
+    conda:
+        "../envs/train.yaml"
+    log:
+        "logs/evaluate/{run}/sft.log",
+    benchmark:
+        "benchmarks/evaluate/{run}/sft.tsv"
+    threads: EVALUATE["cpus"]
+    resources:
+        **job_resources(EVALUATE),
+    shell:
+        "python -m eval.evaluate sft --run-dir runs/{wildcards.run} {params.before} --sft-shards {input.shards}"
+        " --n {SFT[eval_n]} --gen-length {SFT[gen_length]} --steps {SFT[eval_steps]} --remasking {SFT[remasking]}"
+        " --time-samples {EVALUATE[val_time_samples]} --batch-size {EVALUATE[batch_size]}"
+        " {params.device} --threads {threads} --out {output} > {log} 2>&1"
+
+
+rule sft_report:
+    input:
+        [f"runs/{run}/eval/sft.json" for run in SFT_RUNS],
+    output:
+        md=report(f"{TABLES}/sft.md", category="Tables", labels={"table": "sft", "format": "md"}),
+        csv=report(f"{TABLES}/sft.csv", category="Tables", labels={"table": "sft", "format": "csv"}),
+    conda:
+        "../envs/train.yaml"
+    log:
+        f"logs/report/{PROFILE}-sft.log",
+    benchmark:
+        f"benchmarks/report/{PROFILE}-sft.tsv"
+    threads: 1
+    resources:
+        cpus_per_task=1,
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "python -m eval.sft table --sft-metrics {input} --tables {TABLES} > {log} 2>&1"

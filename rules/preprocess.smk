@@ -6,7 +6,7 @@
 def preprocess_outputs():
     """Every stage shard of every method and split (with the annotated shards and tokenizer they need), and the
     block shards of every packing a run reads."""
-    packings = sorted({spec["data"] for spec in RUNS.values() if spec["kind"] != "cascade"} - {"stages"})
+    packings = sorted({spec["data"] for spec in RUNS.values() if spec["kind"] not in ("cascade", "sft")} - {"stages"})
     return ([p for m in METHODS for split in SPLITS for p in stage_shards(m, split)]
             + [p for packing in packings for split in SPLITS for p in block_shards(packing, split)])
 
@@ -133,3 +133,32 @@ rule blocks:
     shell:
         "python -m preprocess.blocks --packing {wildcards.packing} --length {wildcards.block_length}"
         " --tokenizer {input.tokenizer} --input {input.raw} --out {output.shard} > {log} 2>&1"
+
+
+# Question/answer canvases for sft runs (the sft section: a task, local files or a hub dataset), tokenized with the
+# pipeline's tokenizer through its chat template; the answer mask marks what SFT masks and scores.
+SFT_DATA_KEYS = ("source", "format", "length", "validation_fraction", "n_train", "n_validation", "seed")
+
+
+rule sft_data:
+    input:
+        tokenizer=tokenizer_dir(),
+    output:
+        shard=f"{DATA}/sft/{{sft_length}}/{{split}}/shard_00000.parquet",
+        stats=f"{DATA}/sft/{{sft_length}}/{{split}}/shard_00000.stats.json",
+    wildcard_constraints:
+        sft_length=r"\d+",
+    params:
+        settings={k: config["sft"][k] for k in SFT_DATA_KEYS},
+    log:
+        f"logs/{CORPUS}/sft/{{sft_length}}/{{split}}.log",
+    benchmark:
+        f"benchmarks/{CORPUS}/sft/{{sft_length}}/{{split}}.tsv"
+    conda:
+        "../envs/preprocess.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    shell:
+        "python -m preprocess.sft --config {CONFIG_FILE} --split {wildcards.split} --tokenizer {input.tokenizer}"
+        " --out {output.shard} --stats {output.stats} > {log} 2>&1"

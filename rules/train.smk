@@ -27,15 +27,18 @@ def train_settings(wildcards):
 
 
 def previous_stage(s):
-    """runs/{run}/stage{k-1} when stage k warm-starts from it, else None."""
+    """The model folder this one starts from: runs/{run}/stage{k-1} when cascade stage k warm-starts from it,
+    runs/{init_from}/model for an sft run with init_from; else None."""
     if s.kind == "cascade" and s.stage > 1 and s.warm_start:
         return f"runs/{s.run}/stage{s.stage - 1}"
+    if s.kind == "sft" and s.init_from:
+        return f"runs/{s.init_from}/model"
     return None
 
 
 def train_inputs(wildcards):
-    """The run's data (stage shards of its method, or block shards), the tokenizer, and the previous stage's
-    model when warm_start."""
+    """The run's data (stage shards of its method, block shards, or SFT canvases), the tokenizer, and the model
+    it starts from (previous_stage)."""
     s = train_settings(wildcards)
     inputs = {"train": run_data_shards(s.run, "train"), "val": run_data_shards(s.run, "validation"),
               "tokenizer": tokenizer_dir()}

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from common.chat import (DEFAULT_TEMPLATE, answer_text, assistant_spans, encode_conversation, prompt_ids, render,

@@ -214,3 +214,26 @@ def test_masked_lm_cannot_be_causal_or_take_the_dit_dropout():
         build_backbone(spec, 300, "tiny", 0.0, causal=True)
     with pytest.raises(ValueError, match="dropout"):
         build_backbone(spec, 300, "tiny", 0.1, causal=False)
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tokenizer):
+    config = {"model_type": "bert", **TINY}
+    x0, g = batch(tokenizer), torch.Generator().manual_seed(4)
+    t, uniform = torch.rand(BATCH, generator=g) * 0.8 + 0.1, torch.rand(x0.shape, generator=g)
+    results = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = build_backbone({**spec_of(config), "gradient_checkpointing": checkpointing}, len(tokenizer),
+                               "tiny", 0.0, False).train()
+        loss = diffusion_loss(model, "mdlm", x0, None, t, uniform, LogLinearNoise(), tokenizer.mask_token_id)
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    assert torch.equal(loss_a, loss_b)  # same seed, same dropout masks (the recompute replays the RNG state)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads_a, grads_b))
+
+
+def test_a_sequence_longer_than_the_position_table_is_named(tokenizer):
+    model = build({"model_type": "bert", **TINY, "max_position_embeddings": 8}, tokenizer).eval()
+    with pytest.raises(ValueError, match="max_position_embeddings 8"):
+        model(batch(tokenizer, length=9))

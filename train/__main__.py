@@ -28,7 +28,7 @@ def parse_args(argv=None):
     parser.add_argument("--val-shards", nargs="+", required=True)
     parser.add_argument("--tokenizer", required=True, help="tokenizer folder (PreTrainedTokenizerFast)")
     parser.add_argument("--out", required=True, help="output folder (runs/{run}/stage{k} or runs/{run}/model)")
-    parser.add_argument("--init", default=None, help="warm start from this model folder (needs warm_start: true)")
+    parser.add_argument("--init", default=None, help="start from this model folder (a cascade with warm_start: true; an sft run's init_from)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a training key of this run, checked by the config schema (e.g. --set max_steps=20)")
     return parser.parse_args(argv)
@@ -46,8 +46,9 @@ def main(argv=None, on_step=None) -> int:
             config["runs"][args.run][key] = value  # a string: the schema check gives it the key's type
         config = validate_config(config, f"{args.config} with --set {' '.join(args.overrides)}")
     settings = resolve(config, args.run, args.stage)
-    if args.init and not settings.warm_start:
-        raise SystemExit(f"--init {args.init} given but runs.{args.run}.warm_start is false")
+    if args.init and not (settings.warm_start or settings.init_from):
+        raise SystemExit(f"--init {args.init} given but runs.{args.run} has neither warm_start: true (cascade) nor "
+                         f"init_from (sft)")
     from train.trainer import Trainer, TrainingDiverged
 
     trainer = Trainer(settings, args.train_shards, args.val_shards, args.tokenizer, args.out,

@@ -17,11 +17,17 @@ A masked LM (BERT, RoBERTa, ModernBERT, ... : AutoModelForMaskedLM) is wrapped b
 time input, so sigma is ignored (MDLM without time conditioning); a cascade prefix is plain clean context
 that the bidirectional encoder reads beside the masked target (no segment embedding). Its vocabulary is
 made the tokenizer's: a pretrained model's embeddings are resized to `vocab_size` when they differ (the new
-rows as transformers initialises them); a config-built model gets `vocab_size` in its config.
+rows as transformers initialises them); a config-built model gets `vocab_size` in its config, and a special
+token id its model type defaults to that lies outside that vocabulary (ModernBERT's pad 50283, the
+embedding's padding_idx) is set to None. The transformers config is the architecture and its own dropout
+keys apply (BERT: hidden_dropout_prob 0.1): the run's `model` size does not apply, its `dropout` must be 0,
+and a masked LM cannot be the causal AR model. A config-built BERT keeps pad_token_id 0 as padding_idx
+(that row gets no gradient through the input embedding); set backbone.config.pad_token_id to the tokenizer's.
 
 What config.json holds to rebuild the network (backbone_meta, model_from_meta):
 
-    dit:        "model": ModelConfig.to_dict()          (no "backbone" key = dit: older folders load as before)
+    dit:        "backbone": {"kind": "dit"}, "model": ModelConfig.to_dict()   (no "backbone" key = dit too:
+                older folders load as before)
     masked_lm:  "backbone": {kind, name, config: the full transformers config dict, ...},
                 "model": the same config dict
 The masked LM is rebuilt from its config dict alone (no hub access); its weights are model.safetensors.
@@ -95,13 +101,18 @@ class MaskedLMDenoiser(nn.Module):
 
     def __init__(self, mlm: nn.Module, fused: bool | str = "auto", gradient_checkpointing: bool = False):
         """fused: the switch diffusion_loss reads for its SUBS cross-entropy (train/fused.py); the network itself
-        has no fused path. gradient_checkpointing: HF's gradient_checkpointing_enable() (non-reentrant)."""
+        has no fused path. gradient_checkpointing: HF's gradient_checkpointing_enable() (non-reentrant; activation_checkpointing_enable
+        where transformers has it)."""
         super().__init__()
         self.mlm = mlm
         self.fused = fused_ops.check_fused_setting(fused)
         self.head_path = mlm_head_path(mlm)  # names, not modules: the head's weights stay only under mlm.
-        if gradient_checkpointing:
-            mlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if gradient_checkpointing:  # renamed activation_checkpointing_enable in transformers 5.x (old name deprecated)
+            enable = getattr(mlm, "activation_checkpointing_enable", None)
+            if enable is not None:
+                enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                mlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.register_state_dict_post_hook(_drop_tied_aliases)
         self.register_load_state_dict_pre_hook(_fill_tied_aliases)
 

@@ -37,6 +37,7 @@ import torch
 from common.io import InputError, atomic_path, open_parquet, write_json
 
 CACHE_VERSION = 1
+ANSWER_COLUMN = "answer_mask"  # SFT shards: 1 where the token is an answer token
 _READ_BATCH_ROWS = 16384  # rows decoded at a time while a cache file is written
 _SCAN_BYTES = 64 << 20    # bytes read at a time when a cache file is scanned for an out-of-vocabulary row
 _I32 = np.iinfo(np.int32)
@@ -114,6 +115,7 @@ class RowStore:
 class StageTensors:
     target: RowStore              # Int32[N, target_len] rows read per batch (cast to long by the trainer)
     prefix: RowStore | None       # Int32[N, prefix_len] or None
+    answer: RowStore | None = None  # SFT: Int32[N, target_len], 1 at answer tokens (masked, scored), else 0
 
     def __len__(self) -> int:
         return len(self.target)
@@ -261,14 +263,15 @@ def _first_row_outside(npy: Path, length: int, vocab_size: int) -> tuple[int, in
 
 def data_columns(data: str, stage: int, prefix_len: int) -> tuple[str, str | None]:
     """(target column, prefix column or None) a run reads: `stage{k}_ids` and `stage{k-1}_ids` of stage shards
-    (data: stages), `ids` of unannotated block shards (data: wrap | doc, preprocess/blocks.py; no prefix)."""
+    (data: stages), `ids` of unannotated block shards (data: wrap | doc, preprocess/blocks.py) and of SFT shards
+    (data: sft, preprocess/sft.py; their `answer_mask` column is read beside it); no prefix."""
     if data == "stages":
         return f"stage{stage}_ids", (f"stage{stage - 1}_ids" if prefix_len else None)
-    if data in ("wrap", "doc"):
+    if data in ("wrap", "doc", "sft"):
         if prefix_len:
             raise ValueError(f"block shards (data: {data}) have no prefix column, got prefix_len {prefix_len}")
         return "ids", None
-    raise ValueError(f"data must be stages, wrap or doc, got {data!r}")
+    raise ValueError(f"data must be stages, wrap, doc or sft, got {data!r}")
 
 
 def load_stage_tensors(paths: list[str], stage: int, prefix_len: int, target_len: int,
@@ -286,6 +289,8 @@ def load_stage_tensors(paths: list[str], stage: int, prefix_len: int, target_len
     columns = {target_column: target_len}
     if prefix_column:
         columns[prefix_column] = prefix_len
+    if data == "sft":
+        columns[ANSWER_COLUMN] = target_len
     files: dict[str, list[Path]] = {c: [] for c in columns}
     counts: list[int] = []
     for raw in paths:
@@ -324,7 +329,8 @@ def load_stage_tensors(paths: list[str], stage: int, prefix_len: int, target_len
         raise ValueError(f"stage shards {paths} hold no rows")
     target = RowStore(files[target_column], counts, target_len)
     prefix = RowStore(files[prefix_column], counts, prefix_len) if prefix_column else None
-    return StageTensors(target=target, prefix=prefix)
+    answer = RowStore(files[ANSWER_COLUMN], counts, target_len) if data == "sft" else None
+    return StageTensors(target=target, prefix=prefix, answer=answer)
 
 
 class BatchOrder:

@@ -116,7 +116,8 @@ def ar_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def diffusion_loss(model, objective: str, x0: torch.Tensor, prefix: torch.Tensor | None, t: torch.Tensor,
-                   uniform: torch.Tensor, noise, mask_id: int, pad_id: int | None = None) -> torch.Tensor:
+                   uniform: torch.Tensor, noise, mask_id: int, pad_id: int | None = None,
+                   maskable: torch.Tensor | None = None, normalization: str = "token") -> torch.Tensor:
     """Per-target-token NELBO of one (micro-)batch for objective mdlm or sedd.
 
     The model sees [prefix (clean) ; x_t]; only the target positions are noised and scored. The output
@@ -125,10 +126,17 @@ def diffusion_loss(model, objective: str, x0: torch.Tensor, prefix: torch.Tensor
     pad_id (blocks padded to length, data: doc): positions where x0 = pad are never masked (the model sees
     them clean, as it sees a prefix), so they carry no loss, and the sum is divided by the number of non-pad
     target tokens instead of B * L:  loss = sum_i loss_i / #{i : x0_i != pad}.
+    maskable (SFT, Bool [B, L]: the answer tokens): likewise only these positions are ever masked and scored;
+    prompt, system and user tokens stay clean. normalization "token": sum over the batch's maskable positions /
+    their count; "sequence": the mean over rows b of sum_{i in b} loss_i / n_b (each conversation weighs the
+    same, whatever its answer length; rows with n_b = 0 count as 0).
     """
     sigma, dsigma = noise.total(t), noise.rate(t)
     if pad_id is not None:
-        uniform = torch.where(x0 == pad_id, torch.ones_like(uniform), uniform)  # u = 1 is never < move(t) <= 1
+        not_pad = x0 != pad_id
+        maskable = not_pad if maskable is None else maskable & not_pad
+    if maskable is not None:
+        uniform = torch.where(maskable, uniform, torch.ones_like(uniform))  # u = 1 is never < move(t) <= 1
     x_t = corrupt(x0, sigma, mask_id, uniform)
     prefix_len = 0 if prefix is None else prefix.shape[1]
     x_in = x_t if prefix is None else torch.cat([prefix, x_t], dim=1)
@@ -147,7 +155,14 @@ def diffusion_loss(model, objective: str, x0: torch.Tensor, prefix: torch.Tensor
         raise ValueError(f"diffusion objective must be mdlm or sedd, got {objective!r}")
     # sum over masked positions / all target positions (unmasked positions contribute exactly 0). When nothing
     # is masked the [0, V] logits still carry the graph, so every parameter gets a (zero) gradient (DDP needs it)
-    return token_loss.sum() / target_tokens(x0, pad_id)
+    if maskable is None:
+        return token_loss.sum() / x0.numel()
+    if normalization == "sequence":
+        per_row = torch.zeros(x0.shape[0], dtype=token_loss.dtype, device=token_loss.device).index_add(0, rows, token_loss)
+        return (per_row / maskable.sum(1).clamp(min=1)).mean()
+    if normalization != "token":
+        raise ValueError(f"normalization must be token or sequence, got {normalization!r}")
+    return token_loss.sum() / maskable.sum().clamp(min=1)
 
 
 def target_tokens(x0: torch.Tensor, pad_id: int | None = None):

@@ -12,6 +12,8 @@ Run kinds:
     ar       a causal LM on the stage-3 blocks (objective ar, cross-entropy)
 A single or ar run with `data: wrap | doc` reads unannotated block shards of blocks.length tokens instead of
 the stage-3 blocks (preprocess/blocks.py); it has no method.
+    sft      question/answer canvases of sft.length tokens (preprocess/sft.py; data "sft"): only answer tokens
+             are masked and carry loss; starts from init_from's model folder or the backbone's own weights
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from dataclasses import dataclass, field
 
 from common.config import block_length
 
-KINDS = ("cascade", "single", "ar")
+KINDS = ("cascade", "single", "ar", "sft")
 DIFFUSION_OBJECTIVES = ("mdlm", "sedd")
 # Keys that change where and how fast a job runs, never what it computes: left out of the settings digest,
 # so changing them reruns nothing and a checkpoint written under other values still resumes.
@@ -63,7 +65,7 @@ class TrainSettings:
     # what is trained
     run: str
     kind: str
-    data: str                       # stages | wrap | doc (what the run reads; cascades: stages)
+    data: str                       # stages | wrap | doc | sft (what the run reads; cascades: stages)
     method: str | None              # the stage shards' priority method (None for data wrap | doc)
     objective: str
     stage: int                      # 1..3 for a cascade; 3 for single / ar (they model the stage-3 blocks)
@@ -73,8 +75,11 @@ class TrainSettings:
     max_steps: int
     steps_source: str               # how max_steps was decided, printed with the settings
     match_compute: str | None
+    init_from: str | None           # sft: the run whose model folder starts it
+    sft_normalization: str | None   # sft: token | sequence (sft.loss_normalization)
     # the train: keys
     model: str
+    backbone: dict
     noise: dict
     global_batch_size: int
     micro_batch_size: int
@@ -116,6 +121,17 @@ class TrainSettings:
             raise SettingsError(f"{where}.match_compute applies to single runs, this run is kind {self.kind}")
         if self.warm_start and self.kind != "cascade":
             raise SettingsError(f"{where}.warm_start chains cascade stages; this run is kind {self.kind}")
+        if self.kind == "sft" and self.objective != "mdlm":
+            raise SettingsError(f"{where}: kind sft trains the masked-diffusion objective mdlm on answer tokens, got "
+                                f"objective {self.objective!r}")
+        if self.backbone["kind"] == "masked_lm":
+            if (self.backbone.get("name") is None) == (self.backbone.get("config") is None):
+                raise SettingsError(f"{where}.backbone: a masked_lm backbone needs exactly one of name (hub id or "
+                                    f"folder) and config (transformers config keys), got {self.backbone}")
+            if self.objective == "ar" or self.pretrained is not None:
+                raise SettingsError(f"{where}.backbone: a masked_lm backbone trains a diffusion objective from its "
+                                    f"own weights (backbone.name); objective {self.objective!r}, pretrained "
+                                    f"{self.pretrained!r}")
         if self.kind == "cascade" and self.data != "stages":
             raise SettingsError(f"{where}.data: a cascade trains on the stage datasets, got {self.data!r}")
         if self.global_batch_size % self.micro_batch_size:
@@ -173,9 +189,10 @@ def resolve(config: dict, run: str, stage: int | None = None) -> TrainSettings:
     spec = runs[run]
     kind = spec["kind"]
     values = {**config["train"], **{k: v for k, v in spec.items() if k not in ("kind", "data", "method",
-                                                                             "objective", "match_compute")}}
+                                                                             "objective", "match_compute",
+                                                                             "init_from")}}
     lengths = tuple(config["stages"]["lengths"]) if config.get("stages") else None
-    data = "stages" if kind == "cascade" else spec.get("data", "stages")
+    data = {"cascade": "stages", "sft": "sft"}.get(kind, spec.get("data", "stages"))
     if kind == "cascade":
         if stage not in (1, 2, 3):
             raise SettingsError(f"run {run!r} is a cascade: stage must be 1, 2 or 3, got {stage!r}")
@@ -184,7 +201,8 @@ def resolve(config: dict, run: str, stage: int | None = None) -> TrainSettings:
         if stage not in (None, 3):
             raise SettingsError(f"run {run!r} is kind {kind}: it models the stage-3 blocks (stage 3), got {stage!r}")
         stage, prefix_len = 3, 0
-        target_len = lengths[2] if data == "stages" else block_length(config)
+        target_len = {"stages": lengths[2] if lengths else None, "sft": config["sft"]["length"]}.get(
+            data, block_length(config))
     steps_source = f"runs.{run}.max_steps" if "max_steps" in spec else "train.max_steps"
     target = spec.get("match_compute")
     if target is not None:
@@ -195,4 +213,6 @@ def resolve(config: dict, run: str, stage: int | None = None) -> TrainSettings:
     method = spec.get("method") if data == "stages" else None
     return TrainSettings(run=run, kind=kind, data=data, method=method, objective=spec["objective"], stage=stage,
                          lengths=lengths, prefix_len=prefix_len, target_len=target_len,
-                         steps_source=steps_source, match_compute=target, **values)
+                         steps_source=steps_source, match_compute=target, init_from=spec.get("init_from"),
+                         sft_normalization=config["sft"]["loss_normalization"] if kind == "sft" else None,
+                         **values)

@@ -52,7 +52,7 @@ from common.provenance import code_commit
 from train.checkpoint import load_model, load_state_strict, save_model, write_text_atomic
 from train.data import BatchOrder, load_stage_tensors
 from train.ema import EMA
-from train.model import DiffusionTransformer, ModelConfig
+from train.backbones import backbone_meta, build_backbone
 from train.noise import get_noise, sample_times
 from train.objectives import ar_loss, diffusion_loss
 from train.resume import STATE_FILE, as_json, checkpoint_problem, read_trainer_state
@@ -143,10 +143,13 @@ class Trainer:
         self.order = BatchOrder(len(self.train_data), self.global_batch, self.seed)
         self.noise = get_noise(settings.noise)
 
-        self.model_config = ModelConfig.from_size(settings.model, self.vocab_size,
-                                                  dropout=settings.dropout,
-                                                  causal=self.objective == "ar")
-        model = DiffusionTransformer(self.model_config, fused=settings.fused)
+        spec = dict(settings.backbone)
+        if spec["kind"] == "masked_lm" and spec.get("config") and "pad_token_id" not in spec["config"]:
+            # the masked LM's padding_idx gets no gradient: make it our pad token, not whatever id 0 is (EOS in
+            # the pipeline's BPE, and SFT trains the EOS fill)
+            spec["config"] = {**spec["config"], "pad_token_id": tokenizer.pad_token_id}
+        model = build_backbone(spec, self.vocab_size, settings.model, settings.dropout,
+                               causal=self.objective == "ar", fused=settings.fused)
         if settings.pretrained:
             from train.pretrained import load_pretrained
             report = load_pretrained(model, settings.pretrained, settings.pretrained_format)
@@ -163,12 +166,13 @@ class Trainer:
         self.acc.register_for_checkpointing(self.ema)
 
         self.meta = {
-            "model": self.model_config.to_dict(), "objective": self.objective, "noise": dict(settings.noise),
+            **backbone_meta(model, spec), "objective": self.objective, "noise": dict(settings.noise),
             "stage": stage, "prefix_len": self.prefix_len, "target_len": self.target_len,
             "vocab_size": self.vocab_size, "mask_id": self.mask_id, "eos_id": self.eos_id,
             # the AR model reads [bos ; block] with bos = eos, so every block token is predicted
             "bos_id": self.eos_id, "tokenizer": str(tokenizer_dir), "run": run, "kind": self.kind,
-            "time_conditioning": self.model_config.time_conditioning,
+            "time_conditioning": bool(getattr(model, "time_conditioning", False) or
+                                      getattr(getattr(model, "config", None), "time_conditioning", False)),
             "method": settings.method, "data": settings.data, "pad_id": self.pad_id,
             "steps": self.max_steps, "init": init_dir,
             "pretrained": settings.pretrained, "settings_digest": settings.digest(),
@@ -199,13 +203,16 @@ class Trainer:
             if perm_keys is not None:  # small_shuffle: a random order of the prefix tokens per example
                 prefix = prefix.gather(1, perm_keys.argsort(dim=1))
             prefix = prefix.to(self.acc.device)
-        return x0, prefix
+        # SFT: the answer tokens, the only positions masked and scored (prompt tokens stay clean)
+        answer = data.answer[rows].to(self.acc.device) > 0 if data.answer is not None else None
+        return x0, prefix, answer
 
-    def _loss(self, model, x0, prefix, t, u) -> torch.Tensor:
+    def _loss(self, model, x0, prefix, t, u, answer=None) -> torch.Tensor:
         if self.objective == "ar":
             return ar_loss(model, x0, self.eos_id, self.pad_id)
         return diffusion_loss(model, self.objective, x0, prefix, t.to(x0.device), u.to(x0.device),
-                              self.noise, self.mask_id, self.pad_id)
+                              self.noise, self.mask_id, self.pad_id, maskable=answer,
+                              normalization=self.s.sft_normalization or "token")
 
     def _draw(self, gen: torch.Generator, n: int, shuffle: bool):
         t = sample_times(n, gen, antithetic=self.s.antithetic)
@@ -238,8 +245,8 @@ class Trainer:
             start = (a * self.acc.num_processes + self.acc.process_index) * self.micro
             sl = slice(start, start + self.micro)
             with self.acc.accumulate(self.model):
-                x0, prefix = self._batch(self.train_data, rows[sl], None if keys is None else keys[sl])
-                loss = self._loss(self.model, x0, prefix, t[sl], u[sl])
+                x0, prefix, answer = self._batch(self.train_data, rows[sl], None if keys is None else keys[sl])
+                loss = self._loss(self.model, x0, prefix, t[sl], u[sl], answer)
                 self.acc.backward(loss)
                 total += loss.detach().float()
                 if self.acc.sync_gradients:  # the last micro step: the whole batch's gradient is in
@@ -267,8 +274,8 @@ class Trainer:
         model.eval()
         with self.ema.applied(model):
             for sl in chunks[self.acc.process_index::self.acc.num_processes]:
-                x0, prefix = self._batch(self.val_data, torch.arange(n)[sl], None)
-                loss = self._loss(model, x0, prefix, t[sl], u[sl])
+                x0, prefix, answer = self._batch(self.val_data, torch.arange(n)[sl], None)
+                loss = self._loss(model, x0, prefix, t[sl], u[sl], answer)
                 total += torch.tensor([float(loss) * (sl.stop - sl.start), sl.stop - sl.start],
                                       device=self.acc.device, dtype=torch.float64)
         total = self.acc.reduce(total, reduction="sum")

@@ -1,0 +1,449 @@
+"""eval/generate.py on a hand-made tiny model folder and on stand-in networks with fixed logits: the prompt never
+changes, no mask survives, commits follow the schedule, each remasking rule picks what its formula says,
+blocks fill left to right, the EOS guard, batching does not change answers, stopping at the answer is exact,
+the recordings and the command line."""
+import io
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from eval.generate import (REMASKING, block_plan, build_parser, canvas_segments, generate, main,
+                           masked_log_probs, prompt_seeds, transfer_schedule)
+from eval.trained import Trained, load_trained
+from preprocess.tokenizer import train_bpe
+from train.checkpoint import save_model
+from train.model import DiffusionTransformer, ModelConfig
+from train.noise import LogLinearNoise
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_folder(folder, tok_dir, tok, objective="mdlm", seed=0, eos_bias=0.0):
+    """A random tiny diffusion model folder (weights far from uniform; ``eos_bias`` favours EOS)."""
+    torch.manual_seed(seed)
+    cfg = ModelConfig(vocab_size=len(tok), dim=32, n_layers=1, n_heads=2, cond_dim=16)
+    model = DiffusionTransformer(cfg)
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    with torch.no_grad():
+        model.output_layer.linear.bias[tok.eos_token_id] += eos_bias
+    meta = {"model": cfg.to_dict(), "objective": objective, "noise": {"type": "loglinear", "eps": 1e-3},
+            "stage": 3, "prefix_len": 0, "target_len": 16, "vocab_size": len(tok), "mask_id": tok.mask_token_id,
+            "eos_id": tok.eos_token_id, "bos_id": tok.eos_token_id, "tokenizer": str(tok_dir), "run": "single",
+            "kind": "single", "method": "keybert"}
+    save_model(folder, model.state_dict(), meta)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("generate")
+    texts = ["def f(x): return x + 1", "The quick brown fox jumps over the lazy dog.",
+             "import os and sys for the path of a module", "What is a list? A list holds items."] * 20
+    tok = train_bpe([texts], vocab_size=300, min_frequency=1)
+    tok_dir = root / "tokenizer"
+    tok.save_pretrained(str(tok_dir))
+    return {"root": root, "tok": tok, "model": write_folder(root / "model", tok_dir, tok),
+            "sedd": write_folder(root / "sedd", tok_dir, tok, objective="sedd", seed=1),
+            "eosy": write_folder(root / "eosy", tok_dir, tok, seed=2, eos_bias=1.5)}
+
+
+@pytest.fixture(scope="module")
+def trained(project):
+    return load_trained(project["model"])
+
+
+def prompts_of(tok, texts):
+    return [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+
+
+TEXTS = ["def f(x):", "The quick brown fox", "import os", "The lazy dog."]
+
+
+def commits(trajectory, mask_id):
+    """Per step, the canvas offsets committed at that step."""
+    out = []
+    for before, after in zip(trajectory, trajectory[1:]):
+        out.append([i for i, (a, b) in enumerate(zip(before, after)) if a == mask_id and b != mask_id])
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- schedule
+@pytest.mark.parametrize("n,steps", [(8, 8), (8, 3), (12, 5), (5, 12), (1, 4), (32, 32)])
+def test_transfer_schedule_sums_and_is_even(n, steps):
+    k = transfer_schedule(n, steps)
+    assert len(k) == steps and sum(k) == n and max(k) - min(k) <= 1
+    assert all(sum(k[:s]) == s * n // steps for s in range(steps + 1))  # cumulative = floor(s n / S)
+
+
+def test_block_plan_errors_name_the_numbers():
+    assert block_plan(12, 6, 4) == (3, 2) and block_plan(12, 5, None) == (1, 5)
+    with pytest.raises(ValueError, match="gen_length 12 is not divisible by block_length 5"):
+        block_plan(12, 6, 5)
+    with pytest.raises(ValueError, match="steps 7 is not divisible by the number of blocks 3"):
+        block_plan(12, 7, 4)
+
+
+# ---------------------------------------------------------------------------------------------- invariants
+@pytest.mark.parametrize("remasking", REMASKING)
+@pytest.mark.parametrize("block_length", [None, 4])
+@pytest.mark.parametrize("temperature,eos_guard", [(0.0, False), (0.8, True)])
+def test_prompt_never_changes_and_no_mask_survives(trained, project, remasking, block_length, temperature,
+                                                   eos_guard):
+    tok, mask = project["tok"], trained.meta["mask_id"]
+    prompts = prompts_of(tok, TEXTS)
+    inner, seen = trained.model, []
+
+    class Spy(torch.nn.Module):  # the prompt the network sees at every call is the clean one
+        def __init__(self):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x, sigma, prefix_len=0, select=None):
+            seen.append(x.clone())
+            return self.inner(x, sigma, prefix_len, select=select)
+
+    spy = Trained(**{**trained.__dict__, "model": Spy()})
+    results = generate(spy, prompts, gen_length=12, steps=6, remasking=remasking, block_length=block_length,
+                       temperature=temperature, eos_guard=eos_guard, record=True, batch_size=2)
+    clean = {tuple(p) for p in prompts}
+    assert seen and all(tuple(row[:len(p)].tolist()) in clean for x in seen for row in x
+                        for p in prompts if len(p) == len(row) - 12)
+    for p, r in zip(prompts, results):
+        assert r["prompt_ids"] == p and len(r["ids"]) == 12 and mask not in r["ids"]
+        assert len(r["trajectory"]) == 7 and r["trajectory"][0] == [mask] * 12 and r["trajectory"][-1] == r["ids"]
+        assert r["answer"] == project["tok"].decode(r["answer_ids"], skip_special_tokens=True).strip()
+
+
+def test_prompt_change_is_caught(trained, project, monkeypatch):
+    """The end-of-generation check fires when a step writes into the prompt."""
+    import eval.generate as g
+
+    real = g.masked_log_probs
+
+    def corrupt(model, x, *args):
+        out = real(model, x, *args)
+        x[:, 0] = 7  # a bug that writes into the prompt in place
+        return out
+
+    monkeypatch.setattr(g, "masked_log_probs", corrupt)
+    with pytest.raises(AssertionError, match="changed the prompt"):
+        generate(trained, [[10, 11, 12]], gen_length=4, steps=2)
+
+
+@pytest.mark.parametrize("remasking", REMASKING)
+@pytest.mark.parametrize("gen_length,steps,block_length", [(12, 12, None), (12, 5, None), (8, 12, None),
+                                                           (12, 6, 4), (12, 3, 4)])
+def test_commits_per_step_follow_the_schedule(trained, project, remasking, gen_length, steps, block_length):
+    prompts = prompts_of(project["tok"], TEXTS[:2])
+    results = generate(trained, prompts, gen_length, steps, remasking, block_length, temperature=0.7,
+                       record=True, stop_at_answer=False)
+    blocks, per_block = block_plan(gen_length, steps, block_length)
+    expected = transfer_schedule(gen_length // blocks, per_block) * blocks
+    for r in results:
+        assert [len(c) for c in commits(r["trajectory"], trained.meta["mask_id"])] == expected
+        assert r["network_calls"] == sum(1 for k in expected if k)  # a step that commits nothing calls nothing
+
+
+@pytest.mark.parametrize("remasking", REMASKING)
+def test_blocks_fill_left_to_right(trained, project, remasking):
+    mask = trained.meta["mask_id"]
+    results = generate(trained, prompts_of(project["tok"], TEXTS), 12, 6, remasking, block_length=4,
+                       temperature=1.0, record=True, stop_at_answer=False)
+    for r in results:
+        for canvas in r["trajectory"]:
+            for b in range(2):
+                later_started = any(t != mask for t in canvas[4 * (b + 1):4 * (b + 2)])
+                if later_started:
+                    assert mask not in canvas[4 * b:4 * (b + 1)]
+
+
+def test_network_is_told_the_masked_share(trained, project):
+    """sigma = sigma_bar(t*) with move(t*) = masked share of the canvas (clamped to t* <= 1)."""
+    seen = []
+    inner = trained.model
+
+    class Spy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x, sigma, prefix_len=0, select=None):
+            seen.append((int((x[0, -8:] == trained.meta["mask_id"]).sum()), float(sigma[0])))
+            return self.inner(x, sigma, prefix_len, select=select)
+
+    generate(Trained(**{**trained.__dict__, "model": Spy()}), [[5, 6, 7]], 8, 4, block_length=4,
+             stop_at_answer=False)
+    noise = LogLinearNoise(1e-3)
+    assert [m for m, _ in seen] == [8, 6, 4, 2]
+    for masked, sigma in seen:
+        t = min(1.0, masked / 8 / (1 - 1e-3))
+        assert sigma == pytest.approx(float(noise.total(torch.tensor(t, dtype=torch.float64))), rel=1e-5)
+
+
+@pytest.mark.parametrize("which", ["model", "sedd"])
+def test_masked_log_probs_equal_the_denoiser(project, which):
+    """One call with select gives the denoiser's p_theta(x_0 | x_t) at the masked positions, for both objectives."""
+    t = load_trained(project[which])
+    mask = t.meta["mask_id"]
+    x = torch.tensor([[5, 6, 7, mask, 9, mask, mask], [8, mask, 7, 6, mask, mask, 1]])
+    sigma = torch.tensor([0.7, 1.3])
+    with torch.no_grad():
+        mine = masked_log_probs(t.model, x, sigma, 0, x == mask, mask)
+        ref = t.denoiser.x0_log_probs(x, sigma)[x == mask]
+    finite = torch.isfinite(ref)
+    assert torch.equal(finite, torch.isfinite(mine))
+    assert torch.allclose(mine[finite], ref[finite], atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------ stand-in networks
+V, MASK, EOS = 6, 5, 4
+
+
+class FixedLogits(torch.nn.Module):
+    """Returns a fixed logit row per canvas position, whatever the input (the prompt gets zeros)."""
+
+    def __init__(self, table):
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.as_tensor(table, dtype=torch.float32))
+
+    def forward(self, x, sigma, prefix_len=0, select=None):
+        B, L = x.shape
+        G = self.table.shape[0]
+        logits = torch.cat([torch.zeros(L - G, V), self.table]).expand(B, L, V)
+        return logits[select] if select is not None else logits
+
+
+def stand_in(table):
+    meta = {"objective": "mdlm", "mask_id": MASK, "eos_id": EOS, "prefix_len": 0}
+    return Trained(name="stage3", model_dir=Path("fixed"), model=FixedLogits(table), meta=meta, tokenizer=None,
+                   noise=LogLinearNoise())
+
+
+def hand_confidence(table, remasking):
+    """c_i from the formulas, in plain Python, for a fixed table (argmax proposals)."""
+    out = []
+    for row in table:
+        logits = [v if y != MASK else -math.inf for y, v in enumerate(row)]
+        z = sum(math.exp(v) for v in logits if v > -math.inf)
+        p = sorted((math.exp(v) / z for v in logits if v > -math.inf), reverse=True)
+        out.append({"low_confidence": p[0], "margin": p[0] - p[1],
+                    "entropy": sum(q * math.log(q) for q in p if q > 0)}[remasking])
+    return out
+
+
+# token 0 is every row's argmax; the three rules rank the rows 2 1 3 0 (p1), 2 3 1 0 (margin), 2 1 0 3 (-H)
+TABLE = [[1.7, 1.1, 1.1, -1.5, 0.7, 0.0],
+         [3.1, 1.9, 0.5, 2.4, 1.1, 0.0],
+         [2.6, -0.3, -1.4, 1.4, 1.1, 0.0],
+         [3.6, 2.6, 2.0, 2.6, 2.4, 0.0]]
+
+
+@pytest.mark.parametrize("remasking", ["low_confidence", "margin", "entropy"])
+def test_each_rule_commits_its_most_confident_position_first(remasking):
+    c = hand_confidence(TABLE, remasking)
+    expected = sorted(range(4), key=lambda i: (-c[i], i))
+    r = generate(stand_in(TABLE), [[0, 1]], gen_length=4, steps=4, remasking=remasking, record=True)[0]
+    assert [c[0] for c in commits(r["trajectory"], MASK)] == expected
+    assert r["ids"] == [0, 0, 0, 0]
+
+
+def test_orders_differ_between_rules():
+    """The table separates the rules (else the test above would not tell them apart)."""
+    orders = {rule: sorted(range(4), key=lambda i: -hand_confidence(TABLE, rule)[i])
+              for rule in ("low_confidence", "margin", "entropy")}
+    assert len({tuple(o) for o in orders.values()}) == 3
+
+
+def test_random_remasking_is_uniform_over_positions():
+    counts = [0] * 4
+    for seed in range(400):
+        r = generate(stand_in(TABLE), [[0, 1]], 4, 4, "random", seed=seed, record=True)[0]
+        counts[commits(r["trajectory"], MASK)[0][0]] += 1
+    assert min(counts) > 70  # 100 expected each
+
+
+# answer tokens (0) at the left are unsure; EOS on the right is nearly certain
+EOS_TABLE = [[0.5, 0.0, 0.0, 0.0, 0.0, 0.0]] * 3 + [[0.0, 0.0, 0.0, 0.0, 6.0, 0.0]] * 5
+
+
+def eos_left_of_mask(canvas):
+    return any(t == EOS and MASK in canvas[:i] for i, t in enumerate(canvas))
+
+
+@pytest.mark.parametrize("steps", [8, 4, 2])
+def test_eos_guard_never_commits_eos_with_a_mask_to_its_left(steps):
+    plain = generate(stand_in(EOS_TABLE), [[0]], 8, steps, record=True, stop_at_answer=False)[0]
+    assert any(eos_left_of_mask(c) for c in plain["trajectory"])  # LLaDA's problem: EOS first, on the right
+    guarded = generate(stand_in(EOS_TABLE), [[0]], 8, steps, eos_guard=True, record=True, stop_at_answer=False)[0]
+    assert not any(eos_left_of_mask(c) for c in guarded["trajectory"])
+    assert guarded["ids"][:3] == [0, 0, 0] and EOS in guarded["ids"]
+    if steps == 8:  # one commit per step: every EOS waits until it is the leftmost mask
+        assert guarded["ids"] == [0, 0, 0] + [EOS] * 5
+
+
+def test_stop_at_answer_is_exact_and_saves_calls(project):
+    t = load_trained(project["eosy"])
+    prompts = prompts_of(project["tok"], TEXTS)
+    for remasking in REMASKING:
+        for block_length in (None, 4):
+            kwargs = dict(gen_length=16, steps=16, remasking=remasking, block_length=block_length, temperature=1.0)
+            stop = generate(t, prompts, stop_at_answer=True, **kwargs)
+            full = generate(t, prompts, stop_at_answer=False, **kwargs)
+            for a, b in zip(stop, full):
+                assert a["answer_ids"] == b["answer_ids"] and a["answer"] == b["answer"]
+                assert a["network_calls"] <= b["network_calls"] == 16
+    stop = generate(t, prompts, 16, 16, eos_guard=True)
+    assert any(r["network_calls"] < 16 for r in stop) and all(t.meta["eos_id"] in r["ids"] for r in stop)
+
+
+# ----------------------------------------------------------------------------------------------- batching
+@pytest.mark.parametrize("remasking", ["random", "low_confidence", "entropy"])
+@pytest.mark.parametrize("block_length", [None, 4])
+def test_batched_prompts_of_different_lengths_equal_one_at_a_time(trained, project, remasking, block_length):
+    prompts = prompts_of(project["tok"], TEXTS + ["def g(y):", "import sys"])
+    assert len({len(p) for p in prompts}) >= 3
+    kwargs = dict(gen_length=8, steps=4, remasking=remasking, block_length=block_length, temperature=0.9, seed=3)
+    batched = generate(trained, prompts, batch_size=2, **kwargs)
+    alone = [generate(trained, [p], **kwargs)[0] for p in prompts]
+    assert [r["index"] for r in batched] == list(range(len(prompts)))
+    assert [r["ids"] for r in batched] == [r["ids"] for r in alone]
+    assert [r["prompt_ids"] for r in batched] == prompts
+
+
+def test_seeds_depend_on_prompt_seed_and_repeat():
+    a = prompt_seeds([[1, 2], [3], [1, 2]], 0)
+    assert a[0] != a[2] and a[0] == prompt_seeds([[1, 2]], 0)[0] and a[0] != prompt_seeds([[1, 2]], 1)[0]
+    assert prompt_seeds([[3], [1, 2]], 0) == [a[1], a[0]]
+
+
+def test_repeated_prompt_gives_distinct_samples_when_temperature_positive(trained):
+    r = generate(trained, [[5, 6, 7]] * 3, 12, 6, temperature=1.0)
+    assert len({tuple(x["ids"]) for x in r}) > 1
+    r0 = generate(trained, [[5, 6, 7]] * 2, 12, 6, temperature=0.0)
+    assert r0[0]["ids"] == r0[1]["ids"]  # argmax is deterministic
+
+
+def test_ar_model_and_mask_in_prompt_are_refused(trained):
+    with pytest.raises(ValueError, match="mask token"):
+        generate(trained, [[1, trained.meta["mask_id"]]], 4, 4)
+    ar = Trained(**{**trained.__dict__, "meta": {**trained.meta, "objective": "ar"}, "noise": None})
+    with pytest.raises(ValueError, match="autoregressive"):
+        generate(ar, [[1]], 4, 4)
+
+
+# --------------------------------------------------------------------------------------------- recording
+def test_canvas_segments(project):
+    tok = project["tok"]
+    ids = tok("The fox", add_special_tokens=False)["input_ids"]
+    segs = canvas_segments(tok, ids + [tok.mask_token_id] * 2 + [tok.eos_token_id], tok.mask_token_id,
+                           tok.eos_token_id)
+    assert segs == [("text", "The fox"), ("mask", "░░"), ("eos", "∎")]
+
+
+def test_record_gif_and_html(project, tmp_path):
+    from PIL import Image
+
+    for suffix in ("gif", "html"):
+        out = tmp_path / f"t.{suffix}"
+        main(["--model-dir", str(project["model"]), "--prompt", "The fox", "--prompt", "import os",
+              "--gen-length", "12", "--steps", "6", "--block-length", "4", "--record", str(out),
+              "--out", str(tmp_path / f"{suffix}.jsonl"), "--device", "cpu"])
+        if suffix == "gif":
+            with Image.open(out) as img:
+                assert img.n_frames == 7
+        else:
+            page = out.read_text()
+            data = json.loads(re.search(r'<script id="data" type="application/json">(.*?)</script>', page,
+                                        re.S).group(1))
+            assert len(data["frames"]) == 7 and len(data["frames"][0]) == 2
+            assert data["frames"][0][0] == [["mask", "░" * 12]]
+            assert "<input id=\"slider\"" in page and "http" not in page  # self-contained
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gif.jsonl", "html.jsonl", "t.gif", "t.html"]
+
+
+def test_show_redraws_when_forced(project, capsys):
+    main(["--model-dir", str(project["model"]), "--prompt", "The fox", "--gen-length", "8", "--steps", "4",
+          "--show", "always", "--out", "/dev/null", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert out.count("\x1b[2J\x1b[H") == 4 and "░" in out and "step 4/4" in out
+
+
+def test_show_auto_stays_quiet_off_a_terminal(project, capsys):
+    main(["--model-dir", str(project["model"]), "--prompt", "The fox", "--gen-length", "8", "--steps", "4",
+          "--show", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert "\x1b[2J" not in out and json.loads(out)["answer_ids"] is not None
+
+
+# --------------------------------------------------------------------------------------------- the command
+def test_help_documents_every_option():
+    proc = subprocess.run([sys.executable, "-m", "eval.generate", "--help"], cwd=ROOT, capture_output=True,
+                          text=True, check=True)
+    for action in build_parser()._actions:
+        assert action.help
+        for flag in action.option_strings:
+            assert flag in proc.stdout
+    for word in ("low_confidence", "margin", "entropy", "EOS guard", "k_s = floor", "Gumbel"):
+        assert word in proc.stdout
+
+
+def test_cli_prompt_and_prompts(project, tmp_path):
+    out = tmp_path / "a.jsonl"
+    main(["--model-dir", str(project["model"]), "--prompt", "What is a list?", "--gen-length", "8", "--steps", "4",
+          "--system", "Be brief.", "--out", str(out), "--device", "cpu"])
+    (record,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert record["prompt"] == "What is a list?" and record["messages"][0] == {"role": "system",
+                                                                            "content": "Be brief."}
+    from common.chat import prompt_ids
+
+    assert record["prompt_ids"] == prompt_ids(project["tok"], record["messages"])
+    for key in ("answer", "ids", "answer_ids", "steps", "network_calls", "seconds", "remasking"):
+        assert key in record
+
+    prompts = tmp_path / "p.jsonl"
+    lines = [{"prompt": "The fox"}, {"messages": [{"role": "user", "content": "hi"}]}, {"prompt": "import os"},
+             {"prompt": "The fox"}]
+    prompts.write_text("".join(json.dumps(x) + "\n" for x in lines) + "\n")
+    out2 = tmp_path / "b.jsonl"
+    main(["--model-dir", str(project["model"]), "--prompts", str(prompts), "--gen-length", "8", "--steps", "8",
+          "--block-length", "4", "--remasking", "margin", "--temperature", "0.5", "--batch-size", "2",
+          "--eos-guard", "--out", str(out2), "--device", "cpu"])
+    records = [json.loads(line) for line in out2.read_text().splitlines()]
+    assert [r["index"] for r in records] == [0, 1, 2, 3]
+    assert records[1]["messages"] == lines[1]["messages"] and records[2]["prompt"] == "import os"
+    assert all(r["remasking"] == "margin" and r["block_length"] == 4 and r["eos_guard"] for r in records)
+
+
+def test_cli_raw_prompt_and_bad_input(project, tmp_path, capsys):
+    main(["--model-dir", str(project["model"]), "--prompt", "The fox", "--raw-prompt", "--gen-length", "4",
+          "--steps", "4", "--device", "cpu"])
+    record = json.loads(capsys.readouterr().out)
+    assert record["prompt_ids"] == project["tok"]("The fox", add_special_tokens=False)["input_ids"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "ok"}\n{"text": "no"}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:2"):
+        main(["--model-dir", str(project["model"]), "--prompts", str(bad), "--device", "cpu"])
+    with pytest.raises(SystemExit):
+        main(["--model-dir", str(project["model"]), "--prompt", "x", "--gen-length", "12", "--block-length", "5"])
+
+
+def test_cli_chat_keeps_the_dialogue(project, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("hello there\nand again\n\nnot read\n"))
+    out = tmp_path / "chat.jsonl"
+    main(["--model-dir", str(project["model"]), "--chat", "--gen-length", "8", "--steps", "4", "--out", str(out),
+          "--device", "cpu"])
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("assistant> ")]
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(printed) == 2 and len(records) == 2
+    first, second = records
+    assert [m["role"] for m in second["messages"]] == ["user", "assistant", "user"]
+    assert second["messages"][1]["content"] == first["answer"] and second["messages"][2]["content"] == "and again"
+    assert printed[0] == f"assistant> {first['answer']}"
