@@ -1,6 +1,7 @@
 """Benchmark of eval/generate.py: tokens/s and network calls per answer for each remasking strategy at the same
-steps, semi-autoregressive blocks against one block, and stopping at the answer against filling the canvas;
-every figure also as a ratio to the baseline (low_confidence, one block, stop at the answer) of the same run.
+steps, semi-autoregressive blocks against one block, the EOS guard, and each of them stopping at the answer
+against filling the canvas; figures also as ratios to the baseline (low_confidence, one block, stop at the
+answer) of the same run.
 
 The model is a tiny MDLM (the pipeline's DiffusionTransformer, tiny size, time-conditioned, the pipeline's
 mdlm loss) trained here for --train-steps on rows shaped like SFT rows: a pydoc passage cut at a random length
@@ -12,7 +13,8 @@ template: the model is not a chat model; all prompts have one length, so they fo
 seed. tokens/s = n x gen_length canvas tokens / wall seconds (the ratio is then the inverse time ratio);
 answer tokens/s counts the tokens before the first EOS. network calls per answer = forward passes that
 computed that prompt's row; a step that commits nothing calls nothing, and a row whose answer is final leaves
-the batch (see eval/generate.py).
+the batch (see eval/generate.py). ms / batch call = wall time / forward passes of the batch: the cost of a step,
+network plus the strategy's own work.
 
     python bench/generate.py --save-model /tmp/bench_generate_model --out /tmp/bench_generate.json
     python bench/generate.py --model-dir /tmp/bench_generate_model        # reuse the model, timing only
@@ -117,8 +119,8 @@ def measure(trained, prompts, args, repeats: int, **options) -> dict:
     best, results = None, None
     for _ in range(repeats):
         began = time.perf_counter()
-        results = generate(trained, prompts, args.gen_length, args.steps, temperature=args.temperature,
-                           seed=args.seed, **options)
+        options = {"temperature": args.temperature, **options}
+        results = generate(trained, prompts, args.gen_length, args.steps, seed=args.seed, **options)
         seconds = time.perf_counter() - began
         best = seconds if best is None else min(best, seconds)
     n = len(prompts)
@@ -154,33 +156,37 @@ def main(argv=None) -> int:
         model_dir = Path(args.model_dir) if args.model_dir else train_model(args, Path(args.save_model or tmp))
         trained = load_trained(model_dir)
         prompts = held_out_prompts(trained, args.n, args.prompt_len, args.seed)
-        configs = [("low_confidence", dict(remasking="low_confidence"))]
-        configs += [(r, dict(remasking=r)) for r in REMASKING if r != "low_confidence"]
+        b = args.block_length
+        configs = [(r, dict(remasking=r)) for r in REMASKING]
         configs += [("low_confidence + eos_guard", dict(remasking="low_confidence", eos_guard=True)),
-                    (f"low_confidence, blocks of {args.block_length}",
-                     dict(remasking="low_confidence", block_length=args.block_length)),
-                    (f"random, blocks of {args.block_length}", dict(remasking="random", block_length=args.block_length)),
-                    ("low_confidence, fill canvas", dict(remasking="low_confidence", stop_at_answer=False))]
+                    (f"low_confidence, blocks of {b}", dict(remasking="low_confidence", block_length=b)),
+                    (f"random, blocks of {b}", dict(remasking="random", block_length=b)),
+                    (f"low_confidence + eos_guard, blocks of {b}",
+                     dict(remasking="low_confidence", eos_guard=True, block_length=b)),
+                    ("low_confidence, temperature 1", dict(remasking="low_confidence", temperature=1.0))]
+        configs = [(name, {**options, "stop_at_answer": stop}) for name, options in configs for stop in (True, False)]
         generate(trained, prompts[:2], args.gen_length, args.steps)  # warm-up
-        rows = {name: measure(trained, prompts, args, args.repeats, **options) for name, options in configs}
-    base = rows["low_confidence"]
+        rows = {(name, o["stop_at_answer"]): measure(trained, prompts, args, args.repeats, **o) for name, o in configs}
+    base = rows[("low_confidence", True)]
     print(f"\n{args.n} prompts x {args.prompt_len} tokens, gen_length {args.gen_length}, {args.steps} steps, "
-          f"temperature {args.temperature}, seed {args.seed}, {args.threads} thread(s), CPU, one batch; "
-          f"best of {args.repeats}\n")
-    print("| configuration | tokens/s | x baseline | answer tokens/s | calls / answer | x baseline | batch calls "
+          f"temperature {args.temperature} unless named, seed {args.seed}, {args.threads} thread(s), CPU, one batch; "
+          f"best of {args.repeats}; baseline: low_confidence, one block, stop at answer\n")
+    print("| configuration | stop at answer | tokens/s | x baseline | calls / answer | x baseline | ms / batch call "
           "| mean answer tokens |\n|---|---|---|---|---|---|---|---|")
-    for name, r in rows.items():
-        print(f"| {name} | {r['tokens_per_second']:.0f} | {r['tokens_per_second'] / base['tokens_per_second']:.2f} "
-              f"| {r['answer_tokens_per_second']:.0f} | {r['calls_per_answer']:.1f} "
-              f"| {r['calls_per_answer'] / base['calls_per_answer']:.2f} | {r['batch_calls']} "
-              f"| {r['mean_answer_tokens']:.1f} |")
-    same = rows["low_confidence, fill canvas"]["answers"] == base["answers"]
-    print(f"\nfill canvas gives the baseline's answers: {same}")
-    print("first answers (low_confidence / eos_guard / blocks):")
-    for name in ("low_confidence", "low_confidence + eos_guard", f"low_confidence, blocks of {args.block_length}"):
-        print(f"  {name}: {rows[name]['answers'][0][:100]!r}")
+    for (name, stop), r in rows.items():
+        print(f"| {name} | {'yes' if stop else 'no (fill canvas)'} | {r['tokens_per_second']:.0f} "
+              f"| {r['tokens_per_second'] / base['tokens_per_second']:.2f} | {r['calls_per_answer']:.1f} "
+              f"| {r['calls_per_answer'] / base['calls_per_answer']:.2f} "
+              f"| {1000 * r['seconds'] / r['batch_calls']:.1f} | {r['mean_answer_tokens']:.1f} |")
+    same = all(rows[(name, True)]["answers"] == rows[(name, False)]["answers"] for name, _ in configs)
+    print(f"\nstopping at the answer gives the fill-canvas answers in every configuration: {same}")
+    print("first answers:")
+    for name in ("low_confidence", "low_confidence + eos_guard", f"low_confidence, blocks of {b}",
+                 f"low_confidence + eos_guard, blocks of {b}"):
+        print(f"  {name}: {rows[(name, True)]['answers'][0][:100]!r}")
     if args.out:
-        write_json({"rows": rows, "baseline": "low_confidence", "fill_canvas_same_answers": same, "args": vars(args),
+        write_json({"rows": {f"{name} | {'stop' if stop else 'fill'}": r for (name, stop), r in rows.items()},
+                    "baseline": "low_confidence | stop", "stop_equals_fill": same, "args": vars(args),
                     "model_dir": str(model_dir) if args.model_dir else "trained in the bench"}, args.out)
     return 0
 

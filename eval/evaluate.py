@@ -103,6 +103,7 @@ def main(argv=None):
     f.add_argument("--gen-length", type=int, required=True, help="answer canvas (mask tokens)")
     f.add_argument("--steps", type=int, required=True, help="unmasking steps (eval/generate.py)")
     f.add_argument("--remasking", required=True, help="random | low_confidence | margin | entropy")
+    f.add_argument("--eos-guard", action="store_true", help="commit an EOS only with no mask to its left")
     f.add_argument("--time-samples", type=int, required=True, help="stratified times per answer NELBO (K)")
     f.add_argument("--batch-size", type=int, required=True)
     for p in (s, v, f):
@@ -119,7 +120,7 @@ def main(argv=None):
         from eval.sft import evaluate_sft
 
         result = evaluate_sft(args.run_dir, args.before_dir, args.sft_shards, args.n, args.gen_length, args.steps,
-                              args.remasking, args.time_samples, args.batch_size, device)
+                              args.remasking, args.time_samples, args.batch_size, device, args.eos_guard)
     else:
         result = {**run_info(args.run_dir), **run_validation(args.run_dir, args.val_shards, args.time_samples,
                                                              args.batch_size, args.max_batches, args.seed, device,

@@ -175,7 +175,7 @@ rule report:
 # SFT: held-out questions answered by generation (eval/generate.py) and scored by exact match against the
 # reference, plus the answer NELBO, for the SFT model and for the model it started from (before / after).
 SFT = config["sft"]
-SFT_EVAL_SETTINGS = {k: SFT[k] for k in ("eval_n", "gen_length", "eval_steps", "remasking")}
+SFT_EVAL_SETTINGS = {k: SFT[k] for k in ("eval_n", "gen_length", "eval_steps", "remasking", "eos_guard")}
 
 
 def sft_before_dir(run):
@@ -194,6 +194,7 @@ rule evaluate_sft:
     params:
         settings=SFT_EVAL_SETTINGS | {k: EVALUATE[k] for k in ("val_time_samples", "batch_size")},
         before=lambda w: f"--before-dir {sft_before_dir(w.run)}" if sft_before_dir(w.run) else "",
+        eos_guard="--eos-guard" if SFT["eos_guard"] else "",
         device=device_arg(EVALUATE),
     conda:
         "../envs/train.yaml"
@@ -206,7 +207,7 @@ rule evaluate_sft:
         **job_resources(EVALUATE),
     shell:
         "python -m eval.evaluate sft --run-dir runs/{wildcards.run} {params.before} --sft-shards {input.shards}"
-        " --n {SFT[eval_n]} --gen-length {SFT[gen_length]} --steps {SFT[eval_steps]} --remasking {SFT[remasking]}"
+        " --n {SFT[eval_n]} --gen-length {SFT[gen_length]} --steps {SFT[eval_steps]} --remasking {SFT[remasking]} {params.eos_guard}"
         " --time-samples {EVALUATE[val_time_samples]} --batch-size {EVALUATE[batch_size]}"
         " {params.device} --threads {threads} --out {output} > {log} 2>&1"
 

@@ -120,6 +120,30 @@ def test_pad_positions_are_never_masked_carry_no_loss_and_are_not_counted():
     assert model.seen[0][0].tolist() == [mask_id, 1, mask_id, mask_id] and plain.item() > 0
 
 
+def test_sft_masks_and_scores_only_answer_tokens_per_token_or_per_sequence():
+    """maskable (the answer mask): prompt positions stay clean whatever their uniform; the loss is the sum over
+    masked answer positions / answer tokens (token), or the mean over rows of each row's mean (sequence)."""
+    mask_id = 3
+    model = FixedLogits(torch.tensor([[[0.0, 1.0, 2.0, 0.0]] * 4]))
+    x0 = torch.tensor([[0, 1, 2, 0], [1, 1, 2, 2]])
+    answer = torch.tensor([[False, False, True, True], [False, True, True, True]])
+    u = torch.zeros(2, 4)                      # every position would be masked by u; only answers are
+    noise = get_noise({"type": "loglinear", "eps": 0.0})
+    t = torch.tensor([0.5, 0.5])
+    token = diffusion_loss(model, "mdlm", x0, None, t, u, noise, mask_id, maskable=answer)
+    x, _, select = model.seen
+    assert x.tolist() == [[0, 1, mask_id, mask_id], [1, mask_id, mask_id, mask_id]]
+    assert select.tolist() == answer.tolist()
+    z = math.log(1 + math.e + math.e ** 2)
+    nll = {0: z - 0.0, 1: z - 1.0, 2: z - 2.0}  # -log p(y) under the fixed logits
+    row0 = 2 * (nll[2] + nll[0])               # weight 1/t = 2
+    row1 = 2 * (nll[1] + nll[2] + nll[2])
+    assert token.item() == pytest.approx((row0 + row1) / 5, rel=1e-6)
+    sequence = diffusion_loss(model, "mdlm", x0, None, t, u, noise, mask_id, maskable=answer,
+                              normalization="sequence")
+    assert sequence.item() == pytest.approx((row0 / 2 + row1 / 3) / 2, rel=1e-6)
+
+
 def test_ar_loss_ignores_pads():
     class FavoursFour(torch.nn.Module):
         def forward(self, x):

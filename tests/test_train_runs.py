@@ -83,7 +83,7 @@ def test_sedd_single_and_ar_runs(toy):
 
 def test_init_without_warm_start_and_bad_shards_are_refused(toy, tmp_path):
     tmp, data = toy
-    with pytest.raises(SystemExit, match="warm_start is false"):
+    with pytest.raises(SystemExit, match="neither warm_start: true"):
         main(args(tmp, data, "sedd", tmp_path / "x", 2, "--init", str(tmp / "cascade" / "stage1")))
     bad = tmp_path / "bad.parquet"
     pq.write_table(pa.table({"stage1_ids": pa.array([[1, 2, 3]], type=pa.list_(pa.int32()))}), bad)
