@@ -136,7 +136,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", default=None, help="a model folder saved by --save-model (else trained here)")
     parser.add_argument("--save-model", default=None, help="keep the trained model and tokenizer in this folder")
-    parser.add_argument("--train-steps", type=int, default=600)
+    parser.add_argument("--train-steps", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=32, help="training batch")
     parser.add_argument("--row-len", type=int, default=64, help="training row length (passage + EOS fill)")
     parser.add_argument("--n", type=int, default=16, help="prompts (one batch)")
@@ -145,7 +145,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=48)
     parser.add_argument("--block-length", type=int, default=12, help="the semi-AR rows' block length")
     parser.add_argument("--temperature", type=float, default=0.0)
-    parser.add_argument("--repeats", type=int, default=3, help="timings per configuration (best kept)")
+    parser.add_argument("--repeats", type=int, default=5, help="timings per configuration (best kept)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None, help="also write the figures as JSON here")
@@ -157,7 +157,7 @@ def main(argv=None) -> int:
         trained = load_trained(model_dir)
         prompts = held_out_prompts(trained, args.n, args.prompt_len, args.seed)
         b = args.block_length
-        configs = [(r, dict(remasking=r)) for r in REMASKING]
+        configs = [(r, dict(remasking=r)) for r in sorted(REMASKING, key=lambda r: r != "low_confidence")]
         configs += [("low_confidence + eos_guard", dict(remasking="low_confidence", eos_guard=True)),
                     (f"low_confidence, blocks of {b}", dict(remasking="low_confidence", block_length=b)),
                     (f"random, blocks of {b}", dict(remasking="random", block_length=b)),

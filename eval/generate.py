@@ -164,7 +164,7 @@ def confidence(remasking: str, log_p: torch.Tensor, token: torch.Tensor, uniform
 def choose(score: torch.Tensor, eligible: torch.Tensor, k: int) -> torch.Tensor:
     """Bool [R, m]: per row the k positions with the largest (eligible, score), ties to the leftmost."""
     order = score.argsort(dim=-1, descending=True, stable=True)
-    order = order.gather(-1, (~eligible).gather(-1, order).to(torch.int8).argsort(dim=-1, stable=True))
+    order = order.gather(-1, (~eligible).gather(-1, order).long().argsort(dim=-1, stable=True))
     pick = torch.zeros_like(eligible)
     return pick.scatter(-1, order[:, :k], True)
 
@@ -308,7 +308,7 @@ def generate(trained, prompt_id_lists: list[list[int]], gen_length: int, steps: 
         for start in range(0, len(members), size):
             chunk = members[start:start + size]
             prompts = torch.tensor([list(prompt_id_lists[i]) for i in chunk], dtype=torch.long, device=device)
-            prompts = prompts.view(len(chunk), -1)
+            prompts = prompts.reshape(len(chunk), len(prompt_id_lists[chunk[0]]))  # also an empty prompt
             generators = [torch.Generator(device=device).manual_seed(seeds[i]) for i in chunk]
             began = time.perf_counter()
             with torch.no_grad():

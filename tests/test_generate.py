@@ -318,6 +318,11 @@ def test_batched_prompts_of_different_lengths_equal_one_at_a_time(trained, proje
     assert [r["prompt_ids"] for r in batched] == prompts
 
 
+def test_empty_prompt_generates_unconditionally(trained):
+    r = generate(trained, [[], [5, 6]], 8, 4, temperature=1.0)
+    assert r[0]["prompt_ids"] == [] and len(r[0]["ids"]) == 8 and trained.meta["mask_id"] not in r[0]["ids"]
+
+
 def test_seeds_depend_on_prompt_seed_and_repeat():
     a = prompt_seeds([[1, 2], [3], [1, 2]], 0)
     assert a[0] != a[2] and a[0] == prompt_seeds([[1, 2]], 0)[0] and a[0] != prompt_seeds([[1, 2]], 1)[0]
@@ -447,3 +452,34 @@ def test_cli_chat_keeps_the_dialogue(project, tmp_path, monkeypatch, capsys):
     assert [m["role"] for m in second["messages"]] == ["user", "assistant", "user"]
     assert second["messages"][1]["content"] == first["answer"] and second["messages"][2]["content"] == "and again"
     assert printed[0] == f"assistant> {first['answer']}"
+
+
+def test_masked_lm_backbone_generates_through_the_same_call(project, tmp_path):
+    """A tiny transformers BERT behind model(x, sigma, prefix_len, select) (train/backbones.py): it generates,
+    keeps the prompt, fills every mask, batches exactly, and its select view equals the denoiser's."""
+    from train.backbones import backbone_meta, build_backbone
+
+    tok = project["tok"]
+    spec = {"kind": "masked_lm", "name": None,
+            "config": {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                       "intermediate_size": 64}}
+    torch.manual_seed(0)
+    model = build_backbone(spec, len(tok), "tiny", 0.0, False)
+    meta = {"objective": "mdlm", "noise": {"type": "loglinear"}, "stage": 3, "prefix_len": 0, "target_len": 16,
+            "vocab_size": len(tok), "mask_id": tok.mask_token_id, "eos_id": tok.eos_token_id,
+            "bos_id": tok.eos_token_id, "tokenizer": str(project["root"] / "tokenizer"), **backbone_meta(model, spec)}
+    save_model(tmp_path / "bert", model.state_dict(), meta)
+    t = load_trained(tmp_path / "bert")
+    prompts = prompts_of(tok, TEXTS)
+    kwargs = dict(gen_length=8, steps=4, block_length=4, temperature=1.0, eos_guard=True)
+    batched = generate(t, prompts, **kwargs)
+    alone = [generate(t, [p], **kwargs)[0] for p in prompts]
+    assert [r["ids"] for r in batched] == [r["ids"] for r in alone]
+    assert all(r["prompt_ids"] == p and tok.mask_token_id not in r["ids"] for r, p in zip(batched, prompts))
+    mask = tok.mask_token_id
+    x = torch.tensor([[5, 6, mask, 9, mask], [8, mask, 7, mask, mask]])
+    with torch.no_grad():
+        mine = masked_log_probs(t.model, x, torch.ones(2), 0, x == mask, mask)
+        ref = t.denoiser.x0_log_probs(x, torch.ones(2))[x == mask]
+    finite = torch.isfinite(ref)
+    assert torch.allclose(mine[finite], ref[finite], atol=1e-5)
