@@ -374,9 +374,9 @@ def test_record_gif_and_html(project, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gif.jsonl", "html.jsonl", "t.gif", "t.html"]
 
 
-def test_show_redraws_when_forced(project, capsys):
+def test_show_redraws_when_forced(project, capsys, tmp_path):
     main(["--model-dir", str(project["model"]), "--prompt", "The fox", "--gen-length", "8", "--steps", "4",
-          "--show", "always", "--out", "/dev/null", "--device", "cpu"])
+          "--show", "always", "--out", str(tmp_path / "answers.jsonl"), "--device", "cpu"])
     out = capsys.readouterr().out
     assert out.count("\x1b[2J\x1b[H") == 4 and "░" in out and "step 4/4" in out
 

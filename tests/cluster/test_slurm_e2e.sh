@@ -224,11 +224,7 @@ else
     mapfile -t targets < <(python3 - "$ROOT" "${CASCADE_SLURM_METHOD:-constituency}" <<'EOF'
 import sys, yaml
 root, method = sys.argv[1:]
-def merge(a, b):
-    for k, v in b.items():
-        a[k] = merge(a.get(k, {}), v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
-    return a
-c = merge(yaml.safe_load(open(f"{root}/config.yaml")), yaml.safe_load(open(f"{root}/configs/tiny.yaml")))
+c = yaml.safe_load(open(f"{root}/configs/tiny.yaml"))  # a --configfile replaces config.yaml
 lengths = "_".join(str(n) for n in c["stages"]["lengths"])
 for split, n in c["corpus"]["shards"].items():
     for i in range(n):
