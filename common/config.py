@@ -148,7 +148,7 @@ def _check_whole(config: dict, source: str) -> None:
         if run["kind"] == "sft" or run.get("init_from") is not None:
             _check_sft_run(config, name, run, source)
             continue
-        data = "stages" if run["kind"] == "cascade" else run["data"]
+        data = run_data(run)
         if run["kind"] == "cascade" and run["data"] != "stages":
             raise ConfigError(f"{source}: runs.{name}.data = {run['data']!r}: a cascade trains on the stage "
                               f"datasets (data: stages)")
@@ -184,6 +184,12 @@ def _check_sft_run(config: dict, name: str, run: dict, source: str) -> None:
         starts = sorted(r for r, kind in kinds.items() if kind in ("single", "sft") and r != name)
         raise ConfigError(f"{source}: runs.{name}.init_from = {target!r} must name another run of kind single or "
                           f"sft (its runs/<run>/model folder), one of {starts}")
+
+
+def run_data(spec: dict) -> str:
+    """What a run trains on: the stage datasets for a cascade, the SFT canvases for an sft run, else its `data`
+    (stages | wrap | doc)."""
+    return {"cascade": "stages", "sft": "sft"}.get(spec["kind"], spec.get("data", "stages"))
 
 
 def block_length(config: dict) -> int | None:

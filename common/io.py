@@ -110,6 +110,19 @@ def read_parquet(path: str | os.PathLike, columns: list[str] | None = None) -> p
         raise InputError(f"{path}: not a readable Parquet file ({err})") from err
 
 
+def jsonl_objects(path: str | os.PathLike) -> Iterator[tuple[int, object]]:
+    """(line number, parsed value) of every non-blank line of a JSONL file; a line that is not JSON is an error
+    naming the file and the line."""
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{number}: not JSON ({err})") from None
+
+
 def stats_path(shard_path: str | os.PathLike) -> Path:
     """``shard_00000.parquet`` -> ``shard_00000.stats.json`` (the accounting written beside a shard)."""
     shard_path = Path(shard_path)

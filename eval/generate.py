@@ -542,26 +542,21 @@ def write_record(path, trained, results: list[dict], labels: list[str], frame_ms
 # -------------------------------------------------------------------------------------------------- CLI
 def read_prompts(path) -> list[dict]:
     """--prompts JSONL: each line {"messages": [...]} (ending with a user turn) or {"prompt": "..."}."""
+    from common.io import jsonl_objects
+
     items = []
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number}: not JSON ({err})") from None
-            if not isinstance(item, dict) or not (("messages" in item) ^ ("prompt" in item)):
-                raise ValueError(f"{path}:{number}: expected an object with 'messages' or 'prompt' (one of them)")
-            if "messages" in item:
-                messages = item["messages"]
-                if not (isinstance(messages, list) and messages and all(isinstance(m, dict) for m in messages)):
-                    raise ValueError(f"{path}:{number}: 'messages' must be a non-empty list of objects")
-                if messages[-1].get("role") == "assistant":
-                    raise ValueError(f"{path}:{number}: the last message is the assistant's; end with a user turn")
-            elif not isinstance(item["prompt"], str):
-                raise ValueError(f"{path}:{number}: 'prompt' must be a string")
-            items.append(item)
+    for number, item in jsonl_objects(path):
+        if not isinstance(item, dict) or not (("messages" in item) ^ ("prompt" in item)):
+            raise ValueError(f"{path}:{number}: expected an object with 'messages' or 'prompt' (one of them)")
+        if "messages" in item:
+            messages = item["messages"]
+            if not (isinstance(messages, list) and messages and all(isinstance(m, dict) for m in messages)):
+                raise ValueError(f"{path}:{number}: 'messages' must be a non-empty list of objects")
+            if messages[-1].get("role") == "assistant":
+                raise ValueError(f"{path}:{number}: the last message is the assistant's; end with a user turn")
+        elif not isinstance(item["prompt"], str):
+            raise ValueError(f"{path}:{number}: 'prompt' must be a string")
+        items.append(item)
     if not items:
         raise ValueError(f"{path}: no prompts")
     return items

@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from common.device import add_device_arguments, device_from_arguments
-from common.io import atomic_path
+from common.io import atomic_path, jsonl_objects
 from eval.runs import run_model_dirs
 from eval.samplers import NATIVE_OBJECTIVE, SAMPLERS, autoregressive, sample
 from eval.trained import Trained, load_trained
@@ -97,15 +97,7 @@ def write_jsonl(records: list[dict], path) -> None:
 
 def read_jsonl(path) -> list[dict]:
     """Read a samples file; a line that is not JSON is an error naming the file and line."""
-    records = []
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number}: not JSON ({err})") from err
+    records = [record for _, record in jsonl_objects(path)]
     if not records:
         raise ValueError(f"{path}: no samples")
     return records

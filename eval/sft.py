@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from common.io import InputError, atomic_path, read_parquet
+from common.io import InputError, atomic_path, read_parquet, stats_path
 
 EXAMPLES = 5  # generated answers kept in the JSON (with prompt and reference) for people to read
 
@@ -89,6 +89,7 @@ def score_model(model_dir, conversations: dict, gen_length: int, steps: int, rem
     return {"model_dir": str(model_dir), "exact_match": sum(hits) / len(hits), "n": len(hits),
             "answer_nelbo": nelbo["nelbo"], "answer_tokens": nelbo["tokens"],
             "network_calls_per_answer": sum(a["network_calls"] for a in answers) / len(answers),
+            "steps_trained": meta.get("steps"),
             "examples": examples[:EXAMPLES], "backbone": meta.get("backbone", {"kind": "dit"}),
             "provenance": {"settings_digest": meta.get("settings_digest"),
                            "seed": (meta.get("train") or {}).get("seed"), "code_commit": meta.get("code_commit")}}
@@ -110,18 +111,16 @@ def evaluate_sft(run_dir, before_dir, shards, n: int, gen_length: int, steps: in
     if before_dir is not None:
         before = score_model(before_dir, conversations, gen_length, steps, remasking, time_samples, batch_size,
                              device, eos_guard)
-    meta = json.loads((Path(model_dir) / "config.json").read_text())
     return {"run": Path(run_dir).name, "init_from": None if before_dir is None else str(before_dir),
             "task": source_of(shards), "settings": settings, "after": after, "before": before,
             "definitions": {"exact_match": DEFINITION_EM, "answer_nelbo": DEFINITION_NELBO},
-            "steps_trained": meta.get("steps")}
+            "steps_trained": after["steps_trained"]}
 
 
 def source_of(shards) -> str | None:
     """The SFT source recorded in the shard's stats (the task or dataset the rows came from)."""
-    stats = Path(str(shards[0])).with_name(Path(str(shards[0])).name.removesuffix(".parquet") + ".stats.json")
     try:
-        return json.loads(stats.read_text()).get("source")
+        return json.loads(stats_path(shards[0]).read_text()).get("source")
     except (OSError, ValueError):
         return None
 

@@ -8,7 +8,7 @@ import os
 
 import yaml
 
-from common.config import block_length  # noqa: E402 (the Snakefile put the repo on sys.path)
+from common.config import block_length, run_data  # noqa: E402 (the Snakefile put the repo on sys.path)
 
 SPLITS = ["train", "validation"]
 CORPUS = config["corpus"]["name"]
@@ -91,11 +91,10 @@ def sft_shards(split):
 def run_data_shards(run, split):
     """What a run trains and validates on: its method's stage shards, the block shards of its packing, or the
     SFT canvases."""
-    spec = RUNS[run]
-    if spec["kind"] == "sft":
+    data = run_data(RUNS[run])
+    if data == "sft":
         return sft_shards(split)
-    data = "stages" if spec["kind"] == "cascade" else spec["data"]
-    return stage_shards(spec["method"], split) if data == "stages" else block_shards(data, split)
+    return stage_shards(RUNS[run]["method"], split) if data == "stages" else block_shards(data, split)
 
 
 def tokenizer_dir():

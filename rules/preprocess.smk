@@ -6,7 +6,7 @@
 def preprocess_outputs():
     """Every stage shard of every method and split (with the annotated shards and tokenizer they need), and the
     block shards of every packing a run reads."""
-    packings = sorted({spec["data"] for spec in RUNS.values() if spec["kind"] not in ("cascade", "sft")} - {"stages"})
+    packings = sorted({run_data(spec) for spec in RUNS.values()} & {"wrap", "doc"})
     return ([p for m in METHODS for split in SPLITS for p in stage_shards(m, split)]
             + [p for packing in packings for split in SPLITS for p in block_shards(packing, split)])
 
@@ -149,7 +149,8 @@ rule sft_data:
     wildcard_constraints:
         sft_length=r"\d+",
     params:
-        settings={k: config["sft"][k] for k in SFT_DATA_KEYS},
+        # a split reads its own record count (n_train | n_validation), not the other one's
+        settings=lambda w: {k: config["sft"][k] for k in SFT_DATA_KEYS if k != ("n_validation" if w.split == "train" else "n_train")},
     log:
         f"logs/{CORPUS}/sft/{{sft_length}}/{{split}}.log",
     benchmark:

@@ -225,6 +225,11 @@ class DiffusionTransformer(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    @property
+    def time_conditioning(self) -> bool:
+        """Whether sigma reaches the network (train/backbones.MaskedLMDenoiser has the same attribute, False)."""
+        return self.config.time_conditioning
+
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | None = None, prefix_len: int = 0,
                 select: torch.Tensor | None = None) -> torch.Tensor:
         """x Long[B, prefix_len + target_len], sigma Float[B] -> logits Float[B, L, V].

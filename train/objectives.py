@@ -165,13 +165,6 @@ def diffusion_loss(model, objective: str, x0: torch.Tensor, prefix: torch.Tensor
     return token_loss.sum() / maskable.sum().clamp(min=1)
 
 
-def target_tokens(x0: torch.Tensor, pad_id: int | None = None):
-    """The loss's normaliser: B * L target positions, or the non-pad ones when blocks are padded (at least 1)."""
-    if pad_id is None:
-        return x0.numel()
-    return (x0 != pad_id).sum().clamp(min=1)
-
-
 def ar_loss(model, x0: torch.Tensor, bos_id: int, pad_id: int | None = None) -> torch.Tensor:
     """Per-token NLL of the causal model on [bos ; x0]: every token of the block is predicted (every non-pad
     token, when blocks are padded: sum over non-pad targets / their count)."""
@@ -179,4 +172,5 @@ def ar_loss(model, x0: torch.Tensor, bos_id: int, pad_id: int | None = None) -> 
     token_loss = ar_token_loss(model(x_in), x0)
     if pad_id is None:
         return token_loss.mean()
-    return (token_loss * (x0 != pad_id)).sum() / target_tokens(x0, pad_id)
+    valid = x0 != pad_id
+    return (token_loss * valid).sum() / valid.sum().clamp(min=1)

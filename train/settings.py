@@ -22,7 +22,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-from common.config import block_length
+from common.config import block_length, run_data
 
 KINDS = ("cascade", "single", "ar", "sft")
 DIFFUSION_OBJECTIVES = ("mdlm", "sedd")
@@ -192,7 +192,7 @@ def resolve(config: dict, run: str, stage: int | None = None) -> TrainSettings:
                                                                              "objective", "match_compute",
                                                                              "init_from")}}
     lengths = tuple(config["stages"]["lengths"]) if config.get("stages") else None
-    data = {"cascade": "stages", "sft": "sft"}.get(kind, spec.get("data", "stages"))
+    data = run_data(spec)
     if kind == "cascade":
         if stage not in (1, 2, 3):
             raise SettingsError(f"run {run!r} is a cascade: stage must be 1, 2 or 3, got {stage!r}")

@@ -171,8 +171,7 @@ class Trainer:
             "vocab_size": self.vocab_size, "mask_id": self.mask_id, "eos_id": self.eos_id,
             # the AR model reads [bos ; block] with bos = eos, so every block token is predicted
             "bos_id": self.eos_id, "tokenizer": str(tokenizer_dir), "run": run, "kind": self.kind,
-            "time_conditioning": bool(getattr(model, "time_conditioning", False) or
-                                      getattr(getattr(model, "config", None), "time_conditioning", False)),
+            "time_conditioning": model.time_conditioning,
             "method": settings.method, "data": settings.data, "pad_id": self.pad_id,
             "steps": self.max_steps, "init": init_dir,
             "pretrained": settings.pretrained, "settings_digest": settings.digest(),
