@@ -2,7 +2,7 @@
 #   snakemake --cores 2 runs/cascade/samples/ddpm_cache-64.jsonl       # one sampling job
 #   snakemake --cores 2 report                                         # tables and plots of every run
 #   snakemake --report report.zip                                      # the tables and plots as a browsable report
-# Uses from the Snakefile / rules/common.smk and rules/train.smk: config, RUNS, TRAIN, run_data_shards(),
+# Uses from the Snakefile / rules/common.smk and rules/train.smk: config, RUNS, TRAIN, previous_stage(), run_data_shards(),
 # tokenizer_dir(), run_model_dirs(), job_resources(), device_arg().
 
 from common.config import ar_scorer_run  # noqa: E402
@@ -179,13 +179,18 @@ SFT_EVAL_SETTINGS = {k: SFT[k] for k in ("eval_n", "gen_length", "eval_steps", "
 
 
 def sft_before_dir(run):
-    start = RUNS[run].get("init_from")
-    return f"runs/{start}/model" if start else None
+    """The model folder an sft run started from (rules/train.smk's previous_stage), or None."""
+    return previous_stage(TRAIN[(run, "model")])
+
+
+def sft_model_files(run):
+    before = sft_before_dir(run)
+    return model_files(run) + ([f"{before}/{name}" for name in ("model.safetensors", "config.json")] if before else [])
 
 
 rule evaluate_sft:
     input:
-        models=lambda w: model_files(w.run) + (model_files(RUNS[w.run]["init_from"]) if sft_before_dir(w.run) else []),
+        models=lambda w: sft_model_files(w.run),
         shards=sft_shards("validation"),
     output:
         "runs/{run}/eval/sft.json",
