@@ -138,10 +138,13 @@ def _fill_id(tokenizer) -> int:
     return pad if pad is not None else tokenizer.eos_token_id
 
 
-def encode_conversation(tokenizer, messages: list[dict], length: int, fill_eos: bool = True) -> Encoded:
+def encode_conversation(tokenizer, messages: list[dict], length: int, fill_eos: bool = True,
+                        final_only: bool = False) -> Encoded:
     """Render, tokenize and mask a conversation into exactly ``length`` tokens (rules in the module docstring).
 
-    ``fill_eos`` False fills with the pad token (mask 0) even after a final answer. A result with
+    ``fill_eos`` False fills with the pad token (mask 0) even after a final answer. ``final_only`` True marks
+    only the last assistant turn (and the fill after it): earlier answers are then context, mask 0, as in a
+    preference pair where the score is of the final answer given everything before it. A result with
     ``n_answer == 0`` has no answer token within ``length``.
     """
     if length <= 0:
@@ -155,9 +158,10 @@ def encode_conversation(tokenizer, messages: list[dict], length: int, fill_eos: 
         text = text[: spans[-1][1]]  # drop the trailing whitespace: no visible token marks the answer's end
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]
+    targets = spans[-1:] if final_only else spans
     mask = []
     for a, b in offsets:
-        mask.append(int(any(a < end and b > start for start, end in spans)))
+        mask.append(int(any(a < end and b > start for start, end in targets)))
     truncated = len(ids) > length
     filled = 0
     if truncated:

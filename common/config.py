@@ -145,8 +145,8 @@ def _check_whole(config: dict, source: str) -> None:
             raise ConfigError(f"{source}: stages.lengths must be increasing (l1 < l2 < l3), got {lengths}")
     methods = config["annotate"]["methods"]
     for name, run in config["runs"].items():
-        if run["kind"] == "sft" or run.get("init_from") is not None:
-            _check_sft_run(config, name, run, source)
+        if run["kind"] in ("sft", "dpo") or run.get("init_from") is not None:
+            _check_post_training_run(config, name, run, source)
             continue
         data = run_data(run)
         if run["kind"] == "cascade" and run["data"] != "stages":
@@ -172,24 +172,31 @@ def _check_whole(config: dict, source: str) -> None:
                               f"{cascades}")
 
 
-def _check_sft_run(config: dict, name: str, run: dict, source: str) -> None:
-    """An sft run reads the sft section's data and may start from another run's single model folder."""
-    if run["kind"] != "sft":
-        raise ConfigError(f"{source}: runs.{name}.init_from applies to sft runs, this run is kind {run['kind']}")
+def _check_post_training_run(config: dict, name: str, run: dict, source: str) -> None:
+    """An sft run reads the sft section's data and may start from another run's model folder; a dpo run reads the
+    preference pairs and must start from one (its policy and, by default, its frozen reference)."""
+    if run["kind"] not in ("sft", "dpo"):
+        raise ConfigError(f"{source}: runs.{name}.init_from applies to sft and dpo runs, this run is kind "
+                          f"{run['kind']}")
     target = run.get("init_from")
     if target is None:
+        if run["kind"] == "dpo":
+            raise ConfigError(f"{source}: runs.{name}.init_from is missing: a dpo run starts from another run's "
+                              f"model folder (usually an sft run), which is also its reference unless "
+                              f"dpo.reference names one")
         return
     kinds = {r: spec["kind"] for r, spec in config["runs"].items()}
-    if target == name or kinds.get(target) not in ("single", "sft"):
-        starts = sorted(r for r, kind in kinds.items() if kind in ("single", "sft") and r != name)
-        raise ConfigError(f"{source}: runs.{name}.init_from = {target!r} must name another run of kind single or "
-                          f"sft (its runs/<run>/model folder), one of {starts}")
+    starts_from = ("single", "sft", "dpo")
+    if target == name or kinds.get(target) not in starts_from:
+        starts = sorted(r for r, kind in kinds.items() if kind in starts_from and r != name)
+        raise ConfigError(f"{source}: runs.{name}.init_from = {target!r} must name another run of kind single, sft "
+                          f"or dpo (its runs/<run>/model folder), one of {starts}")
 
 
 def run_data(spec: dict) -> str:
-    """What a run trains on: the stage datasets for a cascade, the SFT canvases for an sft run, else its `data`
-    (stages | wrap | doc)."""
-    return {"cascade": "stages", "sft": "sft"}.get(spec["kind"], spec.get("data", "stages"))
+    """What a run trains on: the stage datasets for a cascade, the SFT canvases for an sft run, the preference
+    pairs for a dpo run, else its `data` (stages | wrap | doc)."""
+    return {"cascade": "stages", "sft": "sft", "dpo": "preference"}.get(spec["kind"], spec.get("data", "stages"))
 
 
 def block_length(config: dict) -> int | None:

@@ -106,9 +106,22 @@ def main(argv=None):
     f.add_argument("--eos-guard", action="store_true", help="commit an EOS only with no mask to its left")
     f.add_argument("--time-samples", type=int, required=True, help="stratified times per answer NELBO (K)")
     f.add_argument("--batch-size", type=int, required=True)
-    for p in (s, v, f):
+    d = sub.add_parser("dpo", help="held-out reward accuracy and task score of a DPO run, before and after (eval/dpo.py)")
+    d.add_argument("--run-dir", required=True, help="runs/{run} of a dpo run (model/ inside)")
+    d.add_argument("--before-dir", required=True, help="the model folder it started from (runs/{init_from}/model)")
+    d.add_argument("--reference-dir", required=True, help="its frozen reference (dpo.reference, else --before-dir)")
+    d.add_argument("--pair-shards", nargs="+", required=True, help="held-out preference shard(s) (preprocess/preference.py)")
+    d.add_argument("--n-pairs", type=int, required=True, help="held-out pairs scored for reward accuracy")
+    d.add_argument("--time-samples", type=int, required=True, help="draws per answer ELBO")
+    d.add_argument("--n-gen", type=int, required=True, help="held-out prompts answered and judged")
+    d.add_argument("--gen-length", type=int, required=True, help="answer canvas (mask tokens)")
+    d.add_argument("--steps", type=int, required=True, help="unmasking steps (eval/generate.py)")
+    d.add_argument("--remasking", required=True, help="random | low_confidence | margin | entropy")
+    d.add_argument("--eos-guard", action="store_true", help="commit an EOS only with no mask to its left")
+    d.add_argument("--batch-size", type=int, required=True)
+    for p in (s, v, f, d):
         add_device_arguments(p)
-        p.add_argument("--out", required=True, help="runs/{run}/eval/{sampler}-{steps}.json, val.json or sft.json")
+        p.add_argument("--out", required=True, help="runs/{run}/eval/{sampler}-{steps}.json, val.json, sft.json or dpo.json")
     args = parser.parse_args(argv)
     device = device_from_arguments(args)
     if args.what == "samples":
@@ -116,6 +129,12 @@ def main(argv=None):
 
         scorer = None if args.scorer == "none" else load_scorer(args.scorer, device)
         result = evaluate_samples(args.run_dir, args.samples, scorer)
+    elif args.what == "dpo":
+        from eval.dpo import evaluate_dpo
+
+        result = evaluate_dpo(args.run_dir, args.before_dir, args.reference_dir, args.pair_shards, args.n_pairs,
+                              args.time_samples, args.n_gen, args.gen_length, args.steps, args.remasking,
+                              args.eos_guard, args.batch_size, device)
     elif args.what == "sft":
         from eval.sft import evaluate_sft
 

@@ -262,14 +262,15 @@ def parquet_records(path: Path, name: str) -> Iterator[Raw | Skipped]:
             row += 1
 
 
-def local_records(path: str | Path) -> Iterator[Raw | Skipped]:
-    """Every record under ``path`` (a file, or a folder's .jsonl / .json / .parquet files in sorted order)."""
+def local_records(path: str | Path, setting: str = "sft.source") -> Iterator[Raw | Skipped]:
+    """Every record under ``path`` (a file, or a folder's .jsonl / .json / .parquet files in sorted order);
+    ``setting`` is the config key that named it (for the errors)."""
     path = Path(path)
     if not path.exists():
-        raise InputError(f"{path}: sft.source does not exist")
+        raise InputError(f"{path}: {setting} does not exist")
     if path.is_file():
         if path.suffix not in LOCAL_SUFFIXES:
-            raise InputError(f"{path}: unsupported SFT file type {path.suffix!r}; expected {LOCAL_SUFFIXES}")
+            raise InputError(f"{path}: unsupported {setting} file type {path.suffix!r}; expected {LOCAL_SUFFIXES}")
         files = [path]
     else:
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in LOCAL_SUFFIXES
@@ -286,7 +287,8 @@ def local_records(path: str | Path) -> Iterator[Raw | Skipped]:
 # Hugging Face datasets
 
 
-def hub_records(name: str, split: str, fraction: float, load: Callable = None) -> Iterator[Raw | Skipped]:
+def hub_records(name: str, split: str, fraction: float, load: Callable = None,
+                setting: str = "sft.source") -> Iterator[Raw | Skipped]:
     """Records of hub dataset ``name`` for our ``split`` (see the module docstring for which hub split).
 
     ``load`` is ``datasets.load_dataset`` (called as ``load(name)``, returning a dict of splits)."""
@@ -297,7 +299,7 @@ def hub_records(name: str, split: str, fraction: float, load: Callable = None) -
     try:
         splits = load(name)
     except Exception as err:  # datasets raises many kinds (not found, offline, gated): name the source either way
-        raise InputError(f"{name}: sft.source is not a local path, and loading it as a Hugging Face dataset "
+        raise InputError(f"{name}: {setting} is not a local path, and loading it as a Hugging Face dataset "
                          f"failed ({type(err).__name__}: {err})") from err
     have = list(splits.keys())
     if "train" not in splits:
@@ -398,16 +400,16 @@ def task_items(name: str, sft: dict, split: str) -> Iterator[Item]:
 # One split of one source
 
 
-def source_kind(source: str) -> str:
+def source_kind(source: str, setting: str = "sft.source") -> str:
     """``task``, ``local`` (an existing path) or ``hub``; a name that looks like a path but does not exist is an
-    error rather than a hub lookup."""
+    error (naming the config key ``setting``) rather than a hub lookup."""
     if source.startswith("task:"):
         return "task"
     path = Path(source).expanduser()
     if path.exists():
         return "local"
     if source.startswith(("/", ".", "~")) or path.suffix in LOCAL_SUFFIXES or "\\" in source:
-        raise InputError(f"{source}: sft.source does not exist (expected task:reverse, a local "
+        raise InputError(f"{source}: {setting} does not exist (expected task:reverse, a local "
                          f"{'/'.join(LOCAL_SUFFIXES)} file or folder, or a Hugging Face dataset id)")
     return "hub"
 

@@ -88,12 +88,19 @@ def sft_shards(split):
     return [f"{DATA}/sft/{config['sft']['length']}/{split}/shard_00000.parquet"]
 
 
+def preference_shards(split):
+    """The preference pairs of dpo runs (preprocess/preference.py), one shard per split, canvases of sft.length."""
+    return [f"{DATA}/preference/{config['sft']['length']}/{split}/shard_00000.parquet"]
+
+
 def run_data_shards(run, split):
-    """What a run trains and validates on: its method's stage shards, the block shards of its packing, or the
-    SFT canvases."""
+    """What a run trains and validates on: its method's stage shards, the block shards of its packing, the
+    SFT canvases or the preference pairs."""
     data = run_data(RUNS[run])
     if data == "sft":
         return sft_shards(split)
+    if data == "preference":
+        return preference_shards(split)
     return stage_shards(RUNS[run]["method"], split) if data == "stages" else block_shards(data, split)
 
 

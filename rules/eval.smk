@@ -48,13 +48,17 @@ def scorer_files():
 
 
 SFT_RUNS = [run for run, spec in RUNS.items() if spec["kind"] == "sft"]
+DPO_RUNS = [run for run, spec in RUNS.items() if spec["kind"] == "dpo"]
 
 
 def report_inputs():
     """Every file the report reads: sample metrics of every (run, sampler, steps), val.json of every run,
-    and the training log of every trained model. SFT runs are scored on their task instead (sft.json)."""
+    and the training log of every trained model. SFT runs are scored on their task instead (sft.json); DPO runs,
+    whose loss is not a NELBO, only in their own table (dpo.json)."""
     files = []
     for run in RUNS:
+        if run in DPO_RUNS:
+            continue
         files += [f"{d}/metrics.csv" for d in run_model_dirs(run)]
         if run in SFT_RUNS:
             continue
@@ -64,9 +68,10 @@ def report_inputs():
 
 
 def report_outputs():
-    """The tables and plots (the end of the default target); the SFT table when the config has sft runs."""
+    """The tables and plots (the end of the default target); the SFT / DPO tables when the config has such runs."""
     return ([f"{TABLES}/main.{ext}" for ext in ("md", "csv", "tex")] + [f"{PLOTS}/loss.png", f"{PLOTS}/gen_ppl_steps.png"]
-            + ([f"{TABLES}/sft.{ext}" for ext in ("md", "csv")] if SFT_RUNS else []))
+            + ([f"{TABLES}/sft.{ext}" for ext in ("md", "csv")] if SFT_RUNS else [])
+            + ([f"{TABLES}/dpo.{ext}" for ext in ("md", "csv")] if DPO_RUNS else []))
 
 
 rule sample:
@@ -236,3 +241,74 @@ rule sft_report:
         runtime=10,
     shell:
         "python -m eval.sft table --sft-metrics {input} --tables {TABLES} > {log} 2>&1"
+
+
+# DPO: held-out pairs scored under the DPO model, its reference and its start (reward accuracy, ELBO preference),
+# and held-out prompts answered by the start and by the DPO model with the SFT table's sampler and steps, judged
+# by the task's check (eval/dpo.py): the before / after of preference tuning.
+DPO = config["dpo"]
+
+
+def dpo_dirs(run):
+    """(the model folder a dpo run started from, its frozen reference)."""
+    s = TRAIN[(run, "model")]
+    start = previous_stage(s)
+    return start, s.dpo["reference"] or start
+
+
+def dpo_model_files(run):
+    folders = sorted(set(dpo_dirs(run)))
+    return model_files(run) + [f"{d}/{name}" for d in folders for name in ("model.safetensors", "config.json")]
+
+
+rule evaluate_dpo:
+    input:
+        models=lambda w: dpo_model_files(w.run),
+        shards=preference_shards("validation"),
+    output:
+        "runs/{run}/eval/dpo.json",
+    wildcard_constraints:
+        run="|".join(DPO_RUNS) or "(?!)",
+    params:
+        settings=SFT_EVAL_SETTINGS | {k: DPO[k] for k in ("eval_pairs", "eval_time_samples")}
+        | {"batch_size": EVALUATE["batch_size"]},
+        before=lambda w: dpo_dirs(w.run)[0],
+        reference=lambda w: dpo_dirs(w.run)[1],
+        eos_guard="--eos-guard" if SFT["eos_guard"] else "",
+        device=device_arg(EVALUATE),
+    conda:
+        "../envs/train.yaml"
+    log:
+        "logs/evaluate/{run}/dpo.log",
+    benchmark:
+        "benchmarks/evaluate/{run}/dpo.tsv"
+    threads: EVALUATE["cpus"]
+    resources:
+        **job_resources(EVALUATE),
+    shell:
+        "python -m eval.evaluate dpo --run-dir runs/{wildcards.run} --before-dir {params.before}"
+        " --reference-dir {params.reference} --pair-shards {input.shards} --n-pairs {DPO[eval_pairs]}"
+        " --time-samples {DPO[eval_time_samples]} --n-gen {SFT[eval_n]} --gen-length {SFT[gen_length]}"
+        " --steps {SFT[eval_steps]} --remasking {SFT[remasking]} {params.eos_guard} --batch-size {EVALUATE[batch_size]}"
+        " {params.device} --threads {threads} --out {output} > {log} 2>&1"
+
+
+rule dpo_report:
+    input:
+        [f"runs/{run}/eval/dpo.json" for run in DPO_RUNS],
+    output:
+        md=report(f"{TABLES}/dpo.md", category="Tables", labels={"table": "dpo", "format": "md"}),
+        csv=report(f"{TABLES}/dpo.csv", category="Tables", labels={"table": "dpo", "format": "csv"}),
+    conda:
+        "../envs/train.yaml"
+    log:
+        f"logs/report/{PROFILE}-dpo.log",
+    benchmark:
+        f"benchmarks/report/{PROFILE}-dpo.tsv"
+    threads: 1
+    resources:
+        cpus_per_task=1,
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "python -m eval.dpo table --dpo-metrics {input} --tables {TABLES} > {log} 2>&1"

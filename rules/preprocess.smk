@@ -163,3 +163,33 @@ rule sft_data:
     shell:
         "python -m preprocess.sft --config {CONFIG_FILE} --split {wildcards.split} --tokenizer {input.tokenizer}"
         " --out {output.shard} --stats {output.stats} > {log} 2>&1"
+
+
+# Preference pairs for dpo runs (the dpo section: the SFT task with a rule-made wrong answer, local files or a hub
+# dataset), on the SFT canvas (sft.length); each answer's mask marks the final answer, the part DPO scores.
+PREFERENCE_DATA_KEYS = ("source", "validation_fraction", "n_train", "n_validation", "seed")
+
+
+rule preference_data:
+    input:
+        tokenizer=tokenizer_dir(),
+    output:
+        shard=f"{DATA}/preference/{{sft_length}}/{{split}}/shard_00000.parquet",
+        stats=f"{DATA}/preference/{{sft_length}}/{{split}}/shard_00000.stats.json",
+    wildcard_constraints:
+        sft_length=r"\d+",
+    params:
+        # a split reads its own record count (n_train | n_validation), not the other one's
+        settings=lambda w: {k: config["dpo"][k] for k in PREFERENCE_DATA_KEYS if k != ("n_validation" if w.split == "train" else "n_train")},
+    log:
+        f"logs/{CORPUS}/preference/{{sft_length}}/{{split}}.log",
+    benchmark:
+        f"benchmarks/{CORPUS}/preference/{{sft_length}}/{{split}}.tsv"
+    conda:
+        "../envs/preprocess.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    shell:
+        "python -m preprocess.preference --config {CONFIG_FILE} --split {wildcards.split} --tokenizer {input.tokenizer}"
+        " --out {output.shard} --stats {output.stats} > {log} 2>&1"

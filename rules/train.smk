@@ -28,22 +28,24 @@ def train_settings(wildcards):
 
 def previous_stage(s):
     """The model folder this one starts from: runs/{run}/stage{k-1} when cascade stage k warm-starts from it,
-    runs/{init_from}/model for an sft run with init_from; else None."""
+    runs/{init_from}/model for an sft or dpo run with init_from; else None."""
     if s.kind == "cascade" and s.stage > 1 and s.warm_start:
         return f"runs/{s.run}/stage{s.stage - 1}"
-    if s.kind == "sft" and s.init_from:
+    if s.kind in ("sft", "dpo") and s.init_from:
         return f"runs/{s.init_from}/model"
     return None
 
 
 def train_inputs(wildcards):
-    """The run's data (stage shards of its method, block shards, or SFT canvases), the tokenizer, and the model
-    it starts from (previous_stage)."""
+    """The run's data (stage shards of its method, block shards, SFT canvases or preference pairs), the tokenizer,
+    the model it starts from (previous_stage) and a dpo run's reference model."""
     s = train_settings(wildcards)
     inputs = {"train": run_data_shards(s.run, "train"), "val": run_data_shards(s.run, "validation"),
               "tokenizer": tokenizer_dir()}
     if previous_stage(s):
         inputs["init"] = [f"{previous_stage(s)}/model.safetensors", f"{previous_stage(s)}/config.json"]
+    if s.kind == "dpo" and s.dpo["reference"]:  # a frozen reference other than the start
+        inputs["reference"] = [f"{s.dpo['reference']}/model.safetensors", f"{s.dpo['reference']}/config.json"]
     return inputs
 
 

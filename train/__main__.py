@@ -1,4 +1,4 @@
-"""Train one model of a run: a cascade stage, a single-stage model, or the AR baseline.
+"""Train one model of a run: a cascade stage, a single-stage model, the AR baseline, an SFT or a DPO run.
 
     python -m train --config config.yaml --run cascade --stage 2 \\
         --train-shards data/pydoc/stages/keybert_no_stopword/16_32_64/train/shard_*.parquet \\
@@ -28,7 +28,7 @@ def parse_args(argv=None):
     parser.add_argument("--val-shards", nargs="+", required=True)
     parser.add_argument("--tokenizer", required=True, help="tokenizer folder (PreTrainedTokenizerFast)")
     parser.add_argument("--out", required=True, help="output folder (runs/{run}/stage{k} or runs/{run}/model)")
-    parser.add_argument("--init", default=None, help="start from this model folder (a cascade with warm_start: true; an sft run's init_from)")
+    parser.add_argument("--init", default=None, help="start from this model folder (a cascade with warm_start: true; an sft or dpo run's init_from)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a training key of this run, checked by the config schema (e.g. --set max_steps=20)")
     return parser.parse_args(argv)
@@ -48,10 +48,15 @@ def main(argv=None, on_step=None) -> int:
     settings = resolve(config, args.run, args.stage)
     if args.init and not (settings.warm_start or settings.init_from):
         raise SystemExit(f"--init {args.init} given but runs.{args.run} has neither warm_start: true (cascade) nor "
-                         f"init_from (sft)")
+                         f"init_from (sft, dpo)")
     from train.trainer import Trainer, TrainingDiverged
 
-    trainer = Trainer(settings, args.train_shards, args.val_shards, args.tokenizer, args.out,
+    trainer_class = Trainer
+    if settings.kind == "dpo":
+        from train.dpo import DPOTrainer  # the same loop with the preference step
+
+        trainer_class = DPOTrainer
+    trainer = trainer_class(settings, args.train_shards, args.val_shards, args.tokenizer, args.out,
                       init_dir=args.init, run=args.run)
     try:
         return trainer.run(on_step=on_step)

@@ -5,7 +5,8 @@ A run's `backbone` spec picks it:
     {"kind": "dit"}                                      train/model.py's DiT (the default), sized by `model`
     {"kind": "masked_lm", "name": "answerdotai/ModernBERT-base", "config": null}   hub id or local folder
     {"kind": "masked_lm", "name": null, "config": {"model_type": "bert", "hidden_size": 64, ...}}   from scratch
-    optional for masked_lm: "gradient_checkpointing": true   (HF's gradient_checkpointing_enable)
+    optional for both: "gradient_checkpointing": true   (HF's gradient_checkpointing_enable; the DiT's own per-block
+    torch.utils.checkpoint): activations recomputed in the backward, same values, less memory
 
 Both kinds are called alike, so every loss, sampler and metric works unchanged (docs/contracts.md):
 
@@ -47,8 +48,7 @@ from train import fused as fused_ops
 from train.model import DiffusionTransformer, ModelConfig, build_model
 
 KINDS = ("dit", "masked_lm")
-SPEC_KEYS = {"dit": {"kind", "name", "config"},
-             "masked_lm": {"kind", "name", "config", "gradient_checkpointing"}}
+SPEC_KEYS = {kind: {"kind", "name", "config", "gradient_checkpointing"} for kind in KINDS}
 # the special token ids of a transformers config; outside the vocabulary they would break (pad_token_id is
 # the embedding's padding_idx) or mislead, so a config-built model drops the defaults that do not fit
 TOKEN_ID_KEYS = ("pad_token_id", "bos_token_id", "eos_token_id", "cls_token_id", "sep_token_id", "mask_token_id")
@@ -68,6 +68,9 @@ def check_spec(spec: Mapping | None) -> dict:
         for key in ("name", "config"):
             if spec.get(key) is not None:
                 raise ValueError(f"backbone.{key} applies to kind masked_lm only, got {spec[key]!r} with kind dit")
+    if not isinstance(spec.get("gradient_checkpointing", False), bool):
+        raise ValueError(f"backbone.gradient_checkpointing must be true or false, got {spec['gradient_checkpointing']!r}")
+    if kind == "dit":
         return spec
     if (name is None) == (config is None):
         raise ValueError("backbone: kind masked_lm needs exactly one of backbone.name (a hub id or local folder) "
@@ -77,8 +80,6 @@ def check_spec(spec: Mapping | None) -> dict:
         raise ValueError(f"backbone.name must be a hub id or a folder path, got {name!r}")
     if config is not None and (not isinstance(config, Mapping) or not isinstance(config.get("model_type"), str)):
         raise ValueError(f"backbone.config must be an object with a 'model_type' (e.g. bert, modernbert), got {config!r}")
-    if not isinstance(spec.get("gradient_checkpointing", False), bool):
-        raise ValueError(f"backbone.gradient_checkpointing must be true or false, got {spec['gradient_checkpointing']!r}")
     return spec
 
 
@@ -223,7 +224,7 @@ def build_backbone(spec: Mapping | None, vocab_size: int, size: str, dropout: fl
     spec = check_spec(spec)
     if spec["kind"] == "dit":
         return DiffusionTransformer(ModelConfig.from_size(size, vocab_size, dropout=dropout, causal=causal),
-                                    fused=fused)
+                                    fused=fused, gradient_checkpointing=spec.get("gradient_checkpointing", False))
     if causal:
         raise ValueError("backbone kind masked_lm is a bidirectional encoder: it cannot be the causal (objective ar) "
                          "model; use backbone kind dit for ar runs")

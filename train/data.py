@@ -278,19 +278,29 @@ def load_stage_tensors(paths: list[str], stage: int, prefix_len: int, target_len
                        vocab_size: int | None = None, cache_dir: str | os.PathLike | None = None,
                        data: str = "stages") -> StageTensors:
     """The target and prefix (if prefix_len) columns of every row (data_columns(): stage{stage}_ids and
-    stage{stage-1}_ids of stage shards, ids of block shards), as row stores over cache files under `cache_dir`
-    (default: `.data-cache/` beside each shard), built when missing or stale.
-
-    Every row's length and every token id's range (when vocab_size is given) is checked; errors name the shard,
-    the column and the row."""
-    if not paths:
-        raise ValueError("no stage shards given")
+    stage{stage-1}_ids of stage shards, ids of block shards; and answer_mask of SFT shards), as row stores
+    (load_columns)."""
     target_column, prefix_column = data_columns(data, stage, prefix_len)
     columns = {target_column: target_len}
     if prefix_column:
         columns[prefix_column] = prefix_len
     if data == "sft":
         columns[ANSWER_COLUMN] = target_len
+    stores = load_columns(paths, columns, vocab_size, cache_dir, id_columns=[c for c in columns if c != ANSWER_COLUMN])
+    return StageTensors(target=stores[target_column], prefix=stores.get(prefix_column),
+                        answer=stores.get(ANSWER_COLUMN))
+
+
+def load_columns(paths: list[str], columns: dict[str, int], vocab_size: int | None = None,
+                 cache_dir: str | os.PathLike | None = None, id_columns: list[str] | None = None) -> dict[str, RowStore]:
+    """Fixed-length int list columns {name: length} of every row of `paths`, as row stores over cache files under
+    `cache_dir` (default: `.data-cache/` beside each shard), built when missing or stale.
+
+    Every row's length is checked, and every token id's range in `id_columns` (default: all; masks are not ids)
+    when vocab_size is given; errors name the shard, the column and the row."""
+    if not paths:
+        raise ValueError("no stage shards given")
+    id_columns = list(columns) if id_columns is None else id_columns
     files: dict[str, list[Path]] = {c: [] for c in columns}
     counts: list[int] = []
     for raw in paths:
@@ -318,8 +328,8 @@ def load_stage_tensors(paths: list[str], stage: int, prefix_len: int, target_len
             raise ValueError(f"{path}: columns {list(columns)} have different row counts {sorted(rows)}")
         counts.append(rows.pop())
         if vocab_size is not None:
-            for column, length in columns.items():
-                meta = metas[column]
+            for column in id_columns:
+                meta, length = metas[column], columns[column]
                 if meta["rows"] and (meta["min"] < 0 or meta["max"] >= vocab_size):
                     row, token = _first_row_outside(files[column][-1], length, vocab_size)
                     raise ValueError(f"{path}: column {column!r} row {row} has token id {token} outside the "
@@ -327,10 +337,7 @@ def load_stage_tensors(paths: list[str], stage: int, prefix_len: int, target_len
                                      f"wrong tokenizer?)")
     if sum(counts) == 0:
         raise ValueError(f"stage shards {paths} hold no rows")
-    target = RowStore(files[target_column], counts, target_len)
-    prefix = RowStore(files[prefix_column], counts, prefix_len) if prefix_column else None
-    answer = RowStore(files[ANSWER_COLUMN], counts, target_len) if data == "sft" else None
-    return StageTensors(target=target, prefix=prefix, answer=answer)
+    return {column: RowStore(files[column], counts, length) for column, length in columns.items()}
 
 
 class BatchOrder:
@@ -348,7 +355,14 @@ class BatchOrder:
             self._perms[epoch] = torch.randperm(self.n, generator=gen)
         return self._perms[epoch]
 
+    def epochs(self, step: int) -> torch.Tensor:
+        """The epoch (pass over the data) each row of step `step`'s global batch belongs to."""
+        return torch.arange(step * self.g, (step + 1) * self.g) // self.n
+
     def indices(self, step: int) -> torch.Tensor:
-        positions = torch.arange(step * self.g, (step + 1) * self.g)
+        return self.rows_at(torch.arange(step * self.g, (step + 1) * self.g))
+
+    def rows_at(self, positions: torch.Tensor) -> torch.Tensor:
+        """The rows at global positions (step x G + k) of the stream of epochs."""
         epochs, offsets = positions // self.n, positions % self.n
         return torch.stack([self._perm(int(e))[int(o)] for e, o in zip(epochs, offsets)])

@@ -33,6 +33,7 @@ import math
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.utils.checkpoint
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -196,10 +197,13 @@ class FinalLayer(nn.Module):
 
 
 class DiffusionTransformer(nn.Module):
-    def __init__(self, cfg: ModelConfig, fused: bool | str = "auto"):
+    def __init__(self, cfg: ModelConfig, fused: bool | str = "auto", gradient_checkpointing: bool = False):
         """fused: "auto", True or False, whether the forward (and diffusion_loss) use train/fused.py;
-        a plain attribute, not a ModelConfig field, so it may differ between runs of the same checkpoint."""
+        gradient_checkpointing: in training, each block's activations are recomputed in the backward instead of
+        kept (torch.utils.checkpoint, non-reentrant): less memory for about one more forward. Both are plain
+        attributes, not ModelConfig fields, so they may differ between runs of the same checkpoint."""
         super().__init__()
+        self.gradient_checkpointing = gradient_checkpointing
         if cfg.dim % cfg.n_heads or (cfg.dim // cfg.n_heads) % 2:
             raise ValueError(f"dim {cfg.dim} must split into {cfg.n_heads} heads of even size")
         self.config = cfg
@@ -251,7 +255,10 @@ class DiffusionTransformer(nn.Module):
         cos, sin = self.rotary(L, x.device, h.dtype)
         fused = fused_ops.use_fused(self.fused, h)
         for block in self.blocks:
-            h = block(h, cos, sin, c, fused)
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                h = torch.utils.checkpoint.checkpoint(block, h, cos, sin, c, fused, use_reentrant=False)
+            else:
+                h = block(h, cos, sin, c, fused)
         if select is not None:
             rows = select.nonzero(as_tuple=True)[0]
             return self.output_layer(h[select], c, rows, fused)

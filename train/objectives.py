@@ -115,26 +115,16 @@ def ar_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
 
 
-def diffusion_loss(model, objective: str, x0: torch.Tensor, prefix: torch.Tensor | None, t: torch.Tensor,
-                   uniform: torch.Tensor, noise, mask_id: int, pad_id: int | None = None,
-                   maskable: torch.Tensor | None = None, normalization: str = "token") -> torch.Tensor:
-    """Per-target-token NELBO of one (micro-)batch for objective mdlm or sedd.
+def masked_token_losses(model, objective: str, x0: torch.Tensor, prefix: torch.Tensor | None, t: torch.Tensor,
+                        uniform: torch.Tensor, noise, mask_id: int, maskable: torch.Tensor | None = None):
+    """Noise x0 at times t and return (loss_i of every masked position, the row of each): the terms whose sum is
+    the NELBO (unmasked positions contribute exactly 0 under both objectives, so they are not computed).
 
-    The model sees [prefix (clean) ; x_t]; only the target positions are noised and scored. The output
-    head runs only on the masked positions, the only ones that carry loss under both objectives.
-
-    pad_id (blocks padded to length, data: doc): positions where x0 = pad are never masked (the model sees
-    them clean, as it sees a prefix), so they carry no loss, and the sum is divided by the number of non-pad
-    target tokens instead of B * L:  loss = sum_i loss_i / #{i : x0_i != pad}.
-    maskable (SFT, Bool [B, L]: the answer tokens): likewise only these positions are ever masked and scored;
-    prompt, system and user tokens stay clean. normalization "token": sum over the batch's maskable positions /
-    their count; "sequence": the mean over rows b of sum_{i in b} loss_i / n_b (each conversation weighs the
-    same, whatever its answer length; rows with n_b = 0 count as 0).
+    The model sees [prefix (clean) ; x_t]; only target positions are noised, and of those only the `maskable`
+    ones (Bool [B, L]; None: all). The output head runs only on the masked positions. mdlm: loss_i of
+    mdlm_token_loss; sedd: of sedd_token_loss.
     """
     sigma, dsigma = noise.total(t), noise.rate(t)
-    if pad_id is not None:
-        not_pad = x0 != pad_id
-        maskable = not_pad if maskable is None else maskable & not_pad
     if maskable is not None:
         uniform = torch.where(maskable, uniform, torch.ones_like(uniform))  # u = 1 is never < move(t) <= 1
     x_t = corrupt(x0, sigma, mask_id, uniform)
@@ -147,12 +137,30 @@ def diffusion_loss(model, objective: str, x0: torch.Tensor, prefix: torch.Tensor
     if objective == "mdlm":
         # the model's own switch; DDP / DeepSpeed wrappers hold it as .module
         fused = getattr(getattr(model, "module", model), "fused", "auto")
-        token_loss = mdlm_token_loss(logits, x0[masked], sigma[rows], dsigma[rows], mask_id, fused)
-    elif objective == "sedd":
+        return mdlm_token_loss(logits, x0[masked], sigma[rows], dsigma[rows], mask_id, fused), rows
+    if objective == "sedd":
         log_score = sedd_log_score(logits, x_t[masked], sigma[rows], mask_id)
-        token_loss = sedd_token_loss(log_score, x0[masked], sigma[rows], dsigma[rows], mask_id)
-    else:
-        raise ValueError(f"diffusion objective must be mdlm or sedd, got {objective!r}")
+        return sedd_token_loss(log_score, x0[masked], sigma[rows], dsigma[rows], mask_id), rows
+    raise ValueError(f"diffusion objective must be mdlm or sedd, got {objective!r}")
+
+
+def diffusion_loss(model, objective: str, x0: torch.Tensor, prefix: torch.Tensor | None, t: torch.Tensor,
+                   uniform: torch.Tensor, noise, mask_id: int, pad_id: int | None = None,
+                   maskable: torch.Tensor | None = None, normalization: str = "token") -> torch.Tensor:
+    """Per-target-token NELBO of one (micro-)batch for objective mdlm or sedd (terms: masked_token_losses).
+
+    pad_id (blocks padded to length, data: doc): positions where x0 = pad are never masked (the model sees
+    them clean, as it sees a prefix), so they carry no loss, and the sum is divided by the number of non-pad
+    target tokens instead of B * L:  loss = sum_i loss_i / #{i : x0_i != pad}.
+    maskable (SFT, Bool [B, L]: the answer tokens): likewise only these positions are ever masked and scored;
+    prompt, system and user tokens stay clean. normalization "token": sum over the batch's maskable positions /
+    their count; "sequence": the mean over rows b of sum_{i in b} loss_i / n_b (each conversation weighs the
+    same, whatever its answer length; rows with n_b = 0 count as 0).
+    """
+    if pad_id is not None:
+        not_pad = x0 != pad_id
+        maskable = not_pad if maskable is None else maskable & not_pad
+    token_loss, rows = masked_token_losses(model, objective, x0, prefix, t, uniform, noise, mask_id, maskable)
     # sum over masked positions / all target positions (unmasked positions contribute exactly 0). When nothing
     # is masked the [0, V] logits still carry the graph, so every parameter gets a (zero) gradient (DDP needs it)
     if maskable is None:
@@ -163,6 +171,16 @@ def diffusion_loss(model, objective: str, x0: torch.Tensor, prefix: torch.Tensor
     if normalization != "token":
         raise ValueError(f"normalization must be token or sequence, got {normalization!r}")
     return token_loss.sum() / maskable.sum().clamp(min=1)
+
+
+def sequence_nelbo(model, x0: torch.Tensor, t: torch.Tensor, uniform: torch.Tensor, noise, mask_id: int,
+                   maskable: torch.Tensor) -> torch.Tensor:
+    """One-draw estimate of each row's MDLM NELBO of its `maskable` tokens given the rest, in nats (a sum, not
+    a per-token mean):  NELBO_b ~= sum_{i in b masked} dsigma/expm1(sigma) * -log p_theta(x0_i | x_t),
+    unbiased for E_t E_mask of the same sum with t ~ U(0, 1). x0 [B, L], t [B], uniform [B, L] -> float32 [B].
+    The Diffusion-DPO score of an answer is -NELBO averaged over draws (train/dpo.py)."""
+    token_loss, rows = masked_token_losses(model, "mdlm", x0, None, t, uniform, noise, mask_id, maskable)
+    return torch.zeros(x0.shape[0], dtype=token_loss.dtype, device=token_loss.device).index_add(0, rows, token_loss)
 
 
 def ar_loss(model, x0: torch.Tensor, bos_id: int, pad_id: int | None = None) -> torch.Tensor:

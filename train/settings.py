@@ -14,6 +14,8 @@ A single or ar run with `data: wrap | doc` reads unannotated block shards of blo
 the stage-3 blocks (preprocess/blocks.py); it has no method.
     sft      question/answer canvases of sft.length tokens (preprocess/sft.py; data "sft"): only answer tokens
              are masked and carry loss; starts from init_from's model folder or the backbone's own weights
+    dpo      Diffusion-DPO on preference pairs of sft.length-token canvases (preprocess/preference.py; data
+             "preference"), from init_from's model folder against a frozen reference (train/dpo.py)
 """
 from __future__ import annotations
 
@@ -24,13 +26,17 @@ from dataclasses import dataclass, field
 
 from common.config import block_length, run_data
 
-KINDS = ("cascade", "single", "ar", "sft")
+KINDS = ("cascade", "single", "ar", "sft", "dpo")
 DIFFUSION_OBJECTIVES = ("mdlm", "sedd")
 # Keys that change where and how fast a job runs, never what it computes: left out of the settings digest,
 # so changing them reruns nothing and a checkpoint written under other values still resumes.
 # `fused` is one of them: the fused kernels compute the plain formulas (equal to float rounding, pinned by
 # tests/test_train_model_equivalence.py), so switching them is a speed choice.
-JOB_ONLY_KEYS = ("gpus", "cpus", "mem_mb", "runtime", "log_with", "fused")
+# dpo_cache_reference likewise: cached reference scores are those the steps would compute (tests/test_dpo.py).
+JOB_ONLY_KEYS = ("gpus", "cpus", "mem_mb", "runtime", "log_with", "fused", "dpo_cache_reference")
+# The dpo section's keys a dpo training reads (the data keys go to preprocess/preference.py, the eval keys to
+# eval/dpo.py, so changing those reruns only their jobs).
+DPO_TRAIN_KEYS = ("beta", "loss", "label_smoothing", "time_samples", "reference")
 
 
 class SettingsError(ValueError):
@@ -77,6 +83,8 @@ class TrainSettings:
     match_compute: str | None
     init_from: str | None           # sft: the run whose model folder starts it
     sft_normalization: str | None   # sft: token | sequence (sft.loss_normalization)
+    dpo: dict | None                # dpo: the dpo section's DPO_TRAIN_KEYS
+    dpo_cache_reference: bool       # dpo: dpo.cache_reference (a speed / memory choice, JOB_ONLY_KEYS)
     # the train: keys
     model: str
     backbone: dict
@@ -121,9 +129,17 @@ class TrainSettings:
             raise SettingsError(f"{where}.match_compute applies to single runs, this run is kind {self.kind}")
         if self.warm_start and self.kind != "cascade":
             raise SettingsError(f"{where}.warm_start chains cascade stages; this run is kind {self.kind}")
-        if self.kind == "sft" and self.objective != "mdlm":
-            raise SettingsError(f"{where}: kind sft trains the masked-diffusion objective mdlm on answer tokens, got "
-                                f"objective {self.objective!r}")
+        if self.kind in ("sft", "dpo") and self.objective != "mdlm":
+            raise SettingsError(f"{where}: kind {self.kind} trains the masked-diffusion objective mdlm on answer "
+                                f"tokens, got objective {self.objective!r}")
+        if self.kind == "dpo":
+            if self.init_from is None:
+                raise SettingsError(f"{where}.init_from is missing: a dpo run starts from a model folder")
+            if self.dropout != 0:
+                # policy = reference must give margins of exactly 0 at step 0; dropout in the policy's forward
+                # would make its scores differ from the reference's on the same draws
+                raise SettingsError(f"{where}.dropout must be 0 for kind dpo (the policy's scores are compared "
+                                    f"draw for draw with the frozen reference's), got {self.dropout}")
         if self.backbone["kind"] == "masked_lm":
             if (self.backbone.get("name") is None) == (self.backbone.get("config") is None):
                 raise SettingsError(f"{where}.backbone: a masked_lm backbone needs exactly one of name (hub id or "
@@ -201,8 +217,8 @@ def resolve(config: dict, run: str, stage: int | None = None) -> TrainSettings:
         if stage not in (None, 3):
             raise SettingsError(f"run {run!r} is kind {kind}: it models the stage-3 blocks (stage 3), got {stage!r}")
         stage, prefix_len = 3, 0
-        target_len = {"stages": lengths[2] if lengths else None, "sft": config["sft"]["length"]}.get(
-            data, block_length(config))
+        target_len = {"stages": lengths[2] if lengths else None, "sft": config["sft"]["length"],
+                      "preference": config["sft"]["length"]}.get(data, block_length(config))
     steps_source = f"runs.{run}.max_steps" if "max_steps" in spec else "train.max_steps"
     target = spec.get("match_compute")
     if target is not None:
@@ -215,4 +231,6 @@ def resolve(config: dict, run: str, stage: int | None = None) -> TrainSettings:
                          lengths=lengths, prefix_len=prefix_len, target_len=target_len,
                          steps_source=steps_source, match_compute=target, init_from=spec.get("init_from"),
                          sft_normalization=config["sft"]["loss_normalization"] if kind == "sft" else None,
+                         dpo={k: config["dpo"][k] for k in DPO_TRAIN_KEYS} if kind == "dpo" else None,
+                         dpo_cache_reference=kind == "dpo" and config["dpo"]["cache_reference"],
                          **values)

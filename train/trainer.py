@@ -42,7 +42,7 @@ import os
 import shutil
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -85,9 +85,12 @@ class StepResult:
     loss: float                 # mean over the global batch
     grad_norm: float | None     # None when the backend reports none (DeepSpeed clips inside its engine)
     nonfinite: list[str]        # "loss" / "grad_norm" when non-finite on some process: the update was skipped
+    extras: dict = field(default_factory=dict)  # more metrics.csv columns of the step (a subclass's metric_fields)
 
 
 class Trainer:
+    metric_fields = METRIC_FIELDS  # the metrics.csv columns; train/dpo.py's trainer adds its own
+
     def __init__(self, settings: TrainSettings, train_shards: list[str], val_shards: list[str], tokenizer_dir: str,
                  out_dir: str, init_dir: str | None = None, run: str | None = None):
         from accelerate import Accelerator
@@ -136,10 +139,8 @@ class Trainer:
         stage = settings.stage
         # rows are read from uncompressed cache files per batch (train/data.py), built once by the main process
         with self.acc.main_process_first():
-            self.train_data = load_stage_tensors(train_shards, stage, self.prefix_len, self.target_len,
-                                                 self.vocab_size, cache_dir=self.data_cache, data=settings.data)
-            self.val_data = load_stage_tensors(val_shards, stage, self.prefix_len, self.target_len,
-                                               self.vocab_size, cache_dir=self.data_cache, data=settings.data)
+            self.train_data = self._load_data(train_shards)
+            self.val_data = self._load_data(val_shards)
         self.order = BatchOrder(len(self.train_data), self.global_batch, self.seed)
         self.noise = get_noise(settings.noise)
 
@@ -182,6 +183,11 @@ class Trainer:
         self.skipped_steps = 0      # all skipped steps of the run
 
     # -- pieces ---------------------------------------------------------------------------------
+    def _load_data(self, shards: list[str]):
+        """The rows of `shards` this run reads (train/data.py), checked against the vocabulary."""
+        return load_stage_tensors(shards, self.s.stage, self.prefix_len, self.target_len, self.vocab_size,
+                                  cache_dir=self.data_cache, data=self.s.data)
+
     def _deepspeed_config(self, path: str, precision: str) -> dict:
         """The ZeRO config file with its batch / clipping / precision fields set from the run (one truth)."""
         try:
@@ -279,6 +285,11 @@ class Trainer:
                                       device=self.acc.device, dtype=torch.float64)
         total = self.acc.reduce(total, reduction="sum")
         return float(total[0] / total[1])
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens the network reads per optimizer step (metrics.csv `tokens` counts them)."""
+        return self.global_batch * (self.prefix_len + self.target_len)
 
     @property
     def data_cache(self) -> Path:
@@ -379,13 +390,14 @@ class Trainer:
 
     def _flush_metrics(self) -> None:
         """Rows so far, beside the checkpoints; on resume only rows up to the checkpoint's step are kept."""
-        write_metrics_csv(self.partial_metrics, self.metrics)
+        write_metrics_csv(self.partial_metrics, self.metrics, self.metric_fields)
 
     def _log(self, **row) -> None:
         """A metrics.csv row, and the same numbers to the trackers (as split/quantity, e.g. train/loss)."""
-        self.metrics.append({k: row.get(k, "") for k in METRIC_FIELDS})
+        self.metrics.append({k: row.get(k, "") for k in self.metric_fields})
+        numeric = {"loss", "lr", "grad_norm"} | (set(self.metric_fields) - set(METRIC_FIELDS))
         scalars = {f"{row['split']}/{k}": float(v) for k, v in row.items()
-                   if k in ("loss", "lr", "grad_norm") and v is not None and v != ""}
+                   if k in numeric and v is not None and v != ""}
         if row["split"] == "train":
             scalars["train/skipped"] = float(bool(row.get("skipped")))
         self.acc.log(scalars, step=row["step"])
@@ -430,9 +442,14 @@ class Trainer:
         self._say(f"warning: step {step}: non-finite {quantity} ({values}); update skipped "
                        f"({self.nonfinite_streak} in a row of at most {self.s.max_nonfinite_steps})")
 
+    def validation_row(self) -> dict:
+        """The metrics.csv values of a validation: the loss (validate()); train/dpo.py adds its rewards."""
+        return {"loss": self.validate()}
+
     def _validate_at(self, step: int, seconds: float, tokens: int) -> float:
-        val = self.validate()
-        self._log(step=step, split="val", loss=val, tokens=tokens, seconds=round(seconds, 3))
+        row = self.validation_row()
+        val = row["loss"]
+        self._log(step=step, split="val", tokens=tokens, seconds=round(seconds, 3), **row)
         if not math.isfinite(val):
             raise self._diverged(step, f"non-finite validation loss ({val}) of the EMA weights")
         return val
@@ -480,7 +497,7 @@ class Trainer:
 
     def _loop(self, step: int, seconds: float, bar, on_step: Callable[[int], None] | None) -> int | None:
         """Steps from `step` to max_steps; returns the step at which a signal stopped it, None when done."""
-        tokens_per_step = self.global_batch * (self.prefix_len + self.target_len)
+        tokens_per_step = self.tokens_per_step
         eval_every, save_every = self.s.eval_every, self.s.save_every
         clock = time.perf_counter() - seconds
         while step < self.max_steps:
@@ -489,7 +506,7 @@ class Trainer:
             seconds = time.perf_counter() - clock
             self._log(step=step, split="train", loss=result.loss, grad_norm=result.grad_norm,
                       seconds=round(seconds, 3), lr=self.optimizer.param_groups[0]["lr"],
-                      tokens=step * tokens_per_step, skipped=" ".join(result.nonfinite))
+                      tokens=step * tokens_per_step, skipped=" ".join(result.nonfinite), **result.extras)
             if result.nonfinite:
                 self._count_nonfinite(step, result)
             else:
@@ -515,7 +532,7 @@ class Trainer:
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
             model = self.acc.unwrap_model(self.model)
-            write_metrics_csv(self.out / "metrics.csv", self.metrics)
+            write_metrics_csv(self.out / "metrics.csv", self.metrics, self.metric_fields)
             save_model(self.out, self.ema.weights(model), self.meta)
             shutil.rmtree(self.ckpt_root)
             shutil.rmtree(self.data_cache, ignore_errors=True)  # decoded shards, needed only while training
@@ -525,11 +542,11 @@ class Trainer:
         self.acc.wait_for_everyone()
 
 
-def write_metrics_csv(path: Path, rows: list[dict]) -> None:
+def write_metrics_csv(path: Path, rows: list[dict], fields: list[str] = METRIC_FIELDS) -> None:
     import io
 
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=METRIC_FIELDS)
+    writer = csv.DictWriter(buffer, fieldnames=fields)
     writer.writeheader()
     writer.writerows(rows)
     write_text_atomic(path, buffer.getvalue())

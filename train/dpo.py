@@ -1,0 +1,363 @@
+r"""Diffusion-DPO: preference tuning of a masked diffusion LM against a frozen reference (runs of kind dpo).
+
+The score of an answer y to a prompt x is its masked-diffusion ELBO (nats; higher = more likely under the model),
+estimated with n draws, each one diffusion time and one mask:
+
+    B_theta(y | x) = -(1/n) sum_{j=1..n} sum_{i in y, masked at draw j} w(t_j) * -log p_theta(y_i | x, y_{t_j}),
+    w(t) = sigma'(t) / expm1(sigma(t))  (= 1/t under the loglinear schedule; train/objectives.sequence_nelbo)
+
+The prompt stays clean and only the final answer's tokens (with its EOS fill) are masked and scored
+(preprocess/preference.py's masks), as in SFT. Each draw j has its own time, stratified over (0, 1]:
+t_j = eps + (1 - eps) (j + v) / n with one v ~ U(0, 1) per pair, and one mask (a uniform per position: masked iff
+u_i < 1 - exp(-sigma(t_j))). At a fixed budget of n network calls, n times with one mask each has a lower variance
+than few times with many masks each (VRPO, LLaDA 1.5): most of the variance is across times. bench/dpo_step.py
+measures both.
+
+Shared draws. Policy and reference score each answer with the same (t_j, u_j), and chosen and rejected of a pair
+share them too (the uniforms fall on each answer's own positions). The preference score
+
+    h = (B_theta(y_w) - B_ref(y_w)) - (B_theta(y_l) - B_ref(y_l))
+
+is then a difference of estimates whose noise mostly cancels: with policy = reference it is exactly 0 whatever
+the draws, so at step 0 the loss is exactly ln 2 (tests/test_dpo.py), and its variance during training is far
+below that of independent draws (bench/README.md).
+
+Losses (dpo.loss), per pair, averaged over the batch:
+
+    sigmoid  -(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h)      (DPO; eps = dpo.label_smoothing, cDPO)
+    ipo      (h - 1 / (2 beta))^2                                            (IPO)
+
+Logged per step with TRL's names (means over the global batch): rewards/chosen = beta (B_theta(y_w) - B_ref(y_w)),
+rewards/rejected = beta (B_theta(y_l) - B_ref(y_l)), rewards/margins = their difference, rewards/accuracies = the
+share of pairs with rewards/chosen > rewards/rejected, logps/chosen and logps/rejected = B_theta (the policy's
+ELBO of the answer, nats), beside lr, grad_norm and memory_mb (peak: CUDA allocated, else the process's RSS).
+
+Draws of pair p in epoch e come from a generator seeded by (seed, p, e): the same whichever step, process or
+micro-batch handles it. So a resumed run sees the same draws, and the reference's scores can be computed once
+before training (dpo.cache_reference: a progress bar, then the reference model is freed; the scores are kept
+beside the checkpoints under the settings digest) and equal, draw for draw, what each step would compute.
+
+The reference is frozen: dpo.reference (a model folder), else init_from's model folder, the policy's start. The
+policy's dropout is off (as TRL's disable_dropout): policy and reference must score alike on the same draws.
+Micro batches count pairs: one forward holds 2 x micro_batch_size x n answers.
+"""
+from __future__ import annotations
+
+import resource
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from train.checkpoint import load_model
+from train.data import RowStore, load_columns
+from train.objectives import sequence_nelbo
+from train.trainer import METRIC_FIELDS, StepResult, Trainer, lr_at
+
+LOSSES = ("sigmoid", "ipo")
+SAMPLING_EPS = 1e-3  # smallest diffusion time: w(t) = 1/t diverges at 0 (train/noise.sample_times uses the same)
+DPO_FIELDS = ["rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
+              "logps/rejected", "memory_mb"]
+PAIR_COLUMNS = ("chosen_ids", "chosen_mask", "rejected_ids", "rejected_mask")
+REFERENCE_CACHE = "reference_scores.pt"
+VALIDATION_STREAM = 1  # the held-out pairs' draws: a stream of their own, fixed for the run
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The method: draws, scores, loss
+
+
+def pair_draws(seed: int, pairs: torch.Tensor, epochs: torch.Tensor, n: int, length: int,
+               stream: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Times t [m, n] (stratified, module docstring) and per-position uniforms u [m, n, length] of pairs `pairs`
+    in epochs `epochs` (both [m]); a pure function of (seed, pair, epoch, stream)."""
+    times, uniforms = [], []
+    for pair, epoch in zip(pairs.tolist(), epochs.tolist()):
+        key = (((seed * 1_000_003 + pair) * 1_000_033 + epoch) * 4 + stream) % (2 ** 63)
+        gen = torch.Generator().manual_seed(key)
+        v = torch.rand(1, generator=gen)
+        times.append(SAMPLING_EPS + (1 - SAMPLING_EPS) * (torch.arange(n) + v) / n)
+        uniforms.append(torch.rand(n, length, generator=gen))
+    return torch.stack(times), torch.stack(uniforms)
+
+
+def answer_scores(model, ids: torch.Tensor, mask: torch.Tensor, t: torch.Tensor, u: torch.Tensor, noise,
+                  mask_id: int) -> torch.Tensor:
+    """B(y | x) of each row (module docstring): ids, mask [R, L] (answer positions True), t [R, n], u [R, n, L]
+    -> float32 [R], the mean over the n draws of -sequence_nelbo, in one network call of R x n rows."""
+    rows, n = t.shape
+    x0 = ids.repeat_interleave(n, dim=0)
+    maskable = mask.repeat_interleave(n, dim=0)
+    nelbo = sequence_nelbo(model, x0, t.reshape(-1), u.reshape(rows * n, -1), noise, mask_id, maskable)
+    return -nelbo.view(rows, n).mean(1)
+
+
+def pair_scores(model, chosen, chosen_mask, rejected, rejected_mask, t, u, noise, mask_id):
+    """(B(y_w), B(y_l)) [m] each: chosen and rejected of a pair share its draws; one network call for both."""
+    m = chosen.shape[0]
+    scores = answer_scores(model, torch.cat([chosen, rejected]), torch.cat([chosen_mask, rejected_mask]),
+                           torch.cat([t, t]), torch.cat([u, u]), noise, mask_id)
+    return scores[:m], scores[m:]
+
+
+def preference_loss(h: torch.Tensor, beta: float, loss: str, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Per-pair loss of the preference score h (module docstring): sigmoid (label-smoothed DPO) or ipo."""
+    if loss == "sigmoid":
+        return -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
+    if loss == "ipo":
+        return (h - 1 / (2 * beta)) ** 2
+    raise ValueError(f"dpo.loss must be one of {LOSSES}, got {loss!r}")
+
+
+def preference_metrics(beta: float, chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Tensor,
+                       ref_rejected: torch.Tensor) -> dict[str, torch.Tensor]:
+    """TRL's per-pair quantities (module docstring), [m] each; the logged values are their means."""
+    reward_chosen, reward_rejected = beta * (chosen - ref_chosen), beta * (rejected - ref_rejected)
+    return {"rewards/chosen": reward_chosen, "rewards/rejected": reward_rejected,
+            "rewards/margins": reward_chosen - reward_rejected,
+            "rewards/accuracies": (reward_chosen > reward_rejected).float(),
+            "logps/chosen": chosen, "logps/rejected": rejected}
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory so far: CUDA allocated on a GPU, else the process's peak RSS (ru_maxrss, KiB on Linux)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Data
+
+
+@dataclass
+class PairTensors:
+    """The preference shards' canvases (preprocess/preference.py), rows read per batch."""
+
+    chosen: RowStore
+    chosen_mask: RowStore
+    rejected: RowStore
+    rejected_mask: RowStore
+
+    def __len__(self) -> int:
+        return len(self.chosen)
+
+    def batch(self, rows: torch.Tensor, device) -> tuple[torch.Tensor, ...]:
+        """(chosen, chosen answer mask, rejected, rejected answer mask) of `rows`: Long ids, Bool masks."""
+        return (self.chosen[rows].long().to(device), (self.chosen_mask[rows] > 0).to(device),
+                self.rejected[rows].long().to(device), (self.rejected_mask[rows] > 0).to(device))
+
+
+def load_pairs(shards: list[str], length: int, vocab_size: int | None, cache_dir) -> PairTensors:
+    columns = {c: length for c in PAIR_COLUMNS}
+    stores = load_columns(shards, columns, vocab_size, cache_dir, id_columns=["chosen_ids", "rejected_ids"])
+    return PairTensors(*(stores[c] for c in PAIR_COLUMNS))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The trainer
+
+
+class DPOTrainer(Trainer):
+    """train/trainer.Trainer with the Diffusion-DPO step: everything else (accelerate, accumulation, EMA,
+    checkpoints and exact resume, signals, divergence, trackers) is the base trainer's."""
+
+    metric_fields = METRIC_FIELDS + DPO_FIELDS
+
+    def __init__(self, settings, train_shards, val_shards, tokenizer_dir, out_dir, init_dir=None, run=None):
+        if init_dir is None:
+            raise ValueError(f"runs.{settings.run}: a dpo run starts from a model folder (--init, init_from)")
+        super().__init__(settings, train_shards, val_shards, tokenizer_dir, out_dir, init_dir=init_dir, run=run)
+        self.dpo = settings.dpo
+        self.n = int(self.dpo["time_samples"])
+        self.beta, self.loss_type = float(self.dpo["beta"]), self.dpo["loss"]
+        self.label_smoothing = float(self.dpo["label_smoothing"])
+        policy = self.acc.unwrap_model(self.model)
+        disabled = _disable_dropout(policy)
+        if disabled:
+            self._say(f"dpo: dropout off in {disabled} policy module(s), so policy and reference score alike")
+        self.reference_dir = Path(self.dpo["reference"] or init_dir)
+        self.reference = self._load_reference(policy)
+        self.meta.update(dpo={k: self.dpo[k] for k in ("beta", "loss", "label_smoothing", "time_samples")},
+                         reference=str(self.reference_dir))
+        self.reference_cache: torch.Tensor | None = None  # [max_steps x G, 2]: B_ref(y_w), B_ref(y_l) per position
+        self.val_reference = None
+
+    # -- data and reference ----------------------------------------------------------------------
+    def _load_data(self, shards):
+        return load_pairs(shards, self.target_len, self.vocab_size, self.data_cache)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return 2 * self.global_batch * self.target_len  # chosen and rejected canvases (x n draws in the network)
+
+    def _load_reference(self, policy):
+        reference, meta = load_model(self.reference_dir, self.acc.device)
+        if meta.get("vocab_size") != self.vocab_size or meta.get("mask_id") != self.mask_id:
+            raise ValueError(f"{self.reference_dir}: the reference model has vocab_size {meta.get('vocab_size')} and "
+                             f"mask_id {meta.get('mask_id')}, the policy's tokenizer {self.vocab_size} and "
+                             f"{self.mask_id}: the reference must share the tokenizer")
+        reference.fused = getattr(policy, "fused", "auto")  # the same kernels as the policy: equal scores at step 0
+        _disable_dropout(reference)
+        return reference.requires_grad_(False).eval()
+
+    @torch.no_grad()
+    def _reference_scores(self, data: PairTensors, rows: torch.Tensor, epochs: torch.Tensor, stream: int):
+        """B_ref(y_w), B_ref(y_l) of `rows` with their draws."""
+        t, u = pair_draws(self.seed, rows, epochs, self.n, self.target_len, stream)
+        chosen, chosen_mask, rejected, rejected_mask = data.batch(rows, self.acc.device)
+        with self.acc.autocast():
+            return pair_scores(self.reference, chosen, chosen_mask, rejected, rejected_mask, t.to(self.acc.device),
+                               u.to(self.acc.device), self.noise, self.mask_id)
+
+    def _score_positions(self, positions: torch.Tensor, desc: str) -> torch.Tensor:
+        """Reference scores [len(positions), 2] of the training rows at global-batch positions (step x G + k),
+        each process computing a share, summed across processes."""
+        from tqdm.auto import tqdm
+
+        out = torch.zeros(len(positions), 2, dtype=torch.float64, device=self.acc.device)
+        chunk = self.micro
+        starts = list(range(0, len(positions), chunk))[self.acc.process_index::self.acc.num_processes]
+        for start in tqdm(starts, desc=desc, disable=not self.acc.is_main_process, mininterval=1):
+            pos = positions[start:start + chunk]
+            epochs = pos // self.order.n
+            rows = self.order.rows_at(pos)
+            chosen, rejected = self._reference_scores(self.train_data, rows, epochs, stream=0)
+            out[start:start + len(pos)] = torch.stack([chosen, rejected], 1).double()
+        if self.acc.num_processes > 1:
+            out = self.acc.reduce(out, reduction="sum")
+        return out
+
+    def _prepare_reference(self) -> None:
+        """Held-out reference scores (always once), and with cache_reference every training pair's, then the
+        reference model is freed. The training cache is kept beside the checkpoints under the settings digest."""
+        n_val = self._n_validation()
+        rows = torch.arange(n_val)
+        self.val_reference = self._reference_scores(self.val_data, rows, torch.zeros_like(rows), VALIDATION_STREAM)
+        if not self.s.dpo_cache_reference:
+            return
+        path = self.ckpt_root / REFERENCE_CACHE
+        total = self.max_steps * self.global_batch
+        if path.is_file():
+            saved = torch.load(path, map_location="cpu")
+            if saved.get("digest") == self.s.digest() and saved["scores"].shape == (total, 2):
+                self.reference_cache = saved["scores"].to(self.acc.device)
+                self._say(f"dpo: reference scores of {total} training pairs read from {path}")
+        if self.reference_cache is None:
+            self.reference_cache = self._score_positions(torch.arange(total), "dpo reference scores")
+            if self.acc.is_main_process:
+                tmp = path.with_suffix(".tmp")
+                torch.save({"digest": self.s.digest(), "scores": self.reference_cache.cpu()}, tmp)
+                tmp.replace(path)
+        self.reference = None  # every score the run needs is in the cache: free the model
+        if self.acc.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def resume(self):
+        step, seconds = super().resume()
+        self._prepare_reference()
+        return step, seconds
+
+    # -- the step --------------------------------------------------------------------------------
+    def _pair_losses(self, model, data, rows, epochs, reference: tuple[torch.Tensor, torch.Tensor] | None,
+                     stream: int):
+        """Per-pair loss and metrics of `rows` under `model`; reference scores given (cache) or computed."""
+        t, u = pair_draws(self.seed, rows, epochs, self.n, self.target_len, stream)
+        chosen, chosen_mask, rejected, rejected_mask = data.batch(rows, self.acc.device)
+        t, u = t.to(self.acc.device), u.to(self.acc.device)
+        policy_chosen, policy_rejected = pair_scores(model, chosen, chosen_mask, rejected, rejected_mask, t, u,
+                                                     self.noise, self.mask_id)
+        if reference is None:
+            reference = self._reference_scores(data, rows, epochs, stream)
+        ref_chosen, ref_rejected = (r.to(policy_chosen.dtype) for r in reference)
+        h = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
+        losses = preference_loss(h, self.beta, self.loss_type, self.label_smoothing)
+        metrics = preference_metrics(self.beta, policy_chosen.detach(), policy_rejected.detach(), ref_chosen,
+                                     ref_rejected)
+        return losses, metrics
+
+    def train_step(self, step: int) -> StepResult:
+        lr = lr_at(step, self.s.lr, self.s.warmup_steps, self.max_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        rows, epochs = self.order.indices(step), self.order.epochs(step)
+        self.model.train()
+        total, grad_norm, nonfinite = torch.zeros((), device=self.acc.device), None, []
+        collected: dict[str, list[torch.Tensor]] = {}
+        for a in range(self.accum):
+            start = (a * self.acc.num_processes + self.acc.process_index) * self.micro
+            sl = slice(start, start + self.micro)
+            reference = None
+            if self.reference_cache is not None:
+                cached = self.reference_cache[step * self.global_batch + start:][: self.micro]
+                reference = (cached[:, 0], cached[:, 1])
+            with self.acc.accumulate(self.model):
+                losses, metrics = self._pair_losses(self.model, self.train_data, rows[sl], epochs[sl], reference,
+                                                    stream=0)
+                loss = losses.mean()
+                self.acc.backward(loss)
+                total += loss.detach().float()
+                for key, value in metrics.items():
+                    collected.setdefault(key, []).append(value.float())
+                if self.acc.sync_gradients:
+                    norm = self.acc.clip_grad_norm_(self.model.parameters(), self.s.grad_clip)
+                    grad_norm = float(norm) if norm is not None else None
+                    nonfinite = self._nonfinite(total, grad_norm)
+                    if not nonfinite:
+                        self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+        mean = self.acc.reduce(total / self.accum, reduction="mean")
+        if not nonfinite:
+            self.ema.update(self.acc.unwrap_model(self.model))
+        extras = self._reduce_metrics(collected)
+        extras["memory_mb"] = round(peak_memory_mb(self.acc.device), 1)
+        return StepResult(float(mean), grad_norm, nonfinite, extras)
+
+    def _reduce_metrics(self, collected: dict[str, list[torch.Tensor]]) -> dict[str, float]:
+        """Means over the global batch (every process holds an equal share, so the mean of means is exact)."""
+        means = torch.stack([torch.cat(collected[k]).mean() for k in DPO_FIELDS[:-1]])
+        if self.acc.num_processes > 1:
+            means = self.acc.reduce(means, reduction="mean")
+        return {k: round(float(v), 6) for k, v in zip(DPO_FIELDS[:-1], means)}
+
+    # -- validation ------------------------------------------------------------------------------
+    def _n_validation(self) -> int:
+        return min(len(self.val_data), self.s.eval_batches * self.global_batch)
+
+    @torch.no_grad()
+    def validation_row(self) -> dict:
+        """The DPO loss and TRL metrics of the EMA policy on the first eval_batches x G held-out pairs, with
+        draws fixed for the run (VALIDATION_STREAM) and the reference's scores computed once."""
+        model = self.acc.unwrap_model(self.model)
+        n = self._n_validation()
+        chunks = [slice(i, min(i + self.micro, n)) for i in range(0, n, self.micro)]
+        sums = torch.zeros(1 + len(DPO_FIELDS) - 1, dtype=torch.float64, device=self.acc.device)
+        model.eval()
+        with self.ema.applied(model):
+            for sl in chunks[self.acc.process_index::self.acc.num_processes]:
+                rows = torch.arange(n)[sl]
+                reference = (self.val_reference[0][sl], self.val_reference[1][sl])
+                with self.acc.autocast():
+                    losses, metrics = self._pair_losses(model, self.val_data, rows, torch.zeros_like(rows),
+                                                        reference, VALIDATION_STREAM)
+                values = [losses.double().sum()] + [metrics[k].double().sum() for k in DPO_FIELDS[:-1]]
+                sums += torch.stack(values)
+        sums = self.acc.reduce(sums, reduction="sum")
+        row = {"loss": float(sums[0] / n)}
+        row.update({k: round(float(v / n), 6) for k, v in zip(DPO_FIELDS[:-1], sums[1:])})
+        row["memory_mb"] = round(peak_memory_mb(self.acc.device), 1)
+        return row
+
+    def validate(self) -> float:
+        return self.validation_row()["loss"]
+
+
+def _disable_dropout(model: torch.nn.Module) -> int:
+    """Set every dropout probability to 0 (TRL's disable_dropout); returns how many modules had p > 0."""
+    count = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd) and module.p > 0:
+            module.p = 0.0
+            count += 1
+    return count
