@@ -13,7 +13,7 @@ For the held-out preference shard (preprocess/preference.py) and the DPO run's m
                     chosen answer, for the start (before) and the DPO model (after)
     task score      share of the first n_gen held-out prompts whose generated answer (eval/generate.py, temperature
                     0, sft.gen_length / eval_steps / remasking / eos_guard, cut at the first EOS) the judge accepts:
-                    task sources (task:reverse) use the task's own check (preprocess.sft.check_answer); data files
+                    task sources (task:reverse) use the task's own check (common.tasks.check_answer); data files
                     have no checkable task, so the judge is exact match with the chosen answer
     win rate        over the same prompts, (wins + ties / 2) / n_gen where a win is a prompt the judge accepts
                     after DPO and not before, a tie one where the verdicts agree: 0.5 = no change
@@ -27,13 +27,20 @@ import argparse
 import csv
 import io
 import json
+import os
 from pathlib import Path
+
+import pyarrow as pa
 
 import torch
 
-from common.io import atomic_path
+from common.io import InputError, atomic_path, open_parquet
+from common.tasks import check_answer
 from eval.sft import EXAMPLES, backbone_name, normalise, source_of
 
+# the preference shard's columns (preprocess/preference.py's PAIR_SCHEMA) this evaluation reads
+PAIR_SHARD_COLUMNS = ("pair_id", "prompt", "chosen", "rejected", "chosen_ids", "chosen_mask", "rejected_ids",
+                      "rejected_mask")
 EVAL_STREAM = 2  # draws of their own, apart from training (0) and the trainer's validation (1)
 
 DEFINITION_REWARD = ("share of held-out pairs with beta (B(y_w) - B_ref(y_w)) > beta (B(y_l) - B_ref(y_l)), B the "
@@ -41,6 +48,41 @@ DEFINITION_REWARD = ("share of held-out pairs with beta (B(y_w) - B_ref(y_w)) > 
 DEFINITION_PREFERENCE = "share of held-out pairs whose chosen answer has the higher ELBO under the model"
 DEFINITION_WIN = ("(wins + ties / 2) / n over held-out prompts, a win = the judge accepts the DPO model's answer and "
                   "not the starting model's; 0.5 = no change")
+
+
+def read_pairs(shards, n: int) -> dict:
+    """The first ``n`` pairs of ``shards`` (one path or a list, read in order; fewer when they hold fewer) as a
+    dict of lists: ``pair_id``, ``prompt`` (the parsed message list), ``chosen``, ``rejected``, ``chosen_ids``,
+    ``chosen_mask``, ``rejected_ids``, ``rejected_mask``."""
+    if isinstance(shards, (str, os.PathLike)):
+        shards = [shards]
+    out = {column: [] for column in PAIR_SHARD_COLUMNS}
+    left = int(n)
+    for shard in shards:
+        if left <= 0:
+            break
+        parquet = open_parquet(shard, PAIR_SHARD_COLUMNS)
+        row = 0
+        try:
+            for batch in parquet.iter_batches(batch_size=min(max(left, 1), 512), columns=PAIR_SHARD_COLUMNS):
+                part = batch.slice(0, left).to_pydict()
+                for column in PAIR_SHARD_COLUMNS:
+                    out[column].extend(part[column])
+                row += len(part["pair_id"])
+                left -= len(part["pair_id"])
+                if left <= 0:
+                    break
+        except (pa.ArrowException, OSError) as err:
+            raise InputError(f"{shard}: corrupt Parquet data, {row} rows read before it ({err})") from err
+    prompts = []
+    for pair_id, text in zip(out["pair_id"], out["prompt"]):
+        try:
+            prompts.append(json.loads(text))
+        except (TypeError, json.JSONDecodeError) as err:
+            raise InputError(f"pair {pair_id}: column 'prompt' is not a JSON message list ({err}): "
+                             f"{str(text)[:80]!r}") from err
+    out["prompt"] = prompts
+    return out
 
 
 @torch.no_grad()
@@ -66,8 +108,6 @@ def pair_elbos(trained, pairs: dict, n: int, time_samples: int, batch_size: int,
 
 def judge(source: str | None, prompt: list, chosen: str, answer: str) -> bool:
     """The task's own check for task sources, else exact match with the chosen answer (module docstring)."""
-    from preprocess.sft import check_answer
-
     if source and source.startswith("task:"):
         return check_answer(source, prompt, answer)
     return normalise(answer) == normalise(chosen)
@@ -91,7 +131,6 @@ def evaluate_dpo(run_dir, before_dir, reference_dir, shards, n_pairs: int, time_
     """dpo.json of a DPO run (module docstring)."""
     from eval.runs import run_model_dirs
     from eval.trained import load_trained
-    from preprocess.preference import read_pairs
 
     model_dir = run_model_dirs(run_dir)[-1]
     pairs = read_pairs(shards, max(n_pairs, n_gen))

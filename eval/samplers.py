@@ -23,9 +23,9 @@ import math
 
 import torch
 
-SAMPLERS = ("ddpm", "ddpm_cache", "analytic", "euler", "confidence", "semi_ar")
+SAMPLERS = ("ddpm", "ddpm_cache", "analytic", "euler", "confidence", "semi_ar", "uncertainty")
 NATIVE_OBJECTIVE = {"ddpm": "mdlm", "ddpm_cache": "mdlm", "confidence": "mdlm", "semi_ar": "mdlm",
-                    "analytic": "sedd", "euler": "sedd"}
+                    "uncertainty": "mdlm", "analytic": "sedd", "euler": "sedd"}
 SEMI_AR_BLOCKS = 4  # semi_ar without a block size: the target in this many blocks
 
 
@@ -219,7 +219,7 @@ def euler_steps(denoiser, x, editable, noise, steps, temperature, generator, lev
     return x
 
 
-def confidence_steps(denoiser, x, editable, noise, steps, temperature, generator, level=None):
+def confidence_steps(denoiser, x, editable, noise, steps, temperature, generator, level=None, penalty=None):
     """Low-confidence remasking (MaskGIT; LLaDA's ``low_confidence``; the uncertainty sampler of ATAT).
     Objective: mdlm.
 
@@ -227,6 +227,8 @@ def confidence_steps(denoiser, x, editable, noise, steps, temperature, generator
     own probability, keeps the most confident ones and remasks the rest. How many stay masked follows the
     noise schedule: after the step to time s, round(n_editable * (1 - exp(-sigma_bar(s)))) positions of the
     editable span are still masked, and none after the last step. ``level``: as in ddpm_steps.
+    ``penalty`` (x, sigma) -> [B, P + L] nats, when given, is subtracted from each position's confidence before
+    the ranking (uncertainty_steps); it draws nothing, so the random stream is the same with or without it.
     """
     batch = x.shape[0]
     grid = time_grid(steps)
@@ -236,6 +238,8 @@ def confidence_steps(denoiser, x, editable, noise, steps, temperature, generator
         log_p0 = tempered_log_probs(denoiser.x0_log_probs(x, sigma_t), temperature)
         proposal = sample_categorical(log_p0.exp(), generator)
         confidence = log_p0.gather(-1, proposal[..., None]).squeeze(-1)
+        if penalty is not None:
+            confidence = confidence - penalty(x, sigma_t).to(confidence.dtype)
         masked = editable[None, :] & (x == denoiser.mask_id)
         confidence = confidence.masked_fill(~masked, float("-inf"))
         if i == steps - 1:
@@ -250,6 +254,24 @@ def confidence_steps(denoiser, x, editable, noise, steps, temperature, generator
         update = masked & (rank < reveal[:, None])
         x = torch.where(update, proposal, x)
     return x
+
+
+def uncertainty_steps(denoiser, x, editable, noise, steps, temperature, generator, level=None, importance=None):
+    """Uncertainty-guided unmasking (ATAT's sampler; train/atat.py). Objective: mdlm (an atat run trains the same
+    SUBS network and ends its curriculum on the plain MDLM loss).
+
+    confidence_steps with a second opinion on how uncertain each position is: the importance estimator's
+    predicted surprisal s_hat_i(x_t, t) (train/importance.py, nats), so each step reveals the positions of least
+
+        uncertainty_i = -log p_theta(proposal_i | x_t) + s_hat_i(x_t, t)
+
+    (ties: the leftmost first), as many as the schedule allows. ``importance``: x [B, P + L], sigma [B] ->
+    s_hat [B, P + L] (train.importance.estimator_importance), told the same noise level as the network.
+    """
+    if importance is None:
+        raise ValueError("sampler 'uncertainty' needs the importance estimator of an atat run (sample(..., "
+                         "importance=train.importance.estimator_importance(estimator, prefix_len))); got none")
+    return confidence_steps(denoiser, x, editable, noise, steps, temperature, generator, level, penalty=importance)
 
 
 def autoregressive(model, bos_id: int, mask_id: int, batch: int, target_len: int, temperature: float = 1.0,
@@ -270,7 +292,7 @@ def autoregressive(model, bos_id: int, mask_id: int, batch: int, target_len: int
 
 def sample(denoiser, noise, prefix: torch.Tensor, target_len: int, sampler: str, steps: int,
            temperature: float = 1.0, block_size: int | None = None,
-           generator: torch.Generator | None = None) -> torch.Tensor:
+           generator: torch.Generator | None = None, importance=None) -> torch.Tensor:
     """Generate ``target_len`` tokens after the clean ``prefix: Long[B, P]``; returns ``Long[B, target_len]``.
 
     ``block_size`` turns on semi-autoregressive blocks (Arriola et al., 2025; LLaDA): the target is filled
@@ -280,6 +302,7 @@ def sample(denoiser, noise, prefix: torch.Tensor, target_len: int, sampler: str,
     Each block runs its own grid from t = 1 to 0 (how many of its positions unmask when), but the network
     is told the noise level whose mask probability is the share of the target still masked
     (mask_share_level): that is the state it was trained on, a uniformly noised target.
+    ``importance`` (x, sigma) -> predicted surprisal [B, P + L]: the estimator sampler ``uncertainty`` needs.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
@@ -304,6 +327,8 @@ def sample(denoiser, noise, prefix: torch.Tensor, target_len: int, sampler: str,
             x = analytic_steps(denoiser, x, editable, **kwargs)
         elif sampler == "euler":
             x = euler_steps(denoiser, x, editable, **kwargs)
+        elif sampler == "uncertainty":
+            x = uncertainty_steps(denoiser, x, editable, importance=importance, **kwargs)
         else:
             x = confidence_steps(denoiser, x, editable, **kwargs)
     if not torch.equal(x[:, :prefix_len], prefix.long()):

@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sys
 import time
@@ -73,9 +72,10 @@ from tqdm import tqdm
 
 from common.chat import ROLES, Encoded, encode_conversation
 from common.config import ConfigError, load_config
-from common.io import InputError, atomic_path, open_parquet, stats_path as default_stats_path, write_json
+from common.io import InputError, atomic_path, stats_path as default_stats_path, write_json
+from common.tasks import normalise
 from preprocess.corpus import in_validation
-from preprocess.sft import (EXAMPLES_PER_REASON, ROWS_PER_BATCH, SPLITS, Raw, Skipped, _content_problem, _normalise,
+from preprocess.sft import (EXAMPLES_PER_REASON, ROWS_PER_BATCH, SPLITS, Raw, Skipped, _content_problem,
                             _special_texts, hub_records, load_tokenizer, local_records, reverse_record, source_kind)
 
 SETTING = "dpo.source"  # the config key named in source errors
@@ -92,8 +92,6 @@ PAIR_SCHEMA = pa.schema([
     ("rejected", pa.string()),
     ("rejection", pa.string()),
 ])
-PAIR_COLUMNS = ["pair_id", "prompt", "chosen", "rejected", "chosen_ids", "chosen_mask", "rejected_ids",
-                "rejected_mask"]
 REJECTION_RULES = ("unreversed", "dropped", "repeated", "swapped")
 ANSWERS = ("chosen", "rejected")
 
@@ -192,7 +190,7 @@ def to_pair(raw: Raw) -> Item:
         return Skipped(rid, "prompt_not_ending_in_user", f"{where}: the prompt's roles are "
                                                          f"{[m['role'] for m in prompt]}, expected a user turn last")
     chosen_text, rejected_text = chosen[-1]["content"], rejected[-1]["content"]
-    if _normalise(chosen_text) == _normalise(rejected_text):
+    if normalise(chosen_text) == normalise(rejected_text):
         return Skipped(rid, "identical", f"{where}: chosen and rejected are the same text {chosen_text[:60]!r}")
     return Pair(rid, prompt, chosen_text, rejected_text)
 
@@ -391,45 +389,6 @@ def build(dpo: dict, length: int, tokenizer, split: str, out_path: str | Path, s
     assert read == written + sum(skipped.values())
     write_json(stats, stats_path)
     return stats
-
-
-# --------------------------------------------------------------------------------------------------------
-# Reading pairs back
-
-
-def read_pairs(shards, n: int) -> dict:
-    """The first ``n`` pairs of ``shards`` (one path or a list, read in order; fewer when they hold fewer) as a
-    dict of lists: ``pair_id``, ``prompt`` (the parsed message list), ``chosen``, ``rejected``, ``chosen_ids``,
-    ``chosen_mask``, ``rejected_ids``, ``rejected_mask``."""
-    if isinstance(shards, (str, os.PathLike)):
-        shards = [shards]
-    out = {column: [] for column in PAIR_COLUMNS}
-    left = int(n)
-    for shard in shards:
-        if left <= 0:
-            break
-        parquet = open_parquet(shard, PAIR_COLUMNS)
-        row = 0
-        try:
-            for batch in parquet.iter_batches(batch_size=min(max(left, 1), ROWS_PER_BATCH), columns=PAIR_COLUMNS):
-                part = batch.slice(0, left).to_pydict()
-                for column in PAIR_COLUMNS:
-                    out[column].extend(part[column])
-                row += len(part["pair_id"])
-                left -= len(part["pair_id"])
-                if left <= 0:
-                    break
-        except (pa.ArrowException, OSError) as err:
-            raise InputError(f"{shard}: corrupt Parquet data, {row} rows read before it ({err})") from err
-    prompts = []
-    for pair_id, text in zip(out["pair_id"], out["prompt"]):
-        try:
-            prompts.append(json.loads(text))
-        except (TypeError, json.JSONDecodeError) as err:
-            raise InputError(f"pair {pair_id}: column 'prompt' is not a JSON message list ({err}): "
-                             f"{str(text)[:80]!r}") from err
-    out["prompt"] = prompts
-    return out
 
 
 def main(argv=None):

@@ -17,7 +17,7 @@ Sources (``sft.source``):
   ``n_train`` / ``n_validation`` records. Held-out split: a word list w belongs to validation iff
   u("reverse|" + " ".join(w)) < validation_fraction (u = ``preprocess.corpus.in_validation``'s hash), and every
   list of a record is drawn (by rejection) from its split's side, so no validation word list equals a train word
-  list, whatever the seed. ``check_answer`` / ``reference_answer`` score generated answers (eval uses them).
+  list, whatever the seed. ``common.tasks.check_answer`` / ``reference_answer`` score generated answers.
 - a local file or folder (searched recursively, sorted): ``.jsonl`` (one JSON object a line), ``.json`` (one
   JSON array of objects, as Alpaca's ``alpaca_data.json``), ``.parquet`` (rows). Record ids: the record's own
   ``id`` field when it has one (a string or an integer), else ``{relative path}:{line | index | row}``.
@@ -59,7 +59,6 @@ import builtins
 import json
 import keyword
 import random
-import re
 import sys
 import time
 from collections import Counter
@@ -74,6 +73,7 @@ from tqdm import tqdm
 from common.chat import ROLES, encode_conversation
 from common.config import ConfigError, load_config
 from common.io import InputError, atomic_path, stats_path as default_stats_path, write_json
+from common.tasks import REVERSE_PROMPT
 from preprocess.corpus import in_validation, text_problem
 
 SPLITS = ("train", "validation")
@@ -324,8 +324,6 @@ REVERSE_WORDS = tuple(sorted({
     w for w in [*keyword.kwlist, *dir(builtins)]
     if w.isascii() and w.isalpha() and w.islower() and w not in _SITE_BUILTINS
 }))
-REVERSE_PROMPT = "Reverse the words: "
-_REVERSE_RE = re.compile(r"^\s*Reverse the words:\s*(.*?)\s*$", re.DOTALL)
 MAX_DRAWS = 10_000
 
 
@@ -353,36 +351,6 @@ def reverse_record(seed: int, split: str, index: int, fraction: float) -> Conver
         messages.append({"role": "user", "content": REVERSE_PROMPT + " ".join(words)})
         messages.append({"role": "assistant", "content": " ".join(reversed(words))})
     return Conversation(f"reverse/{split}/{index}", messages)
-
-
-def _normalise(text: str) -> str:
-    return " ".join(text.split())
-
-
-def _last_user(prompt_messages: list) -> str:
-    users = [m["content"] for m in prompt_messages if m.get("role") == "user"]
-    if not users:
-        raise ValueError(f"prompt has no user turn: roles {[m.get('role') for m in prompt_messages]}")
-    return users[-1]
-
-
-def reference_answer(task: str, prompt_messages: list) -> str:
-    """The correct answer to the last user turn of ``prompt_messages`` for ``task`` ("task:reverse" or
-    "reverse"): the words after "Reverse the words:", in reverse order, joined by single spaces."""
-    name = task.removeprefix("task:")
-    if name not in TASKS:
-        raise ValueError(f"unknown task {task!r}; known: {['task:' + t for t in TASKS]}")
-    question = _last_user(prompt_messages)
-    match = _REVERSE_RE.match(question)
-    if not match:
-        raise ValueError(f"task:reverse: the last user turn is not a reverse question: {question[:80]!r}")
-    return " ".join(reversed(match.group(1).split()))
-
-
-def check_answer(task: str, prompt_messages: list, answer: str) -> bool:
-    """Exact match after whitespace normalisation (runs of whitespace -> one space, ends stripped):
-    normalise(answer) == reference_answer(task, prompt_messages)."""
-    return _normalise(answer) == reference_answer(task, prompt_messages)
 
 
 TASKS = {"reverse": reverse_record}

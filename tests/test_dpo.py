@@ -6,7 +6,6 @@ import copy
 import csv
 import math
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path

@@ -35,6 +35,11 @@ def prefix_batch(batch=3, seed=1):
     return torch.randint(0, MASK, (batch, PREFIX_LEN), generator=g)
 
 
+def flat_importance(sampler):
+    """The estimate the uncertainty sampler needs (eval/samplers.uncertainty_steps), flat; no other sampler takes one."""
+    return (lambda x, sigma: torch.zeros(x.shape)) if sampler == "uncertainty" else None
+
+
 @pytest.mark.parametrize("objective", ["mdlm", "sedd"])
 @pytest.mark.parametrize("sampler", SAMPLERS)
 @pytest.mark.parametrize("block_size", [None, 5])
@@ -52,7 +57,7 @@ def test_prefix_kept_and_no_mask_survives(objective, sampler, block_size):
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         out = sample(denoiser, LogLinearNoise(), prefix, TARGET_LEN, sampler, steps=7, temperature=0.9,
-                     block_size=block_size, generator=g)
+                     block_size=block_size, generator=g, importance=flat_importance(sampler))
     assert out.shape == (3, TARGET_LEN)
     assert not (out == MASK).any()
     # ddpm_cache calls the network on a subset of rows: every row it sees starts with one of the clean prefixes
@@ -288,7 +293,7 @@ def test_semi_ar_blocks_tell_the_network_the_masked_share(sampler):
     denoiser = RecordingDenoiser()
     prefix = torch.randint(0, 3, (6, prefix_len), generator=torch.Generator().manual_seed(2))
     sample(denoiser, LogLinearNoise(eps), prefix, target_len, sampler, steps=12, block_size=3,
-           generator=torch.Generator().manual_seed(0))
+           generator=torch.Generator().manual_seed(0), importance=flat_importance(sampler))
     shares = []
     for x, sigma in denoiser.heard:
         share = (x[:, prefix_len:] == 3).double().mean(-1)

@@ -13,9 +13,11 @@ import yaml
 
 from common.chat import encode_conversation
 from common.io import InputError, read_parquet, write_parquet
-from preprocess.preference import (PAIR_SCHEMA, REJECTION_RULES, build, main, pair_canvases, read_pairs,
+from eval.dpo import read_pairs
+from preprocess.preference import (PAIR_SCHEMA, REJECTION_RULES, build, main, pair_canvases,
                                    reverse_pair, wrong_reversal)
-from preprocess.sft import REVERSE_PROMPT, check_answer, reverse_record, reverse_side
+from common.tasks import REVERSE_PROMPT, check_answer
+from preprocess.sft import reverse_record, reverse_side
 from test_sft_data import DIALOGUE, ROOT, bpe_tokenizer, runs, wordpiece_tokenizer
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DAG_STEPS = {"corpus", "tokenizer", "annotate", "stages", "blocks", "sft"}  # the commands rules/preprocess.smk runs
+DAG_STEPS = {"corpus", "tokenizer", "annotate", "stages", "blocks", "sft", "preference"}  # the commands rules/preprocess.smk runs
 
 
 def test_only_the_dag_steps_are_commands():

@@ -16,8 +16,8 @@ import pytest
 from common.chat import (DEFAULT_TEMPLATE, answer_text, assistant_spans, encode_conversation, prompt_ids, render,
                          template_for)
 from common.io import InputError, read_parquet, write_parquet
-from preprocess.sft import (REVERSE_WORDS, SFT_SCHEMA, build, check_answer, reference_answer, reverse_record,
-                            reverse_side)
+from common.tasks import check_answer, reference_answer
+from preprocess.sft import REVERSE_WORDS, SFT_SCHEMA, build, reverse_record, reverse_side
 from preprocess.tokenizer import train_bpe
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,0 +1,313 @@
+"""The math of objective atat (train/atat.py), checked on a distribution small enough to enumerate.
+
+Sequences of length 3 over tokens {0, 1, 2} (mask id 3) with a fixed arbitrary distribution p over the 27 of
+them. The exact denoiser computes p_t(x0_i = v | x_t) by enumeration, for the state-dependent schedule too
+(p(x0) prod_{i masked} (1 - alpha_{x0_i}(t)) over the x0 that agree with x_t). Expectations over masks are exact
+sums over the 8 mask patterns (uniform u = 0 masks a position, u = 1 keeps it); the time integral is
+Gauss-Legendre quadrature. The base schedule alpha(t) = (1 - t)^K reaches alpha(1) = 0, so the prior term is 0
+and the continuous-time NELBO of the exact denoiser is -log p(x) exactly; K = 5 keeps the rates
+lambda_v = -alpha_v' / (1 - alpha_v) ~ K w_v (1 - t)^{K w_v - 1} bounded for every exponent w_v >= 0.4.
+"""
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from train.atat import (atat_loss, atat_token_terms, curriculum_stage, log_mask_ratio, schedule_exponents)
+from train.importance import ImportanceEstimator, frequency_importance
+from train.model import DiffusionTransformer, ModelConfig
+from train.noise import LogLinearNoise, sample_times
+from train.objectives import diffusion_loss
+
+torch.set_num_threads(1)
+
+TOKENS, MASK, LENGTH, K = 3, 3, 3, 5
+VOCAB = TOKENS + 1
+SEQS = torch.tensor(list(itertools.product(range(TOKENS), repeat=LENGTH)))  # [27, 3]
+PATTERNS = torch.tensor(list(itertools.product((False, True), repeat=LENGTH)))  # [8, 3], True = masked
+
+
+def data_distribution(seed=0) -> torch.Tensor:
+    """An arbitrary fixed p over the 27 sequences, every one with mass > 0, in float64."""
+    g = torch.Generator().manual_seed(seed)
+    weights = torch.rand(len(SEQS), generator=g, dtype=torch.float64) ** 3 + 0.02
+    return weights / weights.sum()
+
+
+P = data_distribution()
+
+
+class PowerNoise:
+    """alpha(t) = (1 - t)^k:  sigma_bar(t) = -k log(1 - t),  sigma'(t) = k / (1 - t)."""
+
+    def __init__(self, power=K):
+        self.power = power
+
+    def total(self, t):
+        return -self.power * torch.log1p(-t)
+
+    def rate(self, t):
+        return self.power / (1 - t)
+
+
+class ExactDenoiser(torch.nn.Module):
+    """p_t(x0_i = v | x_t) by enumeration, as logits (log-probabilities) at the selected positions. With
+    `exponents` (w [V]) the posterior of the state-dependent schedule; without, the schedule-free one
+    p(x0_i = v | the unmasked tokens)."""
+
+    def __init__(self, p, exponents=None):
+        super().__init__()
+        self.p, self.exponents = p, exponents
+        self.fused = False
+
+    def forward(self, x, sigma, prefix_len=0, select=None):
+        assert prefix_len == 0
+        masked = x == MASK                                                       # [B, L]
+        agree = ((SEQS[None] == x[:, None]) | masked[:, None]).all(-1)           # [B, 27]
+        weight = self.p[None] * agree
+        if self.exponents is not None:
+            w = self.exponents.double()[SEQS]                                    # [27, L]
+            mask_prob = -torch.expm1(-w[None] * sigma.double()[:, None, None])   # [B, 27, L]
+            weight = weight * torch.where(masked[:, None], mask_prob, torch.ones_like(mask_prob)).prod(-1)
+        posterior = weight / weight.sum(-1, keepdim=True)
+        onehot = torch.nn.functional.one_hot(SEQS, VOCAB).double()               # [27, L, V]
+        marginal = torch.einsum("bs,slv->blv", posterior, onehot)
+        logits = marginal.clamp_min(1e-300).log()
+        return logits[select] if select is not None else logits
+
+
+def keep_probability(x0, t, exponents, power=K):
+    """alpha_{x0_i}(t) = (1 - t)^{k w_{x0_i}}, float64 [B, L]."""
+    w = torch.ones(VOCAB, dtype=torch.float64) if exponents is None else exponents.double()
+    return (1 - t.double())[:, None] ** (power * w[x0])
+
+
+def expected_nelbo(model, exponents, nodes=256, part="loss", noise=None, power=K):
+    """For every sequence x: int_0^1 sum_patterns q_t(pattern | x) sum_{i masked} l_i dt, by Gauss-Legendre in t
+    and an exact sum over the mask patterns. part: "loss" (l_i), or "naive" (l_i without the vocabulary
+    bracket, the weighting a state-dependent schedule must not use). noise: the base schedule, whose keep
+    probability must be (1 - t)^power (default PowerNoise(K)). float64 [27]."""
+    s, weights = np.polynomial.legendre.leggauss(nodes)
+    t_nodes = torch.tensor((s + 1) / 2, dtype=torch.float64)
+    w_nodes = torch.tensor(weights / 2, dtype=torch.float64)
+    # rows: (sequence, node, pattern)
+    x0 = SEQS[:, None, None].expand(-1, nodes, len(PATTERNS), -1).reshape(-1, LENGTH)
+    t = t_nodes[None, :, None].expand(len(SEQS), -1, len(PATTERNS)).reshape(-1)
+    pattern = PATTERNS[None, None].expand(len(SEQS), nodes, -1, -1).reshape(-1, LENGTH)
+    uniform = torch.where(pattern, 0.0, 1.0)
+    keep = keep_probability(x0, t, exponents, power)
+    pattern_prob = torch.where(pattern, 1 - keep, keep).prod(-1)
+    with torch.no_grad():
+        terms = atat_token_terms(model, x0, None, t, uniform, noise or PowerNoise(power), MASK, exponents)
+    assert torch.equal(terms.masked, pattern)
+    token = terms.loss if part == "loss" else terms.loss - terms.rate_term
+    per_row = torch.zeros(len(x0), dtype=torch.float64).index_add(0, terms.rows, token.double())
+    integrand = (pattern_prob * per_row).view(len(SEQS), nodes, len(PATTERNS)).sum(-1)
+    return (integrand * w_nodes[None]).sum(-1)
+
+
+def frequency_exponents(strength=0.35):
+    """w from the frequency importance of skewed counts (token 0 common, 2 rare; the mask never seen)."""
+    return schedule_exponents(frequency_importance(np.array([60, 25, 6, 0])), strength)
+
+
+def random_exponents(seed):
+    g = torch.Generator().manual_seed(seed)
+    return 0.4 + 2.1 * torch.rand(VOCAB, generator=g)  # w_v in [0.4, 2.5]
+
+
+SCHEDULES = {"uniform": None, "frequency": frequency_exponents(),
+             **{f"random{seed}": random_exponents(seed) for seed in (1, 2, 3)}}
+
+
+def test_frequency_exponents_are_not_trivial():
+    w = SCHEDULES["frequency"]
+    assert w[0] > 1 > w[2] and w[:TOKENS].min() >= 0.4  # common tokens masked sooner, rare later; K w >= 2
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULES))
+def test_exact_denoiser_nelbo_is_the_nll(name):
+    """E_t E_mask NELBO(x) = -log p(x) for every x under every schedule, with the exact posterior."""
+    exponents = SCHEDULES[name]
+    nelbo = expected_nelbo(ExactDenoiser(P, exponents), exponents)
+    assert torch.allclose(nelbo, -P.log(), rtol=1e-6, atol=1e-6), (nelbo + P.log()).abs().max()
+
+
+def test_loglinear_uniform_schedule_gives_the_nll():
+    """The pipeline's LogLinearNoise with eps = 0 (alpha = 1 - t, MDLM's weight 1/t), variant uniform."""
+    nelbo = expected_nelbo(ExactDenoiser(P), None, noise=LogLinearNoise(eps=0.0), power=1)
+    assert torch.allclose(nelbo, -P.log(), rtol=1e-6, atol=1e-6), (nelbo + P.log()).abs().max()
+
+
+@pytest.mark.parametrize("name", ["frequency", "random1", "random2"])
+def test_dropping_the_vocabulary_term_is_not_a_nelbo(name):
+    """Negative control: under a state-dependent schedule, lambda_{x0} * -log p alone (MDLM's form with
+    per-token weights) misses -log p(x) even with the exact posterior, so the test above can fail; and it is not
+    a bound at all: sum_x exp(-naive(x)) > 1, which no NELBO of a distribution allows."""
+    exponents = SCHEDULES[name]
+    naive = expected_nelbo(ExactDenoiser(P, exponents), exponents, part="naive")
+    assert (naive + P.log()).abs().max() > 1e-2
+    assert float(torch.exp(-naive).sum()) > 1.0 + 1e-3
+
+
+def test_schedule_free_posterior_is_wrong_for_state_dependent_masking():
+    """Under the frequency schedule the exact denoiser must use the t-dependent posterior: the
+    schedule-free one (right for MDLM) is a model like any other, so its NELBO is a strict bound."""
+    exponents = SCHEDULES["frequency"]
+    nelbo = expected_nelbo(ExactDenoiser(P, None), exponents)
+    entropy = -(P * P.log()).sum()
+    assert float((P * nelbo).sum()) > float(entropy) + 1e-4
+
+
+def random_denoisers():
+    """Non-exact denoisers: the exact posterior tempered (close to the truth) and a random tiny transformer."""
+    class Tempered(ExactDenoiser):
+        def forward(self, x, sigma, prefix_len=0, select=None):
+            return super().forward(x, sigma, prefix_len, select) * 0.6
+
+    torch.manual_seed(0)
+    net = DiffusionTransformer(ModelConfig(vocab_size=VOCAB, dim=16, n_layers=1, n_heads=2, cond_dim=8))
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    return {"tempered": Tempered, "transformer": net.eval()}
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULES))
+@pytest.mark.parametrize("denoiser", ["tempered", "transformer"])
+def test_non_exact_denoiser_gives_an_upper_bound(name, denoiser):
+    """For a model q_theta: NELBO(x) >= -log q_theta(x) for every x. Per x that is not >= -log p(x) (the model
+    may put more mass on x than p does), but it implies both (i) sum_x exp(-NELBO(x)) <= sum_x q_theta(x) = 1 and
+    (ii) E_p[NELBO] >= E_p[-log q_theta] >= H(p), checked here with margin-free inequalities."""
+    exponents = SCHEDULES[name]
+    model = random_denoisers()[denoiser]
+    if denoiser == "tempered":
+        model = model(P, exponents)
+    nelbo = expected_nelbo(model, exponents, nodes=128)
+    entropy = -(P * P.log()).sum()
+    assert float(torch.exp(-nelbo).sum()) <= 1.0
+    assert float((P * nelbo).sum()) >= float(entropy)
+    if denoiser == "tempered":  # close to the truth, so the checks above are not vacuous
+        assert float(torch.exp(-nelbo).sum()) > 0.9
+
+
+def test_importance_sampling_ratio_recovers_the_plain_expectation():
+    """E_{q_w}[exp(log_mask_ratio) f(x_t)] = E_{q_1}[f(x_t)] exactly, summed over the 8 patterns."""
+    exponents = SCHEDULES["random1"]
+    x0 = torch.tensor([[0, 2, 1]]).expand(len(PATTERNS), -1)
+    t = torch.full((len(PATTERNS),), 0.37, dtype=torch.float64)
+    sigma = PowerNoise().total(t)
+    f = torch.arange(1, len(PATTERNS) + 1, dtype=torch.float64) ** 2  # any function of the pattern
+    q_w = torch.where(PATTERNS, 1 - keep_probability(x0, t, exponents), keep_probability(x0, t, exponents)).prod(-1)
+    q_1 = torch.where(PATTERNS, 1 - keep_probability(x0, t, None), keep_probability(x0, t, None)).prod(-1)
+    ratio = log_mask_ratio(x0, PATTERNS, sigma, exponents).exp()
+    assert torch.allclose((q_w * ratio * f).sum(), (q_1 * f).sum(), rtol=1e-12)
+    assert not torch.allclose((q_w * f).sum(), (q_1 * f).sum(), rtol=1e-3)
+
+
+# -- the uniform variant is MDLM ---------------------------------------------------------------------------
+def tiny_dit(vocab=24, seed=0, fused="auto"):
+    torch.manual_seed(seed)
+    model = DiffusionTransformer(ModelConfig(vocab_size=vocab, dim=32, n_layers=2, n_heads=2, cond_dim=16),
+                                 fused=fused)
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    return model
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("case", ["plain", "prefix", "pad", "maskable"])
+def test_uniform_variant_equals_mdlm_exactly(fused, case):
+    vocab, mask, pad = 24, 23, 22
+    model = tiny_dit(vocab, fused=fused)
+    g = torch.Generator().manual_seed(3)
+    x0 = torch.randint(0, pad, (5, 12), generator=g)
+    prefix = torch.randint(0, pad, (5, 4), generator=g) if case == "prefix" else None
+    pad_id, maskable = None, None
+    if case == "pad":
+        x0[:, 9:] = pad
+        pad_id = pad
+    if case == "maskable":
+        maskable = torch.zeros_like(x0, dtype=torch.bool)
+        maskable[:, 6:] = True
+    t, u = sample_times(5, g), torch.rand(5, 12, generator=g)
+    noise = LogLinearNoise()
+    estimator = ImportanceEstimator(vocab, dim=8)
+    frequency = frequency_importance(np.bincount(x0.flatten().numpy(), minlength=vocab))
+    reference = diffusion_loss(model, "mdlm", x0, prefix, t, u, noise, mask, pad_id, maskable)
+    for variant, strength in [("uniform", 1.0), ("full", 0.0), ("frequency", 0.0), ("learned", 0.0)]:
+        loss, est_loss, stats = atat_loss(model, estimator, x0, prefix, t, u, noise, mask, variant, strength,
+                                          frequency, pad_id, maskable)
+        assert torch.equal(loss, reference), (variant, float(loss), float(reference))
+        assert stats["atat_nelbo"] == float(reference.detach()) and est_loss is not None
+    shaped, _, _ = atat_loss(model, estimator, x0, prefix, t, u, noise, mask, "frequency", 1.0, frequency,
+                             pad_id, maskable)
+    assert not torch.equal(shaped, reference)  # the comparison above can fail
+
+
+def test_uniform_variant_gradient_equals_mdlm():
+    vocab, mask = 24, 23
+    g = torch.Generator().manual_seed(5)
+    x0 = torch.randint(0, mask, (4, 10), generator=g)
+    t, u = sample_times(4, g), torch.rand(4, 10, generator=g)
+    grads = []
+    for use_atat in (False, True):
+        model = tiny_dit(vocab, fused=False)
+        if use_atat:
+            loss, _, _ = atat_loss(model, None, x0, None, t, u, LogLinearNoise(), mask, "uniform", 0.0)
+        else:
+            loss = diffusion_loss(model, "mdlm", x0, None, t, u, LogLinearNoise(), mask)
+        loss.backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+# -- the curriculum ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("max_steps,stages", [(10, 3), (800, 4), (7, 7), (5, 1), (1000, 2)])
+def test_curriculum_is_monotone_and_ends_plain(max_steps, stages):
+    path = [curriculum_stage(step, max_steps, stages, max_strength=1.5) for step in range(max_steps)]
+    strengths = [s.strength for s in path]
+    assert all(a >= b for a, b in zip(strengths, strengths[1:]))
+    assert strengths[-1] == 0.0
+    assert strengths[0] == (1.5 if stages > 1 else 0.0)
+    assert [s.stage for s in path] == sorted(s.stage for s in path)
+    assert {s.stage for s in path} == set(range(stages))  # every stage gets steps
+    for step, s in enumerate(path):  # each stage starts where the step first enters it
+        assert s.start == min(i for i, q in enumerate(path) if q.stage == s.stage) <= step
+    changes = [s.describe() for prev, s in zip(path, path[1:]) if s.stage != prev.stage]
+    assert len(changes) == stages - 1
+    assert path[-1].describe().endswith("plain MDLM (strength 0)")
+
+
+def test_curriculum_rejects_bad_settings():
+    with pytest.raises(ValueError, match="atat.stages"):
+        curriculum_stage(0, 2, stages=3)
+    with pytest.raises(ValueError, match="max_strength"):
+        curriculum_stage(0, 10, stages=2, max_strength=-1)
+    with pytest.raises(ValueError, match="max_steps"):
+        curriculum_stage(0, 0)
+
+
+# -- gradients: the estimator and the diffusion model never train each other ------------------------------
+def test_estimator_target_is_detached_and_weights_are_detached():
+    vocab, mask = 24, 23
+    model = tiny_dit(vocab)
+    estimator = ImportanceEstimator(vocab, dim=8)
+    for p in estimator.parameters():  # a non-constant estimator, so the weights differ from 1
+        torch.nn.init.normal_(p, std=0.5)
+    g = torch.Generator().manual_seed(7)
+    x0 = torch.randint(0, mask, (6, 12), generator=g)
+    t, u = sample_times(6, g), torch.rand(6, 12, generator=g)
+    frequency = frequency_importance(np.bincount(x0.flatten().numpy(), minlength=vocab))
+    loss, est_loss, _ = atat_loss(model, estimator, x0, None, t, u, LogLinearNoise(), mask, "full", 1.0, frequency)
+    plain, _, _ = atat_loss(model, None, x0, None, t, u, LogLinearNoise(), mask, "frequency", 1.0, frequency)
+    assert not torch.allclose(loss, plain)  # the estimator does shape the diffusion loss ...
+    model_params, est_params = list(model.parameters()), list(estimator.parameters())
+    to_estimator = torch.autograd.grad(loss, est_params, retain_graph=True, allow_unused=True)
+    assert all(g is None for g in to_estimator)  # ... but only as a constant
+    to_model = torch.autograd.grad(est_loss, model_params, retain_graph=True, allow_unused=True)
+    assert all(g is None for g in to_model)  # the surprisal is its target, not a path into the model
+    own = torch.autograd.grad(est_loss, est_params, retain_graph=True)
+    assert any(float(g.abs().sum()) > 0 for g in own)
+    model_grads = torch.autograd.grad(loss, model_params)
+    assert any(float(g.abs().sum()) > 0 for g in model_grads)

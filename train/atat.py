@@ -1,0 +1,277 @@
+r"""Objective atat: MDLM with importance-aware masking, importance weighting and an easy-to-hard curriculum.
+
+Notation as train/objectives.py: x0 the clean target, x_t the noised one, m the mask, sigma = sigma_bar(t) and
+sigma' its rate (train/noise.py), alpha(t) = exp(-sigma) the plain keep probability. Importance sources:
+train/importance.py (z_v: standardized unigram surprisal of id v; s_hat_i: the learned estimate of position i's
+surprisal, read from x_t). `strength` (lambda >= 0) comes from the curriculum below and ends at 0.
+
+1. Frequency schedule (variants full, frequency): a STATE-DEPENDENT masking schedule. A position whose clean
+   token is v is kept with probability
+
+       alpha_v(t) = alpha(t)^{w_v} = exp(-w_v sigma),      w_v = exp(-lambda z_v) > 0,
+
+   so the mask hazard out of v is w_v sigma' and rare tokens (z_v > 0) stay clean longer: early in training the
+   model mostly predicts frequent (easy) tokens with the rare ones as context. Because w depends on x0, the
+   reverse process is not MDLM's. Per position, the forward CTMC moves v -> m at rate w_v sigma'; its time
+   reversal moves m -> v at rate (ratio of marginals q_t(x^{i<-v}) / q_t(x_t), with q(x_t | x0) a product)
+
+       R_t(x_t -> x_t^{i<-v}) = lambda_v(t) p_t(x0_i = v | x_t),    lambda_v(t) = -alpha_v' / (1 - alpha_v)
+                                                                              = w_v sigma' / expm1(w_v sigma),
+
+   and p_t(x0 | x_t) now depends on t: p(x0) prod_{i masked} (1 - alpha_{x0_i}(t)) over the x0 that agree with
+   x_t. The model takes the same form with the network's p_theta (SUBS: p_theta(m) = 0, unmasked tokens carried
+   over), and the continuous-time ELBO of the CTMC (sum over reverse jumps of R_theta - R log R_theta +
+   R (log R - 1), R the reverse rate given x0, which is lambda_{x0_i} at v = x0_i and 0 elsewhere) gives per
+   masked position
+
+       l_i = lambda_{x0_i} * -log p_theta(x0_i | x_t)  +  [ sum_v lambda_v p_theta(v | x_t) - lambda_{x0_i} ],
+
+   NELBO(x0) = int_0^1 E_{x_t ~ q_t(.|x0)} [ sum_{i masked} l_i ] dt  (+ the prior term, 0 when alpha(1) = 0).
+   Each l_i >= 0 (log p <= p - 1). The bracket (MD4's GenMD4 term) sums over the whole vocabulary; it is 0
+   exactly when w is constant, which gives back MDLM: lambda = sigma'/expm1(sigma) (= 1/t, loglinear). Dropping it
+   is NOT a bound (tests/test_atat_math.py: the exact denoiser then misses -log p(x), and sum_x e^{-NELBO} > 1).
+   One draw t ~ U[0, 1], x_t ~ q_t is an unbiased estimate of this NELBO, which bounds -log p_theta(x0) for the
+   model's own reverse process (rates lambda_v p_theta), whatever w; with the exact posterior it equals
+   -log p(x0) (tests/test_atat_math.py). Training draws t ~ U[eps, 1] under a schedule with alpha(1) > 0 and
+   leaves out the prior term, exactly as MDLM's training loss does (eval/likelihood.py says why that number is
+   not itself a strict bound and what eval reports instead). It is a different bound from MDLM's for the same
+   network, so the plain NELBO (diffusion_loss, objective mdlm) is what a run reports and compares.
+
+2. Learned weighting (variants full, learned). s_hat reads x_t, so it cannot define the forward process. It
+   weighs the terms instead, detached, normalized to mean 1 over each row's masked positions:
+
+       g_i = n_b exp(-lambda s_hat_i) / sum_{j masked in row b} exp(-lambda s_hat_j),     loss = sum g_i l_i / N.
+
+   This estimates E_t E_{x_t}[ sum g_i(x_t, t) l_i ], a weighted NELBO, NOT a NELBO: it lies between
+   min g * NELBO and max g * NELBO, and equals it only at lambda = 0. Because g reads only (x_t, t), each
+   context's term is still minimized by the true posterior, so the weighting moves emphasis (which contexts the
+   capacity goes to), not the optimum. Rows are never split across micro-batches, so the weights are too.
+
+3. Curriculum (curriculum_stage): `stages` equal spans of training, lambda = max_strength (S-1-k)/(S-1) in span k:
+   monotone down to lambda = 0 in the last span, where every variant is exactly MDLM (w = 1, g = 1).
+
+Variant uniform is MDLM itself: the same corrupt(), network call and 1/t-weighted cross-entropy as
+train/objectives.diffusion_loss, so the loss is bit for bit equal on the same draws.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+
+from train.fused import subs_cross_entropy, use_fused
+from train.importance import estimator_loss, importance_stats
+from train.objectives import corrupt, subs_nll
+
+VARIANTS = ("full", "learned", "frequency", "uniform")
+USES_FREQUENCY = ("full", "frequency")
+USES_ESTIMATOR = ("full", "learned")
+
+
+# -- the schedule ------------------------------------------------------------------------------------------
+def schedule_exponents(frequency: torch.Tensor, strength: float) -> torch.Tensor:
+    """w_v = exp(-strength * z_v) > 0 for the frequency importance z [V] (float32 [V])."""
+    return torch.exp(-float(strength) * frequency.float())
+
+
+def corrupt_by_token(x0: torch.Tensor, sigma: torch.Tensor, mask_id: int, uniform: torch.Tensor,
+                     exponents: torch.Tensor) -> torch.Tensor:
+    """State-dependent absorbing forward process: x_t[i] = m if u[i] < 1 - exp(-w_{x0_i} sigma) else x0[i].
+    With w = 1 it is train.objectives.corrupt."""
+    move = -torch.expm1(-exponents.to(sigma.device)[x0] * sigma[:, None])
+    return torch.where(uniform < move, torch.full_like(x0, mask_id), x0)
+
+
+def unmask_rates(sigma: torch.Tensor, dsigma: torch.Tensor, exponents: torch.Tensor) -> torch.Tensor:
+    """lambda_v(t) = w_v sigma'(t) / expm1(w_v sigma(t)) for each row's (sigma, sigma') [N]: [N, V] float32."""
+    w = exponents.float()[None, :]
+    return w * dsigma.float()[:, None] / torch.expm1(w * sigma.float()[:, None])
+
+
+def state_dependent_token_loss(logits: torch.Tensor, x0_masked: torch.Tensor, sigma: torch.Tensor,
+                               dsigma: torch.Tensor, exponents: torch.Tensor, mask_id: int):
+    """(lambda_{x0} * -log p_theta(x0 | x_t), sum_v lambda_v p_theta(v | x_t) - lambda_{x0}, -log p_theta(x0 | x_t))
+    of each masked position, all [N]: the two parts of l_i (module docstring) and the surprisal. logits [N, V]."""
+    logits = logits.float().clone()
+    logits[:, mask_id] = float("-inf")  # SUBS zero masking probability: p_theta(m) = 0
+    log_p = logits.log_softmax(dim=-1)
+    nll = -log_p.gather(-1, x0_masked[:, None]).squeeze(-1)
+    rates = unmask_rates(sigma, dsigma, exponents)
+    rate_x0 = rates.gather(-1, x0_masked[:, None]).squeeze(-1)
+    rate_term = (log_p.exp() * rates).sum(-1) - rate_x0
+    return rate_x0 * nll, rate_term, nll
+
+
+class TokenTerms(NamedTuple):
+    """The masked positions of one batch: loss l_i [N] (with gradient), its rate part [N] (0 for w = 1),
+    the surprisal -log p_theta(x0_i | x_t) [N], their rows [N], the mask [B, L], the network input and sigma [B]."""
+    loss: torch.Tensor
+    rate_term: torch.Tensor
+    nll: torch.Tensor
+    rows: torch.Tensor
+    masked: torch.Tensor
+    x_in: torch.Tensor
+    sigma: torch.Tensor
+
+
+def atat_token_terms(model, x0: torch.Tensor, prefix: torch.Tensor | None, t: torch.Tensor,
+                     uniform: torch.Tensor, noise, mask_id: int, exponents: torch.Tensor | None = None,
+                     maskable: torch.Tensor | None = None) -> TokenTerms:
+    """Noise x0 at times t (per-token schedule w = exponents [V]; None: w = 1, plain MDLM) and return the
+    masked positions' terms l_i. The model sees [prefix (clean) ; x_t] and is told sigma = sigma_bar(t) of the
+    base schedule. With exponents None every operation is train.objectives.masked_token_losses' for mdlm, so the
+    sums agree bit for bit."""
+    sigma, dsigma = noise.total(t), noise.rate(t)
+    if maskable is not None:
+        uniform = torch.where(maskable, uniform, torch.ones_like(uniform))  # u = 1 is never < move(t) <= 1
+    if exponents is None:
+        x_t = corrupt(x0, sigma, mask_id, uniform)
+    else:
+        x_t = corrupt_by_token(x0, sigma, mask_id, uniform, exponents)
+    prefix_len = 0 if prefix is None else prefix.shape[1]
+    x_in = x_t if prefix is None else torch.cat([prefix, x_t], dim=1)
+    masked = x_t == mask_id
+    select = torch.cat([torch.zeros_like(prefix, dtype=torch.bool), masked], 1) if prefix_len else masked
+    logits = model(x_in, sigma, prefix_len, select=select)  # [N, V], rows in masked-position order
+    rows = masked.nonzero(as_tuple=True)[0]
+    x0_masked = x0[masked]
+    if exponents is None:
+        fused = getattr(getattr(model, "module", model), "fused", "auto")
+        if use_fused(fused, logits):
+            nll = subs_cross_entropy(logits, x0_masked, mask_id)
+        else:
+            nll = subs_nll(logits, x0_masked, mask_id)
+        # mdlm_token_loss's expression, operation for operation
+        loss = dsigma[rows] / torch.expm1(sigma[rows]) * nll
+        return TokenTerms(loss, torch.zeros_like(loss), nll, rows, masked, x_in, sigma)
+    nll_term, rate_term, nll = state_dependent_token_loss(logits, x0_masked, sigma[rows], dsigma[rows],
+                                                          exponents.to(logits.device), mask_id)
+    return TokenTerms(nll_term + rate_term, rate_term, nll, rows, masked, x_in, sigma)
+
+
+def learned_weights(prediction: torch.Tensor, rows: torch.Tensor, batch: int, strength: float) -> torch.Tensor:
+    """g_i = n_b exp(-strength s_hat_i) / sum_{j in row b} exp(-strength s_hat_j) over the masked positions
+    (prediction [N], detached here; rows [N]): mean 1 in every row, float32 [N]."""
+    a = -float(strength) * prediction.detach().double()
+    peak = torch.full((batch,), float("-inf"), dtype=a.dtype, device=a.device)
+    peak = peak.scatter_reduce(0, rows, a, "amax", include_self=False)
+    e = torch.exp(a - peak[rows])
+    total = torch.zeros(batch, dtype=a.dtype, device=a.device).index_add(0, rows, e)
+    count = torch.zeros(batch, dtype=a.dtype, device=a.device).index_add(0, rows, torch.ones_like(e))
+    return (count[rows] * e / total[rows]).float()
+
+
+def log_mask_ratio(x0: torch.Tensor, masked: torch.Tensor, sigma: torch.Tensor, exponents: torch.Tensor,
+                   maskable: torch.Tensor | None = None) -> torch.Tensor:
+    """log q_1(x_t | x0) - log q_w(x_t | x0) per row, float64 [B]: the importance-sampling weight that turns a
+    draw of the w schedule into an unbiased estimate under the plain one (w = 1),
+
+        sum_{i masked} [log(1 - e^{-sigma}) - log(1 - e^{-w_i sigma})] + sum_{i clean} (w_i - 1) sigma,
+
+    w_i = w_{x0_i}, over the maskable positions. E_{q_w}[exp(ratio) f(x_t)] = E_{q_1}[f(x_t)] for any f."""
+    s = sigma.double()[:, None]
+    w = exponents.double().to(x0.device)[x0]
+    masked_term = torch.log(-torch.expm1(-s)) - torch.log(-torch.expm1(-w * s))
+    clean_term = (w - 1) * s
+    term = torch.where(masked, masked_term, clean_term)
+    if maskable is not None:
+        term = torch.where(maskable, term, torch.zeros_like(term))
+    return term.sum(-1)
+
+
+# -- the objective -----------------------------------------------------------------------------------------
+def check_variant(variant: str, estimator, frequency) -> None:
+    if variant not in VARIANTS:
+        raise ValueError(f"atat.importance must be one of {VARIANTS}, got {variant!r}")
+    if variant in USES_ESTIMATOR and estimator is None:
+        raise ValueError(f"atat.importance {variant!r} weights the loss by the learned estimator; none was given")
+    if variant in USES_FREQUENCY and frequency is None:
+        raise ValueError(f"atat.importance {variant!r} masks by frequency importance; no frequency vector [V] "
+                         f"was given (train.importance.frequency_importance of the training counts)")
+
+
+def atat_loss(model, estimator, x0: torch.Tensor, prefix: torch.Tensor | None, t: torch.Tensor,
+              uniform: torch.Tensor, noise, mask_id: int, variant: str, strength: float,
+              frequency: torch.Tensor | None = None, pad_id: int | None = None,
+              maskable: torch.Tensor | None = None):
+    """One (micro-)batch of objective atat: (diffusion loss to backprop, estimator loss or None, stats).
+
+    diffusion loss = sum_{i masked} g_i l_i / N with N = B * L, or the count of maskable non-pad positions when
+    pad_id / maskable are given (train.objectives.diffusion_loss's "token" normalization); l_i the frequency
+    schedule's terms (variants full, frequency, strength > 0) or MDLM's, g_i the learned weights (full, learned,
+    strength > 0) or 1. At strength 0 and for variant uniform it is diffusion_loss(..., "mdlm") exactly.
+    estimator loss = estimator_loss of the estimator's prediction against the detached surprisal at the masked
+    positions (None without an estimator; variants frequency and uniform may still train one for the sampler).
+    The estimator's output enters the diffusion loss only detached; its own loss sees the surprisal detached.
+
+    stats (floats): atat_loss, atat_nelbo (the schedule's own NELBO estimate, sum l_i / N: a bound, with
+    g = 1), atat_rate_term (the vocabulary bracket's share of it), atat_strength, atat_masked (masked share),
+    and with an estimator estimator_loss and importance_{mean,std,min,max,corr} (train.importance).
+    """
+    check_variant(variant, estimator, frequency)
+    if strength < 0:
+        raise ValueError(f"atat strength must be >= 0 (0: plain MDLM), got {strength}")
+    if pad_id is not None:
+        not_pad = x0 != pad_id
+        maskable = not_pad if maskable is None else maskable & not_pad
+    shaped = variant in USES_FREQUENCY and strength > 0
+    exponents = schedule_exponents(frequency, strength).to(x0.device) if shaped else None
+    terms = atat_token_terms(model, x0, prefix, t, uniform, noise, mask_id, exponents, maskable)
+    count = x0.numel() if maskable is None else maskable.sum().clamp(min=1)
+
+    est_loss, prediction = None, None
+    if estimator is not None:
+        prefix_len = 0 if prefix is None else prefix.shape[1]
+        prediction = estimator(terms.x_in, terms.sigma, prefix_len)[:, prefix_len:][terms.masked]
+        est_loss = estimator_loss(prediction, terms.nll)
+    token_loss = terms.loss
+    if variant in USES_ESTIMATOR and strength > 0:
+        token_loss = learned_weights(prediction, terms.rows, x0.shape[0], strength) * token_loss
+    loss = token_loss.sum() / count
+
+    n_maskable = x0.numel() if maskable is None else int(maskable.sum())
+    stats = {"atat_loss": float(loss.detach()), "atat_nelbo": float(terms.loss.detach().sum() / count),
+             "atat_rate_term": float(terms.rate_term.detach().sum() / count), "atat_strength": float(strength),
+             "atat_masked": float(terms.masked.sum()) / max(n_maskable, 1)}
+    if est_loss is not None:
+        stats["estimator_loss"] = float(est_loss.detach())
+        stats.update(importance_stats(prediction, terms.nll))
+    return loss, est_loss, stats
+
+
+# -- the curriculum ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CurriculumStage:
+    """Stage `stage` (0-based) of `stages`, starting at optimizer step `start`, with importance strength
+    `strength` (0: the plain objective)."""
+    stage: int
+    stages: int
+    start: int
+    strength: float
+
+    def describe(self) -> str:
+        what = "plain MDLM (strength 0)" if self.strength == 0 else f"importance strength {self.strength:g}"
+        return f"atat curriculum: stage {self.stage + 1}/{self.stages} from step {self.start}: {what}"
+
+
+def curriculum_stage(step: int, max_steps: int, stages: int = 3, max_strength: float = 1.0) -> CurriculumStage:
+    """The stage of optimizer step `step` (0-based) of `max_steps`: training in `stages` equal spans, span k
+    covering steps [ceil(k T / S), ceil((k + 1) T / S)), T = max_steps, with strength
+
+        lambda_k = max_strength * (S - 1 - k) / (S - 1)    (S >= 2),     lambda = 0 for S = 1,
+
+    non-increasing in the step and 0 from the last span on: training ends in the plain objective. A trainer prints
+    describe() whenever the returned stage differs from the previous step's."""
+    if max_steps < 1 or stages < 1:
+        raise ValueError(f"atat curriculum needs max_steps >= 1 and atat.stages >= 1, got {max_steps}, {stages}")
+    if stages > max_steps:
+        raise ValueError(f"atat.stages ({stages}) must not exceed max_steps ({max_steps}): the last stage, the "
+                         f"plain objective, would get no step")
+    if max_strength < 0:
+        raise ValueError(f"atat.max_strength must be >= 0, got {max_strength}")
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    k = min(stages - 1, step * stages // max_steps)
+    strength = 0.0 if stages == 1 else max_strength * (stages - 1 - k) / (stages - 1)
+    return CurriculumStage(stage=k, stages=stages, start=-(-k * max_steps // stages), strength=float(strength))
