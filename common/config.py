@@ -36,6 +36,14 @@ def load_schema() -> dict:
     schema["properties"]["train"]["properties"] = copy.deepcopy(keys)
     run = schema["properties"]["runs"]["additionalProperties"]["properties"]
     run.update({k: {kk: vv for kk, vv in v.items() if kk != "default"} for k, v in keys.items()})
+    # runs.<run>.atat: the keys of the atat section a run overrides (an ablation's variant), merged over it by
+    # train/settings.resolve; no defaults here either
+    atat = copy.deepcopy(schema["properties"]["atat"])
+    atat.pop("default", None)
+    atat["properties"] = {k: {kk: vv for kk, vv in v.items() if kk != "default"}
+                          for k, v in atat["properties"].items()}
+    atat["description"] = "objective atat: keys of the atat section this run overrides (e.g. importance)"
+    run["atat"] = atat
     return schema
 
 

@@ -16,6 +16,7 @@ right (sampler ``ar``). The output is JSONL, one object per sample (docs/contrac
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 
@@ -27,6 +28,16 @@ from common.io import atomic_path, jsonl_objects
 from eval.runs import run_model_dirs
 from eval.samplers import NATIVE_OBJECTIVE, SAMPLERS, autoregressive, sample
 from eval.trained import Trained, load_trained
+
+
+@functools.lru_cache(maxsize=None)
+def stage_importance(model_dir: str, prefix_len: int, device: str):
+    """The uncertainty sampler's importance estimate of a model folder trained with objective atat (its
+    importance.safetensors, train/importance.py), loaded once per folder."""
+    from train.importance import estimator_importance, load_importance
+
+    estimator, _ = load_importance(model_dir, device)
+    return estimator_importance(estimator, prefix_len)
 
 
 def sample_batch(stages: list[Trained], batch: int, sampler: str, steps: int, temperature: float,
@@ -47,8 +58,10 @@ def sample_batch(stages: list[Trained], batch: int, sampler: str, steps: int, te
             if prefix.shape[1] != stage.meta["prefix_len"]:
                 raise ValueError(f"{stage.name} expects a prefix of {stage.meta['prefix_len']} tokens, "
                                  f"the previous stage gives {prefix.shape[1]}")
+            importance = stage_importance(str(stage.model_dir), stage.meta["prefix_len"], str(device)) \
+                if sampler == "uncertainty" else None
             out = sample(stage.denoiser, stage.noise, prefix, stage.meta["target_len"], sampler, steps,
-                         temperature, block_size, generator)
+                         temperature, block_size, generator, importance=importance)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds[stage.name] = time.perf_counter() - start

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from common.config import block_length, run_data
 
 KINDS = ("cascade", "single", "ar", "sft", "dpo")
-DIFFUSION_OBJECTIVES = ("mdlm", "sedd")
+DIFFUSION_OBJECTIVES = ("mdlm", "sedd", "atat")
 # Keys that change where and how fast a job runs, never what it computes: left out of the settings digest,
 # so changing them reruns nothing and a checkpoint written under other values still resumes.
 # `fused` is one of them: the fused kernels compute the plain formulas (equal to float rounding, pinned by
@@ -85,6 +85,7 @@ class TrainSettings:
     sft_normalization: str | None   # sft: token | sequence (sft.loss_normalization)
     dpo: dict | None                # dpo: the dpo section's DPO_TRAIN_KEYS
     dpo_cache_reference: bool       # dpo: dpo.cache_reference (a speed / memory choice, JOB_ONLY_KEYS)
+    atat: dict | None               # objective atat: the atat section (train/atat.py)
     # the train: keys
     model: str
     backbone: dict
@@ -132,6 +133,17 @@ class TrainSettings:
         if self.kind in ("sft", "dpo") and self.objective != "mdlm":
             raise SettingsError(f"{where}: kind {self.kind} trains the masked-diffusion objective mdlm on answer "
                                 f"tokens, got objective {self.objective!r}")
+        if self.objective == "atat":
+            if self.kind not in ("cascade", "single"):
+                raise SettingsError(f"{where}: objective atat trains cascade or single runs, got kind {self.kind}")
+            if self.max_steps and self.atat["stages"] > self.max_steps:
+                raise SettingsError(f"{where}: atat.stages ({self.atat['stages']}) must not exceed max_steps "
+                                    f"({self.max_steps}): the last stage, the plain objective, would get no step")
+            if self.atat["estimator_kernel"] % 2 == 0:
+                raise SettingsError(f"{where}: atat.estimator_kernel must be odd, got {self.atat['estimator_kernel']}")
+            if self.deepspeed:
+                raise SettingsError(f"{where}: objective atat trains a second network (the importance estimator) "
+                                    f"beside the model; deepspeed is not supported for it, got {self.deepspeed!r}")
         if self.kind == "dpo":
             if self.init_from is None:
                 raise SettingsError(f"{where}.init_from is missing: a dpo run starts from a model folder")
@@ -206,7 +218,7 @@ def resolve(config: dict, run: str, stage: int | None = None) -> TrainSettings:
     kind = spec["kind"]
     values = {**config["train"], **{k: v for k, v in spec.items() if k not in ("kind", "data", "method",
                                                                              "objective", "match_compute",
-                                                                             "init_from")}}
+                                                                             "init_from", "atat")}}
     lengths = tuple(config["stages"]["lengths"]) if config.get("stages") else None
     data = run_data(spec)
     if kind == "cascade":
@@ -233,4 +245,5 @@ def resolve(config: dict, run: str, stage: int | None = None) -> TrainSettings:
                          sft_normalization=config["sft"]["loss_normalization"] if kind == "sft" else None,
                          dpo={k: config["dpo"][k] for k in DPO_TRAIN_KEYS} if kind == "dpo" else None,
                          dpo_cache_reference=kind == "dpo" and config["dpo"]["cache_reference"],
+                         atat={**config["atat"], **spec.get("atat", {})} if spec["objective"] == "atat" else None,
                          **values)

@@ -52,6 +52,7 @@ from common.provenance import code_commit
 from train.checkpoint import load_model, load_state_strict, save_model, write_text_atomic
 from train.data import BatchOrder, load_stage_tensors
 from train.ema import EMA
+from train.atat import atat_loss, curriculum_stage
 from train.backbones import backbone_meta, build_backbone
 from train.noise import get_noise, sample_times
 from train.objectives import ar_loss, diffusion_loss
@@ -61,6 +62,9 @@ from train.trackers import check_trackers, flat_config, tracker_init_kwargs
 
 EXIT_PREEMPTED = 75
 METRIC_FIELDS = ["step", "split", "loss", "lr", "tokens", "seconds", "grad_norm", "skipped"]
+# objective atat: the schedule's own NELBO, the curriculum strength and the importance estimator's fit (train/atat.py)
+ATAT_FIELDS = ["atat_nelbo", "atat_strength", "estimator_loss", "importance_mean", "importance_std", "importance_min",
+               "importance_max", "importance_corr"]
 CHECKPOINTS_KEPT = 2  # the newest may be damaged (a write cut short by the file system); the older is the fallback
 
 
@@ -99,6 +103,9 @@ class Trainer:
 
         self.s, self.out, self.run_name = settings, Path(out_dir), run
         self.objective, self.kind = settings.objective, settings.kind
+        # what validation scores and the model folder's parameterization: atat trains the same network as mdlm
+        # and every table reports its plain MDLM NELBO (train/atat.py)
+        self.model_objective = "mdlm" if self.objective == "atat" else self.objective
         self.prefix_len, self.target_len = settings.prefix_len, settings.target_len
         self.max_steps = settings.max_steps
         self.seed = settings.seed
@@ -165,9 +172,14 @@ class Trainer:
         self.model, self.optimizer = self.acc.prepare(model, optimizer)
         self.ema = EMA(self.acc.unwrap_model(self.model), settings.ema)
         self.acc.register_for_checkpointing(self.ema)
+        self.estimator = self.estimator_optimizer = self.frequency = None
+        self.atat_stage = None  # the curriculum stage of the last step, so a change is logged once
+        if self.objective == "atat":
+            self._build_estimator()
 
         self.meta = {
-            **backbone_meta(model, spec), "objective": self.objective, "noise": dict(settings.noise),
+            **backbone_meta(model, spec), "objective": self.model_objective, "noise": dict(settings.noise),
+            "training_objective": self.objective, "atat": settings.atat,
             "stage": stage, "prefix_len": self.prefix_len, "target_len": self.target_len,
             "vocab_size": self.vocab_size, "mask_id": self.mask_id, "eos_id": self.eos_id,
             # the AR model reads [bos ; block] with bos = eos, so every block token is predicted
@@ -183,6 +195,32 @@ class Trainer:
         self.skipped_steps = 0      # all skipped steps of the run
 
     # -- pieces ---------------------------------------------------------------------------------
+    def _build_estimator(self) -> None:
+        """Objective atat: the frequency importance of the training targets (train/importance.py) and the learned
+        importance estimator with its own AdamW; accelerate prepares both, so checkpoints hold them."""
+        from train.importance import ImportanceEstimator, frequency_importance, unigram_counts
+
+        a = self.s.atat
+        store = self.train_data.target
+        chunk = 4096
+
+        def target_rows():
+            for start in range(0, len(store), chunk):
+                rows = store[torch.arange(start, min(start + chunk, len(store)))]
+                yield rows[rows != self.pad_id] if self.pad_id is not None else rows
+
+        counts = unigram_counts(target_rows(), self.vocab_size, "training targets")
+        self.frequency = frequency_importance(counts).to(self.acc.device)
+        estimator = ImportanceEstimator(self.vocab_size, a["estimator_dim"], a["estimator_kernel"],
+                                        a["estimator_layers"])
+        optimizer = torch.optim.AdamW(estimator.parameters(), lr=self.estimator_lr, weight_decay=0.0)
+        self.estimator, self.estimator_optimizer = self.acc.prepare(estimator, optimizer)
+        self.metric_fields = METRIC_FIELDS + ATAT_FIELDS
+
+    @property
+    def estimator_lr(self) -> float:
+        return self.s.atat["estimator_lr"] or self.s.lr
+
     def _load_data(self, shards: list[str]):
         """The rows of `shards` this run reads (train/data.py), checked against the vocabulary."""
         return load_stage_tensors(shards, self.s.stage, self.prefix_len, self.target_len, self.vocab_size,
@@ -215,7 +253,7 @@ class Trainer:
     def _loss(self, model, x0, prefix, t, u, answer=None) -> torch.Tensor:
         if self.objective == "ar":
             return ar_loss(model, x0, self.eos_id, self.pad_id)
-        return diffusion_loss(model, self.objective, x0, prefix, t.to(x0.device), u.to(x0.device),
+        return diffusion_loss(model, self.model_objective, x0, prefix, t.to(x0.device), u.to(x0.device),
                               self.noise, self.mask_id, self.pad_id, maskable=answer,
                               normalization=self.s.sft_normalization or "token")
 
@@ -246,25 +284,63 @@ class Trainer:
                                 self.s.shuffle_prefix)
         self.model.train()
         total, grad_norm, nonfinite = torch.zeros((), device=self.acc.device), None, []
+        models = (self.model,) if self.estimator is None else (self.model, self.estimator)
+        strength, stats = self._atat_strength(step), []
         for a in range(self.accum):
             start = (a * self.acc.num_processes + self.acc.process_index) * self.micro
             sl = slice(start, start + self.micro)
-            with self.acc.accumulate(self.model):
+            with self.acc.accumulate(*models):
                 x0, prefix, answer = self._batch(self.train_data, rows[sl], None if keys is None else keys[sl])
-                loss = self._loss(self.model, x0, prefix, t[sl], u[sl], answer)
-                self.acc.backward(loss)
+                if self.estimator is None:
+                    loss = self._loss(self.model, x0, prefix, t[sl], u[sl], answer)
+                    self.acc.backward(loss)
+                else:
+                    loss, estimator_loss, micro_stats = atat_loss(
+                        self.model, self.estimator, x0, prefix, t[sl].to(x0.device), u[sl].to(x0.device), self.noise,
+                        self.mask_id, self.s.atat["importance"], strength, self.frequency, self.pad_id)
+                    self.acc.backward(loss + estimator_loss)  # disjoint parameters: each gets its own gradient
+                    stats.append(micro_stats)
                 total += loss.detach().float()
                 if self.acc.sync_gradients:  # the last micro step: the whole batch's gradient is in
                     norm = self.acc.clip_grad_norm_(self.model.parameters(), self.s.grad_clip)
                     grad_norm = float(norm) if norm is not None else None
+                    if self.estimator is not None:
+                        self.acc.clip_grad_norm_(self.estimator.parameters(), self.s.grad_clip)
                     nonfinite = self._nonfinite(total, grad_norm)
                     if not nonfinite:
                         self.optimizer.step()
+                        if self.estimator is not None:
+                            self.estimator_optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
+                if self.estimator is not None:
+                    self.estimator_optimizer.zero_grad(set_to_none=True)
         mean = self.acc.reduce(total / self.accum, reduction="mean")
         if not nonfinite:
             self.ema.update(self.acc.unwrap_model(self.model))
-        return StepResult(float(mean), grad_norm, nonfinite)
+        return StepResult(float(mean), grad_norm, nonfinite, self._mean_stats(stats))
+
+    def _atat_strength(self, step: int) -> float:
+        """Objective atat: the curriculum's importance strength at `step` (0 otherwise), the estimator's lr set
+        by the same schedule as the model's, and a log line when the stage changes."""
+        if self.estimator is None:
+            return 0.0
+        stage = curriculum_stage(step, self.max_steps, self.s.atat["stages"], self.s.atat["max_strength"])
+        if stage.stage != self.atat_stage:
+            self._say(stage.describe())
+            self.atat_stage = stage.stage
+        for group in self.estimator_optimizer.param_groups:
+            group["lr"] = lr_at(step, self.estimator_lr, self.s.warmup_steps, self.max_steps)
+        return stage.strength
+
+    def _mean_stats(self, stats: list[dict]) -> dict:
+        """ATAT_FIELDS averaged over the micro-batches and processes (every process holds an equal share)."""
+        if not stats:
+            return {}
+        values = torch.tensor([[m.get(k, float("nan")) for k in ATAT_FIELDS] for m in stats], dtype=torch.float64,
+                              device=self.acc.device).mean(0)
+        if self.acc.num_processes > 1:
+            values = self.acc.reduce(values, reduction="mean")
+        return {k: round(float(v), 6) for k, v in zip(ATAT_FIELDS, values)}
 
     @torch.no_grad()
     def validate(self) -> float:
@@ -313,6 +389,8 @@ class Trainer:
         names = ["custom_checkpoint_0.pkl"] + [f"random_states_{i}.pkl" for i in range(self.acc.num_processes)]
         if not self.s.deepspeed:
             names += ["model.safetensors", "optimizer.bin"]
+        if self.estimator is not None:  # accelerate numbers the second prepared model and optimizer
+            names += ["model_1.safetensors", "optimizer_1.bin"]
         return [STATE_FILE] + names
 
     def choose_checkpoint(self) -> Path | None:
@@ -533,6 +611,10 @@ class Trainer:
         if self.acc.is_main_process:
             model = self.acc.unwrap_model(self.model)
             write_metrics_csv(self.out / "metrics.csv", self.metrics, self.metric_fields)
+            if self.estimator is not None:  # before save_model, whose config.json (written last) marks the folder done
+                from train.importance import save_importance
+
+                save_importance(self.out, self.acc.unwrap_model(self.estimator), self.frequency)
             save_model(self.out, self.ema.weights(model), self.meta)
             shutil.rmtree(self.ckpt_root)
             shutil.rmtree(self.data_cache, ignore_errors=True)  # decoded shards, needed only while training
