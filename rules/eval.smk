@@ -49,6 +49,7 @@ def scorer_files():
 
 SFT_RUNS = [run for run, spec in RUNS.items() if spec["kind"] == "sft"]
 DPO_RUNS = [run for run, spec in RUNS.items() if spec["kind"] == "dpo"]
+ATAT_RUNS = [run for run, spec in RUNS.items() if spec["objective"] == "atat"]
 
 
 def report_inputs():
@@ -68,10 +69,12 @@ def report_inputs():
 
 
 def report_outputs():
-    """The tables and plots (the end of the default target); the SFT / DPO tables when the config has such runs."""
+    """The tables and plots (the end of the default target); the SFT / DPO / ATAT tables when the config has such
+    runs."""
     return ([f"{TABLES}/main.{ext}" for ext in ("md", "csv", "tex")] + [f"{PLOTS}/loss.png", f"{PLOTS}/gen_ppl_steps.png"]
             + ([f"{TABLES}/sft.{ext}" for ext in ("md", "csv")] if SFT_RUNS else [])
-            + ([f"{TABLES}/dpo.{ext}" for ext in ("md", "csv")] if DPO_RUNS else []))
+            + ([f"{TABLES}/dpo.{ext}" for ext in ("md", "csv")] if DPO_RUNS else [])
+            + ([f"{TABLES}/atat.{ext}" for ext in ("md", "csv")] if ATAT_RUNS else []))
 
 
 rule sample:
@@ -312,3 +315,29 @@ rule dpo_report:
         runtime=10,
     shell:
         "python -m eval.dpo table --dpo-metrics {input} --tables {TABLES} > {log} 2>&1"
+
+
+# ATAT: the ablation table over every run of objective atat, grouped by importance variant, mean and spread over
+# seeds of the plain validation NELBO and each sampler's gen ppl and entropy (eval/atat.py).
+rule atat_report:
+    input:
+        val=[f"runs/{run}/eval/val.json" for run in ATAT_RUNS],
+        samples=[f"runs/{run}/eval/{s}-{n}.json" for run in ATAT_RUNS for s, n in run_samplings(run)],
+        models=[f for run in ATAT_RUNS for f in model_files(run)],
+    output:
+        md=report(f"{TABLES}/atat.md", category="Tables", labels={"table": "atat", "format": "md"}),
+        csv=report(f"{TABLES}/atat.csv", category="Tables", labels={"table": "atat", "format": "csv"}),
+    conda:
+        "../envs/train.yaml"
+    log:
+        f"logs/report/{PROFILE}-atat.log",
+    benchmark:
+        f"benchmarks/report/{PROFILE}-atat.tsv"
+    threads: 1
+    resources:
+        cpus_per_task=1,
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "python -m eval.atat table --val-metrics {input.val} --sample-metrics {input.samples} --tables {TABLES}"
+        " > {log} 2>&1"

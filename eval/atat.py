@@ -1,0 +1,175 @@
+r"""The ATAT ablation table: every run of objective atat (and plain mdlm runs, as "mdlm"), grouped by importance
+variant, with mean and spread over the seeds of each metric, and which differences from the uniform variant
+exceed the seed spread.
+
+Per run (its runs/{run}/eval/ JSON files, written by the existing rules):
+    val_nelbo   the plain MDLM NELBO (uniform schedule, 1/t weights) of the EMA model on the validation blocks,
+                nats per token (eval/likelihood.py; the same blocks and draws for every run), whatever the
+                training objective: train/atat.py's own bounds are never what the table compares
+    val_ppl     exp(val_nelbo)
+    gen_ppl     per sampler and steps: generative perplexity of the samples under the AR scorer
+    entropy     per sampler and steps: mean unigram entropy of the samples (nats; low = repetitive)
+
+Per variant and metric over its seeds: n, mean, sd (sample standard deviation, n - 1), min, max. A variant's
+difference from the uniform variant on a metric "exceeds the seed spread" when Welch's two-sided t-test of the two
+seed samples gives p < 0.05 (scipy.stats.ttest_ind, equal_var=False). With 2 seeds a side that needs a difference
+of several standard deviations; non-overlapping [min, max] ranges alone would pass 1 in 3 equal pairs by chance.
+Both sides without spread (sd 0) and different means count as exceeding it.
+
+    python -m eval.atat table --val-metrics runs/*/eval/val.json --sample-metrics runs/*/eval/*-*.json \
+        --tables results/atat/tables
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import warnings
+from collections import defaultdict
+from pathlib import Path
+
+from common.io import atomic_path
+
+VARIANT_ORDER = ("full", "learned", "frequency", "uniform", "mdlm")
+BASELINE = "uniform"
+CSV_COLUMNS = ["variant", "metric", "sampler", "steps", "n_seeds", "seeds", "mean", "sd", "min", "max", "values",
+               "diff_vs_uniform", "p_value", "exceeds_seed_spread"]
+ALPHA = 0.05
+
+
+def run_variant(run_dir: Path) -> str:
+    """The importance variant a run trained with (its model folder's config.json), "mdlm" for plain runs."""
+    meta = json.loads((run_dir / "model" / "config.json").read_text())
+    if meta.get("training_objective") == "atat":
+        return meta["atat"]["importance"]
+    return meta["objective"]
+
+
+def collect(val_files, sample_files) -> dict:
+    """{(variant, metric, sampler, steps): {seed: value}} from the runs' val.json and sample metrics."""
+    values: dict = defaultdict(dict)
+    for path in map(Path, val_files):
+        result = json.loads(path.read_text())
+        run_dir = path.parents[1]
+        stage = result["stages"]["stage3"]
+        seed = result["provenance"]["seed"]
+        for metric, value in (("val_nelbo", stage["nelbo"]), ("val_ppl", stage["ppl"])):
+            values[(run_variant(run_dir), metric, "", "")][seed] = value
+    for path in map(Path, sample_files):
+        result = json.loads(path.read_text())
+        run_dir = path.parents[1]
+        seed, metrics = result["provenance"]["seed"], result["metrics"]
+        key = (result["sampler"], result["steps"])
+        variant = run_variant(run_dir)
+        if (metrics.get("gen_ppl") or {}).get("value") is not None:  # evaluate.scorer: none scores nothing
+            values[(variant, "gen_ppl", *key)][seed] = metrics["gen_ppl"]["value"]
+        values[(variant, "entropy", *key)][seed] = metrics["unigram_entropy"]["value"]
+    return values
+
+
+def summary(by_seed: dict) -> dict:
+    xs = [by_seed[s] for s in sorted(by_seed)]
+    mean = sum(xs) / len(xs)
+    sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else float("nan")
+    return {"n_seeds": len(xs), "seeds": " ".join(map(str, sorted(by_seed))), "mean": mean, "sd": sd,
+            "min": min(xs), "max": max(xs), "values": " ".join(f"{x:.6g}" for x in xs)}
+
+
+def seed_test(a: list[float], b: list[float]) -> tuple[float | str, bool | str]:
+    """(p, p < ALPHA) of Welch's two-sided t-test of two seed samples (module docstring); ("", "") with fewer than
+    2 seeds on a side (no spread to compare with)."""
+    from scipy.stats import ttest_ind
+
+    if len(a) < 2 or len(b) < 2:
+        return "", ""
+    if max(a) == min(a) and max(b) == min(b):
+        return (1.0, False) if a[0] == b[0] else (0.0, True)
+    with warnings.catch_warnings():  # nearly equal seeds: scipy warns of precision loss, the p it gives is still ~1
+        warnings.simplefilter("ignore", RuntimeWarning)
+        p = float(ttest_ind(a, b, equal_var=False).pvalue)
+    return p, p < ALPHA
+
+
+def table_rows(val_files, sample_files) -> list[dict]:
+    values = collect(val_files, sample_files)
+    rows = []
+    for key in sorted(values, key=lambda k: (k[1], str(k[2]), str(k[3]), _order(k[0]))):
+        variant, metric, sampler, steps = key
+        row = {"variant": variant, "metric": metric, "sampler": sampler, "steps": steps, **summary(values[key])}
+        base = values.get((BASELINE, metric, sampler, steps))
+        row["diff_vs_uniform"], row["p_value"], row["exceeds_seed_spread"] = "", "", ""
+        if base is not None and variant != BASELINE:
+            row["diff_vs_uniform"] = row["mean"] - summary(base)["mean"]
+            row["p_value"], row["exceeds_seed_spread"] = seed_test(list(values[key].values()), list(base.values()))
+        rows.append(row)
+    return rows
+
+
+def _order(variant: str) -> int:
+    return VARIANT_ORDER.index(variant) if variant in VARIANT_ORDER else len(VARIANT_ORDER)
+
+
+def _cell(row: dict) -> str:
+    sd = "" if math.isnan(row["sd"]) else f" ± {row['sd']:.3g}"
+    mark = " *" if row["exceeds_seed_spread"] is True else ""
+    return f"{row['mean']:.4g}{sd}{mark}"
+
+
+def write_table(rows: list[dict], tables) -> None:
+    """results/{profile}/tables/atat.{md,csv}: csv one row per (variant, metric, sampler, steps); md one row per
+    variant, one column per metric (mean ± sd over seeds, * where the difference from uniform exceeds the seed
+    spread), then each such difference in words."""
+    tables = Path(tables)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    with atomic_path(tables / "atat.csv") as tmp:
+        tmp.write_text(buffer.getvalue())
+
+    columns = []
+    for row in rows:
+        column = (row["metric"], row["sampler"], row["steps"])
+        if column not in columns:
+            columns.append(column)
+    variants = sorted({r["variant"] for r in rows}, key=_order)
+    cells = {(r["variant"], r["metric"], r["sampler"], r["steps"]): r for r in rows}
+    seeds = {r["variant"]: r["n_seeds"] for r in rows if r["metric"] == "val_nelbo"}
+    header = ["variant", "seeds"] + [m if not s else f"{m} {s}-{n}" for m, s, n in columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for variant in variants:
+        out = [variant, str(seeds.get(variant, "—"))]
+        out += [_cell(cells[(variant, *c)]) if (variant, *c) in cells else "—" for c in columns]
+        lines.append("| " + " | ".join(out) + " |")
+    beyond = [r for r in rows if r["exceeds_seed_spread"] is True]
+    lines += ["", "mean ± sd over seeds. val_nelbo: the plain MDLM NELBO (uniform schedule, 1/t weights) on the same "
+              "validation blocks, nats per token, whatever the training objective; gen_ppl / entropy: per sampler "
+              "and steps. * = the difference from uniform exceeds the seed spread (Welch's t-test over seeds, "
+              f"p < {ALPHA})."]
+    if beyond:
+        lines += ["", "Differences from uniform beyond the seed spread:"]
+        lines += [f"- {r['variant']} {r['metric']}{' ' + r['sampler'] + '-' + str(r['steps']) if r['sampler'] else ''}: "
+                  f"{r['diff_vs_uniform']:+.4g} (p = {r['p_value']:.3g}; seeds {r['values']})" for r in beyond]
+    else:
+        lines += ["", "No difference from uniform exceeds the seed spread."]
+    with atomic_path(tables / "atat.md") as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m eval.atat", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="what", required=True)
+    t = sub.add_parser("table", help="results/{profile}/tables/atat.{md,csv} from the ablation runs' metrics")
+    t.add_argument("--val-metrics", nargs="+", required=True, help="runs/{run}/eval/val.json of every ablation run")
+    t.add_argument("--sample-metrics", nargs="*", default=[], help="runs/{run}/eval/{sampler}-{steps}.json")
+    t.add_argument("--tables", required=True, help="results/{profile}/tables")
+    args = parser.parse_args(argv)
+    write_table(table_rows(args.val_metrics, args.sample_metrics), args.tables)
+    print((Path(args.tables) / "atat.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
