@@ -25,6 +25,11 @@ class ConfigError(ValueError):
     """A config that cannot be used; the message names the file (when there is one) and the key."""
 
 
+# The dpo section's keys a dpo training reads, which a run may override (train/settings.py, rules/train.smk);
+# the others make the preference shard (preprocess/preference.py) or the evaluation (eval/dpo.py).
+DPO_TRAIN_KEYS = ("beta", "loss", "label_smoothing", "sft_weight", "time_samples", "reference")
+
+
 def load_schema() -> dict:
     """The schema, with `train:` and every run entry given the one list of training keys.
 
@@ -44,6 +49,12 @@ def load_schema() -> dict:
                           for k, v in atat["properties"].items()}
     atat["description"] = "objective atat: keys of the atat section this run overrides (e.g. importance)"
     run["atat"] = atat
+    # runs.<run>.dpo: the dpo section's training keys this run overrides (data and eval keys stay shared: one
+    # preference shard, one evaluation setup)
+    dpo = schema["properties"]["dpo"]["properties"]
+    run["dpo"] = {"type": "object", "additionalProperties": False,
+                  "description": "dpo runs: keys of the dpo section this run overrides (beta, loss, ...)",
+                  "properties": {k: {kk: vv for kk, vv in dpo[k].items() if kk != "default"} for k in DPO_TRAIN_KEYS}}
     return schema
 
 

@@ -1,7 +1,7 @@
 """Diffusion-DPO (train/dpo.py): the score, the draws and the loss against hand computations; policy = reference
 gives margins of exactly 0 and a loss of exactly ln 2; shared draws cut the variance of the preference score; and
-the trainer: step-0 validation at ln 2, learning on a toy preference, cached reference scores equal the computed
-ones, and a preempted run resumed equals an uninterrupted one."""
+the trainer: step-0 validation at ln 2, learning on a toy preference, and a run with cached reference scores,
+preempted and resumed, equal to an uninterrupted run that scores the reference at every step."""
 import copy
 import csv
 import math
@@ -228,11 +228,11 @@ def run_train(tmp, run, train, val, tokenizer, out, *extra, kill_at=0, config="c
     return done
 
 
-def run_dpo(toy, out, *extra, kill_at=0):
+def run_dpo(toy, out, *extra, kill_at=0, config="config.yaml"):
     tmp, data = toy
     return run_train(tmp, "dpo", str(tmp / "pairs/train/shard_00000.parquet"),
                      str(tmp / "pairs/validation/shard_00000.parquet"), data["tokenizer"], out,
-                     "--init", str(tmp / "base"), *extra, kill_at=kill_at)
+                     "--init", str(tmp / "base"), *extra, kill_at=kill_at, config=config)
 
 
 def rows_of(out):
@@ -242,8 +242,14 @@ def rows_of(out):
 
 @pytest.fixture(scope="module")
 def uninterrupted(toy):
-    out = toy[0] / "dpo-uninterrupted"
-    done = run_dpo(toy, out)
+    """The yardstick run, with the reference scored at every step (cache_reference: false); the preempted run
+    below caches them, so its equality with this one also shows the cache changes nothing."""
+    tmp = toy[0]
+    config = yaml.safe_load((tmp / "config.yaml").read_text())
+    config["dpo"]["cache_reference"] = False
+    (tmp / "config-nocache.yaml").write_text(yaml.safe_dump(config))
+    out = tmp / "dpo-uninterrupted"
+    done = run_dpo(toy, out, config="config-nocache.yaml")
     assert done.returncode == 0, done.log[-3000:]
     return out, done.log
 
@@ -256,40 +262,25 @@ def test_step0_validation_is_ln2_and_training_learns_the_preference(uninterrupte
     assert float(first["loss"]) == pytest.approx(math.log(2), abs=1e-6)
     assert float(first["rewards/margins"]) == 0.0 and float(first["rewards/accuracies"]) == 0.0
     for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
-                "logps/rejected", "memory_mb", "lr", "grad_norm"):
+                "logps/rejected", "nll_loss", "memory_mb", "lr", "grad_norm"):
         assert rows[1][key] != "", key  # every TRL column filled on a train row
     last = [r for r in rows if r["split"] == "val"][-1]
     assert last["step"] == "12"
     assert float(last["loss"]) < math.log(2) - 0.05, last
     assert float(last["rewards/accuracies"]) > 0.7, last
     assert float(last["logps/chosen"]) > float(last["logps/rejected"])
-    assert "dpo reference scores" in log and "reference_scores" not in os.listdir(out)  # cache gone with checkpoints
+    assert "dpo reference scores" not in log and "checkpoints" not in os.listdir(out)  # scored at every step
     meta = yaml.safe_load((out / "config.json").read_text())
     assert meta["kind"] == "dpo" and meta["dpo"]["beta"] == 0.5 and meta["reference"].endswith("base")
 
 
-def test_cached_reference_scores_equal_computed_ones(toy, uninterrupted):
-    """cache_reference is a speed choice: the run without the cache computes the same losses at every step."""
-    tmp = toy[0]
-    config = yaml.safe_load((tmp / "config.yaml").read_text())
-    config["dpo"]["cache_reference"] = False
-    (tmp / "config-nocache.yaml").write_text(yaml.safe_dump(config))
-    out = tmp / "dpo-nocache"
-    done = run_train(tmp, "dpo", str(tmp / "pairs/train/shard_00000.parquet"),
-                     str(tmp / "pairs/validation/shard_00000.parquet"), toy[1]["tokenizer"], out,
-                     "--init", str(tmp / "base"), config="config-nocache.yaml")
-    assert done.returncode == 0, done.log[-3000:]
-    assert "dpo reference scores" not in done.log
-    want, got = rows_of(uninterrupted[0]), rows_of(out)
-    assert len(want) == len(got)
-    for a, b in zip(want, got):
-        assert float(b["loss"]) == pytest.approx(float(a["loss"]), rel=1e-5, abs=1e-6), (a, b)
-
-
-def test_preempted_and_resumed_equals_uninterrupted(toy, uninterrupted):
+def test_preempted_and_resumed_with_cached_reference_equals_uninterrupted(toy, uninterrupted):
+    """cache_reference is a speed choice: a run that caches the reference's scores, preempted and resumed (reading
+    the cache back), computes the losses and weights of the uncached uninterrupted run."""
     out = toy[0] / "dpo-preempted"
     first = run_dpo(toy, out, kill_at=6)
     assert first.returncode == 75, first.log[-3000:]
+    assert "dpo reference scores" in first.log
     assert (out / "checkpoints" / "reference_scores.pt").is_file()
     second = run_dpo(toy, out)
     assert second.returncode == 0, second.log[-3000:]
@@ -301,3 +292,19 @@ def test_preempted_and_resumed_equals_uninterrupted(toy, uninterrupted):
     w_ref, w_out = load_file(uninterrupted[0] / "model.safetensors"), load_file(out / "model.safetensors")
     for name in w_ref:
         assert (w_ref[name] - w_out[name]).abs().max().item() <= 1e-6, name
+
+
+def test_a_run_overrides_the_dpo_training_keys_only():
+    from common.config import ConfigError, validate_config
+    from train.settings import resolve
+
+    def config(run_dpo):
+        return {"stages": {"lengths": [4, 8, 16]}, "dpo": {"beta": 0.2, "n_train": 10},
+                "runs": {"sft": {"kind": "sft", "objective": "mdlm"},
+                         "dpo": {"kind": "dpo", "objective": "mdlm", "init_from": "sft", "dpo": run_dpo}}}
+
+    s = resolve(validate_config(config({"sft_weight": 1.0, "loss": "ipo"})), "dpo")
+    assert s.dpo == {"beta": 0.2, "loss": "ipo", "label_smoothing": 0.0, "sft_weight": 1.0, "time_samples": 4,
+                     "reference": None}
+    with pytest.raises(ConfigError, match="n_train"):  # the pairs are shared by every dpo run
+        validate_config(config({"n_train": 5}))

@@ -26,6 +26,9 @@ Losses (dpo.loss), per pair, averaged over the batch:
 
     sigmoid  -(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h)      (DPO; eps = dpo.label_smoothing, cDPO)
     ipo      (h - 1 / (2 beta))^2                                            (IPO)
+    + alpha * (-B_theta(y_w)) / |y_w|     with dpo.sft_weight = alpha > 0: the chosen answer's NELBO per answer
+                                          token (the NLL term of RPO), so the chosen answers stay likely while the
+                                          margin grows (logged as nll_loss)
 
 Logged per step with TRL's names (means over the global batch): rewards/chosen = beta (B_theta(y_w) - B_ref(y_w)),
 rewards/rejected = beta (B_theta(y_l) - B_ref(y_l)), rewards/margins = their difference, rewards/accuracies = the
@@ -58,7 +61,7 @@ from train.trainer import METRIC_FIELDS, StepResult, Trainer, lr_at
 LOSSES = ("sigmoid", "ipo")
 SAMPLING_EPS = 1e-3  # smallest diffusion time: w(t) = 1/t diverges at 0 (train/noise.sample_times uses the same)
 DPO_FIELDS = ["rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
-              "logps/rejected", "memory_mb"]
+              "logps/rejected", "nll_loss", "memory_mb"]
 PAIR_COLUMNS = ("chosen_ids", "chosen_mask", "rejected_ids", "rejected_mask")
 REFERENCE_CACHE = "reference_scores.pt"
 VALIDATION_STREAM = 1  # the held-out pairs' draws: a stream of their own, fixed for the run
@@ -173,13 +176,14 @@ class DPOTrainer(Trainer):
         self.n = int(self.dpo["time_samples"])
         self.beta, self.loss_type = float(self.dpo["beta"]), self.dpo["loss"]
         self.label_smoothing = float(self.dpo["label_smoothing"])
+        self.sft_weight = float(self.dpo["sft_weight"])
         policy = self.acc.unwrap_model(self.model)
         disabled = _disable_dropout(policy)
         if disabled:
             self._say(f"dpo: dropout off in {disabled} policy module(s), so policy and reference score alike")
         self.reference_dir = Path(self.dpo["reference"] or init_dir)
         self.reference = self._load_reference(policy)
-        self.meta.update(dpo={k: self.dpo[k] for k in ("beta", "loss", "label_smoothing", "time_samples")},
+        self.meta.update(dpo={k: self.dpo[k] for k in ("beta", "loss", "label_smoothing", "sft_weight", "time_samples")},
                          reference=str(self.reference_dir))
         self.reference_cache: torch.Tensor | None = None  # [max_steps x G, 2]: B_ref(y_w), B_ref(y_l) per position
         self.val_reference = None
@@ -273,8 +277,12 @@ class DPOTrainer(Trainer):
         ref_chosen, ref_rejected = (r.to(policy_chosen.dtype) for r in reference)
         h = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
         losses = preference_loss(h, self.beta, self.loss_type, self.label_smoothing)
+        nll = -policy_chosen / chosen_mask.sum(1).clamp(min=1)  # the chosen answer's NELBO per answer token
+        if self.sft_weight:
+            losses = losses + self.sft_weight * nll
         metrics = preference_metrics(self.beta, policy_chosen.detach(), policy_rejected.detach(), ref_chosen,
                                      ref_rejected)
+        metrics["nll_loss"] = nll.detach()
         return losses, metrics
 
     def train_step(self, step: int) -> StepResult:

@@ -24,7 +24,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-from common.config import block_length, run_data
+from common.config import DPO_TRAIN_KEYS, block_length, run_data
 
 KINDS = ("cascade", "single", "ar", "sft", "dpo")
 DIFFUSION_OBJECTIVES = ("mdlm", "sedd", "atat")
@@ -34,9 +34,7 @@ DIFFUSION_OBJECTIVES = ("mdlm", "sedd", "atat")
 # tests/test_train_model_equivalence.py), so switching them is a speed choice.
 # dpo_cache_reference likewise: cached reference scores are those the steps would compute (tests/test_dpo.py).
 JOB_ONLY_KEYS = ("gpus", "cpus", "mem_mb", "runtime", "log_with", "fused", "dpo_cache_reference")
-# The dpo section's keys a dpo training reads (the data keys go to preprocess/preference.py, the eval keys to
-# eval/dpo.py, so changing those reruns only their jobs).
-DPO_TRAIN_KEYS = ("beta", "loss", "label_smoothing", "time_samples", "reference")
+
 
 
 class SettingsError(ValueError):
@@ -218,7 +216,7 @@ def resolve(config: dict, run: str, stage: int | None = None) -> TrainSettings:
     kind = spec["kind"]
     values = {**config["train"], **{k: v for k, v in spec.items() if k not in ("kind", "data", "method",
                                                                              "objective", "match_compute",
-                                                                             "init_from", "atat")}}
+                                                                             "init_from", "atat", "dpo")}}
     lengths = tuple(config["stages"]["lengths"]) if config.get("stages") else None
     data = run_data(spec)
     if kind == "cascade":
@@ -243,7 +241,8 @@ def resolve(config: dict, run: str, stage: int | None = None) -> TrainSettings:
                          lengths=lengths, prefix_len=prefix_len, target_len=target_len,
                          steps_source=steps_source, match_compute=target, init_from=spec.get("init_from"),
                          sft_normalization=config["sft"]["loss_normalization"] if kind == "sft" else None,
-                         dpo={k: config["dpo"][k] for k in DPO_TRAIN_KEYS} if kind == "dpo" else None,
+                         dpo={k: {**config["dpo"], **spec.get("dpo", {})}[k] for k in DPO_TRAIN_KEYS}
+                         if kind == "dpo" else None,
                          dpo_cache_reference=kind == "dpo" and config["dpo"]["cache_reference"],
                          atat={**config["atat"], **spec.get("atat", {})} if spec["objective"] == "atat" else None,
                          **values)
