@@ -106,7 +106,7 @@ def test_answer_score_equals_the_elbo_by_hand():
 def test_policy_equal_to_reference_gives_zero_margin_and_ln2(backbone):
     """Shared draws: with policy = reference every margin is exactly 0 and the sigmoid loss exactly ln 2, for any
     data, beta and draws (a masked LM with dropout in its config too: the DPO trainer switches dropout off)."""
-    from train.dpo import _disable_dropout
+    from train.dpo import disable_dropout
 
     if backbone == "dit":
         policy = tiny_dit(seed=3)
@@ -117,7 +117,7 @@ def test_policy_equal_to_reference_gives_zero_margin_and_ln2(backbone):
             "intermediate_size": 64, "max_position_embeddings": 64, "vocab_size": V,
             "hidden_dropout_prob": 0.1}}, V, "tiny", 0.0, causal=False)
     reference = copy.deepcopy(policy)
-    _disable_dropout(policy), _disable_dropout(reference)
+    disable_dropout(policy), disable_dropout(reference)
     policy.train()
     reference.eval()
     chosen, cm, rejected, rm = random_pairs(m=8)

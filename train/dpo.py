@@ -178,7 +178,7 @@ class DPOTrainer(Trainer):
         self.label_smoothing = float(self.dpo["label_smoothing"])
         self.sft_weight = float(self.dpo["sft_weight"])
         policy = self.acc.unwrap_model(self.model)
-        disabled = _disable_dropout(policy)
+        disabled = disable_dropout(policy)
         if disabled:
             self._say(f"dpo: dropout off in {disabled} policy module(s), so policy and reference score alike")
         self.reference_dir = Path(self.dpo["reference"] or init_dir)
@@ -203,7 +203,7 @@ class DPOTrainer(Trainer):
                              f"mask_id {meta.get('mask_id')}, the policy's tokenizer {self.vocab_size} and "
                              f"{self.mask_id}: the reference must share the tokenizer")
         reference.fused = getattr(policy, "fused", "auto")  # the same kernels as the policy: equal scores at step 0
-        _disable_dropout(reference)
+        disable_dropout(reference)
         return reference.requires_grad_(False).eval()
 
     @torch.no_grad()
@@ -361,7 +361,7 @@ class DPOTrainer(Trainer):
         return self.validation_row()["loss"]
 
 
-def _disable_dropout(model: torch.nn.Module) -> int:
+def disable_dropout(model: torch.nn.Module) -> int:
     """Set every dropout probability to 0 (TRL's disable_dropout); returns how many modules had p > 0."""
     count = 0
     for module in model.modules():
