@@ -244,8 +244,14 @@ class DPOTrainer(Trainer):
         path = self.ckpt_root / REFERENCE_CACHE
         total = self.max_steps * self.global_batch
         if path.is_file():
-            saved = torch.load(path, map_location="cpu")
-            if saved.get("digest") == self.s.digest() and saved["scores"].shape == (total, 2):
+            try:
+                saved = torch.load(path, map_location="cpu")
+                usable = saved.get("digest") == self.s.digest() and saved["scores"].shape == (total, 2)
+            except Exception as err:  # noqa: BLE001 - a damaged cache is recomputed, and the log says why
+                self._say(f"warning: {path}: cannot read the cached reference scores ({type(err).__name__}: {err}); "
+                          f"scoring again")
+                usable = False
+            if usable:
                 self.reference_cache = saved["scores"].to(self.acc.device)
                 self._say(f"dpo: reference scores of {total} training pairs read from {path}")
         if self.reference_cache is None:

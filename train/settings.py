@@ -34,6 +34,8 @@ DIFFUSION_OBJECTIVES = ("mdlm", "sedd", "atat")
 # tests/test_train_model_equivalence.py), so switching them is a speed choice.
 # dpo_cache_reference likewise: cached reference scores are those the steps would compute (tests/test_dpo.py).
 JOB_ONLY_KEYS = ("gpus", "cpus", "mem_mb", "runtime", "log_with", "fused", "dpo_cache_reference")
+# Fields of one kind or objective (dpo runs, objective atat), None elsewhere and then not part of computing().
+RUN_SECTION_KEYS = ("dpo", "atat")
 
 
 
@@ -192,8 +194,11 @@ class TrainSettings:
         return dataclasses.asdict(self)
 
     def computing(self) -> dict:
-        """The settings that decide what the job computes (all but JOB_ONLY_KEYS)."""
-        return {k: v for k, v in self.to_dict().items() if k not in JOB_ONLY_KEYS}
+        """The settings that decide what the job computes (all but JOB_ONLY_KEYS). The sections only some runs
+        read (RUN_SECTION_KEYS) are left out where they are None, so adding such a section to the code changes no
+        other run's settings: nothing reruns, every checkpoint still resumes."""
+        return {k: v for k, v in self.to_dict().items()
+                if k not in JOB_ONLY_KEYS and not (k in RUN_SECTION_KEYS and v is None)}
 
     def digest(self) -> str:
         """sha256 of computing(): equal digests, equal training. Recorded in checkpoints and compared on resume."""
