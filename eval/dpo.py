@@ -24,8 +24,6 @@ For the held-out preference shard (preprocess/preference.py) and the DPO run's m
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import os
 from pathlib import Path
@@ -34,9 +32,10 @@ import pyarrow as pa
 
 import torch
 
-from common.io import InputError, atomic_path, open_parquet
-from common.tasks import check_answer
-from eval.sft import EXAMPLES, backbone_name, normalise, source_of
+from common.io import InputError, open_parquet
+from common.tasks import check_answer, normalise
+from eval.sft import EXAMPLES, backbone_name, source_of
+from eval.tables import write_run_table
 
 # the preference shard's columns (preprocess/preference.py's PAIR_SCHEMA) this evaluation reads
 PAIR_SHARD_COLUMNS = ("pair_id", "prompt", "chosen", "rejected", "chosen_ids", "chosen_mask", "rejected_ids",
@@ -200,34 +199,12 @@ def table_rows(paths) -> list[dict]:
     return rows
 
 
-def _cell(value) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        return f"{value:.3f}"
-    return str(value)
-
-
 def write_table(rows: list[dict], tables) -> None:
     """results/{profile}/tables/dpo.{md,csv}: one row per DPO run."""
-    tables = Path(tables)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=TABLE_COLUMNS)
-    writer.writeheader()
-    writer.writerows(rows)
-    with atomic_path(tables / "dpo.csv") as tmp:
-        tmp.write_text(buffer.getvalue())
-    shown = [c for c in TABLE_COLUMNS if c not in ("settings_digest", "code_commit")] + ["digest", "commit"]
-    lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
-    for row in rows:
-        cells = [_cell(row[c]) for c in shown[:-2]]
-        cells += [(row["settings_digest"] or "—")[:8], (row["code_commit"] or "—")[:7]]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", f"reward_accuracy: {DEFINITION_REWARD}.", f"elbo_preference: {DEFINITION_PREFERENCE} (before = the "
-              f"init_from model, after = the DPO model).", f"task_score: share of generated answers the judge accepts "
-              f"(temperature 0). win_rate: {DEFINITION_WIN}."]
-    with atomic_path(tables / "dpo.md") as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
+    write_run_table(rows, TABLE_COLUMNS, tables, "dpo",
+                    [f"reward_accuracy: {DEFINITION_REWARD}.", f"elbo_preference: {DEFINITION_PREFERENCE} (before = "
+                     f"the init_from model, after = the DPO model).", f"task_score: share of generated answers the "
+                     f"judge accepts (temperature 0). win_rate: {DEFINITION_WIN}."])
 
 
 def main(argv=None):

@@ -20,14 +20,14 @@ the same conversations and draws, so the two numbers differ only by the training
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 from pathlib import Path
 
 import torch
 
-from common.io import InputError, atomic_path, read_parquet, stats_path
+from common.io import InputError, read_parquet, stats_path
+from common.tasks import normalise
+from eval.tables import write_run_table
 
 EXAMPLES = 5  # generated answers kept in the JSON (with prompt and reference) for people to read
 
@@ -35,10 +35,6 @@ DEFINITION_EM = ("share of the first n held-out conversations whose generated fi
                  "the first EOS) equals the reference after collapsing whitespace")
 DEFINITION_NELBO = ("masked-diffusion NELBO of the answer tokens (answer_mask, EOS fill included) given the rest of "
                     "the canvas, nats per answer token (eval/likelihood.stage_nelbo with scored = answer_mask)")
-
-
-def normalise(text: str) -> str:
-    return " ".join(text.split())
 
 
 def read_conversations(shards, n: int) -> dict:
@@ -155,33 +151,11 @@ def table_rows(paths) -> list[dict]:
     return rows
 
 
-def _cell(value) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        return f"{value:.3f}"
-    return str(value)
-
-
 def write_table(rows: list[dict], tables) -> None:
     """results/{profile}/tables/sft.{md,csv}: one row per SFT run (EM and answer NELBO before and after)."""
-    tables = Path(tables)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=TABLE_COLUMNS)
-    writer.writeheader()
-    writer.writerows(rows)
-    with atomic_path(tables / "sft.csv") as tmp:
-        tmp.write_text(buffer.getvalue())
-    shown = [c for c in TABLE_COLUMNS if c not in ("settings_digest", "code_commit")] + ["digest", "commit"]
-    lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
-    for row in rows:
-        cells = [_cell(row[c]) for c in shown[:-2]]
-        cells += [(row["settings_digest"] or "—")[:8], (row["code_commit"] or "—")[:7]]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", f"EM: {DEFINITION_EM}.", f"Answer NELBO: {DEFINITION_NELBO}. before = the init_from model on the "
-              f"same conversations and draws; — = no init_from."]
-    with atomic_path(tables / "sft.md") as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
+    write_run_table(rows, TABLE_COLUMNS, tables, "sft",
+                    [f"EM: {DEFINITION_EM}.", f"Answer NELBO: {DEFINITION_NELBO}. before = the init_from model on the "
+                     f"same conversations and draws; — = no init_from."])
 
 
 def main(argv=None):

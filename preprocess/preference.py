@@ -70,12 +70,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from common.chat import ROLES, Encoded, encode_conversation
+from common.chat import Encoded, encode_conversation
 from common.config import ConfigError, load_config
 from common.io import InputError, atomic_path, stats_path as default_stats_path, write_json
 from common.tasks import normalise
 from preprocess.corpus import in_validation
-from preprocess.sft import (EXAMPLES_PER_REASON, ROWS_PER_BATCH, SPLITS, Raw, Skipped, _content_problem,
+from preprocess.sft import (EXAMPLES_PER_REASON, ROWS_PER_BATCH, SPLITS, Raw, Skipped, _content_problem, message_list,
                             _special_texts, hub_records, load_tokenizer, local_records, reverse_record, source_kind)
 
 SETTING = "dpo.source"  # the config key named in source errors
@@ -114,24 +114,6 @@ Item = Pair | Skipped
 # Record shapes -> a pair
 
 
-def _message_list(value: list, field: str) -> tuple[list | None, str, str]:
-    """(messages, "", "") from a list of {role, content}, or (None, reason, detail)."""
-    out = []
-    for i, message in enumerate(value):
-        if not isinstance(message, dict):
-            return None, "wrong_type", f"{field}[{i}] is a {type(message).__name__}, expected an object"
-        role, content = message.get("role"), message.get("content")
-        if not isinstance(role, str):
-            return None, "wrong_type", f"{field}[{i}].role is a {type(role).__name__}, expected a string"
-        if role not in ROLES:
-            return None, "unknown_role", f"{field}[{i}].role is {role!r}, expected one of {list(ROLES)}"
-        problem = _content_problem(content)
-        if problem:
-            return None, problem[0], f"{field}[{i}].content ({role}) {problem[1]}".rstrip()
-        out.append({"role": role, "content": content})
-    return out, "", ""
-
-
 def _field_messages(obj: dict, field: str, role: str) -> tuple[list | None, str, str]:
     """A field as a non-empty message list (a string is one ``role`` turn), or (None, reason, detail)."""
     value = obj[field]
@@ -145,7 +127,7 @@ def _field_messages(obj: dict, field: str, role: str) -> tuple[list | None, str,
                                     f"messages")
     if not value:
         return None, "empty_content", f"field {field!r} is an empty list"
-    return _message_list(value, field)
+    return message_list(value, field)
 
 
 def to_pair(raw: Raw) -> Item:

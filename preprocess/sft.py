@@ -141,18 +141,24 @@ def _messages_of(obj: dict) -> tuple[list | None, str, str]:
     messages = obj["messages"]
     if not isinstance(messages, list):
         return None, "wrong_type", f"field 'messages' is a {type(messages).__name__}, expected a list"
+    return message_list(messages, "messages")
+
+
+def message_list(value: list, field: str) -> tuple[list | None, str, str]:
+    """(messages, "", "") from a list of {role, content} read from record field ``field``, or (None, reason, detail)
+    for the first message that is not an object, has a role outside ROLES or a bad content (_content_problem)."""
     out = []
-    for i, message in enumerate(messages):
+    for i, message in enumerate(value):
         if not isinstance(message, dict):
-            return None, "wrong_type", f"messages[{i}] is a {type(message).__name__}, expected an object"
+            return None, "wrong_type", f"{field}[{i}] is a {type(message).__name__}, expected an object"
         role, content = message.get("role"), message.get("content")
         if not isinstance(role, str):
-            return None, "wrong_type", f"messages[{i}].role is a {type(role).__name__}, expected a string"
+            return None, "wrong_type", f"{field}[{i}].role is a {type(role).__name__}, expected a string"
         if role not in ROLES:
-            return None, "unknown_role", f"messages[{i}].role is {role!r}, expected one of {list(ROLES)}"
+            return None, "unknown_role", f"{field}[{i}].role is {role!r}, expected one of {list(ROLES)}"
         problem = _content_problem(content)
         if problem:
-            return None, problem[0], f"messages[{i}].content ({role}) {problem[1]}".rstrip()
+            return None, problem[0], f"{field}[{i}].content ({role}) {problem[1]}".rstrip()
         out.append({"role": role, "content": content})
     return out, "", ""
 
