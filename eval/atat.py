@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import io
 import json
 import math
@@ -39,6 +40,7 @@ CSV_COLUMNS = ["variant", "metric", "sampler", "steps", "n_seeds", "seeds", "mea
 ALPHA = 0.05
 
 
+@functools.lru_cache(maxsize=None)
 def run_variant(run_dir: Path) -> str:
     """The importance variant a run trained with (its model folder's config.json), "mdlm" for plain runs."""
     meta = json.loads((run_dir / "model" / "config.json").read_text())

@@ -67,7 +67,6 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from common.chat import Encoded, encode_conversation
@@ -75,7 +74,7 @@ from common.config import ConfigError, load_config
 from common.io import InputError, atomic_path, stats_path as default_stats_path, write_json
 from common.tasks import normalise
 from preprocess.corpus import in_validation
-from preprocess.sft import (EXAMPLES_PER_REASON, ROWS_PER_BATCH, SPLITS, Raw, Skipped, _content_problem, message_list,
+from preprocess.sft import (SPLITS, Raw, Skipped, SkipLog, _content_problem, message_list, write_records,
                             _special_texts, hub_records, load_tokenizer, local_records, reverse_record, source_kind)
 
 SETTING = "dpo.source"  # the config key named in source errors
@@ -283,14 +282,7 @@ def build(dpo: dict, length: int, tokenizer, split: str, out_path: str | Path, s
     source = str(dpo["source"])
     is_task = source_kind(source, SETTING) == "task"
     specials = _special_texts(tokenizer)
-    counts, skipped, examples, rejections = Counter(), Counter(), {}, Counter()
-    read = written = 0
-
-    def skip(pid: str, reason: str, detail: str) -> None:
-        skipped[reason] += 1
-        named = examples.setdefault(reason, [])
-        if len(named) < EXAMPLES_PER_REASON:
-            named.append(f"{pid} {detail}".strip())
+    counts, rejections, skip = Counter(), Counter(), SkipLog()
 
     def rows_of(batch: list[Pair]) -> list[dict]:
         rows = []
@@ -327,48 +319,24 @@ def build(dpo: dict, length: int, tokenizer, split: str, out_path: str | Path, s
         return rows
 
     with atomic_path(out_path) as tmp:
-        writer = pq.ParquetWriter(tmp, PAIR_SCHEMA, compression="zstd", write_statistics=False, store_schema=True)
-        try:
-            total = (dpo["n_train"] if split == "train" else dpo["n_validation"]) if is_task else None
-            bar = tqdm(total=total, desc=f"preference {split} -> {out_path.name}", unit="pair",
-                       disable=not progress, file=sys.stderr)
-            batch: list[Pair] = []
-
-            def flush() -> None:
-                nonlocal written
-                rows = rows_of(batch)
-                if rows:
-                    writer.write_table(pa.Table.from_pylist(rows, schema=PAIR_SCHEMA))
-                    written += len(rows)
-                batch.clear()
-
-            for item in iter_split(dpo, split, load=load):
-                read += 1
-                bar.update()
-                if isinstance(item, Skipped):
-                    skip(item.conversation_id, item.reason, item.detail)
-                    continue
-                batch.append(item)
-                if len(batch) >= ROWS_PER_BATCH:
-                    flush()
-            flush()
-            bar.close()
-        finally:
-            writer.close()
+        total = (dpo["n_train"] if split == "train" else dpo["n_validation"]) if is_task else None
+        with tqdm(total=total, desc=f"preference {split} -> {out_path.name}", unit="pair", disable=not progress,
+                  file=sys.stderr) as bar:
+            read, written = write_records(iter_split(dpo, split, load=load), rows_of, PAIR_SCHEMA, tmp, skip, bar)
         if written == 0:
             raise InputError(
                 f"{out_path}: no preference pair for split {split!r} from {source}: {read} records read, skipped "
-                f"{dict(sorted(skipped.items())) or 'none'}; expected at least one pair whose two canvases fit "
+                f"{skip.stats()['skipped'] or 'none'}; expected at least one pair whose two canvases fit "
                 f"sft.length = {length} tokens")
     stats = {
         "source": source, "split": split, "length": length,
         "records_read": read, "records_written": written,
-        "skipped": dict(sorted(skipped.items())), "skipped_examples": dict(sorted(examples.items())),
+        **skip.stats(),
         "rejections": {rule: rejections[rule] for rule in REJECTION_RULES if rejections[rule]},
         "chosen_tokens": counts["chosen_tokens"], "rejected_tokens": counts["rejected_tokens"],
         "seconds": round(time.perf_counter() - t0, 3),
     }
-    assert read == written + sum(skipped.values())
+    assert read == written + sum(skip.counts.values())
     write_json(stats, stats_path)
     return stats
 

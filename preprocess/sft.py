@@ -418,6 +418,57 @@ def _special_texts(tokenizer) -> list[str]:
     return sorted((t for t in texts if t), key=len, reverse=True)
 
 
+class SkipLog:
+    """Records skipped by reason, with up to EXAMPLES_PER_REASON examples each naming the record: called as
+    skip(record_id, reason, detail); `counts` and `examples` go to a shard's stats."""
+
+    def __init__(self):
+        self.counts: Counter = Counter()
+        self.examples: dict[str, list[str]] = {}
+
+    def __call__(self, record_id: str, reason: str, detail: str) -> None:
+        self.counts[reason] += 1
+        named = self.examples.setdefault(reason, [])
+        if len(named) < EXAMPLES_PER_REASON:
+            named.append(f"{record_id} {detail}".strip())
+
+    def stats(self) -> dict:
+        return {"skipped": dict(sorted(self.counts.items())), "skipped_examples": dict(sorted(self.examples.items()))}
+
+
+def write_records(items: Iterable, rows_of: Callable[[list], list[dict]], schema: pa.Schema, path: Path,
+                  skip: SkipLog, bar) -> tuple[int, int]:
+    """Write the rows of `items` to the Parquet file `path` (the caller's temporary name), ROWS_PER_BATCH records
+    encoded, and written as one row group, at a time: a Skipped item goes to `skip`, the others through
+    `rows_of(batch)` (which may skip some too). Returns (records read, rows written)."""
+    read = written = 0
+    writer = pq.ParquetWriter(path, schema, compression="zstd", write_statistics=False, store_schema=True)
+    try:
+        batch: list = []
+
+        def flush() -> None:
+            nonlocal written
+            rows = rows_of(batch)
+            if rows:
+                writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+                written += len(rows)
+            batch.clear()
+
+        for item in items:
+            read += 1
+            bar.update()
+            if isinstance(item, Skipped):
+                skip(item.conversation_id, item.reason, item.detail)
+                continue
+            batch.append(item)
+            if len(batch) >= ROWS_PER_BATCH:
+                flush()
+        flush()
+    finally:
+        writer.close()
+    return read, written
+
+
 def build(sft: dict, tokenizer, split: str, out_path: str | Path, stats_path: str | Path | None = None,
           load: Callable = None, progress: bool = True) -> dict:
     """Write the SFT shard of ``split`` (Parquet, SFT_SCHEMA, atomically, one row group per batch) and its stats
@@ -437,14 +488,7 @@ def build(sft: dict, tokenizer, split: str, out_path: str | Path, stats_path: st
     if tokenizer.eos_token_id is None:
         raise InputError("the tokenizer has no eos_token; SFT rows end answers and fill with it")
     specials = _special_texts(tokenizer)
-    counts, skipped, examples = Counter(), Counter(), {}
-    read = written = 0
-
-    def skip(cid: str, reason: str, detail: str) -> None:
-        skipped[reason] += 1
-        named = examples.setdefault(reason, [])
-        if len(named) < EXAMPLES_PER_REASON:
-            named.append(f"{cid} {detail}".strip())
+    counts, skip = Counter(), SkipLog()
 
     def rows_of(batch: list[Conversation]) -> list[dict]:
         import jinja2
@@ -479,53 +523,29 @@ def build(sft: dict, tokenizer, split: str, out_path: str | Path, stats_path: st
         return rows
 
     with atomic_path(out_path) as tmp:
-        writer = pq.ParquetWriter(tmp, SFT_SCHEMA, compression="zstd", write_statistics=False, store_schema=True)
-        try:
-            total = None
-            if source_kind(str(sft["source"])) == "task":
-                total = sft["n_train"] if split == "train" else sft["n_validation"]
-            bar = tqdm(total=total, desc=f"sft {split} -> {out_path.name}", unit="conv", disable=not progress,
-                       file=sys.stderr)
-            batch: list[Conversation] = []
-
-            def flush() -> None:
-                nonlocal written
-                rows = rows_of(batch)
-                if rows:
-                    writer.write_table(pa.Table.from_pylist(rows, schema=SFT_SCHEMA))
-                    written += len(rows)
-                batch.clear()
-
-            for item in iter_split(sft, split, counts, load=load):
-                read += 1
-                bar.update()
-                if isinstance(item, Skipped):
-                    skip(item.conversation_id, item.reason, item.detail)
-                    continue
-                batch.append(item)
-                if len(batch) >= ROWS_PER_BATCH:
-                    flush()
-            flush()
-            bar.close()
-        finally:
-            writer.close()
+        total = None
+        if source_kind(str(sft["source"])) == "task":
+            total = sft["n_train"] if split == "train" else sft["n_validation"]
+        with tqdm(total=total, desc=f"sft {split} -> {out_path.name}", unit="conv", disable=not progress,
+                  file=sys.stderr) as bar:
+            read, written = write_records(iter_split(sft, split, counts, load=load), rows_of, SFT_SCHEMA, tmp, skip,
+                                          bar)
         if written == 0:
             raise InputError(
                 f"{out_path}: no SFT row for split {split!r} from {sft['source']}: {read} records read, skipped "
-                f"{dict(sorted(skipped.items())) or 'none'}; expected at least one conversation with an answer "
+                f"{skip.stats()['skipped'] or 'none'}; expected at least one conversation with an answer "
                 f"token within sft.length = {length}")
     stats = {
         "source": str(sft["source"]), "split": split, "format": sft["format"], "length": length,
         "records_read": read, "records_written": written,
-        "skipped": dict(sorted(skipped.items())), "skipped_examples": dict(sorted(examples.items())),
-        "trailing_turns_dropped": counts["trailing_turns_dropped"], "truncated": counts["truncated"],
+        **skip.stats(), "trailing_turns_dropped": counts["trailing_turns_dropped"], "truncated": counts["truncated"],
         "filled_tokens": counts["filled_tokens"], "answer_tokens": counts["answer_tokens"],
         "assistant_turns": counts["assistant_turns"], "tokens": written * length,
         "seconds": round(time.perf_counter() - t0, 3),
     }
     if source_kind(str(sft["source"])) == "task":
         stats["task_words"] = len(REVERSE_WORDS)
-    assert read == written + sum(skipped.values())
+    assert read == written + sum(skip.counts.values())
     write_json(stats, stats_path)
     return stats
 

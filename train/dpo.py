@@ -60,8 +60,10 @@ from train.trainer import METRIC_FIELDS, StepResult, Trainer, lr_at
 
 LOSSES = ("sigmoid", "ipo")
 SAMPLING_EPS = 1e-3  # smallest diffusion time: w(t) = 1/t diverges at 0 (train/noise.sample_times uses the same)
-DPO_FIELDS = ["rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
-              "logps/rejected", "nll_loss", "memory_mb"]
+# per-pair quantities, logged as means over the batch (preference_metrics, plus nll_loss); then the peak memory
+PAIR_FIELDS = ["rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
+               "logps/rejected", "nll_loss"]
+DPO_FIELDS = PAIR_FIELDS + ["memory_mb"]
 PAIR_COLUMNS = ("chosen_ids", "chosen_mask", "rejected_ids", "rejected_mask")
 REFERENCE_CACHE = "reference_scores.pt"
 VALIDATION_STREAM = 1  # the held-out pairs' draws: a stream of their own, fixed for the run
@@ -330,10 +332,10 @@ class DPOTrainer(Trainer):
 
     def _reduce_metrics(self, collected: dict[str, list[torch.Tensor]]) -> dict[str, float]:
         """Means over the global batch (every process holds an equal share, so the mean of means is exact)."""
-        means = torch.stack([torch.cat(collected[k]).mean() for k in DPO_FIELDS[:-1]])
+        means = torch.stack([torch.cat(collected[k]).mean() for k in PAIR_FIELDS])
         if self.acc.num_processes > 1:
             means = self.acc.reduce(means, reduction="mean")
-        return {k: round(float(v), 6) for k, v in zip(DPO_FIELDS[:-1], means)}
+        return {k: round(float(v), 6) for k, v in zip(PAIR_FIELDS, means)}
 
     # -- validation ------------------------------------------------------------------------------
     def _n_validation(self) -> int:
@@ -346,7 +348,7 @@ class DPOTrainer(Trainer):
         model = self.acc.unwrap_model(self.model)
         n = self._n_validation()
         chunks = [slice(i, min(i + self.micro, n)) for i in range(0, n, self.micro)]
-        sums = torch.zeros(1 + len(DPO_FIELDS) - 1, dtype=torch.float64, device=self.acc.device)
+        sums = torch.zeros(1 + len(PAIR_FIELDS), dtype=torch.float64, device=self.acc.device)
         model.eval()
         with self.ema.applied(model):
             for sl in chunks[self.acc.process_index::self.acc.num_processes]:
@@ -355,11 +357,11 @@ class DPOTrainer(Trainer):
                 with self.acc.autocast():
                     losses, metrics = self._pair_losses(model, self.val_data, rows, torch.zeros_like(rows),
                                                         reference, VALIDATION_STREAM)
-                values = [losses.double().sum()] + [metrics[k].double().sum() for k in DPO_FIELDS[:-1]]
+                values = [losses.double().sum()] + [metrics[k].double().sum() for k in PAIR_FIELDS]
                 sums += torch.stack(values)
         sums = self.acc.reduce(sums, reduction="sum")
         row = {"loss": float(sums[0] / n)}
-        row.update({k: round(float(v / n), 6) for k, v in zip(DPO_FIELDS[:-1], sums[1:])})
+        row.update({k: round(float(v / n), 6) for k, v in zip(PAIR_FIELDS, sums[1:])})
         row["memory_mb"] = round(peak_memory_mb(self.acc.device), 1)
         return row
 
