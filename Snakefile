@@ -11,7 +11,7 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 sys.path.insert(0, workflow.basedir)
-from common.config import validate_config  # noqa: E402
+from common.config import check_configfiles, validate_config  # noqa: E402
 from preprocess.models import check_models  # noqa: E402
 
 
@@ -22,6 +22,11 @@ if not workflow.overwrite_configfiles:
 
     configfile: os.path.join(workflow.basedir, "config.yaml")
 
+
+# A target written after --configfile is read as one more config file: a file that is not a config (a run's
+# JSON output merged into the config) stops the run here, saying so. (A binary or missing one stops Snakemake
+# before the Snakefile runs.)
+check_configfiles(workflow.overwrite_configfiles or [])
 
 # A wrong key or value stops the run here, before any job, naming the key; every default of
 # schemas/config.schema.yaml is filled in, so the rules and the jobs read config[...] directly.

@@ -140,7 +140,7 @@ def main(argv=None):
             start = time.perf_counter()
             records = cascade_records([stage], args.n, args.n, sampler, args.steps, seed=args.seed, device=device)
             seconds = time.perf_counter() - start
-            ppl = generative_perplexity(records, scorer, stage.name, stage.meta["tokenizer"])
+            ppl = generative_perplexity(records, scorer, stage.name, stage.tokenizer_sha256)
             tokens = sum(r["generated_tokens"] for r in records)
             results[sampler] = {"tokens_per_second": tokens / seconds, "seconds": seconds,
                                 "network_calls": stage.denoiser.calls,

@@ -7,14 +7,20 @@ The Snakefile calls validate_config() on Snakemake's merged config (config.yaml 
 writes the result to one file and hands that file to every job, which reads it with load_config(): the
 same checks and the same defaults on both sides, from the schema alone.
 
-Checks here are the ones about the config as a whole (a wrong key or type, stage lengths, which runs exist);
-the checks about one run's training settings are in train/settings.py.
+Checks here are the ones about the config as a whole (a wrong key or type, a number that is NaN or infinite,
+stage lengths, which runs exist, which runs start from which and with what network, a dpo run's reference, a
+pretrained backbone's tokenizer); the checks about one run's training settings are in train/settings.py. Files
+on local disk that the config names (a backbone folder, a dpo.reference folder) are read; hub ids are not looked
+up (no network).
 """
 from __future__ import annotations
 
 import copy
+import json
+import math
 import os
 from pathlib import Path
+from typing import Callable, Iterator
 
 import yaml
 
@@ -135,16 +141,37 @@ def _key_path(error) -> str:
     return ".".join(str(p) for p in error.absolute_path) or "(top level)"
 
 
+def _non_finite(value, key: str = "") -> Iterator[tuple[str, float]]:
+    """(key, value) of every float in ``value`` (a config or part of one) that is NaN or +-infinity; keys dotted,
+    list items as key[i]."""
+    if isinstance(value, float) and not math.isfinite(value):
+        yield key or "(top level)", value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _non_finite(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _non_finite(v, f"{key}[{i}]")
+
+
 def validate_config(config: dict, source: str = "config") -> dict:
     """Check ``config`` against the schema and fill in the defaults, in place; returns it.
 
     Raises ConfigError naming ``source`` (a file, or "config" for Snakemake's merged one), the key and the
-    problem, e.g. "config: train: 'learning_rate' was unexpected".
+    problem, e.g. "config: train: 'learning_rate' was unexpected". No setting accepts NaN or infinity (YAML .nan /
+    .inf, or nan / inf where a number is expected, which coerce_strings reads as a float): a schema's minimum /
+    maximum cannot refuse NaN (every comparison with it is false), so every number of the config is checked here,
+    free-form sections (backbone.config) included.
     """
     if not isinstance(config, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level, got {type(config).__name__}")
     schema = load_schema()
     coerce_strings(config, schema, schema)
+    bad = list(_non_finite(config))
+    if bad:
+        lines = "\n".join(f"  {key}: {value}" for key, value in bad)
+        raise ConfigError(f"{source}: {len(bad)} setting(s) not a finite number; no setting accepts NaN or infinity "
+                          f"(expected a finite number):\n{lines}")
     validator = _validator_with_defaults(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
@@ -163,6 +190,8 @@ def _check_whole(config: dict, source: str) -> None:
         if not lengths[0] < lengths[1] < lengths[2]:
             raise ConfigError(f"{source}: stages.lengths must be increasing (l1 < l2 < l3), got {lengths}")
     methods = config["annotate"]["methods"]
+    for name in config["runs"]:
+        _check_backbone_tokenizer(config, name, source)
     for name, run in config["runs"].items():
         if run["kind"] in ("sft", "dpo") or run.get("init_from") is not None:
             _check_post_training_run(config, name, run, source)
@@ -210,6 +239,197 @@ def _check_post_training_run(config: dict, name: str, run: dict, source: str) ->
         starts = sorted(r for r, kind in kinds.items() if kind in starts_from and r != name)
         raise ConfigError(f"{source}: runs.{name}.init_from = {target!r} must name another run of kind single, sft "
                           f"or dpo (its runs/<run>/model folder), one of {starts}")
+    mine, theirs = run_backbone(config, name), run_backbone(config, target)
+    if mine != theirs:
+        raise ConfigError(f"{source}: runs.{name} (kind {run['kind']}) builds backbone {_describe(mine)} but starts "
+                          f"from runs.{target} (init_from), whose backbone is {_describe(theirs)}; its weights fit "
+                          f"only the same network: give runs.{name} the backbone (and model size) of {target}")
+    if run["kind"] == "dpo":
+        _check_dpo_reference(config, name, source)
+
+
+def run_backbone(config: dict, name: str) -> dict:
+    """The network run ``name`` builds (train/backbones.build_backbone), from its keys over the train: section:
+    {kind: dit, model: size} or {kind: masked_lm, name, config}. Two runs whose results are equal build networks
+    with the same parameter names and shapes (the vocabulary is the config's one tokenizer for both), so one can
+    start from the other's weights (init_from)."""
+    run = config["runs"][name]
+    spec = run.get("backbone", config["train"]["backbone"])
+    if spec["kind"] == "dit":
+        return {"kind": "dit", "model": run.get("model", config["train"]["model"])}
+    return {"kind": spec["kind"], "name": spec.get("name"), "config": spec.get("config")}
+
+
+def _describe(backbone: dict) -> str:
+    if backbone["kind"] == "dit":
+        return f"dit (model: {backbone['model']})"
+    if backbone.get("name") is not None:
+        return f"masked_lm (name: {backbone['name']})"
+    return f"masked_lm (config: {backbone['config']})"
+
+
+# --------------------------------------------------------------------------------------------------------
+# A dpo run's reference
+
+
+def _dpo_reference_setting(config: dict, name: str) -> str | None:
+    """runs.<name>.dpo.reference, else dpo.reference (train/settings.resolve merges them alike)."""
+    return {**config["dpo"], **config["runs"][name].get("dpo", {})}["reference"]
+
+
+def _reference_key(config: dict, name: str) -> str:
+    return f"runs.{name}.dpo.reference" if "reference" in config["runs"][name].get("dpo", {}) else "dpo.reference"
+
+
+def dpo_reference(config: dict, run: str, run_dir: Callable[[str], str]) -> str:
+    """The frozen reference model folder of dpo run ``run`` of a validated config (validate_config has checked it):
+
+        dpo.reference (runs.<run>.dpo.reference over the dpo section's)
+          null                  ->  run_dir(init_from) + "/model"     the policy's start (train/dpo.py's default)
+          the name of a run     ->  run_dir(name) + "/model"          that run's model folder (a run name is taken
+                                                                      first, even where a folder of that name exists)
+          anything else         ->  the string as given               a model folder on disk (it exists)
+
+    ``run_dir`` maps a run name to its runs folder, the same function the rules use for every run's outputs
+    (rules/common.smk's run_dir, e.g. common.layout.Layout(config).run), so the path is the one the train rule
+    writes that run's model.safetensors / config.json under. A run name therefore resolves to an output of the
+    workflow, to be declared as a job input; a folder, to a file on disk.
+
+    Where the policy's start is already trained (run_dir(init_from)/model/config.json exists) and the reference
+    is a folder, their config.json vocab_size must agree (else ConfigError naming both); before the start exists,
+    train/dpo.py checks it when the job loads both.
+    """
+    spec = config["runs"][run]
+    if spec["kind"] != "dpo":
+        raise ConfigError(f"runs.{run} is kind {spec['kind']}: only a dpo run has a reference model")
+    reference = _dpo_reference_setting(config, run)
+    if reference is None:
+        return f"{run_dir(spec['init_from'])}/model"
+    if reference in config["runs"]:
+        return f"{run_dir(reference)}/model"
+    start = Path(run_dir(spec["init_from"])) / "model" / "config.json"
+    if start.is_file():
+        theirs = _read_model_meta(Path(reference) / "config.json", _reference_key(config, run)).get("vocab_size")
+        mine = _read_model_meta(start, f"runs.{spec['init_from']}").get("vocab_size")
+        if mine != theirs:
+            raise ConfigError(f"{_reference_key(config, run)} = {reference!r}: its config.json has vocab_size "
+                              f"{theirs}, the policy's start {start} has vocab_size {mine}; the reference scores the "
+                              f"policy's answers token by token, so it must share the policy's tokenizer")
+    return reference
+
+
+def _read_model_meta(path: Path, key: str) -> dict:
+    """config.json of a model folder written by python -m train (it has an ``objective``), or ConfigError naming
+    the config key that named the folder."""
+    try:
+        meta = json.loads(path.read_text())
+    except OSError as err:
+        raise ConfigError(f"{key}: cannot read {path} ({err.strerror}); expected a model folder written by "
+                          f"python -m train (config.json, model.safetensors)") from None
+    except ValueError as err:
+        raise ConfigError(f"{key}: {path} is not JSON ({err})") from None
+    if not isinstance(meta, dict) or "objective" not in meta:
+        raise ConfigError(f"{key}: {path} is not the config.json of a model folder written by python -m train (no "
+                          f"'objective'); a transformers model folder cannot be the reference")
+    return meta
+
+
+def _check_dpo_reference(config: dict, name: str, source: str) -> None:
+    """dpo.reference of dpo run ``name``: null; another run's name, of a run with one model folder that scores
+    answers by the masked-diffusion ELBO (kind single, sft or dpo, not objective ar); or an existing model folder
+    whose config.json is not objective ar and whose vocabulary can be the policy's (for tokenizer.kind bpe at most
+    tokenizer.vocab_size tokens; the exact check against the trained start is dpo_reference's)."""
+    reference = _dpo_reference_setting(config, name)
+    if reference is None:
+        return
+    key = _reference_key(config, name)
+    runs = config["runs"]
+    if reference in runs:
+        other = runs[reference]
+        if reference == name or other["kind"] not in ("single", "sft", "dpo") or other["objective"] == "ar":
+            usable = sorted(r for r, spec in runs.items() if r != name and spec["kind"] in ("single", "sft", "dpo")
+                            and spec["objective"] != "ar")
+            raise ConfigError(f"{source}: {key} = {reference!r} names runs.{reference} (kind {other['kind']}, "
+                              f"objective {other['objective']}), which cannot score runs.{name}'s answers: the "
+                              f"reference is one masked-diffusion model folder (a run of kind single, sft or dpo, not "
+                              f"objective ar, not the run itself), one of {usable}, or a model folder path")
+        return
+    folder = Path(reference).expanduser()
+    if not folder.is_dir():
+        raise ConfigError(f"{source}: {key} = {reference!r} is neither a run of the config ({sorted(runs)}) nor an "
+                          f"existing folder ({'a file' if folder.exists() else 'no such path'} from "
+                          f"{Path.cwd()}); expected a model folder written by python -m train")
+    meta = _read_model_meta(folder / "config.json", f"{source}: {key}")
+    if meta["objective"] == "ar":
+        raise ConfigError(f"{source}: {key} = {reference!r} is an AR model (objective ar in its config.json), which "
+                          f"cannot score runs.{name}'s answers by the masked-diffusion ELBO; expected a diffusion "
+                          f"model folder")
+    vocab, tokenizer = meta.get("vocab_size"), config["tokenizer"]
+    if tokenizer["kind"] == "bpe" and isinstance(vocab, int) and vocab > tokenizer["vocab_size"]:
+        raise ConfigError(f"{source}: {key} = {reference!r} has vocab_size {vocab} (its config.json), more than the "
+                          f"config's tokenizer can have (tokenizer.vocab_size {tokenizer['vocab_size']}, kind bpe), "
+                          f"so it cannot share the policy's tokenizer and cannot score its answers")
+
+
+# --------------------------------------------------------------------------------------------------------
+# A masked LM backbone and the tokenizer
+
+
+def _local_folder(name: str) -> Path | None:
+    folder = Path(name).expanduser()
+    return folder if folder.is_dir() else None
+
+
+def _same_source(a: str, b: str) -> bool:
+    """Two hub ids / folder paths name the same thing: equal resolved folders on this disk, else equal strings."""
+    fa, fb = _local_folder(a), _local_folder(b)
+    if fa is not None and fb is not None:
+        return fa.resolve() == fb.resolve()
+    return a.rstrip("/") == b.rstrip("/")
+
+
+def _check_backbone_tokenizer(config: dict, name: str, source: str) -> None:
+    """A masked_lm backbone and the config's tokenizer agree (train/backbones.build_masked_lm otherwise resizes
+    the network to the tokenizer, silently):
+
+    - backbone.name (pretrained weights, a local folder or a hub id): its token ids mean its own tokenizer's
+      tokens, so the config needs tokenizer {kind: pretrained, name: the same folder or id} (equal strings, or the
+      same folder on this disk). A local folder must hold config.json; its vocab_size is named in the error.
+    - backbone.config with an explicit vocab_size and tokenizer.kind bpe: equal to tokenizer.vocab_size.
+
+    Only local disk is read (a folder's config.json); a hub id is compared by name, never downloaded.
+    """
+    run = config["runs"][name]
+    spec = run.get("backbone", config["train"]["backbone"])
+    if spec["kind"] != "masked_lm":
+        return
+    key = f"runs.{name}.backbone" if "backbone" in run else "train.backbone"
+    tokenizer = config["tokenizer"]
+    have = (f"tokenizer: {{kind: {tokenizer['kind']}, name: {tokenizer['name']}}}" if tokenizer["kind"] == "pretrained"
+            else f"tokenizer: {{kind: bpe, vocab_size: {tokenizer['vocab_size']}}}")
+    pretrained = spec.get("name")
+    if pretrained is not None:
+        folder, vocab = _local_folder(pretrained), None
+        if folder is not None:
+            meta_path = folder / "config.json"
+            if not meta_path.is_file():
+                raise ConfigError(f"{source}: {key}.name = {pretrained!r} is a local folder without config.json; "
+                                  f"expected a transformers masked LM folder (config.json and its weights)")
+            try:
+                vocab = json.loads(meta_path.read_text()).get("vocab_size")
+            except (OSError, ValueError, AttributeError) as err:
+                raise ConfigError(f"{source}: {key}.name: cannot read {meta_path} as a JSON object ({err})") from None
+        if tokenizer["kind"] != "pretrained" or not _same_source(tokenizer["name"] or "", pretrained):
+            size = f", vocab_size {vocab} in its config.json" if vocab is not None else ""
+            raise ConfigError(f"{source}: {key}.name = {pretrained!r} (run {name}: a pretrained masked LM{size}) "
+                              f"needs its own tokenizer, tokenizer: {{kind: pretrained, name: {pretrained}}}; the "
+                              f"config has {have}, whose token ids are not the backbone's")
+        return
+    vocab = (spec.get("config") or {}).get("vocab_size")
+    if vocab is not None and tokenizer["kind"] == "bpe" and vocab != tokenizer["vocab_size"]:
+        raise ConfigError(f"{source}: {key}.config.vocab_size = {vocab} (run {name}) differs from the tokenizer's "
+                          f"{tokenizer['vocab_size']} ({have}); the network is built with the tokenizer's "
+                          f"vocabulary: drop backbone.config.vocab_size or make the two equal")
 
 
 def run_data(spec: dict) -> str:
@@ -235,6 +455,56 @@ def read_yaml(path: str | os.PathLike) -> dict:
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({err})") from None
     return data
+
+
+# What a config file is called (configs/*.yaml); and the folders of the working directory the pipeline writes,
+# where a target lies
+CONFIG_SUFFIXES = (".yaml", ".yml")
+OUTPUT_FOLDERS = ("data", "runs", "results", "logs")
+
+
+def check_configfiles(paths, workdir: str | os.PathLike = ".") -> None:
+    """Refuse a --configfile that is not a config, most likely a target written after --configfile (Snakemake's
+    --configfile takes every word after it as one more config file, so `snakemake --configfile C.yaml runs/x/...`
+    merges the target into the config).
+
+    A file is taken for a target when it does not read as a config (not a mapping, or a top-level key that is no
+    section of the schema) and either its name does not end in .yaml / .yml or it lies in a folder the pipeline
+    writes (data/, runs/, results/, logs/ of ``workdir``). A .yaml file elsewhere with an unknown key is left to
+    validate_config, which names the key. Raises ConfigError naming the file, what it holds and what probably
+    happened.
+
+    Snakemake reads every --configfile before the Snakefile runs, so a file it cannot read at all stops it before
+    this check: a binary file (UnicodeDecodeError), a missing one ("Config file ... not found"), a YAML scalar or
+    list ("Config file must be given as JSON or YAML with keys at top level").
+    """
+    sections = sorted(load_schema()["properties"])
+    roots = [Path(workdir).resolve() / folder for folder in OUTPUT_FOLDERS]
+    for path in map(Path, paths):
+        data, what = None, "it reads as neither JSON nor YAML text"
+        try:
+            text = path.read_bytes().decode("utf-8")
+            try:
+                data = json.loads(text)
+            except ValueError:
+                data = yaml.safe_load(text)
+        except (UnicodeDecodeError, yaml.YAMLError):
+            pass
+        else:
+            what = f"it holds a {type(data).__name__}, not a mapping of config sections"
+        if isinstance(data, dict):
+            unknown = sorted(str(k) for k in data if k not in sections)
+            if not unknown:
+                continue
+            what = f"its top-level keys {unknown[:8]} are not config sections (expected some of {sections})"
+        resolved = path.resolve()
+        in_outputs = any(resolved.is_relative_to(root) for root in roots)
+        if path.suffix in CONFIG_SUFFIXES and not in_outputs:
+            continue
+        where = "a file the pipeline writes" if in_outputs else f"a {path.suffix or 'suffix-less'} file, not .yaml"
+        raise ConfigError(f"--configfile {path} is not a config: {where}, and {what}. It looks like a target written "
+                          f"after --configfile, which reads every word after it as a config file: put targets before "
+                          f"--configfile (snakemake TARGET ... --configfile FILE)")
 
 
 def load_config(path: str | os.PathLike) -> dict:

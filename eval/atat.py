@@ -14,7 +14,10 @@ Per variant and metric over its seeds: n, mean, sd (sample standard deviation, n
 difference from the uniform variant on a metric "exceeds the seed spread" when Welch's two-sided t-test of the two
 seed samples gives p < 0.05 (scipy.stats.ttest_ind, equal_var=False). With 2 seeds a side that needs a difference
 of several standard deviations; non-overlapping [min, max] ranges alone would pass 1 in 3 equal pairs by chance.
-Both sides without spread (sd 0) and different means count as exceeding it.
+Both sides without spread (sd 0) and different means count as exceeding it. The test is not run, and the table
+says why (CSV column not_tested, and in words below the Markdown table), where a side has one seed (no spread to
+compare a difference with) or there is no uniform run (no baseline): "no difference exceeds the seed spread" is
+said only of differences that were tested.
 
     python -m eval.atat table --val-metrics runs/*/eval/val.json --sample-metrics runs/*/eval/*-*.json \
         --tables results/atat/tables
@@ -36,8 +39,9 @@ from common.io import atomic_path
 VARIANT_ORDER = ("full", "learned", "frequency", "uniform", "mdlm")
 BASELINE = "uniform"
 CSV_COLUMNS = ["variant", "metric", "sampler", "steps", "n_seeds", "seeds", "mean", "sd", "min", "max", "values",
-               "diff_vs_uniform", "p_value", "exceeds_seed_spread"]
+               "diff_vs_uniform", "p_value", "exceeds_seed_spread", "not_tested"]
 ALPHA = 0.05
+NO_BASELINE = f"no {BASELINE} run (atat.importance: {BASELINE}), so no baseline to compare with"
 
 
 @functools.lru_cache(maxsize=None)
@@ -95,18 +99,34 @@ def seed_test(a: list[float], b: list[float]) -> tuple[float | str, bool | str]:
 
 
 def table_rows(val_files, sample_files) -> list[dict]:
+    """One row per (variant, metric, sampler, steps): the seed summary, and against the uniform variant's row of
+    the same metric the difference of means, Welch's p and whether it exceeds the seed spread; `not_tested` says
+    why a variant other than uniform has no p: NO_BASELINE, or a side with one seed (no spread)."""
     values = collect(val_files, sample_files)
     rows = []
     for key in sorted(values, key=lambda k: (k[1], str(k[2]), str(k[3]), _order(k[0]))):
         variant, metric, sampler, steps = key
         row = {"variant": variant, "metric": metric, "sampler": sampler, "steps": steps, **summary(values[key])}
         base = values.get((BASELINE, metric, sampler, steps))
-        row["diff_vs_uniform"], row["p_value"], row["exceeds_seed_spread"] = "", "", ""
-        if base is not None and variant != BASELINE:
+        row["diff_vs_uniform"], row["p_value"], row["exceeds_seed_spread"], row["not_tested"] = "", "", "", ""
+        if variant != BASELINE and base is None:
+            row["not_tested"] = NO_BASELINE
+        elif variant != BASELINE:
             row["diff_vs_uniform"] = row["mean"] - summary(base)["mean"]
             row["p_value"], row["exceeds_seed_spread"] = seed_test(list(values[key].values()), list(base.values()))
+            if row["p_value"] == "":
+                row["not_tested"] = (f"one seed, no spread ({variant}: {_seeds(len(values[key]))}, {BASELINE}: "
+                                     f"{_seeds(len(base))})")
         rows.append(row)
     return rows
+
+
+def _seeds(n: int) -> str:
+    return f"{n} seed" + ("" if n == 1 else "s")
+
+
+def _label(row: dict) -> str:
+    return row["metric"] + (f" {row['sampler']}-{row['steps']}" if row["sampler"] else "")
 
 
 def _order(variant: str) -> int:
@@ -122,7 +142,7 @@ def _cell(row: dict) -> str:
 def write_table(rows: list[dict], tables) -> None:
     """results/{profile}/tables/atat.{md,csv}: csv one row per (variant, metric, sampler, steps); md one row per
     variant, one column per metric (mean ± sd over seeds, * where the difference from uniform exceeds the seed
-    spread), then each such difference in words."""
+    spread), then each such difference in words, and each that could not be tested with why (seed_test_verdict)."""
     tables = Path(tables)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS)
@@ -145,19 +165,43 @@ def write_table(rows: list[dict], tables) -> None:
         out = [variant, str(seeds.get(variant, "—"))]
         out += [_cell(cells[(variant, *c)]) if (variant, *c) in cells else "—" for c in columns]
         lines.append("| " + " | ".join(out) + " |")
-    beyond = [r for r in rows if r["exceeds_seed_spread"] is True]
     lines += ["", "mean ± sd over seeds. val_nelbo: the plain MDLM NELBO (uniform schedule, 1/t weights) on the same "
               "validation blocks, nats per token, whatever the training objective; gen_ppl / entropy: per sampler "
               "and steps. * = the difference from uniform exceeds the seed spread (Welch's t-test over seeds, "
               f"p < {ALPHA})."]
-    if beyond:
-        lines += ["", "Differences from uniform beyond the seed spread:"]
-        lines += [f"- {r['variant']} {r['metric']}{' ' + r['sampler'] + '-' + str(r['steps']) if r['sampler'] else ''}: "
-                  f"{r['diff_vs_uniform']:+.4g} (p = {r['p_value']:.3g}; seeds {r['values']})" for r in beyond]
-    else:
-        lines += ["", "No difference from uniform exceeds the seed spread."]
+    lines += ["", *seed_test_verdict(rows)]
     with atomic_path(tables / "atat.md") as tmp:
         tmp.write_text("\n".join(lines) + "\n")
+
+
+def seed_test_verdict(rows: list[dict]) -> list[str]:
+    """The Markdown lines under the table: the differences from uniform beyond the seed spread, or that none of
+    the tested ones is; and every difference that could not be tested, with why (row["not_tested"])."""
+    compared = [r for r in rows if r["variant"] != BASELINE]
+    if not compared:
+        return [f"The seed-spread test was not run: every run is of the {BASELINE} variant, there is no other "
+                f"variant to compare with it."]
+    tested = [r for r in compared if not r["not_tested"]]
+    untested = [r for r in compared if r["not_tested"]]
+    beyond = [r for r in tested if r["exceeds_seed_spread"] is True]
+    lines = []
+    if beyond:
+        lines += ["Differences from uniform beyond the seed spread:"]
+        lines += [f"- {r['variant']} {_label(r)}: {r['diff_vs_uniform']:+.4g} (p = {r['p_value']:.3g}; seeds "
+                  f"{r['values']})" for r in beyond]
+    elif tested:
+        lines += ["No tested difference from uniform exceeds the seed spread." if untested else
+                  "No difference from uniform exceeds the seed spread."]
+    if untested:
+        if lines:
+            lines += [""]
+        lines += ["The seed-spread test could not be run for " + ("any difference from uniform:" if not tested else
+                                                                  "these differences from uniform:")]
+        reasons: dict = {}
+        for r in untested:
+            reasons.setdefault((r["variant"], r["not_tested"]), []).append(_label(r))
+        lines += [f"- {variant} ({', '.join(labels)}): {reason}" for (variant, reason), labels in reasons.items()]
+    return lines
 
 
 def main(argv=None):

@@ -29,7 +29,7 @@ from eval.likelihood import model_data, run_validation
 from eval.metrics import sample_metrics, stage_names
 from eval.runs import run_model_dirs
 from eval.sample import read_jsonl
-from train.checkpoint import read_meta
+from train.checkpoint import model_tokenizer_dir, read_meta, tokenizer_digest
 
 
 def provenance(meta: dict) -> dict:
@@ -47,7 +47,8 @@ def run_info(run_dir) -> dict:
     data, _ = model_data(meta, dirs[-1] / "config.json")
     return {"run": meta.get("run") or Path(run_dir).name, "kind": meta.get("kind"), "data": data,
             "method": meta.get("method"), "objective": meta["objective"], "stages": len(dirs),
-            "tokenizer": meta["tokenizer"], "provenance": provenance(meta)}
+            "tokenizer_sha256": meta.get("tokenizer_sha256") or tokenizer_digest(model_tokenizer_dir(dirs[-1], meta)),
+            "provenance": provenance(meta)}
 
 
 def evaluate_samples(run_dir, samples_path, scorer=None) -> dict:
@@ -61,7 +62,7 @@ def evaluate_samples(run_dir, samples_path, scorer=None) -> dict:
               "metrics": sample_metrics(records)}
     if scorer is not None:
         final = stage_names(records[0])[-1]
-        result["metrics"]["gen_ppl"] = generative_perplexity(records, scorer, final, info["tokenizer"])
+        result["metrics"]["gen_ppl"] = generative_perplexity(records, scorer, final, info["tokenizer_sha256"])
     return result
 
 

@@ -10,7 +10,20 @@ the assistant generation prompt appended; after it comes a canvas of G = --gen-l
 --steps steps calls the network once on [prompt ; canvas], proposes a token for every masked position of the
 current block and commits a fixed number of them; committed tokens never change. The answer is the canvas cut
 at its first EOS (common.chat.answer_text). Works for every model folder eval.trained.load_trained loads
-(mdlm or sedd; an AR folder is refused: use ``eval.sample --sampler ar``).
+(mdlm or sedd; an AR folder is refused: use ``eval.sample --sampler ar``). An empty prompt (``--prompt ""``) is
+an empty user turn, which the chat template renders and the model answers; with --raw-prompt it is the empty
+context: unconditional generation.
+
+Defaults (options left out). --gen-length, --steps, --remasking and --eos-guard / --no-eos-guard default to the
+model folder's config.json "generation", which python -m train records for sft and dpo runs: the settings the
+pipeline's SFT evaluation answers with (sft.gen_length, sft.eval_steps, sft.remasking, sft.eos_guard), so the
+command answers as rule evaluate_sft does. A folder without it (base runs, older folders) gets gen_length 128,
+128 steps, low_confidence, no EOS guard. stderr says which defaults were taken and from where.
+
+Positions. A masked_lm backbone takes at most P = max_position_embeddings tokens (the DiT has no such limit): G
+is capped to P - (the longest prompt's tokens) (with blocks: rounded down to a multiple of B), said on stderr; a
+prompt that leaves no room is an error. In --chat, a dialogue that outgrows P loses its oldest user turns and
+their answers (said on stderr) until prompt + G fits; a single turn too long for any answer is skipped.
 
 The step, in formulas (x the canvas, M the masked positions of the current block, p = p_theta(x_0 | x_t)):
 
@@ -63,7 +76,13 @@ change the answer); the output is in input order. JSONL output, one object per p
      "temperature": 0.0, "eos_guard": false, "seed": 0, "network_calls": 41, "seconds": 0.12}
 
 ``network_calls`` counts the forward passes that computed this prompt's row; ``seconds`` is its batch's wall
-time divided by the batch size.
+time divided by the batch size. With --chat, --out is the transcript: the same object per turn ("messages" the
+dialogue the model saw), each line written and flushed as its turn ends, so Ctrl-C or a crash keeps every
+finished turn.
+
+Errors. A missing folder, a folder that is not a model folder (data, tokenizer), a truncated or non-finite
+model.safetensors (train.checkpoint.read_weights), a bad --prompts line or an option out of range end the
+command with one line naming the path, line or option (``eval.generate: ...``), not a traceback.
 
 --show redraws the canvas in the terminal after every step (masks as ░, EOS as ∎) when stdout is a terminal
 (``--show always``: also when it is not). --record F.gif (Pillow) / F.html (self-contained page with a slider)
@@ -76,6 +95,8 @@ import argparse
 import hashlib
 import html
 import json
+import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -540,25 +561,80 @@ def write_record(path, trained, results: list[dict], labels: list[str], frame_ms
 
 
 # -------------------------------------------------------------------------------------------------- CLI
+# what eval.generate uses where neither the command line nor the model folder's config.json "generation" says
+FALLBACK = {"gen_length": 128, "steps": 128, "remasking": "low_confidence", "eos_guard": False}
+GENERATION_CHECKS = {
+    "gen_length": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1"),
+    "steps": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1"),
+    "remasking": (lambda v: v in REMASKING, f"one of {list(REMASKING)}"),
+    "eos_guard": (lambda v: isinstance(v, bool), "true or false"),
+}
+
+
+class InputError(ValueError):
+    """Bad input to the command (a file, a line, an option): main prints it as one line, without a traceback."""
+
+
+def generation_defaults(trained) -> tuple[dict, str]:
+    """(defaults, where they come from) for --gen-length, --steps, --remasking and --eos-guard of a model folder:
+    config.json's "generation" (python -m train records it for sft and dpo runs: the pipeline's SFT evaluation
+    settings sft.gen_length, eval_steps, remasking, eos_guard), the keys it lacks from FALLBACK; a folder without
+    it gets FALLBACK. A recorded value of the wrong type is an error naming the file and the key."""
+    path = Path(trained.model_dir) / "config.json"
+    recorded = trained.meta.get("generation")
+    if recorded is None:
+        return dict(FALLBACK), f"built-in defaults ({path} records no generation settings)"
+    if not isinstance(recorded, dict):
+        raise InputError(f"{path}: key 'generation' should be an object, got {recorded!r}")
+    for key, value in recorded.items():
+        if key in GENERATION_CHECKS and not GENERATION_CHECKS[key][0](value):
+            raise InputError(f"{path}: key 'generation.{key}' should be {GENERATION_CHECKS[key][1]}, got {value!r}")
+    return {**FALLBACK, **{k: v for k, v in recorded.items() if k in FALLBACK}}, str(path)
+
+
+def fit_gen_length(gen_length: int, prompt_len: int, max_positions: int | None, block_length: int | None) -> int:
+    """The longest canvas G' <= gen_length with prompt_len + G' <= max_positions (None: no limit) and, with
+    blocks, G' a multiple of block_length; 0 when none is >= 1 (the prompt leaves no room)."""
+    if max_positions is None or prompt_len + gen_length <= max_positions:
+        return gen_length
+    room = max(0, max_positions - prompt_len)
+    return room - room % block_length if block_length else room
+
+
+def _backbone_note(trained) -> str:
+    """'the 128 positions of the bert backbone of runs/x/model', for the messages about positions."""
+    model_type = trained.meta["model"].get("model_type", "masked_lm")
+    return f"the {trained.max_positions} positions of the {model_type} backbone of {trained.model_dir}"
+
+
 def read_prompts(path) -> list[dict]:
-    """--prompts JSONL: each line {"messages": [...]} (ending with a user turn) or {"prompt": "..."}."""
+    """--prompts JSONL: each line {"messages": [...]} (ending with a user turn) or {"prompt": "..."}.
+    A bad line is an InputError naming the file and the line."""
     from common.io import jsonl_objects
 
     items = []
-    for number, item in jsonl_objects(path):
-        if not isinstance(item, dict) or not (("messages" in item) ^ ("prompt" in item)):
-            raise ValueError(f"{path}:{number}: expected an object with 'messages' or 'prompt' (one of them)")
-        if "messages" in item:
-            messages = item["messages"]
-            if not (isinstance(messages, list) and messages and all(isinstance(m, dict) for m in messages)):
-                raise ValueError(f"{path}:{number}: 'messages' must be a non-empty list of objects")
-            if messages[-1].get("role") == "assistant":
-                raise ValueError(f"{path}:{number}: the last message is the assistant's; end with a user turn")
-        elif not isinstance(item["prompt"], str):
-            raise ValueError(f"{path}:{number}: 'prompt' must be a string")
-        items.append(item)
+    try:
+        for number, item in jsonl_objects(path):
+            if not isinstance(item, dict) or not (("messages" in item) ^ ("prompt" in item)):
+                raise InputError(f"{path}:{number}: expected an object with 'messages' or 'prompt' (one of them), "
+                                 f"got {json.dumps(item)[:80]}")
+            if "messages" in item:
+                messages = item["messages"]
+                if not (isinstance(messages, list) and messages and all(isinstance(m, dict) for m in messages)):
+                    raise InputError(f"{path}:{number}: 'messages' must be a non-empty list of objects")
+                if messages[-1].get("role") == "assistant":
+                    raise InputError(f"{path}:{number}: the last message is the assistant's; end with a user turn")
+            elif not isinstance(item["prompt"], str):
+                raise InputError(f"{path}:{number}: 'prompt' must be a string, got {item['prompt']!r}")
+            items.append(item)
+    except InputError:
+        raise
+    except ValueError as err:  # jsonl_objects: a line that is not JSON (the message names file and line)
+        raise InputError(str(err)) from None
+    except OSError as err:
+        raise InputError(f"{path}: cannot read the prompts ({err.strerror or err})") from None
     if not items:
-        raise ValueError(f"{path}: no prompts")
+        raise InputError(f"{path}: no prompts (an empty file)")
     return items
 
 
@@ -569,17 +645,31 @@ def _messages(item: dict, system: str | None) -> list[dict]:
 
 
 def _encode(tokenizer, item: dict, system: str | None, raw: bool) -> list[int]:
+    """The prompt's token ids: with ``raw`` the text's own tokens (an empty text: the empty context, i.e.
+    unconditional generation); else the chat template of the messages with the generation prompt (an empty
+    prompt is an empty user turn, which the model answers)."""
     if raw:
         if "prompt" not in item:
-            raise ValueError("--raw-prompt needs plain prompts, not messages")
+            raise InputError("--raw-prompt needs plain prompts, not messages")
         return list(tokenizer(item["prompt"], add_special_tokens=False)["input_ids"])
+    from jinja2 import TemplateError
+
     from common.chat import prompt_ids
 
-    return prompt_ids(tokenizer, _messages(item, system))
+    try:
+        return prompt_ids(tokenizer, _messages(item, system))
+    except (TemplateError, ValueError, TypeError) as err:
+        raise InputError(f"the chat template cannot render it ({err}); --raw-prompt passes the text's tokens as "
+                         f"they are (an empty prompt then generates from an empty context)") from None
 
 
-def _options(args) -> dict:
-    return dict(gen_length=args.gen_length, steps=args.steps, remasking=args.remasking,
+def _label(item: dict) -> str:
+    text = item["prompt"] if "prompt" in item else item["messages"][-1].get("content", "")
+    return text if isinstance(text, str) and text.strip() else "(empty prompt)"
+
+
+def _options(args, gen_length: int | None = None) -> dict:
+    return dict(gen_length=gen_length or args.gen_length, steps=args.steps, remasking=args.remasking,
                 block_length=args.block_length, temperature=args.temperature, seed=args.seed,
                 eos_guard=args.eos_guard, batch_size=args.batch_size, stop_at_answer=not args.fill_canvas)
 
@@ -612,31 +702,107 @@ def _write_jsonl(records: list[dict], out) -> None:
         sys.stdout.flush()
 
 
-def chat_loop(args, trained, stdin=None, stdout=None) -> list[dict]:
+class Transcript:
+    """--chat --out: the dialogue as JSONL, one line per finished turn, written as the turn ends (one write of the
+    whole line, flush, fsync), so an interrupted (Ctrl-C) or crashed chat keeps every turn it finished. The file
+    is started empty (a new chat replaces an old transcript)."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.path, "w", encoding="utf-8")
+        self.turns = 0
+
+    def write(self, record: dict) -> None:
+        self.file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self.file.flush()
+        try:
+            os.fsync(self.file.fileno())
+        except OSError:  # not a regular file (/dev/stdout, a pipe): nothing to sync
+            pass
+        self.turns += 1
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def fit_dialogue(trained, messages: list[dict], gen_length: int, block_length: int | None,
+                 say: Callable[[str], None]) -> tuple[list[int], int] | None:
+    """--chat: the prompt ids of ``messages`` (system?, then user / assistant turns, ending with a user turn) and
+    the turn's canvas length, fitted to a backbone of max_positions P: while len(prompt) + G > P and older turns
+    are left, the oldest user turn and its answer are dropped from ``messages`` (in place: they stay dropped);
+    when the last user turn alone still leaves no room for G, G is capped (fit_gen_length). None, with the
+    reason said, when the turn leaves no room for an answer at all (the caller drops the turn)."""
+    from common.chat import prompt_ids
+
+    ids = prompt_ids(trained.tokenizer, messages)
+    limit = trained.max_positions
+    if limit is None or len(ids) + gen_length <= limit:
+        return ids, gen_length
+    first = 1 if messages[0].get("role") == "system" else 0
+    before, dropped = len(ids), 0
+    while len(ids) + gen_length > limit and len(messages) - first > 1:
+        del messages[first:first + 2]  # the oldest user turn and the assistant's answer to it
+        dropped += 1
+        ids = prompt_ids(trained.tokenizer, messages)
+    if dropped:
+        say(f"eval.generate: the dialogue ({before} prompt tokens) + gen_length {gen_length} outgrows "
+            f"{_backbone_note(trained)}; dropped the oldest {dropped} turn(s), {len(ids)} prompt tokens left")
+    fitted = fit_gen_length(gen_length, len(ids), limit, block_length)
+    if fitted < 1:
+        say(f"eval.generate: this turn's prompt takes {len(ids)} of {_backbone_note(trained)}: no room for an "
+            f"answer; the turn is skipped (write a shorter one)")
+        return None
+    if fitted < gen_length:
+        say(f"eval.generate: gen_length {gen_length} capped to {fitted} for this turn: its prompt takes "
+            f"{len(ids)} of {_backbone_note(trained)}")
+    return ids, fitted
+
+
+def chat_loop(args, trained, stdin=None, stdout=None, transcript: Transcript | None = None,
+              stderr=None) -> list[dict]:
     """--chat: one user turn per stdin line until EOF or an empty line; the dialogue is kept (each answer goes
-    back into the messages) and each answer printed."""
-    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+    back into the messages) and each answer printed; each finished turn goes to ``transcript`` at once. A dialogue
+    that outgrows the backbone's positions loses its oldest turns (fit_dialogue, said on stderr)."""
+    stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
+
+    def say(line: str) -> None:
+        stderr.write(line + "\n")
+        stderr.flush()
+
     messages = [{"role": "system", "content": args.system}] if args.system else []
     records = []
     interactive = stdin.isatty()
     while True:
         if interactive:
-            sys.stderr.write("you> ")
-            sys.stderr.flush()
+            stderr.write("you> ")
+            stderr.flush()
         line = stdin.readline()
         if not line or not line.strip():
             break
         messages.append({"role": "user", "content": line.rstrip("\n")})
-        from common.chat import prompt_ids
-
-        ids = prompt_ids(trained.tokenizer, messages)
+        fitted = fit_dialogue(trained, messages, args.gen_length, args.block_length, say)
+        if fitted is None:
+            messages.pop()
+            continue
+        ids, gen_length = fitted
+        try:
+            block_plan(gen_length, args.steps, args.block_length)
+        except ValueError as err:
+            say(f"eval.generate: this turn cannot be generated ({err}); the turn is skipped")
+            messages.pop()
+            continue
         result = generate(trained, [ids], record=bool(args.record),
-                          on_step=_show_callback(args, trained, [f"turn {len(records) + 1}"]), **_options(args))[0]
+                          on_step=_show_callback(args, trained, [f"turn {len(records) + 1}"]),
+                          **_options(args, gen_length))[0]
         result["index"] = len(records)
         messages.append({"role": "assistant", "content": result["answer"]})
         stdout.write(f"assistant> {result['answer']}\n")
         stdout.flush()
-        records.append(_output_record({"messages": messages[:-1]}, result, None, False))
+        record = _output_record({"messages": messages[:-1]}, result, None, False)
+        records.append(record)
+        if transcript is not None:
+            transcript.write(record)
         if args.record:
             write_record(args.record, trained, [result], [line.strip()], args.frame_ms)
     return records
@@ -649,24 +815,32 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", required=True, help="a diffusion model folder (runs/{run}/model, a stage)")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--prompt", action="append", help="a user message (repeat for several prompts)")
+    source.add_argument("--prompt", action="append",
+                        help='a user message (repeat for several prompts); "" is an empty user turn (with '
+                             '--raw-prompt: the empty context, unconditional generation)')
     source.add_argument("--prompts", help='JSONL, one {"messages": [...]} or {"prompt": "..."} per line')
     source.add_argument("--chat", action="store_true",
-                        help="interactive: one user turn per stdin line until EOF or an empty line; keeps the dialogue")
+                        help="interactive: one user turn per stdin line until EOF or an empty line; keeps the "
+                             "dialogue (oldest turns dropped when it outgrows the backbone)")
     parser.add_argument("--system", default=None, help="a system message before --prompt / --chat turns")
     parser.add_argument("--raw-prompt", action="store_true",
                         help="no chat template: the prompt text's tokens as they are (base models)")
-    parser.add_argument("--gen-length", type=int, default=128, help="canvas length G in tokens (default 128)")
-    parser.add_argument("--steps", type=int, default=128, help="denoising steps, one network call each at most")
+    parser.add_argument("--gen-length", type=int, default=None,
+                        help="canvas length G in tokens (default: the model folder's, else 128); capped at the "
+                             "backbone's positions minus the prompt")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="denoising steps, one network call each at most (default: the model folder's, else 128)")
     parser.add_argument("--block-length", type=int, default=None,
                         help="semi-autoregressive blocks of B tokens, filled left to right (G %% B = 0, steps split "
                              "evenly over the G / B blocks); default: one block")
-    parser.add_argument("--remasking", choices=REMASKING, default="low_confidence",
+    parser.add_argument("--remasking", choices=REMASKING, default=None,
                         help="which masked positions a step commits: random (uniform), low_confidence (highest p "
-                             "of the proposal), margin (largest top1 - top2), entropy (lowest entropy)")
+                             "of the proposal), margin (largest top1 - top2), entropy (lowest entropy); default: "
+                             "the model folder's, else low_confidence")
     parser.add_argument("--temperature", type=float, default=0.0, help="proposal temperature; 0 = argmax (default)")
-    parser.add_argument("--eos-guard", action="store_true",
-                        help="commit an EOS only where no mask is left to its left (LLaDA's low-confidence EOS issue)")
+    parser.add_argument("--eos-guard", action=argparse.BooleanOptionalAction, default=None,
+                        help="commit an EOS only where no mask is left to its left (LLaDA's low-confidence EOS "
+                             "issue); default: the model folder's (on for sft / dpo runs), else off")
     parser.add_argument("--fill-canvas", action="store_true",
                         help="keep denoising after the answer is final (default: stop that prompt, same answer)")
     parser.add_argument("--batch-size", type=int, default=8, help="prompts of equal token length per forward pass")
@@ -675,36 +849,109 @@ def build_parser() -> argparse.ArgumentParser:
                         help="redraw the canvas after every step (ANSI) when stdout is a terminal; 'always' forces it")
     parser.add_argument("--record", default=None, help="write the denoising trajectory: out.gif or out.html")
     parser.add_argument("--frame-ms", type=int, default=150, help="milliseconds per frame of --record")
-    parser.add_argument("--out", default=None, help="JSONL output (default: stdout)")
+    parser.add_argument("--out", default=None,
+                        help="JSONL output (default: stdout); with --chat the transcript, one line per finished turn")
     add_device_arguments(parser)
     return parser
 
 
-def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def _check_arguments(parser, args) -> None:
+    """The option values that need no model, checked before it is loaded (parser.error: one line, exit 2)."""
+    for flag, value, least in (("--gen-length", args.gen_length, 1), ("--steps", args.steps, 1),
+                               ("--block-length", args.block_length, 1), ("--batch-size", args.batch_size, 1),
+                               ("--frame-ms", args.frame_ms, 1)):
+        if value is not None and value < least:
+            parser.error(f"{flag} must be >= {least}, got {value}")
+    if not math.isfinite(args.temperature) or args.temperature < 0:
+        parser.error(f"--temperature must be a finite number >= 0 (0 = argmax), got {args.temperature}")
     if args.record and Path(args.record).suffix.lower() not in (".gif", ".html", ".htm"):
         parser.error(f"--record {args.record}: write .gif or .html")
-    try:
-        block_plan(args.gen_length, args.steps, args.block_length)
-    except ValueError as err:
-        parser.error(str(err))
+    if args.gen_length is not None and args.steps is not None:
+        try:
+            block_plan(args.gen_length, args.steps, args.block_length)
+        except ValueError as err:
+            parser.error(str(err))
+
+
+def _resolve_defaults(args, trained) -> None:
+    """Fill the options left out (None) from the model folder (generation_defaults); say which on stderr."""
+    defaults, source = generation_defaults(trained)
+    taken = [key for key in FALLBACK if getattr(args, key) is None]
+    for key in taken:
+        setattr(args, key, defaults[key])
+    if taken:
+        def shown(value):
+            return ("on" if value else "off") if isinstance(value, bool) else value
+
+        print(f"eval.generate: {', '.join(f'{k} {shown(getattr(args, k))}' for k in taken)} from {source}",
+              file=sys.stderr)
+
+
+def main(argv=None) -> int:
+    """The command. Bad input (a missing or wrong model folder, a bad --prompts line, an option out of range)
+    ends it with one line naming the problem (exit 2 for options, 1 otherwise), not a traceback."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_arguments(parser, args)
     from common.device import device_from_arguments
     from eval.trained import load_trained
 
-    trained = load_trained(args.model_dir, device_from_arguments(args))
+    try:
+        trained = load_trained(args.model_dir, device_from_arguments(args))
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"eval.generate: --model-dir {args.model_dir}: {err}") from None
     if trained.is_ar:
         parser.error(f"{args.model_dir} is an autoregressive model; use python -m eval.sample --sampler ar")
-    if args.chat:
-        records = chat_loop(args, trained)
-        if args.out:
-            _write_jsonl(records, args.out)
-        return 0
+    try:
+        _resolve_defaults(args, trained)
+        if args.chat:
+            return _chat(args, trained)
+        return _answer(args, trained)
+    except InputError as err:
+        raise SystemExit(f"eval.generate: {err}") from None
+
+
+def _chat(args, trained) -> int:
+    transcript = Transcript(args.out) if args.out else None
+    try:
+        records = chat_loop(args, trained, transcript=transcript)
+    except KeyboardInterrupt:
+        where = f"; {transcript.turns} finished turn(s) in {args.out}" if transcript else ""
+        print(f"\neval.generate: interrupted{where}", file=sys.stderr)
+        return 130
+    finally:
+        if transcript is not None:
+            transcript.close()
+    if args.out:
+        print(f"{args.out}: {len(records)} turn(s)", file=sys.stderr)
+    return 0
+
+
+def _answer(args, trained) -> int:
     items = [{"prompt": p} for p in args.prompt] if args.prompt else read_prompts(args.prompts)
-    ids = [_encode(trained.tokenizer, item, args.system, args.raw_prompt) for item in items]
-    labels = [item.get("prompt") or item["messages"][-1].get("content", "") for item in items]
+    ids = []
+    for i, item in enumerate(items):
+        try:
+            ids.append(_encode(trained.tokenizer, item, args.system, args.raw_prompt))
+        except InputError as err:
+            where = f"{args.prompts}, prompt {i + 1}" if args.prompts else f"--prompt {item['prompt']!r}"
+            raise InputError(f"{where}: {err}") from None
+    labels = [_label(item) for item in items]
+    longest = max(range(len(ids)), key=lambda i: len(ids[i]))
+    gen_length = fit_gen_length(args.gen_length, len(ids[longest]), trained.max_positions, args.block_length)
+    if gen_length < 1:
+        raise InputError(f"prompt {longest + 1} ({labels[longest][:40]!r}) takes {len(ids[longest])} of "
+                         f"{_backbone_note(trained)}: no room for an answer"
+                         + (f" in blocks of {args.block_length}" if args.block_length else ""))
+    if gen_length < args.gen_length:
+        print(f"eval.generate: gen_length {args.gen_length} capped to {gen_length}: the longest prompt takes "
+              f"{len(ids[longest])} of {_backbone_note(trained)}", file=sys.stderr)
+    try:
+        block_plan(gen_length, args.steps, args.block_length)
+    except ValueError as err:
+        raise InputError(str(err)) from None
     results = generate(trained, ids, record=bool(args.record), on_step=_show_callback(args, trained, labels),
-                       **_options(args))
+                       **_options(args, gen_length))
     if args.record:
         write_record(args.record, trained, results, labels, args.frame_ms)
     _write_jsonl([_output_record(item, r, args.system, args.raw_prompt) for item, r in zip(items, results)],

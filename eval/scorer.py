@@ -41,7 +41,8 @@ class PipelineARScorer:
         self.model, self.meta, self.tokenizer = trained.model, trained.meta, trained.tokenizer
         self.name, self.device, self.batch_size = str(model_dir), device, batch_size
         self.bos_id = self.meta["bos_id"]
-        self.tokenizer_path = self.meta["tokenizer"]
+        self.tokenizer_path = trained.tokenizer_dir
+        self.tokenizer_sha256 = trained.tokenizer_sha256
 
     @torch.no_grad()
     def nll(self, sequences: Sequence[Sequence[int]]) -> tuple[float, int]:
@@ -60,8 +61,10 @@ class PipelineARScorer:
                 tokens += y.numel()
         return nats, tokens
 
-    def score(self, records: list[dict], ids_key: str, text_key: str, tokenizer_path: str | None) -> tuple:
-        if tokenizer_path is not None and Path(tokenizer_path).resolve() == Path(self.tokenizer_path).resolve():
+    def score(self, records: list[dict], ids_key: str, text_key: str, tokenizer_sha256: str | None) -> tuple:
+        """Sampled ids are scored as they are when the samples' tokenizer is the scorer's (equal digests,
+        train.checkpoint.tokenizer_digest); else the text is retokenized."""
+        if tokenizer_sha256 is not None and tokenizer_sha256 == self.tokenizer_sha256:
             return self.nll([r[ids_key] for r in records]) + ("sampled token ids, no retokenization",)
         ids = [self.tokenizer(r[text_key], add_special_tokens=False)["input_ids"] for r in records]
         return self.nll(ids) + (f"text retokenized with {self.tokenizer_path}",)
@@ -105,7 +108,7 @@ class HubScorer:
             tokens += int(keep.sum())
         return nats, tokens
 
-    def score(self, records: list[dict], ids_key: str, text_key: str, tokenizer_path: str | None) -> tuple:
+    def score(self, records: list[dict], ids_key: str, text_key: str, tokenizer_sha256: str | None) -> tuple:
         ids = [self.tokenizer(r[text_key], add_special_tokens=False)["input_ids"] for r in records]
         return self.nll(ids) + (f"text retokenized with {self.name}",)
 
@@ -118,9 +121,10 @@ def load_scorer(spec: str, device=torch.device("cpu")):
     return PipelineARScorer(spec, device) if is_model_dir(spec) else HubScorer(spec, device)
 
 
-def generative_perplexity(records: list[dict], scorer, stage: str, tokenizer_path: str | None = None) -> dict:
-    """Token-weighted gen ppl of ``{stage}_ids`` / ``{stage}_text`` of the records (see module docstring)."""
-    nats, tokens, how = scorer.score(records, f"{stage}_ids", f"{stage}_text", tokenizer_path)
+def generative_perplexity(records: list[dict], scorer, stage: str, tokenizer_sha256: str | None = None) -> dict:
+    """Token-weighted gen ppl of ``{stage}_ids`` / ``{stage}_text`` of the records (see module docstring);
+    ``tokenizer_sha256``: the digest of the samples' tokenizer (None: always retokenize)."""
+    nats, tokens, how = scorer.score(records, f"{stage}_ids", f"{stage}_text", tokenizer_sha256)
     if tokens == 0:
         raise ValueError("no tokens to score")
     return {"value": math.exp(nats / tokens), "nll_per_token": nats / tokens, "nats": nats, "tokens": tokens,

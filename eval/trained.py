@@ -7,10 +7,12 @@
                    DiffusionTransformer or a transformers masked LM (train/backbones.py), called alike
     m.backbone     config.json's backbone kind: "dit" (also when absent) or "masked_lm"
     m.meta         config.json, its keys checked (train.checkpoint.read_meta)
-    m.tokenizer    the tokenizer folder named in config.json
+    m.tokenizer    the model folder's tokenizer copy (train.checkpoint.model_tokenizer_dir: digest checked)
     m.noise        the noise schedule, train.noise.get_noise(meta["noise"])      diffusion only, else None
     m.denoiser     the x_t -> p_theta(x_0 | x_t) and score views (eval/denoiser.py)  diffusion only, else None
     m.is_ar        objective == "ar": sampled left to right, scored as a causal LM
+    m.max_positions  the longest input the network takes: a masked_lm backbone's max_position_embeddings,
+                   None for the DiT (rotary positions, no table)
 
 Time conditioning is the network's own business: a model built with ModelConfig.time_conditioning False
 ignores the sigma it is given (train/model.py), as a masked_lm backbone always does (train/backbones.py),
@@ -29,7 +31,7 @@ from eval.denoiser import Denoiser
 
 @lru_cache(maxsize=8)
 def load_tokenizer(path: str):
-    """The tokenizer folder of config.json, loaded once per path (the stages of a cascade share one)."""
+    """A tokenizer folder, loaded once per path."""
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(path)
@@ -42,6 +44,7 @@ class Trained:
     model: torch.nn.Module
     meta: dict
     tokenizer: object
+    tokenizer_dir: Path
     noise: object | None = None
     denoiser: Denoiser | None = None
 
@@ -50,8 +53,24 @@ class Trained:
         return (self.meta.get("backbone") or {}).get("kind", "dit")
 
     @property
+    def tokenizer_sha256(self) -> str:
+        """The tokenizer's digest (train.checkpoint.tokenizer_digest): equal digests, equal token ids."""
+        from train.checkpoint import tokenizer_digest
+
+        return self.meta.get("tokenizer_sha256") or tokenizer_digest(self.tokenizer_dir)
+
+    @property
     def is_ar(self) -> bool:
         return self.meta["objective"] == "ar"
+
+    @property
+    def max_positions(self) -> int | None:
+        """The input length the network cannot exceed (train/backbones.MaskedLMDenoiser checks it in forward):
+        config.json's transformers config max_position_embeddings for a masked_lm backbone; None for the DiT."""
+        if self.backbone != "masked_lm":
+            return None
+        limit = self.meta["model"].get("max_position_embeddings")
+        return int(limit) if limit is not None else None
 
 
 def load_trained(model_dir, device=torch.device("cpu")) -> Trained:
@@ -59,9 +78,12 @@ def load_trained(model_dir, device=torch.device("cpu")) -> Trained:
     from train.checkpoint import load_model
     from train.noise import get_noise
 
+    from train.checkpoint import model_tokenizer_dir
+
     model, meta = load_model(model_dir, device=device)
+    tokenizer_dir = model_tokenizer_dir(model_dir, meta).resolve()
     parts = dict(name=f"stage{meta['stage']}", model_dir=Path(model_dir), model=model, meta=meta,
-                 tokenizer=load_tokenizer(meta["tokenizer"]))
+                 tokenizer=load_tokenizer(str(tokenizer_dir)), tokenizer_dir=tokenizer_dir)
     if meta["objective"] == "ar":
         return Trained(**parts)
     denoiser = Denoiser(model, meta["objective"], meta["mask_id"], meta["prefix_len"])

@@ -50,9 +50,11 @@ not a string); ``unknown_role``; ``empty_content`` (empty, whitespace-only or nu
 assistant's); ``no_shared_prompt`` (chosen and rejected differ before their last message, or share nothing);
 ``prompt_not_ending_in_user`` (the prompt's last message is not a user turn); ``identical`` (chosen == rejected
 after whitespace normalisation: no preference to learn); ``special_token_in_content`` (text holding one of the
-tokenizer's special tokens); ``template_error`` (the chat template refuses the conversation); ``truncated``
-(either canvas needs more than L tokens: a cut answer would score a different text, so DPO needs whole answers).
-A split that yields no pair is an error naming the output file; it writes nothing.
+tokenizer's special tokens); ``leading_assistant_turn`` (the prompt starts with an assistant turn, a greeting,
+and the chat template cannot render it after an empty context: preprocess/sft.py's rule; where it can, that turn
+is context like any earlier turn, mask 0); ``template_error`` (the chat template refuses the conversation);
+``truncated`` (either canvas needs more than L tokens: a cut answer would score a different text, so DPO needs whole
+answers). A split that yields no pair is an error naming the output file; it writes nothing.
 """
 from __future__ import annotations
 
@@ -69,13 +71,14 @@ from typing import Callable, Iterator
 import pyarrow as pa
 from tqdm import tqdm
 
-from common.chat import Encoded, encode_conversation
+from common.chat import Encoded
 from common.config import ConfigError, load_config
 from common.io import InputError, atomic_path, stats_path as default_stats_path, write_json
 from common.tasks import normalise
 from preprocess.corpus import in_validation
-from preprocess.sft import (SPLITS, Raw, Skipped, SkipLog, _content_problem, message_list, write_records,
-                            _special_texts, hub_records, load_tokenizer, local_records, reverse_record, source_kind)
+from preprocess.sft import (SPLITS, Raw, Skipped, SkipLog, _content_problem, encode_messages,
+                            leading_assistant_problem, message_list, write_records, _special_texts, hub_records,
+                            load_tokenizer, local_records, reverse_record, source_kind)
 
 SETTING = "dpo.source"  # the config key named in source errors
 PAIR_SCHEMA = pa.schema([
@@ -252,9 +255,9 @@ def iter_split(dpo: dict, split: str, load: Callable = None) -> Iterator[Item]:
 
 def pair_canvases(tokenizer, prompt: list, chosen: str, rejected: str, length: int) -> tuple[Encoded, Encoded]:
     """The chosen and rejected canvases of ``length`` tokens: prompt + [assistant answer], only the final answer
-    and its EOS fill masked."""
-    return tuple(encode_conversation(tokenizer, prompt + [{"role": "assistant", "content": answer}], length,
-                                     final_only=True)
+    and its EOS fill masked (a prompt may start with an assistant turn: preprocess.sft.encode_messages)."""
+    return tuple(encode_messages(tokenizer, prompt + [{"role": "assistant", "content": answer}], length,
+                                 final_only=True)
                  for answer in (chosen, rejected))
 
 
@@ -293,6 +296,10 @@ def build(dpo: dict, length: int, tokenizer, split: str, out_path: str | Path, s
                 skip(pair.pair_id, "special_token_in_content", f"content holds {found!r}")
                 continue
             try:
+                problem = leading_assistant_problem(tokenizer, pair.prompt)
+                if problem is not None:
+                    skip(pair.pair_id, "leading_assistant_turn", problem)
+                    continue
                 chosen, rejected = pair_canvases(tokenizer, pair.prompt, pair.chosen, pair.rejected, length)
             except jinja2.TemplateError as err:
                 skip(pair.pair_id, "template_error", str(err))

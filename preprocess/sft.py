@@ -46,11 +46,21 @@ does not decode), ``invalid_json`` (a line that does not parse), ``not_object`` 
 ``no_alpaca_fields`` (the format is forced and the fields are missing), ``wrong_type`` (messages not a list, a
 message not an object, a role / content / instruction / input / output that is not a string), ``unknown_role``,
 ``empty_content`` (empty or whitespace-only content, null), ``binary`` (content with NUL or many control
-characters), ``no_assistant_turn``, ``special_token_in_content`` (content holding the text of one of the
-tokenizer's special tokens, which would tokenize as that token), ``template_error`` (the chat template itself
-refuses the conversation, e.g. roles that do not alternate), ``no_answer_within_length`` (the prompt alone fills
-the L tokens). A template without the prefix property (common/chat.assistant_spans) stops the run with an error
-naming the record. A split that yields no row is an error naming the output file; it writes nothing.
+characters), ``no_assistant_turn``, ``no_prompt`` (the final assistant turn is the first message: a lone greeting
+gives the evaluation no prompt to answer, eval/sft.py), ``special_token_in_content`` (content holding the text of
+one of the tokenizer's special tokens, which would tokenize as that token), ``leading_assistant_turn`` (the
+conversation starts with an assistant turn and the chat template cannot render it after an empty context, see
+below), ``template_error`` (the chat template itself refuses the conversation, e.g. roles that do not alternate),
+``no_answer_within_length`` (the prompt alone fills the L tokens). A template without the prefix property
+(common/chat.assistant_spans) stops the run with an error naming the record. A split that yields no row is an error
+naming the output file; it writes nothing.
+
+A conversation may start with an assistant turn (a greeting before the first question). That turn is trained like
+any other, with an empty context: by common/chat.py's span formula with i = 0 its answer starts at
+len(render([], add_generation_prompt=True)), the template rendered on no messages (transformers' apply_chat_template
+refuses an empty conversation, so ``render_empty_context`` renders the template itself, with the same renderer and
+variables). Where the template cannot do that (the empty render raises, e.g. a template that reads messages[0], or
+it is not a prefix of the conversation's render) the record is skipped as ``leading_assistant_turn``.
 """
 from __future__ import annotations
 
@@ -70,7 +80,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from common.chat import ROLES, encode_conversation
+from common.chat import ROLES, Encoded, encode_conversation, render, template_for
 from common.config import ConfigError, load_config
 from common.io import InputError, atomic_path, stats_path as default_stats_path, write_json
 from common.tasks import REVERSE_PROMPT
@@ -201,6 +211,10 @@ def to_conversation(raw: Raw, fmt: str, counts: Counter) -> Item:
     last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
     if last is None:
         return Skipped(rid, "no_assistant_turn", f"{where}: roles {[m['role'] for m in messages]}")
+    if last == 0:
+        return Skipped(rid, "no_prompt", f"{where}: the only assistant turn is the first message (roles "
+                                         f"{[m['role'] for m in messages]}); expected a message before the answer "
+                                         f"to prompt it with")
     counts["trailing_turns_dropped"] += len(messages) - last - 1
     return Conversation(rid, messages[: last + 1])
 
@@ -211,6 +225,76 @@ def _record_id(obj, fallback: str) -> str:
         if isinstance(rid, str) and rid.strip() or (isinstance(rid, int) and not isinstance(rid, bool)):
             return str(rid)
     return fallback
+
+
+# --------------------------------------------------------------------------------------------------------
+# Conversations that start with an assistant turn
+
+
+def render_empty_context(tokenizer, add_generation_prompt: bool = True, chat_template: str | None = None) -> str:
+    """The chat template (``chat_template``, default common.chat.template_for(tokenizer)) rendered on no messages,
+    ``messages = []``: the text before an assistant turn that opens a conversation (with the generation prompt).
+
+    transformers' apply_chat_template refuses an empty conversation ("Cannot apply chat template to an empty
+    conversation"), so this calls its renderer (transformers.utils.chat_template_utils.render_jinja_template)
+    directly, with the variables apply_chat_template passes (the tokenizer's special tokens). Raises
+    jinja2.TemplateError where the template needs a message (e.g. reads messages[0]).
+    """
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    rendered, _ = render_jinja_template(conversations=[[]], chat_template=chat_template or template_for(tokenizer),
+                                        add_generation_prompt=add_generation_prompt, **tokenizer.special_tokens_map)
+    return rendered[0]
+
+
+class EmptyContextTokenizer:
+    """``tokenizer`` as common.chat sees it, except that rendering an empty conversation (tokenize=False) goes
+    through ``render_empty_context`` instead of raising: common.chat.assistant_spans renders messages[:i] for each
+    assistant turn i, so a conversation that starts with an assistant turn renders messages[:0] = []. Everything
+    else is the tokenizer's own."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+    def __call__(self, *args, **kwargs):
+        return self.tokenizer(*args, **kwargs)
+
+    def apply_chat_template(self, conversation, **kwargs):
+        if len(conversation) == 0 and kwargs.get("tokenize") is False:
+            return render_empty_context(self.tokenizer, kwargs.get("add_generation_prompt", False),
+                                        kwargs.get("chat_template"))
+        return self.tokenizer.apply_chat_template(conversation, **kwargs)
+
+
+def leading_assistant_problem(tokenizer, messages: list) -> str | None:
+    """None when encode_messages can encode ``messages``: it does not start with an assistant turn, or the chat
+    template renders that turn after an empty context (render_empty_context(add_generation_prompt=True) succeeds and
+    is a prefix of render(messages), so the turn's span starts where the empty context ends). Else why not: the
+    caller skips the record as ``leading_assistant_turn``. A template that refuses the whole conversation raises
+    jinja2.TemplateError from render(messages), as for any conversation (``template_error``)."""
+    import jinja2
+
+    if not messages or messages[0]["role"] != "assistant":
+        return None
+    try:
+        before = render_empty_context(tokenizer, add_generation_prompt=True)
+    except jinja2.TemplateError as err:
+        return (f"the conversation starts with an assistant turn, and the chat template cannot render the empty "
+                f"context before it ({type(err).__name__}: {err})")
+    full = render(tokenizer, messages)
+    if not full.startswith(before):
+        return (f"the conversation starts with an assistant turn, and the chat template's render of an empty "
+                f"context {before[:40]!r} does not start the conversation's render {full[:40]!r}")
+    return None
+
+
+def encode_messages(tokenizer, messages: list, length: int, **kwargs) -> Encoded:
+    """common.chat.encode_conversation(tokenizer, messages, length, **kwargs), also for a conversation that starts
+    with an assistant turn (its answer after the empty context; check leading_assistant_problem first)."""
+    return encode_conversation(EmptyContextTokenizer(tokenizer), messages, length, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -500,7 +584,11 @@ def build(sft: dict, tokenizer, split: str, out_path: str | Path, stats_path: st
                 skip(conv.conversation_id, "special_token_in_content", f"content holds {found!r}")
                 continue
             try:
-                enc = encode_conversation(tokenizer, conv.messages, length)
+                problem = leading_assistant_problem(tokenizer, conv.messages)
+                if problem is not None:
+                    skip(conv.conversation_id, "leading_assistant_turn", problem)
+                    continue
+                enc = encode_messages(tokenizer, conv.messages, length)
             except jinja2.TemplateError as err:
                 skip(conv.conversation_id, "template_error", str(err))
                 continue

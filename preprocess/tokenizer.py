@@ -5,8 +5,9 @@ an EOS token (document separator) and a MASK token (the absorbing state of the d
 that lacks a mask token (GPT-2) gets ``<|mask|>`` appended, so ``len(tokenizer)`` is always the model's
 vocabulary size.
 
-    python -m preprocess.tokenizer --config config.yaml --train-shards data/pydoc/raw/train/shard_*.parquet \
-        --out data/pydoc/tokenizer
+    python -m preprocess.tokenizer --config config.yaml --train-shards data/pydoc/raw-<tag>/train/shard_*.parquet \
+        --out data/pydoc/tokenizer-<tag>
+    python -m preprocess.tokenizer --config configs/wikihow.yaml --out tok     # kind pretrained: nothing to train on
 """
 from __future__ import annotations
 
@@ -82,10 +83,13 @@ def build(config: dict, train_shards: list[str], out: str | Path):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="the pipeline config (read with common.config.load_config)")
-    parser.add_argument("--train-shards", nargs="+", required=True)
+    parser.add_argument("--train-shards", nargs="+", default=[],
+                        help="raw train shards (tokenizer.kind bpe, which trains on them); none for kind pretrained")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     config = load_config(args.config)
+    if config["tokenizer"]["kind"] == "bpe" and not args.train_shards:
+        parser.error(f"{args.config}: tokenizer.kind is bpe, which trains on --train-shards; none given")
     tok = build(config, args.train_shards, args.out)
     print(f"tokenizer: {len(tok)} tokens (eos={tok.eos_token_id}, mask={tok.mask_token_id}) -> {args.out}")
 

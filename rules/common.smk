@@ -9,10 +9,14 @@ import os
 import yaml
 
 from common.config import block_length, run_data  # noqa: E402 (the Snakefile put the repo on sys.path)
+from common.layout import ANNOTATE_KEYS, PREFERENCE_DATA_KEYS, SFT_DATA_KEYS, Layout, split_settings  # noqa: E402
 
 SPLITS = ["train", "validation"]
 CORPUS = config["corpus"]["name"]
-DATA = f"data/{CORPUS}"
+# Every output path of this config (common/layout.py): data folders named by the settings that make them, runs
+# under the config's profile, so that two configs in one checkout never overwrite each other.
+LAYOUT = Layout(config)
+PROFILE = config["profile"]
 # The stage datasets exist only in a config with a stages section (all cascades need one); without it nothing
 # is annotated and every run reads unannotated block shards (data: wrap | doc).
 HAS_STAGES = "stages" in config
@@ -70,27 +74,27 @@ def shard_names(split):
 
 
 def raw_shards(split):
-    return [f"{DATA}/raw/{split}/{s}.parquet" for s in shard_names(split)]
+    return [f"{LAYOUT.raw(split)}/{s}.parquet" for s in shard_names(split)]
 
 
 def stage_shards(method, split):
     """The stage shards of one method and split, at the configured lengths."""
-    return [f"{DATA}/stages/{method}/{LENGTHS}/{split}/{s}.parquet" for s in shard_names(split)]
+    return [f"{LAYOUT.stages(method, split)}/{s}.parquet" for s in shard_names(split)]
 
 
 def block_shards(packing, split):
     """The unannotated block shards of one packing (wrap | doc) and split, at blocks.length tokens."""
-    return [f"{DATA}/blocks/{packing}/{BLOCK_LENGTH}/{split}/{s}.parquet" for s in shard_names(split)]
+    return [f"{LAYOUT.blocks(packing, split)}/{s}.parquet" for s in shard_names(split)]
 
 
 def sft_shards(split):
     """The question/answer canvases of sft runs (preprocess/sft.py), one shard per split, at sft.length tokens."""
-    return [f"{DATA}/sft/{config['sft']['length']}/{split}/shard_00000.parquet"]
+    return [f"{LAYOUT.sft(split)}/shard_00000.parquet"]
 
 
 def preference_shards(split):
     """The preference pairs of dpo runs (preprocess/preference.py), one shard per split, canvases of sft.length."""
-    return [f"{DATA}/preference/{config['sft']['length']}/{split}/shard_00000.parquet"]
+    return [f"{LAYOUT.preference(split)}/shard_00000.parquet"]
 
 
 def run_data_shards(run, split):
@@ -105,7 +109,22 @@ def run_data_shards(run, split):
 
 
 def tokenizer_dir():
-    return f"{DATA}/tokenizer"
+    return LAYOUT.tokenizer
+
+
+def local_files(source):
+    """The files of a local source (a file, or every file under a folder, sorted) as job inputs, so that editing,
+    adding or removing one reruns the job; [] for a task or a hub id (nothing on this disk to watch)."""
+    if not source or not os.path.exists(source):
+        return []
+    if os.path.isfile(source):
+        return [source]
+    return sorted(os.path.join(d, f) for d, _, files in os.walk(source) for f in files
+                  if not f.startswith("."))
+
+
+def run_dir(run):
+    return LAYOUT.run(run)
 
 
 def model_names(run):
@@ -114,4 +133,4 @@ def model_names(run):
 
 
 def run_model_dirs(run):
-    return [f"runs/{run}/{name}" for name in model_names(run)]
+    return [f"{run_dir(run)}/{name}" for name in model_names(run)]

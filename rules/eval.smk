@@ -1,5 +1,5 @@
 # Sampling, evaluation and the paper tables: trained models -> samples JSONL -> metrics JSON -> tables/plots.
-#   snakemake --cores 2 runs/cascade/samples/ddpm_cache-64.jsonl       # one sampling job
+#   snakemake --cores 2 runs/demo/cascade/samples/ddpm_cache-64.jsonl  # one sampling job (runs/{profile}/{run}/...)
 #   snakemake --cores 2 report                                         # tables and plots of every run
 #   snakemake --report report.zip                                      # the tables and plots as a browsable report
 # Uses from the Snakefile / rules/common.smk and rules/train.smk: config, RUNS, TRAIN, previous_stage(), run_data_shards(),
@@ -10,7 +10,6 @@ from common.config import ar_scorer_run  # noqa: E402
 SAMPLE = config["sample"]
 EVALUATE = config["evaluate"]
 SAMPLE_SETTINGS = {k: SAMPLE[k] for k in ("n", "batch_size", "temperature", "block_size", "seed")}
-PROFILE = config["profile"]
 TABLES = f"results/{PROFILE}/tables"
 PLOTS = f"results/{PROFILE}/plots"
 
@@ -63,8 +62,8 @@ def report_inputs():
         files += [f"{d}/metrics.csv" for d in run_model_dirs(run)]
         if run in SFT_RUNS:
             continue
-        files += [f"runs/{run}/eval/{s}-{n}.json" for s, n in run_samplings(run)]
-        files.append(f"runs/{run}/eval/val.json")
+        files += [f"{run_dir(run)}/eval/{s}-{n}.json" for s, n in run_samplings(run)]
+        files.append(f"{run_dir(run)}/eval/val.json")
     return files
 
 
@@ -82,7 +81,7 @@ rule sample:
         models=lambda w: model_files(w.run),
         tokenizer=tokenizer_dir(),
     output:
-        "runs/{run}/samples/{sampler}-{steps}.jsonl",
+        f"runs/{PROFILE}/{{run}}/samples/{{sampler}}-{{steps}}.jsonl",
     params:
         settings=SAMPLE_SETTINGS,
         block=f"--block-size {SAMPLE['block_size']}" if SAMPLE["block_size"] else "",
@@ -90,25 +89,25 @@ rule sample:
     conda:
         "../envs/train.yaml"
     log:
-        "logs/sample/{run}/{sampler}-{steps}.log",
+        f"logs/{PROFILE}/sample/{{run}}/{{sampler}}-{{steps}}.log",
     benchmark:
-        "benchmarks/sample/{run}/{sampler}-{steps}.tsv"
+        f"benchmarks/{PROFILE}/sample/{{run}}/{{sampler}}-{{steps}}.tsv"
     threads: SAMPLE["cpus"]
     resources:
         **job_resources(SAMPLE),
     shell:
-        "python -m eval.sample --run-dir runs/{wildcards.run} --sampler {wildcards.sampler} --steps {wildcards.steps}"
+        "python -m eval.sample --run-dir runs/{PROFILE}/{wildcards.run} --sampler {wildcards.sampler} --steps {wildcards.steps}"
         " --n {SAMPLE[n]} --batch-size {SAMPLE[batch_size]} --temperature {SAMPLE[temperature]} --seed {SAMPLE[seed]}"
         " {params.block} {params.device} --threads {threads} --out {output} > {log} 2>&1"
 
 
 rule evaluate:
     input:
-        samples="runs/{run}/samples/{sampler}-{steps}.jsonl",
+        samples=f"runs/{PROFILE}/{{run}}/samples/{{sampler}}-{{steps}}.jsonl",
         models=lambda w: model_files(w.run),
         scorer=scorer_files(),
     output:
-        "runs/{run}/eval/{sampler}-{steps}.json",
+        f"runs/{PROFILE}/{{run}}/eval/{{sampler}}-{{steps}}.json",
     params:
         settings={"scorer": EVALUATE["scorer"]},
         scorer=scorer_spec(),
@@ -116,14 +115,14 @@ rule evaluate:
     conda:
         "../envs/train.yaml"
     log:
-        "logs/evaluate/{run}/{sampler}-{steps}.log",
+        f"logs/{PROFILE}/evaluate/{{run}}/{{sampler}}-{{steps}}.log",
     benchmark:
-        "benchmarks/evaluate/{run}/{sampler}-{steps}.tsv"
+        f"benchmarks/{PROFILE}/evaluate/{{run}}/{{sampler}}-{{steps}}.tsv"
     threads: EVALUATE["cpus"]
     resources:
         **job_resources(EVALUATE),
     shell:
-        "python -m eval.evaluate samples --run-dir runs/{wildcards.run} --samples {input.samples}"
+        "python -m eval.evaluate samples --run-dir runs/{PROFILE}/{wildcards.run} --samples {input.samples}"
         " --scorer {params.scorer} {params.device} --threads {threads} --out {output} > {log} 2>&1"
 
 
@@ -132,7 +131,7 @@ rule evaluate_val:
         models=lambda w: model_files(w.run),
         shards=lambda w: run_data_shards(w.run, "validation"),
     output:
-        "runs/{run}/eval/val.json",
+        f"runs/{PROFILE}/{{run}}/eval/val.json",
     params:
         settings={k: EVALUATE[k] for k in ("val_time_samples", "val_batches", "batch_size", "discrete_steps")},
         discrete=f"--discrete-steps {EVALUATE['discrete_steps']}" if EVALUATE["discrete_steps"] else "",
@@ -140,14 +139,14 @@ rule evaluate_val:
     conda:
         "../envs/train.yaml"
     log:
-        "logs/evaluate/{run}/val.log",
+        f"logs/{PROFILE}/evaluate/{{run}}/val.log",
     benchmark:
-        "benchmarks/evaluate/{run}/val.tsv"
+        f"benchmarks/{PROFILE}/evaluate/{{run}}/val.tsv"
     threads: EVALUATE["cpus"]
     resources:
         **job_resources(EVALUATE),
     shell:
-        "python -m eval.evaluate val --run-dir runs/{wildcards.run} --val-shards {input.shards}"
+        "python -m eval.evaluate val --run-dir runs/{PROFILE}/{wildcards.run} --val-shards {input.shards}"
         " --time-samples {EVALUATE[val_time_samples]} --batch-size {EVALUATE[batch_size]}"
         " --max-batches {EVALUATE[val_batches]} {params.discrete} {params.device} --threads {threads} --out {output}"
         " > {log} 2>&1"
@@ -201,7 +200,7 @@ rule evaluate_sft:
         models=lambda w: sft_model_files(w.run),
         shards=sft_shards("validation"),
     output:
-        "runs/{run}/eval/sft.json",
+        f"runs/{PROFILE}/{{run}}/eval/sft.json",
     wildcard_constraints:
         run="|".join(SFT_RUNS) or "(?!)",
     params:
@@ -212,14 +211,14 @@ rule evaluate_sft:
     conda:
         "../envs/train.yaml"
     log:
-        "logs/evaluate/{run}/sft.log",
+        f"logs/{PROFILE}/evaluate/{{run}}/sft.log",
     benchmark:
-        "benchmarks/evaluate/{run}/sft.tsv"
+        f"benchmarks/{PROFILE}/evaluate/{{run}}/sft.tsv"
     threads: EVALUATE["cpus"]
     resources:
         **job_resources(EVALUATE),
     shell:
-        "python -m eval.evaluate sft --run-dir runs/{wildcards.run} {params.before} --sft-shards {input.shards}"
+        "python -m eval.evaluate sft --run-dir runs/{PROFILE}/{wildcards.run} {params.before} --sft-shards {input.shards}"
         " --n {SFT[eval_n]} --gen-length {SFT[gen_length]} --steps {SFT[eval_steps]} --remasking {SFT[remasking]} {params.eos_guard}"
         " --time-samples {EVALUATE[val_time_samples]} --batch-size {EVALUATE[batch_size]}"
         " {params.device} --threads {threads} --out {output} > {log} 2>&1"
@@ -227,7 +226,7 @@ rule evaluate_sft:
 
 rule sft_report:
     input:
-        [f"runs/{run}/eval/sft.json" for run in SFT_RUNS],
+        [f"{run_dir(run)}/eval/sft.json" for run in SFT_RUNS],
     output:
         md=report(f"{TABLES}/sft.md", category="Tables", labels={"table": "sft", "format": "md"}),
         csv=report(f"{TABLES}/sft.csv", category="Tables", labels={"table": "sft", "format": "csv"}),
@@ -269,7 +268,7 @@ rule evaluate_dpo:
         models=lambda w: dpo_model_files(w.run),
         shards=preference_shards("validation"),
     output:
-        "runs/{run}/eval/dpo.json",
+        f"runs/{PROFILE}/{{run}}/eval/dpo.json",
     wildcard_constraints:
         run="|".join(DPO_RUNS) or "(?!)",
     params:
@@ -282,14 +281,14 @@ rule evaluate_dpo:
     conda:
         "../envs/train.yaml"
     log:
-        "logs/evaluate/{run}/dpo.log",
+        f"logs/{PROFILE}/evaluate/{{run}}/dpo.log",
     benchmark:
-        "benchmarks/evaluate/{run}/dpo.tsv"
+        f"benchmarks/{PROFILE}/evaluate/{{run}}/dpo.tsv"
     threads: EVALUATE["cpus"]
     resources:
         **job_resources(EVALUATE),
     shell:
-        "python -m eval.evaluate dpo --run-dir runs/{wildcards.run} --before-dir {params.before}"
+        "python -m eval.evaluate dpo --run-dir runs/{PROFILE}/{wildcards.run} --before-dir {params.before}"
         " --reference-dir {params.reference} --pair-shards {input.shards} --n-pairs {DPO[eval_pairs]}"
         " --time-samples {DPO[eval_time_samples]} --n-gen {SFT[eval_n]} --gen-length {SFT[gen_length]}"
         " --steps {SFT[eval_steps]} --remasking {SFT[remasking]} {params.eos_guard} --batch-size {EVALUATE[batch_size]}"
@@ -298,7 +297,7 @@ rule evaluate_dpo:
 
 rule dpo_report:
     input:
-        [f"runs/{run}/eval/dpo.json" for run in DPO_RUNS],
+        [f"{run_dir(run)}/eval/dpo.json" for run in DPO_RUNS],
     output:
         md=report(f"{TABLES}/dpo.md", category="Tables", labels={"table": "dpo", "format": "md"}),
         csv=report(f"{TABLES}/dpo.csv", category="Tables", labels={"table": "dpo", "format": "csv"}),
@@ -321,8 +320,8 @@ rule dpo_report:
 # seeds of the plain validation NELBO and each sampler's gen ppl and entropy (eval/atat.py).
 rule atat_report:
     input:
-        val=[f"runs/{run}/eval/val.json" for run in ATAT_RUNS],
-        samples=[f"runs/{run}/eval/{s}-{n}.json" for run in ATAT_RUNS for s, n in run_samplings(run)],
+        val=[f"{run_dir(run)}/eval/val.json" for run in ATAT_RUNS],
+        samples=[f"{run_dir(run)}/eval/{s}-{n}.json" for run in ATAT_RUNS for s, n in run_samplings(run)],
         models=[f for run in ATAT_RUNS for f in model_files(run)],
     output:
         md=report(f"{TABLES}/atat.md", category="Tables", labels={"table": "atat", "format": "md"}),

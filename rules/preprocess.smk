@@ -1,6 +1,7 @@
 # Preprocessing: corpus -> raw shards -> tokenizer -> annotated shards (one job per method, split, shard)
 # -> stage shards. Rerun one shard by asking for its file, e.g.
-#   snakemake --cores 2 data/pydoc/annot/keybert/train/shard_00001.parquet --forcerun annotate
+#   snakemake --cores 2 data/pydoc/annot-<tag>/keybert/train/shard_00001.parquet --forcerun annotate
+# (the <tag> of each data folder: common/layout.py; `ls data/pydoc` or `snakemake -n` shows them)
 
 
 def preprocess_outputs():
@@ -12,13 +13,14 @@ def preprocess_outputs():
 
 
 def annotate_settings(method):
-    """The annotate keys that change a shard of ``method``: the models it runs and the piece size (threads and
-    batch size change only the speed). constituency runs no KeyBERT."""
-    cfg = config["annotate"]
-    settings = {"spacy_model": cfg["spacy_model"], "max_doc_chars": cfg["max_doc_chars"]}
-    if method != "constituency":
-        settings["keybert_model"] = cfg["keybert_model"]
-    return settings
+    """The annotate keys that change a shard of ``method`` (common/layout.py's ANNOTATE_KEYS; constituency runs
+    no KeyBERT)."""
+    return {k: config["annotate"][k] for k in ANNOTATE_KEYS if not (method == "constituency" and k == "keybert_model")}
+
+
+def layout_log(path):
+    """A data folder's log or benchmark file: the data path under logs/ or benchmarks/, minus data/."""
+    return path[len("data/"):]
 
 
 # One job per split writes all of that split's shards: a source is read once, as a stream.
@@ -27,16 +29,19 @@ for _split in SPLITS:
     rule:
         name:
             f"corpus_{_split}"
+        input:
+            # corpus: local reads a file or folder on this disk: editing it reruns the corpus
+            local_files(config["corpus"]["path"]) if config["corpus"]["name"] == "local" else [],
         output:
             shards=raw_shards(_split),
-            stats=f"{DATA}/raw/{_split}/stats.json",
+            stats=f"{LAYOUT.raw(_split)}/stats.json",
         params:
             split=_split,
             settings=config["corpus"],
         log:
-            f"logs/{CORPUS}/corpus/{_split}.log",
+            f"logs/{layout_log(LAYOUT.raw(_split))}.log",
         benchmark:
-            f"benchmarks/{CORPUS}/corpus/{_split}.tsv"
+            f"benchmarks/{layout_log(LAYOUT.raw(_split))}.tsv"
         conda:
             "../envs/preprocess.yaml"
         resources:
@@ -47,39 +52,48 @@ for _split in SPLITS:
             " --out {output.shards} --stats {output.stats} > {log} 2>&1"
 
 
+def tokenizer_inputs():
+    """What the tokenizer job reads: the train shards for a BPE it trains; a local folder of a pretrained one."""
+    if config["tokenizer"]["kind"] == "bpe":
+        return raw_shards("train")
+    return local_files(config["tokenizer"]["name"])
+
+
 rule tokenizer:
     input:
-        raw_shards("train") if config["tokenizer"]["kind"] == "bpe" else [],
+        tokenizer_inputs(),
     output:
         directory(tokenizer_dir()),
     params:
         settings=config["tokenizer"],
+        # a pretrained tokenizer is loaded by name: no training shards to pass
+        shards=f"--train-shards {' '.join(raw_shards('train'))}" if config["tokenizer"]["kind"] == "bpe" else "",
     log:
-        f"logs/{CORPUS}/tokenizer.log",
+        f"logs/{layout_log(tokenizer_dir())}.log",
     benchmark:
-        f"benchmarks/{CORPUS}/tokenizer.tsv"
+        f"benchmarks/{layout_log(tokenizer_dir())}.tsv"
     conda:
         "../envs/preprocess.yaml"
     resources:
         mem_mb=8000,
         runtime=120,
     shell:
-        "python -m preprocess.tokenizer --config {CONFIG_FILE} --train-shards {input} --out {output} > {log} 2>&1"
+        "python -m preprocess.tokenizer --config {CONFIG_FILE} {params.shards} --out {output} > {log} 2>&1"
 
 
 rule annotate:
     input:
-        raw=f"{DATA}/raw/{{split}}/{{shard}}.parquet",
+        raw=f"{LAYOUT.raw_root}/{{split}}/{{shard}}.parquet",
         tokenizer=tokenizer_dir(),
     output:
-        shard=f"{DATA}/annot/{{method}}/{{split}}/{{shard}}.parquet",
-        stats=f"{DATA}/annot/{{method}}/{{split}}/{{shard}}.stats.json",
+        shard=f"{LAYOUT.annot_root}/{{method}}/{{split}}/{{shard}}.parquet",
+        stats=f"{LAYOUT.annot_root}/{{method}}/{{split}}/{{shard}}.stats.json",
     params:
         settings=lambda w: annotate_settings(w.method),
     log:
-        f"logs/{CORPUS}/annotate/{{method}}/{{split}}/{{shard}}.log",
+        f"logs/{layout_log(LAYOUT.annot_root)}/{{method}}/{{split}}/{{shard}}.log",
     benchmark:
-        f"benchmarks/{CORPUS}/annotate/{{method}}/{{split}}/{{shard}}.tsv"
+        f"benchmarks/{layout_log(LAYOUT.annot_root)}/{{method}}/{{split}}/{{shard}}.tsv"
     threads: config["annotate"]["threads"]
     conda:
         "../envs/preprocess.yaml"
@@ -94,16 +108,16 @@ rule annotate:
 
 rule stages:
     input:
-        f"{DATA}/annot/{{method}}/{{split}}/{{shard}}.parquet",
+        f"{LAYOUT.annot_root}/{{method}}/{{split}}/{{shard}}.parquet",
     output:
-        shard=f"{DATA}/stages/{{method}}/{{lengths}}/{{split}}/{{shard}}.parquet",
-        stats=f"{DATA}/stages/{{method}}/{{lengths}}/{{split}}/{{shard}}.stats.json",
+        shard=f"{LAYOUT.stages_root}/{{method}}/{{lengths}}/{{split}}/{{shard}}.parquet",
+        stats=f"{LAYOUT.stages_root}/{{method}}/{{lengths}}/{{split}}/{{shard}}.stats.json",
     params:
         lengths=lambda wc: wc.lengths.replace("_", " "),
     log:
-        f"logs/{CORPUS}/stages/{{method}}/{{lengths}}/{{split}}/{{shard}}.log",
+        f"logs/{layout_log(LAYOUT.stages_root)}/{{method}}/{{lengths}}/{{split}}/{{shard}}.log",
     benchmark:
-        f"benchmarks/{CORPUS}/stages/{{method}}/{{lengths}}/{{split}}/{{shard}}.tsv"
+        f"benchmarks/{layout_log(LAYOUT.stages_root)}/{{method}}/{{lengths}}/{{split}}/{{shard}}.tsv"
     conda:
         "../envs/preprocess.yaml"
     resources:
@@ -116,15 +130,15 @@ rule stages:
 # Unannotated blocks (no spaCy, no KeyBERT) for single / AR runs with data: wrap | doc; length in the path.
 rule blocks:
     input:
-        raw=f"{DATA}/raw/{{split}}/{{shard}}.parquet",
+        raw=f"{LAYOUT.raw_root}/{{split}}/{{shard}}.parquet",
         tokenizer=tokenizer_dir(),
     output:
-        shard=f"{DATA}/blocks/{{packing}}/{{block_length}}/{{split}}/{{shard}}.parquet",
-        stats=f"{DATA}/blocks/{{packing}}/{{block_length}}/{{split}}/{{shard}}.stats.json",
+        shard=f"{LAYOUT.blocks_root}/{{packing}}/{{block_length}}/{{split}}/{{shard}}.parquet",
+        stats=f"{LAYOUT.blocks_root}/{{packing}}/{{block_length}}/{{split}}/{{shard}}.stats.json",
     log:
-        f"logs/{CORPUS}/blocks/{{packing}}/{{block_length}}/{{split}}/{{shard}}.log",
+        f"logs/{layout_log(LAYOUT.blocks_root)}/{{packing}}/{{block_length}}/{{split}}/{{shard}}.log",
     benchmark:
-        f"benchmarks/{CORPUS}/blocks/{{packing}}/{{block_length}}/{{split}}/{{shard}}.tsv"
+        f"benchmarks/{layout_log(LAYOUT.blocks_root)}/{{packing}}/{{block_length}}/{{split}}/{{shard}}.tsv"
     conda:
         "../envs/preprocess.yaml"
     resources:
@@ -136,25 +150,32 @@ rule blocks:
 
 
 # Question/answer canvases for sft runs (the sft section: a task, local files or a hub dataset), tokenized with the
-# pipeline's tokenizer through its chat template; the answer mask marks what SFT masks and scores.
-SFT_DATA_KEYS = ("source", "format", "length", "validation_fraction", "n_train", "n_validation", "seed")
+# pipeline's tokenizer through its chat template; the answer mask marks what SFT masks and scores. Each split has
+# its own folder tag (common/layout.py): a split reads its own record count (n_train | n_validation).
+def checked_tag(tag, expected, what):
+    """A {tag} wildcard is only ever this config's tag: a path with another one is a stale or foreign folder."""
+    if tag != expected:
+        raise ValueError(f"{what}: tag {tag!r} is not this config's ({expected!r}); see common/layout.py")
+    return tag
 
 
 rule sft_data:
     input:
         tokenizer=tokenizer_dir(),
+        source=local_files(config["sft"]["source"]),
     output:
-        shard=f"{DATA}/sft/{{sft_length}}/{{split}}/shard_00000.parquet",
-        stats=f"{DATA}/sft/{{sft_length}}/{{split}}/shard_00000.stats.json",
+        shard=f"{LAYOUT.data}/sft-{{tag}}/{{sft_length}}/{{split}}/shard_00000.parquet",
+        stats=f"{LAYOUT.data}/sft-{{tag}}/{{sft_length}}/{{split}}/shard_00000.stats.json",
     wildcard_constraints:
         sft_length=r"\d+",
+        tag=r"[0-9a-f]{8}",
     params:
-        # a split reads its own record count (n_train | n_validation), not the other one's
-        settings=lambda w: {k: config["sft"][k] for k in SFT_DATA_KEYS if k != ("n_validation" if w.split == "train" else "n_train")},
+        settings=lambda w: split_settings(config["sft"], SFT_DATA_KEYS, w.split),
+        tag=lambda w: checked_tag(w.tag, LAYOUT.sft_tag(w.split), f"sft data of split {w.split}"),
     log:
-        f"logs/{CORPUS}/sft/{{sft_length}}/{{split}}.log",
+        f"logs/{layout_log(LAYOUT.data)}/sft-{{tag}}/{{sft_length}}/{{split}}.log",
     benchmark:
-        f"benchmarks/{CORPUS}/sft/{{sft_length}}/{{split}}.tsv"
+        f"benchmarks/{layout_log(LAYOUT.data)}/sft-{{tag}}/{{sft_length}}/{{split}}.tsv"
     conda:
         "../envs/preprocess.yaml"
     resources:
@@ -167,24 +188,23 @@ rule sft_data:
 
 # Preference pairs for dpo runs (the dpo section: the SFT task with a rule-made wrong answer, local files or a hub
 # dataset), on the SFT canvas (sft.length); each answer's mask marks the final answer, the part DPO scores.
-PREFERENCE_DATA_KEYS = ("source", "validation_fraction", "n_train", "n_validation", "seed")
-
-
 rule preference_data:
     input:
         tokenizer=tokenizer_dir(),
+        source=local_files(config["dpo"]["source"]),
     output:
-        shard=f"{DATA}/preference/{{sft_length}}/{{split}}/shard_00000.parquet",
-        stats=f"{DATA}/preference/{{sft_length}}/{{split}}/shard_00000.stats.json",
+        shard=f"{LAYOUT.data}/preference-{{tag}}/{{sft_length}}/{{split}}/shard_00000.parquet",
+        stats=f"{LAYOUT.data}/preference-{{tag}}/{{sft_length}}/{{split}}/shard_00000.stats.json",
     wildcard_constraints:
         sft_length=r"\d+",
+        tag=r"[0-9a-f]{8}",
     params:
-        # a split reads its own record count (n_train | n_validation), not the other one's
-        settings=lambda w: {k: config["dpo"][k] for k in PREFERENCE_DATA_KEYS if k != ("n_validation" if w.split == "train" else "n_train")},
+        settings=lambda w: split_settings(config["dpo"], PREFERENCE_DATA_KEYS, w.split),
+        tag=lambda w: checked_tag(w.tag, LAYOUT.preference_tag(w.split), f"preference data of split {w.split}"),
     log:
-        f"logs/{CORPUS}/preference/{{sft_length}}/{{split}}.log",
+        f"logs/{layout_log(LAYOUT.data)}/preference-{{tag}}/{{sft_length}}/{{split}}.log",
     benchmark:
-        f"benchmarks/{CORPUS}/preference/{{sft_length}}/{{split}}.tsv"
+        f"benchmarks/{layout_log(LAYOUT.data)}/preference-{{tag}}/{{sft_length}}/{{split}}.tsv"
     conda:
         "../envs/preprocess.yaml"
     resources:

@@ -1,9 +1,9 @@
-# Training: stage shards -> one model folder per cascade stage (runs/{run}/stage{k}/) or per single-stage /
-# AR run (runs/{run}/model/). Each job runs `python -m train` (train/__main__.py), under `accelerate launch`
+# Training: stage shards -> one model folder per cascade stage (runs/{profile}/{run}/stage{k}/) or per single-stage /
+# AR run (runs/{profile}/{run}/model/). Each job runs `python -m train` (train/__main__.py), under `accelerate launch`
 # with one process per GPU when the run asks for GPUs.
 #
-#   snakemake --cores 2 runs/cascade/stage2/model.safetensors     # one stage
-#   snakemake --cores 2 runs/single/model/model.safetensors       # the single-stage baseline
+#   snakemake --cores 2 runs/demo/cascade/stage2/model.safetensors     # one stage (runs/{profile}/{run}/...)
+#   snakemake --cores 2 runs/demo/single/model/model.safetensors       # the single-stage baseline
 #
 # Declared outputs are written only when training finishes; resumable state lives in {out}/checkpoints/,
 # which is not an output, so Snakemake never deletes it and a rerun (--retries, SLURM requeue) resumes it,
@@ -22,17 +22,17 @@ def train_settings(wildcards):
     key = (wildcards.run, wildcards.model)
     if key not in TRAIN:
         names = {run: model_names(run) for run in RUNS}
-        raise ValueError(f"runs/{wildcards.run}/{wildcards.model}: no such model; the config's runs have {names}")
+        raise ValueError(f"{run_dir(wildcards.run)}/{wildcards.model}: no such model; the config's runs have {names}")
     return TRAIN[key]
 
 
 def previous_stage(s):
-    """The model folder this one starts from: runs/{run}/stage{k-1} when cascade stage k warm-starts from it,
-    runs/{init_from}/model for an sft or dpo run with init_from; else None."""
+    """The model folder this one starts from: runs/{profile}/{run}/stage{k-1} when cascade stage k warm-starts from
+    it, runs/{profile}/{init_from}/model for an sft or dpo run with init_from; else None."""
     if s.kind == "cascade" and s.stage > 1 and s.warm_start:
-        return f"runs/{s.run}/stage{s.stage - 1}"
+        return f"{run_dir(s.run)}/stage{s.stage - 1}"
     if s.kind in ("sft", "dpo") and s.init_from:
-        return f"runs/{s.init_from}/model"
+        return f"{run_dir(s.init_from)}/model"
     return None
 
 
@@ -66,9 +66,9 @@ rule train:
     input:
         unpack(train_inputs),
     output:
-        model="runs/{run}/{model}/model.safetensors",
-        config="runs/{run}/{model}/config.json",
-        metrics="runs/{run}/{model}/metrics.csv",
+        model=f"runs/{PROFILE}/{{run}}/{{model}}/model.safetensors",
+        config=f"runs/{PROFILE}/{{run}}/{{model}}/config.json",
+        metrics=f"runs/{PROFILE}/{{run}}/{{model}}/metrics.csv",
     wildcard_constraints:
         run="|".join(RUNS),
         model="stage[123]|model",
@@ -81,9 +81,9 @@ rule train:
     conda:
         "../envs/train.yaml"
     log:
-        "logs/train/{run}/{model}.log",
+        f"logs/{PROFILE}/train/{{run}}/{{model}}.log",
     benchmark:
-        "benchmarks/train/{run}/{model}.tsv"
+        f"benchmarks/{PROFILE}/train/{{run}}/{{model}}.tsv"
     # train.cpus threads (1 by default: a tiny model gains little from a second thread, and on a 2-core
     # laptop two single-threaded stages side by side beat two oversubscribed OpenMP teams)
     threads: lambda w: train_settings(w).cpus
@@ -95,4 +95,4 @@ rule train:
     shell:
         "OMP_NUM_THREADS={threads} {params.launch} --config {CONFIG_FILE} --run {wildcards.run} {params.stage}"
         " --train-shards {input.train} --val-shards {input.val} --tokenizer {input.tokenizer}"
-        " --out runs/{wildcards.run}/{wildcards.model} {params.init} > {log} 2>&1"
+        " --out runs/{PROFILE}/{wildcards.run}/{wildcards.model} {params.init} > {log} 2>&1"

@@ -1,12 +1,20 @@
-"""Fixtures shared by the slow tests: one run of the real Snakemake DAG on configs/tiny.yaml."""
+"""Fixtures shared by the slow tests: one workspace in which the real Snakemake DAG runs every config's offline
+twin (configs/twins/), so that what two twins build alike (the corpus, a tokenizer, packed blocks: data folders
+are named by their settings, common/layout.py) is built once for the whole session, and each config's runs stay
+under runs/{profile}/."""
+import copy
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+TWINS = CONFIGS / "twins"
+TINY = (CONFIGS / "tiny.yaml",)
 
 
 def offline_env() -> dict:
@@ -16,21 +24,74 @@ def offline_env() -> dict:
     return env
 
 
-def snakemake(workdir, *args, configfiles=(ROOT / "configs" / "tiny.yaml",)):
+def twin(name: str) -> tuple[Path, Path]:
+    """The configfiles of a config's offline twin: configs/{name}.yaml, then configs/twins/{name}.yaml over it."""
+    return CONFIGS / f"{name}.yaml", TWINS / f"{name}.yaml"
+
+
+def snakemake(workdir, *args, configfiles=TINY):
     """Snakemake on the tiny config (or ``configfiles``, merged in order) in ``workdir``; on failure, fail the
     test with the run's output and logs."""
     cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir), "--cores", "2",
            *args, "--configfile", *map(str, configfiles)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=offline_env())
     if proc.returncode != 0:
-        logs = "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in sorted(Path(workdir, "logs").rglob("*.log")))
+        newest = sorted(Path(workdir, "logs").rglob("*.log"), key=lambda p: p.stat().st_mtime)[-8:]
+        logs = "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in newest)
         pytest.fail(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}\n{logs}")
     return proc
 
 
+def merged_config(configfiles=TINY) -> dict:
+    """The config Snakemake builds from ``configfiles`` (merged key by key, in order, as --configfile does) with
+    the schema's defaults filled in."""
+    from common.config import validate_config
+
+    def merge(base, over):
+        for key, value in over.items():
+            if isinstance(value, dict) and isinstance(base.get(key), dict):
+                merge(base[key], value)
+            else:
+                base[key] = copy.deepcopy(value)
+        return base
+
+    config = {}
+    for path in configfiles:
+        merge(config, yaml.safe_load(Path(path).read_text()) or {})
+    return validate_config(config, " + ".join(map(str, configfiles)))
+
+
+def layout(configfiles=TINY):
+    """The output paths of a config (common/layout.py), relative to the working directory."""
+    from common.layout import Layout
+
+    return Layout(merged_config(configfiles))
+
+
+def dry_run_counts(workdir, configfiles, *targets) -> dict:
+    """{rule: jobs} that `snakemake -n` plans for ``targets`` (the default target when none)."""
+    proc = snakemake(workdir, "-n", "--quiet", "rules", *targets, configfiles=configfiles)
+    return {line.split()[0]: int(line.split()[1]) for line in proc.stdout.splitlines()
+            if len(line.split()) == 2 and line.split()[1].isdigit()}
+
+
 @pytest.fixture(scope="session")
-def demo(tmp_path_factory):
+def workspace(tmp_path_factory):
+    """The one working directory of the session's DAG runs."""
+    return tmp_path_factory.mktemp("workspace")
+
+
+@pytest.fixture(scope="session")
+def hub(workspace):
+    """Local folders in the hub's layouts (tests/hub_layouts.py) under workspace/hub, which the twins of the
+    cluster recipes name instead of the hub's tokenizer and models."""
+    from hub_layouts import build_hub
+
+    return build_hub(workspace / "hub")
+
+
+@pytest.fixture(scope="session")
+def demo(workspace):
     """One run of the default target of the tiny config (shared by every test that needs trained runs)."""
-    workdir = tmp_path_factory.mktemp("tiny")
-    snakemake(workdir)
-    return workdir
+    snakemake(workspace)
+    return workspace

@@ -2,6 +2,7 @@
 changes, no mask survives, commits follow the schedule, each remasking rule picks what its formula says,
 blocks fill left to right, the EOS guard, batching does not change answers, stopping at the answer is exact,
 the recordings and the command line."""
+import dataclasses
 import io
 import json
 import math
@@ -223,8 +224,9 @@ class FixedLogits(torch.nn.Module):
 
 def stand_in(table):
     meta = {"objective": "mdlm", "mask_id": MASK, "eos_id": EOS, "prefix_len": 0}
+    fields = {f.name for f in dataclasses.fields(Trained)}  # tokenizer_dir: only where Trained has it
     return Trained(name="stage3", model_dir=Path("fixed"), model=FixedLogits(table), meta=meta, tokenizer=None,
-                   noise=LogLinearNoise())
+                   noise=LogLinearNoise(), **({"tokenizer_dir": None} if "tokenizer_dir" in fields else {}))
 
 
 def hand_confidence(table, remasking):
@@ -434,7 +436,7 @@ def test_cli_raw_prompt_and_bad_input(project, tmp_path, capsys):
     assert record["prompt_ids"] == project["tok"]("The fox", add_special_tokens=False)["input_ids"]
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "ok"}\n{"text": "no"}\n')
-    with pytest.raises(ValueError, match=r"bad.jsonl:2"):
+    with pytest.raises(SystemExit, match=r"^eval.generate: .*bad.jsonl:2: expected an object"):
         main(["--model-dir", str(project["model"]), "--prompts", str(bad), "--device", "cpu"])
     with pytest.raises(SystemExit):
         main(["--model-dir", str(project["model"]), "--prompt", "x", "--gen-length", "12", "--block-length", "5"])
@@ -483,3 +485,230 @@ def test_masked_lm_backbone_generates_through_the_same_call(project, tmp_path):
         ref = t.denoiser.x0_log_probs(x, torch.ones(2))[x == mask]
     finite = torch.isfinite(ref)
     assert torch.allclose(mine[finite], ref[finite], atol=1e-5)
+
+
+# ------------------------------------------------------------------- empty prompts, defaults, positions, chat
+def write_bert_folder(folder, project, positions):
+    """A tiny transformers BERT model folder whose backbone takes ``positions`` tokens (no generation record)."""
+    from train.backbones import backbone_meta, build_backbone
+
+    tok = project["tok"]
+    spec = {"kind": "masked_lm", "name": None,
+            "config": {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                       "intermediate_size": 64, "max_position_embeddings": positions}}
+    torch.manual_seed(0)
+    model = build_backbone(spec, len(tok), "tiny", 0.0, False)
+    meta = {"objective": "mdlm", "noise": {"type": "loglinear"}, "stage": 3, "prefix_len": 0, "target_len": 16,
+            "vocab_size": len(tok), "mask_id": tok.mask_token_id, "eos_id": tok.eos_token_id,
+            "bos_id": tok.eos_token_id, "tokenizer": str(project["root"] / "tokenizer"), "kind": "sft",
+            **backbone_meta(model, spec)}
+    save_model(folder, model.state_dict(), meta)
+    return folder
+
+
+def records_of(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def test_empty_prompt_is_an_empty_user_turn_or_with_raw_prompt_the_empty_context(project, tmp_path):
+    """--prompt "" used to end in KeyError: 'messages' (the label of a falsy prompt)."""
+    from common.chat import prompt_ids
+
+    out = tmp_path / "empty.jsonl"
+    main(["--model-dir", str(project["model"]), "--prompt", "", "--prompt", "The fox", "--gen-length", "8",
+          "--steps", "4", "--out", str(out), "--record", str(tmp_path / "t.html"), "--device", "cpu"])
+    empty, other = records_of(out)
+    assert empty["prompt"] == "" and empty["messages"] == [{"role": "user", "content": ""}]
+    assert empty["prompt_ids"] == prompt_ids(project["tok"], empty["messages"]) and len(empty["ids"]) == 8
+    assert other["prompt"] == "The fox" and "(empty prompt)" in (tmp_path / "t.html").read_text()
+
+    raw = tmp_path / "raw.jsonl"
+    main(["--model-dir", str(project["model"]), "--prompt", "", "--raw-prompt", "--gen-length", "8", "--steps", "4",
+          "--out", str(raw), "--device", "cpu"])
+    (record,) = records_of(raw)
+    assert record["prompt_ids"] == [] and len(record["ids"]) == 8 and "messages" not in record
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": ""}) + "\n")
+    main(["--model-dir", str(project["model"]), "--prompts", str(prompts), "--gen-length", "8", "--steps", "4",
+          "--out", str(tmp_path / "f.jsonl"), "--device", "cpu"])
+    assert records_of(tmp_path / "f.jsonl")[0]["messages"] == [{"role": "user", "content": ""}]
+
+
+def test_a_chat_template_that_cannot_render_the_prompt_is_one_line(project, tmp_path, monkeypatch):
+    import common.chat
+
+    def refuse(tokenizer, messages):
+        from jinja2 import TemplateError
+
+        raise TemplateError("content must not be empty")
+
+    monkeypatch.setattr(common.chat, "prompt_ids", refuse)
+    with pytest.raises(SystemExit, match=r"^eval.generate: --prompt '': the chat template cannot render it "
+                                         r"\(content must not be empty\); --raw-prompt"):
+        main(["--model-dir", str(project["model"]), "--prompt", "", "--gen-length", "8", "--steps", "4",
+              "--device", "cpu"])
+
+
+def test_parser_defaults_mean_from_the_model_folder():
+    args = build_parser().parse_args(["--model-dir", "m", "--prompt", "x"])
+    assert (args.gen_length, args.steps, args.remasking, args.eos_guard) == (None, None, None, None)
+    args = build_parser().parse_args(["--model-dir", "m", "--prompt", "x", "--no-eos-guard"])
+    assert args.eos_guard is False
+
+
+def test_defaults_come_from_the_generation_the_folder_records(project, tmp_path, capsys):
+    """An sft folder answers as the pipeline's SFT evaluation does (sft.gen_length, eval_steps, remasking, EOS
+    guard on), not with 128 / 128 / no guard; options still win; folders without the record fall back."""
+    folder = tmp_path / "sft"
+    write_folder(folder, project["root"] / "tokenizer", project["tok"], seed=3)
+    meta = json.loads((folder / "config.json").read_text())
+    meta["generation"] = {"gen_length": 12, "steps": 6, "remasking": "margin", "eos_guard": True}
+    (folder / "config.json").write_text(json.dumps(meta))
+    out = tmp_path / "a.jsonl"
+    main(["--model-dir", str(folder), "--prompt", "The fox", "--out", str(out), "--device", "cpu"])
+    (r,) = records_of(out)
+    assert (r["gen_length"], r["steps"], r["remasking"], r["eos_guard"]) == (12, 6, "margin", True)
+    assert "gen_length 12, steps 6, remasking margin, eos_guard on from " in capsys.readouterr().err
+
+    main(["--model-dir", str(folder), "--prompt", "The fox", "--gen-length", "8", "--steps", "8", "--remasking",
+          "entropy", "--no-eos-guard", "--out", str(out), "--device", "cpu"])
+    (r,) = records_of(out)
+    assert (r["gen_length"], r["steps"], r["remasking"], r["eos_guard"]) == (8, 8, "entropy", False)
+
+    main(["--model-dir", str(project["model"]), "--prompt", "The fox", "--out", str(out), "--device", "cpu"])
+    (r,) = records_of(out)
+    assert (r["gen_length"], r["steps"], r["remasking"], r["eos_guard"]) == (128, 128, "low_confidence", False)
+    assert "records no generation settings" in capsys.readouterr().err
+
+    meta["generation"]["steps"] = "six"
+    (folder / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(SystemExit, match=re.escape(f"{folder / 'config.json'}: key 'generation.steps' should be "
+                                                   f"an integer >= 1, got 'six'")):
+        main(["--model-dir", str(folder), "--prompt", "The fox", "--device", "cpu"])
+
+
+def test_train_records_the_sft_generation_settings(tmp_path, monkeypatch):
+    """python -m train puts the config's SFT evaluation settings into an sft / dpo folder's config.json."""
+    import train.__main__ as train_main
+    import train.trainer
+
+    config = tmp_path / "c.yaml"
+    config.write_text("blocks: {length: 16}\nruns:\n  base: {kind: single, objective: mdlm, data: wrap}\n"
+                      "  tuned: {kind: sft, objective: mdlm, init_from: base}\n"
+                      "sft: {gen_length: 12, eval_steps: 6, eos_guard: false, remasking: margin}\n")
+    saved = {}
+
+    class Recorder:  # the trainer's meta as run() (which writes config.json at the end) would see it
+        def __init__(self, settings, *args, **kwargs):
+            self.meta = {"kind": settings.kind}
+
+        def run(self, on_step=None):
+            saved[self.meta["kind"]] = dict(self.meta)
+            return 0
+
+    monkeypatch.setattr(train.trainer, "Trainer", Recorder)
+    common = ["--config", str(config), "--train-shards", "t", "--val-shards", "v", "--tokenizer", "k"]
+    assert train_main.main(common + ["--run", "tuned", "--out", "o", "--init", "runs/base/model"]) == 0
+    assert train_main.main(common + ["--run", "base", "--out", "b"]) == 0
+    assert saved["sft"]["generation"] == {"gen_length": 12, "steps": 6, "remasking": "margin", "eos_guard": False}
+    assert "generation" not in saved["single"]
+
+
+def test_gen_length_is_capped_at_the_backbone_positions(project, tmp_path, capsys):
+    """A 40-position BERT with the fallback 128 masks used to fail in its forward ("exceeds ...
+    max_position_embeddings"); now G = 40 - the longest prompt, said on stderr."""
+    from common.chat import prompt_ids
+
+    bert = write_bert_folder(tmp_path / "bert", project, positions=40)
+    out = tmp_path / "a.jsonl"
+    main(["--model-dir", str(bert), "--prompt", "The fox", "--prompt", "import os and sys", "--out", str(out),
+          "--device", "cpu"])
+    records = records_of(out)
+    longest = max(len(prompt_ids(project["tok"], r["messages"])) for r in records)
+    assert all(r["gen_length"] == 40 - longest == len(r["ids"]) for r in records)
+    assert f"gen_length 128 capped to {40 - longest}: the longest prompt takes {longest} of the 40 positions of " \
+           f"the bert backbone of {bert}" in capsys.readouterr().err
+    main(["--model-dir", str(bert), "--prompt", "The fox", "--block-length", "4", "--gen-length", "64", "--steps",
+          "16", "--out", str(out), "--device", "cpu"])
+    (r,) = records_of(out)
+    assert r["gen_length"] % 4 == 0 and len(r["prompt_ids"]) + r["gen_length"] <= 40 < len(r["prompt_ids"]) + \
+        r["gen_length"] + 4
+    with pytest.raises(SystemExit, match=r"^eval.generate: prompt 1 \('import os and sys import os and sys.*\) "
+                                         r"takes \d+ of the 40 positions of the bert backbone of .*: no room"):
+        main(["--model-dir", str(bert), "--prompt", "import os and sys " * 4, "--device", "cpu"])
+
+
+def test_chat_past_the_backbone_positions_drops_the_oldest_turns(project, tmp_path, monkeypatch, capsys):
+    """A 72-position BERT used to crash on turn 3 (the history past its positions) and write no transcript."""
+    bert = write_bert_folder(tmp_path / "bert", project, positions=72)
+    turns = ["The fox", "import os", "The lazy dog.", "def f(x):", "What is a list?"]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(turns) + "\n"))
+    out = tmp_path / "chat.jsonl"
+    assert main(["--model-dir", str(bert), "--chat", "--system", "Be brief.", "--gen-length", "8", "--steps", "4",
+                 "--out", str(out), "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    records = records_of(out)
+    assert len(records) == len(turns) and [r["index"] for r in records] == list(range(len(turns)))
+    assert all(len(r["prompt_ids"]) + r["gen_length"] <= 72 for r in records)
+    assert "outgrows the 72 positions of the bert backbone of" in err and "dropped the oldest" in err
+    last = records[-1]["messages"]
+    assert last[0] == {"role": "system", "content": "Be brief."} and last[-1]["content"] == turns[-1]
+    assert last[1] != {"role": "user", "content": turns[0]}  # the first turn was dropped, the system kept
+    assert [m["role"] for m in last[1:]] == ["user", "assistant"] * ((len(last) - 2) // 2) + ["user"]
+
+
+def test_chat_turn_too_long_for_the_backbone_is_skipped(project, tmp_path, monkeypatch, capsys):
+    bert = write_bert_folder(tmp_path / "bert", project, positions=40)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("import os and sys " * 4 + "\nThe fox\n"))
+    out = tmp_path / "chat.jsonl"
+    main(["--model-dir", str(bert), "--chat", "--gen-length", "16", "--steps", "4", "--out", str(out),
+          "--device", "cpu"])
+    err = capsys.readouterr().err
+    (record,) = records_of(out)
+    assert "of the 40 positions of the bert backbone of" in err and "no room for an answer; the turn is skipped" in err
+    assert record["messages"] == [{"role": "user", "content": "The fox"}]
+    assert len(record["prompt_ids"]) + record["gen_length"] <= 40
+
+
+class Interrupting(io.StringIO):
+    """stdin whose readline raises KeyboardInterrupt (Ctrl-C) once its lines are used up."""
+
+    def readline(self, *args):
+        line = super().readline(*args)
+        if not line:
+            raise KeyboardInterrupt
+        return line
+
+
+def test_chat_transcript_is_written_turn_by_turn(project, tmp_path, monkeypatch, capsys):
+    """Ctrl-C after two turns keeps both on disk; a crash in turn 2 keeps turn 1 (the transcript used to be
+    written only at the end)."""
+    import eval.generate as g
+
+    out = tmp_path / "chat.jsonl"
+    monkeypatch.setattr(sys, "stdin", Interrupting("hello there\nand again\n"))
+    argv = ["--model-dir", str(project["model"]), "--chat", "--gen-length", "8", "--steps", "4", "--out", str(out),
+            "--device", "cpu"]
+    try:
+        code = main(argv)
+    except KeyboardInterrupt:  # let a regression fail this test, not end the pytest session
+        pytest.fail("Ctrl-C in --chat escaped eval.generate.main")
+    assert code == 130
+    assert f"interrupted; 2 finished turn(s) in {out}" in capsys.readouterr().err
+    assert [r["messages"][-1]["content"] for r in records_of(out)] == ["hello there", "and again"]
+
+    real, calls = g.generate, []
+
+    def crash_on_the_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            assert len(records_of(out)) == 1  # turn 1 is on disk before turn 2 starts
+            raise RuntimeError("out of memory")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(g, "generate", crash_on_the_second)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("first\nsecond\nthird\n"))
+    with pytest.raises(RuntimeError, match="out of memory"):
+        main(argv)
+    assert [r["messages"][-1]["content"] for r in records_of(out)] == ["first"]

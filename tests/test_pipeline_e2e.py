@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from conftest import snakemake
+from conftest import layout, snakemake
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -19,35 +19,37 @@ def tiny():
 
 
 def test_preprocessing_outputs(demo):
-    data = demo / "data" / "pydoc"
-    raw_stats = json.loads((data / "raw" / "train" / "stats.json").read_text())
+    paths = layout()
+    raw_stats = json.loads((demo / paths.raw("train") / "stats.json").read_text())
     assert raw_stats["documents_written"] == tiny()["corpus"]["max_docs"]
-    raw_rows = sum(pq.read_table(p).num_rows for p in sorted((data / "raw" / "train").glob("shard_*.parquet")))
+    raw_rows = sum(pq.read_table(p).num_rows for p in sorted((demo / paths.raw("train")).glob("shard_*.parquet")))
     assert raw_rows == raw_stats["documents_written"]
     l1, l2, l3 = tiny()["stages"]["lengths"]
     for method in ("constituency", "keybert", "keybert_no_stopword"):
         for split, n in (("train", 2), ("validation", 1)):
             for i in range(n):
-                annot = data / "annot" / method / split / f"shard_{i:05d}.parquet"
+                annot = demo / paths.annot(method, split) / f"shard_{i:05d}.parquet"
                 stats = json.loads(annot.with_name(f"shard_{i:05d}.stats.json").read_text())
                 table = pq.read_table(annot)
                 assert table.num_rows == stats["documents_written"] > 0
                 for ids, prio in zip(table.column("input_ids").to_pylist(), table.column("priority").to_pylist()):
                     assert len(ids) == len(prio) > 0
-                stage = data / "stages" / method / f"{l1}_{l2}_{l3}" / split / f"shard_{i:05d}.parquet"
+                stage = demo / paths.stages(method, split) / f"shard_{i:05d}.parquet"
+                assert f"{l1}_{l2}_{l3}" in str(stage)
                 rows = pq.read_table(stage).to_pylist()
                 assert rows, stage
                 for row in rows:
                     assert [len(row[f"stage{k}_ids"]) for k in (1, 2, 3)] == [l1, l2, l3]
-    assert (data / "tokenizer" / "tokenizer.json").exists()
+    assert (demo / paths.tokenizer / "tokenizer.json").exists()
     # every rule left a log and a benchmark
     assert list((demo / "logs").rglob("annotate/*/*/shard_00000.log"))
     assert list((demo / "benchmarks").rglob("annotate/*/*/shard_00000.tsv"))
 
 
 def test_rerun_of_one_shard_is_byte_identical_and_alone(demo):
-    target = "data/pydoc/annot/keybert/train/shard_00001.parquet"
-    others = sorted(p for p in (demo / "data" / "pydoc" / "annot").rglob("*.parquet") if not str(p).endswith(target))
+    target = f"{layout().annot('keybert', 'train')}/shard_00001.parquet"
+    others = sorted(p for p in (demo / "data" / "pydoc").rglob("annot-*/**/*.parquet") if not str(p).endswith(target))
+    assert others
     before = {p: p.stat().st_mtime_ns for p in others}
     digest = hashlib.sha256((demo / target).read_bytes()).hexdigest()
     proc = snakemake(demo, target, "--forcerun", "annotate")
@@ -60,11 +62,12 @@ def test_training_sampling_and_report(demo):
     import csv
 
     l1, l2, l3 = tiny()["stages"]["lengths"]
-    for stage_dir in ("runs/cascade/stage1", "runs/cascade/stage2", "runs/cascade/stage3", "runs/single/model", "runs/ar/model"):
+    for stage_dir in ("cascade/stage1", "cascade/stage2", "cascade/stage3", "single/model", "ar/model"):
+        stage_dir = f"runs/tiny/{stage_dir}"
         for name in ("model.safetensors", "config.json", "metrics.csv"):
             assert (demo / stage_dir / name).exists(), f"{stage_dir}/{name}"
-    mask_id = json.loads((demo / "runs" / "cascade" / "stage3" / "config.json").read_text())["mask_id"]
-    samples = [json.loads(line) for line in (demo / "runs/cascade/samples/ddpm_cache-4.jsonl").read_text().splitlines()]
+    mask_id = json.loads((demo / "runs/tiny/cascade/stage3/config.json").read_text())["mask_id"]
+    samples = [json.loads(line) for line in (demo / "runs/tiny/cascade/samples/ddpm_cache-4.jsonl").read_text().splitlines()]
     assert len(samples) == tiny()["sample"]["n"]
     for s in samples:
         assert [len(s[f"stage{k}_ids"]) for k in (1, 2, 3)] == [l1, l2, l3]

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from common.chat import encode_conversation
+from common.chat import encode_conversation, prompt_ids
 from common.io import InputError, read_parquet, write_parquet
 from eval.dpo import read_pairs
 from preprocess.preference import (PAIR_SCHEMA, REJECTION_RULES, build, main, pair_canvases,
@@ -273,6 +273,42 @@ def test_bad_records_are_counted_by_reason(tmp_path):
     rows = read_parquet(out).to_pylist()
     assert [r["pair_id"] for r in rows] == ["data.jsonl:1", f"data.jsonl:{len(records)}"]
     assert json.loads(rows[1]["prompt"]) == [SYSTEM, USER]
+
+
+def test_a_prompt_that_opens_with_an_assistant_turn(tmp_path, tok):
+    """A greeting before the question is context (mask 0) after an empty context, as in SFT; a template that cannot
+    render it there makes the pair a counted skip (leading_assistant_turn), and the other pairs are written."""
+    from common.chat import DEFAULT_TEMPLATE
+
+    greeting = assistant("hello there")
+    records = [{"prompt": [greeting, USER], "chosen": CHOSEN, "rejected": REJECTED},
+               {"chosen": [greeting, USER, assistant(CHOSEN)], "rejected": [greeting, USER, assistant(REJECTED)]},
+               pair()]
+    src = write_jsonl(tmp_path / "data.jsonl", records)
+    stats = build(dpo_config(src, validation_fraction=0.0), 64, tok, "train", tmp_path / "o.parquet", progress=False)
+    assert stats["records_written"] == 3 and stats["skipped"] == {}
+    rows = read_parquet(tmp_path / "o.parquet").to_pylist()
+    assert json.loads(rows[0]["prompt"]) == json.loads(rows[1]["prompt"]) == [greeting, USER]
+    assert rows[0]["chosen_ids"] == rows[1]["chosen_ids"] and rows[0]["rejected_mask"] == rows[1]["rejected_mask"]
+    plain = rows[2]
+    for side in ("chosen", "rejected"):
+        ids, mask = rows[0][f"{side}_ids"], rows[0][f"{side}_mask"]
+        assert len(runs(mask)) == 1  # only the final answer and its fill: the greeting is context
+        start = answer_start(mask)
+        assert ids[:start] == prompt_ids(tok, [greeting, USER])  # the prompt eval.dpo generates from
+        # The answer and its fill are those of the pair without the greeting (which has more fill).
+        at = answer_start(plain[f"{side}_mask"])
+        assert ids[start:] == plain[f"{side}_ids"][at:at + 64 - start] and all(mask[start:])
+    # A template that writes a default system turn before a conversation without one: the render of no messages
+    # does not start the conversation's, so the greeting has no empty context to follow.
+    refusing = bpe_tokenizer()
+    refusing.chat_template = ("{%- if messages and messages[0]['role'] != 'system' -%}{{- '<|system|>\\nbe brief"
+                              "\\n' -}}{%- endif -%}" + DEFAULT_TEMPLATE)
+    stats = build(dpo_config(src, validation_fraction=0.0), 64, refusing, "train", tmp_path / "r.parquet",
+                  progress=False)
+    assert stats["skipped"] == {"leading_assistant_turn": 2} and stats["records_written"] == 1
+    assert stats["records_read"] == stats["records_written"] + sum(stats["skipped"].values())
+    assert read_parquet(tmp_path / "r.parquet").column("pair_id").to_pylist() == ["data.jsonl:3"]
 
 
 def test_parquet_folder_and_hash_split(tmp_path, bpe):

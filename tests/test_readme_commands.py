@@ -1,10 +1,15 @@
 """Every shell command in the README's code blocks runs as printed: the README cannot drift from the code.
 
 A command that would start real work runs as a dry run (`snakemake -n`, `make -n`); the README's sampling
-command runs for real, in the workdir of the tiny DAG (tests/conftest.py). A line that is a pattern to adapt
-(it has `...` or a placeholder) is listed in PATTERNS; any other command the README gains must be runnable
+command runs for real, in the workdir of the tiny DAG (tests/conftest.py; slow). A line that is a pattern to
+adapt (it has `...` or a placeholder) is listed in PATTERNS; any other command the README gains must be runnable
 here, or this test fails and says which.
+
+"As printed" includes what the reader has set up: each command runs in a fresh $HOME with only what the earlier
+lines of its own code block did (`make slurm-profile` links the short profile name `--profile slurm` there), so a
+command that needs a step the README prints elsewhere, or nowhere, fails here as it would for the reader.
 """
+import os
 import re
 import subprocess
 
@@ -12,24 +17,49 @@ import pytest
 
 from conftest import ROOT, offline_env
 
-pytestmark = pytest.mark.slow
-
 PATTERNS = {  # not commands: the README shows them as shapes to fill in
     "accelerate launch --multi_gpu --num_processes N --num_machines 1 -m train ...",
 }
 REAL_WORK_IN_DEMO = ("python -m eval.sample --run-dir",)  # runs for real on the tiny DAG's trained runs
 
 
-def readme_commands() -> list[str]:
-    """The lines of the README's ```bash blocks, continuation lines joined, comments dropped."""
+LINK_PROFILE = "make slurm-profile"  # links profiles/slurm into $HOME/.config/snakemake/slurm
+
+
+def readme_blocks() -> list[list[str]]:
+    """The README's ```bash blocks, each as its lines, continuation lines joined, comments dropped."""
     text = (ROOT / "README.md").read_text()
-    commands = []
+    blocks = []
     for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        commands = []
         for line in re.sub(r"\\\n\s*", " ", block).splitlines():
             line = re.sub(r"\s+#.*$", "", line).strip()
             if line and not line.startswith("#"):
                 commands.append(line)
-    return commands
+        blocks.append(commands)
+    return blocks
+
+
+def readme_commands() -> list[str]:
+    return [command for block in readme_blocks() for command in block]
+
+
+def commands_with_setup() -> list[tuple[str, bool]]:
+    """(command, whether `make slurm-profile` comes before it in its own code block)."""
+    out = []
+    for block in readme_blocks():
+        for i, command in enumerate(block):
+            out.append((command, LINK_PROFILE in block[:i]))
+    return out
+
+
+def bare_profile(command: str) -> str | None:
+    """The profile a command names by a bare name (`--profile slurm`), which Snakemake looks up in the working
+    directory, then ~/.config/snakemake/ and /etc/xdg/snakemake/; None for a path (profiles/slurm) or none."""
+    match = re.search(r"--profile[ =](\S+)", command)
+    if match is None or "/" in match.group(1) or os.path.isdir(ROOT / match.group(1)):
+        return None
+    return match.group(1)
 
 
 def as_run(command: str) -> str:
@@ -41,14 +71,24 @@ def as_run(command: str) -> str:
     return command
 
 
-@pytest.mark.parametrize("command", [c for c in readme_commands() if c not in PATTERNS])
-def test_readme_command_runs_as_printed(command, demo, tmp_path):
-    cwd = demo if command.startswith(REAL_WORK_IN_DEMO) else ROOT
-    env = {**offline_env(), "HOME": str(tmp_path)}  # make slurm-profile links into $HOME/.config/snakemake
-    if "--profile slurm " in command + " ":
-        subprocess.run(["make", "slurm-profile"], cwd=ROOT, env=env, check=True, capture_output=True)
+@pytest.mark.slow
+@pytest.mark.parametrize("command, linked", [(c, linked) for c, linked in commands_with_setup() if c not in PATTERNS],
+                         ids=lambda v: v if isinstance(v, str) else "")
+def test_readme_command_runs_as_printed(command, linked, request, tmp_path):
+    cwd = request.getfixturevalue("demo") if command.startswith(REAL_WORK_IN_DEMO) else ROOT
+    env = {**offline_env(), "HOME": str(tmp_path)}  # a fresh $HOME: no profile linked unless the block does it
+    if linked:
+        subprocess.run(LINK_PROFILE.split(), cwd=ROOT, env=env, check=True, capture_output=True)
     proc = subprocess.run(["bash", "-c", as_run(command)], cwd=cwd, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, f"README command failed: {as_run(command)}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+
+
+def test_a_short_profile_name_is_linked_in_its_own_block():
+    """`--profile slurm` works only after `make slurm-profile` (or from a checkout with ./slurm): a command that
+    uses it must follow that line in its own code block, or print --profile profiles/slurm."""
+    unlinked = [c for c, linked in commands_with_setup() if bare_profile(c) and not linked and c not in PATTERNS]
+    assert not unlinked, (f"README commands name a profile by a bare name without `{LINK_PROFILE}` before them in "
+                          f"their code block (print --profile profiles/slurm instead): {unlinked}")
 
 
 def test_every_pattern_is_still_in_the_readme():

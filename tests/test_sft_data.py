@@ -367,6 +367,57 @@ def test_bad_records_are_counted_by_reason(tmp_path, bpe):
     assert forced["skipped"]["no_messages_field"] == 4 and forced["records_written"] == 2
 
 
+GREETING = {"role": "assistant", "content": "hello there"}
+# Templates that cannot render an assistant turn after an empty context: one reads messages[0] (the render of no
+# messages raises), one writes a default system turn before a conversation that has none (the render of no messages
+# is not a prefix of the conversation's).
+NO_EMPTY_CONTEXT = {
+    "reads messages[0]": "{%- if messages[0]['role'] == 'system' -%}{%- endif -%}" + DEFAULT_TEMPLATE,
+    "default system turn": ("{%- if messages and messages[0]['role'] != 'system' -%}{{- '<|system|>\nbe brief\n' "
+                            "-}}{%- endif -%}" + DEFAULT_TEMPLATE),
+}
+
+
+def test_a_conversation_that_opens_with_an_assistant_turn_trains_it(tmp_path, tok):
+    """A greeting before the first question is an answer with an empty context: its span starts after the template
+    rendered on no messages; a lone greeting (no prompt to evaluate with) is a counted skip."""
+    opening = [GREETING, *DIALOGUE[1:3]]
+    src = tmp_path / "data.jsonl"
+    src.write_text("\n".join(json.dumps(r) for r in [
+        {"messages": opening},
+        {"messages": [GREETING]},
+        {"messages": [GREETING, {"role": "user", "content": "hi"}]},  # the trailing user turn is dropped
+    ]) + "\n")
+    stats = build(sft_config(src, validation_fraction=0.0), tok, "train", tmp_path / "o.parquet", progress=False)
+    assert stats["records_written"] == 1 and stats["skipped"] == {"no_prompt": 2}
+    assert stats["records_read"] == stats["records_written"] + sum(stats["skipped"].values())
+    assert "the first message" in stats["skipped_examples"]["no_prompt"][0]
+    row = read_parquet(tmp_path / "o.parquet").to_pylist()[0]
+    assert json.loads(row["prompt"]) == opening[:-1] and row["reference"] == ANSWERS[0]
+    turns = runs(row["answer_mask"])
+    assert len(turns) == 2 and stats["assistant_turns"] == 2
+    # The greeting's tokens follow exactly the template's text for no messages + the generation prompt.
+    head = tok("<|assistant|>\n", add_special_tokens=False)["input_ids"]
+    (a, b), last = turns[0], turns[1]
+    assert row["ids"][:a] == head and row["ids"][b - 1] == tok.eos_token_id
+    assert norm(tok.decode(row["ids"][a:b - 1])) == norm(GREETING["content"])
+    assert norm(tok.decode(row["ids"][last[0]:], skip_special_tokens=True)) == norm(ANSWERS[0])
+
+
+@pytest.mark.parametrize("template", sorted(NO_EMPTY_CONTEXT))
+def test_an_opening_assistant_turn_the_template_cannot_render_is_a_counted_skip(tmp_path, template):
+    tok = bpe_tokenizer()
+    tok.chat_template = NO_EMPTY_CONTEXT[template]
+    src = tmp_path / "data.jsonl"
+    src.write_text("\n".join(json.dumps({"messages": m}) for m in [[GREETING, *DIALOGUE[1:3]], DIALOGUE[1:3]])
+                   + "\n")
+    stats = build(sft_config(src, validation_fraction=0.0), tok, "train", tmp_path / "o.parquet", progress=False)
+    assert stats["records_written"] == 1 and stats["skipped"] == {"leading_assistant_turn": 1}
+    assert stats["records_read"] == 2
+    assert "starts with an assistant turn" in stats["skipped_examples"]["leading_assistant_turn"][0]
+    assert read_parquet(tmp_path / "o.parquet").column("conversation_id").to_pylist() == ["data.jsonl:2"]
+
+
 def test_local_parquet_json_folder_and_hash_split(tmp_path, bpe):
     folder = tmp_path / "data"
     folder.mkdir()

@@ -10,11 +10,11 @@ def test_a_failed_jobs_own_error_reaches_the_console(tmp_path):
     """`snakemake --cores 2` as the README prints it (no profile): the job's message, not just "check log"."""
     proc = subprocess.run(
         [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "--cores", "1",
-         "data/local/raw/train/shard_00000.parquet", "--config", "corpus={name: local, path: /nonexistent}"],
+         "corpus_train", "--config", "corpus={name: local, path: /nonexistent}"],
         capture_output=True, text=True)
     assert proc.returncode != 0
     assert "/nonexistent: corpus path does not exist" in proc.stdout + proc.stderr
-    assert not (tmp_path / "data" / "local" / "raw" / "train" / "shard_00000.parquet").exists()
+    assert not list((tmp_path / "data").rglob("*.parquet"))
 
 
 def run_snakemake(workdir, *args):
@@ -34,10 +34,10 @@ def test_a_missing_spacy_model_stops_the_run_before_any_job(tmp_path):
 
 def test_check_models_false_skips_the_check(tmp_path):
     """On a login node without the models: the corpus job runs (it needs no spaCy model)."""
-    proc = run_snakemake(tmp_path, "data/pydoc/raw/validation/shard_00000.parquet", "--config",
+    proc = run_snakemake(tmp_path, "corpus_validation", "--config",
                          "annotate={spacy_model: en_core_web_xx, check_models: false}")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert (tmp_path / "data" / "pydoc" / "raw" / "validation" / "shard_00000.parquet").exists()
+    assert list((tmp_path / "data" / "pydoc").glob("raw-*/validation/shard_00000.parquet"))
 
 
 def planned_jobs(stdout: str) -> dict[str, list[dict]]:

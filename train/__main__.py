@@ -34,6 +34,15 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def generation_meta(config: dict) -> dict:
+    """config.json's "generation" of an sft / dpo model folder: the answer settings of the pipeline's SFT
+    evaluation (sft.gen_length, eval_steps, remasking, eos_guard; rule evaluate_sft) as eval.generate's options,
+    which it takes as its defaults for this folder. Not a rerun trigger of train: the config at training time."""
+    sft = config["sft"]
+    return {"gen_length": sft["gen_length"], "steps": sft["eval_steps"], "remasking": sft["remasking"],
+            "eos_guard": sft["eos_guard"]}
+
+
 def main(argv=None, on_step=None) -> int:
     """Run the command; on_step(step) is called after every step (used by tests to interrupt a run)."""
     args = parse_args(argv)
@@ -58,6 +67,8 @@ def main(argv=None, on_step=None) -> int:
         trainer_class = DPOTrainer
     trainer = trainer_class(settings, args.train_shards, args.val_shards, args.tokenizer, args.out,
                       init_dir=args.init, run=args.run)
+    if settings.kind in ("sft", "dpo"):  # config.json (written at the end) records how the pipeline answers
+        trainer.meta["generation"] = generation_meta(config)
     try:
         return trainer.run(on_step=on_step)
     except TrainingDiverged as err:  # the message says it all; a traceback into the loop would bury it

@@ -4,6 +4,8 @@ A model folder holds
     model.safetensors   the EMA weights (the ones used for evaluation and sampling)
     config.json         everything needed to rebuild and use the model: model (architecture), objective,
                         noise, stage, prefix_len, target_len, vocab_size, mask_id, eos_id, bos_id, tokenizer
+                        ("tokenizer": the copy below) and tokenizer_sha256 (its digest, checked at load)
+    tokenizer/          a copy of the tokenizer the model was trained with: the folder loads from anywhere
                         (REQUIRED below; the trainer also writes run, kind, method, steps, ...), and
                         backbone (train/backbones.py: {"kind": "dit"} or a transformers masked LM, whose
                         "model" is then its transformers config dict; absent = dit)
@@ -44,12 +46,72 @@ def save_weights_atomic(path: str | os.PathLike, state_dict: dict[str, torch.Ten
         save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, str(tmp))
 
 
+TOKENIZER = "tokenizer"   # the model folder's own copy of the tokenizer it was trained with
+
+
+def tokenizer_digest(folder: str | os.PathLike) -> str:
+    """SHA-256 over the tokenizer folder's files (names and bytes, sorted by name): equal digests, equal
+    tokenizers. Recorded in config.json as tokenizer_sha256 and checked at load."""
+    import hashlib
+
+    folder = Path(folder)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise FileNotFoundError(f"{folder}: no tokenizer files")
+    h = hashlib.sha256()
+    for path in files:
+        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def copy_tokenizer(source: str | os.PathLike, out_dir: Path) -> dict:
+    """Copy the tokenizer folder ``source`` into ``out_dir/tokenizer`` (atomically) and return the config.json
+    keys that name it: the path relative to the model folder and its digest. A model folder is self-contained:
+    it loads from any working directory, and two configs' tokenizers can never be confused."""
+    import shutil
+
+    from common.io import atomic_dir
+
+    source = Path(source)
+    if (source.resolve() != (out_dir / TOKENIZER).resolve()):
+        with atomic_dir(out_dir / TOKENIZER) as tmp:
+            for path in sorted(source.iterdir()):
+                if path.is_file() and not path.name.startswith("."):
+                    shutil.copy2(path, tmp / path.name)
+    return {"tokenizer": TOKENIZER, "tokenizer_sha256": tokenizer_digest(out_dir / TOKENIZER)}
+
+
 def save_model(out_dir: str | os.PathLike, state_dict: dict[str, torch.Tensor], meta: dict) -> None:
-    """Write model.safetensors then config.json (config last: its presence marks a complete folder)."""
+    """Write the tokenizer copy, model.safetensors, then config.json (config last: its presence marks a complete
+    folder). meta["tokenizer"] is the tokenizer folder the model was trained with; the folder gets a copy of it
+    (copy_tokenizer) and config.json names the copy."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    meta = {**meta, **copy_tokenizer(resolve_tokenizer_source(meta["tokenizer"], out_dir), out_dir)}
     save_weights_atomic(out_dir / WEIGHTS, state_dict)
     write_json(meta, out_dir / CONFIG)
+
+
+def resolve_tokenizer_source(path: str, model_dir: Path) -> Path:
+    """The tokenizer folder a config.json "tokenizer" value names: relative to the model folder (the copy save_model
+    makes), else as given (folders written before models carried their tokenizer: relative to the working
+    directory they were trained in)."""
+    inside = Path(model_dir) / path
+    return inside if not Path(path).is_absolute() and inside.is_dir() else Path(path)
+
+
+def model_tokenizer_dir(model_dir: str | os.PathLike, meta: dict) -> Path:
+    """The tokenizer folder of a model folder, checked against the digest config.json records: a tokenizer that
+    does not match the model is refused (it would decode silently wrong, or fail on ids past its vocabulary)."""
+    folder = resolve_tokenizer_source(meta["tokenizer"], Path(model_dir))
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{Path(model_dir) / CONFIG}: tokenizer {meta['tokenizer']!r} not found (looked in "
+                                f"{Path(model_dir) / meta['tokenizer']} and {folder})")
+    expected = meta.get("tokenizer_sha256")
+    if expected is not None and tokenizer_digest(folder) != expected:
+        raise ValueError(f"{folder}: this tokenizer does not match the model in {model_dir} (sha256 "
+                         f"{tokenizer_digest(folder)[:12]}..., config.json records {expected[:12]}...)")
+    return folder
 
 
 def _is_int(value) -> bool:
@@ -69,7 +131,8 @@ REQUIRED = {
     "mask_id": (_is_int, "an integer token id"),
     "eos_id": (_is_int, "an integer token id"),
     "bos_id": (_is_int, "an integer token id (the AR model reads [bos ; block])"),
-    "tokenizer": (lambda v: isinstance(v, str) and v != "", "a tokenizer folder path"),
+    "tokenizer": (lambda v: isinstance(v, str) and v != "", "a tokenizer folder path (relative: inside the model "
+                                                             "folder, where save_model copies it)"),
 }
 
 
@@ -80,14 +143,33 @@ def _read_json(path: Path):
         raise ValueError(f"{path}: not valid JSON ({err})") from None
 
 
+def _listing(folder: Path, limit: int = 6) -> str:
+    """A few names of what a folder holds, for an error message."""
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
+    if not names:
+        return "an empty folder"
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
 def read_meta(model_dir: str | os.PathLike) -> dict:
     """config.json of a model folder, every REQUIRED key checked: the one reader of the file save_model writes."""
-    path = Path(model_dir) / CONFIG
+    folder = Path(model_dir)
+    path = folder / CONFIG
+    if not folder.exists():
+        raise FileNotFoundError(f"{folder}: no such folder; expected a model folder written by python -m train "
+                                f"(runs/{{run}}/model or runs/{{run}}/stage{{k}})")
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{folder}: a file, not a folder; expected a model folder holding {CONFIG} and "
+                                 f"{WEIGHTS}")
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no config.json; is {model_dir} a finished training folder?")
+        raise FileNotFoundError(f"{path}: no config.json; is {model_dir} a finished training folder? (a model "
+                                f"folder holds {CONFIG} and {WEIGHTS}; found {_listing(folder)})")
     meta = _read_json(path)
     if not isinstance(meta, dict):
         raise ValueError(f"{path}: expected a JSON object, got {type(meta).__name__}")
+    if "objective" not in meta:  # a transformers model or tokenizer folder has a config.json too
+        raise ValueError(f"{path}: not a model folder written by python -m train (its config.json has no "
+                         f"'objective'; found keys {sorted(meta)[:8]}): a transformers or data folder?")
     for key, (valid, expected) in REQUIRED.items():
         if key not in meta:
             raise ValueError(f"{path}: missing key {key!r} (expected {expected})")
@@ -129,5 +211,29 @@ def load_model(model_dir: str | os.PathLike, device: str | torch.device = "cpu")
     if not weights.is_file():
         raise FileNotFoundError(f"{weights}: missing model weights")
     model = model_from_meta(meta)
-    load_state_strict(model, load_file(str(weights)), str(weights))
+    state = read_weights(weights)
+    load_state_strict(model, state, str(weights))
     return model.to(device).eval(), meta
+
+
+def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a model.safetensors, checked: a file safetensors cannot parse (truncated by a full disk or
+    an interrupted copy) and a tensor with a NaN or +-inf value are errors naming the file (and the tensor).
+
+    The finiteness check is one reduction per tensor: sum(t) is finite when every element is (NaN and +-inf
+    propagate through a sum), so only a tensor whose sum is not finite is searched element by element (its
+    sum may merely overflow, e.g. float16 past 65504)."""
+    path = Path(path)
+    try:
+        state = load_file(str(path))
+    except Exception as err:  # safetensors' SafetensorError (Rust) is not importable by a stable name
+        raise ValueError(f"{path}: cannot read the weights ({err}); the file ({path.stat().st_size:,} bytes) is "
+                         f"truncated or corrupt: copy it again or rerun the training job") from None
+    bad = [(name, int((~torch.isfinite(t)).sum()), t.numel()) for name, t in state.items()
+           if t.is_floating_point() and not torch.isfinite(t.sum()) and not torch.isfinite(t).all()]
+    if bad:
+        name, count, numel = bad[0]
+        raise ValueError(f"{path}: non-finite weights: tensor {name!r} has {count} NaN/inf value(s) of {numel}"
+                         + (f" ({len(bad) - 1} more tensor(s) too: {[b[0] for b in bad[1:4]]})" if len(bad) > 1
+                            else "") + "; the run diverged or the file is corrupt")
+    return state

@@ -1,0 +1,141 @@
+"""Local folders in the layouts of the hub models and tokenizers the cluster recipes name, so that their offline
+twins (configs/twins/) run the same loading code with nothing fetched:
+
+    hub/gpt2           a byte-level BPE in GPT-2's tokenizer layout (vocab.json, merges.txt, tokenizer.json,
+                       <|endoftext|> as bos / eos / unk), trained on pydoc: the `gpt2` tokenizer
+    hub/gpt2-large     a 1-layer GPT-2 causal LM in transformers' layout with that tokenizer: the gen ppl scorer
+    hub/sedd-small     a random tiny DiT in louaaron/sedd-small's layout (config.json model/tokens, published key
+                       names in pytorch_model.bin), on the gpt2 tokenizer + mask vocabulary
+    hub/mdlm-owt       a random tiny DiT in kuleshov-group/mdlm-owt's layout (model_type mdlm, keys under
+                       backbone.), same vocabulary
+
+Sizes follow train.model.ModelConfig's `tiny` (what the twins train). Build them in a working directory with
+
+    python tests/hub_layouts.py hub        # then: snakemake --cores 2 --configfile configs/paper.yaml configs/twins/paper.yaml
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from train.model import DiffusionTransformer, ModelConfig  # noqa: E402
+
+EOT = "<|endoftext|>"
+GPT2_VOCAB = 600   # small, so that tiny models on it train in seconds
+
+
+def pydoc_texts(limit: int = 400) -> list[str]:
+    from pydoc_data.topics import topics
+
+    return [topics[k] for k in sorted(topics)][:limit]
+
+
+def write_gpt2_tokenizer(folder: Path) -> Path:
+    """A byte-level BPE saved as GPT2TokenizerFast: the files the hub's `gpt2` holds."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import GPT2TokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(pydoc_texts(), vocab_size=GPT2_VOCAB, min_frequency=2, special_tokens=[EOT])
+    folder.mkdir(parents=True, exist_ok=True)
+    bpe.save_model(str(folder))   # vocab.json, merges.txt, as the hub's gpt2 also ships them
+    tok = GPT2TokenizerFast(tokenizer_object=bpe._tokenizer, bos_token=EOT, eos_token=EOT, unk_token=EOT,
+                            model_max_length=1024)
+    tok.save_pretrained(str(folder))
+    return folder
+
+
+def pipeline_vocab_size(tokenizer_folder: Path) -> int:
+    """The vocabulary a pipeline model trained on this tokenizer has: preprocess.tokenizer adds the mask token."""
+    from preprocess.tokenizer import load_pretrained
+
+    return len(load_pretrained(str(tokenizer_folder)))
+
+
+def write_causal_lm(folder: Path, tokenizer_folder: Path) -> Path:
+    """A random 1-layer GPT-2 with the tokenizer beside it, as gpt2-large is laid out on the hub."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_folder))
+    torch.manual_seed(3)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=256, n_embd=32, n_layer=1, n_head=2,
+                                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id))
+    model.save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    return folder
+
+
+def random_dit(vocab_size: int, seed: int = 7) -> DiffusionTransformer:
+    torch.manual_seed(seed)
+    model = DiffusionTransformer(ModelConfig.from_size("tiny", vocab_size))
+    for name, p in model.named_parameters():
+        if name != "prefix_embed":
+            torch.nn.init.normal_(p, std=0.05)
+    return model
+
+
+def published_state(model: DiffusionTransformer) -> dict[str, torch.Tensor]:
+    """The network's weights under SEDD's / MDLM's key names (no prefix segment; a rotary buffer)."""
+    cfg = model.config
+    state = {("vocab_embed.embedding" if k == "vocab_embed.weight" else k): v.clone()
+             for k, v in model.state_dict().items() if k != "prefix_embed"}
+    head = cfg.dim // cfg.n_heads
+    state["rotary_emb.inv_freq"] = 1.0 / (10000 ** (torch.arange(0, head, 2).float() / head))
+    return state
+
+
+def write_sedd_small(folder: Path, vocab_size: int) -> DiffusionTransformer:
+    """louaaron/sedd-small's layout: config.json {model: {...}, graph: absorb, tokens: vocab - 1 (the absorbing
+    state is the extra token)}, pytorch_model.bin with unprefixed keys."""
+    model = random_dit(vocab_size)
+    cfg = model.config
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps({
+        "model": {"name": "small", "type": "ddit", "hidden_size": cfg.dim, "cond_dim": cfg.cond_dim, "length": 1024,
+                  "n_blocks": cfg.n_layers, "n_heads": cfg.n_heads, "scale_by_sigma": True, "dropout": 0.1},
+        "graph": {"type": "absorb"}, "noise": {"type": "loglinear"}, "tokens": vocab_size - 1}))
+    torch.save(published_state(model), folder / "pytorch_model.bin")
+    return model
+
+
+def write_mdlm_owt(folder: Path, vocab_size: int) -> DiffusionTransformer:
+    """kuleshov-group/mdlm-owt's layout: config.json with model_type mdlm, weights under `backbone.`."""
+    from safetensors.torch import save_file
+
+    model = random_dit(vocab_size)
+    cfg = model.config
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "mdlm", "auto_map": {"AutoModelForMaskedLM": "modeling_mdlm.MDLM"},
+        "vocab_size": vocab_size, "model_length": 1024, "hidden_dim": cfg.dim, "cond_dim": cfg.cond_dim,
+        "n_blocks": cfg.n_layers, "n_heads": cfg.n_heads, "dropout": 0.1, "time_conditioning": False}))
+    save_file({f"backbone.{k}": v.contiguous() for k, v in published_state(model).items()},
+              str(folder / "model.safetensors"))
+    return model
+
+
+def build_hub(root: Path) -> Path:
+    """Every folder of the module docstring under ``root`` (skipped where it exists: built once per workspace)."""
+    root = Path(root)
+    if (root / ".complete").exists():
+        return root
+    tokenizer = write_gpt2_tokenizer(root / "gpt2")
+    vocab = pipeline_vocab_size(tokenizer)
+    write_causal_lm(root / "gpt2-large", tokenizer)
+    write_sedd_small(root / "sedd-small", vocab)
+    write_mdlm_owt(root / "mdlm-owt", vocab)
+    (root / ".complete").write_text("")
+    return root
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python tests/hub_layouts.py FOLDER")
+    print(build_hub(Path(sys.argv[1])))
