@@ -309,7 +309,8 @@ def dpo_reference(config: dict, run: str, run_dir: Callable[[str], str]) -> str:
         return f"{run_dir(reference)}/model"
     start = Path(run_dir(spec["init_from"])) / "model" / "config.json"
     if start.is_file():
-        theirs = _read_model_meta(Path(reference) / "config.json", _reference_key(config, run)).get("vocab_size")
+        theirs = _read_model_meta(Path(reference).expanduser() / "config.json",
+                                  _reference_key(config, run)).get("vocab_size")
         mine = _read_model_meta(start, f"runs.{spec['init_from']}").get("vocab_size")
         if mine != theirs:
             raise ConfigError(f"{_reference_key(config, run)} = {reference!r}: its config.json has vocab_size "

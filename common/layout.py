@@ -12,6 +12,13 @@ what they build differently.
     layout.preference("train")               data/pydoc/preference-19fe.../96/train
     layout.run("cascade")                    runs/demo/cascade
 
+From the shell (to ask Snakemake for one shard, or to find a config's outputs), with the configfiles merged as
+Snakemake merges them (config.yaml when none is given):
+
+    python -m common.layout annot keybert train                                  data/pydoc/annot-5d1a.../keybert/train
+    python -m common.layout tokenizer --configfile configs/tiny.yaml
+    python -m common.layout run sft --configfile configs/sft.yaml configs/twins/sft.yaml
+
 The tag after a data product's name is the first 8 hex digits of
 
     sha256(yaml(settings of that product, and the paths of the products it is made from))
@@ -29,7 +36,10 @@ carries a copy of its tokenizer (train/trainer.py), so it is usable from anywher
 """
 from __future__ import annotations
 
+import argparse
+import copy
 import hashlib
+from pathlib import Path
 
 import yaml
 
@@ -104,3 +114,52 @@ class Layout:
 
     def run(self, run: str) -> str:
         return f"runs/{self.profile}/{run}"
+
+
+def merge_configfiles(paths) -> dict:
+    """The configfiles merged key by key, in order (nested mappings merged, anything else replaced), as
+    Snakemake's --configfile merges them; then checked and the schema's defaults filled in."""
+    from common.config import read_yaml, validate_config
+
+    def merge(base: dict, over: dict) -> dict:
+        for key, value in over.items():
+            if isinstance(value, dict) and isinstance(base.get(key), dict):
+                merge(base[key], value)
+            else:
+                base[key] = copy.deepcopy(value)
+        return base
+
+    config: dict = {}
+    for path in paths:
+        merge(config, read_yaml(path) or {})
+    return validate_config(config, " + ".join(map(str, paths)))
+
+
+PRODUCTS = {  # what the command line can ask for: (argument names, the Layout call)
+    "raw": (["split"], lambda l, a: l.raw(a.split)),
+    "tokenizer": ([], lambda l, a: l.tokenizer),
+    "annot": (["method", "split"], lambda l, a: l.annot(a.method, a.split)),
+    "stages": (["method", "split"], lambda l, a: l.stages(a.method, a.split)),
+    "blocks": (["packing", "split"], lambda l, a: l.blocks(a.packing, a.split)),
+    "sft": (["split"], lambda l, a: l.sft(a.split)),
+    "preference": (["split"], lambda l, a: l.preference(a.split)),
+    "run": (["run"], lambda l, a: l.run(a.run)),
+}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m common.layout", description="Print where a config keeps one of "
+                                     "its outputs (relative to the working directory Snakemake runs in).")
+    sub = parser.add_subparsers(dest="product", required=True)
+    for name, (args, _) in PRODUCTS.items():
+        p = sub.add_parser(name)
+        for arg in args:
+            p.add_argument(arg)
+        p.add_argument("--configfile", nargs="+", default=[str(Path(__file__).resolve().parents[1] / "config.yaml")],
+                       help="as snakemake's --configfile, after the product (default: the embedded config.yaml)")
+    args = parser.parse_args(argv)
+    print(PRODUCTS[args.product][1](Layout(merge_configfiles(args.configfile)), args))
+
+
+if __name__ == "__main__":
+    main()

@@ -5,7 +5,7 @@
 # Uses from the Snakefile / rules/common.smk and rules/train.smk: config, RUNS, TRAIN, previous_stage(), run_data_shards(),
 # tokenizer_dir(), run_model_dirs(), job_resources(), device_arg().
 
-from common.config import ar_scorer_run  # noqa: E402
+from common.config import ar_scorer_run, dpo_reference  # noqa: E402
 
 SAMPLE = config["sample"]
 EVALUATE = config["evaluate"]
@@ -253,9 +253,7 @@ DPO = config["dpo"]
 
 def dpo_dirs(run):
     """(the model folder a dpo run started from, its frozen reference)."""
-    s = TRAIN[(run, "model")]
-    start = previous_stage(s)
-    return start, s.dpo["reference"] or start
+    return previous_stage(TRAIN[(run, "model")]), dpo_reference(config, run, run_dir)
 
 
 def dpo_model_files(run):

@@ -10,7 +10,8 @@
 # when the checkpoint was written under the same settings (train/trainer.py compares their digest).
 # A job stopped by SIGTERM / SIGUSR1 checkpoints and exits 75 (a failure to Snakemake, so it is retried).
 # Uses from the Snakefile / rules/common.smk: config, RUNS, CONFIG_FILE, stage_shards(), tokenizer_dir().
-from train.settings import resolve as resolve_train_settings  # noqa: E402 (the Snakefile put the repo on sys.path)
+from common.config import dpo_reference  # noqa: E402 (the Snakefile put the repo on sys.path)
+from train.settings import resolve as resolve_train_settings  # noqa: E402
 
 # Every model's settings, resolved (and checked) once, when the workflow is parsed: a bad run stops the
 # workflow before any job, naming the run and the key.
@@ -44,8 +45,9 @@ def train_inputs(wildcards):
               "tokenizer": tokenizer_dir()}
     if previous_stage(s):
         inputs["init"] = [f"{previous_stage(s)}/model.safetensors", f"{previous_stage(s)}/config.json"]
-    if s.kind == "dpo" and s.dpo["reference"]:  # a frozen reference other than the start
-        inputs["reference"] = [f"{s.dpo['reference']}/model.safetensors", f"{s.dpo['reference']}/config.json"]
+    if s.kind == "dpo":  # the frozen reference: a run's model folder (built by this DAG) or a folder on disk
+        reference = dpo_reference(config, s.run, run_dir)
+        inputs["reference"] = [f"{reference}/model.safetensors", f"{reference}/config.json"]
     return inputs
 
 
@@ -78,6 +80,7 @@ rule train:
         launch=lambda w: train_launcher(train_settings(w)),
         stage=lambda w: f"--stage {train_settings(w).stage}",
         init=lambda w: f"--init {previous_stage(train_settings(w))}" if previous_stage(train_settings(w)) else "",
+        reference=lambda w: f"--reference {dpo_reference(config, w.run, run_dir)}" if RUNS[w.run]["kind"] == "dpo" else "",
     conda:
         "../envs/train.yaml"
     log:
@@ -95,4 +98,4 @@ rule train:
     shell:
         "OMP_NUM_THREADS={threads} {params.launch} --config {CONFIG_FILE} --run {wildcards.run} {params.stage}"
         " --train-shards {input.train} --val-shards {input.val} --tokenizer {input.tokenizer}"
-        " --out runs/{PROFILE}/{wildcards.run}/{wildcards.model} {params.init} > {log} 2>&1"
+        " --out runs/{PROFILE}/{wildcards.run}/{wildcards.model} {params.init} {params.reference} > {log} 2>&1"

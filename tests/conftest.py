@@ -2,14 +2,12 @@
 twin (configs/twins/), so that what two twins build alike (the corpus, a tokenizer, packed blocks: data folders
 are named by their settings, common/layout.py) is built once for the whole session, and each config's runs stay
 under runs/{profile}/."""
-import copy
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -45,20 +43,9 @@ def snakemake(workdir, *args, configfiles=TINY):
 def merged_config(configfiles=TINY) -> dict:
     """The config Snakemake builds from ``configfiles`` (merged key by key, in order, as --configfile does) with
     the schema's defaults filled in."""
-    from common.config import validate_config
+    from common.layout import merge_configfiles
 
-    def merge(base, over):
-        for key, value in over.items():
-            if isinstance(value, dict) and isinstance(base.get(key), dict):
-                merge(base[key], value)
-            else:
-                base[key] = copy.deepcopy(value)
-        return base
-
-    config = {}
-    for path in configfiles:
-        merge(config, yaml.safe_load(Path(path).read_text()) or {})
-    return validate_config(config, " + ".join(map(str, configfiles)))
+    return merge_configfiles(configfiles)
 
 
 def layout(configfiles=TINY):
@@ -95,3 +82,35 @@ def demo(workspace):
     """One run of the default target of the tiny config (shared by every test that needs trained runs)."""
     snakemake(workspace)
     return workspace
+
+
+def tree_digest(root: Path, *folders: str) -> dict[str, str]:
+    """{relative path: sha256} of every file under ``folders`` of ``root``."""
+    import hashlib
+
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for folder in folders for p in sorted((root / folder).rglob("*")) if p.is_file()}
+
+
+def generate(model_dir: Path, cwd: Path, *args: str) -> str:
+    """`python -m eval.generate` on a model folder from another working directory; its stdout (JSONL)."""
+    cmd = [sys.executable, "-m", "eval.generate", "--model-dir", str(model_dir), "--seed", "0", "--threads", "1",
+           *args]
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env={**offline_env(), "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+TINY_GENERATE = ("--raw-prompt", "--prompt", "The", "--gen-length", "8", "--steps", "4")
+
+
+@pytest.fixture(scope="session")
+def sft_twin(demo, tmp_path_factory):
+    """The whole DAG of configs/sft.yaml's twin, run in the workspace after the tiny config's, with what the tiny
+    config had built just before it: (workspace, {file: sha256} of runs/tiny and results/tiny, and the text
+    eval.generate gives for tiny's single model from another directory)."""
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    before = {"files": tree_digest(demo, "runs/tiny", "results/tiny"),
+              "generate": generate(demo / "runs/tiny/single/model", elsewhere, *TINY_GENERATE)}
+    snakemake(demo, configfiles=twin("sft"))
+    return demo, before

@@ -8,8 +8,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import torch
+import yaml
 
-from conftest import layout, snakemake, twin
+from conftest import dry_run_counts, layout, snakemake, twin
 from train.checkpoint import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,12 +19,11 @@ RUNS = "runs/sft-twin"
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="session")
-def sft_run(demo):
-    """The whole twin DAG in the session's workspace, after the tiny config's (tests/test_two_configs.py checks
-    that neither touches the other's outputs): the SFT and DPO tables, the main table of the base runs."""
-    snakemake(demo, configfiles=CONFIGS)
-    return demo
+@pytest.fixture(scope="module")
+def sft_run(sft_twin):
+    """The whole twin DAG in the session's workspace, after the tiny config's (conftest.sft_twin; the two-configs
+    test checks that neither touches the other's outputs): the SFT and DPO tables, the main table of the base runs."""
+    return sft_twin[0]
 
 
 def test_sft_data_rows_and_stats(sft_run):
@@ -86,3 +86,33 @@ def test_dpo_pairs_train_from_the_sft_model_and_fill_the_table(sft_run):
     assert [r["run"] for r in rows] == ["dpo", "dpo-rpo"]
     assert float(rows[0]["reward_accuracy"]) == result["reward_accuracy"]
     assert float(rows[0]["win_rate"]) == result["win_rate"]
+
+
+def conversation(question: str, answer: str) -> str:
+    return json.dumps({"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]})
+
+
+def test_a_local_source_file_is_an_input_of_its_job(sft_run, tmp_path):
+    """Editing a local sft.source reruns the shards made from it (before, the DAG could not see the file)."""
+    source = sft_run / "local-sft.jsonl"
+    source.write_text("\n".join(conversation(f"Say {w}", w) for w in ("yes", "no", "maybe", "so")) + "\n")
+    override = tmp_path / "local.yaml"
+    override.write_text(yaml.safe_dump({"sft": {"source": "local-sft.jsonl", "validation_fraction": 0.25}}))
+    configs = (*CONFIGS, override)
+    target = f"{layout(configs).sft('train')}/shard_00000.parquet"
+    snakemake(sft_run, target, configfiles=configs)
+    assert dry_run_counts(sft_run, configs, target) == {}
+    with source.open("a") as f:
+        f.write(conversation("Say again", "again") + "\n")
+    assert dry_run_counts(sft_run, configs, target) == {"sft_data": 1}
+
+
+def test_a_dpo_reference_is_an_input_and_a_run_name_is_its_model(sft_run, tmp_path):
+    """dpo.reference: base (a run) makes base's model folder the dpo runs' reference: both retrain, are evaluated
+    against it, and the job is given that folder."""
+    override = tmp_path / "reference.yaml"
+    override.write_text(yaml.safe_dump({"dpo": {"reference": "base"}}))
+    counts = dry_run_counts(sft_run, (*CONFIGS, override))
+    assert counts == {"train": 2, "evaluate_dpo": 2, "dpo_report": 1}
+    proc = snakemake(sft_run, "-n", "-p", f"{RUNS}/dpo/model/model.safetensors", configfiles=(*CONFIGS, override))
+    assert f"--reference {RUNS}/base/model" in proc.stdout

@@ -28,6 +28,8 @@ def parse_args(argv=None):
     parser.add_argument("--val-shards", nargs="+", required=True)
     parser.add_argument("--tokenizer", required=True, help="tokenizer folder (PreTrainedTokenizerFast)")
     parser.add_argument("--out", required=True, help="output folder (runs/{run}/stage{k} or runs/{run}/model)")
+    parser.add_argument("--reference", default=None, help="a dpo run's frozen reference model folder (rules: "
+                        "common.config.dpo_reference; default: dpo.reference as a folder, else --init)")
     parser.add_argument("--init", default=None, help="start from this model folder (a cascade with warm_start: true; an sft or dpo run's init_from)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a training key of this run, checked by the config schema (e.g. --set max_steps=20)")
@@ -65,8 +67,11 @@ def main(argv=None, on_step=None) -> int:
         from train.dpo import DPOTrainer  # the same loop with the preference step
 
         trainer_class = DPOTrainer
+    if args.reference and settings.kind != "dpo":
+        raise SystemExit(f"--reference {args.reference} given but runs.{args.run} is kind {settings.kind}, not dpo")
+    extra = {"reference_dir": args.reference} if settings.kind == "dpo" else {}
     trainer = trainer_class(settings, args.train_shards, args.val_shards, args.tokenizer, args.out,
-                      init_dir=args.init, run=args.run)
+                            init_dir=args.init, run=args.run, **extra)
     if settings.kind in ("sft", "dpo"):  # config.json (written at the end) records how the pipeline answers
         trainer.meta["generation"] = generation_meta(config)
     try:

@@ -170,7 +170,8 @@ class DPOTrainer(Trainer):
 
     metric_fields = METRIC_FIELDS + DPO_FIELDS
 
-    def __init__(self, settings, train_shards, val_shards, tokenizer_dir, out_dir, init_dir=None, run=None):
+    def __init__(self, settings, train_shards, val_shards, tokenizer_dir, out_dir, init_dir=None, run=None,
+                 reference_dir=None):
         if init_dir is None:
             raise ValueError(f"runs.{settings.run}: a dpo run starts from a model folder (--init, init_from)")
         super().__init__(settings, train_shards, val_shards, tokenizer_dir, out_dir, init_dir=init_dir, run=run)
@@ -183,7 +184,8 @@ class DPOTrainer(Trainer):
         disabled = disable_dropout(policy)
         if disabled:
             self._say(f"dpo: dropout off in {disabled} policy module(s), so policy and reference score alike")
-        self.reference_dir = Path(self.dpo["reference"] or init_dir)
+        # the rule passes the resolved folder (common.config.dpo_reference: a run name is that run's model folder)
+        self.reference_dir = Path(reference_dir or self.dpo["reference"] or init_dir)
         self.reference = self._load_reference(policy)
         self.meta.update(dpo={k: self.dpo[k] for k in ("beta", "loss", "label_smoothing", "sft_weight", "time_samples")},
                          reference=str(self.reference_dir))
