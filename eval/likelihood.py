@@ -6,18 +6,50 @@ from (eval/samplers.py, many steps): every target position masked at t = 1, a ma
 rate lambda(t) = sigma'(t) / expm1(sigma(t)) into x0 ~ p_theta(x0 | x_t), the network told sigma = sigma_bar(t).
 With move(t) = 1 - exp(-sigma_bar(t)) the schedule's mask probability and M = move(1),
 
-    NELBO_k = (1 / N_k) sum_blocks [ int_0^1 E_{x_t ~ q_t}[ L(x0, x_t, t) ] dt + R(x0) ],
+    NELBO_k = (1 / N_k) sum_blocks [ D(x0) + R(x0) ],   D(x0) = int_0^1 E_{x_t ~ q_t}[ L(x0, x_t, t) ] dt,
     q_t     each target token masked independently with probability m(t) = move(t) / M,
     L       the training loss of the block's masked positions (train/objectives mdlm_token_loss /
-            sedd_token_loss, the terms diffusion_loss averages), summed:
-            MDLM  lambda(t) * -log p_theta(x0_i | x_t)
-            SEDD  sigma'(t) * [sum_y s_y - r log s_x0 + r (log r - 1)],  r = 1 / expm1(sigma)
+            sedd_token_loss, the terms diffusion_loss averages), summed; each term is lambda(t) * g_i:
+            MDLM  lambda(t) * g_i,  g_i = -log p_theta(x0_i | x_t)
+            SEDD  sigma'(t) * [sum_y s_y - r log s_x0 + r (log r - 1)],  r = 1 / expm1(sigma),
+                  so g_i = expm1(sigma) * [...] = sum_{y != m} a_y - log a_x0 - 1 with a_y = exp(logit_y) /
+                  (V - 1) (scale_by_sigma: s_y = r a_y): bounded, sigma reaches it only through the network
     R       the final denoising at t = 0: the sum over the positions q_0 masks of -log p_theta(x0_i | x);
             0 when move(0) = 0 (loglinear, cosine), not for geometric (move(0) = 1 - exp(-sigma_min)),
 
-estimated with K stratified times per block t_j = (j + 1 - u_j) / K in (0, 1], u_j ~ U[0, 1) from a fixed seed,
-one x_t per time and one x for R; N_k = the block's target tokens (blocks * l_k when nothing is padded, below).
-An AR run gets the exact NLL of [bos ; x0] (every token predicted). Perplexity = exp(NELBO per token).
+N_k = the block's target tokens (blocks * l_k when nothing is padded, below). An AR run gets the exact NLL of
+[bos ; x0] (every token predicted). Perplexity = exp(NELBO per token).
+
+The estimator of D (unbiased, finite variance). A block has n counted target positions; S is the set masked,
+k = |S|, q_t(S) = m^k (1 - m)^(n - k), G(S, t) = sum_{i in S} g_i. Substitute mu = m(t): lambda dt = (m'/m) dt
+= dmu / mu (M cancels), so with m0 = m(0) and t(mu) = m^{-1}(mu) (the schedule's closed-form inverse,
+eval.samplers.time_of_mask_share; loglinear t = mu, cosine t = (2/pi) arccos(1 - mu))
+
+    D = int_{m0}^1 sum_{S nonempty} mu^(k-1) (1 - mu)^(n-k) G(S, t(mu)) dmu.
+
+Per count: the patterns with k masks carry the weight c_k = C(n, k) int_{m0}^1 mu^(k-1) (1 - mu)^(n-k) dmu
+= (1/k) P(Binomial(n, m0) < k), and given k, S is uniform among the C(n, k) sets and mu ~ Beta(k, n - k + 1)
+restricted to (m0, 1], so D = sum_{k=1}^n c_k E[G(S, t(mu)) | k]:
+    loglinear, cosine (m0 = 0): c_k = 1/k (sum H_n); for a network that ignores t this is LLaDA's mask-count
+            form, sum_k (1/k) E_{|S| = k}[G(S)] = E_{k ~ U{1..n}}[(n/k) G(S)];
+    geometric (m0 = (1 - exp(-sigma_min)) / (1 - exp(-sigma_max))): c_k = (1/k) P(Binomial(n, m0) <= k - 1).
+Sampling: mu ~ U(m0, 1], then S = {i*} + {i != i*: u_i < mu}, i* uniform on the n positions, u_i ~ U[0, 1).
+Then P(S | mu) = (k/n) mu^(k-1) (1 - mu)^(n-k), the count k is 1 + Binomial(n - 1, mu) and, over mu,
+P(k) = P(Binomial(n, m0) < k) / (n (1 - m0)) (uniform on 1..n when m0 = 0), so
+
+    D = E_{mu, S}[ w(S) G(S, t(mu)) ],   w(S) = (1 - m0) n / |S| = c_k / P(k)       (0 < w <= (1 - m0) n),
+
+the same for every schedule (the schedule enters through t(mu) and m0). Every draw masks at least one token and
+carries a bounded weight, so the variance is finite (zero for a one-token block and a network that ignores t).
+The estimator it replaces drew t ~ U(0, 1], S ~ q_t and scored lambda(t) G: at small t a single mask of
+probability ~ n t carried the weight 1/t, so E[X^2] >= int n t (1 - t)^(n-1) (G_1 / t)^2 dt = infinity
+(unbiased, but one block's spread over draw seeds was dominated by rare small-t draws). Both objectives take
+the same estimator: SEDD's term is lambda(t) times the bounded g_i above, just as MDLM's.
+
+Per block: K stratified draws mu_j = m0 + (1 - m0) v_j, v_j = (j + 1 - u_j) / K in (0, 1] (u_j ~ U[0, 1) from a
+fixed seed; loglinear: the same stratified times as t_j = v_j), one S per draw (its own uniforms and i*),
+D ~= (1/K) sum_j w(S_j) G(S_j, t(mu_j)); R from one x per block. v_j = 1 gives mu = 1, t = 1: every position
+masked, as the samplers start.
 
 Why q_t and not the training noise: it is a strict bound. Dividing the mask probability by M changes neither
 the unmask probability between two times, (move(t) - move(s)) / move(t), nor the rate lambda = move'/move, so
@@ -40,22 +72,23 @@ w_i * -log p_theta(x0_j | x_{t_i}) per masked position and
     L_T = sum_{i=1}^T E_{x_{t_i} ~ q_{t_i}}[ w_i sum_{j masked} -log p_theta(x0_j | x_{t_i}) ] + R(x0),
     w_i = (m(t_i) - m(t_{i-1})) / m(t_i) = expm1(sigma_bar(t_i) - sigma_bar(t_{i-1})) / expm1(sigma_bar(t_i)),
 
-R the continuous bound's final term (the same draw), the prior term 0 as m(1) = 1. It is estimated on the same K
-stratified times and the same mask uniforms as the continuous bound (common random numbers): i_j = ceil(T t_j),
-uniform on 1..T over a uniformly chosen stratum, so
+R the continuous bound's final term (the same draw), the prior term 0 as m(1) = 1 (loglinear: T w_i = 1/t_i,
+MDLM's ``_d3pm_loss`` under SUBS). With m_i = m(t_i) and G_T(S, i) = sum_{j in S} -log p_theta(x0_j | x_{t_i}),
+the diffusion sum is sum_i (m_i - m_{i-1}) sum_S m_i^(k-1) (1 - m_i)^(n-k) G_T(S, i): the continuous integral's
+Riemann-Stieltjes sum. It is estimated on the continuous bound's draws (common random numbers): step
+i = ceil(T t(mu)), i.e. mu in (m_{i-1}, m_i], probability (m_i - m_{i-1}) / (1 - m0); S_i = {i*} + {u_i < m_i}
+(the same i* and uniforms), probability (k/n) m_i^(k-1) (1 - m_i)^(n-k); so
 
-    L_T ~= (T / K) sum_j w_{i_j} sum_{j' masked at t_{i_j}} -log p_theta(x0_j' | x_{t_{i_j}}) + R
+    L_T = E[ (1 - m0) n / |S_i| * G_T(S_i, i) ] + R,
 
-is unbiased. Loglinear: m(t) = t, so T w_i = T (1/T) / (i/T) = 1 / t_i, which is MDLM's ``_d3pm_loss`` under SUBS
-(x_theta(m) = 0 zeroes both log(alpha x_theta(m) / t + 1) terms and leaves T * (dt / t) * -log p_theta(x0),
-dt = 1/T, t in {1/T, ..., 1}). As T -> inf, T w_i -> m'(t) / m(t) = lambda(t) and t_{i_j} -> t_j, so the discrete
-estimate tends to the continuous one draw by draw. SEDD has no such bound here (its network is trained as a score
-of the continuous-time chain): ``nelbo_discrete`` is null, the reason in its definition. AR: the exact NLL, the
-same number for both.
+the continuous estimator's weight. As T -> inf, m_i -> mu and t_i -> t(mu), so the discrete estimate tends to
+the continuous one draw by draw. SEDD has no such bound here (its network is trained as a score of the
+continuous-time chain): ``nelbo_discrete`` is null, the reason in its definition. AR: the exact NLL, the same
+number for both.
 
 Padding (config.json ``pad_id``, written for doc blocks: the end of a document's last block). A target position
-whose x0 is the pad token is never masked (its mask uniform is set above every mask probability), carries no loss
-and is not counted: N_k counts the other target tokens. The sums are taken from the token losses, so no
+whose x0 is the pad token is never masked, carries no loss and is not counted: n and N_k count the other target
+tokens (an SFT answer mask, ``scored``, restricts the same way). The sums are taken from the token losses, so no
 normaliser of the training loss is assumed. Which column a model reads: train.data.data_columns of its
 config.json ``data`` (stages | wrap | doc; absent in older folders: stages).
 
@@ -81,19 +114,24 @@ from eval.trained import Trained, load_trained
 DEFINITION_STAGE = (
     "validation NELBO of stage k in nats per target token, a strict upper bound on -ln p of the true stage-k block "
     "given the true stage k-1 block (clean prefix) under the continuous-time sampler (all masks at t = 1): the "
-    "training loss terms (train/objectives) of x_t, each target token masked with probability "
-    "(1 - exp(-sigma_bar(t))) / (1 - exp(-sigma_bar(1))) and the network told sigma_bar(t), averaged over K "
-    "stratified times per block t_j = (j + 1 - u_j)/K in (0, 1] (u_j ~ U[0,1) from a fixed seed), plus the final "
-    "denoising term at t = 0 when the schedule masks there, summed over blocks and divided by tokens = the target "
-    "tokens that are not padding (pad_id of config.json: never masked, no loss; blocks * l_k without padding); "
-    "for an AR model the exact NLL of [bos; x0] per (non-pad) token; ppl = exp(nelbo)")
+    "integral over t in (0, 1] of the training loss terms (train/objectives) of x_t, each target token masked with "
+    "probability m(t) = (1 - exp(-sigma_bar(t))) / (1 - exp(-sigma_bar(1))) and the network told sigma_bar(t), plus "
+    "the final denoising term at t = 0 when the schedule masks there (m0 = m(0) > 0), summed over blocks and divided "
+    "by tokens = the target tokens that are not padding (pad_id of config.json: never masked, no loss; blocks * l_k "
+    "without padding). Estimated per block (n counted tokens) from K stratified draws mu_j = m0 + (1 - m0)(j + 1 - "
+    "u_j)/K in (m0, 1] (u_j ~ U[0,1) from a fixed seed), each masking one uniformly chosen target token and every "
+    "other with probability mu_j, the network told sigma_bar(t) at m(t) = mu_j: the mean over draws of "
+    "(1 - m0) n / (masked count) times the loss terms divided by lambda(t) = sigma'/expm1(sigma_bar) (unbiased, "
+    "finite variance; eval/likelihood.py derives it). For an AR model the exact NLL of [bos; x0] per (non-pad) "
+    "token; ppl = exp(nelbo)")
 DEFINITION_DISCRETE = (
     "discrete-time NELBO of stage k with T = {steps} steps in nats per target token (MDLM's T > 0 bound; the NELBO "
     "of the T-step ddpm sampler when m(0) = 0): sum over i = 1..T of E_{{x ~ q_(i/T)}}[w_i * sum over masked "
     "target positions of -ln p_theta(x0 | x), network told sigma_bar(i/T)], w_i = (m(i/T) - m((i-1)/T)) / "
     "m(i/T), m(t) = (1 - exp(-sigma_bar(t))) / (1 - exp(-sigma_bar(1))) (loglinear: T w_i = 1/t_i), plus the "
-    "continuous bound's t = 0 term; estimated with i_j = ceil(T t_j) on the continuous bound's K stratified times "
-    "and mask uniforms, times T/K; tokens as for nelbo; ppl_discrete = exp(nelbo_discrete)")
+    "continuous bound's t = 0 term; estimated on the continuous bound's K draws: step i = ceil(T t) (mu in "
+    "(m(t_(i-1)), m(t_i)]), the same chosen token and uniforms masking the others with probability m(i/T), "
+    "weight (1 - m0) n / (masked count); tokens as for nelbo; ppl_discrete = exp(nelbo_discrete)")
 DEFINITION_DISCRETE_AR = "exact NLL of [bos; x0] per token, as nelbo (an AR model has no diffusion steps)"
 DEFINITION_DISCRETE_SEDD = (
     "null: objective sedd has no discrete-T bound here. Its network is trained as a score of the continuous-time "
@@ -155,16 +193,52 @@ def read_stage_blocks(shards, stage: int, prefix_len: int, target_len: int, max_
     return prefix, target
 
 
-def stratified_times(batch: int, k: int, generator: torch.Generator) -> torch.Tensor:
-    """[K, B] times, t_j = (j + 1 - u) / K in (0, 1] with one u ~ U[0,1) per (j, block); t = 0, where the
-    weight lambda diverges, is never drawn."""
+def stratified_levels(batch: int, k: int, generator: torch.Generator) -> torch.Tensor:
+    """Float64 [K, B]: v_j = (j + 1 - u) / K in (0, 1] with one u ~ U[0,1) per (j, block): stratum j of (0, 1]
+    for every block. The draws' mask shares are mu_j = m0 + (1 - m0) v_j (share_of_level)."""
     u = torch.rand(k, batch, generator=generator, dtype=torch.float64)
     return (torch.arange(k, dtype=torch.float64)[:, None] + 1 - u) / k
 
 
-def mask_probability(noise, t: float) -> float:
-    """move(t) = 1 - exp(-sigma_bar(t)) in float32, as train/objectives.corrupt computes it."""
-    return float(-torch.expm1(-noise.total(torch.tensor([t], dtype=torch.float32))))
+def mask_share(noise, t: torch.Tensor) -> torch.Tensor:
+    """Float64: m(t) = move(t) / M = expm1(-sigma_bar(t)) / expm1(-sigma_bar(1)), the q_t mask probability
+    (m(1) = 1; m(0) = m0: 0 for loglinear and cosine, > 0 for geometric)."""
+    t = torch.as_tensor(t, dtype=torch.float64)
+    return torch.expm1(-noise.total(t)) / torch.expm1(-noise.total(torch.ones((), dtype=torch.float64)))
+
+
+def share_of_level(noise, v: torch.Tensor) -> torch.Tensor:
+    """Float64: mu = m0 + (1 - m0) v, uniform on (m0, 1] for v uniform on (0, 1]."""
+    start = float(mask_share(noise, 0.0))
+    return start + (1 - start) * v
+
+
+def time_of_share(noise, share: torch.Tensor) -> torch.Tensor:
+    """Float64: t(mu) = m^{-1}(mu), the t in [0, 1] with m(t) = mu, i.e. move(t) = M mu (the schedule's closed form,
+    eval.samplers.time_of_mask_share; loglinear t = mu)."""
+    from eval.samplers import time_of_mask_share
+
+    top = -torch.expm1(-noise.total(torch.ones((), dtype=torch.float64)))  # M
+    return time_of_mask_share(noise, top * share.to(torch.float64))
+
+
+def draw_masks(valid: torch.Tensor, share: torch.Tensor, uniform: torch.Tensor, pick: torch.Tensor) -> torch.Tensor:
+    """Bool [B, L]: S = {i*} + {i valid: u_i < mu}, mu = ``share`` [B] in (0, 1], u = ``uniform`` [B, L] in [0, 1),
+    i* the valid position of rank floor(pick n) (``pick`` [B] in [0, 1): i* uniform over the n valid positions,
+    row-major). Only ``valid`` positions (non-pad, scored) are ever masked; none when a row has none. Given mu,
+    P(S) = (|S| / n) mu^(|S| - 1) (1 - mu)^(n - |S|) (module docstring); mu = 1 masks every valid position."""
+    n = valid.sum(1)
+    rank = torch.minimum((pick.to(valid.device, torch.float64) * n).floor().long(), n - 1)  # pick n may round up
+    chosen = valid & (valid.cumsum(1) - 1 == rank[:, None])
+    return valid & ((uniform < share.to(uniform.device, uniform.dtype)[:, None]) | chosen)
+
+
+def draw_weights(masked: torch.Tensor, valid: torch.Tensor, start: float) -> torch.Tensor:
+    """Float64 [B]: w(S) = (1 - m0) n / |S| (n valid positions, |S| masked, m0 = ``start`` = m(0)); 0 for a row
+    with nothing to score (n = 0), whose term is empty anyway."""
+    n = valid.sum(1).double()
+    k = masked.sum(1).double()
+    return torch.where(k > 0, (1 - start) * n / k.clamp(min=1), torch.zeros_like(k))
 
 
 def valid_positions(x0: torch.Tensor, pad_id: int | None) -> torch.Tensor:
@@ -172,23 +246,17 @@ def valid_positions(x0: torch.Tensor, pad_id: int | None) -> torch.Tensor:
     return torch.ones_like(x0, dtype=torch.bool) if pad_id is None else x0 != pad_id
 
 
-def _masked_logits(trained: Trained, x0, prefix, sigma, uniform, valid):
-    """x_t = corrupt(x0, sigma, m, uniform) (masked where uniform < move(sigma)), a position outside ``valid``
-    (a pad) never masked: its uniform set to 2, above every move <= 1. The network on [prefix ; x_t] told
-    ``sigma`` [B], its head run on the masked target positions only, as in training. Returns (logits [N, V],
-    x_t, masked Bool[B, L], rows [N]: the block of each masked position, row-major)."""
-    from train.objectives import corrupt
-
+def _masked_logits(trained: Trained, x0, prefix, sigma, masked):
+    """x_t = x0 with the ``masked`` positions (Bool [B, L]) set to the mask token, the prefix clean. The network on
+    [prefix ; x_t] told ``sigma`` [B], its head run on the masked target positions only, as in training. Returns
+    (logits [N, V], x_t, rows [N]: the block of each masked position, row-major)."""
     mask_id = trained.meta["mask_id"]
-    if valid is not None:
-        uniform = torch.where(valid, uniform, 2.0)
-    x_t = corrupt(x0, sigma, mask_id, uniform)
-    masked = x_t == mask_id
+    x_t = torch.where(masked, torch.full_like(x0, mask_id), x0)
     prefix_len = 0 if prefix is None else prefix.shape[1]
     x_in = x_t if prefix is None else torch.cat([prefix, x_t], dim=1)
     select = torch.cat([torch.zeros_like(prefix, dtype=torch.bool), masked], 1) if prefix_len else masked
     logits = trained.model(x_in, sigma, prefix_len, select=select)
-    return logits, x_t, masked, masked.nonzero(as_tuple=True)[0]
+    return logits, x_t, masked.nonzero(as_tuple=True)[0]
 
 
 def _per_block(values: torch.Tensor, rows: torch.Tensor, batch: int) -> torch.Tensor:
@@ -196,59 +264,49 @@ def _per_block(values: torch.Tensor, rows: torch.Tensor, batch: int) -> torch.Te
     return torch.zeros(batch, dtype=torch.float64, device=values.device).index_add_(0, rows, values.double())
 
 
-def continuous_nats(trained: Trained, x0, prefix, t: torch.Tensor, uniform: torch.Tensor,
-                    valid: torch.Tensor | None = None) -> torch.Tensor:
-    """Float64 [B]: L(x0, x_t, t) of each block (module docstring), the training loss terms summed over its
-    masked positions. t [B] (float32, as training), uniform [B, L] masking where uniform < move(t): a uniform
-    u ~ U[0,1) scaled by M = move(1) masks with probability m(t) = move(t) / M. Positions outside ``valid``
-    (Bool [B, L], pads) stay clean whatever their uniform."""
+def continuous_nats(trained: Trained, x0, prefix, t: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+    """Float64 [B]: G(S, t) = sum over each block's ``masked`` positions of g_i = L_i / lambda(t) (module
+    docstring): the training loss terms (train/objectives mdlm_token_loss, sedd_token_loss) with the rate
+    sigma'(t) replaced by expm1(sigma_bar(t)), i.e. divided by lambda = sigma' / expm1(sigma_bar):
+    MDLM -log p_theta(x0_i | x_t), SEDD expm1(sigma_bar) [sum_y s_y - r log s_x0 + r (log r - 1)].
+    t [B] float32 (as training); the network told sigma_bar(t)."""
     from train.objectives import mdlm_token_loss, sedd_log_score, sedd_token_loss
 
-    noise, mask_id = trained.noise, trained.meta["mask_id"]
-    sigma, dsigma = noise.total(t), noise.rate(t)
-    logits, x_t, masked, rows = _masked_logits(trained, x0, prefix, sigma, uniform, valid)
+    mask_id = trained.meta["mask_id"]
+    sigma = trained.noise.total(t)
+    scale = torch.expm1(sigma)  # in place of sigma': L_i / lambda(t)
+    logits, x_t, rows = _masked_logits(trained, x0, prefix, sigma, masked)
     if trained.meta["objective"] == "mdlm":
         fused = getattr(trained.model, "fused", "auto")
-        token_loss = mdlm_token_loss(logits, x0[masked], sigma[rows], dsigma[rows], mask_id, fused)
+        token_loss = mdlm_token_loss(logits, x0[masked], sigma[rows], scale[rows], mask_id, fused)
     else:
         log_score = sedd_log_score(logits, x_t[masked], sigma[rows], mask_id)
-        token_loss = sedd_token_loss(log_score, x0[masked], sigma[rows], dsigma[rows], mask_id)
+        token_loss = sedd_token_loss(log_score, x0[masked], sigma[rows], scale[rows], mask_id)
     return _per_block(token_loss, rows, len(x0))
 
 
-def discrete_weights(noise, steps: int) -> torch.Tensor:
-    """Float64 [T]: w_i = (m(t_i) - m(t_{i-1})) / m(t_i) at index i - 1, t_i = i / T, computed as
-    expm1(sigma_bar(t_i) - sigma_bar(t_{i-1})) / expm1(sigma_bar(t_i)) (the normaliser M cancels; exact near
-    t = 0). w_1 = 1 when m(0) = 0 (loglinear, cosine); loglinear: w_i = 1 / i."""
-    sigma = noise.total(torch.arange(steps + 1, dtype=torch.float64) / steps)
-    return torch.expm1(sigma[1:] - sigma[:-1]) / torch.expm1(sigma[1:])
-
-
 def step_of_time(t: torch.Tensor, steps: int) -> torch.Tensor:
-    """Long: i = ceil(T t) in 1..T, the grid point t_i = i / T at or above t (MDLM: floor(tT)/T + 1/T)."""
+    """Long: i = ceil(T t) in 1..T, the grid point t_i = i / T at or above t (MDLM: floor(tT)/T + 1/T); for t = t(mu)
+    the step with m(t_{i-1}) < mu <= m(t_i)."""
     return torch.ceil(t * steps).long().clamp(1, steps)
 
 
-def discrete_nats(trained: Trained, x0, prefix, step: torch.Tensor, uniform: torch.Tensor, steps: int,
-                  weights: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-    """Float64 [B]: T w_i * sum over the masked positions of -log p_theta(x0_j | x_{t_i}) for each block's step
-    i = ``step`` [B] (1..T): x_{t_i} masked where uniform < move(t_i) (uniform = M u: probability m(t_i)),
-    pads (outside ``valid``) never, the network told sigma_bar(t_i). Its mean over i uniform on 1..T is L_T's
-    diffusion sum (module docstring). ``weights`` = discrete_weights(noise, T)."""
+def discrete_nats(trained: Trained, x0, prefix, step: torch.Tensor, masked: torch.Tensor, steps: int) -> torch.Tensor:
+    """Float64 [B]: G_T(S, i) = sum over each block's ``masked`` positions of -log p_theta(x0_j | x_{t_i}) at its
+    step i = ``step`` [B] (1..T), the network told sigma_bar(t_i), t_i = i / T (module docstring)."""
     from train.objectives import subs_nll
 
-    t = (step.double() / steps).float()  # float32 as in training: t_T = 1 gives move(1) = M exactly
+    t = (step.double() / steps).float()  # float32 as in training
     sigma = trained.noise.total(t.to(x0.device))
-    logits, _, masked, rows = _masked_logits(trained, x0, prefix, sigma, uniform, valid)
-    nll = subs_nll(logits, x0[masked], trained.meta["mask_id"])
-    return steps * weights.to(x0.device)[step.to(x0.device) - 1] * _per_block(nll, rows, len(x0))
+    logits, _, rows = _masked_logits(trained, x0, prefix, sigma, masked)
+    return _per_block(subs_nll(logits, x0[masked], trained.meta["mask_id"]), rows, len(x0))
 
 
 def final_denoising_nats(trained: Trained, x0: torch.Tensor, prefix: torch.Tensor | None, share: float,
-                         generator: torch.Generator, valid: torch.Tensor | None = None) -> float:
-    """R summed over the blocks (module docstring): one x per block with each (non-pad) target token masked with
-    probability ``share`` = move(0) / M, then sum over its masked positions of -log p_theta(x0_i | x) with the
-    network told sigma_bar(0) (Denoiser.x0_log_probs, what the samplers' last step draws from)."""
+                         generator: torch.Generator, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Float64 [B], R of each block (module docstring): one x per block with each (non-pad) target token masked
+    with probability ``share`` = m0 = move(0) / M, then the sum over its masked positions of -log p_theta(x0_i | x)
+    with the network told sigma_bar(0) (Denoiser.x0_log_probs, what the samplers' last step draws from)."""
     masked = torch.rand(x0.shape, generator=generator).to(x0.device) < share
     if valid is not None:
         masked &= valid
@@ -256,7 +314,8 @@ def final_denoising_nats(trained: Trained, x0: torch.Tensor, prefix: torch.Tenso
     x = x_t if prefix is None else torch.cat([prefix, x_t], dim=1)
     sigma = trained.noise.total(torch.zeros(len(x0), device=x0.device))
     log_p = trained.denoiser.x0_log_probs(x, sigma)[:, x.shape[1] - x0.shape[1]:]
-    return float(-log_p.gather(-1, x0[..., None]).squeeze(-1)[masked].sum())
+    nll = -log_p.gather(-1, x0[..., None]).squeeze(-1).double()
+    return torch.where(masked, nll, torch.zeros_like(nll)).sum(1)
 
 
 def ar_nats(trained: Trained, x0: torch.Tensor, valid: torch.Tensor) -> float:
@@ -268,25 +327,58 @@ def ar_nats(trained: Trained, x0: torch.Tensor, valid: torch.Tensor) -> float:
 
 
 @torch.no_grad()
+def block_nats(trained: Trained, x0: torch.Tensor, prefix: torch.Tensor | None, valid: torch.Tensor,
+               time_samples: int, generator: torch.Generator, discrete_steps: int | None = None):
+    """(Float64 [B], Float64 [B] or None): one estimate per block of D + R (module docstring) from K =
+    ``time_samples`` stratified draws and one R draw, and with ``discrete_steps`` = T (mdlm) the discrete-T
+    bound's estimate on the same draws. Per draw j: mu_j = m0 + (1 - m0) v_j, t_j = t(mu_j),
+    S_j = draw_masks(valid, mu_j, u, pick), term w(S_j) G(S_j, t_j) / K; discrete: step i = ceil(T t_j),
+    S = draw_masks(valid, m(t_i), u, pick) with the same u and pick, term w(S) G_T(S, i) / K."""
+    noise, device, batch = trained.noise, x0.device, len(x0)
+    start = float(mask_share(noise, 0.0))  # m0
+    continuous = torch.zeros(batch, dtype=torch.float64, device=device)
+    discrete = None if discrete_steps is None else torch.zeros_like(continuous)
+    for v in stratified_levels(batch, time_samples, generator):
+        share = share_of_level(noise, v)  # mu ~ U(m0, 1], stratified
+        t = time_of_share(noise, share)
+        uniform = torch.rand(x0.shape, generator=generator, dtype=torch.float64).to(device)
+        pick = torch.rand(batch, generator=generator, dtype=torch.float64)
+        masked = draw_masks(valid, share, uniform, pick)
+        g = continuous_nats(trained, x0, prefix, t.float().to(device), masked)
+        continuous += draw_weights(masked, valid, start) * g / time_samples
+        if discrete is not None:  # the same mu (as its step), u and i*: common random numbers
+            step = step_of_time(t, discrete_steps)
+            masked_step = draw_masks(valid, mask_share(noise, step.double() / discrete_steps), uniform, pick)
+            g_step = discrete_nats(trained, x0, prefix, step, masked_step, discrete_steps)
+            discrete += draw_weights(masked_step, valid, start) * g_step / time_samples
+    if start > 0:
+        final = final_denoising_nats(trained, x0, prefix, start, generator, valid)
+        continuous += final
+        if discrete is not None:
+            discrete += final
+    return continuous, discrete
+
+
+@torch.no_grad()
 def stage_nelbo(trained: Trained, prefix: torch.Tensor, target: torch.Tensor, time_samples: int,
                 batch_size: int, seed: int = 0, device=torch.device("cpu"), desc: str = "val",
                 discrete_steps: int | None = None, scored: torch.Tensor | None = None) -> dict:
-    """Summed NELBO (nats) and token count of one model over the given blocks (see module docstring); with
-    ``discrete_steps`` = T also the discrete-T bound on the same draws (``nats_discrete`` ... ; None for sedd).
-    Pad positions (config.json pad_id, trained.meta) are never masked and not counted. ``scored`` (Bool, the
-    shape of ``target``; SFT: the answer tokens) restricts the same way: only those positions are masked and
-    counted, everything else is clean context, so the number is the NELBO of the answers given the prompts."""
+    """Summed NELBO (nats) and token count of one model over the given blocks (see module docstring; per block
+    block_nats); with ``discrete_steps`` = T also the discrete-T bound on the same draws (``nats_discrete`` ... ;
+    None for sedd). Pad positions (config.json pad_id, trained.meta) are never masked and not counted. ``scored``
+    (Bool, the shape of ``target``; SFT: the answer tokens) restricts the same way: only those positions are
+    masked and counted, everything else is clean context, so the number is the NELBO of the answers given the
+    prompts."""
+    if isinstance(time_samples, bool) or not isinstance(time_samples, int) or time_samples < 1:
+        raise ValueError(f"time_samples should be an integer >= 1, got {time_samples!r}")
     if discrete_steps is not None and (isinstance(discrete_steps, bool) or not isinstance(discrete_steps, int)
                                        or discrete_steps < 1):
         raise ValueError(f"discrete_steps should be an integer >= 1 or None, got {discrete_steps!r}")
     generator = torch.Generator().manual_seed(seed)
-    meta, noise, nats, tokens = trained.meta, trained.noise, 0.0, 0
+    meta, nats, tokens = trained.meta, 0.0, 0
     pad_id = meta.get("pad_id")
     discrete = discrete_steps is not None and meta["objective"] == "mdlm"
     nats_discrete = 0.0
-    top = None if trained.is_ar else mask_probability(noise, 1.0)  # M
-    start_share = None if trained.is_ar else mask_probability(noise, 0.0) / top  # move(0) / M: R's masks
-    weights = discrete_weights(noise, discrete_steps) if discrete else None
     for start in tqdm(range(0, len(target), batch_size), desc=desc, unit="batch"):
         x0 = target[start:start + batch_size].to(device)
         pre = prefix[start:start + batch_size].to(device) if prefix.shape[1] else None
@@ -297,18 +389,11 @@ def stage_nelbo(trained: Trained, prefix: torch.Tensor, target: torch.Tensor, ti
         if trained.is_ar:
             nats += ar_nats(trained, x0, valid)
             continue
-        for t in stratified_times(len(x0), time_samples, generator):
-            # M u < move(t) masks with probability move(t) / M (q_t); pads never (valid)
-            uniform = top * torch.rand(x0.shape, generator=generator).to(device)
-            nats += float(continuous_nats(trained, x0, pre, t.float().to(device), uniform, valid).sum()) / time_samples
-            if discrete:  # the same time (as its step) and the same uniforms: common random numbers
-                step = step_of_time(t, discrete_steps)
-                nats_discrete += float(discrete_nats(trained, x0, pre, step, uniform, discrete_steps, weights,
-                                                     valid).sum()) / time_samples
-        if start_share > 0:
-            final = final_denoising_nats(trained, x0, pre, start_share, generator, valid)
-            nats += final
-            nats_discrete += final
+        continuous, discrete_part = block_nats(trained, x0, pre, valid, time_samples, generator,
+                                               discrete_steps if discrete else None)
+        nats += float(continuous.sum())
+        if discrete:
+            nats_discrete += float(discrete_part.sum())
     if tokens == 0:
         raise InputError(f"{desc}: every validation target token is the pad token {pad_id}: nothing to score")
     result = {"nats": nats, "tokens": tokens, "blocks": len(target), "nelbo": nats / tokens,

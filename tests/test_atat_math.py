@@ -9,15 +9,17 @@ and the continuous-time NELBO of the exact denoiser is -log p(x) exactly; K = 5 
 lambda_v = -alpha_v' / (1 - alpha_v) ~ K w_v (1 - t)^{K w_v - 1} bounded for every exponent w_v >= 0.4.
 """
 import itertools
+import math
 
 import numpy as np
 import pytest
 import torch
 
-from train.atat import (atat_loss, atat_token_terms, curriculum_stage, log_mask_ratio, schedule_exponents)
+from train.atat import (atat_loss, atat_token_terms, boundary_terms, curriculum_stage, log_mask_ratio,
+                        schedule_exponents, unmask_rates)
 from train.importance import ImportanceEstimator, frequency_importance
 from train.model import DiffusionTransformer, ModelConfig
-from train.noise import LogLinearNoise, sample_times
+from train.noise import SAMPLING_EPS, LogLinearNoise, sample_times
 from train.objectives import diffusion_loss
 
 torch.set_num_threads(1)
@@ -83,23 +85,25 @@ def keep_probability(x0, t, exponents, power=K):
     return (1 - t.double())[:, None] ** (power * w[x0])
 
 
-def expected_nelbo(model, exponents, nodes=256, part="loss", noise=None, power=K):
-    """For every sequence x: int_0^1 sum_patterns q_t(pattern | x) sum_{i masked} l_i dt, by Gauss-Legendre in t
-    and an exact sum over the mask patterns. part: "loss" (l_i), or "naive" (l_i without the vocabulary
-    bracket, the weighting a state-dependent schedule must not use). noise: the base schedule, whose keep
-    probability must be (1 - t)^power (default PowerNoise(K)). float64 [27]."""
+def expected_nelbo(model, exponents, nodes=256, part="loss", noise=None, power=K, lower=0.0):
+    """For every sequence x: int_lower^1 sum_patterns q_t(pattern | x) sum_{i masked} l_i dt, by Gauss-Legendre
+    in t and an exact sum over the mask patterns, q_t keeping x_i with probability exp(-w_{x_i} sigma(t)).
+    part: "loss" (l_i), or "naive" (l_i without the vocabulary bracket, the weighting a state-dependent schedule
+    must not use). noise: the base schedule (default PowerNoise(power)). float64 [27]."""
+    noise = noise or PowerNoise(power)
     s, weights = np.polynomial.legendre.leggauss(nodes)
-    t_nodes = torch.tensor((s + 1) / 2, dtype=torch.float64)
-    w_nodes = torch.tensor(weights / 2, dtype=torch.float64)
+    t_nodes = torch.tensor(lower + (1 - lower) * (s + 1) / 2, dtype=torch.float64)
+    w_nodes = torch.tensor(weights * (1 - lower) / 2, dtype=torch.float64)
     # rows: (sequence, node, pattern)
     x0 = SEQS[:, None, None].expand(-1, nodes, len(PATTERNS), -1).reshape(-1, LENGTH)
     t = t_nodes[None, :, None].expand(len(SEQS), -1, len(PATTERNS)).reshape(-1)
     pattern = PATTERNS[None, None].expand(len(SEQS), nodes, -1, -1).reshape(-1, LENGTH)
     uniform = torch.where(pattern, 0.0, 1.0)
-    keep = keep_probability(x0, t, exponents, power)
+    w = torch.ones(VOCAB, dtype=torch.float64) if exponents is None else exponents.double()
+    keep = torch.exp(-w[x0] * noise.total(t)[:, None])
     pattern_prob = torch.where(pattern, 1 - keep, keep).prod(-1)
     with torch.no_grad():
-        terms = atat_token_terms(model, x0, None, t, uniform, noise or PowerNoise(power), MASK, exponents)
+        terms = atat_token_terms(model, x0, None, t, uniform, noise, MASK, exponents)
     assert torch.equal(terms.masked, pattern)
     token = terms.loss if part == "loss" else terms.loss - terms.rate_term
     per_row = torch.zeros(len(x0), dtype=torch.float64).index_add(0, terms.rows, token.double())
@@ -149,6 +153,83 @@ def test_dropping_the_vocabulary_term_is_not_a_nelbo(name):
     naive = expected_nelbo(ExactDenoiser(P, exponents), exponents, part="naive")
     assert (naive + P.log()).abs().max() > 1e-2
     assert float(torch.exp(-naive).sum()) > 1.0 + 1e-3
+
+
+def training_range(model, exponents, noise=LogLinearNoise(eps=1e-3), s=SAMPLING_EPS):
+    """For every x, under the training noise (alpha(1) = eps > 0) and times t ~ U[s, 1]: (the mean of sum l_i,
+    which atat_nelbo used to be; the expectation of the atat_nelbo stat now), float64 [27] each."""
+    inner = expected_nelbo(model, exponents, noise=noise, lower=s)  # int_s^1 of the integrand
+    sigma_floor, sigma_one = noise.total(torch.tensor([s, 1.0], dtype=torch.float64))
+    return inner / (1 - s), inner + boundary_terms(SEQS, sigma_floor, sigma_one, VOCAB, MASK, exponents)
+
+
+@pytest.mark.parametrize("name", ["frequency", "w032"])
+def test_training_stat_is_a_bound_with_the_boundary_terms(name):
+    """With eps = 1e-3 a token of exponent w stays clean at t = 1 with probability eps^w (0.11 for w = 0.32).
+    Without the prior and end terms, the mean of sum l_i over t ~ U[s, 1] is not a bound even for the exact
+    denoiser (below the entropy, sum_x e^{-.} > 1); atat_nelbo's expectation, with them, is one."""
+    exponents = torch.tensor([1.0, 0.32, 0.32, 1.0]) if name == "w032" else SCHEDULES[name]
+    bare, bound = training_range(ExactDenoiser(P, exponents), exponents)
+    entropy = float(-(P * P.log()).sum())
+    assert float((P * bare).sum()) < entropy - 1e-2 and float(torch.exp(-bare).sum()) > 1.0 + 1e-2
+    assert float((P * bound).sum()) >= entropy and float(torch.exp(-bound).sum()) <= 1.0
+    assert float(torch.exp(-bound).sum()) > 0.95  # close to the truth: the checks above are not vacuous
+
+
+def test_boundary_terms_vanish_when_everything_is_masked_at_one():
+    """alpha(1) = 0 (sigma(1) = inf) and s = 0: no prior or end term, the NELBO of the tests above."""
+    for exponents in (None, SCHEDULES["random1"]):
+        ends = boundary_terms(SEQS, 0.0, float("inf"), VOCAB, MASK, exponents)
+        assert torch.equal(ends, torch.zeros(len(SEQS), dtype=torch.float64))
+
+
+def test_atat_nelbo_stat_is_the_bound_estimate():
+    """atat_nelbo = [(1 - s) sum_{i masked} l_i + sum boundary terms] / N on the batch's own draw, pi from
+    prior_logits."""
+    vocab, mask = 24, 23
+    model = tiny_dit(vocab)
+    g = torch.Generator().manual_seed(11)
+    x0 = torch.randint(0, mask, (5, 12), generator=g)
+    t, u = sample_times(5, g), torch.rand(5, 12, generator=g)
+    counts = np.bincount(x0.flatten().numpy(), minlength=vocab)
+    frequency, logits = frequency_importance(counts), torch.log1p(torch.as_tensor(counts, dtype=torch.float64))
+    noise = LogLinearNoise()
+    _, _, stats = atat_loss(model, None, x0, None, t, u, noise, mask, "frequency", 0.8, frequency,
+                            prior_logits=logits)
+    exponents = schedule_exponents(frequency, 0.8)
+    with torch.no_grad():
+        terms = atat_token_terms(model, x0, None, t, u, noise, mask, exponents)
+    sigma_floor, sigma_one = noise.total(torch.tensor([SAMPLING_EPS, 1.0], dtype=torch.float64))
+    ends = boundary_terms(x0, sigma_floor, sigma_one, vocab, mask, exponents, logits)
+    want = ((1 - SAMPLING_EPS) * terms.loss.double().sum() + ends.sum()) / x0.numel()
+    assert stats["atat_nelbo"] == pytest.approx(float(want), rel=1e-6)
+    assert float(ends.sum()) > 0
+
+
+def test_unmask_rates_stay_finite_when_an_exponent_underflows():
+    """w = exp(-2.4 * 45.2) is 0 in float32 (the mask id, never a target, has the largest z): lambda there is
+    its w -> 0 limit sigma' / sigma, not 0 / 0."""
+    exponents = schedule_exponents(torch.tensor([0., 45.2]), 2.4)
+    assert exponents[1] == 0  # the case is real
+    rates = unmask_rates(torch.tensor([1e-3]), torch.tensor([1.0]), exponents)
+    assert torch.isfinite(rates).all(), rates
+    assert float(rates[0, 0]) == pytest.approx(1 / math.expm1(1e-3), rel=1e-6)  # w = 1: sigma' / expm1(sigma)
+    assert float(rates[0, 1]) == pytest.approx(1 / 1e-3, rel=1e-6)             # w = 0: sigma' / sigma
+
+
+def test_atat_loss_stays_finite_when_an_exponent_underflows():
+    vocab, mask = 24, 23
+    model = tiny_dit(vocab)
+    g = torch.Generator().manual_seed(4)
+    x0 = torch.randint(0, mask, (4, 10), generator=g)
+    t, u = sample_times(4, g), torch.rand(4, 10, generator=g)
+    frequency = torch.zeros(vocab)
+    frequency[:4] = torch.tensor([-1.0, 0.5, 2.0, 3.0])
+    frequency[mask] = 45.2  # never occurs: the largest z
+    loss, _, stats = atat_loss(model, None, x0, None, t, u, LogLinearNoise(), mask, "frequency", 2.4, frequency)
+    assert torch.isfinite(loss) and all(math.isfinite(v) for v in stats.values()), stats
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
 def test_schedule_free_posterior_is_wrong_for_state_dependent_masking():
@@ -239,7 +320,15 @@ def test_uniform_variant_equals_mdlm_exactly(fused, case):
         loss, est_loss, stats = atat_loss(model, estimator, x0, prefix, t, u, noise, mask, variant, strength,
                                           frequency, pad_id, maskable)
         assert torch.equal(loss, reference), (variant, float(loss), float(reference))
-        assert stats["atat_nelbo"] == float(reference.detach()) and est_loss is not None
+        # the stat adds the boundary terms to (1 - s) times the same sum (test_atat_nelbo_stat_is_the_bound_estimate)
+        effective = None if pad_id is None else (x0 != pad_id)
+        if maskable is not None:
+            effective = maskable if effective is None else effective & maskable
+        sigma_floor, sigma_one = noise.total(torch.tensor([SAMPLING_EPS, 1.0], dtype=torch.float64))
+        ends = boundary_terms(x0, sigma_floor, sigma_one, vocab, mask, maskable=effective).sum()
+        count = x0.numel() if effective is None else int(effective.sum())
+        want = (1 - SAMPLING_EPS) * float(reference.detach()) + float(ends) / count
+        assert stats["atat_nelbo"] == pytest.approx(want, rel=1e-6) and est_loss is not None
     shaped, _, _ = atat_loss(model, estimator, x0, prefix, t, u, noise, mask, "frequency", 1.0, frequency,
                              pad_id, maskable)
     assert not torch.equal(shaped, reference)  # the comparison above can fail

@@ -29,11 +29,15 @@ def merged(*names):
     return out
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "configs/tiny.yaml", "configs/paper.yaml", "configs/wikihow.yaml",
-                                  "configs/wikihow-tiny.yaml"])
-def test_shipped_configs_are_valid(name):
-    """Each file is a whole config (a --configfile replaces config.yaml); the schema fills in the rest."""
-    config = validate_config(merged(name))
+SHIPPED = ["config.yaml"] + sorted(f"configs/{p.name}" for p in (ROOT / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("names", [(n,) for n in SHIPPED] + [(n, n.replace("configs/", "configs/twins/"))
+                                                             for n in SHIPPED if n != "config.yaml"], ids=" + ".join)
+def test_shipped_configs_are_valid(names):
+    """Each file of configs/ is a whole config (a --configfile replaces config.yaml), and so is it with its offline
+    twin on top; the schema fills in the rest."""
+    config = validate_config(merged(*names))
     assert config["train"]["grad_clip"] == 1.0 and config["sample"]["seed"] == 0  # defaults filled in
 
 
@@ -94,15 +98,15 @@ def dry_run_with(tmp_path, yaml_text):
 
 
 def test_a_config_file_replaces_config_yaml(tmp_path):
-    """configs/wikihow-tiny.yaml plans its own runs only: none of the demo's (cascade, single) leaks in, and
+    """configs/wikihow.yaml plans its own runs only: none of the demo's (cascade, single, ar) leaks in, and
     without a stages section nothing is annotated."""
     proc = subprocess.run(
         [sys.executable, "-m", "snakemake", "-n", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "--quiet",
-         "rules", "--configfile", str(ROOT / "configs" / "wikihow-tiny.yaml")],
+         "rules", "--configfile", str(ROOT / "configs" / "wikihow.yaml")],
         capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     written = yaml.safe_load(next((tmp_path / ".snakemake" / "cascade").glob("config-*.yaml")).read_text())
-    assert sorted(written["runs"]) == ["ar", "mdlm-doc", "mdlm-scratch"]
+    assert sorted(written["runs"]) == ["mdlm-finetune", "mdlm-owt", "mdlm-scratch"]
     planned = proc.stdout + proc.stderr
     assert "blocks" in planned and "annotate" not in planned and "stages" not in planned
 

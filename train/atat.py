@@ -30,12 +30,29 @@ surprisal, read from x_t). `strength` (lambda >= 0) comes from the curriculum be
    Each l_i >= 0 (log p <= p - 1). The bracket (MD4's GenMD4 term) sums over the whole vocabulary; it is 0
    exactly when w is constant, which gives back MDLM: lambda = sigma'/expm1(sigma) (= 1/t, loglinear). Dropping it
    is NOT a bound (tests/test_atat_math.py: the exact denoiser then misses -log p(x), and sum_x e^{-NELBO} > 1).
-   One draw t ~ U[0, 1], x_t ~ q_t is an unbiased estimate of this NELBO, which bounds -log p_theta(x0) for the
-   model's own reverse process (rates lambda_v p_theta), whatever w; with the exact posterior it equals
-   -log p(x0) (tests/test_atat_math.py). Training draws t ~ U[eps, 1] under a schedule with alpha(1) > 0 and
-   leaves out the prior term, exactly as MDLM's training loss does (eval/likelihood.py says why that number is
-   not itself a strict bound and what eval reports instead). It is a different bound from MDLM's for the same
-   network, so the plain NELBO (diffusion_loss, objective mdlm) is what a run reports and compares.
+   When alpha(1) = 0, one draw t ~ U[0, 1], x_t ~ q_t is an unbiased estimate of this NELBO, which bounds
+   -log p_theta(x0) for the model's own reverse process (rates lambda_v p_theta), whatever w; with the exact
+   posterior it equals -log p(x0) (tests/test_atat_math.py). Training draws t ~ U[s, 1] (s = SAMPLING_EPS,
+   train/noise.sample_times) under a schedule with alpha(1) = eps > 0 (loglinear), and its loss leaves out both
+   ends, as MDLM's training loss does (eval/likelihood.py says why that number is not itself a strict bound and
+   what eval reports instead). Under w that matters more than for MDLM: a token is still clean at t = 1 with
+   probability alpha_v(1) = eps^{w_v} (0.11 for w_v = 0.32 at eps = 1e-3), so the mean of sum l_i falls below
+   -log p(x0) even for the exact denoiser (tests/test_atat_math.py). The loss stays as it is; the logged
+   atat_nelbo adds the missing ends (below). It is a different bound from MDLM's for the same network, so the
+   plain NELBO (diffusion_loss, objective mdlm) is what a run reports and compares.
+
+   What atat_nelbo bounds. The model: at t = 1 each position independently holds v ~ pi, kept clean with
+   probability alpha_v(1), else the mask (p_1); the reverse CTMC above runs from t = 1 down to s; a position
+   still masked at s is drawn from pi. pi is a fixed distribution over the ids other than the mask (the trainer
+   uses the add-one unigram of its training targets, f in train/importance.py). For any network
+
+       -log p_theta(x0) <= KL(q_1(. | x0) || p_1) + int_s^1 E_{x_t ~ q_t}[ sum_{i masked} l_i ] dt
+                           + E_{x_s ~ q_s}[ sum_{i masked at s} -log pi(x0_i) ],
+
+   the outer two terms in closed form (boundary_terms), the middle one estimated without bias by (1 - s) sum l_i
+   at t ~ U[s, 1]. With alpha(1) = 0 and s = 0 the outer terms vanish and it is the NELBO above. p_1 is not the
+   samplers' all-mask start, so this bounds a model that differs from the sampled one near t = 1, and it is
+   looser the more tokens stay clean at t = 1 (about alpha_v(1) (-log pi(v)) nats for such a token).
 
 2. Learned weighting (variants full, learned). s_hat reads x_t, so it cannot define the forward process. It
    weighs the terms instead, detached, normalized to mean 1 over each row's masked positions:
@@ -62,6 +79,7 @@ import torch
 
 from train.fused import subs_cross_entropy, use_fused
 from train.importance import estimator_loss, importance_stats
+from train.noise import SAMPLING_EPS
 from train.objectives import corrupt, subs_nll
 
 VARIANTS = ("full", "learned", "frequency", "uniform")
@@ -84,9 +102,21 @@ def corrupt_by_token(x0: torch.Tensor, sigma: torch.Tensor, mask_id: int, unifor
 
 
 def unmask_rates(sigma: torch.Tensor, dsigma: torch.Tensor, exponents: torch.Tensor) -> torch.Tensor:
-    """lambda_v(t) = w_v sigma'(t) / expm1(w_v sigma(t)) for each row's (sigma, sigma') [N]: [N, V] float32."""
-    w = exponents.float()[None, :]
-    return w * dsigma.float()[:, None] / torch.expm1(w * sigma.float()[:, None])
+    """lambda_v(t) = w_v sigma'(t) / expm1(w_v sigma(t)) for each row's (sigma, sigma') [N]: [N, V] float32,
+    computed as
+
+        lambda_v = (sigma' / sigma) * phi(w_v sigma),      phi(x) = x / expm1(x),  phi(x) = 1 - x / 2 for x < 1e-6,
+
+    which stays finite where w_v underflows to 0 (w_v = exp(-strength z_v) is 0 in float32 once strength z_v >
+    ~104, e.g. the mask id, never a target, which has the largest z): there lambda_v is its w -> 0 limit
+    sigma' / sigma, where the plain formula gives 0 / 0 = NaN and, through sum_v lambda_v p_theta(v), a NaN loss.
+    x is capped at 100 (phi(100) ~ 4e-42, 0 in float32 arithmetic), so x = inf gives 0 too."""
+    sigma, dsigma = sigma.float()[:, None], dsigma.float()[:, None]
+    x = (exponents.float()[None, :] * sigma).clamp(max=100.0)
+    small = x < 1e-6
+    safe = torch.where(small, torch.ones_like(x), x)  # no 0 / 0 in the branch that torch.where drops
+    phi = torch.where(small, 1 - x / 2, safe / torch.expm1(safe))
+    return dsigma / sigma * phi
 
 
 def state_dependent_token_loss(logits: torch.Tensor, x0_masked: torch.Tensor, sigma: torch.Tensor,
@@ -105,7 +135,8 @@ def state_dependent_token_loss(logits: torch.Tensor, x0_masked: torch.Tensor, si
 
 class TokenTerms(NamedTuple):
     """The masked positions of one batch: loss l_i [N] (with gradient), its rate part [N] (0 for w = 1),
-    the surprisal -log p_theta(x0_i | x_t) [N], their rows [N], the mask [B, L], the network input and sigma [B]."""
+    the surprisal -log p_theta(x0_i | x_t) [N], their rows [N], the mask [B, L], the network input, sigma [B] and
+    the network's vocabulary size V."""
     loss: torch.Tensor
     rate_term: torch.Tensor
     nll: torch.Tensor
@@ -113,6 +144,7 @@ class TokenTerms(NamedTuple):
     masked: torch.Tensor
     x_in: torch.Tensor
     sigma: torch.Tensor
+    vocab_size: int
 
 
 def atat_token_terms(model, x0: torch.Tensor, prefix: torch.Tensor | None, t: torch.Tensor,
@@ -144,10 +176,10 @@ def atat_token_terms(model, x0: torch.Tensor, prefix: torch.Tensor | None, t: to
             nll = subs_nll(logits, x0_masked, mask_id)
         # mdlm_token_loss's expression, operation for operation
         loss = dsigma[rows] / torch.expm1(sigma[rows]) * nll
-        return TokenTerms(loss, torch.zeros_like(loss), nll, rows, masked, x_in, sigma)
+        return TokenTerms(loss, torch.zeros_like(loss), nll, rows, masked, x_in, sigma, logits.shape[-1])
     nll_term, rate_term, nll = state_dependent_token_loss(logits, x0_masked, sigma[rows], dsigma[rows],
                                                           exponents.to(logits.device), mask_id)
-    return TokenTerms(nll_term + rate_term, rate_term, nll, rows, masked, x_in, sigma)
+    return TokenTerms(nll_term + rate_term, rate_term, nll, rows, masked, x_in, sigma, logits.shape[-1])
 
 
 def learned_weights(prediction: torch.Tensor, rows: torch.Tensor, batch: int, strength: float) -> torch.Tensor:
@@ -180,6 +212,49 @@ def log_mask_ratio(x0: torch.Tensor, masked: torch.Tensor, sigma: torch.Tensor, 
     return term.sum(-1)
 
 
+def boundary_terms(x0: torch.Tensor, sigma_floor, sigma_one, vocab_size: int, mask_id: int,
+                   exponents: torch.Tensor | None = None, prior_logits: torch.Tensor | None = None,
+                   maskable: torch.Tensor | None = None) -> torch.Tensor:
+    """The two ends of the bound that training's draws t ~ U[s, 1] do not cover, per row, float64 [B] (module
+    docstring, "What atat_nelbo bounds"). With alpha_i(t) = exp(-w_i sigma(t)), w_i = w_{x0_i} (w = 1 for
+    exponents None), pi = softmax(prior_logits) over the ids other than the mask (prior_logits None: uniform)
+    and sigma_floor = sigma(s), sigma_one = sigma(1), summed over the maskable positions i:
+
+        prior_i = KL(q_1(x_1i | x0) || p_1) = alpha_i(1) (-log pi(x0_i))
+                                             + (1 - alpha_i(1)) log[(1 - alpha_i(1)) / sum_v pi(v) (1 - alpha_v(1))],
+        end_i   = E_{q_s}[-log pi(x0_i) if masked at s] = (1 - alpha_i(s)) (-log pi(x0_i)).
+
+    p_1 (each position independently: v ~ pi kept clean with probability alpha_v(1), else the mask) and the
+    decoder at s (a position still masked there drawn from pi) are fixed distributions, so both terms are
+    closed forms without a network call. Both are 0 when alpha(1) = 0 and s = 0 (sigma_one = inf,
+    sigma_floor = 0)."""
+    V = int(vocab_size)
+    device = x0.device
+    w = torch.ones(V, dtype=torch.float64, device=device) if exponents is None else exponents.double().to(device)
+    logits = (torch.zeros(V, dtype=torch.float64, device=device) if prior_logits is None
+              else prior_logits.double().to(device))
+    for name, value in (("exponents", w), ("prior_logits", logits)):
+        if value.shape != (V,):
+            raise ValueError(f"atat bound: {name} must have one value per vocabulary id, shape ({V},), got "
+                             f"{tuple(value.shape)}")
+    logits = logits.clone()
+    logits[mask_id] = float("-inf")  # the prior never draws the mask as a clean token
+    log_pi = logits.log_softmax(-1)
+    s_floor = torch.as_tensor(sigma_floor, dtype=torch.float64).to(device)
+    s_one = torch.as_tensor(sigma_one, dtype=torch.float64).to(device)
+    move_one = -torch.expm1(-w * s_one)                                  # 1 - alpha_v(1)   [V]
+    move_floor = -torch.expm1(-w * s_floor)                              # 1 - alpha_v(s)   [V]
+    log_moved = torch.log((log_pi.exp() * move_one).sum())               # log sum_v pi(v) (1 - alpha_v(1))
+    surprisal = (-log_pi).masked_fill(torch.isinf(log_pi), 0.0)          # -log pi(v), 0 at the mask (no target)
+    moved = torch.where(move_one > 0, move_one * (torch.log(move_one.clamp_min(1e-300)) - log_moved),
+                        torch.zeros_like(move_one))
+    per_id = (1 - move_one) * surprisal + moved + move_floor * surprisal  # prior_v + end_v   [V]
+    term = per_id[x0]
+    if maskable is not None:
+        term = torch.where(maskable, term, torch.zeros_like(term))
+    return term.sum(-1)
+
+
 # -- the objective -----------------------------------------------------------------------------------------
 def check_variant(variant: str, estimator, frequency) -> None:
     if variant not in VARIANTS:
@@ -194,7 +269,8 @@ def check_variant(variant: str, estimator, frequency) -> None:
 def atat_loss(model, estimator, x0: torch.Tensor, prefix: torch.Tensor | None, t: torch.Tensor,
               uniform: torch.Tensor, noise, mask_id: int, variant: str, strength: float,
               frequency: torch.Tensor | None = None, pad_id: int | None = None,
-              maskable: torch.Tensor | None = None):
+              maskable: torch.Tensor | None = None, prior_logits: torch.Tensor | None = None,
+              time_floor: float = SAMPLING_EPS):
     """One (micro-)batch of objective atat: (diffusion loss to backprop, estimator loss or None, stats).
 
     diffusion loss = sum_{i masked} g_i l_i / N with N = B * L, or the count of maskable non-pad positions when
@@ -205,9 +281,16 @@ def atat_loss(model, estimator, x0: torch.Tensor, prefix: torch.Tensor | None, t
     positions (None without an estimator; variants frequency and uniform may still train one for the sampler).
     The estimator's output enters the diffusion loss only detached; its own loss sees the surprisal detached.
 
-    stats (floats): atat_loss, atat_nelbo (the schedule's own NELBO estimate, sum l_i / N: a bound, with
-    g = 1), atat_rate_term (the vocabulary bracket's share of it), atat_strength, atat_masked (masked share),
-    and with an estimator estimator_loss and importance_{mean,std,min,max,corr} (train.importance).
+    stats (floats): atat_loss; atat_nelbo, an unbiased estimate, for t ~ U[time_floor, 1] (sample_times), of an
+    upper bound on -log p_theta(x0) per token under the schedule the batch was noised with (module docstring,
+    "What atat_nelbo bounds"; g = 1):
+
+        atat_nelbo = [ (1 - s) sum_{i masked} l_i + sum_b boundary_terms_b ] / N,      s = time_floor,
+
+    with the boundary terms' fixed prior pi = softmax(prior_logits) (None: uniform over the ids other than the
+    mask; the trainer passes log(c_v + 1) of the training counts); atat_rate_term ((1 - s) times the vocabulary
+    bracket's sum over N: its share of atat_nelbo), atat_strength, atat_masked (masked share), and with an
+    estimator estimator_loss and importance_{mean,std,min,max,corr} (train.importance).
     """
     check_variant(variant, estimator, frequency)
     if strength < 0:
@@ -231,8 +314,13 @@ def atat_loss(model, estimator, x0: torch.Tensor, prefix: torch.Tensor | None, t
     loss = token_loss.sum() / count
 
     n_maskable = x0.numel() if maskable is None else int(maskable.sum())
-    stats = {"atat_loss": float(loss.detach()), "atat_nelbo": float(terms.loss.detach().sum() / count),
-             "atat_rate_term": float(terms.rate_term.detach().sum() / count), "atat_strength": float(strength),
+    sigma_floor, sigma_one = noise.total(torch.tensor([float(time_floor), 1.0], dtype=torch.float64))
+    ends = boundary_terms(x0, sigma_floor, sigma_one, terms.vocab_size, mask_id, exponents, prior_logits, maskable)
+    inside = 1 - float(time_floor)  # t ~ U[s, 1]: (1 - s) l(t) estimates int_s^1 of the integrand
+    nelbo = (inside * terms.loss.detach().double().sum() + ends.sum()) / count
+    stats = {"atat_loss": float(loss.detach()), "atat_nelbo": float(nelbo),
+             "atat_rate_term": float(inside * terms.rate_term.detach().double().sum() / count),
+             "atat_strength": float(strength),
              "atat_masked": float(terms.masked.sum()) / max(n_maskable, 1)}
     if est_loss is not None:
         stats["estimator_loss"] = float(est_loss.detach())

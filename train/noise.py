@@ -97,8 +97,11 @@ def get_noise(spec: dict):
         raise ValueError(f"bad keys for noise {kind!r}: {sorted(spec)} ({err})") from None
 
 
+SAMPLING_EPS = 1e-3  # the smallest training time: sample_times draws t ~ U[SAMPLING_EPS, 1]
+
+
 def sample_times(n: int, generator: torch.Generator | None = None, antithetic: bool = True,
-                 sampling_eps: float = 1e-3) -> torch.Tensor:
+                 sampling_eps: float = SAMPLING_EPS) -> torch.Tensor:
     """Diffusion times t in [sampling_eps, 1] for a batch of n.
 
     Antithetic (MDLM's low-discrepancy sampler): one uniform u, then t_i = (u / n + i / n) mod 1, so the

@@ -172,7 +172,7 @@ class Trainer:
         self.model, self.optimizer = self.acc.prepare(model, optimizer)
         self.ema = EMA(self.acc.unwrap_model(self.model), settings.ema)
         self.acc.register_for_checkpointing(self.ema)
-        self.estimator = self.estimator_optimizer = self.frequency = None
+        self.estimator = self.estimator_optimizer = self.frequency = self.unigram_logits = None
         self.atat_stage = None  # the curriculum stage of the last step, so a change is logged once
         if self.objective == "atat":
             self._build_estimator()
@@ -211,6 +211,8 @@ class Trainer:
 
         counts = unigram_counts(target_rows(), self.vocab_size, "training targets")
         self.frequency = frequency_importance(counts).to(self.acc.device)
+        # log(c_v + 1): the add-one unigram's logits, the prior pi of the atat_nelbo bound (train/atat.py)
+        self.unigram_logits = torch.log1p(torch.as_tensor(counts, dtype=torch.float64)).to(self.acc.device)
         estimator = ImportanceEstimator(self.vocab_size, a["estimator_dim"], a["estimator_kernel"],
                                         a["estimator_layers"])
         optimizer = torch.optim.AdamW(estimator.parameters(), lr=self.estimator_lr, weight_decay=0.0)
@@ -297,7 +299,8 @@ class Trainer:
                 else:
                     loss, estimator_loss, micro_stats = atat_loss(
                         self.model, self.estimator, x0, prefix, t[sl].to(x0.device), u[sl].to(x0.device), self.noise,
-                        self.mask_id, self.s.atat["importance"], strength, self.frequency, self.pad_id)
+                        self.mask_id, self.s.atat["importance"], strength, self.frequency, self.pad_id,
+                        prior_logits=self.unigram_logits)
                     self.acc.backward(loss + estimator_loss)  # disjoint parameters: each gets its own gradient
                     stats.append(micro_stats)
                 total += loss.detach().float()

@@ -221,14 +221,15 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false   # 
 if [[ -n ${CASCADE_SLURM_TARGETS:-} ]]; then
     read -r -a targets <<<"$CASCADE_SLURM_TARGETS"
 else
-    mapfile -t targets < <(python3 - "$ROOT" "${CASCADE_SLURM_METHOD:-constituency}" <<'EOF'
-import sys, yaml
-root, method = sys.argv[1:]
-c = yaml.safe_load(open(f"{root}/configs/tiny.yaml"))  # a --configfile replaces config.yaml
-lengths = "_".join(str(n) for n in c["stages"]["lengths"])
+    mapfile -t targets < <(python3 - "$ROOT" "${CASCADE_SLURM_METHOD:-constituency}" "$WORK/cluster-test.yaml" <<'EOF'
+import sys
+root, method, extra = sys.argv[1:]
+sys.path.insert(0, root)
+from common.layout import Layout, merge_configfiles  # where the config keeps its stage shards (tagged folders)
+c = merge_configfiles([f"{root}/configs/tiny.yaml", extra])
 for split, n in c["corpus"]["shards"].items():
     for i in range(n):
-        print(f"data/{c['corpus']['name']}/stages/{method}/{lengths}/{split}/shard_{i:05d}.parquet")
+        print(f"{Layout(c).stages(method, split)}/shard_{i:05d}.parquet")
 EOF
     )
     ((${#targets[@]} > 0)) || fail "pipeline: could not list the tiny config's stage shards"
@@ -250,8 +251,8 @@ say "pipeline: $submitted jobs submitted in $((SECONDS - t0))s; sacct by rule:"$
 (($(wc -l <<<"$jobs") == submitted)) || fail "pipeline: Snakemake submitted $submitted jobs, sacct lists $(wc -l <<<"$jobs")"
 (($(grep -c '|COMPLETED$' <<<"$jobs") == submitted)) || fail "pipeline: not every job is COMPLETED in sacct"
 # Every stage shard of the tiny config exists, and sacct saw every preprocessing rule.
-shards=$(find "$PIPE/data" -path '*/stages/*' -name 'shard_*.parquet' | wc -l)
-annot=$(find "$PIPE/data" -path '*/annot/*' -name 'shard_*.parquet' | wc -l)
+shards=$(find "$PIPE/data" -path '*/stages-*' -name 'shard_*.parquet' | wc -l)
+annot=$(find "$PIPE/data" -path '*/annot-*' -name 'shard_*.parquet' | wc -l)
 ((shards > 0 && shards == annot)) || fail "pipeline: $annot annotated shards but $shards stage shards"
 for rule in corpus_train corpus_validation tokenizer annotate stages; do
     grep -q "|rule_$rule" <<<"$jobs" || fail "pipeline: no SLURM job for rule $rule in sacct"
@@ -263,7 +264,7 @@ DONE+=("tiny pipeline: $submitted jobs ($((SECONDS - t0))s)")
 # Rerun one annotate shard by asking for its file: exactly that job, same documents; and the partition
 # given on the command line is the one SLURM used.
 t0=$SECONDS
-shard=$(cd "$PIPE" && find data -path '*/annot/*/train/*' -name 'shard_00001.parquet' | sort | head -1)
+shard=$(cd "$PIPE" && find data -path '*/annot-*/*/train/*' -name 'shard_00001.parquet' | sort | head -1)
 [[ -n $shard ]] || fail "pipeline: no annotated train shard_00001 to rerun"
 python3 -c "import pyarrow.parquet as pq, sys; print(pq.read_table(sys.argv[1]).column('doc_id').to_pylist())" "$PIPE/$shard" >"$WORK/docs.before"
 before=$(last_job_id)
@@ -285,9 +286,9 @@ fi
 
 if want train; then
 # ---------------------------------------------------------------- train: the real trainer, preempted and resumed
-compgen -G "$PIPE/data/*/stages/*/*/train/shard_*.parquet" >/dev/null || fail "train: needs the pipeline part first"
+compgen -G "$PIPE/data/*/stages-*/*/*/train/shard_*.parquet" >/dev/null || fail "train: needs the pipeline part first"
 t0=$SECONDS
-model=runs/cascade/stage1/model.safetensors
+model=runs/tiny/cascade/stage1/model.safetensors
 REF=$WORK/reference
 mkdir -p "$REF" && cp -a "$PIPE/data" "$REF/"
 say "training: $model through SLURM, SIGUSR1 after its first checkpoint; the same job uninterrupted, locally, in $REF"
@@ -302,7 +303,7 @@ BG_PID=$!
 job=
 for ((i = 0; i < 600; i++)); do  # until the SLURM job has written its first checkpoint
     job=$(squeue -h -t RUNNING -o %i 2>/dev/null | awk -v b="$before" '$1 > b' | head -1)
-    [[ -n $job ]] && compgen -G "$PIPE/runs/cascade/stage1/checkpoints/step_*" >/dev/null && break
+    [[ -n $job ]] && compgen -G "$PIPE/runs/tiny/cascade/stage1/checkpoints/step_*" >/dev/null && break
     kill -0 "$BG_PID" 2>/dev/null || break
     job=
     sleep 0.5
@@ -320,11 +321,11 @@ say "sacct saw:"$'\n'"$jobs"
 (($(grep -c '|rule_train_wildcards_cascade_stage1|' <<<"$jobs") == 2)) || fail "training: expected 2 SLURM jobs for train cascade/stage1"
 head -1 <<<"$jobs" | grep -q '|FAILED$' || fail "training: the signalled attempt is not FAILED in sacct"
 tail -1 <<<"$jobs" | grep -q '|COMPLETED$' || fail "training: the resumed attempt is not COMPLETED in sacct"
-resumed=$(sed -n 's/.*resuming from .*(step \([0-9]*\)).*/\1/p' "$PIPE/logs/train/cascade/stage1.log" | head -1)
+resumed=$(sed -n 's/.*resuming from .*(step \([0-9]*\)).*/\1/p' "$PIPE/logs/tiny/train/cascade/stage1.log" | head -1)
 max_steps=$(sed -n 's/^  max_steps: //p' "$WORK/cluster-test.yaml")
 say "the second attempt resumed at step ${resumed:-none} of $max_steps"
 [[ -n $resumed ]] && ((resumed > 0 && resumed < max_steps)) ||
-    fail "training: the second attempt did not resume mid-run from a checkpoint (step '${resumed:-none}' of $max_steps; logs/train/cascade/stage1.log)"
+    fail "training: the second attempt did not resume mid-run from a checkpoint (step '${resumed:-none}' of $max_steps; logs/tiny/train/cascade/stage1.log)"
 python3 - "$PIPE/$model" "$REF/$model" <<'EOF' || fail "training: the resumed model differs from the uninterrupted one"
 import sys
 from safetensors.torch import load_file
