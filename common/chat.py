@@ -22,8 +22,17 @@ of ``render(messages)``. This holds only for a template with the prefix property
 every partial render); a template that rewrites earlier turns (e.g. strips the reasoning of past answers)
 breaks it and is rejected with a ValueError.
 
-Token j (character span [a_j, b_j) from the offsets mapping) is an answer token iff a_j < end_i and
-b_j > start_i for some i (it overlaps an answer).
+Tokenization at the turn boundaries (``tokenize_turns``): the text is cut at every start_i and end_i and each
+piece (context, answer, context, ...) is tokenized on its own, so no token crosses a boundary and a token is an
+answer token iff it comes from an answer's piece. Tokenizing the whole text instead lets a byte-level BPE merge
+across start_i: an answer that opens with whitespace ("  x", "\nx") joins the template's "\n" in one pretoken
+("\n " or "\n\n"), so the training row's prompt would end one token before the prompt that generation tokenizes
+alone. ``prompt_ids`` cuts the generation prompt at the same places (the spans of the answers inside it), so the
+tokens before answer i of a training row are exactly ``prompt_ids(messages[:i])`` (tests/test_sft_data.py). A
+tokenizer that adds something to the start of every call (SentencePiece's dummy prefix "▁": then
+tokens("a\n") + tokens("b") != tokens("a\nb")) would put it at every piece; for such a tokenizer both sides
+tokenize the whole text, as before (token j is an answer token iff its offsets [a_j, b_j) overlap a span:
+a_j < end_i and b_j > start_i), and a merge across a boundary is possible there.
 
 Fixed length L (``encode_conversation``):
   - more than L tokens: keep the first L with their masks (truncated=True, no fill). A conversation cut inside
@@ -83,8 +92,27 @@ def template_for(tokenizer) -> str:
     return template if template else DEFAULT_TEMPLATE
 
 
+def render_empty_context(tokenizer, add_generation_prompt: bool = True, chat_template: str | None = None) -> str:
+    """The chat template (``chat_template``, default template_for(tokenizer)) rendered on no messages,
+    ``messages = []``: the text before an assistant turn that opens a conversation (with the generation prompt).
+
+    transformers' apply_chat_template refuses an empty conversation ("Cannot apply chat template to an empty
+    conversation"), so this calls its renderer (transformers.utils.chat_template_utils.render_jinja_template)
+    directly, with the variables apply_chat_template passes (the tokenizer's special tokens). Raises
+    jinja2.TemplateError where the template needs a message (e.g. reads messages[0]).
+    """
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    rendered, _ = render_jinja_template(conversations=[[]], chat_template=chat_template or template_for(tokenizer),
+                                        add_generation_prompt=add_generation_prompt, **tokenizer.special_tokens_map)
+    return rendered[0]
+
+
 def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
-    """The conversation as text (no tokenization), through ``template_for(tokenizer)``."""
+    """The conversation as text (no tokenization), through ``template_for(tokenizer)``; no messages: the empty
+    context (``render_empty_context``), which assistant_spans renders before an opening assistant turn."""
+    if len(messages) == 0:
+        return render_empty_context(tokenizer, add_generation_prompt)
     text = tokenizer.apply_chat_template(
         list(messages),
         chat_template=template_for(tokenizer),
@@ -100,14 +128,15 @@ def _template_name(tokenizer) -> str:
     return "DEFAULT_TEMPLATE" if template_for(tokenizer) is DEFAULT_TEMPLATE else "the tokenizer's chat_template"
 
 
-def assistant_spans(tokenizer, messages: list[dict]) -> list[tuple[int, int]]:
-    """Character spans [start, end) in ``render(tokenizer, messages)`` of every assistant turn's answer (content
-    + end-of-turn / EOS marker), by incremental rendering (see the module docstring for the formula).
+def assistant_spans(tokenizer, messages: list[dict], full: str | None = None) -> list[tuple[int, int]]:
+    """Character spans [start, end) in ``full`` (default ``render(tokenizer, messages)``; prompt_ids passes the
+    render with the generation prompt) of every assistant turn's answer (content + end-of-turn / EOS marker), by
+    incremental rendering (see the module docstring for the formula).
 
     Raises ValueError when the template lacks the prefix property (a partial render is not a prefix of the full
     text) or gives an empty / inverted span.
     """
-    full = render(tokenizer, messages)
+    full = render(tokenizer, messages) if full is None else full
     spans = []
     for i, message in enumerate(messages):
         if message.get("role") != "assistant":
@@ -133,6 +162,48 @@ def assistant_spans(tokenizer, messages: list[dict]) -> list[tuple[int, int]]:
     return spans
 
 
+def tokenizes_pieces_alone(tokenizer) -> bool:
+    """Whether a piece tokenized on its own gets the tokens it gets after a line break in a longer text:
+    tokens("a\n") + tokens("b") == tokens("a\nb"). True for byte-level BPEs (the pipeline's, GPT-2's) and
+    WordPiece; False for a tokenizer that prefixes every call (SentencePiece's dummy prefix)."""
+    def ids(text):
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    return ids("a\n") + ids("b") == ids("a\nb")
+
+
+def tokenize_turns(tokenizer, text: str, spans: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
+    """(ids, turns) of ``text`` with the answer ``spans`` [start_i, end_i) (ascending, inside the text; the last
+    one may run past its end): turns[j] = i when token j belongs to answer i, -1 for context. The text is cut at
+    every start_i and end_i and each piece tokenized on its own (module docstring), or, when the tokenizer does not
+    tokenize pieces alone as in context (``tokenizes_pieces_alone``), tokenized whole with turns[j] the first
+    span that token j's offsets overlap."""
+    if not tokenizes_pieces_alone(tokenizer):
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        turns = [next((i for i, (start, end) in enumerate(spans) if a < end and b > start), -1)
+                 for a, b in enc["offset_mapping"]]
+        return list(enc["input_ids"]), turns
+    pieces, at = [], 0  # (start, end, turn)
+    for i, (start, end) in enumerate(spans):
+        start, end = min(start, len(text)), min(end, len(text))
+        if start < at:
+            raise ValueError(f"answer spans must be ascending and disjoint, got {spans}")
+        if start > at:
+            pieces.append((at, start, -1))
+        if end > start:
+            pieces.append((start, end, i))
+        at = end
+    if at < len(text):
+        pieces.append((at, len(text), -1))
+    ids, turns = [], []
+    if pieces:
+        for (_, _, turn), piece in zip(pieces, tokenizer([text[a:b] for a, b, _ in pieces],
+                                                         add_special_tokens=False)["input_ids"]):
+            ids += piece
+            turns += [turn] * len(piece)
+    return ids, turns
+
+
 def _fill_id(tokenizer) -> int:
     pad = tokenizer.pad_token_id
     return pad if pad is not None else tokenizer.eos_token_id
@@ -156,12 +227,9 @@ def encode_conversation(tokenizer, messages: list[dict], length: int, fill_eos: 
     ends_with_answer = bool(messages) and messages[-1].get("role") == "assistant"
     if ends_with_answer:
         text = text[: spans[-1][1]]  # drop the trailing whitespace: no visible token marks the answer's end
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]
-    targets = spans[-1:] if final_only else spans
-    mask = []
-    for a, b in offsets:
-        mask.append(int(any(a < end and b > start for start, end in targets)))
+    ids, turns = tokenize_turns(tokenizer, text, spans)
+    targets = {len(spans) - 1} if final_only else set(range(len(spans)))
+    mask = [int(turn in targets) for turn in turns]
     truncated = len(ids) > length
     filled = 0
     if truncated:
@@ -179,9 +247,19 @@ def encode_conversation(tokenizer, messages: list[dict], length: int, fill_eos: 
 
 def prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
     """Token ids of the generation prompt ``render(messages, add_generation_prompt=True)`` (``messages`` ends with
-    a user turn); the model generates the answer after them."""
+    a user turn); the model generates the answer after them. Tokenized as training rows are (``tokenize_turns``,
+    cut at the spans of the earlier answers in ``messages``), so they equal the tokens before that answer in an
+    SFT row of ``messages`` + the answer. Where the template gives no spans (no prefix property, or it cannot
+    render the empty context before an opening assistant turn) no SFT row has this context (preprocess.sft
+    refuses or skips it), and the whole text is tokenized."""
+    import jinja2
+
     text = render(tokenizer, messages, add_generation_prompt=True)
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    try:
+        spans = assistant_spans(tokenizer, messages, full=text)
+    except (ValueError, jinja2.TemplateError):
+        spans = []
+    return tokenize_turns(tokenizer, text, spans)[0]
 
 
 def answer_text(tokenizer, ids) -> str:

@@ -226,6 +226,8 @@ def _check_post_training_run(config: dict, name: str, run: dict, source: str) ->
     if run["kind"] not in ("sft", "dpo"):
         raise ConfigError(f"{source}: runs.{name}.init_from applies to sft and dpo runs, this run is kind "
                           f"{run['kind']}")
+    if run["kind"] == "dpo":
+        _check_dpo_loss(config, name, source)
     target = run.get("init_from")
     if target is None:
         if run["kind"] == "dpo":
@@ -246,6 +248,21 @@ def _check_post_training_run(config: dict, name: str, run: dict, source: str) ->
                           f"only the same network: give runs.{name} the backbone (and model size) of {target}")
     if run["kind"] == "dpo":
         _check_dpo_reference(config, name, source)
+
+
+def _check_dpo_loss(config: dict, name: str, source: str) -> None:
+    """dpo.loss and dpo.label_smoothing of dpo run ``name`` (runs.<name>.dpo over the dpo section, as
+    train/settings.resolve merges them): label smoothing is the sigmoid loss's (cDPO,
+    -(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h)); IPO's (h - 1 / (2 beta))^2 has none, so ipo with
+    label_smoothing > 0 would train without the smoothing the config asks for."""
+    own = config["runs"][name].get("dpo", {})
+    merged = {**config["dpo"], **own}
+    if merged["loss"] == "ipo" and merged["label_smoothing"] > 0:
+        key = {k: f"runs.{name}.dpo.{k}" if k in own else f"dpo.{k}" for k in ("loss", "label_smoothing")}
+        raise ConfigError(f"{source}: runs.{name} (kind dpo): {key['loss']} is 'ipo' and {key['label_smoothing']} "
+                          f"is {merged['label_smoothing']}; label smoothing applies to the sigmoid loss only "
+                          f"(IPO's (h - 1/(2 beta))^2 has none): expected label_smoothing 0 with loss ipo, or "
+                          f"loss sigmoid")
 
 
 def run_backbone(config: dict, name: str) -> dict:

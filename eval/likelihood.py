@@ -30,7 +30,7 @@ eval.samplers.time_of_mask_share; loglinear t = mu, cosine t = (2/pi) arccos(1 -
 Per count: the patterns with k masks carry the weight c_k = C(n, k) int_{m0}^1 mu^(k-1) (1 - mu)^(n-k) dmu
 = (1/k) P(Binomial(n, m0) < k), and given k, S is uniform among the C(n, k) sets and mu ~ Beta(k, n - k + 1)
 restricted to (m0, 1], so D = sum_{k=1}^n c_k E[G(S, t(mu)) | k]:
-    loglinear, cosine (m0 = 0): c_k = 1/k (sum H_n); for a network that ignores t this is LLaDA's mask-count
+    loglinear, cosine (m0 = 0): c_k = 1/k (summing to H_n); for a network that ignores t this is LLaDA's mask-count
             form, sum_k (1/k) E_{|S| = k}[G(S)] = E_{k ~ U{1..n}}[(n/k) G(S)];
     geometric (m0 = (1 - exp(-sigma_min)) / (1 - exp(-sigma_max))): c_k = (1/k) P(Binomial(n, m0) <= k - 1).
 Sampling: mu ~ U(m0, 1], then S = {i*} + {i != i*: u_i < mu}, i* uniform on the n positions, u_i ~ U[0, 1).

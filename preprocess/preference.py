@@ -71,12 +71,12 @@ from typing import Callable, Iterator
 import pyarrow as pa
 from tqdm import tqdm
 
-from common.chat import Encoded
+from common.chat import Encoded, encode_conversation
 from common.config import ConfigError, load_config
 from common.io import InputError, atomic_path, stats_path as default_stats_path, write_json
 from common.tasks import normalise
 from preprocess.corpus import in_validation
-from preprocess.sft import (SPLITS, Raw, Skipped, SkipLog, _content_problem, encode_messages,
+from preprocess.sft import (SPLITS, Raw, Skipped, SkipLog, _content_problem,
                             leading_assistant_problem, message_list, write_records, _special_texts, hub_records,
                             load_tokenizer, local_records, reverse_record, source_kind)
 
@@ -255,9 +255,10 @@ def iter_split(dpo: dict, split: str, load: Callable = None) -> Iterator[Item]:
 
 def pair_canvases(tokenizer, prompt: list, chosen: str, rejected: str, length: int) -> tuple[Encoded, Encoded]:
     """The chosen and rejected canvases of ``length`` tokens: prompt + [assistant answer], only the final answer
-    and its EOS fill masked (a prompt may start with an assistant turn: preprocess.sft.encode_messages)."""
-    return tuple(encode_messages(tokenizer, prompt + [{"role": "assistant", "content": answer}], length,
-                                 final_only=True)
+    and its EOS fill masked (a prompt may start with an assistant turn, rendered after the empty context:
+    common.chat.render)."""
+    return tuple(encode_conversation(tokenizer, prompt + [{"role": "assistant", "content": answer}], length,
+                                     final_only=True)
                  for answer in (chosen, rejected))
 
 
@@ -358,10 +359,7 @@ def main(argv=None):
     parser.add_argument("--stats", help="stats JSON (default: <out>.stats.json beside the shard)")
     args = parser.parse_args(argv)
     try:
-        config = load_config(args.config)
-        for section in ("dpo", "sft"):
-            if section not in config:
-                raise ConfigError(f"{args.config}: no {section!r} section; expected dpo.source and sft.length")
+        config = load_config(args.config)  # the schema fills in the dpo and sft sections with every key
         stats = build(config["dpo"], config["sft"]["length"], load_tokenizer(args.tokenizer), args.split, args.out,
                       args.stats)
     except (ConfigError, InputError) as err:

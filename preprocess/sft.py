@@ -58,9 +58,9 @@ naming the output file; it writes nothing.
 A conversation may start with an assistant turn (a greeting before the first question). That turn is trained like
 any other, with an empty context: by common/chat.py's span formula with i = 0 its answer starts at
 len(render([], add_generation_prompt=True)), the template rendered on no messages (transformers' apply_chat_template
-refuses an empty conversation, so ``render_empty_context`` renders the template itself, with the same renderer and
-variables). Where the template cannot do that (the empty render raises, e.g. a template that reads messages[0], or
-it is not a prefix of the conversation's render) the record is skipped as ``leading_assistant_turn``.
+refuses an empty conversation, so ``common.chat.render_empty_context`` renders the template itself, with the same
+renderer and variables). Where the template cannot do that (the empty render raises, e.g. a template that reads
+messages[0], or it is not a prefix of the conversation's render) the record is skipped as ``leading_assistant_turn``.
 """
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from common.chat import ROLES, Encoded, encode_conversation, render, template_for
+from common.chat import ROLES, encode_conversation, render, render_empty_context
 from common.config import ConfigError, load_config
 from common.io import InputError, atomic_path, stats_path as default_stats_path, write_json
 from common.tasks import REVERSE_PROMPT
@@ -231,50 +231,12 @@ def _record_id(obj, fallback: str) -> str:
 # Conversations that start with an assistant turn
 
 
-def render_empty_context(tokenizer, add_generation_prompt: bool = True, chat_template: str | None = None) -> str:
-    """The chat template (``chat_template``, default common.chat.template_for(tokenizer)) rendered on no messages,
-    ``messages = []``: the text before an assistant turn that opens a conversation (with the generation prompt).
-
-    transformers' apply_chat_template refuses an empty conversation ("Cannot apply chat template to an empty
-    conversation"), so this calls its renderer (transformers.utils.chat_template_utils.render_jinja_template)
-    directly, with the variables apply_chat_template passes (the tokenizer's special tokens). Raises
-    jinja2.TemplateError where the template needs a message (e.g. reads messages[0]).
-    """
-    from transformers.utils.chat_template_utils import render_jinja_template
-
-    rendered, _ = render_jinja_template(conversations=[[]], chat_template=chat_template or template_for(tokenizer),
-                                        add_generation_prompt=add_generation_prompt, **tokenizer.special_tokens_map)
-    return rendered[0]
-
-
-class EmptyContextTokenizer:
-    """``tokenizer`` as common.chat sees it, except that rendering an empty conversation (tokenize=False) goes
-    through ``render_empty_context`` instead of raising: common.chat.assistant_spans renders messages[:i] for each
-    assistant turn i, so a conversation that starts with an assistant turn renders messages[:0] = []. Everything
-    else is the tokenizer's own."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-
-    def __getattr__(self, name):
-        return getattr(self.tokenizer, name)
-
-    def __call__(self, *args, **kwargs):
-        return self.tokenizer(*args, **kwargs)
-
-    def apply_chat_template(self, conversation, **kwargs):
-        if len(conversation) == 0 and kwargs.get("tokenize") is False:
-            return render_empty_context(self.tokenizer, kwargs.get("add_generation_prompt", False),
-                                        kwargs.get("chat_template"))
-        return self.tokenizer.apply_chat_template(conversation, **kwargs)
-
-
 def leading_assistant_problem(tokenizer, messages: list) -> str | None:
-    """None when encode_messages can encode ``messages``: it does not start with an assistant turn, or the chat
-    template renders that turn after an empty context (render_empty_context(add_generation_prompt=True) succeeds and
-    is a prefix of render(messages), so the turn's span starts where the empty context ends). Else why not: the
-    caller skips the record as ``leading_assistant_turn``. A template that refuses the whole conversation raises
-    jinja2.TemplateError from render(messages), as for any conversation (``template_error``)."""
+    """None when common.chat.encode_conversation can encode ``messages``: it does not start with an assistant
+    turn, or the chat template renders that turn after an empty context (render_empty_context(add_generation_prompt
+    =True) succeeds and is a prefix of render(messages), so the turn's span starts where the empty context ends).
+    Else why not: the caller skips the record as ``leading_assistant_turn``. A template that refuses the whole
+    conversation raises jinja2.TemplateError from render(messages), as for any conversation (``template_error``)."""
     import jinja2
 
     if not messages or messages[0]["role"] != "assistant":
@@ -289,12 +251,6 @@ def leading_assistant_problem(tokenizer, messages: list) -> str | None:
         return (f"the conversation starts with an assistant turn, and the chat template's render of an empty "
                 f"context {before[:40]!r} does not start the conversation's render {full[:40]!r}")
     return None
-
-
-def encode_messages(tokenizer, messages: list, length: int, **kwargs) -> Encoded:
-    """common.chat.encode_conversation(tokenizer, messages, length, **kwargs), also for a conversation that starts
-    with an assistant turn (its answer after the empty context; check leading_assistant_problem first)."""
-    return encode_conversation(EmptyContextTokenizer(tokenizer), messages, length, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -588,7 +544,7 @@ def build(sft: dict, tokenizer, split: str, out_path: str | Path, stats_path: st
                 if problem is not None:
                     skip(conv.conversation_id, "leading_assistant_turn", problem)
                     continue
-                enc = encode_messages(tokenizer, conv.messages, length)
+                enc = encode_conversation(tokenizer, conv.messages, length)
             except jinja2.TemplateError as err:
                 skip(conv.conversation_id, "template_error", str(err))
                 continue
@@ -655,11 +611,8 @@ def main(argv=None):
     parser.add_argument("--stats", help="stats JSON (default: <out>.stats.json beside the shard)")
     args = parser.parse_args(argv)
     try:
-        config = load_config(args.config)
-        if "sft" not in config:
-            raise ConfigError(f"{args.config}: no 'sft' section; expected sft.source, sft.length, ...")
-        sft = config["sft"]
-        stats = build(sft, load_tokenizer(args.tokenizer), args.split, args.out, args.stats)
+        config = load_config(args.config)  # the schema fills in every key of the sft section (and the section)
+        stats = build(config["sft"], load_tokenizer(args.tokenizer), args.split, args.out, args.stats)
     except (ConfigError, InputError) as err:
         parser.exit(2, f"preprocess.sft: error: {err}\n")
     print(f"{args.out}: {stats['records_written']} of {stats['records_read']} conversations, "

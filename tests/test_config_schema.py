@@ -126,7 +126,7 @@ def test_decreasing_lengths_are_refused(tmp_path):
 def test_a_run_inherits_train_keys_it_does_not_set():
     """Run entries get no schema defaults: a default there would silently override the train: section."""
     config = merged("config.yaml")
-    config["train"]["lr"] = 0.005
+    config.setdefault("train", {})["lr"] = 0.005  # config.yaml sets only what differs from the schema
     config["runs"]["ar"]["warmup_steps"] = 7
     config = validate_config(config)
     assert "lr" not in config["runs"]["ar"] and config["runs"]["ar"]["warmup_steps"] == 7
@@ -154,7 +154,7 @@ def test_nested_config_values_from_the_command_line_get_their_types(tmp_path, ov
 
 def test_a_string_that_is_not_a_number_is_still_refused_by_name():
     config = merged("config.yaml")
-    config["train"]["lr"] = "fast"
+    config.setdefault("train", {})["lr"] = "fast"
     with pytest.raises(ConfigError, match=r"train.lr: 'fast' is not of type 'number'"):
         validate_config(config)
 

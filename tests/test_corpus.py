@@ -100,7 +100,7 @@ def test_max_docs_caps_written_documents(tmp_path):
 def write_config(config_path, **corpus_keys):
     """The repository's config.yaml with some corpus: keys changed, as the --config of a command."""
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
-    config["corpus"].update(corpus_keys)
+    config.setdefault("corpus", {}).update(corpus_keys)  # config.yaml sets only what differs from the schema
     config_path.write_text(yaml.safe_dump(config))
 
 

@@ -308,3 +308,30 @@ def test_a_run_overrides_the_dpo_training_keys_only():
                      "reference": None}
     with pytest.raises(ConfigError, match="n_train"):  # the pairs are shared by every dpo run
         validate_config(config({"n_train": 5}))
+
+
+@pytest.mark.parametrize("section,run,keys", [
+    ({"loss": "ipo", "label_smoothing": 0.1}, {}, ("dpo.loss", "dpo.label_smoothing")),
+    ({"label_smoothing": 0.1}, {"loss": "ipo"}, ("runs.dpo.dpo.loss", "dpo.label_smoothing")),
+    ({"loss": "ipo"}, {"label_smoothing": 0.2}, ("dpo.loss", "runs.dpo.dpo.label_smoothing")),
+])
+def test_ipo_with_label_smoothing_is_refused_naming_the_run_and_both_keys(section, run, keys):
+    """IPO has no label smoothing (train/dpo.preference_loss): the combination, from the section or a run's own
+    dpo keys, stops validate_config instead of training without the smoothing asked for."""
+    from common.config import ConfigError, validate_config
+
+    def config(section, run):
+        return {"stages": {"lengths": [4, 8, 16]}, "dpo": section,
+                "runs": {"sft": {"kind": "sft", "objective": "mdlm"},
+                         "dpo": {"kind": "dpo", "objective": "mdlm", "init_from": "sft", "dpo": run}}}
+
+    with pytest.raises(ConfigError) as err:
+        validate_config(config(section, run))
+    message = str(err.value)
+    assert "runs.dpo (kind dpo)" in message and all(f"{k} is" in message for k in keys), message
+    # either key alone is fine, and a run may switch the combination off
+    validate_config(config({**section, **run, "label_smoothing": 0.0}, {}))
+    validate_config(config({**section, **run, "loss": "sigmoid"}, {}))
+    validate_config(config(section, {**run, "label_smoothing": 0.0}))
+    with pytest.raises(ValueError, match="dpo.label_smoothing"):
+        preference_loss(torch.zeros(2), 0.1, "ipo", 0.1)

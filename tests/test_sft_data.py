@@ -226,6 +226,39 @@ def test_prompt_ids_and_answer_text(tok):
     assert norm(answer_text(tok, answer)) == "blue sky"
 
 
+# Code-like text: the byte-level BPE learns "\n " (ĊĠ) and "\n\n" (ĊĊ), the merges that could join the template's
+# "\n" before an answer with the answer's own leading whitespace.
+INDENTED_TEXTS = TRAIN_TEXTS + ["def f(x):\n  return x\n\n\nclass A:\n  pass\n  x = 1\n\n"] * 5
+
+
+@pytest.mark.parametrize("lead", ["  ", "\n\n", " "])
+def test_training_rows_hold_the_generation_prompt_before_every_answer(lead):
+    """Answers that start with whitespace, tokenized by the pipeline's byte-level BPE: the tokens before answer i
+    of a training row (SFT, and a preference canvas's final answer) are exactly the prompt eval.generate builds,
+    prompt_ids(messages[:i]); tokenizing the whole text would merge "\n" + "  " across the boundary."""
+    tok = train_bpe(iter([INDENTED_TEXTS]), vocab_size=400, min_frequency=1)
+    assert {"ĊĠ", "ĊĊ"} <= set(tok.get_vocab())
+    dialogue = [dict(m, content=lead + m["content"]) if m["role"] == "assistant" else m for m in DIALOGUE]
+    for final_only in (False, True):
+        enc = encode_conversation(tok, dialogue, 128, final_only=final_only)
+        turns = runs(enc.answer_mask[: 128 - enc.filled])
+        answers = [i for i, m in enumerate(dialogue) if m["role"] == "assistant"]
+        assert len(turns) == (1 if final_only else 3)
+        for (a, b), i in zip(turns, answers[-len(turns):]):
+            assert enc.ids[:a] == prompt_ids(tok, dialogue[:i]), (final_only, i)
+            assert tok.decode(enc.ids[a:b]) == dialogue[i]["content"] + tok.eos_token
+    # the case is real: a whole-text tokenization ends the first prompt elsewhere (one token earlier)
+    first = prompt_ids(tok, dialogue[:2])
+    whole = tok(render(tok, dialogue[:3]), add_special_tokens=False)["input_ids"]
+    assert (whole[:len(first)] == first) == (lead == " ")
+    # a conversation that opens with an assistant turn: the same, after the empty context
+    opening = [dict(GREETING, content=lead + GREETING["content"]), *dialogue[1:3]]
+    enc = encode_conversation(tok, opening, 64)
+    (a0, _), (a1, _) = runs(enc.answer_mask[: 64 - enc.filled])
+    assert enc.ids[:a0] == tok("<|assistant|>\n", add_special_tokens=False)["input_ids"]
+    assert enc.ids[:a1] == prompt_ids(tok, opening[:2])
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The reverse task
 

@@ -4,6 +4,7 @@ a checkpoint that cannot be used is named and training starts from step 0. In-pr
 import csv
 import math
 import re
+import signal
 
 import pytest
 import torch
@@ -68,6 +69,27 @@ def test_diverging_run_fails_naming_step_and_quantity(toy, tmp_path):
     expected = ["trainer_state.json", "model.safetensors", "optimizer.bin", "custom_checkpoint_0.pkl",
                 "random_states_0.pkl"]
     assert checkpoint_problem(kept[-1], settings, expected) is None
+
+
+def test_an_in_process_run_gives_the_signal_handlers_back(toy, tmp_path):
+    """Trainer.run installs its stop request for SIGTERM and SIGUSR1; after the run, finished or failed, the
+    caller's own handlers are back (pytest's SIGTERM handling, not a stop flag of a dead trainer)."""
+    def mine(signum, frame):
+        raise AssertionError(f"signal {signum}: not expected in this test")
+
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        for sig in saved:
+            signal.signal(sig, mine)
+        assert main(args(toy, tmp_path / "done")) in (None, 0)
+        assert (tmp_path / "done" / "model.safetensors").is_file()
+        assert signal.getsignal(signal.SIGTERM) is mine and signal.getsignal(signal.SIGUSR1) is mine
+        with pytest.raises(SystemExit, match="training diverged"):
+            main(args(toy, tmp_path / "diverged", "--set", "lr=1000000.0"))
+        assert signal.getsignal(signal.SIGTERM) is mine and signal.getsignal(signal.SIGUSR1) is mine
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 def poison_losses(monkeypatch, steps):

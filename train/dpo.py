@@ -25,7 +25,7 @@ below that of independent draws (bench/README.md).
 Losses (dpo.loss), per pair, averaged over the batch:
 
     sigmoid  -(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h)      (DPO; eps = dpo.label_smoothing, cDPO)
-    ipo      (h - 1 / (2 beta))^2                                            (IPO)
+    ipo      (h - 1 / (2 beta))^2                                            (IPO; no label smoothing: refused)
     + alpha * (-B_theta(y_w)) / |y_w|     with dpo.sft_weight = alpha > 0: the chosen answer's NELBO per answer
                                           token (the NLL term of RPO), so the chosen answers stay likely while the
                                           margin grows (logged as nll_loss)
@@ -107,10 +107,14 @@ def pair_scores(model, chosen, chosen_mask, rejected, rejected_mask, t, u, noise
 
 
 def preference_loss(h: torch.Tensor, beta: float, loss: str, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Per-pair loss of the preference score h (module docstring): sigmoid (label-smoothed DPO) or ipo."""
+    """Per-pair loss of the preference score h (module docstring): sigmoid (label-smoothed DPO) or ipo, which has
+    no label smoothing (label_smoothing > 0 with it is an error; common.config refuses the config first)."""
     if loss == "sigmoid":
         return -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
     if loss == "ipo":
+        if label_smoothing > 0:
+            raise ValueError(f"dpo.loss 'ipo' has no label smoothing; expected dpo.label_smoothing 0, got "
+                             f"{label_smoothing}")
         return (h - 1 / (2 * beta)) ** 2
     raise ValueError(f"dpo.loss must be one of {LOSSES}, got {loss!r}")
 

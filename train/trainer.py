@@ -547,19 +547,27 @@ class Trainer:
 
     def run(self, on_step: Callable[[int], None] | None = None) -> int:
         """Train to max_steps (resuming from the newest usable checkpoint); 0 when done, EXIT_PREEMPTED on a
-        signal; TrainingDiverged when the loss or gradient stays non-finite."""
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal; TrainingDiverged when the loss or gradient stays non-finite. SIGTERM and SIGUSR1 request a stop
+        while it runs; their previous handlers are back when it returns or raises (an in-process caller, e.g.
+        pytest, keeps its own)."""
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+        for sig in previous:
             signal.signal(sig, self._request_stop)
-        self.ckpt_root.mkdir(parents=True, exist_ok=True)
-        self.acc.print(f"{self.run_name} {self.s.name}: {self.acc.unwrap_model(self.model).num_params():,} parameters; "
-                       f"max_steps from {self.s.steps_source}; settings (digest {self.s.digest()}):\n"
-                       f"{self.s.describe()}")
-        step, seconds = self.resume()
-        self._start_trackers(step)
         try:
-            return self._train(step, seconds, on_step)
+            self.ckpt_root.mkdir(parents=True, exist_ok=True)
+            self.acc.print(f"{self.run_name} {self.s.name}: {self.acc.unwrap_model(self.model).num_params():,} "
+                           f"parameters; max_steps from {self.s.steps_source}; settings (digest "
+                           f"{self.s.digest()}):\n{self.s.describe()}")
+            step, seconds = self.resume()
+            self._start_trackers(step)
+            try:
+                return self._train(step, seconds, on_step)
+            finally:
+                self.acc.end_training()
         finally:
-            self.acc.end_training()
+            for sig, handler in previous.items():
+                # None: a handler not installed from Python; SIG_DFL is the closest that signal.signal accepts
+                signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
     def _train(self, step: int, seconds: float, on_step: Callable[[int], None] | None) -> int:
         from tqdm.auto import tqdm
