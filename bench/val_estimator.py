@@ -18,7 +18,8 @@ Models: a model folder (``--model-dir``, blocks from ``--val-shards``), or tiny 
 ``--train-steps`` AdamW steps (0: random weights), objective mdlm and sedd, on the pydoc corpus cut into
 ``--block-len``-token blocks by a 2,048-token BPE trained here; the last ``--blocks`` blocks are held out.
 
-    python bench/val_estimator.py --train-steps 300 --blocks 8 --seeds 200 --time-samples 4 --out /tmp/val_estimator.json
+    python bench/val_estimator.py --train-steps 300 --blocks 8 --seeds 200 --time-samples 4 \
+        --out /tmp/val_estimator.json
 """
 from __future__ import annotations
 

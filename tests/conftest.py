@@ -95,16 +95,22 @@ def tree_digest(root: Path, *folders: str) -> dict[str, str]:
             for folder in folders for p in sorted((root / folder).rglob("*")) if p.is_file()}
 
 
-def generate(model_dir: Path, cwd: Path, *args: str) -> str:
-    """`python -m eval.generate` on a model folder from another working directory; its stdout (JSONL)."""
+def generate(model_dir: Path, cwd: Path, *args: str) -> list[dict]:
+    """`python -m eval.generate` on a model folder from another working directory: its records (prompt and answer
+    ids and text), the wall-clock `seconds` left out."""
+    import json
+
     cmd = [sys.executable, "-m", "eval.generate", "--model-dir", str(model_dir), "--seed", "0", "--threads", "1",
            *args]
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env={**offline_env(), "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout
+    records = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert records and all(r["prompt_ids"] and r["ids"] for r in records)
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
 
 
-TINY_GENERATE = ("--raw-prompt", "--prompt", "The", "--gen-length", "8", "--steps", "4")
+# sampled at temperature 1 from a fixed seed: the ids depend on the weights, the tokenizer and the seed alone
+TINY_GENERATE = ("--raw-prompt", "--prompt", "The", "--gen-length", "8", "--steps", "4", "--temperature", "1")
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ from eval.likelihood import (ar_nats, block_nats, continuous_nats, discrete_nats
                              stratified_levels, time_of_share)
 from eval.trained import Trained
 from train.model import DiffusionTransformer, ModelConfig
-from train.noise import CosineNoise, GeometricNoise, LogLinearNoise, get_noise
+from train.noise import LogLinearNoise, get_noise
 from train.objectives import masked_token_losses
 
 torch.set_num_threads(1)
@@ -305,7 +305,8 @@ def test_block_nats_replays_its_draws_by_hand(noise_spec, objective):
     got_continuous, got_discrete = block_nats(trained, x0, prefix, valid, K, torch.Generator().manual_seed(4), steps)
 
     g = torch.Generator().manual_seed(4)
-    levels = (torch.arange(K, dtype=torch.float64)[:, None] + 1 - torch.rand(K, 3, generator=g, dtype=torch.float64)) / K
+    u_levels = torch.rand(K, 3, generator=g, dtype=torch.float64)
+    levels = (torch.arange(K, dtype=torch.float64)[:, None] + 1 - u_levels) / K
     m, _ = hand_share(noise_spec, torch.arange(T + 1, dtype=torch.float64) / T)
     m0 = float(m[0])
     top = 1 - math.exp(-float(noise.total(torch.tensor(1.0, dtype=torch.float64))))
@@ -323,9 +324,11 @@ def test_block_nats_replays_its_draws_by_hand(noise_spec, objective):
             else:
                 sigma = -math.log(1 - top * mu)
                 t = math.log(sigma / noise.sigma_min) / math.log(noise.sigma_max / noise.sigma_min)
-            for share, sigma, out in [(mu, float(noise.total(torch.tensor(t, dtype=torch.float32))), want_continuous)] + (
-                    [(float(m[math.ceil(T * t)]), float(noise.total(torch.tensor(math.ceil(T * t) / T))),
-                      want_discrete)] if steps else []):
+            passes = [(mu, float(noise.total(torch.tensor(t, dtype=torch.float32))), want_continuous)]
+            if steps:  # step i = ceil(T t): masks at m(i/T), the network told sigma_bar(i/T)
+                i = math.ceil(T * t)
+                passes.append((float(m[i]), float(noise.total(torch.tensor(i / T))), want_discrete))
+            for share, sigma, out in passes:
                 masked = torch.tensor([i == chosen or (i in real and float(u[b, i]) < share) for i in range(4)])
                 x = torch.where(masked, torch.full_like(x0[b], MASK), x0[b])
                 terms = hand_g(model, objective, x, sigma, x0[b], prefix[b])

@@ -17,7 +17,7 @@ from eval.sample import main as sample_main, read_jsonl
 from eval.scorer import PipelineARScorer, generative_perplexity, load_scorer
 from eval.trained import Trained, load_trained
 from preprocess.tokenizer import train_bpe
-from train.checkpoint import read_meta, save_model
+from train.checkpoint import read_meta, save_model, tokenizer_digest
 from train.model import DiffusionTransformer, ModelConfig
 from train.noise import GeometricNoise, LogLinearNoise
 from train.objectives import ar_token_loss, subs_log_probs
@@ -146,7 +146,7 @@ def test_ar_scorer_matches_hand_computation(project):
         expected = -logp.gather(-1, seqs[..., None]).sum().item()
         assert math.isclose(expected, ar_token_loss(scorer.model(x), seqs).sum().item(), rel_tol=1e-5)
     records = [{"stage3_ids": s.tolist(), "stage3_text": project["tok"].decode(s.tolist())} for s in seqs]
-    result = generative_perplexity(records, scorer, "stage3", str(project["tok_dir"]))
+    result = generative_perplexity(records, scorer, "stage3", tokenizer_digest(project["tok_dir"]))
     assert result["tokens"] == 48
     assert math.isclose(result["value"], math.exp(expected / 48), rel_tol=1e-5)
     assert "no retokenization" in result["definition"]
@@ -395,7 +395,7 @@ def test_validation_nelbo_bounds_the_sampler_likelihood(noise_spec):
     noise = {"loglinear": LogLinearNoise, "geometric": GeometricNoise}[noise_spec["type"]](
         **{k: v for k, v in noise_spec.items() if k != "type"})
     meta = {"objective": "mdlm", "mask_id": mask_id, "prefix_len": 0, "target_len": 1, "noise": noise_spec}
-    trained = Trained("stage3", None, model, meta, None, noise, Denoiser(model, "mdlm", mask_id, 0))
+    trained = Trained("stage3", None, model, meta, None, None, noise, Denoiser(model, "mdlm", mask_id, 0))
     target = torch.arange(400)[:, None] % mask_id
     with torch.no_grad():
         log_p = subs_log_probs(model(torch.full((1, 1), mask_id), torch.zeros(1)), torch.full((1, 1), mask_id),

@@ -11,7 +11,8 @@ from common.layout import Layout
 from conftest import ROOT, TINY, TINY_GENERATE, dry_run_counts, generate, layout, merged_config, snakemake, tree_digest, twin
 
 SFT = twin("sft")
-SFT_GENERATE = ("--prompt", "Reverse the words: locals str", "--gen-length", "8", "--steps", "4")
+SFT_GENERATE = ("--prompt", "Reverse the words: locals str", "--gen-length", "8", "--steps", "4", "--temperature", "1",
+                "--no-eos-guard", "--fill-canvas")
 
 
 @pytest.mark.slow
