@@ -25,13 +25,14 @@ venv: $(VENV)/.installed
 demo: venv
 	snakemake --profile profiles/local
 
-## The test suite, including an end-to-end Snakemake run of configs/tiny.yaml.
+## The test suite, including the end-to-end Snakemake runs of every config's offline twin (configs/twins/), on two
+## workers: the DAG tests share one workspace on one worker, the unit tests run on the other.
 test: venv
-	python -m pytest tests -q
+	python -m pytest tests -q -n 2 --dist loadgroup
 
 ## Unit tests only (no end-to-end DAG run).
 test-fast: venv
-	python -m pytest tests -q -m "not slow"
+	python -m pytest tests -q -n 2 -m "not slow"
 
 ## The live-SLURM test: installs and starts a single-node SLURM here, runs the tiny DAG through sbatch.
 # The script prints PASS, FAIL or SKIP (exit 77: this host cannot run SLURM daemons, and says why).

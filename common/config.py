@@ -240,7 +240,7 @@ def _check_post_training_run(config: dict, name: str, run: dict, source: str) ->
     if target == name or kinds.get(target) not in starts_from:
         starts = sorted(r for r, kind in kinds.items() if kind in starts_from and r != name)
         raise ConfigError(f"{source}: runs.{name}.init_from = {target!r} must name another run of kind single, sft "
-                          f"or dpo (its runs/<run>/model folder), one of {starts}")
+                          f"or dpo (its runs/<profile>/<run>/model folder), one of {starts}")
     mine, theirs = run_backbone(config, name), run_backbone(config, target)
     if mine != theirs:
         raise ConfigError(f"{source}: runs.{name} (kind {run['kind']}) builds backbone {_describe(mine)} but starts "

@@ -2,7 +2,7 @@ r"""The ATAT ablation table: every run of objective atat (and plain mdlm runs, a
 variant, with mean and spread over the seeds of each metric, and which differences from the uniform variant
 exceed the seed spread.
 
-Per run (its runs/{run}/eval/ JSON files, written by the existing rules):
+Per run (its runs/{profile}/{run}/eval/ JSON files, written by the existing rules):
     val_nelbo   the plain MDLM NELBO (uniform schedule, 1/t weights) of the EMA model on the validation blocks,
                 nats per token (eval/likelihood.py; the same blocks and draws for every run), whatever the
                 training objective: train/atat.py's own bounds are never what the table compares
@@ -19,7 +19,7 @@ says why (CSV column not_tested, and in words below the Markdown table), where a
 compare a difference with) or there is no uniform run (no baseline): "no difference exceeds the seed spread" is
 said only of differences that were tested.
 
-    python -m eval.atat table --val-metrics runs/*/eval/val.json --sample-metrics runs/*/eval/*-*.json \
+    python -m eval.atat table --val-metrics runs/{profile}/*/eval/val.json --sample-metrics runs/{profile}/*/eval/*-*.json \
         --tables results/atat/tables
 """
 from __future__ import annotations
@@ -209,8 +209,8 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
     t = sub.add_parser("table", help="results/{profile}/tables/atat.{md,csv} from the ablation runs' metrics")
-    t.add_argument("--val-metrics", nargs="+", required=True, help="runs/{run}/eval/val.json of every ablation run")
-    t.add_argument("--sample-metrics", nargs="*", default=[], help="runs/{run}/eval/{sampler}-{steps}.json")
+    t.add_argument("--val-metrics", nargs="+", required=True, help="runs/{profile}/{run}/eval/val.json of every ablation run")
+    t.add_argument("--sample-metrics", nargs="*", default=[], help="runs/{profile}/{run}/eval/{sampler}-{steps}.json")
     t.add_argument("--tables", required=True, help="results/{profile}/tables")
     args = parser.parse_args(argv)
     write_table(table_rows(args.val_metrics, args.sample_metrics), args.tables)

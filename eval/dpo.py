@@ -18,8 +18,8 @@ For the held-out preference shard (preprocess/preference.py) and the DPO run's m
     win rate        over the same prompts, (wins + ties / 2) / n_gen where a win is a prompt the judge accepts
                     after DPO and not before, a tie one where the verdicts agree: 0.5 = no change
 
-    python -m eval.evaluate dpo --run-dir runs/dpo --before-dir runs/sft/model --reference-dir runs/sft/model ...
-    python -m eval.dpo table --dpo-metrics runs/*/eval/dpo.json --tables results/sft/tables
+    python -m eval.evaluate dpo --run-dir runs/sft/dpo --before-dir runs/sft/sft/model --reference-dir runs/sft/sft/model ...
+    python -m eval.dpo table --dpo-metrics runs/{profile}/*/eval/dpo.json --tables results/sft/tables
 """
 from __future__ import annotations
 
@@ -212,7 +212,7 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
     t = sub.add_parser("table", help="results/{profile}/tables/dpo.{md,csv} from the runs' dpo.json")
-    t.add_argument("--dpo-metrics", nargs="+", required=True, help="runs/{run}/eval/dpo.json of every DPO run")
+    t.add_argument("--dpo-metrics", nargs="+", required=True, help="runs/{profile}/{run}/eval/dpo.json of every DPO run")
     t.add_argument("--tables", required=True, help="results/{profile}/tables")
     args = parser.parse_args(argv)
     write_table(table_rows(args.dpo_metrics), args.tables)

@@ -2,11 +2,11 @@ r"""Evaluate a run: metrics of a samples file, or the validation NELBO of its st
 number sits beside the exact definition used to compute it.
 
     # sample metrics: retention, entropy, distinct-1/2/3, speed, generative perplexity under a scorer
-    python -m eval.evaluate samples --run-dir runs/cascade --samples runs/cascade/samples/ddpm_cache-64.jsonl \
-        --scorer runs/ar/model --out runs/cascade/eval/ddpm_cache-64.json
+    python -m eval.evaluate samples --run-dir runs/demo/cascade --samples runs/demo/cascade/samples/ddpm_cache-64.jsonl \
+        --scorer runs/demo/ar/model --out runs/demo/cascade/eval/ddpm_cache-64.json
     # validation NELBO / perplexity per stage (eval/likelihood.py); --discrete-steps T adds the T-step bound
-    python -m eval.evaluate val --run-dir runs/cascade --val-shards data/pydoc/stages/.../validation/*.parquet \
-        --time-samples 4 --batch-size 32 --discrete-steps 1000 --out runs/cascade/eval/val.json
+    python -m eval.evaluate val --run-dir runs/demo/cascade --val-shards data/pydoc/stages-<tag>/.../validation/*.parquet \
+        --time-samples 4 --batch-size 32 --discrete-steps 1000 --out runs/demo/cascade/eval/val.json
 
 Both outputs carry who the run is (run_info: run, kind, data, method, objective, stages, tokenizer) and its
 ``provenance``, read from the config.json of the run's last model:
@@ -81,13 +81,13 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
     s = sub.add_parser("samples", help="metrics of a samples JSONL")
-    s.add_argument("--run-dir", required=True, help="runs/{run}: stage1..3/ or model/ inside")
+    s.add_argument("--run-dir", required=True, help="runs/{profile}/{run}: stage1..3/ or model/ inside")
     s.add_argument("--samples", required=True, help="samples JSONL written by eval.sample")
     s.add_argument("--scorer", required=True,
-                   help="gen ppl scorer: a pipeline AR model folder (runs/ar/model) | a hub id or local folder of a "
+                   help="gen ppl scorer: a pipeline AR model folder (runs/demo/ar/model) | a hub id or local folder of a "
                         "causal LM (gpt2-large) | none (no gen ppl)")
     v = sub.add_parser("val", help="validation NELBO and perplexity per stage")
-    v.add_argument("--run-dir", required=True, help="runs/{run}: stage1..3/ or model/ inside")
+    v.add_argument("--run-dir", required=True, help="runs/{profile}/{run}: stage1..3/ or model/ inside")
     v.add_argument("--val-shards", nargs="+", required=True, help="validation stage shards of the run's method")
     v.add_argument("--time-samples", type=int, required=True, help="stratified time samples per block (K)")
     v.add_argument("--batch-size", type=int, required=True, help="blocks per batch")
@@ -97,8 +97,8 @@ def main(argv=None):
                         "default: only the continuous-time bound")
     v.add_argument("--seed", type=int, default=0)
     f = sub.add_parser("sft", help="held-out exact match and answer NELBO of an SFT run, before and after (eval/sft.py)")
-    f.add_argument("--run-dir", required=True, help="runs/{run} of an sft run (model/ inside)")
-    f.add_argument("--before-dir", default=None, help="the model folder it started from (runs/{init_from}/model)")
+    f.add_argument("--run-dir", required=True, help="runs/{profile}/{run} of an sft run (model/ inside)")
+    f.add_argument("--before-dir", default=None, help="the model folder it started from (runs/{profile}/{init_from}/model)")
     f.add_argument("--sft-shards", nargs="+", required=True, help="held-out SFT shard(s) (preprocess/sft.py)")
     f.add_argument("--n", type=int, required=True, help="held-out conversations answered and scored")
     f.add_argument("--gen-length", type=int, required=True, help="answer canvas (mask tokens)")
@@ -108,8 +108,8 @@ def main(argv=None):
     f.add_argument("--time-samples", type=int, required=True, help="stratified times per answer NELBO (K)")
     f.add_argument("--batch-size", type=int, required=True)
     d = sub.add_parser("dpo", help="held-out reward accuracy and task score of a DPO run, before and after (eval/dpo.py)")
-    d.add_argument("--run-dir", required=True, help="runs/{run} of a dpo run (model/ inside)")
-    d.add_argument("--before-dir", required=True, help="the model folder it started from (runs/{init_from}/model)")
+    d.add_argument("--run-dir", required=True, help="runs/{profile}/{run} of a dpo run (model/ inside)")
+    d.add_argument("--before-dir", required=True, help="the model folder it started from (runs/{profile}/{init_from}/model)")
     d.add_argument("--reference-dir", required=True, help="its frozen reference (dpo.reference, else --before-dir)")
     d.add_argument("--pair-shards", nargs="+", required=True, help="held-out preference shard(s) (preprocess/preference.py)")
     d.add_argument("--n-pairs", type=int, required=True, help="held-out pairs scored for reward accuracy")
@@ -122,7 +122,7 @@ def main(argv=None):
     d.add_argument("--batch-size", type=int, required=True)
     for p in (s, v, f, d):
         add_device_arguments(p)
-        p.add_argument("--out", required=True, help="runs/{run}/eval/{sampler}-{steps}.json, val.json, sft.json or dpo.json")
+        p.add_argument("--out", required=True, help="runs/{profile}/{run}/eval/{sampler}-{steps}.json, val.json, sft.json or dpo.json")
     args = parser.parse_args(argv)
     device = device_from_arguments(args)
     if args.what == "samples":

@@ -1,6 +1,6 @@
 r"""Answer prompts with a masked diffusion LM by iterative unmasking (LLaDA-style generation).
 
-    python -m eval.generate --model-dir runs/single/model --prompt "What is a list?" --gen-length 64 --steps 64
+    python -m eval.generate --model-dir runs/demo/single/model --prompt "What is a list?" --gen-length 64 --steps 64
     python -m eval.generate --model-dir M --prompts prompts.jsonl --block-length 16 --out answers.jsonl
     python -m eval.generate --model-dir M --chat --show          # a dialogue on stdin, the canvas redrawn live
     python -m eval.generate --model-dir M --prompt "Hi" --record trajectory.gif   # or .html
@@ -813,7 +813,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="python -m eval.generate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-dir", required=True, help="a diffusion model folder (runs/{run}/model, a stage)")
+    parser.add_argument("--model-dir", required=True, help="a diffusion model folder (runs/{profile}/{run}/model, a stage)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", action="append",
                         help='a user message (repeat for several prompts); "" is an empty user turn (with '

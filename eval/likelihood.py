@@ -96,8 +96,8 @@ Because stage 1 and 2 are functions of the stage-3 block, -log p(x3) <= -log p(x
 so the cascade's sum of stage NELBOs (nats per block) is an upper bound on the NLL of the stage-3 block and is
 comparable with the single-stage and AR numbers. ``total`` reports it per stage-3 token (continuous and discrete).
 
-    python -m eval.evaluate val --run-dir runs/cascade --val-shards data/.../validation/shard_*.parquet \
-        --time-samples 4 --batch-size 32 [--discrete-steps 1000] --out runs/cascade/eval/val.json
+    python -m eval.evaluate val --run-dir runs/demo/cascade --val-shards data/.../validation/shard_*.parquet \
+        --time-samples 4 --batch-size 32 [--discrete-steps 1000] --out runs/demo/cascade/eval/val.json
 """
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 r"""The paper tables and plots: one row per (run x sampler x steps), loss curves, gen ppl against steps.
 
 Inputs are the files the evaluation leaves (docs/contracts.md):
-    runs/{run}/eval/{sampler}-{steps}.json     sample metrics (eval.evaluate samples)
-    runs/{run}/eval/val.json                   validation NELBO per stage (eval.evaluate val)
-    runs/{run}/{stage1..3|model}/metrics.csv   training log: step, split (train|val), loss, ...
+    runs/{profile}/{run}/eval/{sampler}-{steps}.json     sample metrics (eval.evaluate samples)
+    runs/{profile}/{run}/eval/val.json                   validation NELBO per stage (eval.evaluate val)
+    runs/{profile}/{run}/{stage1..3|model}/metrics.csv   training log: step, split (train|val), loss, ...
 Outputs:
     {tables}/main.md, main.csv, main.tex
                                 one row per run x sampler x steps: who the run is (run, kind, data, method,
@@ -15,8 +15,8 @@ Outputs:
     {plots}/gen_ppl_steps.png   generative perplexity (log axis) against sampling steps (log axis), one line per
                                 run x sampler (AR baselines as horizontal reference lines)
 
-    python -m eval.report --sample-metrics runs/*/eval/*-*.json --val-metrics runs/*/eval/val.json \
-        --train-metrics runs/*/*/metrics.csv --tables results/demo/tables --plots results/demo/plots
+    python -m eval.report --sample-metrics runs/{profile}/*/eval/*-*.json --val-metrics runs/{profile}/*/eval/val.json \
+        --train-metrics runs/{profile}/*/*/metrics.csv --tables results/demo/tables --plots results/demo/plots
 """
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ NOTES = (
     "the run trained and is validated on (stages: stage shards; wrap: packed blocks across documents; doc: one "
     "document per block, padded, pads not counted), which changes what a perplexity means. digest, seed, commit: "
     "settings_digest, train.seed and code_commit of the run's last config.json (first characters; full in main.csv). "
-    "Exact definitions: runs/{run}/eval/*.json.")
+    "Exact definitions: runs/{profile}/{run}/eval/*.json.")
 
 
 def _read_json(path) -> dict:

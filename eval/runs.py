@@ -1,7 +1,7 @@
 """A run folder as eval/ reads it: its trained model folders in cascade order.
 
-    runs/{run}/stage1/, stage2/, stage3/    a cascade run (stage k is conditioned on stage k-1)
-    runs/{run}/model/                       a single-stage or autoregressive run (the stage-3 blocks)
+    runs/{profile}/{run}/stage1/, stage2/, stage3/    a cascade run (stage k is conditioned on stage k-1)
+    runs/{profile}/{run}/model/                       a single-stage or autoregressive run (the stage-3 blocks)
 
 Each model folder holds model.safetensors and config.json (docs/contracts.md); eval/trained.py loads one.
 """

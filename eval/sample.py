@@ -10,8 +10,8 @@ right (sampler ``ar``). The output is JSONL, one object per sample (docs/contrac
 ``seconds`` is the wall time of the sample's batch (all stages) divided by the batch size;
 ``generated_tokens`` counts the tokens sampled over all stages (prefixes are not regenerated).
 
-    python -m eval.sample --run-dir runs/cascade --n 16 --sampler ddpm_cache --steps 64 \
-        --out runs/cascade/samples/ddpm_cache-64.jsonl
+    python -m eval.sample --run-dir runs/demo/cascade --n 16 --sampler ddpm_cache --steps 64 \
+        --out runs/demo/cascade/samples/ddpm_cache-64.jsonl
 """
 from __future__ import annotations
 
@@ -119,7 +119,7 @@ def read_jsonl(path) -> list[dict]:
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m eval.sample", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run-dir", required=True, help="runs/{run}: stage1..3/ or model/ inside")
+    parser.add_argument("--run-dir", required=True, help="runs/{profile}/{run}: stage1..3/ or model/ inside")
     parser.add_argument("--sampler", required=True, choices=SAMPLERS + ("ar",),
                         help="written for: " + ", ".join(f"{k} ({v})" for k, v in NATIVE_OBJECTIVE.items())
                         + ", ar (AR runs); every diffusion sampler also runs on the other objective")
@@ -131,7 +131,7 @@ def main(argv=None):
                         help="semi-autoregressive blocks of this many tokens (ddpm, ddpm_cache, confidence, ...)")
     parser.add_argument("--seed", type=int, default=0)
     add_device_arguments(parser)
-    parser.add_argument("--out", required=True, help="samples JSONL, e.g. runs/{run}/samples/{sampler}-{steps}.jsonl")
+    parser.add_argument("--out", required=True, help="samples JSONL, e.g. runs/{profile}/{run}/samples/{sampler}-{steps}.jsonl")
     args = parser.parse_args(argv)
     device = device_from_arguments(args)
     stages = [load_trained(d, device) for d in run_model_dirs(args.run_dir)]

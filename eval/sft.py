@@ -14,8 +14,8 @@ For a model folder and the held-out SFT shard (preprocess/sft.py: one row per co
 An SFT run is scored with its own folder (after) and with the folder it started from (`init_from`: before), on
 the same conversations and draws, so the two numbers differ only by the training in between.
 
-    python -m eval.evaluate sft --run-dir runs/sft --before-dir runs/base/model --sft-shards F --n 64 ...
-    python -m eval.sft table --sft-metrics runs/*/eval/sft.json --tables results/sft-demo/tables
+    python -m eval.evaluate sft --run-dir runs/sft/sft --before-dir runs/base/model --sft-shards F --n 64 ...
+    python -m eval.sft table --sft-metrics runs/{profile}/*/eval/sft.json --tables results/sft-demo/tables
 """
 from __future__ import annotations
 
@@ -163,7 +163,7 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
     t = sub.add_parser("table", help="results/{profile}/tables/sft.{md,csv} from the runs' sft.json")
-    t.add_argument("--sft-metrics", nargs="+", required=True, help="runs/{run}/eval/sft.json of every SFT run")
+    t.add_argument("--sft-metrics", nargs="+", required=True, help="runs/{profile}/{run}/eval/sft.json of every SFT run")
     t.add_argument("--tables", required=True, help="results/{profile}/tables")
     args = parser.parse_args(argv)
     rows = table_rows(args.sft_metrics)

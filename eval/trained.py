@@ -1,7 +1,7 @@
 """One trained model folder as eval/ uses it: the one loader behind sampling, validation, scoring and the bench.
 
     from eval.trained import load_trained
-    m = load_trained("runs/cascade/stage2", device)
+    m = load_trained("runs/demo/cascade/stage2", device)
     m.name         'stage2': stage{k} with k = config.json's stage (single-stage and AR models model stage 3)
     m.model        the network in eval mode with its EMA weights (train.checkpoint.load_model): a
                    DiffusionTransformer or a transformers masked LM (train/backbones.py), called alike

@@ -1,8 +1,8 @@
 """Annotate one raw shard with one priority method: token ids and a priority per token.
 
     python -m preprocess.annotate --config config.yaml --method keybert_no_stopword \
-        --input data/pydoc/raw/train/shard_00000.parquet --tokenizer data/pydoc/tokenizer \
-        --out data/pydoc/annot/keybert_no_stopword/train/shard_00000.parquet
+        --input data/pydoc/raw-<tag>/train/shard_00000.parquet --tokenizer data/pydoc/tokenizer-<tag> \
+        --out data/pydoc/annot-<tag>/keybert_no_stopword/train/shard_00000.parquet
 
 Each document is split into words by spaCy, every word gets a priority (``preprocess.priorities``), the text
 is tokenized with the pipeline's tokenizer, and each token inherits the priority of the word its first

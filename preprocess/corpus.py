@@ -2,7 +2,7 @@
 plus ``stats.json`` beside them (documents read, written, skipped by reason, characters).
 
     python -m preprocess.corpus --config config.yaml --split train \
-        --out data/pydoc/raw/train/shard_00000.parquet data/pydoc/raw/train/shard_00001.parquet
+        --out data/pydoc/raw-<tag>/train/shard_00000.parquet data/pydoc/raw-<tag>/train/shard_00001.parquet
 
 The number of ``--out`` files is the shard count. Sources, chosen by ``corpus.name`` in the config
 (``corpus.validation_source``, where set, names another source for the validation split):

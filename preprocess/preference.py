@@ -1,8 +1,8 @@
 """Preference pairs for Diffusion-DPO: (prompt, chosen answer, rejected answer) records -> one Parquet shard of
 two fixed-length canvases per pair, in which only the final answer (and the EOS fill after it) is masked.
 
-    python -m preprocess.preference --config config.yaml --split train --tokenizer data/pydoc/tokenizer \
-        --out data/pydoc/preference/64/train/shard_00000.parquet [--stats FILE]
+    python -m preprocess.preference --config config.yaml --split train --tokenizer data/pydoc/tokenizer-<tag> \
+        --out data/pydoc/preference-<tag>/64/train/shard_00000.parquet [--stats FILE]
 
 Settings: the config's ``dpo`` section (defaults in schemas/config.schema.yaml): ``source``,
 ``validation_fraction``, ``n_train``, ``n_validation``, ``seed``; and the canvas length L = ``sft.length`` (there is

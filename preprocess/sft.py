@@ -1,7 +1,7 @@
 """Supervised fine-tuning (SFT) data: conversations -> one Parquet shard of fixed-length rows whose answers are
 the only masked tokens (LLaDA-style; the masking rules are in common/chat.py).
 
-    python -m preprocess.sft --config config.yaml --split train --tokenizer data/pydoc/tokenizer \
+    python -m preprocess.sft --config config.yaml --split train --tokenizer data/pydoc/tokenizer-<tag> \
         --out data/sft/reverse/train.parquet [--stats FILE]
 
 Settings: the config's ``sft`` section (defaults in schemas/config.schema.yaml), every key present:

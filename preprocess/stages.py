@@ -1,8 +1,8 @@
 """Stage datasets: three nested token sequences per block of an annotated document.
 
     python -m preprocess.stages --lengths 16 32 64 \
-        --input data/pydoc/annot/keybert/train/shard_00000.parquet \
-        --out data/pydoc/stages/keybert/16_32_64/train/shard_00000.parquet
+        --input data/pydoc/annot-<tag>/keybert/train/shard_00000.parquet \
+        --out data/pydoc/stages-<tag>/keybert/8_16_32/train/shard_00000.parquet
 
 Selection rule (docs/design.md, "Stages"). A document's tokens are cut into non-overlapping blocks of l3 tokens
 (a tail shorter than l3 is dropped and counted). In each block, positions are ranked by priority, highest

@@ -35,6 +35,17 @@ wildcard_constraints:
     block_length=r"\d+",
 
 
+def trigger(settings):
+    """A rule's `params: settings` in one canonical form, keys sorted at every level: Snakemake compares params
+    with their key order, and a config section's order depends on how its files were merged, so two configs with
+    equal settings would otherwise rerun each other's shared jobs."""
+    if isinstance(settings, dict):
+        return {key: trigger(settings[key]) for key in sorted(settings)}
+    if isinstance(settings, (list, tuple)):
+        return [trigger(value) for value in settings]
+    return settings
+
+
 def _effective_config_path():
     """The merged, validated config (config.yaml + --configfile + --config, defaults filled in) as one file
     that every job reads. Named by its content hash, so it never changes under a running job; the path is not

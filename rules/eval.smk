@@ -83,7 +83,7 @@ rule sample:
     output:
         f"runs/{PROFILE}/{{run}}/samples/{{sampler}}-{{steps}}.jsonl",
     params:
-        settings=SAMPLE_SETTINGS,
+        settings=trigger(SAMPLE_SETTINGS),
         block=f"--block-size {SAMPLE['block_size']}" if SAMPLE["block_size"] else "",
         device=device_arg(SAMPLE),
     conda:
@@ -109,7 +109,7 @@ rule evaluate:
     output:
         f"runs/{PROFILE}/{{run}}/eval/{{sampler}}-{{steps}}.json",
     params:
-        settings={"scorer": EVALUATE["scorer"]},
+        settings=trigger({"scorer": EVALUATE["scorer"]}),
         scorer=scorer_spec(),
         device=device_arg(EVALUATE),
     conda:
@@ -133,7 +133,7 @@ rule evaluate_val:
     output:
         f"runs/{PROFILE}/{{run}}/eval/val.json",
     params:
-        settings={k: EVALUATE[k] for k in ("val_time_samples", "val_batches", "batch_size", "discrete_steps")},
+        settings=trigger({k: EVALUATE[k] for k in ("val_time_samples", "val_batches", "batch_size", "discrete_steps")}),
         discrete=f"--discrete-steps {EVALUATE['discrete_steps']}" if EVALUATE["discrete_steps"] else "",
         device=device_arg(EVALUATE),
     conda:
@@ -204,7 +204,7 @@ rule evaluate_sft:
     wildcard_constraints:
         run="|".join(SFT_RUNS) or "(?!)",
     params:
-        settings=SFT_EVAL_SETTINGS | {k: EVALUATE[k] for k in ("val_time_samples", "batch_size")},
+        settings=trigger(SFT_EVAL_SETTINGS | {k: EVALUATE[k] for k in ("val_time_samples", "batch_size")}),
         before=lambda w: f"--before-dir {sft_before_dir(w.run)}" if sft_before_dir(w.run) else "",
         eos_guard="--eos-guard" if SFT["eos_guard"] else "",
         device=device_arg(EVALUATE),
@@ -270,8 +270,8 @@ rule evaluate_dpo:
     wildcard_constraints:
         run="|".join(DPO_RUNS) or "(?!)",
     params:
-        settings=SFT_EVAL_SETTINGS | {k: DPO[k] for k in ("eval_pairs", "eval_time_samples")}
-        | {"batch_size": EVALUATE["batch_size"]},
+        settings=trigger(SFT_EVAL_SETTINGS | {k: DPO[k] for k in ("eval_pairs", "eval_time_samples")}
+        | {"batch_size": EVALUATE["batch_size"]}),
         before=lambda w: dpo_dirs(w.run)[0],
         reference=lambda w: dpo_dirs(w.run)[1],
         eos_guard="--eos-guard" if SFT["eos_guard"] else "",

@@ -37,7 +37,7 @@ for _split in SPLITS:
             stats=f"{LAYOUT.raw(_split)}/stats.json",
         params:
             split=_split,
-            settings=config["corpus"],
+            settings=trigger(config["corpus"]),
         log:
             f"logs/{layout_log(LAYOUT.raw(_split))}.log",
         benchmark:
@@ -65,7 +65,7 @@ rule tokenizer:
     output:
         directory(tokenizer_dir()),
     params:
-        settings=config["tokenizer"],
+        settings=trigger(config["tokenizer"]),
         # a pretrained tokenizer is loaded by name: no training shards to pass
         shards=f"--train-shards {' '.join(raw_shards('train'))}" if config["tokenizer"]["kind"] == "bpe" else "",
     log:
@@ -89,7 +89,7 @@ rule annotate:
         shard=f"{LAYOUT.annot_root}/{{method}}/{{split}}/{{shard}}.parquet",
         stats=f"{LAYOUT.annot_root}/{{method}}/{{split}}/{{shard}}.stats.json",
     params:
-        settings=lambda w: annotate_settings(w.method),
+        settings=lambda w: trigger(annotate_settings(w.method)),
     log:
         f"logs/{layout_log(LAYOUT.annot_root)}/{{method}}/{{split}}/{{shard}}.log",
     benchmark:
@@ -170,7 +170,7 @@ rule sft_data:
         sft_length=r"\d+",
         tag=r"[0-9a-f]{8}",
     params:
-        settings=lambda w: split_settings(config["sft"], SFT_DATA_KEYS, w.split),
+        settings=lambda w: trigger(split_settings(config["sft"], SFT_DATA_KEYS, w.split)),
         tag=lambda w: checked_tag(w.tag, LAYOUT.sft_tag(w.split), f"sft data of split {w.split}"),
     log:
         f"logs/{layout_log(LAYOUT.data)}/sft-{{tag}}/{{sft_length}}/{{split}}.log",
@@ -199,7 +199,7 @@ rule preference_data:
         sft_length=r"\d+",
         tag=r"[0-9a-f]{8}",
     params:
-        settings=lambda w: split_settings(config["dpo"], PREFERENCE_DATA_KEYS, w.split),
+        settings=lambda w: trigger(split_settings(config["dpo"], PREFERENCE_DATA_KEYS, w.split)),
         tag=lambda w: checked_tag(w.tag, LAYOUT.preference_tag(w.split), f"preference data of split {w.split}"),
     log:
         f"logs/{layout_log(LAYOUT.data)}/preference-{{tag}}/{{sft_length}}/{{split}}.log",

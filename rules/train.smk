@@ -76,7 +76,7 @@ rule train:
         model="stage[123]|model",
     params:
         # the rerun trigger: every setting that changes what this job computes (train/settings.py)
-        settings=lambda w: train_settings(w).computing(),
+        settings=lambda w: trigger(train_settings(w).computing()),
         launch=lambda w: train_launcher(train_settings(w)),
         stage=lambda w: f"--stage {train_settings(w).stage}",
         init=lambda w: f"--init {previous_stage(train_settings(w))}" if previous_stage(train_settings(w)) else "",

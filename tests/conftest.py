@@ -15,6 +15,14 @@ TWINS = CONFIGS / "twins"
 TINY = (CONFIGS / "tiny.yaml",)
 
 
+def pytest_collection_modifyitems(items):
+    """Under `pytest -n 2 --dist loadgroup` (make test), every test that uses the shared workspace runs on one
+    worker, so its DAG fixtures are built once; the other worker takes the unit tests meanwhile."""
+    for item in items:
+        if "workspace" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("workspace"))
+
+
 def offline_env() -> dict:
     """The environment of the Makefile's targets: offline, and this venv's executables first on PATH."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}

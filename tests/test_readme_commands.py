@@ -71,15 +71,33 @@ def as_run(command: str) -> str:
     return command
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("command, linked", [(c, linked) for c, linked in commands_with_setup() if c not in PATTERNS],
-                         ids=lambda v: v if isinstance(v, str) else "")
-def test_readme_command_runs_as_printed(command, linked, request, tmp_path):
-    cwd = request.getfixturevalue("demo") if command.startswith(REAL_WORK_IN_DEMO) else ROOT
-    env = {**offline_env(), "HOME": str(tmp_path)}  # a fresh $HOME: no profile linked unless the block does it
+RUNNABLE = [(c, linked) for c, linked in commands_with_setup() if c not in PATTERNS]
+
+
+def run_as_printed(command: str, linked: bool, demo, home) -> subprocess.CompletedProcess:
+    cwd = demo if command.startswith(REAL_WORK_IN_DEMO) else ROOT
+    env = {**offline_env(), "HOME": str(home)}  # a fresh $HOME: no profile linked unless the block does it
     if linked:
         subprocess.run(LINK_PROFILE.split(), cwd=ROOT, env=env, check=True, capture_output=True)
-    proc = subprocess.run(["bash", "-c", as_run(command)], cwd=cwd, env=env, capture_output=True, text=True)
+    return subprocess.run(["bash", "-c", as_run(command)], cwd=cwd, env=env, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def outcomes(demo, tmp_path_factory):
+    """Every runnable README command, run two at a time (each is one mostly single-threaded process, and this
+    machine has two cores): {command: CompletedProcess}."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    homes = [tmp_path_factory.mktemp("home") for _ in RUNNABLE]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        procs = pool.map(lambda item: run_as_printed(*item[0], demo, item[1]), zip(RUNNABLE, homes))
+        return {command: proc for (command, _), proc in zip(RUNNABLE, procs)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", [c for c, _ in RUNNABLE])
+def test_readme_command_runs_as_printed(command, outcomes):
+    proc = outcomes[command]
     assert proc.returncode == 0, f"README command failed: {as_run(command)}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
 
 

@@ -99,4 +99,4 @@ def test_the_rule_catches_a_restated_default():
     raw["runs"][first]["lr"] = 0.001
     config = validate_config(yaml.safe_load(yaml.safe_dump(raw)))
     assert sorted(redundant_keys(raw, schema, schema, "", config)) == [
-        "corpus.shards.train", f"runs.{first}.lr (equal to train.lr)", "train.lr", "train.noise.type"]
+        "corpus.shards.train", f"runs.{first}.lr (equal to train.lr)", "train.lr"]

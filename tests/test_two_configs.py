@@ -57,14 +57,20 @@ def test_the_first_config_rerun_after_the_second_leaves_the_second_valid(sft_twi
 
 @pytest.mark.slow
 def test_a_model_folder_is_self_contained_and_checks_its_tokenizer(sft_twin, tmp_path):
-    """Copied anywhere, a model folder generates as it did in place; with another config's tokenizer swapped in,
-    it is refused with the file named, not decoded wrong."""
+    """Copied anywhere, a model folder generates as it did in place; with another tokenizer swapped in, it is
+    refused with the file named, not decoded wrong."""
     workspace, _ = sft_twin
     moved = tmp_path / "moved"
     shutil.copytree(workspace / "runs/sft-twin/sft/model", moved)
     assert generate(moved, tmp_path, *SFT_GENERATE) == generate(workspace / "runs/sft-twin/sft/model", tmp_path,
                                                                 *SFT_GENERATE)
-    shutil.copy(workspace / "runs/tiny/single/model/tokenizer/tokenizer.json", moved / "tokenizer" / "tokenizer.json")
+    # another tokenizer of the same size, the case that would decode silently wrong: two tokens' ids swapped
+    path = moved / "tokenizer" / "tokenizer.json"
+    tokenizer = json.loads(path.read_text())
+    vocab = tokenizer["model"]["vocab"]
+    first, second = sorted(vocab, key=vocab.get)[300:302]
+    vocab[first], vocab[second] = vocab[second], vocab[first]
+    path.write_text(json.dumps(tokenizer))
     from train.checkpoint import model_tokenizer_dir, read_meta
 
     with pytest.raises(ValueError, match="does not match the model"):

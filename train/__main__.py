@@ -1,9 +1,9 @@
 """Train one model of a run: a cascade stage, a single-stage model, the AR baseline, an SFT or a DPO run.
 
     python -m train --config config.yaml --run cascade --stage 2 \\
-        --train-shards data/pydoc/stages/keybert_no_stopword/16_32_64/train/shard_*.parquet \\
-        --val-shards data/pydoc/stages/keybert_no_stopword/16_32_64/validation/shard_*.parquet \\
-        --tokenizer data/pydoc/tokenizer --out runs/cascade/stage2 [--init runs/cascade/stage1]
+        --train-shards data/pydoc/stages-<tag>/keybert_no_stopword/8_16_32/train/shard_*.parquet \\
+        --val-shards data/pydoc/stages-<tag>/keybert_no_stopword/8_16_32/validation/shard_*.parquet \\
+        --tokenizer data/pydoc/tokenizer-<tag> --out runs/demo/cascade/stage2 [--init runs/demo/cascade/stage1]
 
 Multi-process: `accelerate launch --num_processes N -m train ...` (N GPUs; `--cpu` for gloo on CPU).
 Exit status: 0 when finished, 75 when a SIGTERM / SIGUSR1 made it checkpoint and stop (rerun to resume),
@@ -27,7 +27,7 @@ def parse_args(argv=None):
     parser.add_argument("--train-shards", nargs="+", required=True)
     parser.add_argument("--val-shards", nargs="+", required=True)
     parser.add_argument("--tokenizer", required=True, help="tokenizer folder (PreTrainedTokenizerFast)")
-    parser.add_argument("--out", required=True, help="output folder (runs/{run}/stage{k} or runs/{run}/model)")
+    parser.add_argument("--out", required=True, help="output folder (runs/{profile}/{run}/stage{k} or runs/{profile}/{run}/model)")
     parser.add_argument("--reference", default=None, help="a dpo run's frozen reference model folder (rules: "
                         "common.config.dpo_reference; default: dpo.reference as a folder, else --init)")
     parser.add_argument("--init", default=None, help="start from this model folder (a cascade with warm_start: true; an sft or dpo run's init_from)")

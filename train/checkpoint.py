@@ -11,7 +11,7 @@ A model folder holds
                         "model" is then its transformers config dict; absent = dit)
 
     from train.checkpoint import load_model
-    model, meta = load_model("runs/cascade/stage2", device="cpu")   # eval mode, EMA weights
+    model, meta = load_model("runs/demo/cascade/stage2", device="cpu")   # eval mode, EMA weights
     logits = model(x, sigma, meta["prefix_len"])                     # diffusion; AR: model(x)
 
 The network is a DiffusionTransformer or a MaskedLMDenoiser (train/backbones.py: model_from_meta); both
