@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv demo test test-fast cluster-test dry-run-paper slurm-profile clean
+.PHONY: venv demo test test-fast lint cluster-test dry-run-paper slurm-profile clean
 
 # torch first and pinned: 2.13.0 is the CPU build on this disk; a loose range would pull a CUDA build.
 # Everything else at the exact versions of constraints.txt, so a fresh machine gets what the figures used.
@@ -33,6 +33,12 @@ test: venv
 ## Unit tests only (no end-to-end DAG run).
 test-fast: venv
 	python -m pytest tests -q -n 2 -m "not slow"
+
+## Lint and format checks: ruff (pyflakes, pycodestyle, imports, bugbear, pyupgrade; pyproject.toml) and snakefmt.
+lint: venv
+	ruff check .
+	ruff format --check .
+	snakefmt --check Snakefile rules/
 
 ## The live-SLURM test: installs and starts a single-node SLURM here, runs the tiny DAG through sbatch.
 # The script prints PASS, FAIL or SKIP (exit 77: this host cannot run SLURM daemons, and says why).

@@ -14,7 +14,6 @@ sys.path.insert(0, workflow.basedir)
 from common.config import check_configfiles, validate_config  # noqa: E402
 from preprocess.models import check_models  # noqa: E402
 
-
 # config.yaml is the embedded default; a --configfile replaces it (several are merged key by key, in order),
 # so each file of configs/ is a whole recipe and no run of the demo leaks into it. The schema's defaults fill
 # in whatever a file leaves out; --config overrides single keys on top of either.

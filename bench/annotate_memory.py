@@ -20,6 +20,7 @@ so the figure covers the whole job: Python, torch, spaCy and the embedder loaded
 annotation and the write. ``--repo`` runs the module from another checkout (e.g. an older commit unpacked
 with ``git archive``) on the same inputs, for before/after figures.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -83,8 +84,21 @@ def make_config(folder: Path, base: Path, piece_chars: int) -> Path:
 
 def run_job(repo: Path, config: Path, method: str, shard: Path, tokenizer: Path, out: Path) -> dict:
     """One annotate job in a child process: its peak RSS (MB), wall seconds and exit status."""
-    cmd = [sys.executable, "-m", "preprocess.annotate", "--config", str(config), "--method", method,
-           "--input", str(shard), "--tokenizer", str(tokenizer), "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "preprocess.annotate",
+        "--config",
+        str(config),
+        "--method",
+        method,
+        "--input",
+        str(shard),
+        "--tokenizer",
+        str(tokenizer),
+        "--out",
+        str(out),
+    ]
     env = {**os.environ, "PYTHONPATH": str(repo), "TQDM_DISABLE": "1"}
     t0 = time.perf_counter()
     with tempfile.TemporaryFile() as log:
@@ -93,19 +107,26 @@ def run_job(repo: Path, config: Path, method: str, shard: Path, tokenizer: Path,
         child.returncode = os.waitstatus_to_exitcode(status)
         log.seek(0)
         tail = log.read().decode(errors="replace")[-2000:]
-    result = {"peak_rss_mb": round(usage.ru_maxrss * 1024 / MB), "wall_s": round(time.perf_counter() - t0, 1),
-              "returncode": child.returncode}
+    result = {
+        "peak_rss_mb": round(usage.ru_maxrss * 1024 / MB),
+        "wall_s": round(time.perf_counter() - t0, 1),
+        "returncode": child.returncode,
+    }
     if child.returncode != 0:
         result["log_tail"] = tail
     return result
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| method | piece chars (max_doc_chars) | document chars | pieces | peak RSS MB | wall s |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| method | piece chars (max_doc_chars) | document chars | pieces | peak RSS MB | wall s |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['method']} | {r['piece_chars']:,} | {r['doc_chars']:,} | {r['pieces']} | "
-                     f"{r['peak_rss_mb']:,} | {r['wall_s']} |")
+        lines.append(
+            f"| {r['method']} | {r['piece_chars']:,} | {r['doc_chars']:,} | {r['pieces']} | "
+            f"{r['peak_rss_mb']:,} | {r['wall_s']} |"
+        )
     return "\n".join(lines)
 
 
@@ -136,14 +157,22 @@ def main(argv=None):
                 for n_chars in [piece] if args.one_piece else args.doc_chars:
                     shard = make_shard(work, n_chars)
                     job = run_job(Path(args.repo), config, method, shard, tokenizer, work / "out.parquet")
-                    row = {"method": method, "piece_chars": piece, "doc_chars": n_chars,
-                           "pieces": len(split_long_text(pydoc_text(n_chars), piece)), **job}
+                    row = {
+                        "method": method,
+                        "piece_chars": piece,
+                        "doc_chars": n_chars,
+                        "pieces": len(split_long_text(pydoc_text(n_chars), piece)),
+                        **job,
+                    }
                     print(json.dumps(row), flush=True)
                     rows.append(row)
     print(markdown(rows))
     if args.json:
-        report = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}",
-                  "repo": args.repo, "rows": rows}
+        report = {
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}",
+            "repo": args.repo,
+            "rows": rows,
+        }
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return 1 if any(r["returncode"] != 0 for r in rows) else 0
 

@@ -23,6 +23,7 @@ second token a fixed function of the one before, so that frequency importance an
     python bench/atat_step.py                      # tiny DiT (128 x 4 x 4), vocab 2048, batch 32 x 128, CPU
     python bench/atat_step.py --batch 16 --length 256 --steps 10 --draws 128
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,7 +48,7 @@ def toy_data(vocab: int, rows: int, length: int, seed: int):
 
     g = torch.Generator().manual_seed(seed)
     ranks = torch.arange(1, vocab, dtype=torch.float64)
-    zipf = ranks ** -1.1
+    zipf = ranks**-1.1
     x = torch.multinomial(zipf / zipf.sum(), rows * length, replacement=True, generator=g).view(rows, length)
     x[:, 1::2] = (7 * x[:, 0::2] + 3) % (vocab - 1)
     return x
@@ -88,8 +89,9 @@ def one(variant: str, vocab: int, batch: int, length: int, steps: int, threads: 
         if variant == "mdlm":
             loss = diffusion_loss(model, "mdlm", x0, None, t, u, noise, mask_id)
         else:
-            loss, est_loss, _ = atat_loss(model, estimator, x0, None, t, u, noise, mask_id, variant, strength,
-                                          frequency)
+            loss, est_loss, _ = atat_loss(
+                model, estimator, x0, None, t, u, noise, mask_id, variant, strength, frequency
+            )
             loss = loss + est_loss  # disjoint parameters: one backward gives both their own gradients
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -104,9 +106,14 @@ def one(variant: str, vocab: int, batch: int, length: int, steps: int, threads: 
         step()
     seconds = time.perf_counter() - began
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"variant": variant, "params": sum(p.numel() for p in model.parameters()),
-            "estimator_params": estimator.num_params() if estimator else 0,
-            "tokens_per_s": batch * length * steps / seconds, "peak_rss_mb": peak, "step_rss_mb": peak - before}
+    return {
+        "variant": variant,
+        "params": sum(p.numel() for p in model.parameters()),
+        "estimator_params": estimator.num_params() if estimator else 0,
+        "tokens_per_s": batch * length * steps / seconds,
+        "peak_rss_mb": peak,
+        "step_rss_mb": peak - before,
+    }
 
 
 def spread(vocab: int, batch: int, length: int, threads: int, strength: float, train_steps: int, draws: int):
@@ -125,7 +132,7 @@ def spread(vocab: int, batch: int, length: int, threads: int, strength: float, t
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(0)
     train = toy_data(vocab, 512, length, seed=2)
-    for step in range(train_steps):
+    for _ in range(train_steps):
         rows = torch.randint(0, len(train), (batch,), generator=gen)
         t, u = sample_times(batch, gen), torch.rand(batch, length, generator=gen)
         loss = diffusion_loss(model, "mdlm", train[rows], None, t, u, noise, mask_id)
@@ -170,40 +177,69 @@ def main(argv=None):
     parser.add_argument("--draws", type=int, default=64, help="(t, mask) draws per estimate in the spread table")
     parser.add_argument("--one", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    shape = [str(v) for v in ("--vocab", args.vocab, "--batch", args.batch, "--length", args.length, "--steps",
-                              args.steps, "--threads", args.threads, "--strength", args.strength)]
+    shape = [
+        str(v)
+        for v in (
+            "--vocab",
+            args.vocab,
+            "--batch",
+            args.batch,
+            "--length",
+            args.length,
+            "--steps",
+            args.steps,
+            "--threads",
+            args.threads,
+            "--strength",
+            args.strength,
+        )
+    ]
     if args.one:
         print(json.dumps(one(args.one, args.vocab, args.batch, args.length, args.steps, args.threads, args.strength)))
         return
     results = {v: [] for v in VARIANTS}
     for _ in range(args.rounds):
         for variant in VARIANTS:
-            out = subprocess.run([sys.executable, __file__, "--one", variant, *shape],
-                                 capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [sys.executable, __file__, "--one", variant, *shape], capture_output=True, text=True, check=True
+            )
             results[variant].append(json.loads(out.stdout.strip().splitlines()[-1]))
-    print(f"Training step, batch {args.batch} x {args.length} tokens, vocab {args.vocab}, tiny DiT, {args.threads} "
-          f"thread(s), atat strength {args.strength:g}, median of {args.rounds} rounds of {args.steps} steps")
-    print("| step | estimator params | tokens/s | peak RSS (MB) | step RSS growth (MB) | time vs mdlm | "
-          "RSS growth vs mdlm |")
+    print(
+        f"Training step, batch {args.batch} x {args.length} tokens, vocab {args.vocab}, tiny DiT, {args.threads} "
+        f"thread(s), atat strength {args.strength:g}, median of {args.rounds} rounds of {args.steps} steps"
+    )
+    print(
+        "| step | estimator params | tokens/s | peak RSS (MB) | step RSS growth (MB) | time vs mdlm | "
+        "RSS growth vs mdlm |"
+    )
     print("|---|---|---|---|---|---|---|")
-    median = {v: {k: statistics.median(r[k] for r in runs) for k in ("tokens_per_s", "peak_rss_mb", "step_rss_mb")}
-              for v, runs in results.items()}
+    median = {
+        v: {k: statistics.median(r[k] for r in runs) for k in ("tokens_per_s", "peak_rss_mb", "step_rss_mb")}
+        for v, runs in results.items()
+    }
     base = median["mdlm"]
     for variant, m in median.items():
         name = "mdlm (diffusion_loss)" if variant == "mdlm" else f"atat {variant}"
-        print(f"| {name} | {results[variant][0]['estimator_params']:,} | {m['tokens_per_s']:,.0f} | "
-              f"{m['peak_rss_mb']:,.0f} | {m['step_rss_mb']:,.0f} | "
-              f"{base['tokens_per_s'] / m['tokens_per_s']:.2f}x | {m['step_rss_mb'] / base['step_rss_mb']:.2f}x |")
+        print(
+            f"| {name} | {results[variant][0]['estimator_params']:,} | {m['tokens_per_s']:,.0f} | "
+            f"{m['peak_rss_mb']:,.0f} | {m['step_rss_mb']:,.0f} | "
+            f"{base['tokens_per_s'] / m['tokens_per_s']:.2f}x | {m['step_rss_mb'] / base['step_rss_mb']:.2f}x |"
+        )
 
     table = spread(args.vocab, args.batch, args.length, args.threads, args.strength, args.train_steps, args.draws)
     low, high = table["exponent_range"]
-    print(f"\nNELBO estimates on one batch of {args.batch} x {args.length} after {args.train_steps} plain MDLM steps, "
-          f"{args.draws} draws of (t, masks) shared by the rows; frequency schedule at strength {args.strength:g} "
-          f"(exponents w_v from {low:.2f} to {high:.2f})")
+    print(
+        f"\nNELBO estimates on one batch of {args.batch} x {args.length} after {args.train_steps} plain MDLM steps, "
+        f"{args.draws} draws of (t, masks) shared by the rows; frequency schedule at strength {args.strength:g} "
+        f"(exponents w_v from {low:.2f} to {high:.2f})"
+    )
     print("| masking | estimate of | mean (nats/token) | variance | variance vs uniform |")
     print("|---|---|---|---|---|")
-    rows = [("uniform", "uniform", "the plain NELBO"), ("frequency", "frequency", "its own NELBO (a different bound)"),
-            ("frequency", "importance_sampled", "the plain NELBO (importance-sampled)")]
+    rows = [
+        ("uniform", "uniform", "the plain NELBO"),
+        ("frequency", "frequency", "its own NELBO (a different bound)"),
+        ("frequency", "importance_sampled", "the plain NELBO (importance-sampled)"),
+    ]
     for masking, key, what in rows:
         m, v = table[key]["mean"], table[key]["var"]
         print(f"| {masking} | {what} | {m:.4f} | {v:.3g} | {v / table['uniform']['var']:.3g}x |")

@@ -23,6 +23,7 @@ and then calls train.__main__.main, so the code measured is the checkout's own. 
 the first run decodes the shards into its cache (`{out}/data-cache/`), the second is given a cache that
 survives (a copy kept aside) to show the reuse; the cache is removed when a run finishes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -95,8 +96,10 @@ def make_shards(folder: Path, rows: int, shards: int, lengths: tuple[int, int, i
     rng = np.random.default_rng(seed)
     per = np.diff(np.linspace(0, rows, shards + 1).astype(np.int64))
     for path, n in zip(paths, per):
-        columns = {f"stage{k + 1}_ids": list_column(rng.integers(0, N_WORDS, (int(n), length), dtype=np.int32))
-                   for k, length in enumerate(lengths)}
+        columns = {
+            f"stage{k + 1}_ids": list_column(rng.integers(0, N_WORDS, (int(n), length), dtype=np.int32))
+            for k, length in enumerate(lengths)
+        }
         write_parquet(pa.table(columns), path)
     stamp.write_text(json.dumps(spec))
     return paths
@@ -106,22 +109,59 @@ def make_config(folder: Path, lengths, batch: int, steps: int) -> Path:
     config = {
         "stages": {"lengths": list(lengths)},
         "runs": {"bench": {"kind": "cascade", "method": "keybert_no_stopword", "objective": "mdlm"}},
-        "train": {"model": "tiny", "noise": {"type": "loglinear", "eps": 1e-3}, "global_batch_size": batch,
-                  "micro_batch_size": batch, "lr": 1e-3, "weight_decay": 0.0, "warmup_steps": 1,
-                  "max_steps": steps, "grad_clip": 1.0, "ema": 0.9, "dropout": 0.0, "eval_every": steps,
-                  "eval_batches": 1, "save_every": 10**6, "shuffle_prefix": False, "warm_start": False,
-                  "antithetic": True, "precision": "auto", "deepspeed": None, "seed": 0, "gpus": 0},
+        "train": {
+            "model": "tiny",
+            "noise": {"type": "loglinear", "eps": 1e-3},
+            "global_batch_size": batch,
+            "micro_batch_size": batch,
+            "lr": 1e-3,
+            "weight_decay": 0.0,
+            "warmup_steps": 1,
+            "max_steps": steps,
+            "grad_clip": 1.0,
+            "ema": 0.9,
+            "dropout": 0.0,
+            "eval_every": steps,
+            "eval_batches": 1,
+            "save_every": 10**6,
+            "shuffle_prefix": False,
+            "warm_start": False,
+            "antithetic": True,
+            "precision": "auto",
+            "deepspeed": None,
+            "seed": 0,
+            "gpus": 0,
+        },
     }
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
 
 
-def run_case(repo: Path, config: Path, train: list[str], val: list[str], tokenizer: Path, out: Path,
-             threads: int) -> dict:
+def run_case(
+    repo: Path, config: Path, train: list[str], val: list[str], tokenizer: Path, out: Path, threads: int
+) -> dict:
     report = out.parent / f"{out.name}.timings.json"
-    cmd = [sys.executable, "-c", DRIVER, str(report), "--config", str(config), "--run", "bench", "--stage", "3",
-           "--train-shards", *train, "--val-shards", *val, "--tokenizer", str(tokenizer), "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-c",
+        DRIVER,
+        str(report),
+        "--config",
+        str(config),
+        "--run",
+        "bench",
+        "--stage",
+        "3",
+        "--train-shards",
+        *train,
+        "--val-shards",
+        *val,
+        "--tokenizer",
+        str(tokenizer),
+        "--out",
+        str(out),
+    ]
     env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": str(threads), "TQDM_DISABLE": "1"}
     start = time.perf_counter()
     with open(out.parent / f"{out.name}.log", "w") as log:
@@ -134,10 +174,15 @@ def run_case(repo: Path, config: Path, train: list[str], val: list[str], tokeniz
     later = t["steps"][1:] or t["steps"]
     step_ms = 1000 * statistics.median(later)
     data_ms = 1000 * t["data_s"] / len(t["steps"])
-    return {"peak_rss_mb": round(usage.ru_maxrss * 1024 / MB),
-            "setup_peak_rss_mb": round(t.get("setup_hwm_kib", 0) * 1024 / MB), "setup_s": round(t["setup_s"], 1),
-            "data_ms_per_step": round(data_ms, 2), "step_ms": round(step_ms, 1),
-            "data_share": round(data_ms / step_ms, 4), "wall_s": round(wall, 1)}
+    return {
+        "peak_rss_mb": round(usage.ru_maxrss * 1024 / MB),
+        "setup_peak_rss_mb": round(t.get("setup_hwm_kib", 0) * 1024 / MB),
+        "setup_s": round(t["setup_s"], 1),
+        "data_ms_per_step": round(data_ms, 2),
+        "step_ms": round(step_ms, 1),
+        "data_share": round(data_ms / step_ms, 4),
+        "wall_s": round(wall, 1),
+    }
 
 
 def old_checkout(folder: Path) -> Path:
@@ -180,9 +225,11 @@ def main(argv: list[str] | None = None) -> int:
     raw = args.rows * sum(args.lengths) * 4
     loaded = args.rows * sum(args.lengths[1:]) * 4
     on_disk = sum(Path(p).stat().st_size for p in train)
-    print(f"shards: {args.rows} rows in {args.shards} files, {raw / MB:.0f} MB as int32 ({loaded / MB:.0f} MB in "
-          f"the two columns a stage-3 run reads), {on_disk / MB:.0f} MB of zstd Parquet; ready in {made_s:.0f} s",
-          flush=True)
+    print(
+        f"shards: {args.rows} rows in {args.shards} files, {raw / MB:.0f} MB as int32 ({loaded / MB:.0f} MB in "
+        f"the two columns a stage-3 run reads), {on_disk / MB:.0f} MB of zstd Parquet; ready in {made_s:.0f} s",
+        flush=True,
+    )
 
     cases = []
     with tempfile.TemporaryDirectory(dir=work) as tmp:
@@ -199,24 +246,36 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.copytree(tmp / "cache-copy", out / "data-cache")
             if name == "new":
                 # keep the cache the run builds: copy it once setup is over (the run removes it when it finishes)
-                result = run_new_keeping_cache(repo, config, train, val, tokenizer, out, args.threads,
-                                               tmp / "cache-copy")
+                result = run_new_keeping_cache(
+                    repo, config, train, val, tokenizer, out, args.threads, tmp / "cache-copy"
+                )
             else:
                 result = run_case(repo, config, train, val, tokenizer, out, args.threads)
             result = {"case": label, **result}
             print(json.dumps(result), flush=True)
             rows.append(result)
-    report = {"date": datetime.date.today().isoformat(),
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}",
-              "rows": args.rows, "shards": args.shards, "lengths": args.lengths, "int32_mb": round(raw / MB),
-              "read_mb": round(loaded / MB), "parquet_mb": round(on_disk / MB), "batch": args.batch,
-              "steps": args.steps, "threads": args.threads, "cases": rows}
+    report = {
+        "date": datetime.date.today().isoformat(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}",
+        "rows": args.rows,
+        "shards": args.shards,
+        "lengths": args.lengths,
+        "int32_mb": round(raw / MB),
+        "read_mb": round(loaded / MB),
+        "parquet_mb": round(on_disk / MB),
+        "batch": args.batch,
+        "steps": args.steps,
+        "threads": args.threads,
+        "cases": rows,
+    }
     print("| case | peak RSS MB | setup peak MB | setup s | data ms/step | step ms | data / step |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['case']} | {r['peak_rss_mb']} | {r['setup_peak_rss_mb']} | {r['setup_s']} | "
-              f"{r['data_ms_per_step']} | {r['step_ms']} | "
-              f"{100 * r['data_share']:.2f}% |")
+        print(
+            f"| {r['case']} | {r['peak_rss_mb']} | {r['setup_peak_rss_mb']} | {r['setup_s']} | "
+            f"{r['data_ms_per_step']} | {r['step_ms']} | "
+            f"{100 * r['data_share']:.2f}% |"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return 0

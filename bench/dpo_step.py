@@ -27,6 +27,7 @@ reference (mod R), so every score is used once and the R values of h stay indepe
 
     python bench/dpo_step.py --model runs/sft/model --pairs data/pydoc/preference/128/validation/shard_00000.parquet
 """
+
 from __future__ import annotations
 
 import argparse
@@ -84,8 +85,9 @@ def load_batch(pairs_path: str, batch: int, offset: int = 0):
     return get("chosen_ids").long(), get("chosen_mask") > 0, get("rejected_ids").long(), get("rejected_mask") > 0
 
 
-def one(cfg: dict, model_dir: str, pairs_path: str, batch: int, steps: int, threads: int, seed: int,
-        beta: float) -> dict:
+def one(
+    cfg: dict, model_dir: str, pairs_path: str, batch: int, steps: int, threads: int, seed: int, beta: float
+) -> dict:
     """Time `steps` steps (after WARMUP) of one configuration in this process."""
     import torch
 
@@ -121,8 +123,9 @@ def one(cfg: dict, model_dir: str, pairs_path: str, batch: int, steps: int, thre
             for p in range(batch):
                 sl = slice(p, p + 1)
                 t, u = pair_draws(seed, rows[sl], torch.tensor([step]), n, length)
-                w, l_ = pair_scores(reference, chosen[sl], chosen_mask[sl], rejected[sl], rejected_mask[sl],
-                                    t, u, noise, mask_id)
+                w, l_ = pair_scores(
+                    reference, chosen[sl], chosen_mask[sl], rejected[sl], rejected_mask[sl], t, u, noise, mask_id
+                )
                 cache[step, 0, p], cache[step, 1, p] = w[0], l_[0]
     if cfg["cache"] is False:
         cache = None
@@ -144,8 +147,9 @@ def one(cfg: dict, model_dir: str, pairs_path: str, batch: int, steps: int, thre
             ref_w, ref_l = cache[step, 0], cache[step, 1]
         else:
             with torch.no_grad():
-                ref_w, ref_l = pair_scores(reference, chosen, chosen_mask, rejected, rejected_mask, t, u, noise,
-                                           mask_id)
+                ref_w, ref_l = pair_scores(
+                    reference, chosen, chosen_mask, rejected, rejected_mask, t, u, noise, mask_id
+                )
         h = (policy_w - ref_w) - (policy_l - ref_l)
         return preference_loss(h, beta, "sigmoid").mean()
 
@@ -163,9 +167,15 @@ def one(cfg: dict, model_dir: str, pairs_path: str, batch: int, steps: int, thre
             wall.append(time.perf_counter() - w0)
             cpu.append(time.process_time() - c0)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {**cfg, "wall_ms": 1e3 * statistics.median(wall), "cpu_ms": 1e3 * statistics.median(cpu),
-            "peak_rss_mb": peak, "step_mb": peak - setup_peak, "answer_tokens": float(answer.sum(1).float().mean()),
-            "loss": float(loss)}
+    return {
+        **cfg,
+        "wall_ms": 1e3 * statistics.median(wall),
+        "cpu_ms": 1e3 * statistics.median(cpu),
+        "peak_rss_mb": peak,
+        "step_mb": peak - setup_peak,
+        "answer_tokens": float(answer.sum(1).float().mean()),
+        "loss": float(loss),
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -180,15 +190,25 @@ def few_time_draws(seed: int, pairs, sets: int, n: int, length: int):
 
     times, uniforms = [], []
     for pair in pairs.tolist():
-        gen = torch.Generator().manual_seed((((seed * 1_000_003 + pair) * 1_000_033 + sets) * 4 + 3) % (2 ** 63))
+        gen = torch.Generator().manual_seed((((seed * 1_000_003 + pair) * 1_000_033 + sets) * 4 + 3) % (2**63))
         v = torch.rand(1, generator=gen)
         times.append((SAMPLING_EPS + (1 - SAMPLING_EPS) * v).expand(n))
         uniforms.append(torch.rand(n, length, generator=gen))
     return torch.stack(times), torch.stack(uniforms)
 
 
-def score_variance(model_dir: str, policy_dir: str | None, pairs_path: str, n_pairs: int, sets: int, n: int,
-                   perturb: float, threads: int, seed: int, chunk: int) -> dict:
+def score_variance(
+    model_dir: str,
+    policy_dir: str | None,
+    pairs_path: str,
+    n_pairs: int,
+    sets: int,
+    n: int,
+    perturb: float,
+    threads: int,
+    seed: int,
+    chunk: int,
+) -> dict:
     import torch
 
     from train.checkpoint import load_model
@@ -218,8 +238,21 @@ def score_variance(model_dir: str, policy_dir: str | None, pairs_path: str, n_pa
         out = []
         for s in range(0, n_pairs, chunk):
             sl = slice(s, s + chunk)
-            out.append(torch.stack(pair_scores(model, chosen[sl], chosen_mask[sl], rejected[sl], rejected_mask[sl],
-                                               t[sl], u[sl], noise, mask_id)))
+            out.append(
+                torch.stack(
+                    pair_scores(
+                        model,
+                        chosen[sl],
+                        chosen_mask[sl],
+                        rejected[sl],
+                        rejected_mask[sl],
+                        t[sl],
+                        u[sl],
+                        noise,
+                        mask_id,
+                    )
+                )
+            )
         return torch.cat(out, 1).double()
 
     began = time.perf_counter()
@@ -243,14 +276,20 @@ def score_variance(model_dir: str, policy_dir: str | None, pairs_path: str, n_pa
         "few_shared": (S["P_few"][:, 0] - S["Q_few"][:, 0]) - (S["P_few"][:, 1] - S["Q_few"][:, 1]),
     }
     var = lambda x: float(x.var(0, unbiased=True).mean())  # noqa: E731  mean over pairs of Var over draw sets
-    return {"seconds": seconds, "pairs": n_pairs, "sets": sets, "n": n,
-            "answer_tokens": float(chosen_mask.sum(1).float().mean()),
-            "var_h": {k: var(v) for k, v in h.items()},
-            "mean_h": {k: float(v.mean()) for k, v in h.items()},
-            "spread_h": float(h["shared"].mean(0).std()),  # std over pairs of each pair's mean h: the signal
-            "var_B": {"vrpo": var(P[:, 0]), "few": var(S["P_few"][:, 0])},
-            "var_B_l": {"vrpo": var(P[:, 1]), "few": var(S["P_few"][:, 1])},
-            "mean_B": float(P[:, 0].mean()), "mean_B_l": float(P[:, 1].mean())}
+    return {
+        "seconds": seconds,
+        "pairs": n_pairs,
+        "sets": sets,
+        "n": n,
+        "answer_tokens": float(chosen_mask.sum(1).float().mean()),
+        "var_h": {k: var(v) for k, v in h.items()},
+        "mean_h": {k: float(v.mean()) for k, v in h.items()},
+        "spread_h": float(h["shared"].mean(0).std()),  # std over pairs of each pair's mean h: the signal
+        "var_B": {"vrpo": var(P[:, 0]), "few": var(S["P_few"][:, 0])},
+        "var_B_l": {"vrpo": var(P[:, 1]), "few": var(S["P_few"][:, 1])},
+        "mean_B": float(P[:, 0].mean()),
+        "mean_B_l": float(P[:, 1].mean()),
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -260,12 +299,15 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="SFT model folder (the reference; the policy's start)")
     parser.add_argument("--pairs", required=True, help="a preference shard (preprocess/preference.py)")
-    parser.add_argument("--policy", help="a different policy model folder for the variance (default: --model, "
-                                         "against a perturbed copy of it)")
+    parser.add_argument(
+        "--policy",
+        help="a different policy model folder for the variance (default: --model, against a perturbed copy of it)",
+    )
     parser.add_argument("--batch", type=int, default=16, help="pairs per step (configs/sft.yaml's DPO run: 16)")
     parser.add_argument("--steps", type=int, default=5, help=f"timed steps per configuration (after {WARMUP})")
-    parser.add_argument("--rounds", type=int, default=1, help="run every configuration this many times; the "
-                                                                   "table keeps medians")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="run every configuration this many times; the table keeps medians"
+    )
     parser.add_argument("--cached-n", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--uncached-n", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--beta", type=float, default=0.1)
@@ -282,8 +324,20 @@ def main(argv=None):
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
-        print(json.dumps(one(json.loads(args.one), args.model, args.pairs, args.batch, args.steps, args.threads,
-                             args.seed, args.beta)))
+        print(
+            json.dumps(
+                one(
+                    json.loads(args.one),
+                    args.model,
+                    args.pairs,
+                    args.batch,
+                    args.steps,
+                    args.threads,
+                    args.seed,
+                    args.beta,
+                )
+            )
+        )
         return
     began = time.perf_counter()
     print(f"load average at start: {os.getloadavg()[0]:.1f}", file=sys.stderr)
@@ -298,73 +352,125 @@ def main(argv=None):
         for _ in range(args.rounds):
             mine = []
             for cfg in order:
-                out = subprocess.run([sys.executable, __file__, "--one", json.dumps(cfg), "--model", args.model,
-                                      "--pairs", args.pairs, "--batch", str(args.batch), "--steps", str(args.steps),
-                                      "--threads", str(args.threads), "--seed", str(args.seed), "--beta",
-                                      str(args.beta)], capture_output=True, text=True)
+                out = subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--one",
+                        json.dumps(cfg),
+                        "--model",
+                        args.model,
+                        "--pairs",
+                        args.pairs,
+                        "--batch",
+                        str(args.batch),
+                        "--steps",
+                        str(args.steps),
+                        "--threads",
+                        str(args.threads),
+                        "--seed",
+                        str(args.seed),
+                        "--beta",
+                        str(args.beta),
+                    ],
+                    capture_output=True,
+                    text=True,
+                )
                 if out.returncode:
                     raise SystemExit(f"{cfg}: child failed\n{out.stderr}")
                 mine.append(json.loads(out.stdout.strip().splitlines()[-1]))
-                print(f"  {label(cfg)}, n={cfg['n']}, checkpointing {'on' if cfg['ckpt'] else 'off'}: "
-                      f"{mine[-1]['wall_ms']:.0f} ms", file=sys.stderr, flush=True)
+                print(
+                    f"  {label(cfg)}, n={cfg['n']}, checkpointing {'on' if cfg['ckpt'] else 'off'}: "
+                    f"{mine[-1]['wall_ms']:.0f} ms",
+                    file=sys.stderr,
+                    flush=True,
+                )
             for i in range(1, len(order), 2):
                 near = (mine[i - 1], mine[i + 1])
                 ratios[json.dumps(order[i])].append(
-                    {k: mine[i][k] / statistics.mean(b[k] for b in near) for k in ("wall_ms", "cpu_ms")})
+                    {k: mine[i][k] / statistics.mean(b[k] for b in near) for k in ("wall_ms", "cpu_ms")}
+                )
             runs += mine
         report["step_runs"] = runs
         results = []
         for cfg in configs:
             same = [r for r in runs if all(r[k] == cfg[k] for k in cfg)]
-            row = {**same[0], **{k: statistics.median(r[k] for r in same)
-                                 for k in ("wall_ms", "cpu_ms", "peak_rss_mb", "step_mb")}}
+            row = {
+                **same[0],
+                **{k: statistics.median(r[k] for r in same) for k in ("wall_ms", "cpu_ms", "peak_rss_mb", "step_mb")},
+            }
             for k in ("wall_ms", "cpu_ms"):
                 got = ratios[json.dumps(cfg)]
                 row[f"{k}_ratio"] = statistics.median(x[k] for x in got) if got else 1.0
             results.append(row)
         report["steps"] = results
         base = results[0]
-        print(f"\nStep cost: {args.batch} pairs = {2 * args.batch} canvases x {len_of(args.pairs)} tokens "
-              f"(answer tokens per canvas: {base['answer_tokens']:.1f} on average), {args.threads} thread(s), "
-              f"median of {args.steps} steps after {WARMUP}, {args.rounds} round(s). Times: against the mean of the "
-              f"SFT baseline runs just before and after (baseline row: median of its {len(order) // 2 + 1} runs per "
-              f"round); memory: against the baseline's median\n")
-        print("| step | n | grad ckpt | rows / forward | ms (wall) | x SFT | ms (CPU) | x SFT | peak RSS MB | x SFT "
-              "| step memory MB | x SFT |")
+        print(
+            f"\nStep cost: {args.batch} pairs = {2 * args.batch} canvases x {len_of(args.pairs)} tokens "
+            f"(answer tokens per canvas: {base['answer_tokens']:.1f} on average), {args.threads} thread(s), "
+            f"median of {args.steps} steps after {WARMUP}, {args.rounds} round(s). Times: against the mean of the "
+            f"SFT baseline runs just before and after (baseline row: median of its {len(order) // 2 + 1} runs per "
+            f"round); memory: against the baseline's median\n"
+        )
+        print(
+            "| step | n | grad ckpt | rows / forward | ms (wall) | x SFT | ms (CPU) | x SFT | peak RSS MB | x SFT "
+            "| step memory MB | x SFT |"
+        )
         print("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in results:
             rows = 2 * args.batch * r["n"]
-            print(f"| {label(r)} | {r['n'] if r['kind'] == 'dpo' else '-'} | {'on' if r['ckpt'] else 'off'} | "
-                  f"{rows}{' + ' + str(rows) + ' no-grad' if r['cache'] is False else ''} | "
-                  f"{r['wall_ms']:,.0f} | {r['wall_ms_ratio']:.2f}x | {r['cpu_ms']:,.0f} | "
-                  f"{r['cpu_ms_ratio']:.2f}x | {r['peak_rss_mb']:,.0f} | "
-                  f"{r['peak_rss_mb'] / base['peak_rss_mb']:.2f}x | {r['step_mb']:,.0f} | "
-                  f"{r['step_mb'] / base['step_mb']:.2f}x |")
+            print(
+                f"| {label(r)} | {r['n'] if r['kind'] == 'dpo' else '-'} | {'on' if r['ckpt'] else 'off'} | "
+                f"{rows}{' + ' + str(rows) + ' no-grad' if r['cache'] is False else ''} | "
+                f"{r['wall_ms']:,.0f} | {r['wall_ms_ratio']:.2f}x | {r['cpu_ms']:,.0f} | "
+                f"{r['cpu_ms_ratio']:.2f}x | {r['peak_rss_mb']:,.0f} | "
+                f"{r['peak_rss_mb'] / base['peak_rss_mb']:.2f}x | {r['step_mb']:,.0f} | "
+                f"{r['step_mb'] / base['step_mb']:.2f}x |"
+            )
         print()
         for r in results:
             if r["kind"] == "dpo" and r["cache"]:
                 ratio = r["wall_ms_ratio"]
-                print(f"target (cached reference, n={r['n']}, checkpointing {'on' if r['ckpt'] else 'off'}): "
-                      f"{ratio:.2f}x an SFT step (wall), {r['cpu_ms_ratio']:.2f}x (CPU): "
-                      f"{'met' if ratio <= TARGET else 'NOT met'} (<= {TARGET}x)")
+                print(
+                    f"target (cached reference, n={r['n']}, checkpointing {'on' if r['ckpt'] else 'off'}): "
+                    f"{ratio:.2f}x an SFT step (wall), {r['cpu_ms_ratio']:.2f}x (CPU): "
+                    f"{'met' if ratio <= TARGET else 'NOT met'} (<= {TARGET}x)"
+                )
     if not args.skip_variance:
-        v = score_variance(args.model, args.policy, args.pairs, args.var_pairs, args.draw_sets, args.var_n,
-                           args.perturb, args.threads, args.seed, args.chunk)
+        v = score_variance(
+            args.model,
+            args.policy,
+            args.pairs,
+            args.var_pairs,
+            args.draw_sets,
+            args.var_n,
+            args.perturb,
+            args.threads,
+            args.seed,
+            args.chunk,
+        )
         report["variance"] = v
-        who = (f"policy {args.policy}, reference {args.model}" if args.policy else
-               f"policy = the model, reference = the model + N(0, ({args.perturb:g} std)^2) per weight tensor")
-        print(f"\nPreference score h = (B_w - B_w_ref) - (B_l - B_l_ref): {who}; {v['pairs']} pairs x "
-              f"{v['sets']} draw sets, n = {v['n']} network calls per answer and model ({v['seconds']:.0f} s). "
-              f"Var = mean over pairs of the variance over draw sets. Signal: std over pairs of the mean h "
-              f"{v['spread_h']:.4f}; mean B_w {v['mean_B']:.2f}, B_l {v['mean_B_l']:.2f} nats "
-              f"({v['answer_tokens']:.1f} answer tokens)\n")
+        who = (
+            f"policy {args.policy}, reference {args.model}"
+            if args.policy
+            else f"policy = the model, reference = the model + N(0, ({args.perturb:g} std)^2) per weight tensor"
+        )
+        print(
+            f"\nPreference score h = (B_w - B_w_ref) - (B_l - B_l_ref): {who}; {v['pairs']} pairs x "
+            f"{v['sets']} draw sets, n = {v['n']} network calls per answer and model ({v['seconds']:.0f} s). "
+            f"Var = mean over pairs of the variance over draw sets. Signal: std over pairs of the mean h "
+            f"{v['spread_h']:.4f}; mean B_w {v['mean_B']:.2f}, B_l {v['mean_B_l']:.2f} nats "
+            f"({v['answer_tokens']:.1f} answer tokens)\n"
+        )
         vh, vb = v["var_h"], v["var_B"]
         print("| draws | allocation | Var(h) | x shared VRPO | mean h |")
         print("|---|---|---|---|---|")
-        rows = [("shared (policy = reference draws, chosen = rejected draws)", "VRPO: n times x 1 mask", "shared"),
-                ("reference independent", "VRPO: n times x 1 mask", "ref_indep"),
-                ("all four scores independent", "VRPO: n times x 1 mask", "all_indep"),
-                ("shared", "1 time x n masks", "few_shared")]
+        rows = [
+            ("shared (policy = reference draws, chosen = rejected draws)", "VRPO: n times x 1 mask", "shared"),
+            ("reference independent", "VRPO: n times x 1 mask", "ref_indep"),
+            ("all four scores independent", "VRPO: n times x 1 mask", "all_indep"),
+            ("shared", "1 time x n masks", "few_shared"),
+        ]
         for name, alloc, key in rows:
             print(f"| {name} | {alloc} | {vh[key]:.4g} | {vh[key] / vh['shared']:.2f}x | {v['mean_h'][key]:.4f} |")
         print("\n| estimate | allocation | Var | x VRPO |")
@@ -372,11 +478,14 @@ def main(argv=None):
         print(f"| B_w (policy's ELBO of the chosen answer, nats) | VRPO: n times x 1 mask | {vb['vrpo']:.4g} | 1.00x |")
         print(f"| B_w | 1 time x n masks | {vb['few']:.4g} | {vb['few'] / vb['vrpo']:.2f}x |")
         vl = v["var_B_l"]
-        print(f"| B_l (policy's ELBO of the rejected answer, nats) | VRPO: n times x 1 mask | {vl['vrpo']:.4g} | "
-              f"1.00x |")
+        print(
+            f"| B_l (policy's ELBO of the rejected answer, nats) | VRPO: n times x 1 mask | {vl['vrpo']:.4g} | 1.00x |"
+        )
         print(f"| B_l | 1 time x n masks | {vl['few']:.4g} | {vl['few'] / vl['vrpo']:.2f}x |")
-    print(f"\ntotal {time.perf_counter() - began:.0f} s, load average at the end: {os.getloadavg()[0]:.1f}",
-          file=sys.stderr)
+    print(
+        f"\ntotal {time.perf_counter() - began:.0f} s, load average at the end: {os.getloadavg()[0]:.1f}",
+        file=sys.stderr,
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
 

@@ -19,6 +19,7 @@ network plus the strategy's own work.
     python bench/generate.py --save-model /tmp/bench_generate_model --out /tmp/bench_generate.json
     python bench/generate.py --model-dir /tmp/bench_generate_model        # reuse the model, timing only
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,7 +64,7 @@ def eos_rows(streams, n: int, row_len: int, min_keep: int, eos_id: int, rng: ran
         ids = streams[rng.randrange(len(streams))]
         start = rng.randrange(max(1, len(ids) - row_len))
         keep = rng.randint(min_keep, row_len - 8)
-        piece = ids[start:start + keep]
+        piece = ids[start : start + keep]
         rows.append(piece + [eos_id] * (row_len - len(piece)))
     return torch.tensor(rows)
 
@@ -91,9 +92,21 @@ def train_model(args, folder: Path) -> Path:
         if step % 100 == 0 or step == args.train_steps - 1:
             print(f"train step {step}: loss {loss.item():.3f} ({time.perf_counter() - began:.0f} s)", flush=True)
     out = folder / "model"
-    meta = {"model": model.config.to_dict(), "objective": "mdlm", "noise": NOISE, "stage": 3, "prefix_len": 0,
-            "target_len": args.row_len, "vocab_size": vocab, "mask_id": mask_id, "eos_id": eos_id,
-            "bos_id": eos_id, "tokenizer": str(folder / "tokenizer"), "run": "bench_generate", "kind": "single"}
+    meta = {
+        "model": model.config.to_dict(),
+        "objective": "mdlm",
+        "noise": NOISE,
+        "stage": 3,
+        "prefix_len": 0,
+        "target_len": args.row_len,
+        "vocab_size": vocab,
+        "mask_id": mask_id,
+        "eos_id": eos_id,
+        "bos_id": eos_id,
+        "tokenizer": str(folder / "tokenizer"),
+        "run": "bench_generate",
+        "kind": "single",
+    }
     save_model(out, model.eval().state_dict(), meta)
     return out
 
@@ -104,13 +117,13 @@ def held_out_prompts(trained, n: int, prompt_len: int, seed: int) -> list[list[i
 
     texts = [topics[k] for k in sorted(topics)]
     streams = [ids for ids in trained.tokenizer(texts)["input_ids"] if len(ids) >= 64]
-    held = streams[int(0.9 * len(streams)):]
+    held = streams[int(0.9 * len(streams)) :]
     rng = random.Random(seed + 1)
     prompts = []
     for _ in range(n):
         ids = held[rng.randrange(len(held))]
         start = rng.randrange(len(ids) - prompt_len)
-        prompts.append(ids[start:start + prompt_len])
+        prompts.append(ids[start : start + prompt_len])
     return prompts
 
 
@@ -125,11 +138,15 @@ def measure(trained, prompts, args, repeats: int, **options) -> dict:
         best = seconds if best is None else min(best, seconds)
     n = len(prompts)
     answer_tokens = sum(len(r["answer_ids"]) for r in results)
-    return {"seconds": best, "tokens_per_second": n * args.gen_length / best,
-            "answer_tokens_per_second": answer_tokens / best,
-            "calls_per_answer": sum(r["network_calls"] for r in results) / n,
-            "batch_calls": results[0]["batch_calls"], "mean_answer_tokens": answer_tokens / n,
-            "answers": [r["answer"] for r in results]}
+    return {
+        "seconds": best,
+        "tokens_per_second": n * args.gen_length / best,
+        "answer_tokens_per_second": answer_tokens / best,
+        "calls_per_answer": sum(r["network_calls"] for r in results) / n,
+        "batch_calls": results[0]["batch_calls"],
+        "mean_answer_tokens": answer_tokens / n,
+        "answers": [r["answer"] for r in results],
+    }
 
 
 def main(argv=None) -> int:
@@ -158,36 +175,57 @@ def main(argv=None) -> int:
         prompts = held_out_prompts(trained, args.n, args.prompt_len, args.seed)
         b = args.block_length
         configs = [(r, dict(remasking=r)) for r in sorted(REMASKING, key=lambda r: r != "low_confidence")]
-        configs += [("low_confidence + eos_guard", dict(remasking="low_confidence", eos_guard=True)),
-                    (f"low_confidence, blocks of {b}", dict(remasking="low_confidence", block_length=b)),
-                    (f"random, blocks of {b}", dict(remasking="random", block_length=b)),
-                    (f"low_confidence + eos_guard, blocks of {b}",
-                     dict(remasking="low_confidence", eos_guard=True, block_length=b)),
-                    ("low_confidence, temperature 1", dict(remasking="low_confidence", temperature=1.0))]
+        configs += [
+            ("low_confidence + eos_guard", dict(remasking="low_confidence", eos_guard=True)),
+            (f"low_confidence, blocks of {b}", dict(remasking="low_confidence", block_length=b)),
+            (f"random, blocks of {b}", dict(remasking="random", block_length=b)),
+            (
+                f"low_confidence + eos_guard, blocks of {b}",
+                dict(remasking="low_confidence", eos_guard=True, block_length=b),
+            ),
+            ("low_confidence, temperature 1", dict(remasking="low_confidence", temperature=1.0)),
+        ]
         configs = [(name, {**options, "stop_at_answer": stop}) for name, options in configs for stop in (True, False)]
         generate(trained, prompts[:2], args.gen_length, args.steps)  # warm-up
         rows = {(name, o["stop_at_answer"]): measure(trained, prompts, args, args.repeats, **o) for name, o in configs}
     base = rows[("low_confidence", True)]
-    print(f"\n{args.n} prompts x {args.prompt_len} tokens, gen_length {args.gen_length}, {args.steps} steps, "
-          f"temperature {args.temperature} unless named, seed {args.seed}, {args.threads} thread(s), CPU, one batch; "
-          f"best of {args.repeats}; baseline: low_confidence, one block, stop at answer\n")
-    print("| configuration | stop at answer | tokens/s | x baseline | calls / answer | x baseline | ms / batch call "
-          "| mean answer tokens |\n|---|---|---|---|---|---|---|---|")
+    print(
+        f"\n{args.n} prompts x {args.prompt_len} tokens, gen_length {args.gen_length}, {args.steps} steps, "
+        f"temperature {args.temperature} unless named, seed {args.seed}, {args.threads} thread(s), CPU, one batch; "
+        f"best of {args.repeats}; baseline: low_confidence, one block, stop at answer\n"
+    )
+    print(
+        "| configuration | stop at answer | tokens/s | x baseline | calls / answer | x baseline | ms / batch call "
+        "| mean answer tokens |\n|---|---|---|---|---|---|---|---|"
+    )
     for (name, stop), r in rows.items():
-        print(f"| {name} | {'yes' if stop else 'no (fill canvas)'} | {r['tokens_per_second']:.0f} "
-              f"| {r['tokens_per_second'] / base['tokens_per_second']:.2f} | {r['calls_per_answer']:.1f} "
-              f"| {r['calls_per_answer'] / base['calls_per_answer']:.2f} "
-              f"| {1000 * r['seconds'] / r['batch_calls']:.1f} | {r['mean_answer_tokens']:.1f} |")
+        print(
+            f"| {name} | {'yes' if stop else 'no (fill canvas)'} | {r['tokens_per_second']:.0f} "
+            f"| {r['tokens_per_second'] / base['tokens_per_second']:.2f} | {r['calls_per_answer']:.1f} "
+            f"| {r['calls_per_answer'] / base['calls_per_answer']:.2f} "
+            f"| {1000 * r['seconds'] / r['batch_calls']:.1f} | {r['mean_answer_tokens']:.1f} |"
+        )
     same = all(rows[(name, True)]["answers"] == rows[(name, False)]["answers"] for name, _ in configs)
     print(f"\nstopping at the answer gives the fill-canvas answers in every configuration: {same}")
     print("first answers:")
-    for name in ("low_confidence", "low_confidence + eos_guard", f"low_confidence, blocks of {b}",
-                 f"low_confidence + eos_guard, blocks of {b}"):
+    for name in (
+        "low_confidence",
+        "low_confidence + eos_guard",
+        f"low_confidence, blocks of {b}",
+        f"low_confidence + eos_guard, blocks of {b}",
+    ):
         print(f"  {name}: {rows[(name, True)]['answers'][0][:100]!r}")
     if args.out:
-        write_json({"rows": {f"{name} | {'stop' if stop else 'fill'}": r for (name, stop), r in rows.items()},
-                    "baseline": "low_confidence | stop", "stop_equals_fill": same, "args": vars(args),
-                    "model_dir": str(model_dir) if args.model_dir else "trained in the bench"}, args.out)
+        write_json(
+            {
+                "rows": {f"{name} | {'stop' if stop else 'fill'}": r for (name, stop), r in rows.items()},
+                "baseline": "low_confidence | stop",
+                "stop_equals_fill": same,
+                "args": vars(args),
+                "model_dir": str(model_dir) if args.model_dir else "trained in the bench",
+            },
+            args.out,
+        )
     return 0
 
 

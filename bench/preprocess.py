@@ -30,6 +30,7 @@ wrapped to record them; ``extract_keywords`` reports scores rounded to 4 decimal
 word with the fast priorities: max |fast - slow| (target <= 1e-5), the same against the rounded scores (at
 most 5e-5 plus float noise), and the number of words scored on one side only. Model loading is not timed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -127,8 +128,11 @@ class SlowAnnotator:
             index = {c: i for i, c in enumerate(candidates)}
             for word in rounded:
                 exact[word] = float(cosine_similarity(doc_vector.reshape(1, -1), word_vectors[index[word]][None])[0, 0])
-        return (self.priorities([exact.get(w.lower()) for w in words.texts], words),
-                self.priorities([rounded.get(w.lower()) for w in words.texts], words), len(words.texts))
+        return (
+            self.priorities([exact.get(w.lower()) for w in words.texts], words),
+            self.priorities([rounded.get(w.lower()) for w in words.texts], words),
+            len(words.texts),
+        )
 
     def priorities(self, scores, words: Words):
         if self.method == "keybert":
@@ -184,8 +188,12 @@ def compare(fast: list[list[float]], slow: list[list[float]]) -> dict:
         if len(f):
             max_diff = max(max_diff, float(np.max(np.abs(f - s))))
         n += len(f)
-    return {"words_compared": n, "max_abs_diff": max_diff, "docs_with_different_words": length_mismatch,
-            "words_scored_on_one_side_only": one_sided}
+    return {
+        "words_compared": n,
+        "max_abs_diff": max_diff,
+        "docs_with_different_words": length_mismatch,
+        "words_scored_on_one_side_only": one_sided,
+    }
 
 
 def bench_method(method: str, texts: list[str], config: dict, nlp_full, tokenizer, batch_docs: int) -> dict:
@@ -278,16 +286,23 @@ def plan_seconds(paper_config: Path, shards: int, snakemake: str) -> dict:
         parts = line.split()
         if len(parts) == 2 and parts[0] == "total" and parts[1].isdigit():
             jobs = int(parts[1])
-    return {"command": " ".join(cmd[:-1] + [f"<(corpus.shards = {shards} per split)>"]), "shards": shards,
-            "seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2), "jobs": jobs,
-            "load_average_after": [round(x, 2) for x in os.getloadavg()]}
+    return {
+        "command": " ".join(cmd[:-1] + [f"<(corpus.shards = {shards} per split)>"]),
+        "shards": shards,
+        "seconds": round(seconds, 2),
+        "cpu_seconds": round(cpu, 2),
+        "jobs": jobs,
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+    }
 
 
 def markdown(results: list[dict]) -> str:
-    lines = ["| method | docs | words | seeds' approach words/s | fast words/s | speed-up | speed-up (wall) |"
-             " warm-cache speed-up | exact ceiling |"
-             " max abs diff (unrounded) | max abs diff (rounded) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| method | docs | words | seeds' approach words/s | fast words/s | speed-up | speed-up (wall) |"
+        " warm-cache speed-up | exact ceiling |"
+        " max abs diff (unrounded) | max abs diff (rounded) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         unrounded = r.get("check_vs_unrounded", {}).get("max_abs_diff")
         rounded = r.get("check_vs_extract_keywords_rounded", {}).get("max_abs_diff")
@@ -296,11 +311,13 @@ def markdown(results: list[dict]) -> str:
             rounded = "-"
         else:
             unrounded, rounded = f"{unrounded:.2e}", f"{rounded:.2e}"
-        lines.append(f"| {r['method']} | {r['documents']} | {r['words']} | {r['slow_words_per_cpu_s']:.0f} | "
-                     f"{r['fast_words_per_cpu_s']:.0f} | {r['speedup']:.1f}x | {r['speedup_wall']:.1f}x | "
-                     f"{str(r['speedup_warm_cache']) + 'x' if 'speedup_warm_cache' in r else '-'} | "
-                     f"{str(r['speedup_ceiling_exact']) + 'x' if 'speedup_ceiling_exact' in r else '-'} | "
-                     f"{unrounded} | {rounded} |")
+        lines.append(
+            f"| {r['method']} | {r['documents']} | {r['words']} | {r['slow_words_per_cpu_s']:.0f} | "
+            f"{r['fast_words_per_cpu_s']:.0f} | {r['speedup']:.1f}x | {r['speedup_wall']:.1f}x | "
+            f"{str(r['speedup_warm_cache']) + 'x' if 'speedup_warm_cache' in r else '-'} | "
+            f"{str(r['speedup_ceiling_exact']) + 'x' if 'speedup_ceiling_exact' in r else '-'} | "
+            f"{unrounded} | {rounded} |"
+        )
     return "\n".join(lines)
 
 
@@ -309,8 +326,12 @@ def main(argv=None):
     parser.add_argument("--config", default=str(ROOT / "config.yaml"), help="annotate: settings (models, batch)")
     parser.add_argument("--docs", type=int, default=40, help="documents, spread evenly over the input")
     parser.add_argument("--input", help="a raw shard to read documents from (default: the pydoc corpus)")
-    parser.add_argument("--unit", choices=["topic", "paragraph"], default="topic",
-                        help="without --input: pydoc topics (long documents) or paragraphs (short ones)")
+    parser.add_argument(
+        "--unit",
+        choices=["topic", "paragraph"],
+        default="topic",
+        help="without --input: pydoc topics (long documents) or paragraphs (short ones)",
+    )
     parser.add_argument("--methods", nargs="+", default=list(priorities.METHODS), choices=priorities.METHODS)
     parser.add_argument("--spacy-model", help="override annotate.spacy_model")
     parser.add_argument("--keybert-model", help="override annotate.keybert_model")
@@ -323,9 +344,12 @@ def main(argv=None):
     parser.add_argument("--json", help="write the figures here as JSON")
     args = parser.parse_args(argv)
 
-    report = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-                         f"python {platform.python_version()}",
-              "threads": 1, "load_average_before": [round(x, 2) for x in os.getloadavg()]}
+    report = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"python {platform.python_version()}",
+        "threads": 1,
+        "load_average_before": [round(x, 2) for x in os.getloadavg()],
+    }
     if not args.plan_only:
         import spacy
         import torch

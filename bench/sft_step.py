@@ -11,6 +11,7 @@ and the table keeps each model's median tokens/s.
     python bench/sft_step.py                      # tiny DiT (128 x 4 x 4) vs a BERT of about its size, CPU
     python bench/sft_step.py --batch 16 --length 256 --steps 10
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,10 +32,19 @@ BERT_LAYERS = 6  # hidden 128, 4 heads, MLP 512: 1.49M parameters against the ti
 def spec(backbone: str, length: int) -> dict:
     if backbone == "dit":
         return {"kind": "dit"}
-    return {"kind": "masked_lm", "config": {"model_type": "bert", "hidden_size": 128, "num_hidden_layers": BERT_LAYERS,
-                                            "num_attention_heads": 4, "intermediate_size": 512,
-                                            "max_position_embeddings": length, "hidden_dropout_prob": 0.0,
-                                            "attention_probs_dropout_prob": 0.0}}
+    return {
+        "kind": "masked_lm",
+        "config": {
+            "model_type": "bert",
+            "hidden_size": 128,
+            "num_hidden_layers": BERT_LAYERS,
+            "num_attention_heads": 4,
+            "intermediate_size": 512,
+            "max_position_embeddings": length,
+            "hidden_dropout_prob": 0.0,
+            "attention_probs_dropout_prob": 0.0,
+        },
+    }
 
 
 def one(backbone: str, vocab: int, batch: int, length: int, steps: int, threads: int) -> dict:
@@ -53,7 +63,7 @@ def one(backbone: str, vocab: int, batch: int, length: int, steps: int, threads:
     gen = torch.Generator().manual_seed(0)
     x0 = torch.randint(0, vocab - 1, (batch, length), generator=gen)
     answer = torch.zeros(batch, length, dtype=torch.bool)
-    answer[:, length // 2:] = True
+    answer[:, length // 2 :] = True
     mask_id = vocab - 1
 
     def step():
@@ -71,9 +81,12 @@ def one(backbone: str, vocab: int, batch: int, length: int, steps: int, threads:
     for _ in range(steps):
         step()
     seconds = time.perf_counter() - began
-    return {"backbone": backbone, "params": sum(p.numel() for p in model.parameters()),
-            "tokens_per_s": batch * length * steps / seconds,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {
+        "backbone": backbone,
+        "params": sum(p.numel() for p in model.parameters()),
+        "tokens_per_s": batch * length * steps / seconds,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def main(argv=None):
@@ -92,13 +105,32 @@ def main(argv=None):
     results = {"dit": [], "bert": []}
     for _ in range(args.rounds):
         for backbone in results:
-            out = subprocess.run([sys.executable, __file__, "--one", backbone, "--vocab", str(args.vocab),
-                                  "--batch", str(args.batch), "--length", str(args.length), "--steps",
-                                  str(args.steps), "--threads", str(args.threads)],
-                                 capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--one",
+                    backbone,
+                    "--vocab",
+                    str(args.vocab),
+                    "--batch",
+                    str(args.batch),
+                    "--length",
+                    str(args.length),
+                    "--steps",
+                    str(args.steps),
+                    "--threads",
+                    str(args.threads),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             results[backbone].append(json.loads(out.stdout.strip().splitlines()[-1]))
-    print(f"SFT step, batch {args.batch} x {args.length} tokens (answers: the second half), vocab {args.vocab}, "
-          f"{args.threads} thread(s), median of {args.rounds} rounds of {args.steps} steps")
+    print(
+        f"SFT step, batch {args.batch} x {args.length} tokens (answers: the second half), vocab {args.vocab}, "
+        f"{args.threads} thread(s), median of {args.rounds} rounds of {args.steps} steps"
+    )
     print("| backbone | parameters | tokens/s | peak RSS (MB) | tokens/s vs DiT | RSS vs DiT |")
     print("|---|---|---|---|---|---|")
     base = {k: statistics.median(r[k] for r in results["dit"]) for k in ("tokens_per_s", "peak_rss_mb")}
@@ -106,8 +138,10 @@ def main(argv=None):
         tps = statistics.median(r["tokens_per_s"] for r in runs)
         rss = statistics.median(r["peak_rss_mb"] for r in runs)
         name = "DiffusionTransformer tiny" if backbone == "dit" else f"BERT {BERT_LAYERS} x 128 (MaskedLMDenoiser)"
-        print(f"| {name} | {runs[0]['params']:,} | {tps:,.0f} | {rss:,.0f} | {tps / base['tokens_per_s']:.2f}x | "
-              f"{rss / base['peak_rss_mb']:.2f}x |")
+        print(
+            f"| {name} | {runs[0]['params']:,} | {tps:,.0f} | {rss:,.0f} | {tps / base['tokens_per_s']:.2f}x | "
+            f"{rss / base['peak_rss_mb']:.2f}x |"
+        )
 
 
 if __name__ == "__main__":

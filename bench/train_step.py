@@ -23,6 +23,7 @@ computes the same MDLM loss with the first of these settings (on for both).
 MFU (CUDA only) = achieved FLOP/s / peak, with FLOPs per token = 6 N + 12 n_layers d L (PaLM appendix B;
 N the non-embedding parameters plus the output projection).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,10 +46,19 @@ DEFAULTS = {"tiny": dict(vocab=2048, batch=32, length=96), "small": dict(vocab=5
 def bert_for(cfg: ModelConfig, layers: int, length: int):
     from transformers import BertConfig, BertForMaskedLM
 
-    return BertForMaskedLM(BertConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.dim, num_hidden_layers=layers,
-                                      num_attention_heads=cfg.n_heads, intermediate_size=cfg.mlp_ratio * cfg.dim,
-                                      max_position_embeddings=length, hidden_dropout_prob=0.0,
-                                      attention_probs_dropout_prob=0.0, attn_implementation="sdpa"))
+    return BertForMaskedLM(
+        BertConfig(
+            vocab_size=cfg.vocab_size,
+            hidden_size=cfg.dim,
+            num_hidden_layers=layers,
+            num_attention_heads=cfg.n_heads,
+            intermediate_size=cfg.mlp_ratio * cfg.dim,
+            max_position_embeddings=length,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+            attn_implementation="sdpa",
+        )
+    )
 
 
 def n_params(model) -> int:
@@ -88,6 +98,7 @@ def make_stepper(model, loss_fn, device, bf16: bool):
         if device.type == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - start, time.process_time() - cpu_start
+
     return step
 
 
@@ -113,8 +124,12 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 dense peak of the GPU (H100 SXM)")
     parser.add_argument("--skip-equal-shape", action="store_true")
-    parser.add_argument("--fused", default="auto", choices=sorted(FUSED_SETTINGS),
-                        help="train/fused.py for our model and the loss: auto, on, off, or both (two rows)")
+    parser.add_argument(
+        "--fused",
+        default="auto",
+        choices=sorted(FUSED_SETTINGS),
+        help="train/fused.py for our model and the loss: auto, on, off, or both (two rows)",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -141,31 +156,64 @@ def main(argv=None):
         tokens = d["batch"] * d["length"]
         p_ours = n_params(ours[0])
         layers, _ = bert_equal_params(cfg, p_ours, d["length"])
-        variants = [("BERT equal params", layers)] + ([] if args.skip_equal_shape else [("BERT equal shape", cfg.n_layers)])
+        variants = [("BERT equal params", layers)] + (
+            [] if args.skip_equal_shape else [("BERT equal shape", cfg.n_layers)]
+        )
         berts = []
         for _, n_layers in variants:
             torch.manual_seed(0)
             berts.append(bert_for(cfg, n_layers, d["length"]).to(device))
-        steppers = [make_stepper(m, lambda m, x0, t, u: diffusion_loss(m, "mdlm", x0, None, t, u, noise, mask_id),
-                                 device, bf16) for m in ours]
-        steppers += [make_stepper(b, lambda m, x0, t, u: bert_loss(m, x0, t, u, noise, mask_id, settings[0]),
-                                  device, bf16) for b in berts]
+        steppers = [
+            make_stepper(
+                m,
+                lambda m, x0, t, u, mask_id=mask_id: diffusion_loss(m, "mdlm", x0, None, t, u, noise, mask_id),
+                device,
+                bf16,
+            )
+            for m in ours
+        ]
+        steppers += [
+            make_stepper(
+                b,
+                lambda m, x0, t, u, mask_id=mask_id, settings=settings: bert_loss(
+                    m, x0, t, u, noise, mask_id, settings[0]
+                ),
+                device,
+                bf16,
+            )
+            for b in berts
+        ]
         seconds = time_interleaved(steppers, batches)
         flops_tok = 6 * (p_ours - cfg.vocab_size * cfg.dim) + 12 * cfg.n_layers * cfg.dim * d["length"]
         for fused, (wall, cpu) in zip(settings, seconds):
             mfu = flops_tok * tokens / wall / (args.peak_tflops * 1e12) if device.type == "cuda" else None
-            rows.append((size, f"ours (DiffusionTransformer, fused={fused})", cfg.n_layers, p_ours, tokens / wall,
-                         tokens / cpu, mfu))
-        for (name, n_layers), bert, (wall, cpu) in zip(variants, berts, seconds[len(ours):]):
+            rows.append(
+                (
+                    size,
+                    f"ours (DiffusionTransformer, fused={fused})",
+                    cfg.n_layers,
+                    p_ours,
+                    tokens / wall,
+                    tokens / cpu,
+                    mfu,
+                )
+            )
+        for (name, n_layers), bert, (wall, cpu) in zip(variants, berts, seconds[len(ours) :]):
             rows.append((size, name, n_layers, n_params(bert), tokens / wall, tokens / cpu, None))
         del ours, berts, steppers
-        print(f"[{size}] batch {d['batch']} x {d['length']} tokens, vocab {d['vocab']}, {args.steps} timed steps",
-              flush=True)
+        print(
+            f"[{size}] batch {d['batch']} x {d['length']} tokens, vocab {d['vocab']}, {args.steps} timed steps",
+            flush=True,
+        )
 
-    print(f"\ndevice {device}, threads {torch.get_num_threads()}, torch {torch.__version__}"
-          f"{', bf16 autocast' if bf16 else ', fp32'}")
-    print("| size | model | layers | params | tokens/s (wall) | ours / this (wall) | tokens per CPU-s | "
-          f"ours / this (CPU) |{' MFU |' if bf16 else ''}")
+    print(
+        f"\ndevice {device}, threads {torch.get_num_threads()}, torch {torch.__version__}"
+        f"{', bf16 autocast' if bf16 else ', fp32'}"
+    )
+    print(
+        "| size | model | layers | params | tokens/s (wall) | ours / this (wall) | tokens per CPU-s | "
+        f"ours / this (CPU) |{' MFU |' if bf16 else ''}"
+    )
     print(f"|---|---|---|---|---|---|---|---|{'---|' if bf16 else ''}")
     ours_row = {}  # the first of our rows of each size is the reference of the ratio columns
     for size, name, layers, params, wall_tps, cpu_tps, mfu in rows:
@@ -173,8 +221,10 @@ def main(argv=None):
             ours_row.setdefault(size, (wall_tps, cpu_tps))
         w, c = ours_row[size]
         extra = f" {mfu:.1%} |" if bf16 and mfu is not None else (" |" if bf16 else "")
-        print(f"| {size} | {name} | {layers} | {params / 1e6:.1f}M | {wall_tps:,.0f} | {w / wall_tps:.2f}x | "
-              f"{cpu_tps:,.0f} | {c / cpu_tps:.2f}x |{extra}")
+        print(
+            f"| {size} | {name} | {layers} | {params / 1e6:.1f}M | {wall_tps:,.0f} | {w / wall_tps:.2f}x | "
+            f"{cpu_tps:,.0f} | {c / cpu_tps:.2f}x |{extra}"
+        )
 
 
 if __name__ == "__main__":

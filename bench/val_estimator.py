@@ -21,6 +21,7 @@ Models: a model folder (``--model-dir``, blocks from ``--val-shards``), or tiny 
     python bench/val_estimator.py --train-steps 300 --blocks 8 --seeds 200 --time-samples 4 \
         --out /tmp/val_estimator.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common.device import resolve_device  # noqa: E402
 from common.io import write_json  # noqa: E402
-from eval.likelihood import (block_nats, continuous_nats, discrete_nats, final_denoising_nats, mask_share,  # noqa: E402
-                             model_data, read_stage_blocks, step_of_time, stratified_levels, valid_positions)
+from eval.likelihood import (  # noqa: E402
+    block_nats,
+    continuous_nats,
+    discrete_nats,
+    final_denoising_nats,
+    mask_share,
+    model_data,
+    read_stage_blocks,
+    step_of_time,
+    stratified_levels,
+    valid_positions,
+)
 from eval.trained import load_trained  # noqa: E402
 from train.checkpoint import save_model  # noqa: E402
 from train.model import DiffusionTransformer, ModelConfig  # noqa: E402
@@ -48,8 +59,9 @@ NOISE = {"type": "loglinear", "eps": 1e-3}
 
 
 @torch.no_grad()
-def block_nats_before(trained, x0, prefix, valid, time_samples: int, generator: torch.Generator,
-                      discrete_steps: int | None = None):
+def block_nats_before(
+    trained, x0, prefix, valid, time_samples: int, generator: torch.Generator, discrete_steps: int | None = None
+):
     """The replaced estimator, per block: (1/K) sum_j lambda(t_j) G(S_j, t_j) + R with t_j = (j + 1 - u_j)/K and
     S_j = {i valid: u_i < m(t_j)}; discrete: (1/K) sum_j T w_i G_T(S, i) + R, i = ceil(T t_j), S = {u_i < m(t_i)}
     on the same uniforms, w_i = expm1(sigma_bar(t_i) - sigma_bar(t_{i-1})) / expm1(sigma_bar(t_i)).
@@ -92,7 +104,7 @@ def pydoc_blocks(block_len: int, folder: Path):
     tokenizer.save_pretrained(str(folder / "tokenizer"))
     stream = [i for ids in tokenizer(texts)["input_ids"] for i in ids + [tokenizer.eos_token_id]]
     n = len(stream) // block_len
-    return torch.tensor(stream[:n * block_len]).view(n, block_len), folder / "tokenizer", tokenizer
+    return torch.tensor(stream[: n * block_len]).view(n, block_len), folder / "tokenizer", tokenizer
 
 
 def train_here(args, folder: Path, device) -> tuple[list[Path], torch.Tensor]:
@@ -101,7 +113,7 @@ def train_here(args, folder: Path, device) -> tuple[list[Path], torch.Tensor]:
     from tqdm import tqdm
 
     blocks, tokenizer_dir, tokenizer = pydoc_blocks(args.block_len, folder)
-    train, held_out = blocks[:-args.blocks], blocks[-args.blocks:]
+    train, held_out = blocks[: -args.blocks], blocks[-args.blocks :]
     vocab, mask_id, eos = len(tokenizer), tokenizer.mask_token_id, tokenizer.eos_token_id
     print(f"{len(blocks)} pydoc blocks of {args.block_len} tokens, vocab {vocab}; {args.blocks} held out")
     noise = get_noise(NOISE)
@@ -122,9 +134,19 @@ def train_here(args, folder: Path, device) -> tuple[list[Path], torch.Tensor]:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             bar.set_postfix(loss=f"{loss.item():.3f}")
-        meta = {"noise": NOISE, "stage": 3, "prefix_len": 0, "target_len": args.block_len, "vocab_size": vocab,
-                "mask_id": mask_id, "eos_id": eos, "bos_id": eos, "tokenizer": str(tokenizer_dir),
-                "model": model.config.to_dict(), "objective": objective}
+        meta = {
+            "noise": NOISE,
+            "stage": 3,
+            "prefix_len": 0,
+            "target_len": args.block_len,
+            "vocab_size": vocab,
+            "mask_id": mask_id,
+            "eos_id": eos,
+            "bos_id": eos,
+            "tokenizer": str(tokenizer_dir),
+            "model": model.config.to_dict(),
+            "objective": objective,
+        }
         save_model(folder / objective, model.eval().state_dict(), meta)
         dirs.append(folder / objective)
     return dirs, held_out
@@ -135,8 +157,9 @@ def spread(estimator, trained, x0, prefix, valid, args, discrete_steps):
     runs_c, runs_d, seconds = [], [], 0.0
     for seed in range(args.seeds):
         start = time.perf_counter()
-        c, d = estimator(trained, x0, prefix, valid, args.time_samples, torch.Generator().manual_seed(seed),
-                         discrete_steps)
+        c, d = estimator(
+            trained, x0, prefix, valid, args.time_samples, torch.Generator().manual_seed(seed), discrete_steps
+        )
         seconds += time.perf_counter() - start
         runs_c.append(c.cpu())
         if d is not None:
@@ -148,33 +171,54 @@ def compare(before: torch.Tensor, after: torch.Tensor, tokens: torch.Tensor) -> 
     """Per block and for the whole set (sum over blocks): means (nats), variances over seeds, ratio, z."""
     rows = []
     for name, b, a in [(str(i), before[:, i], after[:, i]) for i in range(before.shape[1])] + [
-            ("all", before.sum(1), after.sum(1))]:
+        ("all", before.sum(1), after.sum(1))
+    ]:
         n = len(b)
         var_b, var_a = float(b.var()), float(a.var())
         z = (float(b.mean()) - float(a.mean())) / math.sqrt((var_b + var_a) / n)
-        rows.append({"block": name, "tokens": int(tokens.sum()) if name == "all" else int(tokens[int(name)]),
-                     "mean_before": float(b.mean()), "mean_after": float(a.mean()), "var_before": var_b,
-                     "var_after": var_a, "ratio": var_b / var_a if var_a > 0 else math.inf,
-                     "max_before": float(b.max()), "max_after": float(a.max()), "z": z})
+        rows.append(
+            {
+                "block": name,
+                "tokens": int(tokens.sum()) if name == "all" else int(tokens[int(name)]),
+                "mean_before": float(b.mean()),
+                "mean_after": float(a.mean()),
+                "var_before": var_b,
+                "var_after": var_a,
+                "ratio": var_b / var_a if var_a > 0 else math.inf,
+                "max_before": float(b.max()),
+                "max_after": float(a.max()),
+                "z": z,
+            }
+        )
     return {"rows": rows}
 
 
 def print_table(title: str, result: dict):
     print(f"\n{title}\n")
-    print("| block | tokens | mean before | mean after | var before | var after | var ratio | max before | "
-          "max after | z |\n|---|---|---|---|---|---|---|---|---|---|")
+    print(
+        "| block | tokens | mean before | mean after | var before | var after | var ratio | max before | "
+        "max after | z |\n|---|---|---|---|---|---|---|---|---|---|"
+    )
     for r in result["rows"]:
-        print(f"| {r['block']} | {r['tokens']} | {r['mean_before']:.2f} | {r['mean_after']:.2f} | "
-              f"{r['var_before']:.3g} | {r['var_after']:.3g} | {r['ratio']:.1f}x | {r['max_before']:.1f} | "
-              f"{r['max_after']:.1f} | {r['z']:+.2f} |")
-    print(f"\nseconds per draw set: before {result['seconds_before']:.3f}, after {result['seconds_after']:.3f} "
-          f"({result['seconds_after'] / result['seconds_before']:.2f}x)")
+        print(
+            f"| {r['block']} | {r['tokens']} | {r['mean_before']:.2f} | {r['mean_after']:.2f} | "
+            f"{r['var_before']:.3g} | {r['var_after']:.3g} | {r['ratio']:.1f}x | {r['max_before']:.1f} | "
+            f"{r['max_after']:.1f} | {r['z']:+.2f} |"
+        )
+    print(
+        f"\nseconds per draw set: before {result['seconds_before']:.3f}, after {result['seconds_after']:.3f} "
+        f"({result['seconds_after'] / result['seconds_before']:.2f}x)"
+    )
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-dir", action="append", default=None,
-                        help="a diffusion model folder (repeatable); without it tiny mdlm and sedd DiTs are trained")
+    parser.add_argument(
+        "--model-dir",
+        action="append",
+        default=None,
+        help="a diffusion model folder (repeatable); without it tiny mdlm and sedd DiTs are trained",
+    )
     parser.add_argument("--val-shards", nargs="*", default=[], help="validation shards, with --model-dir")
     parser.add_argument("--block-len", type=int, default=64)
     parser.add_argument("--blocks", type=int, default=8, help="validation blocks")
@@ -203,8 +247,9 @@ def main(argv=None):
                 raise SystemExit(f"{model_dir}: an AR model has no diffusion estimator to compare")
             if held_out is None:
                 data, _ = model_data(meta, model_dir / "config.json")
-                prefix, target = read_stage_blocks(args.val_shards, meta["stage"], meta["prefix_len"],
-                                                   meta["target_len"], args.blocks, data)
+                prefix, target = read_stage_blocks(
+                    args.val_shards, meta["stage"], meta["prefix_len"], meta["target_len"], args.blocks, data
+                )
             else:
                 prefix, target = torch.zeros(len(held_out), 0, dtype=torch.long), held_out
             x0 = target.to(device)

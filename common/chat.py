@@ -42,6 +42,7 @@ Fixed length L (``encode_conversation``):
     answer targets (mask 1: the model learns to stop, LLaDA's EOS padding). Otherwise it is filled with the
     pad token (the EOS when the tokenizer has no pad) with mask 0.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -103,8 +104,12 @@ def render_empty_context(tokenizer, add_generation_prompt: bool = True, chat_tem
     """
     from transformers.utils.chat_template_utils import render_jinja_template
 
-    rendered, _ = render_jinja_template(conversations=[[]], chat_template=chat_template or template_for(tokenizer),
-                                        add_generation_prompt=add_generation_prompt, **tokenizer.special_tokens_map)
+    rendered, _ = render_jinja_template(
+        conversations=[[]],
+        chat_template=chat_template or template_for(tokenizer),
+        add_generation_prompt=add_generation_prompt,
+        **tokenizer.special_tokens_map,
+    )
     return rendered[0]
 
 
@@ -143,13 +148,13 @@ def assistant_spans(tokenizer, messages: list[dict], full: str | None = None) ->
             continue
         before = render(tokenizer, messages[:i], add_generation_prompt=True)
         upto = render(tokenizer, messages[: i + 1]).rstrip()
-        for what, part in (("messages[:%d] + generation prompt" % i, before), ("messages[:%d]" % (i + 1), upto)):
+        for what, part in ((f"messages[:{i}] + generation prompt", before), (f"messages[:{i + 1}]", upto)):
             if not full.startswith(part):
                 at = next((k for k, (x, y) in enumerate(zip(full, part)) if x != y), min(len(full), len(part)))
                 raise ValueError(
                     f"chat template problem ({_template_name(tokenizer)}): the render of {what} is not a prefix "
-                    f"of the full conversation (they differ at character {at}: expected {part[at:at + 40]!r}, "
-                    f"got {full[at:at + 40]!r}); assistant spans need a template whose earlier turns render the "
+                    f"of the full conversation (they differ at character {at}: expected {part[at : at + 40]!r}, "
+                    f"got {full[at : at + 40]!r}); assistant spans need a template whose earlier turns render the "
                     f"same whatever follows"
                 )
         start, end = len(before), len(upto)
@@ -166,6 +171,7 @@ def tokenizes_pieces_alone(tokenizer) -> bool:
     """Whether a piece tokenized on its own gets the tokens it gets after a line break in a longer text:
     tokens("a\n") + tokens("b") == tokens("a\nb"). True for byte-level BPEs (the pipeline's, GPT-2's) and
     WordPiece; False for a tokenizer that prefixes every call (SentencePiece's dummy prefix)."""
+
     def ids(text):
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
@@ -180,8 +186,10 @@ def tokenize_turns(tokenizer, text: str, spans: list[tuple[int, int]]) -> tuple[
     span that token j's offsets overlap."""
     if not tokenizes_pieces_alone(tokenizer):
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        turns = [next((i for i, (start, end) in enumerate(spans) if a < end and b > start), -1)
-                 for a, b in enc["offset_mapping"]]
+        turns = [
+            next((i for i, (start, end) in enumerate(spans) if a < end and b > start), -1)
+            for a, b in enc["offset_mapping"]
+        ]
         return list(enc["input_ids"]), turns
     pieces, at = [], 0  # (start, end, turn)
     for i, (start, end) in enumerate(spans):
@@ -197,8 +205,9 @@ def tokenize_turns(tokenizer, text: str, spans: list[tuple[int, int]]) -> tuple[
         pieces.append((at, len(text), -1))
     ids, turns = [], []
     if pieces:
-        for (_, _, turn), piece in zip(pieces, tokenizer([text[a:b] for a, b, _ in pieces],
-                                                         add_special_tokens=False)["input_ids"]):
+        for (_, _, turn), piece in zip(
+            pieces, tokenizer([text[a:b] for a, b, _ in pieces], add_special_tokens=False)["input_ids"]
+        ):
             ids += piece
             turns += [turn] * len(piece)
     return ids, turns
@@ -209,8 +218,9 @@ def _fill_id(tokenizer) -> int:
     return pad if pad is not None else tokenizer.eos_token_id
 
 
-def encode_conversation(tokenizer, messages: list[dict], length: int, fill_eos: bool = True,
-                        final_only: bool = False) -> Encoded:
+def encode_conversation(
+    tokenizer, messages: list[dict], length: int, fill_eos: bool = True, final_only: bool = False
+) -> Encoded:
     """Render, tokenize and mask a conversation into exactly ``length`` tokens (rules in the module docstring).
 
     ``fill_eos`` False fills with the pad token (mask 0) even after a final answer. ``final_only`` True marks

@@ -13,14 +13,15 @@ pretrained backbone's tokenizer); the checks about one run's training settings a
 on local disk that the config names (a backbone folder, a dpo.reference folder) are read; hub ids are not looked
 up (no network).
 """
+
 from __future__ import annotations
 
 import copy
 import json
 import math
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import yaml
 
@@ -51,16 +52,18 @@ def load_schema() -> dict:
     # train/settings.resolve; no defaults here either
     atat = copy.deepcopy(schema["properties"]["atat"])
     atat.pop("default", None)
-    atat["properties"] = {k: {kk: vv for kk, vv in v.items() if kk != "default"}
-                          for k, v in atat["properties"].items()}
+    atat["properties"] = {k: {kk: vv for kk, vv in v.items() if kk != "default"} for k, v in atat["properties"].items()}
     atat["description"] = "objective atat: keys of the atat section this run overrides (e.g. importance)"
     run["atat"] = atat
     # runs.<run>.dpo: the dpo section's training keys this run overrides (data and eval keys stay shared: one
     # preference shard, one evaluation setup)
     dpo = schema["properties"]["dpo"]["properties"]
-    run["dpo"] = {"type": "object", "additionalProperties": False,
-                  "description": "dpo runs: keys of the dpo section this run overrides (beta, loss, ...)",
-                  "properties": {k: {kk: vv for kk, vv in dpo[k].items() if kk != "default"} for k in DPO_TRAIN_KEYS}}
+    run["dpo"] = {
+        "type": "object",
+        "additionalProperties": False,
+        "description": "dpo runs: keys of the dpo section this run overrides (beta, loss, ...)",
+        "properties": {k: {kk: vv for kk, vv in dpo[k].items() if kk != "default"} for k in DPO_TRAIN_KEYS},
+    }
     return schema
 
 
@@ -170,8 +173,10 @@ def validate_config(config: dict, source: str = "config") -> dict:
     bad = list(_non_finite(config))
     if bad:
         lines = "\n".join(f"  {key}: {value}" for key, value in bad)
-        raise ConfigError(f"{source}: {len(bad)} setting(s) not a finite number; no setting accepts NaN or infinity "
-                          f"(expected a finite number):\n{lines}")
+        raise ConfigError(
+            f"{source}: {len(bad)} setting(s) not a finite number; no setting accepts NaN or infinity "
+            f"(expected a finite number):\n{lines}"
+        )
     validator = _validator_with_defaults(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
@@ -198,54 +203,70 @@ def _check_whole(config: dict, source: str) -> None:
             continue
         data = run_data(run)
         if run["kind"] == "cascade" and run["data"] != "stages":
-            raise ConfigError(f"{source}: runs.{name}.data = {run['data']!r}: a cascade trains on the stage "
-                              f"datasets (data: stages)")
+            raise ConfigError(
+                f"{source}: runs.{name}.data = {run['data']!r}: a cascade trains on the stage datasets (data: stages)"
+            )
         if data == "stages":
             if stages is None:
-                raise ConfigError(f"{source}: runs.{name} reads stage shards (kind {run['kind']}, data: stages) but "
-                                  f"the config has no stages section (stages: {{lengths: [l1, l2, l3]}})")
+                raise ConfigError(
+                    f"{source}: runs.{name} reads stage shards (kind {run['kind']}, data: stages) but "
+                    f"the config has no stages section (stages: {{lengths: [l1, l2, l3]}})"
+                )
             if run.get("method") is None:
-                raise ConfigError(f"{source}: runs.{name}.method is missing: a run with data: stages names the "
-                                  f"priority method of its stage shards, one of {methods}")
+                raise ConfigError(
+                    f"{source}: runs.{name}.method is missing: a run with data: stages names the "
+                    f"priority method of its stage shards, one of {methods}"
+                )
             if run["method"] not in methods:
-                raise ConfigError(f"{source}: runs.{name}.method = {run['method']!r} is not among annotate.methods "
-                                  f"{methods}")
+                raise ConfigError(
+                    f"{source}: runs.{name}.method = {run['method']!r} is not among annotate.methods {methods}"
+                )
         elif block_length(config) is None:
-            raise ConfigError(f"{source}: runs.{name}.data = {data!r} needs blocks.length (or a stages section, "
-                              f"whose l3 it defaults to)")
+            raise ConfigError(
+                f"{source}: runs.{name}.data = {data!r} needs blocks.length (or a stages section, "
+                f"whose l3 it defaults to)"
+            )
         target = run.get("match_compute")
         if target is not None and config["runs"].get(target, {}).get("kind") != "cascade":
             cascades = sorted(r for r, spec in config["runs"].items() if spec["kind"] == "cascade")
-            raise ConfigError(f"{source}: runs.{name}.match_compute = {target!r} must name a cascade run, one of "
-                              f"{cascades}")
+            raise ConfigError(
+                f"{source}: runs.{name}.match_compute = {target!r} must name a cascade run, one of {cascades}"
+            )
 
 
 def _check_post_training_run(config: dict, name: str, run: dict, source: str) -> None:
     """An sft run reads the sft section's data and may start from another run's model folder; a dpo run reads the
     preference pairs and must start from one (its policy and, by default, its frozen reference)."""
     if run["kind"] not in ("sft", "dpo"):
-        raise ConfigError(f"{source}: runs.{name}.init_from applies to sft and dpo runs, this run is kind "
-                          f"{run['kind']}")
+        raise ConfigError(
+            f"{source}: runs.{name}.init_from applies to sft and dpo runs, this run is kind {run['kind']}"
+        )
     if run["kind"] == "dpo":
         _check_dpo_loss(config, name, source)
     target = run.get("init_from")
     if target is None:
         if run["kind"] == "dpo":
-            raise ConfigError(f"{source}: runs.{name}.init_from is missing: a dpo run starts from another run's "
-                              f"model folder (usually an sft run), which is also its reference unless "
-                              f"dpo.reference names one")
+            raise ConfigError(
+                f"{source}: runs.{name}.init_from is missing: a dpo run starts from another run's "
+                f"model folder (usually an sft run), which is also its reference unless "
+                f"dpo.reference names one"
+            )
         return
     kinds = {r: spec["kind"] for r, spec in config["runs"].items()}
     starts_from = ("single", "sft", "dpo")
     if target == name or kinds.get(target) not in starts_from:
         starts = sorted(r for r, kind in kinds.items() if kind in starts_from and r != name)
-        raise ConfigError(f"{source}: runs.{name}.init_from = {target!r} must name another run of kind single, sft "
-                          f"or dpo (its runs/<profile>/<run>/model folder), one of {starts}")
+        raise ConfigError(
+            f"{source}: runs.{name}.init_from = {target!r} must name another run of kind single, sft "
+            f"or dpo (its runs/<profile>/<run>/model folder), one of {starts}"
+        )
     mine, theirs = run_backbone(config, name), run_backbone(config, target)
     if mine != theirs:
-        raise ConfigError(f"{source}: runs.{name} (kind {run['kind']}) builds backbone {_describe(mine)} but starts "
-                          f"from runs.{target} (init_from), whose backbone is {_describe(theirs)}; its weights fit "
-                          f"only the same network: give runs.{name} the backbone (and model size) of {target}")
+        raise ConfigError(
+            f"{source}: runs.{name} (kind {run['kind']}) builds backbone {_describe(mine)} but starts "
+            f"from runs.{target} (init_from), whose backbone is {_describe(theirs)}; its weights fit "
+            f"only the same network: give runs.{name} the backbone (and model size) of {target}"
+        )
     if run["kind"] == "dpo":
         _check_dpo_reference(config, name, source)
 
@@ -259,10 +280,12 @@ def _check_dpo_loss(config: dict, name: str, source: str) -> None:
     merged = {**config["dpo"], **own}
     if merged["loss"] == "ipo" and merged["label_smoothing"] > 0:
         key = {k: f"runs.{name}.dpo.{k}" if k in own else f"dpo.{k}" for k in ("loss", "label_smoothing")}
-        raise ConfigError(f"{source}: runs.{name} (kind dpo): {key['loss']} is 'ipo' and {key['label_smoothing']} "
-                          f"is {merged['label_smoothing']}; label smoothing applies to the sigmoid loss only "
-                          f"(IPO's (h - 1/(2 beta))^2 has none): expected label_smoothing 0 with loss ipo, or "
-                          f"loss sigmoid")
+        raise ConfigError(
+            f"{source}: runs.{name} (kind dpo): {key['loss']} is 'ipo' and {key['label_smoothing']} "
+            f"is {merged['label_smoothing']}; label smoothing applies to the sigmoid loss only "
+            f"(IPO's (h - 1/(2 beta))^2 has none): expected label_smoothing 0 with loss ipo, or "
+            f"loss sigmoid"
+        )
 
 
 def run_backbone(config: dict, name: str) -> dict:
@@ -326,13 +349,16 @@ def dpo_reference(config: dict, run: str, run_dir: Callable[[str], str]) -> str:
         return f"{run_dir(reference)}/model"
     start = Path(run_dir(spec["init_from"])) / "model" / "config.json"
     if start.is_file():
-        theirs = _read_model_meta(Path(reference).expanduser() / "config.json",
-                                  _reference_key(config, run)).get("vocab_size")
+        theirs = _read_model_meta(Path(reference).expanduser() / "config.json", _reference_key(config, run)).get(
+            "vocab_size"
+        )
         mine = _read_model_meta(start, f"runs.{spec['init_from']}").get("vocab_size")
         if mine != theirs:
-            raise ConfigError(f"{_reference_key(config, run)} = {reference!r}: its config.json has vocab_size "
-                              f"{theirs}, the policy's start {start} has vocab_size {mine}; the reference scores the "
-                              f"policy's answers token by token, so it must share the policy's tokenizer")
+            raise ConfigError(
+                f"{_reference_key(config, run)} = {reference!r}: its config.json has vocab_size "
+                f"{theirs}, the policy's start {start} has vocab_size {mine}; the reference scores the "
+                f"policy's answers token by token, so it must share the policy's tokenizer"
+            )
     return reference
 
 
@@ -342,13 +368,17 @@ def _read_model_meta(path: Path, key: str) -> dict:
     try:
         meta = json.loads(path.read_text())
     except OSError as err:
-        raise ConfigError(f"{key}: cannot read {path} ({err.strerror}); expected a model folder written by "
-                          f"python -m train (config.json, model.safetensors)") from None
+        raise ConfigError(
+            f"{key}: cannot read {path} ({err.strerror}); expected a model folder written by "
+            f"python -m train (config.json, model.safetensors)"
+        ) from None
     except ValueError as err:
         raise ConfigError(f"{key}: {path} is not JSON ({err})") from None
     if not isinstance(meta, dict) or "objective" not in meta:
-        raise ConfigError(f"{key}: {path} is not the config.json of a model folder written by python -m train (no "
-                          f"'objective'); a transformers model folder cannot be the reference")
+        raise ConfigError(
+            f"{key}: {path} is not the config.json of a model folder written by python -m train (no "
+            f"'objective'); a transformers model folder cannot be the reference"
+        )
     return meta
 
 
@@ -365,28 +395,39 @@ def _check_dpo_reference(config: dict, name: str, source: str) -> None:
     if reference in runs:
         other = runs[reference]
         if reference == name or other["kind"] not in ("single", "sft", "dpo") or other["objective"] == "ar":
-            usable = sorted(r for r, spec in runs.items() if r != name and spec["kind"] in ("single", "sft", "dpo")
-                            and spec["objective"] != "ar")
-            raise ConfigError(f"{source}: {key} = {reference!r} names runs.{reference} (kind {other['kind']}, "
-                              f"objective {other['objective']}), which cannot score runs.{name}'s answers: the "
-                              f"reference is one masked-diffusion model folder (a run of kind single, sft or dpo, not "
-                              f"objective ar, not the run itself), one of {usable}, or a model folder path")
+            usable = sorted(
+                r
+                for r, spec in runs.items()
+                if r != name and spec["kind"] in ("single", "sft", "dpo") and spec["objective"] != "ar"
+            )
+            raise ConfigError(
+                f"{source}: {key} = {reference!r} names runs.{reference} (kind {other['kind']}, "
+                f"objective {other['objective']}), which cannot score runs.{name}'s answers: the "
+                f"reference is one masked-diffusion model folder (a run of kind single, sft or dpo, not "
+                f"objective ar, not the run itself), one of {usable}, or a model folder path"
+            )
         return
     folder = Path(reference).expanduser()
     if not folder.is_dir():
-        raise ConfigError(f"{source}: {key} = {reference!r} is neither a run of the config ({sorted(runs)}) nor an "
-                          f"existing folder ({'a file' if folder.exists() else 'no such path'} from "
-                          f"{Path.cwd()}); expected a model folder written by python -m train")
+        raise ConfigError(
+            f"{source}: {key} = {reference!r} is neither a run of the config ({sorted(runs)}) nor an "
+            f"existing folder ({'a file' if folder.exists() else 'no such path'} from "
+            f"{Path.cwd()}); expected a model folder written by python -m train"
+        )
     meta = _read_model_meta(folder / "config.json", f"{source}: {key}")
     if meta["objective"] == "ar":
-        raise ConfigError(f"{source}: {key} = {reference!r} is an AR model (objective ar in its config.json), which "
-                          f"cannot score runs.{name}'s answers by the masked-diffusion ELBO; expected a diffusion "
-                          f"model folder")
+        raise ConfigError(
+            f"{source}: {key} = {reference!r} is an AR model (objective ar in its config.json), which "
+            f"cannot score runs.{name}'s answers by the masked-diffusion ELBO; expected a diffusion "
+            f"model folder"
+        )
     vocab, tokenizer = meta.get("vocab_size"), config["tokenizer"]
     if tokenizer["kind"] == "bpe" and isinstance(vocab, int) and vocab > tokenizer["vocab_size"]:
-        raise ConfigError(f"{source}: {key} = {reference!r} has vocab_size {vocab} (its config.json), more than the "
-                          f"config's tokenizer can have (tokenizer.vocab_size {tokenizer['vocab_size']}, kind bpe), "
-                          f"so it cannot share the policy's tokenizer and cannot score its answers")
+        raise ConfigError(
+            f"{source}: {key} = {reference!r} has vocab_size {vocab} (its config.json), more than the "
+            f"config's tokenizer can have (tokenizer.vocab_size {tokenizer['vocab_size']}, kind bpe), "
+            f"so it cannot share the policy's tokenizer and cannot score its answers"
+        )
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -423,31 +464,40 @@ def _check_backbone_tokenizer(config: dict, name: str, source: str) -> None:
         return
     key = f"runs.{name}.backbone" if "backbone" in run else "train.backbone"
     tokenizer = config["tokenizer"]
-    have = (f"tokenizer: {{kind: {tokenizer['kind']}, name: {tokenizer['name']}}}" if tokenizer["kind"] == "pretrained"
-            else f"tokenizer: {{kind: bpe, vocab_size: {tokenizer['vocab_size']}}}")
+    have = (
+        f"tokenizer: {{kind: {tokenizer['kind']}, name: {tokenizer['name']}}}"
+        if tokenizer["kind"] == "pretrained"
+        else f"tokenizer: {{kind: bpe, vocab_size: {tokenizer['vocab_size']}}}"
+    )
     pretrained = spec.get("name")
     if pretrained is not None:
         folder, vocab = _local_folder(pretrained), None
         if folder is not None:
             meta_path = folder / "config.json"
             if not meta_path.is_file():
-                raise ConfigError(f"{source}: {key}.name = {pretrained!r} is a local folder without config.json; "
-                                  f"expected a transformers masked LM folder (config.json and its weights)")
+                raise ConfigError(
+                    f"{source}: {key}.name = {pretrained!r} is a local folder without config.json; "
+                    f"expected a transformers masked LM folder (config.json and its weights)"
+                )
             try:
                 vocab = json.loads(meta_path.read_text()).get("vocab_size")
             except (OSError, ValueError, AttributeError) as err:
                 raise ConfigError(f"{source}: {key}.name: cannot read {meta_path} as a JSON object ({err})") from None
         if tokenizer["kind"] != "pretrained" or not _same_source(tokenizer["name"] or "", pretrained):
             size = f", vocab_size {vocab} in its config.json" if vocab is not None else ""
-            raise ConfigError(f"{source}: {key}.name = {pretrained!r} (run {name}: a pretrained masked LM{size}) "
-                              f"needs its own tokenizer, tokenizer: {{kind: pretrained, name: {pretrained}}}; the "
-                              f"config has {have}, whose token ids are not the backbone's")
+            raise ConfigError(
+                f"{source}: {key}.name = {pretrained!r} (run {name}: a pretrained masked LM{size}) "
+                f"needs its own tokenizer, tokenizer: {{kind: pretrained, name: {pretrained}}}; the "
+                f"config has {have}, whose token ids are not the backbone's"
+            )
         return
     vocab = (spec.get("config") or {}).get("vocab_size")
     if vocab is not None and tokenizer["kind"] == "bpe" and vocab != tokenizer["vocab_size"]:
-        raise ConfigError(f"{source}: {key}.config.vocab_size = {vocab} (run {name}) differs from the tokenizer's "
-                          f"{tokenizer['vocab_size']} ({have}); the network is built with the tokenizer's "
-                          f"vocabulary: drop backbone.config.vocab_size or make the two equal")
+        raise ConfigError(
+            f"{source}: {key}.config.vocab_size = {vocab} (run {name}) differs from the tokenizer's "
+            f"{tokenizer['vocab_size']} ({have}); the network is built with the tokenizer's "
+            f"vocabulary: drop backbone.config.vocab_size or make the two equal"
+        )
 
 
 def run_data(spec: dict) -> str:
@@ -520,9 +570,11 @@ def check_configfiles(paths, workdir: str | os.PathLike = ".") -> None:
         if path.suffix in CONFIG_SUFFIXES and not in_outputs:
             continue
         where = "a file the pipeline writes" if in_outputs else f"a {path.suffix or 'suffix-less'} file, not .yaml"
-        raise ConfigError(f"--configfile {path} is not a config: {where}, and {what}. It looks like a target written "
-                          f"after --configfile, which reads every word after it as a config file: put targets before "
-                          f"--configfile (snakemake TARGET ... --configfile FILE)")
+        raise ConfigError(
+            f"--configfile {path} is not a config: {where}, and {what}. It looks like a target written "
+            f"after --configfile, which reads every word after it as a config file: put targets before "
+            f"--configfile (snakemake TARGET ... --configfile FILE)"
+        )
 
 
 def load_config(path: str | os.PathLike) -> dict:
@@ -535,5 +587,7 @@ def ar_scorer_run(config: dict) -> str:
     for name, run in config["runs"].items():
         if run["kind"] == "ar":
             return name
-    raise ConfigError("evaluate.scorer is 'ar' (the config's own AR run) but no run in runs has kind: ar; "
-                      "add one, or set evaluate.scorer to a causal LM (hub id or folder)")
+    raise ConfigError(
+        "evaluate.scorer is 'ar' (the config's own AR run) but no run in runs has kind: ar; "
+        "add one, or set evaluate.scorer to a causal LM (hub id or folder)"
+    )

@@ -1,4 +1,5 @@
 """The torch device a command runs on."""
+
 from __future__ import annotations
 
 import torch

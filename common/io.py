@@ -5,6 +5,7 @@ the destination folder and renamed into place (``os.replace`` is atomic on POSIX
 Parquet files are written without timestamps or row-group statistics that vary between runs, so rerunning a
 shard gives a byte-identical file.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -12,8 +13,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq

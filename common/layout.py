@@ -34,6 +34,7 @@ Trained models depend on a whole run's settings and on the data above; their fol
 `profile` (runs/{profile}/{run}), which each file of configs/ sets to its own name (tested), and a model folder
 carries a copy of its tokenizer (train/trainer.py), so it is usable from anywhere.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -81,7 +82,7 @@ class Layout:
         annotate = {k: config["annotate"][k] for k in ANNOTATE_KEYS}
         annot_tag = settings_tag("annot", annotate, self.raw_root, self.tokenizer)
         self.annot_root = f"{self.data}/annot-{annot_tag}"
-        self.stages_root = f"{self.data}/stages-{annot_tag}"   # made from the annotated shards alone
+        self.stages_root = f"{self.data}/stages-{annot_tag}"  # made from the annotated shards alone
         self.blocks_root = f"{self.data}/blocks-{settings_tag('blocks', self.raw_root, self.tokenizer)}"
 
     def raw(self, split: str) -> str:
@@ -106,8 +107,12 @@ class Layout:
         return f"{self.data}/sft-{self.sft_tag(split)}/{self.config['sft']['length']}/{split}"
 
     def preference_tag(self, split: str) -> str:
-        return settings_tag("preference", split_settings(self.config["dpo"], PREFERENCE_DATA_KEYS, split),
-                            self.config["sft"]["length"], self.tokenizer)
+        return settings_tag(
+            "preference",
+            split_settings(self.config["dpo"], PREFERENCE_DATA_KEYS, split),
+            self.config["sft"]["length"],
+            self.tokenizer,
+        )
 
     def preference(self, split: str) -> str:
         return f"{self.data}/preference-{self.preference_tag(split)}/{self.config['sft']['length']}/{split}"
@@ -148,15 +153,22 @@ PRODUCTS = {  # what the command line can ask for: (argument names, the Layout c
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m common.layout", description="Print where a config keeps one of "
-                                     "its outputs (relative to the working directory Snakemake runs in).")
+    parser = argparse.ArgumentParser(
+        prog="python -m common.layout",
+        description="Print where a config keeps one of "
+        "its outputs (relative to the working directory Snakemake runs in).",
+    )
     sub = parser.add_subparsers(dest="product", required=True)
     for name, (args, _) in PRODUCTS.items():
         p = sub.add_parser(name)
         for arg in args:
             p.add_argument(arg)
-        p.add_argument("--configfile", nargs="+", default=[str(Path(__file__).resolve().parents[1] / "config.yaml")],
-                       help="as snakemake's --configfile, after the product (default: the embedded config.yaml)")
+        p.add_argument(
+            "--configfile",
+            nargs="+",
+            default=[str(Path(__file__).resolve().parents[1] / "config.yaml")],
+            help="as snakemake's --configfile, after the product (default: the embedded config.yaml)",
+        )
     args = parser.parse_args(argv)
     print(PRODUCTS[args.product][1](Layout(merge_configfiles(args.configfile)), args))
 

@@ -5,6 +5,7 @@ generated answers: eval/dpo.py).
     task:reverse   "Reverse the words: a b c" -> "c b a"; an answer is correct iff normalise(answer) equals it,
                    normalise = runs of whitespace -> one space, ends stripped
 """
+
 from __future__ import annotations
 
 import re

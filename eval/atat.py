@@ -19,9 +19,11 @@ says why (CSV column not_tested, and in words below the Markdown table), where a
 compare a difference with) or there is no uniform run (no baseline): "no difference exceeds the seed spread" is
 said only of differences that were tested.
 
-    python -m eval.atat table --val-metrics runs/{profile}/*/eval/val.json --sample-metrics runs/{profile}/*/eval/*-*.json \
+    python -m eval.atat table --val-metrics runs/{profile}/*/eval/val.json \
+        --sample-metrics runs/{profile}/*/eval/*-*.json \
         --tables results/atat/tables
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,13 +40,28 @@ from common.io import atomic_path
 
 VARIANT_ORDER = ("full", "learned", "frequency", "uniform", "mdlm")
 BASELINE = "uniform"
-CSV_COLUMNS = ["variant", "metric", "sampler", "steps", "n_seeds", "seeds", "mean", "sd", "min", "max", "values",
-               "diff_vs_uniform", "p_value", "exceeds_seed_spread", "not_tested"]
+CSV_COLUMNS = [
+    "variant",
+    "metric",
+    "sampler",
+    "steps",
+    "n_seeds",
+    "seeds",
+    "mean",
+    "sd",
+    "min",
+    "max",
+    "values",
+    "diff_vs_uniform",
+    "p_value",
+    "exceeds_seed_spread",
+    "not_tested",
+]
 ALPHA = 0.05
 NO_BASELINE = f"no {BASELINE} run (atat.importance: {BASELINE}), so no baseline to compare with"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def run_variant(run_dir: Path) -> str:
     """The importance variant a run trained with (its model folder's config.json), "mdlm" for plain runs."""
     meta = json.loads((run_dir / "model" / "config.json").read_text())
@@ -79,8 +96,15 @@ def summary(by_seed: dict) -> dict:
     xs = [by_seed[s] for s in sorted(by_seed)]
     mean = sum(xs) / len(xs)
     sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else float("nan")
-    return {"n_seeds": len(xs), "seeds": " ".join(map(str, sorted(by_seed))), "mean": mean, "sd": sd,
-            "min": min(xs), "max": max(xs), "values": " ".join(f"{x:.6g}" for x in xs)}
+    return {
+        "n_seeds": len(xs),
+        "seeds": " ".join(map(str, sorted(by_seed))),
+        "mean": mean,
+        "sd": sd,
+        "min": min(xs),
+        "max": max(xs),
+        "values": " ".join(f"{x:.6g}" for x in xs),
+    }
 
 
 def seed_test(a: list[float], b: list[float]) -> tuple[float | str, bool | str]:
@@ -115,8 +139,9 @@ def table_rows(val_files, sample_files) -> list[dict]:
             row["diff_vs_uniform"] = row["mean"] - summary(base)["mean"]
             row["p_value"], row["exceeds_seed_spread"] = seed_test(list(values[key].values()), list(base.values()))
             if row["p_value"] == "":
-                row["not_tested"] = (f"one seed, no spread ({variant}: {_seeds(len(values[key]))}, {BASELINE}: "
-                                     f"{_seeds(len(base))})")
+                row["not_tested"] = (
+                    f"one seed, no spread ({variant}: {_seeds(len(values[key]))}, {BASELINE}: {_seeds(len(base))})"
+                )
         rows.append(row)
     return rows
 
@@ -165,10 +190,13 @@ def write_table(rows: list[dict], tables) -> None:
         out = [variant, str(seeds.get(variant, "—"))]
         out += [_cell(cells[(variant, *c)]) if (variant, *c) in cells else "—" for c in columns]
         lines.append("| " + " | ".join(out) + " |")
-    lines += ["", "mean ± sd over seeds. val_nelbo: the plain MDLM NELBO (uniform schedule, 1/t weights) on the same "
-              "validation blocks, nats per token, whatever the training objective; gen_ppl / entropy: per sampler "
-              "and steps. * = the difference from uniform exceeds the seed spread (Welch's t-test over seeds, "
-              f"p < {ALPHA})."]
+    lines += [
+        "",
+        "mean ± sd over seeds. val_nelbo: the plain MDLM NELBO (uniform schedule, 1/t weights) on the same "
+        "validation blocks, nats per token, whatever the training objective; gen_ppl / entropy: per sampler "
+        "and steps. * = the difference from uniform exceeds the seed spread (Welch's t-test over seeds, "
+        f"p < {ALPHA}).",
+    ]
     lines += ["", *seed_test_verdict(rows)]
     with atomic_path(tables / "atat.md") as tmp:
         tmp.write_text("\n".join(lines) + "\n")
@@ -179,24 +207,33 @@ def seed_test_verdict(rows: list[dict]) -> list[str]:
     the tested ones is; and every difference that could not be tested, with why (row["not_tested"])."""
     compared = [r for r in rows if r["variant"] != BASELINE]
     if not compared:
-        return [f"The seed-spread test was not run: every run is of the {BASELINE} variant, there is no other "
-                f"variant to compare with it."]
+        return [
+            f"The seed-spread test was not run: every run is of the {BASELINE} variant, there is no other "
+            f"variant to compare with it."
+        ]
     tested = [r for r in compared if not r["not_tested"]]
     untested = [r for r in compared if r["not_tested"]]
     beyond = [r for r in tested if r["exceeds_seed_spread"] is True]
     lines = []
     if beyond:
         lines += ["Differences from uniform beyond the seed spread:"]
-        lines += [f"- {r['variant']} {_label(r)}: {r['diff_vs_uniform']:+.4g} (p = {r['p_value']:.3g}; seeds "
-                  f"{r['values']})" for r in beyond]
+        lines += [
+            f"- {r['variant']} {_label(r)}: {r['diff_vs_uniform']:+.4g} (p = {r['p_value']:.3g}; seeds {r['values']})"
+            for r in beyond
+        ]
     elif tested:
-        lines += ["No tested difference from uniform exceeds the seed spread." if untested else
-                  "No difference from uniform exceeds the seed spread."]
+        lines += [
+            "No tested difference from uniform exceeds the seed spread."
+            if untested
+            else "No difference from uniform exceeds the seed spread."
+        ]
     if untested:
         if lines:
             lines += [""]
-        lines += ["The seed-spread test could not be run for " + ("any difference from uniform:" if not tested else
-                                                                  "these differences from uniform:")]
+        lines += [
+            "The seed-spread test could not be run for "
+            + ("any difference from uniform:" if not tested else "these differences from uniform:")
+        ]
         reasons: dict = {}
         for r in untested:
             reasons.setdefault((r["variant"], r["not_tested"]), []).append(_label(r))
@@ -205,11 +242,14 @@ def seed_test_verdict(rows: list[dict]) -> list[str]:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m eval.atat", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m eval.atat", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="what", required=True)
     t = sub.add_parser("table", help="results/{profile}/tables/atat.{md,csv} from the ablation runs' metrics")
-    t.add_argument("--val-metrics", nargs="+", required=True, help="runs/{profile}/{run}/eval/val.json of every ablation run")
+    t.add_argument(
+        "--val-metrics", nargs="+", required=True, help="runs/{profile}/{run}/eval/val.json of every ablation run"
+    )
     t.add_argument("--sample-metrics", nargs="*", default=[], help="runs/{profile}/{run}/eval/{sampler}-{steps}.json")
     t.add_argument("--tables", required=True, help="results/{profile}/tables")
     args = parser.parse_args(argv)

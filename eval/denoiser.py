@@ -9,6 +9,7 @@ tied at a masked position by
 so both views are offered for both objectives: the native one exactly, the other through this identity
 (for sedd, p_theta(x_0 | x_t) is the score renormalised over y != m). eval/trained.py builds one per model.
 """
+
 from __future__ import annotations
 
 import torch
@@ -46,8 +47,9 @@ class Denoiser:
         carry = torch.full_like(renormalised, float("-inf")).scatter(-1, x[..., None], 0.0)
         return torch.where((x != self.mask_id)[..., None], carry, renormalised)
 
-    def log_score(self, x: torch.Tensor, sigma: torch.Tensor,
-                  network_sigma: torch.Tensor | None = None) -> torch.Tensor:
+    def log_score(
+        self, x: torch.Tensor, sigma: torch.Tensor, network_sigma: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """log s_theta(x_t)_y [B, L, V] at noise level ``sigma`` [B]: SEDD's scaled score for sedd;
         log p_theta(y | x_t) - log expm1(sigma) for mdlm. Only masked positions are read by the samplers.
 

@@ -18,9 +18,11 @@ For the held-out preference shard (preprocess/preference.py) and the DPO run's m
     win rate        over the same prompts, (wins + ties / 2) / n_gen where a win is a prompt the judge accepts
                     after DPO and not before, a tie one where the verdicts agree: 0.5 = no change
 
-    python -m eval.evaluate dpo --run-dir runs/sft/dpo --before-dir runs/sft/sft/model --reference-dir runs/sft/sft/model ...
+    python -m eval.evaluate dpo --run-dir runs/sft/dpo --before-dir runs/sft/sft/model \
+        --reference-dir runs/sft/sft/model ...
     python -m eval.dpo table --dpo-metrics runs/{profile}/*/eval/dpo.json --tables results/sft/tables
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,7 +31,6 @@ import os
 from pathlib import Path
 
 import pyarrow as pa
-
 import torch
 
 from common.io import InputError, open_parquet
@@ -38,15 +39,27 @@ from eval.sft import EXAMPLES, backbone_name, source_of
 from eval.tables import write_run_table
 
 # the preference shard's columns (preprocess/preference.py's PAIR_SCHEMA) this evaluation reads
-PAIR_SHARD_COLUMNS = ("pair_id", "prompt", "chosen", "rejected", "chosen_ids", "chosen_mask", "rejected_ids",
-                      "rejected_mask")
+PAIR_SHARD_COLUMNS = (
+    "pair_id",
+    "prompt",
+    "chosen",
+    "rejected",
+    "chosen_ids",
+    "chosen_mask",
+    "rejected_ids",
+    "rejected_mask",
+)
 EVAL_STREAM = 2  # draws of their own, apart from training (0) and the trainer's validation (1)
 
-DEFINITION_REWARD = ("share of held-out pairs with beta (B(y_w) - B_ref(y_w)) > beta (B(y_l) - B_ref(y_l)), B the "
-                     "masked-diffusion ELBO of the answer (nats) with draws shared by the models and the two answers")
+DEFINITION_REWARD = (
+    "share of held-out pairs with beta (B(y_w) - B_ref(y_w)) > beta (B(y_l) - B_ref(y_l)), B the "
+    "masked-diffusion ELBO of the answer (nats) with draws shared by the models and the two answers"
+)
 DEFINITION_PREFERENCE = "share of held-out pairs whose chosen answer has the higher ELBO under the model"
-DEFINITION_WIN = ("(wins + ties / 2) / n over held-out prompts, a win = the judge accepts the DPO model's answer and "
-                  "not the starting model's; 0.5 = no change")
+DEFINITION_WIN = (
+    "(wins + ties / 2) / n over held-out prompts, a win = the judge accepts the DPO model's answer and "
+    "not the starting model's; 0.5 = no change"
+)
 
 
 def read_pairs(shards, n: int) -> dict:
@@ -78,8 +91,9 @@ def read_pairs(shards, n: int) -> dict:
         try:
             prompts.append(json.loads(text))
         except (TypeError, json.JSONDecodeError) as err:
-            raise InputError(f"pair {pair_id}: column 'prompt' is not a JSON message list ({err}): "
-                             f"{str(text)[:80]!r}") from err
+            raise InputError(
+                f"pair {pair_id}: column 'prompt' is not a JSON message list ({err}): {str(text)[:80]!r}"
+            ) from err
     out["prompt"] = prompts
     return out
 
@@ -95,12 +109,20 @@ def pair_elbos(trained, pairs: dict, n: int, time_samples: int, batch_size: int,
         rows = torch.arange(start, min(start + batch_size, n))
         t, u = pair_draws(0, rows, torch.zeros_like(rows), time_samples, length, EVAL_STREAM)
 
-        def column(name, dtype=torch.long):
+        def column(name, dtype=torch.long, rows=rows):
             return torch.tensor([pairs[name][i] for i in rows.tolist()], dtype=dtype, device=device)
 
-        chosen, rejected = pair_scores(trained.model, column("chosen_ids"), column("chosen_mask") > 0,
-                                       column("rejected_ids"), column("rejected_mask") > 0, t.to(device),
-                                       u.to(device), trained.noise, trained.meta["mask_id"])
+        chosen, rejected = pair_scores(
+            trained.model,
+            column("chosen_ids"),
+            column("chosen_mask") > 0,
+            column("rejected_ids"),
+            column("rejected_mask") > 0,
+            t.to(device),
+            u.to(device),
+            trained.noise,
+            trained.meta["mask_id"],
+        )
         out.append(torch.stack([chosen, rejected], 1).double().cpu())
     return torch.cat(out)
 
@@ -112,21 +134,43 @@ def judge(source: str | None, prompt: list, chosen: str, answer: str) -> bool:
     return normalise(answer) == normalise(chosen)
 
 
-def generated_verdicts(trained, pairs: dict, n: int, source, gen_length: int, steps: int, remasking: str,
-                       eos_guard: bool, batch_size: int) -> tuple[list[bool], list[str]]:
+def generated_verdicts(
+    trained, pairs: dict, n: int, source, gen_length: int, steps: int, remasking: str, eos_guard: bool, batch_size: int
+) -> tuple[list[bool], list[str]]:
     from common.chat import prompt_ids
     from eval.generate import generate
 
     prompts = [prompt_ids(trained.tokenizer, pairs["prompt"][i]) for i in range(n)]
-    answers = generate(trained, prompts, gen_length, steps, remasking=remasking, temperature=0.0, seed=0,
-                       batch_size=batch_size, eos_guard=eos_guard)
+    answers = generate(
+        trained,
+        prompts,
+        gen_length,
+        steps,
+        remasking=remasking,
+        temperature=0.0,
+        seed=0,
+        batch_size=batch_size,
+        eos_guard=eos_guard,
+    )
     texts = [a["answer"] for a in answers]
     return [judge(source, pairs["prompt"][i], pairs["chosen"][i], texts[i]) for i in range(n)], texts
 
 
-def evaluate_dpo(run_dir, before_dir, reference_dir, shards, n_pairs: int, time_samples: int, n_gen: int,
-                 gen_length: int, steps: int, remasking: str, eos_guard: bool, batch_size: int,
-                 device=torch.device("cpu")) -> dict:
+def evaluate_dpo(
+    run_dir,
+    before_dir,
+    reference_dir,
+    shards,
+    n_pairs: int,
+    time_samples: int,
+    n_gen: int,
+    gen_length: int,
+    steps: int,
+    remasking: str,
+    eos_guard: bool,
+    batch_size: int,
+    device=torch.device("cpu"),
+) -> dict:
     """dpo.json of a DPO run (module docstring)."""
     from eval.runs import run_model_dirs
     from eval.trained import load_trained
@@ -137,49 +181,109 @@ def evaluate_dpo(run_dir, before_dir, reference_dir, shards, n_pairs: int, time_
     n_pairs, n_gen = min(n_pairs, available), min(n_gen, available)
     source = source_of(shards)
     after, before = load_trained(model_dir, device), load_trained(before_dir, device)
-    reference = before if Path(reference_dir).resolve() == Path(before_dir).resolve() else load_trained(reference_dir, device)
+    reference = (
+        before if Path(reference_dir).resolve() == Path(before_dir).resolve() else load_trained(reference_dir, device)
+    )
     beta = float(after.meta["dpo"]["beta"])
-    scores = {name: pair_elbos(model, pairs, n_pairs, time_samples, batch_size, device)
-              for name, model in (("after", after), ("before", before), ("reference", reference))}
+    scores = {
+        name: pair_elbos(model, pairs, n_pairs, time_samples, batch_size, device)
+        for name, model in (("after", after), ("before", before), ("reference", reference))
+    }
     rewards = beta * (scores["after"] - scores["reference"])
     margins = rewards[:, 0] - rewards[:, 1]
-    verdicts_before, texts_before = generated_verdicts(before, pairs, n_gen, source, gen_length, steps, remasking,
-                                                       eos_guard, batch_size)
-    verdicts_after, texts_after = generated_verdicts(after, pairs, n_gen, source, gen_length, steps, remasking,
-                                                     eos_guard, batch_size)
+    verdicts_before, texts_before = generated_verdicts(
+        before, pairs, n_gen, source, gen_length, steps, remasking, eos_guard, batch_size
+    )
+    verdicts_after, texts_after = generated_verdicts(
+        after, pairs, n_gen, source, gen_length, steps, remasking, eos_guard, batch_size
+    )
     wins = sum(a and not b for a, b in zip(verdicts_after, verdicts_before))
     ties = sum(a == b for a, b in zip(verdicts_after, verdicts_before))
-    examples = [{"prompt": pairs["prompt"][i][-1]["content"], "chosen": pairs["chosen"][i],
-                 "rejected": pairs["rejected"][i], "before": texts_before[i], "after": texts_after[i],
-                 "correct_before": verdicts_before[i], "correct_after": verdicts_after[i]} for i in range(n_gen)]
+    examples = [
+        {
+            "prompt": pairs["prompt"][i][-1]["content"],
+            "chosen": pairs["chosen"][i],
+            "rejected": pairs["rejected"][i],
+            "before": texts_before[i],
+            "after": texts_after[i],
+            "correct_before": verdicts_before[i],
+            "correct_after": verdicts_after[i],
+        }
+        for i in range(n_gen)
+    ]
     meta = after.meta
     return {
-        "run": Path(run_dir).name, "init_from": str(before_dir), "reference": str(reference_dir), "source": source,
+        "run": Path(run_dir).name,
+        "init_from": str(before_dir),
+        "reference": str(reference_dir),
+        "source": source,
         "judge": "task check" if source and source.startswith("task:") else "exact match with chosen",
-        "settings": {"n_pairs": n_pairs, "time_samples": time_samples, "n_gen": n_gen, "gen_length": gen_length,
-                     "steps": steps, "remasking": remasking, "eos_guard": eos_guard, "temperature": 0.0,
-                     **meta["dpo"]},
-        "reward_accuracy": float((margins > 0).double().mean()), "reward_margin": float(margins.mean()),
+        "settings": {
+            "n_pairs": n_pairs,
+            "time_samples": time_samples,
+            "n_gen": n_gen,
+            "gen_length": gen_length,
+            "steps": steps,
+            "remasking": remasking,
+            "eos_guard": eos_guard,
+            "temperature": 0.0,
+            **meta["dpo"],
+        },
+        "reward_accuracy": float((margins > 0).double().mean()),
+        "reward_margin": float(margins.mean()),
         "elbo_preference_before": float((scores["before"][:, 0] > scores["before"][:, 1]).double().mean()),
         "elbo_preference_after": float((scores["after"][:, 0] > scores["after"][:, 1]).double().mean()),
-        "elbo_chosen_before": float(scores["before"][:, 0].mean()), "elbo_chosen_after": float(scores["after"][:, 0].mean()),
+        "elbo_chosen_before": float(scores["before"][:, 0].mean()),
+        "elbo_chosen_after": float(scores["after"][:, 0].mean()),
         "elbo_rejected_before": float(scores["before"][:, 1].mean()),
         "elbo_rejected_after": float(scores["after"][:, 1].mean()),
-        "task_score_before": sum(verdicts_before) / n_gen, "task_score_after": sum(verdicts_after) / n_gen,
-        "win_rate": (wins + ties / 2) / n_gen, "wins": wins, "losses": n_gen - wins - ties, "ties": ties,
-        "steps_trained": meta.get("steps"), "backbone": meta.get("backbone", {"kind": "dit"}),
+        "task_score_before": sum(verdicts_before) / n_gen,
+        "task_score_after": sum(verdicts_after) / n_gen,
+        "win_rate": (wins + ties / 2) / n_gen,
+        "wins": wins,
+        "losses": n_gen - wins - ties,
+        "ties": ties,
+        "steps_trained": meta.get("steps"),
+        "backbone": meta.get("backbone", {"kind": "dit"}),
         "examples": examples[:EXAMPLES],
-        "definitions": {"reward_accuracy": DEFINITION_REWARD, "elbo_preference": DEFINITION_PREFERENCE,
-                        "win_rate": DEFINITION_WIN},
-        "provenance": {"settings_digest": meta.get("settings_digest"), "seed": (meta.get("train") or {}).get("seed"),
-                       "code_commit": meta.get("code_commit")},
+        "definitions": {
+            "reward_accuracy": DEFINITION_REWARD,
+            "elbo_preference": DEFINITION_PREFERENCE,
+            "win_rate": DEFINITION_WIN,
+        },
+        "provenance": {
+            "settings_digest": meta.get("settings_digest"),
+            "seed": (meta.get("train") or {}).get("seed"),
+            "code_commit": meta.get("code_commit"),
+        },
     }
 
 
-TABLE_COLUMNS = ["run", "backbone", "source", "judge", "init_from", "loss", "beta", "time_samples", "steps_trained",
-                 "reward_accuracy", "reward_margin", "elbo_preference_before", "elbo_preference_after",
-                 "task_score_before", "task_score_after", "win_rate", "n_pairs", "n_gen", "remasking", "eval_steps",
-                 "settings_digest", "seed", "code_commit"]
+TABLE_COLUMNS = [
+    "run",
+    "backbone",
+    "source",
+    "judge",
+    "init_from",
+    "loss",
+    "beta",
+    "time_samples",
+    "steps_trained",
+    "reward_accuracy",
+    "reward_margin",
+    "elbo_preference_before",
+    "elbo_preference_after",
+    "task_score_before",
+    "task_score_after",
+    "win_rate",
+    "n_pairs",
+    "n_gen",
+    "remasking",
+    "eval_steps",
+    "settings_digest",
+    "seed",
+    "code_commit",
+]
 
 
 def table_rows(paths) -> list[dict]:
@@ -187,32 +291,63 @@ def table_rows(paths) -> list[dict]:
     for path in paths:
         result = json.loads(Path(path).read_text())
         settings = result["settings"]
-        rows.append({
-            "run": result["run"], "backbone": backbone_name(result["backbone"]), "source": result["source"],
-            "judge": result["judge"], "init_from": result["init_from"], "loss": settings["loss"],
-            "beta": settings["beta"], "time_samples": settings["time_samples"],
-            "steps_trained": result["steps_trained"],
-            **{k: result[k] for k in ("reward_accuracy", "reward_margin", "elbo_preference_before",
-                                      "elbo_preference_after", "task_score_before", "task_score_after", "win_rate")},
-            "n_pairs": settings["n_pairs"], "n_gen": settings["n_gen"], "remasking": settings["remasking"],
-            "eval_steps": settings["steps"], **result["provenance"]})
+        rows.append(
+            {
+                "run": result["run"],
+                "backbone": backbone_name(result["backbone"]),
+                "source": result["source"],
+                "judge": result["judge"],
+                "init_from": result["init_from"],
+                "loss": settings["loss"],
+                "beta": settings["beta"],
+                "time_samples": settings["time_samples"],
+                "steps_trained": result["steps_trained"],
+                **{
+                    k: result[k]
+                    for k in (
+                        "reward_accuracy",
+                        "reward_margin",
+                        "elbo_preference_before",
+                        "elbo_preference_after",
+                        "task_score_before",
+                        "task_score_after",
+                        "win_rate",
+                    )
+                },
+                "n_pairs": settings["n_pairs"],
+                "n_gen": settings["n_gen"],
+                "remasking": settings["remasking"],
+                "eval_steps": settings["steps"],
+                **result["provenance"],
+            }
+        )
     return rows
 
 
 def write_table(rows: list[dict], tables) -> None:
     """results/{profile}/tables/dpo.{md,csv}: one row per DPO run."""
-    write_run_table(rows, TABLE_COLUMNS, tables, "dpo",
-                    [f"reward_accuracy: {DEFINITION_REWARD}.", f"elbo_preference: {DEFINITION_PREFERENCE} (before = "
-                     f"the init_from model, after = the DPO model).", f"task_score: share of generated answers the "
-                     f"judge accepts (temperature 0). win_rate: {DEFINITION_WIN}."])
+    write_run_table(
+        rows,
+        TABLE_COLUMNS,
+        tables,
+        "dpo",
+        [
+            f"reward_accuracy: {DEFINITION_REWARD}.",
+            f"elbo_preference: {DEFINITION_PREFERENCE} (before = the init_from model, after = the DPO model).",
+            f"task_score: share of generated answers the judge accepts (temperature 0). win_rate: {DEFINITION_WIN}.",
+        ],
+    )
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m eval.dpo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m eval.dpo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="what", required=True)
     t = sub.add_parser("table", help="results/{profile}/tables/dpo.{md,csv} from the runs' dpo.json")
-    t.add_argument("--dpo-metrics", nargs="+", required=True, help="runs/{profile}/{run}/eval/dpo.json of every DPO run")
+    t.add_argument(
+        "--dpo-metrics", nargs="+", required=True, help="runs/{profile}/{run}/eval/dpo.json of every DPO run"
+    )
     t.add_argument("--tables", required=True, help="results/{profile}/tables")
     args = parser.parse_args(argv)
     write_table(table_rows(args.dpo_metrics), args.tables)

@@ -2,10 +2,12 @@ r"""Evaluate a run: metrics of a samples file, or the validation NELBO of its st
 number sits beside the exact definition used to compute it.
 
     # sample metrics: retention, entropy, distinct-1/2/3, speed, generative perplexity under a scorer
-    python -m eval.evaluate samples --run-dir runs/demo/cascade --samples runs/demo/cascade/samples/ddpm_cache-64.jsonl \
+    python -m eval.evaluate samples --run-dir runs/demo/cascade \
+        --samples runs/demo/cascade/samples/ddpm_cache-64.jsonl \
         --scorer runs/demo/ar/model --out runs/demo/cascade/eval/ddpm_cache-64.json
     # validation NELBO / perplexity per stage (eval/likelihood.py); --discrete-steps T adds the T-step bound
-    python -m eval.evaluate val --run-dir runs/demo/cascade --val-shards data/pydoc/stages-<tag>/.../validation/*.parquet \
+    python -m eval.evaluate val --run-dir runs/demo/cascade \
+        --val-shards data/pydoc/stages-<tag>/.../validation/*.parquet \
         --time-samples 4 --batch-size 32 --discrete-steps 1000 --out runs/demo/cascade/eval/val.json
 
 Both outputs carry who the run is (run_info: run, kind, data, method, objective, stages, tokenizer) and its
@@ -17,6 +19,7 @@ Both outputs carry who the run is (run_info: run, kind, data, method, objective,
 each null where an older model folder lacks it. ``data`` is what the run trained on: stages (stage shards) |
 wrap | doc (unannotated block shards); absent in older folders, which all read stage shards: stages.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,9 +38,11 @@ from train.checkpoint import model_tokenizer_dir, read_meta, tokenizer_digest
 def provenance(meta: dict) -> dict:
     """settings_digest, seed (train.seed) and code_commit of a config.json (module docstring); None where absent."""
     train = meta.get("train")
-    return {"settings_digest": meta.get("settings_digest"),
-            "seed": train.get("seed") if isinstance(train, dict) else None,
-            "code_commit": meta.get("code_commit")}
+    return {
+        "settings_digest": meta.get("settings_digest"),
+        "seed": train.get("seed") if isinstance(train, dict) else None,
+        "code_commit": meta.get("code_commit"),
+    }
 
 
 def run_info(run_dir) -> dict:
@@ -45,10 +50,16 @@ def run_info(run_dir) -> dict:
     dirs = run_model_dirs(run_dir)
     meta = read_meta(dirs[-1])
     data, _ = model_data(meta, dirs[-1] / "config.json")
-    return {"run": meta.get("run") or Path(run_dir).name, "kind": meta.get("kind"), "data": data,
-            "method": meta.get("method"), "objective": meta["objective"], "stages": len(dirs),
-            "tokenizer_sha256": meta.get("tokenizer_sha256") or tokenizer_digest(model_tokenizer_dir(dirs[-1], meta)),
-            "provenance": provenance(meta)}
+    return {
+        "run": meta.get("run") or Path(run_dir).name,
+        "kind": meta.get("kind"),
+        "data": data,
+        "method": meta.get("method"),
+        "objective": meta["objective"],
+        "stages": len(dirs),
+        "tokenizer_sha256": meta.get("tokenizer_sha256") or tokenizer_digest(model_tokenizer_dir(dirs[-1], meta)),
+        "provenance": provenance(meta),
+    }
 
 
 def evaluate_samples(run_dir, samples_path, scorer=None) -> dict:
@@ -57,9 +68,14 @@ def evaluate_samples(run_dir, samples_path, scorer=None) -> dict:
 
     records = read_jsonl(samples_path)
     info = run_info(run_dir)
-    result = {**info, "samples_file": str(samples_path), "sampler": records[0]["sampler"],
-              "steps": records[0]["steps"], "temperature": records[0].get("temperature"),
-              "metrics": sample_metrics(records)}
+    result = {
+        **info,
+        "samples_file": str(samples_path),
+        "sampler": records[0]["sampler"],
+        "steps": records[0]["steps"],
+        "temperature": records[0].get("temperature"),
+        "metrics": sample_metrics(records),
+    }
     if scorer is not None:
         final = stage_names(records[0])[-1]
         result["metrics"]["gen_ppl"] = generative_perplexity(records, scorer, final, info["tokenizer_sha256"])
@@ -77,28 +93,41 @@ def positive_int(text: str) -> int:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m eval.evaluate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m eval.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="what", required=True)
     s = sub.add_parser("samples", help="metrics of a samples JSONL")
     s.add_argument("--run-dir", required=True, help="runs/{profile}/{run}: stage1..3/ or model/ inside")
     s.add_argument("--samples", required=True, help="samples JSONL written by eval.sample")
-    s.add_argument("--scorer", required=True,
-                   help="gen ppl scorer: a pipeline AR model folder (runs/demo/ar/model) | a hub id or local folder of a "
-                        "causal LM (gpt2-large) | none (no gen ppl)")
+    s.add_argument(
+        "--scorer",
+        required=True,
+        help="gen ppl scorer: a pipeline AR model folder (runs/demo/ar/model) | a hub id or local folder of a "
+        "causal LM (gpt2-large) | none (no gen ppl)",
+    )
     v = sub.add_parser("val", help="validation NELBO and perplexity per stage")
     v.add_argument("--run-dir", required=True, help="runs/{profile}/{run}: stage1..3/ or model/ inside")
     v.add_argument("--val-shards", nargs="+", required=True, help="validation stage shards of the run's method")
     v.add_argument("--time-samples", type=int, required=True, help="stratified time samples per block (K)")
     v.add_argument("--batch-size", type=int, required=True, help="blocks per batch")
     v.add_argument("--max-batches", type=int, default=None, help="score only the first batches (default: all)")
-    v.add_argument("--discrete-steps", type=positive_int, default=None, metavar="T",
-                   help="also the discrete-T bound with T steps (MDLM's T > 0; mdlm runs, AR exact, sedd null); "
-                        "default: only the continuous-time bound")
+    v.add_argument(
+        "--discrete-steps",
+        type=positive_int,
+        default=None,
+        metavar="T",
+        help="also the discrete-T bound with T steps (MDLM's T > 0; mdlm runs, AR exact, sedd null); "
+        "default: only the continuous-time bound",
+    )
     v.add_argument("--seed", type=int, default=0)
-    f = sub.add_parser("sft", help="held-out exact match and answer NELBO of an SFT run, before and after (eval/sft.py)")
+    f = sub.add_parser(
+        "sft", help="held-out exact match and answer NELBO of an SFT run, before and after (eval/sft.py)"
+    )
     f.add_argument("--run-dir", required=True, help="runs/{profile}/{run} of an sft run (model/ inside)")
-    f.add_argument("--before-dir", default=None, help="the model folder it started from (runs/{profile}/{init_from}/model)")
+    f.add_argument(
+        "--before-dir", default=None, help="the model folder it started from (runs/{profile}/{init_from}/model)"
+    )
     f.add_argument("--sft-shards", nargs="+", required=True, help="held-out SFT shard(s) (preprocess/sft.py)")
     f.add_argument("--n", type=int, required=True, help="held-out conversations answered and scored")
     f.add_argument("--gen-length", type=int, required=True, help="answer canvas (mask tokens)")
@@ -107,11 +136,17 @@ def main(argv=None):
     f.add_argument("--eos-guard", action="store_true", help="commit an EOS only with no mask to its left")
     f.add_argument("--time-samples", type=int, required=True, help="stratified times per answer NELBO (K)")
     f.add_argument("--batch-size", type=int, required=True)
-    d = sub.add_parser("dpo", help="held-out reward accuracy and task score of a DPO run, before and after (eval/dpo.py)")
+    d = sub.add_parser(
+        "dpo", help="held-out reward accuracy and task score of a DPO run, before and after (eval/dpo.py)"
+    )
     d.add_argument("--run-dir", required=True, help="runs/{profile}/{run} of a dpo run (model/ inside)")
-    d.add_argument("--before-dir", required=True, help="the model folder it started from (runs/{profile}/{init_from}/model)")
+    d.add_argument(
+        "--before-dir", required=True, help="the model folder it started from (runs/{profile}/{init_from}/model)"
+    )
     d.add_argument("--reference-dir", required=True, help="its frozen reference (dpo.reference, else --before-dir)")
-    d.add_argument("--pair-shards", nargs="+", required=True, help="held-out preference shard(s) (preprocess/preference.py)")
+    d.add_argument(
+        "--pair-shards", nargs="+", required=True, help="held-out preference shard(s) (preprocess/preference.py)"
+    )
     d.add_argument("--n-pairs", type=int, required=True, help="held-out pairs scored for reward accuracy")
     d.add_argument("--time-samples", type=int, required=True, help="draws per answer ELBO")
     d.add_argument("--n-gen", type=int, required=True, help="held-out prompts answered and judged")
@@ -122,7 +157,11 @@ def main(argv=None):
     d.add_argument("--batch-size", type=int, required=True)
     for p in (s, v, f, d):
         add_device_arguments(p)
-        p.add_argument("--out", required=True, help="runs/{profile}/{run}/eval/{sampler}-{steps}.json, val.json, sft.json or dpo.json")
+        p.add_argument(
+            "--out",
+            required=True,
+            help="runs/{profile}/{run}/eval/{sampler}-{steps}.json, val.json, sft.json or dpo.json",
+        )
     args = parser.parse_args(argv)
     device = device_from_arguments(args)
     if args.what == "samples":
@@ -133,18 +172,51 @@ def main(argv=None):
     elif args.what == "dpo":
         from eval.dpo import evaluate_dpo
 
-        result = evaluate_dpo(args.run_dir, args.before_dir, args.reference_dir, args.pair_shards, args.n_pairs,
-                              args.time_samples, args.n_gen, args.gen_length, args.steps, args.remasking,
-                              args.eos_guard, args.batch_size, device)
+        result = evaluate_dpo(
+            args.run_dir,
+            args.before_dir,
+            args.reference_dir,
+            args.pair_shards,
+            args.n_pairs,
+            args.time_samples,
+            args.n_gen,
+            args.gen_length,
+            args.steps,
+            args.remasking,
+            args.eos_guard,
+            args.batch_size,
+            device,
+        )
     elif args.what == "sft":
         from eval.sft import evaluate_sft
 
-        result = evaluate_sft(args.run_dir, args.before_dir, args.sft_shards, args.n, args.gen_length, args.steps,
-                              args.remasking, args.time_samples, args.batch_size, device, args.eos_guard)
+        result = evaluate_sft(
+            args.run_dir,
+            args.before_dir,
+            args.sft_shards,
+            args.n,
+            args.gen_length,
+            args.steps,
+            args.remasking,
+            args.time_samples,
+            args.batch_size,
+            device,
+            args.eos_guard,
+        )
     else:
-        result = {**run_info(args.run_dir), **run_validation(args.run_dir, args.val_shards, args.time_samples,
-                                                             args.batch_size, args.max_batches, args.seed, device,
-                                                             args.discrete_steps)}
+        result = {
+            **run_info(args.run_dir),
+            **run_validation(
+                args.run_dir,
+                args.val_shards,
+                args.time_samples,
+                args.batch_size,
+                args.max_batches,
+                args.seed,
+                device,
+                args.discrete_steps,
+            ),
+        }
     write_json(result, args.out)
     print(json.dumps(result, indent=2)[:2000])
 

@@ -89,6 +89,7 @@ command with one line naming the path, line or option (``eval.generate: ...``), 
 writes the trajectory, steps + 1 frames (the all-mask canvas, then one per step), of every prompt of the run
 (stacked; meant for a few prompts); in --chat, the last turn's. Files are written atomically.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -99,8 +100,8 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -128,8 +129,10 @@ def block_plan(gen_length: int, steps: int, block_length: int | None) -> tuple[i
         raise ValueError(f"gen_length {gen_length} is not divisible by block_length {block_length}")
     blocks = gen_length // block_length
     if steps % blocks:
-        raise ValueError(f"steps {steps} is not divisible by the number of blocks {blocks} "
-                         f"(gen_length {gen_length} / block_length {block_length}); steps are split evenly")
+        raise ValueError(
+            f"steps {steps} is not divisible by the number of blocks {blocks} "
+            f"(gen_length {gen_length} / block_length {block_length}); steps are split evenly"
+        )
     return blocks, steps // blocks
 
 
@@ -142,13 +145,14 @@ def prompt_seeds(prompt_id_lists: list[list[int]], seed: int) -> list[int]:
         repeat = seen.get(key, 0)
         seen[key] = repeat + 1
         digest = hashlib.sha256(f"{seed}/{repeat}/{','.join(map(str, key))}".encode()).digest()
-        seeds.append(int.from_bytes(digest[:8], "little") & (2 ** 63 - 1))
+        seeds.append(int.from_bytes(digest[:8], "little") & (2**63 - 1))
     return seeds
 
 
 # ---------------------------------------------------------------------------------------------- one step
-def masked_log_probs(model, x: torch.Tensor, sigma: torch.Tensor, prefix_len: int, select: torch.Tensor,
-                     mask_id: int) -> torch.Tensor:
+def masked_log_probs(
+    model, x: torch.Tensor, sigma: torch.Tensor, prefix_len: int, select: torch.Tensor, mask_id: int
+) -> torch.Tensor:
     """log p_theta(x_0 | x_t) [N, V] at the ``select``ed (masked) positions, row-major: log_softmax of the
     logits with the mask entry at -inf (SUBS; for sedd the renormalised score, the same numbers). A network
     that ignores ``select`` and returns [B, L, V] is indexed here."""
@@ -228,8 +232,21 @@ def _answered(canvas: torch.Tensor, mask_id: int, eos_id: int) -> torch.Tensor:
     return (first_eos < length) & (first_eos < first_mask)
 
 
-def _generate_batch(trained, prompts: torch.Tensor, generators, gen_length, steps, blocks, remasking, temperature,
-                    eos_guard, stop_at_answer, record, on_step, indices):
+def _generate_batch(
+    trained,
+    prompts: torch.Tensor,
+    generators,
+    gen_length,
+    steps,
+    blocks,
+    remasking,
+    temperature,
+    eos_guard,
+    stop_at_answer,
+    record,
+    on_step,
+    indices,
+):
     meta = trained.meta
     mask_id, eos_id, prefix_len = meta["mask_id"], meta["eos_id"], meta["prefix_len"]
     from eval.samplers import time_of_mask_share
@@ -265,9 +282,17 @@ def _generate_batch(trained, prompts: torch.Tensor, generators, gen_length, step
                     calls[r] += 1
                 positions = masked_block[:, plen:].nonzero()[:, 1].view(len(rows), m)
                 canvas_first_mask = (xa[:, plen:] == mask_id).int().argmax(-1)
-                pick, tokens = unmask_step(log_p.view(len(rows), m, -1), k, remasking, temperature,
-                                           [generators[r] for r in rows.tolist()], positions, canvas_first_mask,
-                                           eos_id, eos_guard)
+                pick, tokens = unmask_step(
+                    log_p.view(len(rows), m, -1),
+                    k,
+                    remasking,
+                    temperature,
+                    [generators[r] for r in rows.tolist()],
+                    positions,
+                    canvas_first_mask,
+                    eos_id,
+                    eos_guard,
+                )
                 canvas = xa[:, plen:]
                 canvas.scatter_(-1, positions, torch.where(pick, tokens, canvas.gather(-1, positions)))
                 if stop_at_answer:
@@ -287,10 +312,21 @@ def _generate_batch(trained, prompts: torch.Tensor, generators, gen_length, step
     return x[:, plen:], calls, batch_calls, trajectory
 
 
-def generate(trained, prompt_id_lists: list[list[int]], gen_length: int, steps: int,
-             remasking: str = "low_confidence", block_length: int | None = None, temperature: float = 0.0,
-             seed: int = 0, eos_guard: bool = False, record: bool | None = None, batch_size: int | None = None,
-             stop_at_answer: bool = True, on_step: Callable[[dict], None] | None = None) -> list[dict]:
+def generate(
+    trained,
+    prompt_id_lists: list[list[int]],
+    gen_length: int,
+    steps: int,
+    remasking: str = "low_confidence",
+    block_length: int | None = None,
+    temperature: float = 0.0,
+    seed: int = 0,
+    eos_guard: bool = False,
+    record: bool | None = None,
+    batch_size: int | None = None,
+    stop_at_answer: bool = True,
+    on_step: Callable[[dict], None] | None = None,
+) -> list[dict]:
     """Answer every prompt (token ids, chat template already applied); one dict per prompt, in input order:
 
     ids (the canvas, gen_length tokens), answer_ids (cut before the first EOS), answer (common.chat.answer_text,
@@ -303,8 +339,10 @@ def generate(trained, prompt_id_lists: list[list[int]], gen_length: int, steps: 
     after every step with {step, steps, block, indices (input positions of the batch rows), canvas [R, G]}.
     """
     if trained.meta["objective"] == "ar" or trained.noise is None:
-        raise ValueError(f"{trained.model_dir}: an autoregressive model; generate left to right with "
-                         f"`python -m eval.sample --sampler ar`")
+        raise ValueError(
+            f"{trained.model_dir}: an autoregressive model; generate left to right with "
+            f"`python -m eval.sample --sampler ar`"
+        )
     if remasking not in REMASKING:
         raise ValueError(f"unknown remasking {remasking!r}; choose one of {REMASKING}")
     if temperature < 0:
@@ -327,27 +365,51 @@ def generate(trained, prompt_id_lists: list[list[int]], gen_length: int, steps: 
     for members in groups.values():
         size = batch_size or len(members)
         for start in range(0, len(members), size):
-            chunk = members[start:start + size]
+            chunk = members[start : start + size]
             prompts = torch.tensor([list(prompt_id_lists[i]) for i in chunk], dtype=torch.long, device=device)
             prompts = prompts.reshape(len(chunk), len(prompt_id_lists[chunk[0]]))  # also an empty prompt
             generators = [torch.Generator(device=device).manual_seed(seeds[i]) for i in chunk]
             began = time.perf_counter()
             with torch.no_grad():
                 out, calls, batch_calls, trajectory = _generate_batch(
-                    trained, prompts, generators, gen_length, steps, blocks, remasking, temperature, eos_guard,
-                    stop_at_answer, record, on_step, chunk)
+                    trained,
+                    prompts,
+                    generators,
+                    gen_length,
+                    steps,
+                    blocks,
+                    remasking,
+                    temperature,
+                    eos_guard,
+                    stop_at_answer,
+                    record,
+                    on_step,
+                    chunk,
+                )
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             seconds = (time.perf_counter() - began) / len(chunk)
             for row, i in enumerate(chunk):
                 ids = out[row].tolist()
-                answer_ids = ids[:ids.index(eos_id)] if eos_id in ids else ids
-                result = {"index": i, "prompt_ids": list(map(int, prompt_id_lists[i])), "ids": ids,
-                          "answer_ids": answer_ids, "gen_length": gen_length, "steps": steps,
-                          "block_length": gen_length // blocks[0], "remasking": remasking,
-                          "temperature": temperature, "eos_guard": eos_guard, "stop_at_answer": stop_at_answer,
-                          "seed": seed, "row_seed": seeds[i], "network_calls": calls[row],
-                          "batch_calls": batch_calls, "seconds": seconds}
+                answer_ids = ids[: ids.index(eos_id)] if eos_id in ids else ids
+                result = {
+                    "index": i,
+                    "prompt_ids": list(map(int, prompt_id_lists[i])),
+                    "ids": ids,
+                    "answer_ids": answer_ids,
+                    "gen_length": gen_length,
+                    "steps": steps,
+                    "block_length": gen_length // blocks[0],
+                    "remasking": remasking,
+                    "temperature": temperature,
+                    "eos_guard": eos_guard,
+                    "stop_at_answer": stop_at_answer,
+                    "seed": seed,
+                    "row_seed": seeds[i],
+                    "network_calls": calls[row],
+                    "batch_calls": batch_calls,
+                    "seconds": seconds,
+                }
                 if tokenizer is not None:
                     from common.chat import answer_text
 
@@ -420,8 +482,13 @@ def _trajectory_frames(tokenizer, trajectories: list[list[list[int]]], mask_id, 
 def _font(size: int):
     from PIL import ImageFont
 
-    for name in ("DejaVuSansMono.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSansMono.ttf",
-                 "LiberationMono-Regular.ttf", "Menlo.ttc", "Consolas.ttf"):
+    for name in (
+        "DejaVuSansMono.ttf",
+        "/usr/share/fonts/truetype/dejavu/DejaVuSansMono.ttf",
+        "LiberationMono-Regular.ttf",
+        "Menlo.ttc",
+        "Consolas.ttf",
+    ):
         try:
             return ImageFont.truetype(name, size)
         except OSError:
@@ -480,8 +547,16 @@ def write_gif(path, tokenizer, trajectories, labels, mask_id, eos_id, columns: i
         images.append(img.convert("P", palette=Image.ADAPTIVE, colors=16))
     durations = [frame_ms] * (len(images) - 1) + [max(frame_ms, 1500)]
     with atomic_path(path) as tmp:
-        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=durations, loop=0,
-                       disposal=1, optimize=False)
+        images[0].save(
+            tmp,
+            format="GIF",
+            save_all=True,
+            append_images=images[1:],
+            duration=durations,
+            loop=0,
+            disposal=1,
+            optimize=False,
+        )
 
 
 HTML_PAGE = """<!DOCTYPE html>
@@ -523,7 +598,9 @@ document.getElementById("play").addEventListener("click", function () {{
   if (+slider.value >= data.frames.length - 1) slider.value = 0;
   this.textContent = "pause"; const button = this;
   timer = setInterval(function () {{
-    if (+slider.value >= data.frames.length - 1) {{ clearInterval(timer); timer = null; button.textContent = "play"; return; }}
+    if (+slider.value >= data.frames.length - 1) {{
+      clearInterval(timer); timer = null; button.textContent = "play"; return;
+    }}
     slider.value = +slider.value + 1; show(+slider.value);
   }}, {frame_ms});
 }});
@@ -538,8 +615,9 @@ def write_html(path, tokenizer, trajectories, labels, mask_id, eos_id, subtitle:
 
     frames = _trajectory_frames(tokenizer, trajectories, mask_id, eos_id)
     data = json.dumps({"labels": labels, "frames": frames}, ensure_ascii=False).replace("</", "<\\/")
-    page = HTML_PAGE.format(title="Denoising trajectory", subtitle=html.escape(subtitle), last=len(frames) - 1,
-                            data=data, frame_ms=frame_ms)
+    page = HTML_PAGE.format(
+        title="Denoising trajectory", subtitle=html.escape(subtitle), last=len(frames) - 1, data=data, frame_ms=frame_ms
+    )
     with atomic_path(path) as tmp:
         tmp.write_text(page, encoding="utf-8")
 
@@ -553,8 +631,10 @@ def write_record(path, trained, results: list[dict], labels: list[str], frame_ms
         write_gif(path, trained.tokenizer, trajectories, labels, mask_id, eos_id, frame_ms=frame_ms)
     elif suffix in (".html", ".htm"):
         r = results[0]
-        subtitle = (f"{trained.model_dir}: {r['remasking']}, {r['steps']} steps, gen_length {r['gen_length']}, "
-                    f"block_length {r['block_length']}, temperature {r['temperature']}, eos_guard {r['eos_guard']}")
+        subtitle = (
+            f"{trained.model_dir}: {r['remasking']}, {r['steps']} steps, gen_length {r['gen_length']}, "
+            f"block_length {r['block_length']}, temperature {r['temperature']}, eos_guard {r['eos_guard']}"
+        )
         write_html(path, trained.tokenizer, trajectories, labels, mask_id, eos_id, subtitle, frame_ms)
     else:
         raise ValueError(f"--record {path}: write .gif or .html")
@@ -616,8 +696,10 @@ def read_prompts(path) -> list[dict]:
     try:
         for number, item in jsonl_objects(path):
             if not isinstance(item, dict) or not (("messages" in item) ^ ("prompt" in item)):
-                raise InputError(f"{path}:{number}: expected an object with 'messages' or 'prompt' (one of them), "
-                                 f"got {json.dumps(item)[:80]}")
+                raise InputError(
+                    f"{path}:{number}: expected an object with 'messages' or 'prompt' (one of them), "
+                    f"got {json.dumps(item)[:80]}"
+                )
             if "messages" in item:
                 messages = item["messages"]
                 if not (isinstance(messages, list) and messages and all(isinstance(m, dict) for m in messages)):
@@ -659,8 +741,10 @@ def _encode(tokenizer, item: dict, system: str | None, raw: bool) -> list[int]:
     try:
         return prompt_ids(tokenizer, _messages(item, system))
     except (TemplateError, ValueError, TypeError) as err:
-        raise InputError(f"the chat template cannot render it ({err}); --raw-prompt passes the text's tokens as "
-                         f"they are (an empty prompt then generates from an empty context)") from None
+        raise InputError(
+            f"the chat template cannot render it ({err}); --raw-prompt passes the text's tokens as "
+            f"they are (an empty prompt then generates from an empty context)"
+        ) from None
 
 
 def _label(item: dict) -> str:
@@ -669,9 +753,17 @@ def _label(item: dict) -> str:
 
 
 def _options(args, gen_length: int | None = None) -> dict:
-    return dict(gen_length=gen_length or args.gen_length, steps=args.steps, remasking=args.remasking,
-                block_length=args.block_length, temperature=args.temperature, seed=args.seed,
-                eos_guard=args.eos_guard, batch_size=args.batch_size, stop_at_answer=not args.fill_canvas)
+    return dict(
+        gen_length=gen_length or args.gen_length,
+        steps=args.steps,
+        remasking=args.remasking,
+        block_length=args.block_length,
+        temperature=args.temperature,
+        seed=args.seed,
+        eos_guard=args.eos_guard,
+        batch_size=args.batch_size,
+        stop_at_answer=not args.fill_canvas,
+    )
 
 
 def _show_callback(args, trained, labels):
@@ -726,8 +818,9 @@ class Transcript:
         self.file.close()
 
 
-def fit_dialogue(trained, messages: list[dict], gen_length: int, block_length: int | None,
-                 say: Callable[[str], None]) -> tuple[list[int], int] | None:
+def fit_dialogue(
+    trained, messages: list[dict], gen_length: int, block_length: int | None, say: Callable[[str], None]
+) -> tuple[list[int], int] | None:
     """--chat: the prompt ids of ``messages`` (system?, then user / assistant turns, ending with a user turn) and
     the turn's canvas length, fitted to a backbone of max_positions P: while len(prompt) + G > P and older turns
     are left, the oldest user turn and its answer are dropped from ``messages`` (in place: they stay dropped);
@@ -742,25 +835,30 @@ def fit_dialogue(trained, messages: list[dict], gen_length: int, block_length: i
     first = 1 if messages[0].get("role") == "system" else 0
     before, dropped = len(ids), 0
     while len(ids) + gen_length > limit and len(messages) - first > 1:
-        del messages[first:first + 2]  # the oldest user turn and the assistant's answer to it
+        del messages[first : first + 2]  # the oldest user turn and the assistant's answer to it
         dropped += 1
         ids = prompt_ids(trained.tokenizer, messages)
     if dropped:
-        say(f"eval.generate: the dialogue ({before} prompt tokens) + gen_length {gen_length} outgrows "
-            f"{_backbone_note(trained)}; dropped the oldest {dropped} turn(s), {len(ids)} prompt tokens left")
+        say(
+            f"eval.generate: the dialogue ({before} prompt tokens) + gen_length {gen_length} outgrows "
+            f"{_backbone_note(trained)}; dropped the oldest {dropped} turn(s), {len(ids)} prompt tokens left"
+        )
     fitted = fit_gen_length(gen_length, len(ids), limit, block_length)
     if fitted < 1:
-        say(f"eval.generate: this turn's prompt takes {len(ids)} of {_backbone_note(trained)}: no room for an "
-            f"answer; the turn is skipped (write a shorter one)")
+        say(
+            f"eval.generate: this turn's prompt takes {len(ids)} of {_backbone_note(trained)}: no room for an "
+            f"answer; the turn is skipped (write a shorter one)"
+        )
         return None
     if fitted < gen_length:
-        say(f"eval.generate: gen_length {gen_length} capped to {fitted} for this turn: its prompt takes "
-            f"{len(ids)} of {_backbone_note(trained)}")
+        say(
+            f"eval.generate: gen_length {gen_length} capped to {fitted} for this turn: its prompt takes "
+            f"{len(ids)} of {_backbone_note(trained)}"
+        )
     return ids, fitted
 
 
-def chat_loop(args, trained, stdin=None, stdout=None, transcript: Transcript | None = None,
-              stderr=None) -> list[dict]:
+def chat_loop(args, trained, stdin=None, stdout=None, transcript: Transcript | None = None, stderr=None) -> list[dict]:
     """--chat: one user turn per stdin line until EOF or an empty line; the dialogue is kept (each answer goes
     back into the messages) and each answer printed; each finished turn goes to ``transcript`` at once. A dialogue
     that outgrows the backbone's positions loses its oldest turns (fit_dialogue, said on stderr)."""
@@ -792,9 +890,13 @@ def chat_loop(args, trained, stdin=None, stdout=None, transcript: Transcript | N
             say(f"eval.generate: this turn cannot be generated ({err}); the turn is skipped")
             messages.pop()
             continue
-        result = generate(trained, [ids], record=bool(args.record),
-                          on_step=_show_callback(args, trained, [f"turn {len(records) + 1}"]),
-                          **_options(args, gen_length))[0]
+        result = generate(
+            trained,
+            [ids],
+            record=bool(args.record),
+            on_step=_show_callback(args, trained, [f"turn {len(records) + 1}"]),
+            **_options(args, gen_length),
+        )[0]
         result["index"] = len(records)
         messages.append({"role": "assistant", "content": result["answer"]})
         stdout.write(f"assistant> {result['answer']}\n")
@@ -811,55 +913,101 @@ def chat_loop(args, trained, stdin=None, stdout=None, transcript: Transcript | N
 def build_parser() -> argparse.ArgumentParser:
     from common.device import add_device_arguments
 
-    parser = argparse.ArgumentParser(prog="python -m eval.generate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-dir", required=True, help="a diffusion model folder (runs/{profile}/{run}/model, a stage)")
+    parser = argparse.ArgumentParser(
+        prog="python -m eval.generate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model-dir", required=True, help="a diffusion model folder (runs/{profile}/{run}/model, a stage)"
+    )
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--prompt", action="append",
-                        help='a user message (repeat for several prompts); "" is an empty user turn (with '
-                             '--raw-prompt: the empty context, unconditional generation)')
+    source.add_argument(
+        "--prompt",
+        action="append",
+        help='a user message (repeat for several prompts); "" is an empty user turn (with '
+        '--raw-prompt: the empty context, unconditional generation)',
+    )
     source.add_argument("--prompts", help='JSONL, one {"messages": [...]} or {"prompt": "..."} per line')
-    source.add_argument("--chat", action="store_true",
-                        help="interactive: one user turn per stdin line until EOF or an empty line; keeps the "
-                             "dialogue (oldest turns dropped when it outgrows the backbone)")
+    source.add_argument(
+        "--chat",
+        action="store_true",
+        help="interactive: one user turn per stdin line until EOF or an empty line; keeps the "
+        "dialogue (oldest turns dropped when it outgrows the backbone)",
+    )
     parser.add_argument("--system", default=None, help="a system message before --prompt / --chat turns")
-    parser.add_argument("--raw-prompt", action="store_true",
-                        help="no chat template: the prompt text's tokens as they are (base models)")
-    parser.add_argument("--gen-length", type=int, default=None,
-                        help="canvas length G in tokens (default: the model folder's, else 128); capped at the "
-                             "backbone's positions minus the prompt")
-    parser.add_argument("--steps", type=int, default=None,
-                        help="denoising steps, one network call each at most (default: the model folder's, else 128)")
-    parser.add_argument("--block-length", type=int, default=None,
-                        help="semi-autoregressive blocks of B tokens, filled left to right (G %% B = 0, steps split "
-                             "evenly over the G / B blocks); default: one block")
-    parser.add_argument("--remasking", choices=REMASKING, default=None,
-                        help="which masked positions a step commits: random (uniform), low_confidence (highest p "
-                             "of the proposal), margin (largest top1 - top2), entropy (lowest entropy); default: "
-                             "the model folder's, else low_confidence")
+    parser.add_argument(
+        "--raw-prompt", action="store_true", help="no chat template: the prompt text's tokens as they are (base models)"
+    )
+    parser.add_argument(
+        "--gen-length",
+        type=int,
+        default=None,
+        help="canvas length G in tokens (default: the model folder's, else 128); capped at the "
+        "backbone's positions minus the prompt",
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="denoising steps, one network call each at most (default: the model folder's, else 128)",
+    )
+    parser.add_argument(
+        "--block-length",
+        type=int,
+        default=None,
+        help="semi-autoregressive blocks of B tokens, filled left to right (G %% B = 0, steps split "
+        "evenly over the G / B blocks); default: one block",
+    )
+    parser.add_argument(
+        "--remasking",
+        choices=REMASKING,
+        default=None,
+        help="which masked positions a step commits: random (uniform), low_confidence (highest p "
+        "of the proposal), margin (largest top1 - top2), entropy (lowest entropy); default: "
+        "the model folder's, else low_confidence",
+    )
     parser.add_argument("--temperature", type=float, default=0.0, help="proposal temperature; 0 = argmax (default)")
-    parser.add_argument("--eos-guard", action=argparse.BooleanOptionalAction, default=None,
-                        help="commit an EOS only where no mask is left to its left (LLaDA's low-confidence EOS "
-                             "issue); default: the model folder's (on for sft / dpo runs), else off")
-    parser.add_argument("--fill-canvas", action="store_true",
-                        help="keep denoising after the answer is final (default: stop that prompt, same answer)")
+    parser.add_argument(
+        "--eos-guard",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="commit an EOS only where no mask is left to its left (LLaDA's low-confidence EOS "
+        "issue); default: the model folder's (on for sft / dpo runs), else off",
+    )
+    parser.add_argument(
+        "--fill-canvas",
+        action="store_true",
+        help="keep denoising after the answer is final (default: stop that prompt, same answer)",
+    )
     parser.add_argument("--batch-size", type=int, default=8, help="prompts of equal token length per forward pass")
     parser.add_argument("--seed", type=int, default=0, help="each prompt's generator is seeded from it and the prompt")
-    parser.add_argument("--show", nargs="?", const="auto", choices=("auto", "always"), default=None,
-                        help="redraw the canvas after every step (ANSI) when stdout is a terminal; 'always' forces it")
+    parser.add_argument(
+        "--show",
+        nargs="?",
+        const="auto",
+        choices=("auto", "always"),
+        default=None,
+        help="redraw the canvas after every step (ANSI) when stdout is a terminal; 'always' forces it",
+    )
     parser.add_argument("--record", default=None, help="write the denoising trajectory: out.gif or out.html")
     parser.add_argument("--frame-ms", type=int, default=150, help="milliseconds per frame of --record")
-    parser.add_argument("--out", default=None,
-                        help="JSONL output (default: stdout); with --chat the transcript, one line per finished turn")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="JSONL output (default: stdout); with --chat the transcript, one line per finished turn",
+    )
     add_device_arguments(parser)
     return parser
 
 
 def _check_arguments(parser, args) -> None:
     """The option values that need no model, checked before it is loaded (parser.error: one line, exit 2)."""
-    for flag, value, least in (("--gen-length", args.gen_length, 1), ("--steps", args.steps, 1),
-                               ("--block-length", args.block_length, 1), ("--batch-size", args.batch_size, 1),
-                               ("--frame-ms", args.frame_ms, 1)):
+    for flag, value, least in (
+        ("--gen-length", args.gen_length, 1),
+        ("--steps", args.steps, 1),
+        ("--block-length", args.block_length, 1),
+        ("--batch-size", args.batch_size, 1),
+        ("--frame-ms", args.frame_ms, 1),
+    ):
         if value is not None and value < least:
             parser.error(f"{flag} must be >= {least}, got {value}")
     if not math.isfinite(args.temperature) or args.temperature < 0:
@@ -880,11 +1028,14 @@ def _resolve_defaults(args, trained) -> None:
     for key in taken:
         setattr(args, key, defaults[key])
     if taken:
+
         def shown(value):
             return ("on" if value else "off") if isinstance(value, bool) else value
 
-        print(f"eval.generate: {', '.join(f'{k} {shown(getattr(args, k))}' for k in taken)} from {source}",
-              file=sys.stderr)
+        print(
+            f"eval.generate: {', '.join(f'{k} {shown(getattr(args, k))}' for k in taken)} from {source}",
+            file=sys.stderr,
+        )
 
 
 def main(argv=None) -> int:
@@ -940,22 +1091,31 @@ def _answer(args, trained) -> int:
     longest = max(range(len(ids)), key=lambda i: len(ids[i]))
     gen_length = fit_gen_length(args.gen_length, len(ids[longest]), trained.max_positions, args.block_length)
     if gen_length < 1:
-        raise InputError(f"prompt {longest + 1} ({labels[longest][:40]!r}) takes {len(ids[longest])} of "
-                         f"{_backbone_note(trained)}: no room for an answer"
-                         + (f" in blocks of {args.block_length}" if args.block_length else ""))
+        raise InputError(
+            f"prompt {longest + 1} ({labels[longest][:40]!r}) takes {len(ids[longest])} of "
+            f"{_backbone_note(trained)}: no room for an answer"
+            + (f" in blocks of {args.block_length}" if args.block_length else "")
+        )
     if gen_length < args.gen_length:
-        print(f"eval.generate: gen_length {args.gen_length} capped to {gen_length}: the longest prompt takes "
-              f"{len(ids[longest])} of {_backbone_note(trained)}", file=sys.stderr)
+        print(
+            f"eval.generate: gen_length {args.gen_length} capped to {gen_length}: the longest prompt takes "
+            f"{len(ids[longest])} of {_backbone_note(trained)}",
+            file=sys.stderr,
+        )
     try:
         block_plan(gen_length, args.steps, args.block_length)
     except ValueError as err:
         raise InputError(str(err)) from None
-    results = generate(trained, ids, record=bool(args.record), on_step=_show_callback(args, trained, labels),
-                       **_options(args, gen_length))
+    results = generate(
+        trained,
+        ids,
+        record=bool(args.record),
+        on_step=_show_callback(args, trained, labels),
+        **_options(args, gen_length),
+    )
     if args.record:
         write_record(args.record, trained, results, labels, args.frame_ms)
-    _write_jsonl([_output_record(item, r, args.system, args.raw_prompt) for item, r in zip(items, results)],
-                 args.out)
+    _write_jsonl([_output_record(item, r, args.system, args.raw_prompt) for item, r in zip(items, results)], args.out)
     if args.out:
         total = sum(r["seconds"] for r in results)
         print(f"{args.out}: {len(results)} answers, {total / len(results):.3f} s/answer", file=sys.stderr)

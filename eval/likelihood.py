@@ -99,6 +99,7 @@ comparable with the single-stage and AR numbers. ``total`` reports it per stage-
     python -m eval.evaluate val --run-dir runs/demo/cascade --val-shards data/.../validation/shard_*.parquet \
         --time-samples 4 --batch-size 32 [--discrete-steps 1000] --out runs/demo/cascade/eval/val.json
 """
+
 from __future__ import annotations
 
 import math
@@ -123,7 +124,8 @@ DEFINITION_STAGE = (
     "other with probability mu_j, the network told sigma_bar(t) at m(t) = mu_j: the mean over draws of "
     "(1 - m0) n / (masked count) times the loss terms divided by lambda(t) = sigma'/expm1(sigma_bar) (unbiased, "
     "finite variance; eval/likelihood.py derives it). For an AR model the exact NLL of [bos; x0] per (non-pad) "
-    "token; ppl = exp(nelbo)")
+    "token; ppl = exp(nelbo)"
+)
 DEFINITION_DISCRETE = (
     "discrete-time NELBO of stage k with T = {steps} steps in nats per target token (MDLM's T > 0 bound; the NELBO "
     "of the T-step ddpm sampler when m(0) = 0): sum over i = 1..T of E_{{x ~ q_(i/T)}}[w_i * sum over masked "
@@ -131,19 +133,23 @@ DEFINITION_DISCRETE = (
     "m(i/T), m(t) = (1 - exp(-sigma_bar(t))) / (1 - exp(-sigma_bar(1))) (loglinear: T w_i = 1/t_i), plus the "
     "continuous bound's t = 0 term; estimated on the continuous bound's K draws: step i = ceil(T t) (mu in "
     "(m(t_(i-1)), m(t_i)]), the same chosen token and uniforms masking the others with probability m(i/T), "
-    "weight (1 - m0) n / (masked count); tokens as for nelbo; ppl_discrete = exp(nelbo_discrete)")
+    "weight (1 - m0) n / (masked count); tokens as for nelbo; ppl_discrete = exp(nelbo_discrete)"
+)
 DEFINITION_DISCRETE_AR = "exact NLL of [bos; x0] per token, as nelbo (an AR model has no diffusion steps)"
 DEFINITION_DISCRETE_SEDD = (
     "null: objective sedd has no discrete-T bound here. Its network is trained as a score of the continuous-time "
     "chain (score entropy); the T-step bound is MDLM's (SUBS, p_theta(x0 | x_t)), which eval/likelihood.py computes "
-    "for mdlm only. nelbo is its continuous-time bound")
+    "for mdlm only. nelbo is its continuous-time bound"
+)
 DEFINITION_TOTAL = (
     "upper bound on the NLL of the stage-3 block in nats per stage-3 token: sum over the run's stages of "
     "(stage NELBO * stage tokens), divided by the stage-3 tokens (blocks * l3 less padding; the same validation "
-    "blocks for every stage); ppl = exp")
+    "blocks for every stage); ppl = exp"
+)
 DEFINITION_TOTAL_DISCRETE = (
     "as total nelbo, from each stage's discrete-T NELBO (T = {steps} steps per stage); null when a stage has none "
-    "(sedd: see its stage)")
+    "(sedd: see its stage)"
+)
 DATA = ("stages", "wrap", "doc")
 
 
@@ -157,14 +163,19 @@ def model_data(meta: dict, where) -> tuple[str, int | None]:
     if pad_id is None and data == "doc":
         raise InputError(f"{where}: missing key 'pad_id' (expected the pad token id of the doc blocks, data: doc)")
     vocab = meta.get("vocab_size")
-    if pad_id is not None and (isinstance(pad_id, bool) or not isinstance(pad_id, int) or pad_id < 0
-                               or (isinstance(vocab, int) and pad_id >= vocab)):
+    if pad_id is not None and (
+        isinstance(pad_id, bool)
+        or not isinstance(pad_id, int)
+        or pad_id < 0
+        or (isinstance(vocab, int) and pad_id >= vocab)
+    ):
         raise InputError(f"{where}: key 'pad_id' should be an integer token id in [0, {vocab}), got {pad_id!r}")
     return data, pad_id
 
 
-def read_stage_blocks(shards, stage: int, prefix_len: int, target_len: int, max_blocks: int | None,
-                      data: str = "stages"):
+def read_stage_blocks(
+    shards, stage: int, prefix_len: int, target_len: int, max_blocks: int | None, data: str = "stages"
+):
     """(prefix Long[N, prefix_len], target Long[N, target_len]) of the first ``max_blocks`` blocks, shard order;
     the columns are train.data.data_columns(data, stage, prefix_len): stage{k}_ids and stage{k-1}_ids of stage
     shards, ids of block shards (data: wrap | doc)."""
@@ -302,8 +313,14 @@ def discrete_nats(trained: Trained, x0, prefix, step: torch.Tensor, masked: torc
     return _per_block(subs_nll(logits, x0[masked], trained.meta["mask_id"]), rows, len(x0))
 
 
-def final_denoising_nats(trained: Trained, x0: torch.Tensor, prefix: torch.Tensor | None, share: float,
-                         generator: torch.Generator, valid: torch.Tensor | None = None) -> torch.Tensor:
+def final_denoising_nats(
+    trained: Trained,
+    x0: torch.Tensor,
+    prefix: torch.Tensor | None,
+    share: float,
+    generator: torch.Generator,
+    valid: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Float64 [B], R of each block (module docstring): one x per block with each (non-pad) target token masked
     with probability ``share`` = m0 = move(0) / M, then the sum over its masked positions of -log p_theta(x0_i | x)
     with the network told sigma_bar(0) (Denoiser.x0_log_probs, what the samplers' last step draws from)."""
@@ -313,7 +330,7 @@ def final_denoising_nats(trained: Trained, x0: torch.Tensor, prefix: torch.Tenso
     x_t = torch.where(masked, torch.full_like(x0, trained.meta["mask_id"]), x0)
     x = x_t if prefix is None else torch.cat([prefix, x_t], dim=1)
     sigma = trained.noise.total(torch.zeros(len(x0), device=x0.device))
-    log_p = trained.denoiser.x0_log_probs(x, sigma)[:, x.shape[1] - x0.shape[1]:]
+    log_p = trained.denoiser.x0_log_probs(x, sigma)[:, x.shape[1] - x0.shape[1] :]
     nll = -log_p.gather(-1, x0[..., None]).squeeze(-1).double()
     return torch.where(masked, nll, torch.zeros_like(nll)).sum(1)
 
@@ -327,8 +344,15 @@ def ar_nats(trained: Trained, x0: torch.Tensor, valid: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def block_nats(trained: Trained, x0: torch.Tensor, prefix: torch.Tensor | None, valid: torch.Tensor,
-               time_samples: int, generator: torch.Generator, discrete_steps: int | None = None):
+def block_nats(
+    trained: Trained,
+    x0: torch.Tensor,
+    prefix: torch.Tensor | None,
+    valid: torch.Tensor,
+    time_samples: int,
+    generator: torch.Generator,
+    discrete_steps: int | None = None,
+):
     """(Float64 [B], Float64 [B] or None): one estimate per block of D + R (module docstring) from K =
     ``time_samples`` stratified draws and one R draw, and with ``discrete_steps`` = T (mdlm) the discrete-T
     bound's estimate on the same draws. Per draw j: mu_j = m0 + (1 - m0) v_j, t_j = t(mu_j),
@@ -360,9 +384,18 @@ def block_nats(trained: Trained, x0: torch.Tensor, prefix: torch.Tensor | None, 
 
 
 @torch.no_grad()
-def stage_nelbo(trained: Trained, prefix: torch.Tensor, target: torch.Tensor, time_samples: int,
-                batch_size: int, seed: int = 0, device=torch.device("cpu"), desc: str = "val",
-                discrete_steps: int | None = None, scored: torch.Tensor | None = None) -> dict:
+def stage_nelbo(
+    trained: Trained,
+    prefix: torch.Tensor,
+    target: torch.Tensor,
+    time_samples: int,
+    batch_size: int,
+    seed: int = 0,
+    device=torch.device("cpu"),
+    desc: str = "val",
+    discrete_steps: int | None = None,
+    scored: torch.Tensor | None = None,
+) -> dict:
     """Summed NELBO (nats) and token count of one model over the given blocks (see module docstring; per block
     block_nats); with ``discrete_steps`` = T also the discrete-T bound on the same draws (``nats_discrete`` ... ;
     None for sedd). Pad positions (config.json pad_id, trained.meta) are never masked and not counted. ``scored``
@@ -371,8 +404,9 @@ def stage_nelbo(trained: Trained, prefix: torch.Tensor, target: torch.Tensor, ti
     prompts."""
     if isinstance(time_samples, bool) or not isinstance(time_samples, int) or time_samples < 1:
         raise ValueError(f"time_samples should be an integer >= 1, got {time_samples!r}")
-    if discrete_steps is not None and (isinstance(discrete_steps, bool) or not isinstance(discrete_steps, int)
-                                       or discrete_steps < 1):
+    if discrete_steps is not None and (
+        isinstance(discrete_steps, bool) or not isinstance(discrete_steps, int) or discrete_steps < 1
+    ):
         raise ValueError(f"discrete_steps should be an integer >= 1 or None, got {discrete_steps!r}")
     generator = torch.Generator().manual_seed(seed)
     meta, nats, tokens = trained.meta, 0.0, 0
@@ -380,25 +414,33 @@ def stage_nelbo(trained: Trained, prefix: torch.Tensor, target: torch.Tensor, ti
     discrete = discrete_steps is not None and meta["objective"] == "mdlm"
     nats_discrete = 0.0
     for start in tqdm(range(0, len(target), batch_size), desc=desc, unit="batch"):
-        x0 = target[start:start + batch_size].to(device)
-        pre = prefix[start:start + batch_size].to(device) if prefix.shape[1] else None
+        x0 = target[start : start + batch_size].to(device)
+        pre = prefix[start : start + batch_size].to(device) if prefix.shape[1] else None
         valid = valid_positions(x0, pad_id)
         if scored is not None:
-            valid = valid & scored[start:start + batch_size].to(device)
+            valid = valid & scored[start : start + batch_size].to(device)
         tokens += int(valid.sum())
         if trained.is_ar:
             nats += ar_nats(trained, x0, valid)
             continue
-        continuous, discrete_part = block_nats(trained, x0, pre, valid, time_samples, generator,
-                                               discrete_steps if discrete else None)
+        continuous, discrete_part = block_nats(
+            trained, x0, pre, valid, time_samples, generator, discrete_steps if discrete else None
+        )
         nats += float(continuous.sum())
         if discrete:
             nats_discrete += float(discrete_part.sum())
     if tokens == 0:
         raise InputError(f"{desc}: every validation target token is the pad token {pad_id}: nothing to score")
-    result = {"nats": nats, "tokens": tokens, "blocks": len(target), "nelbo": nats / tokens,
-              "ppl": math.exp(nats / tokens), "time_samples": None if trained.is_ar else time_samples,
-              "objective": meta["objective"], "definition": DEFINITION_STAGE}
+    result = {
+        "nats": nats,
+        "tokens": tokens,
+        "blocks": len(target),
+        "nelbo": nats / tokens,
+        "ppl": math.exp(nats / tokens),
+        "time_samples": None if trained.is_ar else time_samples,
+        "objective": meta["objective"],
+        "definition": DEFINITION_STAGE,
+    }
     if discrete_steps is not None:
         if trained.is_ar:
             value, definition = nats, DEFINITION_DISCRETE_AR
@@ -413,12 +455,25 @@ def stage_nelbo(trained: Trained, prefix: torch.Tensor, target: torch.Tensor, ti
 def _discrete_keys(nats: float | None, tokens: int, steps: int, definition: str) -> dict:
     """nats_discrete, nelbo_discrete, ppl_discrete (None when there is no bound), discrete_steps, its definition."""
     nelbo = None if nats is None else nats / tokens
-    return {"nats_discrete": nats, "nelbo_discrete": nelbo, "ppl_discrete": None if nelbo is None else
-            math.exp(nelbo), "discrete_steps": steps, "definition_discrete": definition}
+    return {
+        "nats_discrete": nats,
+        "nelbo_discrete": nelbo,
+        "ppl_discrete": None if nelbo is None else math.exp(nelbo),
+        "discrete_steps": steps,
+        "definition_discrete": definition,
+    }
 
 
-def run_validation(run_dir, val_shards, time_samples: int, batch_size: int, max_batches: int | None,
-                   seed: int = 0, device=torch.device("cpu"), discrete_steps: int | None = None) -> dict:
+def run_validation(
+    run_dir,
+    val_shards,
+    time_samples: int,
+    batch_size: int,
+    max_batches: int | None,
+    seed: int = 0,
+    device=torch.device("cpu"),
+    discrete_steps: int | None = None,
+) -> dict:
     """val.json of a run: every stage's NELBO and the total per stage-3 token; with ``discrete_steps`` also the
     discrete-T bound of each stage and of the total."""
     max_blocks = None if max_batches is None else max_batches * batch_size
@@ -427,17 +482,38 @@ def run_validation(run_dir, val_shards, time_samples: int, batch_size: int, max_
         trained = load_trained(model_dir, device)
         meta = trained.meta
         data, _ = model_data(meta, Path(model_dir) / "config.json")
-        prefix, target = read_stage_blocks(val_shards, meta["stage"], meta["prefix_len"], meta["target_len"],
-                                           max_blocks, data)
-        stages[trained.name] = stage_nelbo(trained, prefix, target, time_samples, batch_size, seed, device,
-                                           desc=f"val {trained.name}", discrete_steps=discrete_steps)
+        prefix, target = read_stage_blocks(
+            val_shards, meta["stage"], meta["prefix_len"], meta["target_len"], max_blocks, data
+        )
+        stages[trained.name] = stage_nelbo(
+            trained,
+            prefix,
+            target,
+            time_samples,
+            batch_size,
+            seed,
+            device,
+            desc=f"val {trained.name}",
+            discrete_steps=discrete_steps,
+        )
     last = list(stages.values())[-1]
     tokens = last["tokens"]  # the stage-3 tokens (non-pad) of the same blocks
     per_token = sum(s["nats"] for s in stages.values()) / tokens
-    total = {"nelbo": per_token, "ppl": math.exp(per_token), "tokens": tokens, "blocks": last["blocks"],
-             "definition": DEFINITION_TOTAL}
+    total = {
+        "nelbo": per_token,
+        "ppl": math.exp(per_token),
+        "tokens": tokens,
+        "blocks": last["blocks"],
+        "definition": DEFINITION_TOTAL,
+    }
     if discrete_steps is not None:
         parts = [s["nats_discrete"] for s in stages.values()]
-        total.update(_discrete_keys(None if None in parts else sum(parts), tokens, discrete_steps,
-                                    DEFINITION_TOTAL_DISCRETE.format(steps=discrete_steps)))
+        total.update(
+            _discrete_keys(
+                None if None in parts else sum(parts),
+                tokens,
+                discrete_steps,
+                DEFINITION_TOTAL_DISCRETE.format(steps=discrete_steps),
+            )
+        )
     return {"run_dir": str(run_dir), "stages": stages, "total": total}

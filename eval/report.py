@@ -18,6 +18,7 @@ Outputs:
     python -m eval.report --sample-metrics runs/{profile}/*/eval/*-*.json --val-metrics runs/{profile}/*/eval/val.json \
         --train-metrics runs/{profile}/*/*/metrics.csv --tables results/demo/tables --plots results/demo/plots
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,12 +30,28 @@ from pathlib import Path
 from common.io import InputError, atomic_path
 
 COLUMNS = {  # column -> header in the Markdown / LaTeX tables
-    "run": "run", "kind": "kind", "data": "data", "method": "method", "objective": "objective",
-    "sampler": "sampler", "steps": "steps", "val_nelbo": "val NELBO", "val_ppl": "val ppl",
-    "val_ppl_discrete": "val ppl (T)", "discrete_steps": "T", "gen_ppl": "gen ppl",
-    "retention": "retention", "entropy": "entropy", "distinct_1": "dist-1", "distinct_2": "dist-2",
-    "distinct_3": "dist-3", "seconds_per_sample": "s/sample", "tokens_per_second": "tok/s",
-    "settings_digest": "digest", "seed": "seed", "code_commit": "commit",
+    "run": "run",
+    "kind": "kind",
+    "data": "data",
+    "method": "method",
+    "objective": "objective",
+    "sampler": "sampler",
+    "steps": "steps",
+    "val_nelbo": "val NELBO",
+    "val_ppl": "val ppl",
+    "val_ppl_discrete": "val ppl (T)",
+    "discrete_steps": "T",
+    "gen_ppl": "gen ppl",
+    "retention": "retention",
+    "entropy": "entropy",
+    "distinct_1": "dist-1",
+    "distinct_2": "dist-2",
+    "distinct_3": "dist-3",
+    "seconds_per_sample": "s/sample",
+    "tokens_per_second": "tok/s",
+    "settings_digest": "digest",
+    "seed": "seed",
+    "code_commit": "commit",
 }
 DISCRETE_COLUMNS = ("val_ppl_discrete", "discrete_steps")  # in the tables only when some val.json has them
 TEXT_COLUMNS = ("run", "kind", "data", "method", "objective", "sampler", "settings_digest", "code_commit")
@@ -49,7 +66,8 @@ NOTES = (
     "the run trained and is validated on (stages: stage shards; wrap: packed blocks across documents; doc: one "
     "document per block, padded, pads not counted), which changes what a perplexity means. digest, seed, commit: "
     "settings_digest, train.seed and code_commit of the run's last config.json (first characters; full in main.csv). "
-    "Exact definitions: runs/{profile}/{run}/eval/*.json.")
+    "Exact definitions: runs/{profile}/{run}/eval/*.json."
+)
 
 
 def _read_json(path) -> dict:
@@ -67,8 +85,9 @@ def _provenance(result: dict, path) -> dict:
     """settings_digest, seed, code_commit of an eval JSON's ``provenance`` (None each where absent: older files)."""
     prov = result.get("provenance") or {}
     if not isinstance(prov, dict):
-        raise InputError(f"{path}: key 'provenance' should be an object {{settings_digest, seed, code_commit}}, "
-                         f"got {prov!r}")
+        raise InputError(
+            f"{path}: key 'provenance' should be an object {{settings_digest, seed, code_commit}}, got {prov!r}"
+        )
     return {k: prov.get(k) for k in PROVENANCE}
 
 
@@ -95,26 +114,31 @@ def table_rows(sample_files, val_files) -> list[dict]:
             val_prov = _provenance(val, val_path)
             sample_prov = {k: row[k] for k in PROVENANCE}
             if any(sample_prov[k] != val_prov[k] for k in PROVENANCE if None not in (sample_prov[k], val_prov[k])):
-                raise InputError(f"{val_path}: provenance {val_prov} differs from {path}: {sample_prov}; "
-                                 f"the two were computed from different trainings of run {result['run']!r}: "
-                                 f"rerun the evaluation")
+                raise InputError(
+                    f"{val_path}: provenance {val_prov} differs from {path}: {sample_prov}; "
+                    f"the two were computed from different trainings of run {result['run']!r}: "
+                    f"rerun the evaluation"
+                )
             for k in PROVENANCE:
                 row[k] = val_prov[k] if row[k] is None else row[k]
         total = (val or {}).get("total", {})
-        row.update({
-            "val_nelbo": total.get("nelbo"),
-            "val_ppl": total.get("ppl"),
-            "val_nelbo_discrete": total.get("nelbo_discrete"),
-            "val_ppl_discrete": total.get("ppl_discrete"),
-            "discrete_steps": total.get("discrete_steps"),
-            "gen_ppl": _value(m, "gen_ppl"),
-            "retention": sum(retention) / len(retention) if retention else None,
-            "entropy": _value(m, "unigram_entropy"),
-            "distinct_1": _value(m, "distinct_1"), "distinct_2": _value(m, "distinct_2"),
-            "distinct_3": _value(m, "distinct_3"),
-            "seconds_per_sample": _value(m, "seconds_per_sample"),
-            "tokens_per_second": _value(m, "tokens_per_second"),
-        })
+        row.update(
+            {
+                "val_nelbo": total.get("nelbo"),
+                "val_ppl": total.get("ppl"),
+                "val_nelbo_discrete": total.get("nelbo_discrete"),
+                "val_ppl_discrete": total.get("ppl_discrete"),
+                "discrete_steps": total.get("discrete_steps"),
+                "gen_ppl": _value(m, "gen_ppl"),
+                "retention": sum(retention) / len(retention) if retention else None,
+                "entropy": _value(m, "unigram_entropy"),
+                "distinct_1": _value(m, "distinct_1"),
+                "distinct_2": _value(m, "distinct_2"),
+                "distinct_3": _value(m, "distinct_3"),
+                "seconds_per_sample": _value(m, "seconds_per_sample"),
+                "tokens_per_second": _value(m, "tokens_per_second"),
+            }
+        )
         for stage, s in (val or {}).get("stages", {}).items():
             row[f"val_nelbo_{stage}"] = s["nelbo"]
         rows.append(row)
@@ -126,7 +150,7 @@ def _format(value, column: str | None = None) -> str:
     if value is None:
         return "-"
     if column in SHORT:
-        return str(value)[:SHORT[column]]
+        return str(value)[: SHORT[column]]
     if isinstance(value, float):
         return f"{value:.3g}" if abs(value) >= 1000 or abs(value) < 0.01 else f"{value:.3f}"
     return str(value)
@@ -160,9 +184,9 @@ def write_tables(rows: list[dict], out_dir) -> list[Path]:
 
     def tex(s: str) -> str:
         return s.replace("\\", "\\textbackslash{}").replace("_", "\\_").replace("%", "\\%").replace("&", "\\&")
+
     align = "".join("l" if c in TEXT_COLUMNS else "r" for c in columns)
-    lines = ["\\begin{tabular}{" + align + "}", "\\toprule",
-             " & ".join(tex(h) for h in headers) + " \\\\", "\\midrule"]
+    lines = ["\\begin{tabular}{" + align + "}", "\\toprule", " & ".join(tex(h) for h in headers) + " \\\\", "\\midrule"]
     lines += [" & ".join(tex(c) for c in cells) + " \\\\" for cells in body]
     lines += ["\\bottomrule", "\\end{tabular}"]
     with atomic_path(out_dir / "main.tex") as tmp:
@@ -217,6 +241,7 @@ def plot_losses(train_files, out_path) -> None:
     """One panel per run; per stage the smoothed train loss (solid, EMA), the raw per-step train loss (faint)
     and the validation loss (dashed, markers)."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -231,8 +256,13 @@ def plot_losses(train_files, out_path) -> None:
                 steps = [step for step, _ in curves["train"]]
                 tau = max(1.0, SMOOTH_SHARE * (steps[-1] - steps[0]))
                 ax.plot(*zip(*curves["train"]), color=color, lw=0.6, alpha=0.25)
-                ax.plot(steps, smooth(curves["train"], tau), color=color, lw=1.5,
-                        label=f"{stage} train: EMA {tau:.0f} steps, raw faint")
+                ax.plot(
+                    steps,
+                    smooth(curves["train"], tau),
+                    color=color,
+                    lw=1.5,
+                    label=f"{stage} train: EMA {tau:.0f} steps, raw faint",
+                )
             if curves["val"]:
                 ax.plot(*zip(*curves["val"]), color=color, ls="--", marker="o", ms=3, label=f"{stage} val")
         ax.set(title=run, xlabel="step", ylabel="loss (nats / target token)")
@@ -244,6 +274,7 @@ def plot_gen_ppl(rows: list[dict], out_path) -> None:
     """Gen ppl against steps (log x), one line per diffusion (run, sampler); AR runs, whose step count is
     just their length, as dashed horizontal reference lines."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
@@ -284,8 +315,9 @@ def build_report(sample_files, val_files, train_files, tables_dir, plots_dir) ->
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m eval.report", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m eval.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sample-metrics", nargs="+", required=True)
     parser.add_argument("--val-metrics", nargs="*", default=[])
     parser.add_argument("--train-metrics", nargs="*", default=[])

@@ -5,6 +5,7 @@
 
 Each model folder holds model.safetensors and config.json (docs/contracts.md); eval/trained.py loads one.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,7 +18,7 @@ class RunError(ValueError):
 def run_model_dirs(run_dir: str | Path) -> list[Path]:
     """The run's model folders, stage 1 first; a single-stage or AR run has one."""
     run_dir = Path(run_dir)
-    stages = sorted(run_dir.glob("stage[0-9]*"), key=lambda p: int(p.name[len("stage"):]))
+    stages = sorted(run_dir.glob("stage[0-9]*"), key=lambda p: int(p.name[len("stage") :]))
     stages = [p for p in stages if p.is_dir()]
     dirs = stages or ([run_dir / "model"] if (run_dir / "model").is_dir() else [])
     if not dirs:

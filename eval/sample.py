@@ -13,6 +13,7 @@ right (sampler ``ar``). The output is JSONL, one object per sample (docs/contrac
     python -m eval.sample --run-dir runs/demo/cascade --n 16 --sampler ddpm_cache --steps 64 \
         --out runs/demo/cascade/samples/ddpm_cache-64.jsonl
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,7 +31,7 @@ from eval.samplers import NATIVE_OBJECTIVE, SAMPLERS, autoregressive, sample
 from eval.trained import Trained, load_trained
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def stage_importance(model_dir: str, prefix_len: int, device: str):
     """The uncertainty sampler's importance estimate of a model folder trained with objective atat (its
     importance.safetensors, train/importance.py), loaded once per folder."""
@@ -40,8 +41,16 @@ def stage_importance(model_dir: str, prefix_len: int, device: str):
     return estimator_importance(estimator, prefix_len)
 
 
-def sample_batch(stages: list[Trained], batch: int, sampler: str, steps: int, temperature: float,
-                 block_size: int | None, generator: torch.Generator, device) -> tuple[dict, dict]:
+def sample_batch(
+    stages: list[Trained],
+    batch: int,
+    sampler: str,
+    steps: int,
+    temperature: float,
+    block_size: int | None,
+    generator: torch.Generator,
+    device,
+) -> tuple[dict, dict]:
     """Run the cascade once for ``batch`` samples: ({stage: Long[batch, len]}, {stage: seconds})."""
     prefix = torch.zeros(batch, 0, dtype=torch.long, device=device)
     ids, seconds = {}, {}
@@ -50,18 +59,41 @@ def sample_batch(stages: list[Trained], batch: int, sampler: str, steps: int, te
         if stage.is_ar:
             if sampler != "ar":
                 raise ValueError(f"{stage.name} is autoregressive: use --sampler ar, not {sampler!r}")
-            out = autoregressive(stage.model, stage.meta["bos_id"], stage.meta["mask_id"], batch,
-                                 stage.meta["target_len"], temperature, generator, device)
+            out = autoregressive(
+                stage.model,
+                stage.meta["bos_id"],
+                stage.meta["mask_id"],
+                batch,
+                stage.meta["target_len"],
+                temperature,
+                generator,
+                device,
+            )
         else:
             if sampler == "ar":
                 raise ValueError(f"{stage.name} is a diffusion model: sampler 'ar' applies to AR runs only")
             if prefix.shape[1] != stage.meta["prefix_len"]:
-                raise ValueError(f"{stage.name} expects a prefix of {stage.meta['prefix_len']} tokens, "
-                                 f"the previous stage gives {prefix.shape[1]}")
-            importance = stage_importance(str(stage.model_dir), stage.meta["prefix_len"], str(device)) \
-                if sampler == "uncertainty" else None
-            out = sample(stage.denoiser, stage.noise, prefix, stage.meta["target_len"], sampler, steps,
-                         temperature, block_size, generator, importance=importance)
+                raise ValueError(
+                    f"{stage.name} expects a prefix of {stage.meta['prefix_len']} tokens, "
+                    f"the previous stage gives {prefix.shape[1]}"
+                )
+            importance = (
+                stage_importance(str(stage.model_dir), stage.meta["prefix_len"], str(device))
+                if sampler == "uncertainty"
+                else None
+            )
+            out = sample(
+                stage.denoiser,
+                stage.noise,
+                prefix,
+                stage.meta["target_len"],
+                sampler,
+                steps,
+                temperature,
+                block_size,
+                generator,
+                importance=importance,
+            )
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds[stage.name] = time.perf_counter() - start
@@ -70,9 +102,18 @@ def sample_batch(stages: list[Trained], batch: int, sampler: str, steps: int, te
     return ids, seconds
 
 
-def cascade_records(stages: list[Trained], n: int, batch_size: int, sampler: str, steps: int,
-                    temperature: float = 1.0, block_size: int | None = None, seed: int = 0,
-                    device=torch.device("cpu"), progress: bool = True) -> list[dict]:
+def cascade_records(
+    stages: list[Trained],
+    n: int,
+    batch_size: int,
+    sampler: str,
+    steps: int,
+    temperature: float = 1.0,
+    block_size: int | None = None,
+    seed: int = 0,
+    device=torch.device("cpu"),
+    progress: bool = True,
+) -> list[dict]:
     """``n`` JSON-ready samples of the run, in batches, with a progress bar over samples; each stage's tokens
     decoded with its own tokenizer."""
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -85,8 +126,13 @@ def cascade_records(stages: list[Trained], n: int, batch_size: int, sampler: str
             ids, seconds = sample_batch(stages, batch, sampler, steps, temperature, block_size, generator, device)
             total = sum(seconds.values())
             for row in range(batch):
-                record = {"sample": len(records), "sampler": sampler, "steps": steps,
-                          "temperature": temperature, "seed": seed}
+                record = {
+                    "sample": len(records),
+                    "sampler": sampler,
+                    "steps": steps,
+                    "temperature": temperature,
+                    "seed": seed,
+                }
                 for name, out in ids.items():
                     tokens = out[row].tolist()
                     record[f"{name}_ids"] = tokens
@@ -117,26 +163,47 @@ def read_jsonl(path) -> list[dict]:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m eval.sample", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m eval.sample", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--run-dir", required=True, help="runs/{profile}/{run}: stage1..3/ or model/ inside")
-    parser.add_argument("--sampler", required=True, choices=SAMPLERS + ("ar",),
-                        help="written for: " + ", ".join(f"{k} ({v})" for k, v in NATIVE_OBJECTIVE.items())
-                        + ", ar (AR runs); every diffusion sampler also runs on the other objective")
+    parser.add_argument(
+        "--sampler",
+        required=True,
+        choices=SAMPLERS + ("ar",),
+        help="written for: "
+        + ", ".join(f"{k} ({v})" for k, v in NATIVE_OBJECTIVE.items())
+        + ", ar (AR runs); every diffusion sampler also runs on the other objective",
+    )
     parser.add_argument("--steps", type=int, required=True, help="denoising steps per stage (ignored by ar)")
     parser.add_argument("--n", type=int, required=True, help="number of samples")
     parser.add_argument("--batch-size", type=int, default=None, help="samples per batch (default: --n, one batch)")
     parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--block-size", type=int, default=None,
-                        help="semi-autoregressive blocks of this many tokens (ddpm, ddpm_cache, confidence, ...)")
+    parser.add_argument(
+        "--block-size",
+        type=int,
+        default=None,
+        help="semi-autoregressive blocks of this many tokens (ddpm, ddpm_cache, confidence, ...)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     add_device_arguments(parser)
-    parser.add_argument("--out", required=True, help="samples JSONL, e.g. runs/{profile}/{run}/samples/{sampler}-{steps}.jsonl")
+    parser.add_argument(
+        "--out", required=True, help="samples JSONL, e.g. runs/{profile}/{run}/samples/{sampler}-{steps}.jsonl"
+    )
     args = parser.parse_args(argv)
     device = device_from_arguments(args)
     stages = [load_trained(d, device) for d in run_model_dirs(args.run_dir)]
-    records = cascade_records(stages, args.n, args.batch_size or args.n, args.sampler, args.steps,
-                              args.temperature, args.block_size, args.seed, device)
+    records = cascade_records(
+        stages,
+        args.n,
+        args.batch_size or args.n,
+        args.sampler,
+        args.steps,
+        args.temperature,
+        args.block_size,
+        args.seed,
+        device,
+    )
     write_jsonl(records, args.out)
     mean = sum(r["seconds"] for r in records) / len(records)
     print(f"{args.out}: {len(records)} samples, {mean:.3f} s/sample")

@@ -17,6 +17,7 @@ Randomness: every draw comes from the caller's ``torch.Generator`` (categorical 
 float64), and how many numbers a step draws never depends on the network's output. That is why
 ``ddpm_cache`` reproduces ``ddpm`` token for token under the same generator.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,8 +25,15 @@ import math
 import torch
 
 SAMPLERS = ("ddpm", "ddpm_cache", "analytic", "euler", "confidence", "semi_ar", "uncertainty")
-NATIVE_OBJECTIVE = {"ddpm": "mdlm", "ddpm_cache": "mdlm", "confidence": "mdlm", "semi_ar": "mdlm",
-                    "uncertainty": "mdlm", "analytic": "sedd", "euler": "sedd"}
+NATIVE_OBJECTIVE = {
+    "ddpm": "mdlm",
+    "ddpm_cache": "mdlm",
+    "confidence": "mdlm",
+    "semi_ar": "mdlm",
+    "uncertainty": "mdlm",
+    "analytic": "sedd",
+    "euler": "sedd",
+}
 SEMI_AR_BLOCKS = 4  # semi_ar without a block size: the target in this many blocks
 
 
@@ -78,9 +86,11 @@ def mask_share_level(noise, prefix_len: int, mask_id: int):
     sigma = sigma_bar(t) and 1 - exp(-sigma_bar(t)) = share of the row's L target positions still masked
     (time_of_mask_share). A block's own grid restarts at t = 1, where the network would be told that the
     whole target is masked while the blocks to its left are already clean; this tells it the truth."""
+
     def level(x: torch.Tensor) -> torch.Tensor:
         share = (x[:, prefix_len:] == mask_id).to(torch.float64).mean(dim=-1)
         return noise.total(time_of_mask_share(noise, share)).to(torch.float32)
+
     return level
 
 
@@ -129,7 +139,7 @@ def ddpm_steps(denoiser, x, editable, noise, steps, temperature, generator, cach
     grid = time_grid(steps)
     x = x.clone()
     for i in range(steps):
-        sigma64 = noise.total(grid[i:i + 2].to(x.device))
+        sigma64 = noise.total(grid[i : i + 2].to(x.device))
         sigma_t = sigma64[0].to(torch.float32).expand(batch) if level is None else level(x)
         p_unmask = 1.0 if i == steps - 1 else float(_unmask_probability(sigma64[0], sigma64[1]))
         masked = editable[None, :] & (x == denoiser.mask_id)
@@ -245,7 +255,7 @@ def confidence_steps(denoiser, x, editable, noise, steps, temperature, generator
         if i == steps - 1:
             keep_masked = torch.zeros(batch, dtype=torch.long, device=x.device)
         else:
-            move_chance = -math.expm1(-float(noise.total(grid[i + 1:i + 2])[0]))
+            move_chance = -math.expm1(-float(noise.total(grid[i + 1 : i + 2])[0]))
             keep_masked = torch.full((batch,), round(n_editable * move_chance), device=x.device)
         reveal = (masked.sum(-1) - keep_masked).clamp_min(0)
         # rank of each position by confidence within its row (0 = most confident)
@@ -269,13 +279,23 @@ def uncertainty_steps(denoiser, x, editable, noise, steps, temperature, generato
     s_hat [B, P + L] (train.importance.estimator_importance), told the same noise level as the network.
     """
     if importance is None:
-        raise ValueError("sampler 'uncertainty' needs the importance estimator of an atat run (sample(..., "
-                         "importance=train.importance.estimator_importance(estimator, prefix_len))); got none")
+        raise ValueError(
+            "sampler 'uncertainty' needs the importance estimator of an atat run (sample(..., "
+            "importance=train.importance.estimator_importance(estimator, prefix_len))); got none"
+        )
     return confidence_steps(denoiser, x, editable, noise, steps, temperature, generator, level, penalty=importance)
 
 
-def autoregressive(model, bos_id: int, mask_id: int, batch: int, target_len: int, temperature: float = 1.0,
-                   generator: torch.Generator | None = None, device="cpu") -> torch.Tensor:
+def autoregressive(
+    model,
+    bos_id: int,
+    mask_id: int,
+    batch: int,
+    target_len: int,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+    device="cpu",
+) -> torch.Tensor:
     """Ancestral left-to-right sampling of the causal baseline. Objective: ar.
 
     x_0 = bos, then x_{i+1} ~ softmax(logits_i / T) with the mask token excluded (the AR model never
@@ -290,9 +310,18 @@ def autoregressive(model, bos_id: int, mask_id: int, batch: int, target_len: int
     return x[:, 1:]
 
 
-def sample(denoiser, noise, prefix: torch.Tensor, target_len: int, sampler: str, steps: int,
-           temperature: float = 1.0, block_size: int | None = None,
-           generator: torch.Generator | None = None, importance=None) -> torch.Tensor:
+def sample(
+    denoiser,
+    noise,
+    prefix: torch.Tensor,
+    target_len: int,
+    sampler: str,
+    steps: int,
+    temperature: float = 1.0,
+    block_size: int | None = None,
+    generator: torch.Generator | None = None,
+    importance=None,
+) -> torch.Tensor:
     """Generate ``target_len`` tokens after the clean ``prefix: Long[B, P]``; returns ``Long[B, target_len]``.
 
     ``block_size`` turns on semi-autoregressive blocks (Arriola et al., 2025; LLaDA): the target is filled

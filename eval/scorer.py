@@ -13,11 +13,11 @@ one of two scorers:
   text is retokenized with its AutoTokenizer and scored by AutoModelForCausalLM, in windows of its context
   length.
 """
+
 from __future__ import annotations
 
 import math
-from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +25,8 @@ from tqdm import tqdm
 
 DEFINITION = (
     "generative perplexity of the final-stage text, token-weighted: exp(sum over samples and tokens of "
-    "-ln p_scorer(y_i | bos, y_<i) / number of scored tokens); scorer {scorer}; {tokens}")
+    "-ln p_scorer(y_i | bos, y_<i) / number of scored tokens); scorer {scorer}; {tokens}"
+)
 
 
 class PipelineARScorer:
@@ -36,8 +37,9 @@ class PipelineARScorer:
 
         trained = load_trained(model_dir, device)
         if not trained.is_ar:
-            raise ValueError(f"{model_dir}/config.json: objective should be 'ar' for a scorer, "
-                             f"got {trained.meta['objective']!r}")
+            raise ValueError(
+                f"{model_dir}/config.json: objective should be 'ar' for a scorer, got {trained.meta['objective']!r}"
+            )
         self.model, self.meta, self.tokenizer = trained.model, trained.meta, trained.tokenizer
         self.name, self.device, self.batch_size = str(model_dir), device, batch_size
         self.bos_id = self.meta["bos_id"]
@@ -52,9 +54,9 @@ class PipelineARScorer:
             if len(seq):
                 by_length.setdefault(len(seq), []).append(list(seq))
         nats, tokens = 0.0, 0
-        for length, group in by_length.items():
+        for group in by_length.values():
             for start in range(0, len(group), self.batch_size):
-                y = torch.tensor(group[start:start + self.batch_size], dtype=torch.long, device=self.device)
+                y = torch.tensor(group[start : start + self.batch_size], dtype=torch.long, device=self.device)
                 x = torch.cat([torch.full_like(y[:, :1], self.bos_id), y[:, :-1]], dim=1)
                 logits = self.model(x).float()
                 nats += float(F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum"))
@@ -83,23 +85,31 @@ class HubScorer:
         self.bos_id = bos if bos is not None else self.tokenizer.eos_token_id
         if self.bos_id is None:
             raise ValueError(f"{name}: the tokenizer has neither a BOS nor an EOS token to start from")
-        self.context = int(getattr(self.model.config, "n_positions", None)
-                           or getattr(self.model.config, "max_position_embeddings", 1024))
+        self.context = int(
+            getattr(self.model.config, "n_positions", None)
+            or getattr(self.model.config, "max_position_embeddings", 1024)
+        )
 
     @torch.no_grad()
     def nll(self, sequences: Sequence[Sequence[int]]) -> tuple[float, int]:
         """Each sequence is cut into windows of context - 1 tokens, each scored after bos (as MDLM's eval)."""
-        windows = [list(seq[i:i + self.context - 1]) for seq in sequences for i in range(0, len(seq), self.context - 1)]
+        windows = [
+            list(seq[i : i + self.context - 1]) for seq in sequences for i in range(0, len(seq), self.context - 1)
+        ]
         nats, tokens = 0.0, 0
-        for start in tqdm(range(0, len(windows), self.batch_size), desc=f"score {self.name}", unit="batch",
-                          disable=len(windows) <= self.batch_size):
-            group = windows[start:start + self.batch_size]
+        for start in tqdm(
+            range(0, len(windows), self.batch_size),
+            desc=f"score {self.name}",
+            unit="batch",
+            disable=len(windows) <= self.batch_size,
+        ):
+            group = windows[start : start + self.batch_size]
             width = max(len(w) for w in group) + 1
             ids = torch.full((len(group), width), self.bos_id, dtype=torch.long)
             attention = torch.zeros_like(ids)
             for row, w in enumerate(group):
-                ids[row, 1:len(w) + 1] = torch.tensor(w)
-                attention[row, :len(w) + 1] = 1
+                ids[row, 1 : len(w) + 1] = torch.tensor(w)
+                attention[row, : len(w) + 1] = 1
             ids, attention = ids.to(self.device), attention.to(self.device)
             logits = self.model(input_ids=ids, attention_mask=attention).logits.float()[:, :-1]
             target, keep = ids[:, 1:], attention[:, 1:].bool()
@@ -127,5 +137,11 @@ def generative_perplexity(records: list[dict], scorer, stage: str, tokenizer_sha
     nats, tokens, how = scorer.score(records, f"{stage}_ids", f"{stage}_text", tokenizer_sha256)
     if tokens == 0:
         raise ValueError("no tokens to score")
-    return {"value": math.exp(nats / tokens), "nll_per_token": nats / tokens, "nats": nats, "tokens": tokens,
-            "scorer": scorer.name, "definition": DEFINITION.format(scorer=scorer.name, tokens=how)}
+    return {
+        "value": math.exp(nats / tokens),
+        "nll_per_token": nats / tokens,
+        "nats": nats,
+        "tokens": tokens,
+        "scorer": scorer.name,
+        "definition": DEFINITION.format(scorer=scorer.name, tokens=how),
+    }

@@ -17,6 +17,7 @@ the same conversations and draws, so the two numbers differ only by the training
     python -m eval.evaluate sft --run-dir runs/sft/sft --before-dir runs/base/model --sft-shards F --n 64 ...
     python -m eval.sft table --sft-metrics runs/{profile}/*/eval/sft.json --tables results/sft-demo/tables
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,10 +32,14 @@ from eval.tables import write_run_table
 
 EXAMPLES = 5  # generated answers kept in the JSON (with prompt and reference) for people to read
 
-DEFINITION_EM = ("share of the first n held-out conversations whose generated final answer (temperature 0, cut at "
-                 "the first EOS) equals the reference after collapsing whitespace")
-DEFINITION_NELBO = ("masked-diffusion NELBO of the answer tokens (answer_mask, EOS fill included) given the rest of "
-                    "the canvas, nats per answer token (eval/likelihood.stage_nelbo with scored = answer_mask)")
+DEFINITION_EM = (
+    "share of the first n held-out conversations whose generated final answer (temperature 0, cut at "
+    "the first EOS) equals the reference after collapsing whitespace"
+)
+DEFINITION_NELBO = (
+    "masked-diffusion NELBO of the answer tokens (answer_mask, EOS fill included) given the rest of "
+    "the canvas, nats per answer token (eval/likelihood.stage_nelbo with scored = answer_mask)"
+)
 
 
 def read_conversations(shards, n: int) -> dict:
@@ -55,15 +60,26 @@ def read_conversations(shards, n: int) -> dict:
             for c in columns:
                 rows[c].append(table[c][i])
     if not rows["ids"]:
-        raise InputError(f"no held-out conversation that fits sft.length in {list(map(str, shards))} ({skipped} "
-                         f"truncated); raise sft.length")
+        raise InputError(
+            f"no held-out conversation that fits sft.length in {list(map(str, shards))} ({skipped} "
+            f"truncated); raise sft.length"
+        )
     rows["prompt"] = [json.loads(p) for p in rows["prompt"]]
     rows["skipped_truncated"] = skipped
     return rows
 
 
-def score_model(model_dir, conversations: dict, gen_length: int, steps: int, remasking: str, time_samples: int,
-                batch_size: int, device, eos_guard: bool = False) -> dict:
+def score_model(
+    model_dir,
+    conversations: dict,
+    gen_length: int,
+    steps: int,
+    remasking: str,
+    time_samples: int,
+    batch_size: int,
+    device,
+    eos_guard: bool = False,
+) -> dict:
     """EM and answer NELBO of one model folder (module docstring)."""
     from common.chat import prompt_ids
     from eval.generate import generate
@@ -72,45 +88,100 @@ def score_model(model_dir, conversations: dict, gen_length: int, steps: int, rem
 
     trained = load_trained(model_dir, device)
     prompts = [prompt_ids(trained.tokenizer, messages) for messages in conversations["prompt"]]
-    answers = generate(trained, prompts, gen_length, steps, remasking=remasking, temperature=0.0, seed=0,
-                       batch_size=batch_size, eos_guard=eos_guard)
+    answers = generate(
+        trained,
+        prompts,
+        gen_length,
+        steps,
+        remasking=remasking,
+        temperature=0.0,
+        seed=0,
+        batch_size=batch_size,
+        eos_guard=eos_guard,
+    )
     hits = [normalise(a["answer"]) == normalise(ref) for a, ref in zip(answers, conversations["reference"])]
     target = torch.tensor(conversations["ids"], dtype=torch.long)
     scored = torch.tensor(conversations["answer_mask"], dtype=torch.long) > 0
-    nelbo = stage_nelbo(trained, torch.zeros(len(target), 0, dtype=torch.long), target, time_samples, batch_size,
-                        seed=0, device=device, desc=f"answer nelbo {Path(model_dir).parent.name}", scored=scored)
-    examples = [{"prompt": messages[-1]["content"], "reference": ref, "answer": a["answer"], "correct": hit}
-                for messages, ref, a, hit in zip(conversations["prompt"], conversations["reference"], answers, hits)]
+    nelbo = stage_nelbo(
+        trained,
+        torch.zeros(len(target), 0, dtype=torch.long),
+        target,
+        time_samples,
+        batch_size,
+        seed=0,
+        device=device,
+        desc=f"answer nelbo {Path(model_dir).parent.name}",
+        scored=scored,
+    )
+    examples = [
+        {"prompt": messages[-1]["content"], "reference": ref, "answer": a["answer"], "correct": hit}
+        for messages, ref, a, hit in zip(conversations["prompt"], conversations["reference"], answers, hits)
+    ]
     meta = trained.meta
-    return {"model_dir": str(model_dir), "exact_match": sum(hits) / len(hits), "n": len(hits),
-            "answer_nelbo": nelbo["nelbo"], "answer_tokens": nelbo["tokens"],
-            "network_calls_per_answer": sum(a["network_calls"] for a in answers) / len(answers),
-            "steps_trained": meta.get("steps"),
-            "examples": examples[:EXAMPLES], "backbone": meta.get("backbone", {"kind": "dit"}),
-            "provenance": {"settings_digest": meta.get("settings_digest"),
-                           "seed": (meta.get("train") or {}).get("seed"), "code_commit": meta.get("code_commit")}}
+    return {
+        "model_dir": str(model_dir),
+        "exact_match": sum(hits) / len(hits),
+        "n": len(hits),
+        "answer_nelbo": nelbo["nelbo"],
+        "answer_tokens": nelbo["tokens"],
+        "network_calls_per_answer": sum(a["network_calls"] for a in answers) / len(answers),
+        "steps_trained": meta.get("steps"),
+        "examples": examples[:EXAMPLES],
+        "backbone": meta.get("backbone", {"kind": "dit"}),
+        "provenance": {
+            "settings_digest": meta.get("settings_digest"),
+            "seed": (meta.get("train") or {}).get("seed"),
+            "code_commit": meta.get("code_commit"),
+        },
+    }
 
 
-def evaluate_sft(run_dir, before_dir, shards, n: int, gen_length: int, steps: int, remasking: str,
-                 time_samples: int, batch_size: int, device=torch.device("cpu"), eos_guard: bool = False) -> dict:
+def evaluate_sft(
+    run_dir,
+    before_dir,
+    shards,
+    n: int,
+    gen_length: int,
+    steps: int,
+    remasking: str,
+    time_samples: int,
+    batch_size: int,
+    device=torch.device("cpu"),
+    eos_guard: bool = False,
+) -> dict:
     """sft.json of an SFT run: the same held-out conversations scored after SFT and (with before_dir) before."""
     from eval.runs import run_model_dirs
 
     conversations = read_conversations(shards, n)
     model_dir = run_model_dirs(run_dir)[-1]
-    settings = {"n": len(conversations["ids"]), "skipped_truncated": conversations["skipped_truncated"],
-                "gen_length": gen_length, "steps": steps, "remasking": remasking,
-                "temperature": 0.0, "eos_guard": eos_guard, "time_samples": time_samples}
-    after = score_model(model_dir, conversations, gen_length, steps, remasking, time_samples, batch_size, device,
-                        eos_guard)
+    settings = {
+        "n": len(conversations["ids"]),
+        "skipped_truncated": conversations["skipped_truncated"],
+        "gen_length": gen_length,
+        "steps": steps,
+        "remasking": remasking,
+        "temperature": 0.0,
+        "eos_guard": eos_guard,
+        "time_samples": time_samples,
+    }
+    after = score_model(
+        model_dir, conversations, gen_length, steps, remasking, time_samples, batch_size, device, eos_guard
+    )
     before = None
     if before_dir is not None:
-        before = score_model(before_dir, conversations, gen_length, steps, remasking, time_samples, batch_size,
-                             device, eos_guard)
-    return {"run": Path(run_dir).name, "init_from": None if before_dir is None else str(before_dir),
-            "task": source_of(shards), "settings": settings, "after": after, "before": before,
-            "definitions": {"exact_match": DEFINITION_EM, "answer_nelbo": DEFINITION_NELBO},
-            "steps_trained": after["steps_trained"]}
+        before = score_model(
+            before_dir, conversations, gen_length, steps, remasking, time_samples, batch_size, device, eos_guard
+        )
+    return {
+        "run": Path(run_dir).name,
+        "init_from": None if before_dir is None else str(before_dir),
+        "task": source_of(shards),
+        "settings": settings,
+        "after": after,
+        "before": before,
+        "definitions": {"exact_match": DEFINITION_EM, "answer_nelbo": DEFINITION_NELBO},
+        "steps_trained": after["steps_trained"],
+    }
 
 
 def source_of(shards) -> str | None:
@@ -121,9 +192,24 @@ def source_of(shards) -> str | None:
         return None
 
 
-TABLE_COLUMNS = ["run", "backbone", "task", "init_from", "steps_trained", "em_before", "em_after",
-                 "answer_nelbo_before", "answer_nelbo_after", "n", "remasking", "eval_steps", "gen_length",
-                 "settings_digest", "seed", "code_commit"]
+TABLE_COLUMNS = [
+    "run",
+    "backbone",
+    "task",
+    "init_from",
+    "steps_trained",
+    "em_before",
+    "em_after",
+    "answer_nelbo_before",
+    "answer_nelbo_after",
+    "n",
+    "remasking",
+    "eval_steps",
+    "gen_length",
+    "settings_digest",
+    "seed",
+    "code_commit",
+]
 
 
 def backbone_name(backbone: dict) -> str:
@@ -140,30 +226,51 @@ def table_rows(paths) -> list[dict]:
     for path in paths:
         result = json.loads(Path(path).read_text())
         after, before, settings = result["after"], result["before"], result["settings"]
-        rows.append({
-            "run": result["run"], "backbone": backbone_name(after["backbone"]), "task": result["task"],
-            "init_from": result["init_from"] or "", "steps_trained": result["steps_trained"],
-            "em_before": None if before is None else before["exact_match"], "em_after": after["exact_match"],
-            "answer_nelbo_before": None if before is None else before["answer_nelbo"],
-            "answer_nelbo_after": after["answer_nelbo"], "n": settings["n"], "remasking": settings["remasking"],
-            "eval_steps": settings["steps"], "gen_length": settings["gen_length"],
-            **after["provenance"]})
+        rows.append(
+            {
+                "run": result["run"],
+                "backbone": backbone_name(after["backbone"]),
+                "task": result["task"],
+                "init_from": result["init_from"] or "",
+                "steps_trained": result["steps_trained"],
+                "em_before": None if before is None else before["exact_match"],
+                "em_after": after["exact_match"],
+                "answer_nelbo_before": None if before is None else before["answer_nelbo"],
+                "answer_nelbo_after": after["answer_nelbo"],
+                "n": settings["n"],
+                "remasking": settings["remasking"],
+                "eval_steps": settings["steps"],
+                "gen_length": settings["gen_length"],
+                **after["provenance"],
+            }
+        )
     return rows
 
 
 def write_table(rows: list[dict], tables) -> None:
     """results/{profile}/tables/sft.{md,csv}: one row per SFT run (EM and answer NELBO before and after)."""
-    write_run_table(rows, TABLE_COLUMNS, tables, "sft",
-                    [f"EM: {DEFINITION_EM}.", f"Answer NELBO: {DEFINITION_NELBO}. before = the init_from model on the "
-                     f"same conversations and draws; — = no init_from."])
+    write_run_table(
+        rows,
+        TABLE_COLUMNS,
+        tables,
+        "sft",
+        [
+            f"EM: {DEFINITION_EM}.",
+            f"Answer NELBO: {DEFINITION_NELBO}. before = the init_from model on the "
+            f"same conversations and draws; — = no init_from.",
+        ],
+    )
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m eval.sft", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m eval.sft", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="what", required=True)
     t = sub.add_parser("table", help="results/{profile}/tables/sft.{md,csv} from the runs' sft.json")
-    t.add_argument("--sft-metrics", nargs="+", required=True, help="runs/{profile}/{run}/eval/sft.json of every SFT run")
+    t.add_argument(
+        "--sft-metrics", nargs="+", required=True, help="runs/{profile}/{run}/eval/sft.json of every SFT run"
+    )
     t.add_argument("--tables", required=True, help="results/{profile}/tables")
     args = parser.parse_args(argv)
     rows = table_rows(args.sft_metrics)

@@ -1,6 +1,7 @@
 """The one-row-per-run tables of the post-training systems (results/{profile}/tables/{name}.{md,csv}): every column
 in the csv at full precision, the markdown with floats to 3 decimals, the settings digest and code commit
 shortened, and notes below it. eval/sft.py and eval/dpo.py build the rows."""
+
 from __future__ import annotations
 
 import csv

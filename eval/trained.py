@@ -18,6 +18,7 @@ Time conditioning is the network's own business: a model built with ModelConfig.
 ignores the sigma it is given (train/model.py), as a masked_lm backbone always does (train/backbones.py),
 so nothing here or downstream special-cases it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -75,15 +76,19 @@ class Trained:
 
 def load_trained(model_dir, device=torch.device("cpu")) -> Trained:
     """Everything a consumer needs from a model folder (see the module docstring)."""
-    from train.checkpoint import load_model
+    from train.checkpoint import load_model, model_tokenizer_dir
     from train.noise import get_noise
-
-    from train.checkpoint import model_tokenizer_dir
 
     model, meta = load_model(model_dir, device=device)
     tokenizer_dir = model_tokenizer_dir(model_dir, meta).resolve()
-    parts = dict(name=f"stage{meta['stage']}", model_dir=Path(model_dir), model=model, meta=meta,
-                 tokenizer=load_tokenizer(str(tokenizer_dir)), tokenizer_dir=tokenizer_dir)
+    parts = dict(
+        name=f"stage{meta['stage']}",
+        model_dir=Path(model_dir),
+        model=model,
+        meta=meta,
+        tokenizer=load_tokenizer(str(tokenizer_dir)),
+        tokenizer_dir=tokenizer_dir,
+    )
     if meta["objective"] == "ar":
         return Trained(**parts)
     denoiser = Denoiser(model, meta["objective"], meta["mask_id"], meta["prefix_len"])

@@ -23,14 +23,15 @@ characters (``bounded_batches``), and documents are annotated together up to 256
 Output: Parquet ``doc_id, input_ids list<int32>, priority list<float32>`` and ``<shard>.stats.json``
 (documents in / written / skipped by reason, words, tokens, seconds).
 """
+
 from __future__ import annotations
 
 import argparse
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -155,8 +156,11 @@ class Annotator:
         and at most ``max_doc_chars`` characters: spaCy's share of the peak is bounded by the piece size,
         whatever the document size.
         """
-        pieces = [(d, offset, piece) for d, text in enumerate(texts)
-                  for offset, piece in split_long_text(text, self.max_doc_chars)]
+        pieces = [
+            (d, offset, piece)
+            for d, text in enumerate(texts)
+            for offset, piece in split_long_text(text, self.max_doc_chars)
+        ]
         out = [Words() for _ in texts]
         for batch in bounded_batches([len(p) for _, _, p in pieces], batch_size, self.max_doc_chars):
             chunk = pieces[batch]
@@ -172,8 +176,7 @@ class Annotator:
         if self.method == "keybert":
             return [priorities.keybert_priorities(s) for s in scores]
         return [
-            priorities.keybert_no_stopword_priorities(s, w.is_stop, w.is_sentence_period)
-            for s, w in zip(scores, words)
+            priorities.keybert_no_stopword_priorities(s, w.is_stop, w.is_sentence_period) for s, w in zip(scores, words)
         ]
 
     def annotate(self, texts: list[str], batch_size: int) -> list[tuple[np.ndarray, np.ndarray, int]]:

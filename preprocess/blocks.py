@@ -18,6 +18,7 @@ its document, EOS included in the count), `ids: list<int32>[L]`. Empty documents
 shard that yields no block is an error naming the shard, and writes nothing. Rows are written one record batch
 at a time, so a job's memory holds one batch of documents, not the shard.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,9 +46,11 @@ def special_ids(tokenizer, packing: str, where: str) -> tuple[int, int | None]:
     if packing == "wrap":
         return eos, None
     if pad is None or pad in (eos, tokenizer.mask_token_id):
-        raise InputError(f"{where}: doc packing pads with a token of its own, but the tokenizer's pad token is "
-                         f"{tokenizer.pad_token!r} (id {pad}; eos {eos}, mask {tokenizer.mask_token_id}); use "
-                         f"data: wrap, or a tokenizer with a separate pad token (the pipeline's BPE has <|pad|>)")
+        raise InputError(
+            f"{where}: doc packing pads with a token of its own, but the tokenizer's pad token is "
+            f"{tokenizer.pad_token!r} (id {pad}; eos {eos}, mask {tokenizer.mask_token_id}); use "
+            f"data: wrap, or a tokenizer with a separate pad token (the pipeline's BPE has <|pad|>)"
+        )
     return eos, pad
 
 
@@ -62,7 +65,7 @@ class Packer:
         if length < 2:
             raise ValueError(f"block length must be at least 2, got {length}")
         self.packing, self.length, self.eos, self.pad = packing, length, eos_id, pad_id
-        self.carry: list[np.ndarray] = []      # wrap: pieces of the stream not yet in a block
+        self.carry: list[np.ndarray] = []  # wrap: pieces of the stream not yet in a block
         self.carry_len = 0
         self.carry_owner: tuple[str, int] | None = None  # (doc_id, start) of the carry's first token
         self.counts = Counter()
@@ -79,7 +82,7 @@ class Packer:
     def _doc_blocks(self, doc_id: str, tokens: np.ndarray) -> list[tuple[str, int, np.ndarray]]:
         L, rows = self.length, []
         for start in range(0, len(tokens), L):
-            block = tokens[start:start + L]
+            block = tokens[start : start + L]
             if len(block) < L:
                 self.counts["pad_tokens"] += L - len(block)
                 block = np.concatenate([block, np.full(L - len(block), self.pad, dtype=np.int32)])
@@ -99,7 +102,7 @@ class Packer:
             rows.append((*self.carry_owner, np.concatenate(self.carry)))
             self.carry, self.carry_len, self.carry_owner = [], 0, None
         while len(tokens) - offset >= L:
-            rows.append((doc_id, offset, tokens[offset:offset + L]))
+            rows.append((doc_id, offset, tokens[offset : offset + L]))
             offset += L
         if offset < len(tokens):
             self.carry, self.carry_len = [tokens[offset:]], len(tokens) - offset
@@ -114,8 +117,10 @@ class Packer:
 
 def _table(rows: list[tuple[str, int, np.ndarray]]) -> pa.Table:
     ids = pa.array([r[2] for r in rows], type=pa.list_(pa.int32()))
-    return pa.table({"doc_id": [r[0] for r in rows], "start": pa.array([r[1] for r in rows], pa.int32()),
-                     "ids": ids}, schema=BLOCK_SCHEMA)
+    return pa.table(
+        {"doc_id": [r[0] for r in rows], "start": pa.array([r[1] for r in rows], pa.int32()), "ids": ids},
+        schema=BLOCK_SCHEMA,
+    )
 
 
 def build_blocks(input_path: str | Path, out_path: str | Path, tokenizer, packing: str, length: int) -> dict:
@@ -130,8 +135,7 @@ def build_blocks(input_path: str | Path, out_path: str | Path, tokenizer, packin
         writer = pq.ParquetWriter(tmp, BLOCK_SCHEMA, compression="zstd", write_statistics=False, store_schema=True)
         try:
             bar = tqdm(total=source.metadata.num_rows, desc=f"blocks {packing} {input_path.name}", unit="doc")
-            for batch in source.iter_batches(batch_size=_DOCS_PER_BATCH, columns=["doc_id", "text"],
-                                             use_threads=False):
+            for batch in source.iter_batches(batch_size=_DOCS_PER_BATCH, columns=["doc_id", "text"], use_threads=False):
                 doc_ids, texts = batch.column("doc_id").to_pylist(), batch.column("text").to_pylist()
                 documents_in += len(texts)
                 keep = [i for i, text in enumerate(texts) if text is not None and text.strip()]
@@ -154,16 +158,23 @@ def build_blocks(input_path: str | Path, out_path: str | Path, tokenizer, packin
         if blocks == 0:
             for stale in (out_path, stats_path(out_path)):
                 stale.unlink(missing_ok=True)
-            raise InputError(f"{out_path}: no block of {length} tokens from {input_path}: {documents_in} documents "
-                             f"in, {packer.counts['tokens']} tokens (EOS included), skipped {dict(skipped)}; "
-                             f"expected at least one block. Lower blocks.length or give this split more text")
+            raise InputError(
+                f"{out_path}: no block of {length} tokens from {input_path}: {documents_in} documents "
+                f"in, {packer.counts['tokens']} tokens (EOS included), skipped {dict(skipped)}; "
+                f"expected at least one block. Lower blocks.length or give this split more text"
+            )
     counts = packer.counts
     stats = {
-        "input": str(input_path), "packing": packing, "length": length,
-        "documents_in": documents_in, "documents_written": counts["documents_written"],
+        "input": str(input_path),
+        "packing": packing,
+        "length": length,
+        "documents_in": documents_in,
+        "documents_written": counts["documents_written"],
         "skipped": dict(sorted((k, v) for k, v in skipped.items() if v)),
-        "tokens": counts["tokens"], "blocks_written": blocks,
-        "tail_tokens_dropped": counts["tail_tokens_dropped"], "pad_tokens": counts["pad_tokens"],
+        "tokens": counts["tokens"],
+        "blocks_written": blocks,
+        "tail_tokens_dropped": counts["tail_tokens_dropped"],
+        "pad_tokens": counts["pad_tokens"],
         "seconds": round(time.perf_counter() - t0, 3),
     }
     write_json(stats, stats_path(out_path))
@@ -171,8 +182,9 @@ def build_blocks(input_path: str | Path, out_path: str | Path, tokenizer, packin
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m preprocess.blocks", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m preprocess.blocks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--packing", required=True, choices=PACKINGS)
     parser.add_argument("--length", type=int, required=True, help="tokens per block (blocks.length)")
     parser.add_argument("--tokenizer", required=True, help="tokenizer folder")
@@ -186,8 +198,10 @@ def main(argv=None):
         stats = build_blocks(args.input, args.out, tokenizer, args.packing, args.length)
     except InputError as err:
         parser.exit(2, f"preprocess.blocks: error: {err}\n")
-    print(f"{args.out}: {stats['blocks_written']} blocks from {stats['documents_written']}/{stats['documents_in']} "
-          f"documents, {stats['tail_tokens_dropped']} tail tokens dropped, {stats['pad_tokens']} pad tokens")
+    print(
+        f"{args.out}: {stats['blocks_written']} blocks from {stats['documents_written']}/{stats['documents_in']} "
+        f"documents, {stats['tail_tokens_dropped']} tail tokens dropped, {stats['pad_tokens']} pad tokens"
+    )
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ naming the file and the byte offset, as do a corrupt Parquet file and a missing 
 column that is not a string column (the error lists the columns the file has).
 Huge documents are kept whole; the annotator cuts them into pieces.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,9 +60,9 @@ import json
 import os
 import sys
 import unicodedata
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -74,11 +75,11 @@ from preprocess import detokenize
 SPLITS = ("train", "validation")
 SCHEMA = pa.schema([("doc_id", pa.string()), ("text", pa.string())])
 LOCAL_SUFFIXES = (".txt", ".jsonl", ".parquet")
-BINARY_SNIFF_BYTES = 8192          # as git does: a NUL byte in the first 8 KiB means "not a text file"
-MAX_CONTROL_SHARE = 0.01           # more control characters than this and a document is binary junk
-ROWS_PER_ROW_GROUP = 1000          # a shard's buffer is written as a Parquet row group at this many rows
-BYTES_PER_ROW_GROUP = 8 << 20      # ... or at this many bytes of text, so 1,024 open shards stay in memory
-EXAMPLES_PER_REASON = 5            # skipped documents named in stats.json, per reason
+BINARY_SNIFF_BYTES = 8192  # as git does: a NUL byte in the first 8 KiB means "not a text file"
+MAX_CONTROL_SHARE = 0.01  # more control characters than this and a document is binary junk
+ROWS_PER_ROW_GROUP = 1000  # a shard's buffer is written as a Parquet row group at this many rows
+BYTES_PER_ROW_GROUP = 8 << 20  # ... or at this many bytes of text, so 1,024 open shards stay in memory
+EXAMPLES_PER_REASON = 5  # skipped documents named in stats.json, per reason
 
 
 @dataclass(frozen=True)
@@ -255,8 +256,12 @@ def parquet_documents(path: Path, name: str, column: str) -> Iterator[Item]:
     if column not in schema.names:
         raise InputError(f"{path}: no text column {column!r}; it has columns {schema.names}")
     kind = schema.field(column).type
-    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind)
-            or pa.types.is_large_binary(kind)):
+    if not (
+        pa.types.is_string(kind)
+        or pa.types.is_large_string(kind)
+        or pa.types.is_binary(kind)
+        or pa.types.is_large_binary(kind)
+    ):
         raise InputError(f"{path}: text column {column!r} has type {kind}, expected string")
     row = 0
     batches = parquet.iter_batches(columns=[column], batch_size=1024)
@@ -356,15 +361,18 @@ HUB_CORPORA: dict[str, HubCorpus] = {
     "wikitext103": HubCorpus("Salesforce/wikitext", "wikitext-103-raw-v1", "text", "wikitext", wikitext_articles=True),
     "wikitext2": HubCorpus("Salesforce/wikitext", "wikitext-2-raw-v1", "text", "wikitext", wikitext_articles=True),
     # MDLM: openwebtext-train = train[:-100000], openwebtext-valid = train[-100000:].
-    "openwebtext": HubCorpus("Skylion007/openwebtext", None, "text", source_split="train",
-                             holdout=("tail_rows", 100_000)),
+    "openwebtext": HubCorpus(
+        "Skylion007/openwebtext", None, "text", source_split="train", holdout=("tail_rows", 100_000)
+    ),
     # One sentence per row, with its own train / validation / test splits. The repository holds only a
     # loading script; the Hub's automatic Parquet conversion of it is on this branch.
     "ptb": HubCorpus("ptb-text-only/ptb_text_only", None, "sentence", "ptb", revision="refs/convert/parquet"),
     # LM1B has train and test only; test serves as validation (as in MDLM).
     "lm1b": HubCorpus("dvruette/lm1b", None, "text", "lm1b", splits=(("train", "train"), ("validation", "test"))),
     # LAMBADA (OpenAI's release) is a single test split of passages: hash-split by validation_fraction.
-    "lambada": HubCorpus("EleutherAI/lambada_openai", "en", "text", "lambada", source_split="test", holdout=("hash", None)),
+    "lambada": HubCorpus(
+        "EleutherAI/lambada_openai", "en", "text", "lambada", source_split="test", holdout=("hash", None)
+    ),
     # WikiHow ships one split; the seed holds out the last 5% (train[-5%:]) for validation.
     "wikihow": HubCorpus("ajibawa-2023/WikiHow", None, "text", source_split="train", holdout=("tail_fraction", 0.05)),
 }
@@ -373,8 +381,9 @@ HUB_CORPORA: dict[str, HubCorpus] = {
 def is_wikitext_title(line: str) -> bool:
     """A top-level WikiText heading row, " = Title = \\n" (one '=' each side); sections use "= =" or more."""
     stripped = line.strip()
-    return (stripped.startswith("= ") and stripped.endswith(" =") and not stripped.startswith("= =")
-            and len(stripped) > 4)
+    return (
+        stripped.startswith("= ") and stripped.endswith(" =") and not stripped.startswith("= =") and len(stripped) > 4
+    )
 
 
 def wikitext_articles(lines: Iterable[str]) -> Iterator[tuple[int, str]]:
@@ -486,9 +495,11 @@ class RoundRobinShards:
         with contextlib.ExitStack() as stack:
             for path in self.paths:
                 tmp = stack.enter_context(atomic_path(path))
-                self.writers.append(stack.enter_context(
-                    pq.ParquetWriter(tmp, SCHEMA, compression="zstd", write_statistics=False, store_schema=True)
-                ))
+                self.writers.append(
+                    stack.enter_context(
+                        pq.ParquetWriter(tmp, SCHEMA, compression="zstd", write_statistics=False, store_schema=True)
+                    )
+                )
                 self.buffers.append([])
                 self.buffer_bytes.append(0)
             self.stack = stack.pop_all()
@@ -524,8 +535,14 @@ class RoundRobinShards:
         return self.stack.__exit__(exc_type, exc, tb)
 
 
-def write_split(items: Iterable[Item], outs: Sequence[str | os.PathLike], stats_path: str | os.PathLike,
-                max_docs: int | None = None, describe: dict | None = None, progress: bool = True) -> dict:
+def write_split(
+    items: Iterable[Item],
+    outs: Sequence[str | os.PathLike],
+    stats_path: str | os.PathLike,
+    max_docs: int | None = None,
+    describe: dict | None = None,
+    progress: bool = True,
+) -> dict:
     """Write the documents of ``items`` round-robin into ``outs`` and their accounting into ``stats_path``.
 
     Stops after ``max_docs`` documents written. Returns the stats, which satisfy
@@ -571,15 +588,26 @@ def source_for(corpus: dict, split: str) -> str:
     return corpus["name"]
 
 
-def build(corpus: dict, split: str, outs: Sequence[str], stats_path: str | None = None, source: str | None = None,
-          load: Callable = None, progress: bool = True) -> dict:
+def build(
+    corpus: dict,
+    split: str,
+    outs: Sequence[str],
+    stats_path: str | None = None,
+    source: str | None = None,
+    load: Callable = None,
+    progress: bool = True,
+) -> dict:
     """Read ``split`` of the configured source and write its shards and stats.json (default: beside shard 0)."""
     if not outs:
         raise InputError("no output shards given")
     stats_path = stats_path or Path(outs[0]).parent / "stats.json"
     source = source or source_for(corpus, split)
-    describe = {"corpus": source, "split": split, "validation_fraction": corpus["validation_fraction"],
-                "max_docs": corpus["max_docs"]}
+    describe = {
+        "corpus": source,
+        "split": split,
+        "validation_fraction": corpus["validation_fraction"],
+        "max_docs": corpus["max_docs"],
+    }
     if source == "local":
         describe["path"] = str(corpus["path"])
         if corpus["path"]:
@@ -587,8 +615,7 @@ def build(corpus: dict, split: str, outs: Sequence[str], stats_path: str | None 
             describe["files_read"] = len(read)
             describe["files_ignored"] = [str(p) for p in ignored]
     items = split_items(corpus, split, source=source, load=load)
-    return write_split(items, outs, stats_path, max_docs=corpus["max_docs"], describe=describe,
-                       progress=progress)
+    return write_split(items, outs, stats_path, max_docs=corpus["max_docs"], describe=describe, progress=progress)
 
 
 def main(argv=None):
@@ -603,8 +630,10 @@ def main(argv=None):
         stats = build(load_config(args.config)["corpus"], args.split, args.out, args.stats, args.source)
     except (ConfigError, InputError) as err:
         parser.exit(2, f"preprocess.corpus: error: {err}\n")
-    print(f"{stats['corpus']}/{args.split}: {stats['documents_written']} of {stats['documents_read']} documents "
-          f"into {stats['shards']} shards, skipped {stats['skipped'] or 'none'}")
+    print(
+        f"{stats['corpus']}/{args.split}: {stats['documents_written']} of {stats['documents_read']} documents "
+        f"into {stats['shards']} shards, skipped {stats['skipped'] or 'none'}"
+    )
 
 
 if __name__ == "__main__":

@@ -9,10 +9,11 @@ rule for rule, with one fix noted in ``wikitext``. Each rule is a plain string o
 in the order written, because later rules assume the earlier ones ran. ``preprocess.corpus`` applies them
 to the hub corpora that need them; from Python: ``detokenize.get("wikitext")("the 1st @-@ year student")``.
 """
+
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable
 
 
 def wikitext(text: str) -> str:
@@ -136,4 +137,3 @@ def get(kind: str) -> Callable[[str], str]:
         return DETOKENIZERS[kind]
     except KeyError:
         raise ValueError(f"unknown detokenizer {kind!r}; known: {sorted(DETOKENIZERS)}") from None
-

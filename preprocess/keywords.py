@@ -18,11 +18,12 @@ A word is scored exactly when KeyBERT would score it: when its lower-cased text 
 under scikit-learn's ``CountVectorizer`` analyzer (lower-casing, ``token_pattern`` of two or more word
 characters), the analyzer KeyBERT uses with ``keyphrase_ngram_range=(1, 1)`` and ``stop_words=None``.
 """
+
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

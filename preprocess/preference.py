@@ -56,6 +56,7 @@ is context like any earlier turn, mask 0); ``template_error`` (the chat template
 ``truncated`` (either canvas needs more than L tokens: a cut answer would score a different text, so DPO needs whole
 answers). A split that yields no pair is an error naming the output file; it writes nothing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,36 +65,52 @@ import random
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pyarrow as pa
 from tqdm import tqdm
 
 from common.chat import Encoded, encode_conversation
 from common.config import ConfigError, load_config
-from common.io import InputError, atomic_path, stats_path as default_stats_path, write_json
+from common.io import InputError, atomic_path, write_json
+from common.io import stats_path as default_stats_path
 from common.tasks import normalise
 from preprocess.corpus import in_validation
-from preprocess.sft import (SPLITS, Raw, Skipped, SkipLog, _content_problem,
-                            leading_assistant_problem, message_list, write_records, _special_texts, hub_records,
-                            load_tokenizer, local_records, reverse_record, source_kind)
+from preprocess.sft import (
+    SPLITS,
+    Raw,
+    SkipLog,
+    Skipped,
+    _content_problem,
+    _special_texts,
+    hub_records,
+    leading_assistant_problem,
+    load_tokenizer,
+    local_records,
+    message_list,
+    reverse_record,
+    source_kind,
+    write_records,
+)
 
 SETTING = "dpo.source"  # the config key named in source errors
-PAIR_SCHEMA = pa.schema([
-    ("pair_id", pa.string()),
-    ("chosen_ids", pa.list_(pa.int32())),
-    ("chosen_mask", pa.list_(pa.int32())),
-    ("rejected_ids", pa.list_(pa.int32())),
-    ("rejected_mask", pa.list_(pa.int32())),
-    ("n_chosen", pa.int32()),
-    ("n_rejected", pa.int32()),
-    ("prompt", pa.string()),
-    ("chosen", pa.string()),
-    ("rejected", pa.string()),
-    ("rejection", pa.string()),
-])
+PAIR_SCHEMA = pa.schema(
+    [
+        ("pair_id", pa.string()),
+        ("chosen_ids", pa.list_(pa.int32())),
+        ("chosen_mask", pa.list_(pa.int32())),
+        ("rejected_ids", pa.list_(pa.int32())),
+        ("rejected_mask", pa.list_(pa.int32())),
+        ("n_chosen", pa.int32()),
+        ("n_rejected", pa.int32()),
+        ("prompt", pa.string()),
+        ("chosen", pa.string()),
+        ("rejected", pa.string()),
+        ("rejection", pa.string()),
+    ]
+)
 REJECTION_RULES = ("unreversed", "dropped", "repeated", "swapped")
 ANSWERS = ("chosen", "rejected")
 
@@ -125,8 +142,11 @@ def _field_messages(obj: dict, field: str, role: str) -> tuple[list | None, str,
             return None, problem[0], f"field {field!r} {problem[1]}".rstrip()
         return [{"role": role, "content": value}], "", ""
     if not isinstance(value, list):
-        return None, "wrong_type", (f"field {field!r} is a {type(value).__name__}, expected a string or a list of "
-                                    f"messages")
+        return (
+            None,
+            "wrong_type",
+            (f"field {field!r} is a {type(value).__name__}, expected a string or a list of messages"),
+        )
     if not value:
         return None, "empty_content", f"field {field!r} is an empty list"
     return message_list(value, field)
@@ -140,12 +160,17 @@ def to_pair(raw: Raw) -> Item:
         return Skipped(rid, "not_object", f"{where}: a {type(obj).__name__}, expected a JSON object")
     missing = [f for f in ANSWERS if f not in obj]
     if missing:
-        return Skipped(rid, "missing_field", f"{where}: no field {' or '.join(map(repr, missing))}; it has "
-                                             f"{sorted(map(str, obj))}")
+        return Skipped(
+            rid, "missing_field", f"{where}: no field {' or '.join(map(repr, missing))}; it has {sorted(map(str, obj))}"
+        )
     explicit = obj.get("prompt") is not None
     if not explicit and any(isinstance(obj[f], str) for f in ANSWERS):
-        return Skipped(rid, "missing_field", f"{where}: no field 'prompt', and the answers are strings (the "
-                                             f"implicit-prompt form needs two conversations)")
+        return Skipped(
+            rid,
+            "missing_field",
+            f"{where}: no field 'prompt', and the answers are strings (the "
+            f"implicit-prompt form needs two conversations)",
+        )
     prompt = []
     if explicit:
         prompt, reason, detail = _field_messages(obj, "prompt", "user")
@@ -157,22 +182,36 @@ def to_pair(raw: Raw) -> Item:
         if messages is None:
             return Skipped(rid, reason, f"{where}: {detail}")
         if messages[-1]["role"] != "assistant":
-            return Skipped(rid, "no_assistant_turn", f"{where}: the last message of {field!r} is a "
-                                                     f"{messages[-1]['role']} turn, expected the assistant answer")
+            return Skipped(
+                rid,
+                "no_assistant_turn",
+                f"{where}: the last message of {field!r} is a "
+                f"{messages[-1]['role']} turn, expected the assistant answer",
+            )
         answers[field] = messages
     chosen, rejected = answers["chosen"], answers["rejected"]
     if chosen[:-1] != rejected[:-1]:
         at = next((k for k, (a, b) in enumerate(zip(chosen, rejected)) if a != b), min(len(chosen), len(rejected)))
-        return Skipped(rid, "no_shared_prompt", f"{where}: chosen and rejected differ at message {at}, before their "
-                                                f"last ({len(chosen)} and {len(rejected)} messages); expected the "
-                                                f"same context and different final answers")
+        return Skipped(
+            rid,
+            "no_shared_prompt",
+            f"{where}: chosen and rejected differ at message {at}, before their "
+            f"last ({len(chosen)} and {len(rejected)} messages); expected the "
+            f"same context and different final answers",
+        )
     prompt = prompt + chosen[:-1]
     if not prompt:
-        return Skipped(rid, "no_shared_prompt", f"{where}: no prompt, and chosen and rejected share no message "
-                                                f"before their answers")
+        return Skipped(
+            rid,
+            "no_shared_prompt",
+            f"{where}: no prompt, and chosen and rejected share no message before their answers",
+        )
     if prompt[-1]["role"] != "user":
-        return Skipped(rid, "prompt_not_ending_in_user", f"{where}: the prompt's roles are "
-                                                         f"{[m['role'] for m in prompt]}, expected a user turn last")
+        return Skipped(
+            rid,
+            "prompt_not_ending_in_user",
+            f"{where}: the prompt's roles are {[m['role'] for m in prompt]}, expected a user turn last",
+        )
     chosen_text, rejected_text = chosen[-1]["content"], rejected[-1]["content"]
     if normalise(chosen_text) == normalise(rejected_text):
         return Skipped(rid, "identical", f"{where}: chosen and rejected are the same text {chosen_text[:60]!r}")
@@ -193,13 +232,13 @@ def wrong_reversal(answer: str, rule: str, rng: random.Random) -> str:
         out = words[::-1]
     elif rule == "dropped":
         k = rng.randrange(len(words))
-        out = words[:k] + words[k + 1:]
+        out = words[:k] + words[k + 1 :]
     elif rule == "repeated":
         k = rng.randrange(len(words))
-        out = words[:k + 1] + words[k:]
+        out = words[: k + 1] + words[k:]
     elif rule == "swapped":
         k = rng.randrange(len(words) - 1)
-        out = words[:k] + [words[k + 1], words[k]] + words[k + 2:]
+        out = words[:k] + [words[k + 1], words[k]] + words[k + 2 :]
     else:
         raise ValueError(f"unknown rejection rule {rule!r}; expected one of {list(REJECTION_RULES)}")
     return " ".join(out)
@@ -237,16 +276,21 @@ def iter_split(dpo: dict, split: str, load: Callable = None) -> Iterator[Item]:
         if name not in TASKS:
             raise InputError(f"unknown dpo task {source!r}; known: {['task:' + t for t in TASKS]}")
         if not 0 < fraction < 1:
-            raise InputError(f"dpo.validation_fraction must be in (0, 1) for {source} (it splits the word lists "
-                             f"between train and validation), got {fraction}")
+            raise InputError(
+                f"dpo.validation_fraction must be in (0, 1) for {source} (it splits the word lists "
+                f"between train and validation), got {fraction}"
+            )
         for index in range(dpo["n_train"] if split == "train" else dpo["n_validation"]):
             yield TASKS[name](dpo["seed"], split, index, fraction)
         return
     if kind == "local":
         # Bad lines are split by their id too, so each is counted in exactly one split's stats.
-        raws = (r for r in local_records(Path(source).expanduser(), SETTING)
-                if in_validation(r.conversation_id if isinstance(r, Skipped) else r.record_id, fraction)
-                == (split == "validation"))
+        raws = (
+            r
+            for r in local_records(Path(source).expanduser(), SETTING)
+            if in_validation(r.conversation_id if isinstance(r, Skipped) else r.record_id, fraction)
+            == (split == "validation")
+        )
     else:
         raws = hub_records(source, split, fraction, load=load, setting=SETTING)
     for raw in raws:
@@ -257,13 +301,22 @@ def pair_canvases(tokenizer, prompt: list, chosen: str, rejected: str, length: i
     """The chosen and rejected canvases of ``length`` tokens: prompt + [assistant answer], only the final answer
     and its EOS fill masked (a prompt may start with an assistant turn, rendered after the empty context:
     common.chat.render)."""
-    return tuple(encode_conversation(tokenizer, prompt + [{"role": "assistant", "content": answer}], length,
-                                     final_only=True)
-                 for answer in (chosen, rejected))
+    return tuple(
+        encode_conversation(tokenizer, prompt + [{"role": "assistant", "content": answer}], length, final_only=True)
+        for answer in (chosen, rejected)
+    )
 
 
-def build(dpo: dict, length: int, tokenizer, split: str, out_path: str | Path, stats_path: str | Path | None = None,
-          load: Callable = None, progress: bool = True) -> dict:
+def build(
+    dpo: dict,
+    length: int,
+    tokenizer,
+    split: str,
+    out_path: str | Path,
+    stats_path: str | Path | None = None,
+    load: Callable = None,
+    progress: bool = True,
+) -> dict:
     """Write the preference shard of ``split`` (Parquet, PAIR_SCHEMA, atomically, one row group per batch) and its
     stats JSON (default: ``<shard>.stats.json`` beside it). Returns the stats.
 
@@ -279,8 +332,9 @@ def build(dpo: dict, length: int, tokenizer, split: str, out_path: str | Path, s
     if length < 2:
         raise InputError(f"sft.length (the preference canvas) must be at least 2, got {length}")
     if not getattr(tokenizer, "is_fast", False):
-        raise InputError("preprocess.preference needs a fast tokenizer (offsets mapping); got "
-                         f"{type(tokenizer).__name__}")
+        raise InputError(
+            f"preprocess.preference needs a fast tokenizer (offsets mapping); got {type(tokenizer).__name__}"
+        )
     if tokenizer.eos_token_id is None:
         raise InputError("the tokenizer has no eos_token; preference canvases end answers and fill with it")
     source = str(dpo["source"])
@@ -309,39 +363,59 @@ def build(dpo: dict, length: int, tokenizer, split: str, out_path: str | Path, s
                 raise InputError(f"{source} record {pair.pair_id}: {err}") from err
             cut = [name for name, enc in (("chosen", chosen), ("rejected", rejected)) if enc.truncated]
             if cut:
-                skip(pair.pair_id, "truncated", f"the {' and '.join(cut)} canvas needs more than {length} tokens "
-                                                f"(sft.length)")
+                skip(
+                    pair.pair_id,
+                    "truncated",
+                    f"the {' and '.join(cut)} canvas needs more than {length} tokens (sft.length)",
+                )
                 continue
             counts["chosen_tokens"] += chosen.n_answer
             counts["rejected_tokens"] += rejected.n_answer
             if pair.rejection:
                 rejections[pair.rejection] += 1
-            rows.append({
-                "pair_id": pair.pair_id,
-                "chosen_ids": chosen.ids, "chosen_mask": chosen.answer_mask,
-                "rejected_ids": rejected.ids, "rejected_mask": rejected.answer_mask,
-                "n_chosen": chosen.n_answer, "n_rejected": rejected.n_answer,
-                "prompt": json.dumps(pair.prompt, ensure_ascii=False),
-                "chosen": pair.chosen, "rejected": pair.rejected, "rejection": pair.rejection,
-            })
+            rows.append(
+                {
+                    "pair_id": pair.pair_id,
+                    "chosen_ids": chosen.ids,
+                    "chosen_mask": chosen.answer_mask,
+                    "rejected_ids": rejected.ids,
+                    "rejected_mask": rejected.answer_mask,
+                    "n_chosen": chosen.n_answer,
+                    "n_rejected": rejected.n_answer,
+                    "prompt": json.dumps(pair.prompt, ensure_ascii=False),
+                    "chosen": pair.chosen,
+                    "rejected": pair.rejected,
+                    "rejection": pair.rejection,
+                }
+            )
         return rows
 
     with atomic_path(out_path) as tmp:
         total = (dpo["n_train"] if split == "train" else dpo["n_validation"]) if is_task else None
-        with tqdm(total=total, desc=f"preference {split} -> {out_path.name}", unit="pair", disable=not progress,
-                  file=sys.stderr) as bar:
+        with tqdm(
+            total=total,
+            desc=f"preference {split} -> {out_path.name}",
+            unit="pair",
+            disable=not progress,
+            file=sys.stderr,
+        ) as bar:
             read, written = write_records(iter_split(dpo, split, load=load), rows_of, PAIR_SCHEMA, tmp, skip, bar)
         if written == 0:
             raise InputError(
                 f"{out_path}: no preference pair for split {split!r} from {source}: {read} records read, skipped "
                 f"{skip.stats()['skipped'] or 'none'}; expected at least one pair whose two canvases fit "
-                f"sft.length = {length} tokens")
+                f"sft.length = {length} tokens"
+            )
     stats = {
-        "source": source, "split": split, "length": length,
-        "records_read": read, "records_written": written,
+        "source": source,
+        "split": split,
+        "length": length,
+        "records_read": read,
+        "records_written": written,
         **skip.stats(),
         "rejections": {rule: rejections[rule] for rule in REJECTION_RULES if rejections[rule]},
-        "chosen_tokens": counts["chosen_tokens"], "rejected_tokens": counts["rejected_tokens"],
+        "chosen_tokens": counts["chosen_tokens"],
+        "rejected_tokens": counts["rejected_tokens"],
         "seconds": round(time.perf_counter() - t0, 3),
     }
     assert read == written + sum(skip.counts.values())
@@ -350,8 +424,11 @@ def build(dpo: dict, length: int, tokenizer, split: str, out_path: str | Path, s
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m preprocess.preference", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m preprocess.preference",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--config", required=True, help="the pipeline config (read with common.config.load_config)")
     parser.add_argument("--split", required=True, choices=SPLITS)
     parser.add_argument("--tokenizer", required=True, help="tokenizer folder")
@@ -360,12 +437,15 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config)  # the schema fills in the dpo and sft sections with every key
-        stats = build(config["dpo"], config["sft"]["length"], load_tokenizer(args.tokenizer), args.split, args.out,
-                      args.stats)
+        stats = build(
+            config["dpo"], config["sft"]["length"], load_tokenizer(args.tokenizer), args.split, args.out, args.stats
+        )
     except (ConfigError, InputError) as err:
         parser.exit(2, f"preprocess.preference: error: {err}\n")
-    print(f"{args.out}: {stats['records_written']} of {stats['records_read']} pairs, {stats['chosen_tokens']} chosen "
-          f"and {stats['rejected_tokens']} rejected answer tokens, skipped {stats['skipped'] or 'none'}")
+    print(
+        f"{args.out}: {stats['records_written']} of {stats['records_read']} pairs, {stats['chosen_tokens']} chosen "
+        f"and {stats['rejected_tokens']} rejected answer tokens, skipped {stats['skipped'] or 'none'}"
+    )
 
 
 if __name__ == "__main__":

@@ -21,9 +21,10 @@ Every method maps each word of a document to one float; sub-word tokens inherit 
     ends a sentence gets 1.1, so sentence structure survives into the short stages (priorities > 1 are the
     only ones the stage builder lets repeat).
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 METHODS = ("constituency", "keybert", "keybert_no_stopword")
 

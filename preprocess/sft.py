@@ -62,6 +62,7 @@ refuses an empty conversation, so ``common.chat.render_empty_context`` renders t
 renderer and variables). Where the template cannot do that (the empty render raises, e.g. a template that reads
 messages[0], or it is not a prefix of the conversation's render) the record is skipped as ``leading_assistant_turn``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -72,9 +73,9 @@ import random
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -82,24 +83,27 @@ from tqdm import tqdm
 
 from common.chat import ROLES, encode_conversation, render, render_empty_context
 from common.config import ConfigError, load_config
-from common.io import InputError, atomic_path, stats_path as default_stats_path, write_json
+from common.io import InputError, atomic_path, write_json
+from common.io import stats_path as default_stats_path
 from common.tasks import REVERSE_PROMPT
 from preprocess.corpus import in_validation, text_problem
 
 SPLITS = ("train", "validation")
 FORMATS = ("auto", "messages", "alpaca")
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
-SFT_SCHEMA = pa.schema([
-    ("conversation_id", pa.string()),
-    ("ids", pa.list_(pa.int32())),
-    ("answer_mask", pa.list_(pa.int32())),
-    ("n_answer", pa.int32()),
-    ("truncated", pa.bool_()),
-    ("prompt", pa.string()),
-    ("reference", pa.string()),
-])
-ROWS_PER_BATCH = 512          # conversations encoded, and rows written as one row group, at a time
-EXAMPLES_PER_REASON = 5       # skipped records named in the stats, per reason
+SFT_SCHEMA = pa.schema(
+    [
+        ("conversation_id", pa.string()),
+        ("ids", pa.list_(pa.int32())),
+        ("answer_mask", pa.list_(pa.int32())),
+        ("n_answer", pa.int32()),
+        ("truncated", pa.bool_()),
+        ("prompt", pa.string()),
+        ("reference", pa.string()),
+    ]
+)
+ROWS_PER_BATCH = 512  # conversations encoded, and rows written as one row group, at a time
+EXAMPLES_PER_REASON = 5  # skipped records named in the stats, per reason
 HUB_VALIDATION_SPLITS = ("validation", "valid", "val", "test")
 
 
@@ -198,13 +202,17 @@ def to_conversation(raw: Raw, fmt: str, counts: Counter) -> Item:
     if fmt == "auto":
         shape = "messages" if has_messages else "alpaca" if has_alpaca else None
         if shape is None:
-            return Skipped(rid, "unknown_shape", f"{where}: neither 'messages' nor 'instruction' + 'output'; "
-                                                 f"it has {sorted(map(str, obj))}")
+            return Skipped(
+                rid,
+                "unknown_shape",
+                f"{where}: neither 'messages' nor 'instruction' + 'output'; it has {sorted(map(str, obj))}",
+            )
     elif fmt == "messages" and not has_messages:
         return Skipped(rid, "no_messages_field", f"{where}: no field 'messages'; it has {sorted(map(str, obj))}")
     elif fmt == "alpaca" and not has_alpaca:
-        return Skipped(rid, "no_alpaca_fields",
-                       f"{where}: expected 'instruction' and 'output'; it has {sorted(map(str, obj))}")
+        return Skipped(
+            rid, "no_alpaca_fields", f"{where}: expected 'instruction' and 'output'; it has {sorted(map(str, obj))}"
+        )
     messages, reason, detail = (_messages_of if shape == "messages" else _alpaca_of)(obj)
     if messages is None:
         return Skipped(rid, reason, f"{where}: {detail}")
@@ -212,9 +220,13 @@ def to_conversation(raw: Raw, fmt: str, counts: Counter) -> Item:
     if last is None:
         return Skipped(rid, "no_assistant_turn", f"{where}: roles {[m['role'] for m in messages]}")
     if last == 0:
-        return Skipped(rid, "no_prompt", f"{where}: the only assistant turn is the first message (roles "
-                                         f"{[m['role'] for m in messages]}); expected a message before the answer "
-                                         f"to prompt it with")
+        return Skipped(
+            rid,
+            "no_prompt",
+            f"{where}: the only assistant turn is the first message (roles "
+            f"{[m['role'] for m in messages]}); expected a message before the answer "
+            f"to prompt it with",
+        )
     counts["trailing_turns_dropped"] += len(messages) - last - 1
     return Conversation(rid, messages[: last + 1])
 
@@ -244,12 +256,16 @@ def leading_assistant_problem(tokenizer, messages: list) -> str | None:
     try:
         before = render_empty_context(tokenizer, add_generation_prompt=True)
     except jinja2.TemplateError as err:
-        return (f"the conversation starts with an assistant turn, and the chat template cannot render the empty "
-                f"context before it ({type(err).__name__}: {err})")
+        return (
+            f"the conversation starts with an assistant turn, and the chat template cannot render the empty "
+            f"context before it ({type(err).__name__}: {err})"
+        )
     full = render(tokenizer, messages)
     if not full.startswith(before):
-        return (f"the conversation starts with an assistant turn, and the chat template's render of an empty "
-                f"context {before[:40]!r} does not start the conversation's render {full[:40]!r}")
+        return (
+            f"the conversation starts with an assistant turn, and the chat template's render of an empty "
+            f"context {before[:40]!r} does not start the conversation's render {full[:40]!r}"
+        )
     return None
 
 
@@ -280,8 +296,9 @@ def json_records(path: Path, name: str) -> Iterator[Raw | Skipped]:
     try:
         data = json.loads(path.read_bytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(f"{path}: not a JSON file ({err}); expected a JSON array of records "
-                         f"(use .jsonl for one record a line)") from err
+        raise InputError(
+            f"{path}: not a JSON file ({err}); expected a JSON array of records (use .jsonl for one record a line)"
+        ) from err
     if not isinstance(data, list):
         raise InputError(f"{path}: a JSON {type(data).__name__}, expected a JSON array of records")
     for index, obj in enumerate(data):
@@ -319,8 +336,9 @@ def local_records(path: str | Path, setting: str = "sft.source") -> Iterator[Raw
             raise InputError(f"{path}: unsupported {setting} file type {path.suffix!r}; expected {LOCAL_SUFFIXES}")
         files = [path]
     else:
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in LOCAL_SUFFIXES
-                       and not p.name.startswith("."))
+        files = sorted(
+            p for p in path.rglob("*") if p.is_file() and p.suffix in LOCAL_SUFFIXES and not p.name.startswith(".")
+        )
         if not files:
             raise InputError(f"{path}: no {', '.join(LOCAL_SUFFIXES)} files in this folder")
     readers = {".jsonl": jsonl_records, ".json": json_records, ".parquet": parquet_records}
@@ -333,8 +351,9 @@ def local_records(path: str | Path, setting: str = "sft.source") -> Iterator[Raw
 # Hugging Face datasets
 
 
-def hub_records(name: str, split: str, fraction: float, load: Callable = None,
-                setting: str = "sft.source") -> Iterator[Raw | Skipped]:
+def hub_records(
+    name: str, split: str, fraction: float, load: Callable = None, setting: str = "sft.source"
+) -> Iterator[Raw | Skipped]:
     """Records of hub dataset ``name`` for our ``split`` (see the module docstring for which hub split).
 
     ``load`` is ``datasets.load_dataset`` (called as ``load(name)``, returning a dict of splits)."""
@@ -345,8 +364,10 @@ def hub_records(name: str, split: str, fraction: float, load: Callable = None,
     try:
         splits = load(name)
     except Exception as err:  # datasets raises many kinds (not found, offline, gated): name the source either way
-        raise InputError(f"{name}: {setting} is not a local path, and loading it as a Hugging Face dataset "
-                         f"failed ({type(err).__name__}: {err})") from err
+        raise InputError(
+            f"{name}: {setting} is not a local path, and loading it as a Hugging Face dataset "
+            f"failed ({type(err).__name__}: {err})"
+        ) from err
     have = list(splits.keys())
     if "train" not in splits:
         raise InputError(f"hub dataset {name}: no 'train' split; it has {have}")
@@ -366,10 +387,15 @@ def hub_records(name: str, split: str, fraction: float, load: Callable = None,
 
 # Names ``site`` puts into builtins (absent under ``python -S``): left out so the word list does not depend on it.
 _SITE_BUILTINS = {"copyright", "credits", "exit", "quit", "help", "license"}
-REVERSE_WORDS = tuple(sorted({
-    w for w in [*keyword.kwlist, *dir(builtins)]
-    if w.isascii() and w.isalpha() and w.islower() and w not in _SITE_BUILTINS
-}))
+REVERSE_WORDS = tuple(
+    sorted(
+        {
+            w
+            for w in [*keyword.kwlist, *dir(builtins)]
+            if w.isascii() and w.isalpha() and w.islower() and w not in _SITE_BUILTINS
+        }
+    )
+)
 MAX_DRAWS = 10_000
 
 
@@ -382,8 +408,10 @@ def reverse_record(seed: int, split: str, index: int, fraction: float) -> Conver
     """Record ``index`` of ``split``: 1-3 turns, each a new list of 2-5 distinct words from REVERSE_WORDS drawn
     (by rejection) from the split's side, answered by the list reversed. A pure function of its arguments."""
     if not 0 < fraction < 1:
-        raise InputError(f"sft.validation_fraction must be in (0, 1) for task:reverse (it splits the word lists "
-                         f"between train and validation), got {fraction}")
+        raise InputError(
+            f"sft.validation_fraction must be in (0, 1) for task:reverse (it splits the word lists "
+            f"between train and validation), got {fraction}"
+        )
     rng = random.Random(f"reverse:{seed}:{split}:{index}")
     messages = []
     for _ in range(rng.randint(1, 3)):
@@ -392,8 +420,10 @@ def reverse_record(seed: int, split: str, index: int, fraction: float) -> Conver
             if reverse_side(words, fraction) == split:
                 break
         else:
-            raise InputError(f"task:reverse: no {split} word list in {MAX_DRAWS} draws (validation_fraction "
-                             f"{fraction}); use a fraction further from 0 and 1")
+            raise InputError(
+                f"task:reverse: no {split} word list in {MAX_DRAWS} draws (validation_fraction "
+                f"{fraction}); use a fraction further from 0 and 1"
+            )
         messages.append({"role": "user", "content": REVERSE_PROMPT + " ".join(words)})
         messages.append({"role": "assistant", "content": " ".join(reversed(words))})
     return Conversation(f"reverse/{split}/{index}", messages)
@@ -423,8 +453,10 @@ def source_kind(source: str, setting: str = "sft.source") -> str:
     if path.exists():
         return "local"
     if source.startswith(("/", ".", "~")) or path.suffix in LOCAL_SUFFIXES or "\\" in source:
-        raise InputError(f"{source}: {setting} does not exist (expected task:reverse, a local "
-                         f"{'/'.join(LOCAL_SUFFIXES)} file or folder, or a Hugging Face dataset id)")
+        raise InputError(
+            f"{source}: {setting} does not exist (expected task:reverse, a local "
+            f"{'/'.join(LOCAL_SUFFIXES)} file or folder, or a Hugging Face dataset id)"
+        )
     return "hub"
 
 
@@ -442,9 +474,12 @@ def iter_split(sft: dict, split: str, counts: Counter, load: Callable = None) ->
     fraction = sft["validation_fraction"]
     if kind == "local":
         # Bad lines are split by their id too, so each is counted in exactly one split's stats.
-        raws = (r for r in local_records(Path(source).expanduser())
-                if in_validation(r.conversation_id if isinstance(r, Skipped) else r.record_id, fraction)
-                == (split == "validation"))
+        raws = (
+            r
+            for r in local_records(Path(source).expanduser())
+            if in_validation(r.conversation_id if isinstance(r, Skipped) else r.record_id, fraction)
+            == (split == "validation")
+        )
     else:
         raws = hub_records(source, split, fraction, load=load)
     for raw in raws:
@@ -476,8 +511,9 @@ class SkipLog:
         return {"skipped": dict(sorted(self.counts.items())), "skipped_examples": dict(sorted(self.examples.items()))}
 
 
-def write_records(items: Iterable, rows_of: Callable[[list], list[dict]], schema: pa.Schema, path: Path,
-                  skip: SkipLog, bar) -> tuple[int, int]:
+def write_records(
+    items: Iterable, rows_of: Callable[[list], list[dict]], schema: pa.Schema, path: Path, skip: SkipLog, bar
+) -> tuple[int, int]:
     """Write the rows of `items` to the Parquet file `path` (the caller's temporary name), ROWS_PER_BATCH records
     encoded, and written as one row group, at a time: a Skipped item goes to `skip`, the others through
     `rows_of(batch)` (which may skip some too). Returns (records read, rows written)."""
@@ -509,8 +545,15 @@ def write_records(items: Iterable, rows_of: Callable[[list], list[dict]], schema
     return read, written
 
 
-def build(sft: dict, tokenizer, split: str, out_path: str | Path, stats_path: str | Path | None = None,
-          load: Callable = None, progress: bool = True) -> dict:
+def build(
+    sft: dict,
+    tokenizer,
+    split: str,
+    out_path: str | Path,
+    stats_path: str | Path | None = None,
+    load: Callable = None,
+    progress: bool = True,
+) -> dict:
     """Write the SFT shard of ``split`` (Parquet, SFT_SCHEMA, atomically, one row group per batch) and its stats
     JSON (default: ``<shard>.stats.json`` beside it). Returns the stats.
 
@@ -523,8 +566,7 @@ def build(sft: dict, tokenizer, split: str, out_path: str | Path, stats_path: st
     if length < 2:
         raise InputError(f"sft.length must be at least 2, got {length}")
     if not getattr(tokenizer, "is_fast", False):
-        raise InputError("preprocess.sft needs a fast tokenizer (offsets mapping); got "
-                         f"{type(tokenizer).__name__}")
+        raise InputError(f"preprocess.sft needs a fast tokenizer (offsets mapping); got {type(tokenizer).__name__}")
     if tokenizer.eos_token_id is None:
         raise InputError("the tokenizer has no eos_token; SFT rows end answers and fill with it")
     specials = _special_texts(tokenizer)
@@ -551,40 +593,59 @@ def build(sft: dict, tokenizer, split: str, out_path: str | Path, stats_path: st
             except ValueError as err:
                 raise InputError(f"{sft['source']} record {conv.conversation_id}: {err}") from err
             if enc.n_answer == 0:
-                skip(conv.conversation_id, "no_answer_within_length",
-                     f"the prompt fills all {length} tokens (sft.length)")
+                skip(
+                    conv.conversation_id,
+                    "no_answer_within_length",
+                    f"the prompt fills all {length} tokens (sft.length)",
+                )
                 continue
             counts["truncated"] += enc.truncated
             counts["filled_tokens"] += enc.filled
             counts["answer_tokens"] += enc.n_answer
             counts["assistant_turns"] += sum(m["role"] == "assistant" for m in conv.messages)
-            rows.append({
-                "conversation_id": conv.conversation_id, "ids": enc.ids, "answer_mask": enc.answer_mask,
-                "n_answer": enc.n_answer, "truncated": enc.truncated,
-                "prompt": json.dumps(conv.messages[:-1], ensure_ascii=False),
-                "reference": conv.messages[-1]["content"],
-            })
+            rows.append(
+                {
+                    "conversation_id": conv.conversation_id,
+                    "ids": enc.ids,
+                    "answer_mask": enc.answer_mask,
+                    "n_answer": enc.n_answer,
+                    "truncated": enc.truncated,
+                    "prompt": json.dumps(conv.messages[:-1], ensure_ascii=False),
+                    "reference": conv.messages[-1]["content"],
+                }
+            )
         return rows
 
     with atomic_path(out_path) as tmp:
         total = None
         if source_kind(str(sft["source"])) == "task":
             total = sft["n_train"] if split == "train" else sft["n_validation"]
-        with tqdm(total=total, desc=f"sft {split} -> {out_path.name}", unit="conv", disable=not progress,
-                  file=sys.stderr) as bar:
-            read, written = write_records(iter_split(sft, split, counts, load=load), rows_of, SFT_SCHEMA, tmp, skip,
-                                          bar)
+        with tqdm(
+            total=total, desc=f"sft {split} -> {out_path.name}", unit="conv", disable=not progress, file=sys.stderr
+        ) as bar:
+            read, written = write_records(
+                iter_split(sft, split, counts, load=load), rows_of, SFT_SCHEMA, tmp, skip, bar
+            )
         if written == 0:
             raise InputError(
                 f"{out_path}: no SFT row for split {split!r} from {sft['source']}: {read} records read, skipped "
                 f"{skip.stats()['skipped'] or 'none'}; expected at least one conversation with an answer "
-                f"token within sft.length = {length}")
+                f"token within sft.length = {length}"
+            )
     stats = {
-        "source": str(sft["source"]), "split": split, "format": sft["format"], "length": length,
-        "records_read": read, "records_written": written,
-        **skip.stats(), "trailing_turns_dropped": counts["trailing_turns_dropped"], "truncated": counts["truncated"],
-        "filled_tokens": counts["filled_tokens"], "answer_tokens": counts["answer_tokens"],
-        "assistant_turns": counts["assistant_turns"], "tokens": written * length,
+        "source": str(sft["source"]),
+        "split": split,
+        "format": sft["format"],
+        "length": length,
+        "records_read": read,
+        "records_written": written,
+        **skip.stats(),
+        "trailing_turns_dropped": counts["trailing_turns_dropped"],
+        "truncated": counts["truncated"],
+        "filled_tokens": counts["filled_tokens"],
+        "answer_tokens": counts["answer_tokens"],
+        "assistant_turns": counts["assistant_turns"],
+        "tokens": written * length,
         "seconds": round(time.perf_counter() - t0, 3),
     }
     if source_kind(str(sft["source"])) == "task":
@@ -602,8 +663,9 @@ def load_tokenizer(path: str | Path):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m preprocess.sft", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m preprocess.sft", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", required=True, help="the pipeline config (read with common.config.load_config)")
     parser.add_argument("--split", required=True, choices=SPLITS)
     parser.add_argument("--tokenizer", required=True, help="tokenizer folder")
@@ -615,9 +677,11 @@ def main(argv=None):
         stats = build(config["sft"], load_tokenizer(args.tokenizer), args.split, args.out, args.stats)
     except (ConfigError, InputError) as err:
         parser.exit(2, f"preprocess.sft: error: {err}\n")
-    print(f"{args.out}: {stats['records_written']} of {stats['records_read']} conversations, "
-          f"{stats['answer_tokens']} answer tokens, {stats['truncated']} truncated, "
-          f"skipped {stats['skipped'] or 'none'}")
+    print(
+        f"{args.out}: {stats['records_written']} of {stats['records_read']} conversations, "
+        f"{stats['answer_tokens']} answer tokens, {stats['truncated']} truncated, "
+        f"skipped {stats['skipped'] or 'none'}"
+    )
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ A shard that yields no block at all (every document shorter than l3 tokens, or e
 error naming the shard, l3 and the counts, and writes nothing: training or validating on an empty split
 would otherwise pass silently.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -93,7 +94,9 @@ def build_stages(input_path: str | Path, out_path: str | Path, lengths: tuple[in
     counts = Counter()
     for doc_id, ids, prio in tqdm(
         zip(*(table.column(c).to_pylist() for c in ("doc_id", "input_ids", "priority"))),
-        total=table.num_rows, desc=f"stages {Path(input_path).name}", unit="doc",
+        total=table.num_rows,
+        desc=f"stages {Path(input_path).name}",
+        unit="doc",
     ):
         if len(ids) != len(prio):
             raise ValueError(f"{input_path}: document {doc_id!r} has {len(ids)} tokens but {len(prio)} priorities")
@@ -125,10 +128,17 @@ def build_stages(input_path: str | Path, out_path: str | Path, lengths: tuple[in
     stats = {
         "input": str(input_path),
         "lengths": list(lengths),
-        **{k: counts.get(k, 0) for k in (
-            "documents_in", "tokens_in", "documents_shorter_than_block", "tail_tokens_dropped",
-            "blocks_written", "blocks_dropped_too_few_distinct",
-        )},
+        **{
+            k: counts.get(k, 0)
+            for k in (
+                "documents_in",
+                "tokens_in",
+                "documents_shorter_than_block",
+                "tail_tokens_dropped",
+                "blocks_written",
+                "blocks_dropped_too_few_distinct",
+            )
+        },
         "seconds": round(time.perf_counter() - t0, 3),
     }
     write_json(stats, stats_path(out_path))

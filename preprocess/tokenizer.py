@@ -9,11 +9,12 @@ vocabulary size.
         --out data/pydoc/tokenizer-<tag>
     python -m preprocess.tokenizer --config configs/wikihow.yaml --out tok     # kind pretrained: nothing to train on
 """
+
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from tqdm import tqdm
 
@@ -83,8 +84,12 @@ def build(config: dict, train_shards: list[str], out: str | Path):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="the pipeline config (read with common.config.load_config)")
-    parser.add_argument("--train-shards", nargs="+", default=[],
-                        help="raw train shards (tokenizer.kind bpe, which trains on them); none for kind pretrained")
+    parser.add_argument(
+        "--train-shards",
+        nargs="+",
+        default=[],
+        help="raw train shards (tokenizer.kind bpe, which trains on them); none for kind pretrained",
+    )
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     config = load_config(args.config)

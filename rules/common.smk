@@ -68,8 +68,9 @@ CONFIG_FILE = _effective_config_path()
 def job_resources(section):
     """threads and resources of a job from a config section's gpus / cpus / mem_mb / runtime (one block for
     training, sampling and evaluation). gpu is the SLURM plugin's --gpus; cpus_per_task follows threads."""
-    return dict(gpu=section["gpus"], cpus_per_task=section["cpus"], mem_mb=section["mem_mb"],
-                runtime=section["runtime"])
+    return dict(
+        gpu=section["gpus"], cpus_per_task=section["cpus"], mem_mb=section["mem_mb"], runtime=section["runtime"]
+    )
 
 
 def device_arg(section):
@@ -130,8 +131,7 @@ def local_files(source):
         return []
     if os.path.isfile(source):
         return [source]
-    return sorted(os.path.join(d, f) for d, _, files in os.walk(source) for f in files
-                  if not f.startswith("."))
+    return sorted(os.path.join(d, f) for d, _, files in os.walk(source) for f in files if not f.startswith("."))
 
 
 def run_dir(run):

@@ -70,10 +70,13 @@ def report_inputs():
 def report_outputs():
     """The tables and plots (the end of the default target); the SFT / DPO / ATAT tables when the config has such
     runs."""
-    return ([f"{TABLES}/main.{ext}" for ext in ("md", "csv", "tex")] + [f"{PLOTS}/loss.png", f"{PLOTS}/gen_ppl_steps.png"]
-            + ([f"{TABLES}/sft.{ext}" for ext in ("md", "csv")] if SFT_RUNS else [])
-            + ([f"{TABLES}/dpo.{ext}" for ext in ("md", "csv")] if DPO_RUNS else [])
-            + ([f"{TABLES}/atat.{ext}" for ext in ("md", "csv")] if ATAT_RUNS else []))
+    return (
+        [f"{TABLES}/main.{ext}" for ext in ("md", "csv", "tex")]
+        + [f"{PLOTS}/loss.png", f"{PLOTS}/gen_ppl_steps.png"]
+        + ([f"{TABLES}/sft.{ext}" for ext in ("md", "csv")] if SFT_RUNS else [])
+        + ([f"{TABLES}/dpo.{ext}" for ext in ("md", "csv")] if DPO_RUNS else [])
+        + ([f"{TABLES}/atat.{ext}" for ext in ("md", "csv")] if ATAT_RUNS else [])
+    )
 
 
 rule sample:
@@ -82,19 +85,19 @@ rule sample:
         tokenizer=tokenizer_dir(),
     output:
         f"runs/{PROFILE}/{{run}}/samples/{{sampler}}-{{steps}}.jsonl",
-    params:
-        settings=trigger(SAMPLE_SETTINGS),
-        block=f"--block-size {SAMPLE['block_size']}" if SAMPLE["block_size"] else "",
-        device=device_arg(SAMPLE),
-    conda:
-        "../envs/train.yaml"
     log:
         f"logs/{PROFILE}/sample/{{run}}/{{sampler}}-{{steps}}.log",
     benchmark:
         f"benchmarks/{PROFILE}/sample/{{run}}/{{sampler}}-{{steps}}.tsv"
+    conda:
+        "../envs/train.yaml"
     threads: SAMPLE["cpus"]
     resources:
         **job_resources(SAMPLE),
+    params:
+        settings=trigger(SAMPLE_SETTINGS),
+        block=f"--block-size {SAMPLE['block_size']}" if SAMPLE["block_size"] else "",
+        device=device_arg(SAMPLE),
     shell:
         "python -m eval.sample --run-dir runs/{PROFILE}/{wildcards.run} --sampler {wildcards.sampler} --steps {wildcards.steps}"
         " --n {SAMPLE[n]} --batch-size {SAMPLE[batch_size]} --temperature {SAMPLE[temperature]} --seed {SAMPLE[seed]}"
@@ -108,19 +111,19 @@ rule evaluate:
         scorer=scorer_files(),
     output:
         f"runs/{PROFILE}/{{run}}/eval/{{sampler}}-{{steps}}.json",
-    params:
-        settings=trigger({"scorer": EVALUATE["scorer"]}),
-        scorer=scorer_spec(),
-        device=device_arg(EVALUATE),
-    conda:
-        "../envs/train.yaml"
     log:
         f"logs/{PROFILE}/evaluate/{{run}}/{{sampler}}-{{steps}}.log",
     benchmark:
         f"benchmarks/{PROFILE}/evaluate/{{run}}/{{sampler}}-{{steps}}.tsv"
+    conda:
+        "../envs/train.yaml"
     threads: EVALUATE["cpus"]
     resources:
         **job_resources(EVALUATE),
+    params:
+        settings=trigger({"scorer": EVALUATE["scorer"]}),
+        scorer=scorer_spec(),
+        device=device_arg(EVALUATE),
     shell:
         "python -m eval.evaluate samples --run-dir runs/{PROFILE}/{wildcards.run} --samples {input.samples}"
         " --scorer {params.scorer} {params.device} --threads {threads} --out {output} > {log} 2>&1"
@@ -132,19 +135,19 @@ rule evaluate_val:
         shards=lambda w: run_data_shards(w.run, "validation"),
     output:
         f"runs/{PROFILE}/{{run}}/eval/val.json",
-    params:
-        settings=trigger({k: EVALUATE[k] for k in ("val_time_samples", "val_batches", "batch_size", "discrete_steps")}),
-        discrete=f"--discrete-steps {EVALUATE['discrete_steps']}" if EVALUATE["discrete_steps"] else "",
-        device=device_arg(EVALUATE),
-    conda:
-        "../envs/train.yaml"
     log:
         f"logs/{PROFILE}/evaluate/{{run}}/val.log",
     benchmark:
         f"benchmarks/{PROFILE}/evaluate/{{run}}/val.tsv"
+    conda:
+        "../envs/train.yaml"
     threads: EVALUATE["cpus"]
     resources:
         **job_resources(EVALUATE),
+    params:
+        settings=trigger({k: EVALUATE[k] for k in ("val_time_samples", "val_batches", "batch_size", "discrete_steps")}),
+        discrete=f"--discrete-steps {EVALUATE['discrete_steps']}" if EVALUATE["discrete_steps"] else "",
+        device=device_arg(EVALUATE),
     shell:
         "python -m eval.evaluate val --run-dir runs/{PROFILE}/{wildcards.run} --val-shards {input.shards}"
         " --time-samples {EVALUATE[val_time_samples]} --batch-size {EVALUATE[batch_size]}"
@@ -163,12 +166,12 @@ rule report:
         tex=f"{TABLES}/main.tex",
         loss=report(f"{PLOTS}/loss.png", category="Plots", labels={"plot": "train and val loss per stage"}),
         gen_ppl=report(f"{PLOTS}/gen_ppl_steps.png", category="Plots", labels={"plot": "gen ppl vs steps"}),
-    conda:
-        "../envs/train.yaml"
     log:
         f"logs/report/{PROFILE}.log",
     benchmark:
         f"benchmarks/report/{PROFILE}.tsv"
+    conda:
+        "../envs/train.yaml"
     threads: 1
     resources:
         cpus_per_task=1,
@@ -201,22 +204,22 @@ rule evaluate_sft:
         shards=sft_shards("validation"),
     output:
         f"runs/{PROFILE}/{{run}}/eval/sft.json",
+    log:
+        f"logs/{PROFILE}/evaluate/{{run}}/sft.log",
+    benchmark:
+        f"benchmarks/{PROFILE}/evaluate/{{run}}/sft.tsv"
     wildcard_constraints:
         run="|".join(SFT_RUNS) or "(?!)",
+    conda:
+        "../envs/train.yaml"
+    threads: EVALUATE["cpus"]
+    resources:
+        **job_resources(EVALUATE),
     params:
         settings=trigger(SFT_EVAL_SETTINGS | {k: EVALUATE[k] for k in ("val_time_samples", "batch_size")}),
         before=lambda w: f"--before-dir {sft_before_dir(w.run)}" if sft_before_dir(w.run) else "",
         eos_guard="--eos-guard" if SFT["eos_guard"] else "",
         device=device_arg(EVALUATE),
-    conda:
-        "../envs/train.yaml"
-    log:
-        f"logs/{PROFILE}/evaluate/{{run}}/sft.log",
-    benchmark:
-        f"benchmarks/{PROFILE}/evaluate/{{run}}/sft.tsv"
-    threads: EVALUATE["cpus"]
-    resources:
-        **job_resources(EVALUATE),
     shell:
         "python -m eval.evaluate sft --run-dir runs/{PROFILE}/{wildcards.run} {params.before} --sft-shards {input.shards}"
         " --n {SFT[eval_n]} --gen-length {SFT[gen_length]} --steps {SFT[eval_steps]} --remasking {SFT[remasking]} {params.eos_guard}"
@@ -230,12 +233,12 @@ rule sft_report:
     output:
         md=report(f"{TABLES}/sft.md", category="Tables", labels={"table": "sft", "format": "md"}),
         csv=report(f"{TABLES}/sft.csv", category="Tables", labels={"table": "sft", "format": "csv"}),
-    conda:
-        "../envs/train.yaml"
     log:
         f"logs/report/{PROFILE}-sft.log",
     benchmark:
         f"benchmarks/report/{PROFILE}-sft.tsv"
+    conda:
+        "../envs/train.yaml"
     threads: 1
     resources:
         cpus_per_task=1,
@@ -267,24 +270,27 @@ rule evaluate_dpo:
         shards=preference_shards("validation"),
     output:
         f"runs/{PROFILE}/{{run}}/eval/dpo.json",
-    wildcard_constraints:
-        run="|".join(DPO_RUNS) or "(?!)",
-    params:
-        settings=trigger(SFT_EVAL_SETTINGS | {k: DPO[k] for k in ("eval_pairs", "eval_time_samples")}
-        | {"batch_size": EVALUATE["batch_size"]}),
-        before=lambda w: dpo_dirs(w.run)[0],
-        reference=lambda w: dpo_dirs(w.run)[1],
-        eos_guard="--eos-guard" if SFT["eos_guard"] else "",
-        device=device_arg(EVALUATE),
-    conda:
-        "../envs/train.yaml"
     log:
         f"logs/{PROFILE}/evaluate/{{run}}/dpo.log",
     benchmark:
         f"benchmarks/{PROFILE}/evaluate/{{run}}/dpo.tsv"
+    wildcard_constraints:
+        run="|".join(DPO_RUNS) or "(?!)",
+    conda:
+        "../envs/train.yaml"
     threads: EVALUATE["cpus"]
     resources:
         **job_resources(EVALUATE),
+    params:
+        settings=trigger(
+            SFT_EVAL_SETTINGS
+            | {k: DPO[k] for k in ("eval_pairs", "eval_time_samples")}
+            | {"batch_size": EVALUATE["batch_size"]}
+        ),
+        before=lambda w: dpo_dirs(w.run)[0],
+        reference=lambda w: dpo_dirs(w.run)[1],
+        eos_guard="--eos-guard" if SFT["eos_guard"] else "",
+        device=device_arg(EVALUATE),
     shell:
         "python -m eval.evaluate dpo --run-dir runs/{PROFILE}/{wildcards.run} --before-dir {params.before}"
         " --reference-dir {params.reference} --pair-shards {input.shards} --n-pairs {DPO[eval_pairs]}"
@@ -299,12 +305,12 @@ rule dpo_report:
     output:
         md=report(f"{TABLES}/dpo.md", category="Tables", labels={"table": "dpo", "format": "md"}),
         csv=report(f"{TABLES}/dpo.csv", category="Tables", labels={"table": "dpo", "format": "csv"}),
-    conda:
-        "../envs/train.yaml"
     log:
         f"logs/report/{PROFILE}-dpo.log",
     benchmark:
         f"benchmarks/report/{PROFILE}-dpo.tsv"
+    conda:
+        "../envs/train.yaml"
     threads: 1
     resources:
         cpus_per_task=1,
@@ -324,12 +330,12 @@ rule atat_report:
     output:
         md=report(f"{TABLES}/atat.md", category="Tables", labels={"table": "atat", "format": "md"}),
         csv=report(f"{TABLES}/atat.csv", category="Tables", labels={"table": "atat", "format": "csv"}),
-    conda:
-        "../envs/train.yaml"
     log:
         f"logs/report/{PROFILE}-atat.log",
     benchmark:
         f"benchmarks/report/{PROFILE}-atat.tsv"
+    conda:
+        "../envs/train.yaml"
     threads: 1
     resources:
         cpus_per_task=1,

@@ -8,8 +8,9 @@ def preprocess_outputs():
     """Every stage shard of every method and split (with the annotated shards and tokenizer they need), and the
     block shards of every packing a run reads."""
     packings = sorted({run_data(spec) for spec in RUNS.values()} & {"wrap", "doc"})
-    return ([p for m in METHODS for split in SPLITS for p in stage_shards(m, split)]
-            + [p for packing in packings for split in SPLITS for p in block_shards(packing, split)])
+    return [p for m in METHODS for split in SPLITS for p in stage_shards(m, split)] + [
+        p for packing in packings for split in SPLITS for p in block_shards(packing, split)
+    ]
 
 
 def annotate_settings(method):
@@ -20,7 +21,7 @@ def annotate_settings(method):
 
 def layout_log(path):
     """A data folder's log or benchmark file: the data path under logs/ or benchmarks/, minus data/."""
-    return path[len("data/"):]
+    return path[len("data/") :]
 
 
 # One job per split writes all of that split's shards: a source is read once, as a stream.
@@ -35,9 +36,6 @@ for _split in SPLITS:
         output:
             shards=raw_shards(_split),
             stats=f"{LAYOUT.raw(_split)}/stats.json",
-        params:
-            split=_split,
-            settings=trigger(config["corpus"]),
         log:
             f"logs/{layout_log(LAYOUT.raw(_split))}.log",
         benchmark:
@@ -47,6 +45,9 @@ for _split in SPLITS:
         resources:
             mem_mb=8000,
             runtime=240,
+        params:
+            split=_split,
+            settings=trigger(config["corpus"]),
         shell:
             "python -m preprocess.corpus --config {CONFIG_FILE} --split {params.split}"
             " --out {output.shards} --stats {output.stats} > {log} 2>&1"
@@ -64,10 +65,6 @@ rule tokenizer:
         tokenizer_inputs(),
     output:
         directory(tokenizer_dir()),
-    params:
-        settings=trigger(config["tokenizer"]),
-        # a pretrained tokenizer is loaded by name: no training shards to pass
-        shards=f"--train-shards {' '.join(raw_shards('train'))}" if config["tokenizer"]["kind"] == "bpe" else "",
     log:
         f"logs/{layout_log(tokenizer_dir())}.log",
     benchmark:
@@ -77,6 +74,10 @@ rule tokenizer:
     resources:
         mem_mb=8000,
         runtime=120,
+    params:
+        settings=trigger(config["tokenizer"]),
+        # a pretrained tokenizer is loaded by name: no training shards to pass
+        shards=f"--train-shards {' '.join(raw_shards('train'))}" if config["tokenizer"]["kind"] == "bpe" else "",
     shell:
         "python -m preprocess.tokenizer --config {CONFIG_FILE} {params.shards} --out {output} > {log} 2>&1"
 
@@ -88,19 +89,19 @@ rule annotate:
     output:
         shard=f"{LAYOUT.annot_root}/{{method}}/{{split}}/{{shard}}.parquet",
         stats=f"{LAYOUT.annot_root}/{{method}}/{{split}}/{{shard}}.stats.json",
-    params:
-        settings=lambda w: trigger(annotate_settings(w.method)),
     log:
         f"logs/{layout_log(LAYOUT.annot_root)}/{{method}}/{{split}}/{{shard}}.log",
     benchmark:
         f"benchmarks/{layout_log(LAYOUT.annot_root)}/{{method}}/{{split}}/{{shard}}.tsv"
-    threads: config["annotate"]["threads"]
     conda:
         "../envs/preprocess.yaml"
+    threads: config["annotate"]["threads"]
     resources:
         cpus_per_task=config["annotate"]["threads"],
         mem_mb=config["annotate"]["mem_mb"],
         runtime=config["annotate"]["runtime"],
+    params:
+        settings=lambda w: trigger(annotate_settings(w.method)),
     shell:
         "python -m preprocess.annotate --config {CONFIG_FILE} --method {wildcards.method}"
         " --input {input.raw} --tokenizer {input.tokenizer} --out {output.shard} > {log} 2>&1"
@@ -112,8 +113,6 @@ rule stages:
     output:
         shard=f"{LAYOUT.stages_root}/{{method}}/{{lengths}}/{{split}}/{{shard}}.parquet",
         stats=f"{LAYOUT.stages_root}/{{method}}/{{lengths}}/{{split}}/{{shard}}.stats.json",
-    params:
-        lengths=lambda wc: wc.lengths.replace("_", " "),
     log:
         f"logs/{layout_log(LAYOUT.stages_root)}/{{method}}/{{lengths}}/{{split}}/{{shard}}.log",
     benchmark:
@@ -123,6 +122,8 @@ rule stages:
     resources:
         mem_mb=4000,
         runtime=60,
+    params:
+        lengths=lambda wc: wc.lengths.replace("_", " "),
     shell:
         "python -m preprocess.stages --lengths {params.lengths} --input {input} --out {output.shard} > {log} 2>&1"
 
@@ -166,21 +167,21 @@ rule sft_data:
     output:
         shard=f"{LAYOUT.data}/sft-{{tag}}/{{sft_length}}/{{split}}/shard_00000.parquet",
         stats=f"{LAYOUT.data}/sft-{{tag}}/{{sft_length}}/{{split}}/shard_00000.stats.json",
-    wildcard_constraints:
-        sft_length=r"\d+",
-        tag=r"[0-9a-f]{8}",
-    params:
-        settings=lambda w: trigger(split_settings(config["sft"], SFT_DATA_KEYS, w.split)),
-        tag=lambda w: checked_tag(w.tag, LAYOUT.sft_tag(w.split), f"sft data of split {w.split}"),
     log:
         f"logs/{layout_log(LAYOUT.data)}/sft-{{tag}}/{{sft_length}}/{{split}}.log",
     benchmark:
         f"benchmarks/{layout_log(LAYOUT.data)}/sft-{{tag}}/{{sft_length}}/{{split}}.tsv"
+    wildcard_constraints:
+        sft_length=r"\d+",
+        tag=r"[0-9a-f]{8}",
     conda:
         "../envs/preprocess.yaml"
     resources:
         mem_mb=4000,
         runtime=60,
+    params:
+        settings=lambda w: trigger(split_settings(config["sft"], SFT_DATA_KEYS, w.split)),
+        tag=lambda w: checked_tag(w.tag, LAYOUT.sft_tag(w.split), f"sft data of split {w.split}"),
     shell:
         "python -m preprocess.sft --config {CONFIG_FILE} --split {wildcards.split} --tokenizer {input.tokenizer}"
         " --out {output.shard} --stats {output.stats} > {log} 2>&1"
@@ -195,21 +196,21 @@ rule preference_data:
     output:
         shard=f"{LAYOUT.data}/preference-{{tag}}/{{sft_length}}/{{split}}/shard_00000.parquet",
         stats=f"{LAYOUT.data}/preference-{{tag}}/{{sft_length}}/{{split}}/shard_00000.stats.json",
-    wildcard_constraints:
-        sft_length=r"\d+",
-        tag=r"[0-9a-f]{8}",
-    params:
-        settings=lambda w: trigger(split_settings(config["dpo"], PREFERENCE_DATA_KEYS, w.split)),
-        tag=lambda w: checked_tag(w.tag, LAYOUT.preference_tag(w.split), f"preference data of split {w.split}"),
     log:
         f"logs/{layout_log(LAYOUT.data)}/preference-{{tag}}/{{sft_length}}/{{split}}.log",
     benchmark:
         f"benchmarks/{layout_log(LAYOUT.data)}/preference-{{tag}}/{{sft_length}}/{{split}}.tsv"
+    wildcard_constraints:
+        sft_length=r"\d+",
+        tag=r"[0-9a-f]{8}",
     conda:
         "../envs/preprocess.yaml"
     resources:
         mem_mb=4000,
         runtime=60,
+    params:
+        settings=lambda w: trigger(split_settings(config["dpo"], PREFERENCE_DATA_KEYS, w.split)),
+        tag=lambda w: checked_tag(w.tag, LAYOUT.preference_tag(w.split), f"preference data of split {w.split}"),
     shell:
         "python -m preprocess.preference --config {CONFIG_FILE} --split {wildcards.split} --tokenizer {input.tokenizer}"
         " --out {output.shard} --stats {output.stats} > {log} 2>&1"

@@ -15,8 +15,11 @@ from train.settings import resolve as resolve_train_settings  # noqa: E402
 
 # Every model's settings, resolved (and checked) once, when the workflow is parsed: a bad run stops the
 # workflow before any job, naming the run and the key.
-TRAIN = {(run, name): resolve_train_settings(config, run, int(name[len("stage"):]) if name != "model" else None)
-         for run in RUNS for name in model_names(run)}
+TRAIN = {
+    (run, name): resolve_train_settings(config, run, int(name[len("stage") :]) if name != "model" else None)
+    for run in RUNS
+    for name in model_names(run)
+}
 
 
 def train_settings(wildcards):
@@ -41,8 +44,11 @@ def train_inputs(wildcards):
     """The run's data (stage shards of its method, block shards, SFT canvases or preference pairs), the tokenizer,
     the model it starts from (previous_stage) and a dpo run's reference model."""
     s = train_settings(wildcards)
-    inputs = {"train": run_data_shards(s.run, "train"), "val": run_data_shards(s.run, "validation"),
-              "tokenizer": tokenizer_dir()}
+    inputs = {
+        "train": run_data_shards(s.run, "train"),
+        "val": run_data_shards(s.run, "validation"),
+        "tokenizer": tokenizer_dir(),
+    }
     if previous_stage(s):
         inputs["init"] = [f"{previous_stage(s)}/model.safetensors", f"{previous_stage(s)}/config.json"]
     if s.kind == "dpo":  # the frozen reference: a run's model folder (built by this DAG) or a folder on disk
@@ -56,8 +62,10 @@ def train_launcher(s):
     if s.gpus == 0:
         return "python -m train"
     multi = "--multi_gpu " if s.gpus > 1 else ""
-    return (f"accelerate launch {multi}--num_processes {s.gpus} --num_machines 1 --mixed_precision no"
-            f" --dynamo_backend no -m train")
+    return (
+        f"accelerate launch {multi}--num_processes {s.gpus} --num_machines 1 --mixed_precision no"
+        f" --dynamo_backend no -m train"
+    )
 
 
 def train_resource(key):
@@ -71,22 +79,15 @@ rule train:
         model=f"runs/{PROFILE}/{{run}}/{{model}}/model.safetensors",
         config=f"runs/{PROFILE}/{{run}}/{{model}}/config.json",
         metrics=f"runs/{PROFILE}/{{run}}/{{model}}/metrics.csv",
-    wildcard_constraints:
-        run="|".join(RUNS),
-        model="stage[123]|model",
-    params:
-        # the rerun trigger: every setting that changes what this job computes (train/settings.py)
-        settings=lambda w: trigger(train_settings(w).computing()),
-        launch=lambda w: train_launcher(train_settings(w)),
-        stage=lambda w: f"--stage {train_settings(w).stage}",
-        init=lambda w: f"--init {previous_stage(train_settings(w))}" if previous_stage(train_settings(w)) else "",
-        reference=lambda w: f"--reference {dpo_reference(config, w.run, run_dir)}" if RUNS[w.run]["kind"] == "dpo" else "",
-    conda:
-        "../envs/train.yaml"
     log:
         f"logs/{PROFILE}/train/{{run}}/{{model}}.log",
     benchmark:
         f"benchmarks/{PROFILE}/train/{{run}}/{{model}}.tsv"
+    wildcard_constraints:
+        run="|".join(RUNS),
+        model="stage[123]|model",
+    conda:
+        "../envs/train.yaml"
     # train.cpus threads (1 by default: a tiny model gains little from a second thread, and on a 2-core
     # laptop two single-threaded stages side by side beat two oversubscribed OpenMP teams)
     threads: lambda w: train_settings(w).cpus
@@ -95,6 +96,15 @@ rule train:
         cpus_per_task=lambda w, threads: threads,
         mem_mb=train_resource("mem_mb"),
         runtime=train_resource("runtime"),
+    params:
+        # the rerun trigger: every setting that changes what this job computes (train/settings.py)
+        settings=lambda w: trigger(train_settings(w).computing()),
+        launch=lambda w: train_launcher(train_settings(w)),
+        stage=lambda w: f"--stage {train_settings(w).stage}",
+        init=lambda w: f"--init {previous_stage(train_settings(w))}" if previous_stage(train_settings(w)) else "",
+        reference=lambda w: (
+            f"--reference {dpo_reference(config, w.run, run_dir)}" if RUNS[w.run]["kind"] == "dpo" else ""
+        ),
     shell:
         "OMP_NUM_THREADS={threads} {params.launch} --config {CONFIG_FILE} --run {wildcards.run} {params.stage}"
         " --train-shards {input.train} --val-shards {input.val} --tokenizer {input.tokenizer}"

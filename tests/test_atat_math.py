@@ -8,6 +8,7 @@ Gauss-Legendre quadrature. The base schedule alpha(t) = (1 - t)^K reaches alpha(
 and the continuous-time NELBO of the exact denoiser is -log p(x) exactly; K = 5 keeps the rates
 lambda_v = -alpha_v' / (1 - alpha_v) ~ K w_v (1 - t)^{K w_v - 1} bounded for every exponent w_v >= 0.4.
 """
+
 import itertools
 import math
 
@@ -15,8 +16,15 @@ import numpy as np
 import pytest
 import torch
 
-from train.atat import (atat_loss, atat_token_terms, boundary_terms, curriculum_stage, log_mask_ratio,
-                        schedule_exponents, unmask_rates)
+from train.atat import (
+    atat_loss,
+    atat_token_terms,
+    boundary_terms,
+    curriculum_stage,
+    log_mask_ratio,
+    schedule_exponents,
+    unmask_rates,
+)
 from train.importance import ImportanceEstimator, frequency_importance
 from train.model import DiffusionTransformer, ModelConfig
 from train.noise import SAMPLING_EPS, LogLinearNoise, sample_times
@@ -65,15 +73,15 @@ class ExactDenoiser(torch.nn.Module):
 
     def forward(self, x, sigma, prefix_len=0, select=None):
         assert prefix_len == 0
-        masked = x == MASK                                                       # [B, L]
-        agree = ((SEQS[None] == x[:, None]) | masked[:, None]).all(-1)           # [B, 27]
+        masked = x == MASK  # [B, L]
+        agree = ((SEQS[None] == x[:, None]) | masked[:, None]).all(-1)  # [B, 27]
         weight = self.p[None] * agree
         if self.exponents is not None:
-            w = self.exponents.double()[SEQS]                                    # [27, L]
-            mask_prob = -torch.expm1(-w[None] * sigma.double()[:, None, None])   # [B, 27, L]
+            w = self.exponents.double()[SEQS]  # [27, L]
+            mask_prob = -torch.expm1(-w[None] * sigma.double()[:, None, None])  # [B, 27, L]
             weight = weight * torch.where(masked[:, None], mask_prob, torch.ones_like(mask_prob)).prod(-1)
         posterior = weight / weight.sum(-1, keepdim=True)
-        onehot = torch.nn.functional.one_hot(SEQS, VOCAB).double()               # [27, L, V]
+        onehot = torch.nn.functional.one_hot(SEQS, VOCAB).double()  # [27, L, V]
         marginal = torch.einsum("bs,slv->blv", posterior, onehot)
         logits = marginal.clamp_min(1e-300).log()
         return logits[select] if select is not None else logits
@@ -121,8 +129,11 @@ def random_exponents(seed):
     return 0.4 + 2.1 * torch.rand(VOCAB, generator=g)  # w_v in [0.4, 2.5]
 
 
-SCHEDULES = {"uniform": None, "frequency": frequency_exponents(),
-             **{f"random{seed}": random_exponents(seed) for seed in (1, 2, 3)}}
+SCHEDULES = {
+    "uniform": None,
+    "frequency": frequency_exponents(),
+    **{f"random{seed}": random_exponents(seed) for seed in (1, 2, 3)},
+}
 
 
 def test_frequency_exponents_are_not_trivial():
@@ -194,8 +205,7 @@ def test_atat_nelbo_stat_is_the_bound_estimate():
     counts = np.bincount(x0.flatten().numpy(), minlength=vocab)
     frequency, logits = frequency_importance(counts), torch.log1p(torch.as_tensor(counts, dtype=torch.float64))
     noise = LogLinearNoise()
-    _, _, stats = atat_loss(model, None, x0, None, t, u, noise, mask, "frequency", 0.8, frequency,
-                            prior_logits=logits)
+    _, _, stats = atat_loss(model, None, x0, None, t, u, noise, mask, "frequency", 0.8, frequency, prior_logits=logits)
     exponents = schedule_exponents(frequency, 0.8)
     with torch.no_grad():
         terms = atat_token_terms(model, x0, None, t, u, noise, mask, exponents)
@@ -209,12 +219,12 @@ def test_atat_nelbo_stat_is_the_bound_estimate():
 def test_unmask_rates_stay_finite_when_an_exponent_underflows():
     """w = exp(-2.4 * 45.2) is 0 in float32 (the mask id, never a target, has the largest z): lambda there is
     its w -> 0 limit sigma' / sigma, not 0 / 0."""
-    exponents = schedule_exponents(torch.tensor([0., 45.2]), 2.4)
+    exponents = schedule_exponents(torch.tensor([0.0, 45.2]), 2.4)
     assert exponents[1] == 0  # the case is real
     rates = unmask_rates(torch.tensor([1e-3]), torch.tensor([1.0]), exponents)
     assert torch.isfinite(rates).all(), rates
     assert float(rates[0, 0]) == pytest.approx(1 / math.expm1(1e-3), rel=1e-6)  # w = 1: sigma' / expm1(sigma)
-    assert float(rates[0, 1]) == pytest.approx(1 / 1e-3, rel=1e-6)             # w = 0: sigma' / sigma
+    assert float(rates[0, 1]) == pytest.approx(1 / 1e-3, rel=1e-6)  # w = 0: sigma' / sigma
 
 
 def test_atat_loss_stays_finite_when_an_exponent_underflows():
@@ -243,6 +253,7 @@ def test_schedule_free_posterior_is_wrong_for_state_dependent_masking():
 
 def random_denoisers():
     """Non-exact denoisers: the exact posterior tempered (close to the truth) and a random tiny transformer."""
+
     class Tempered(ExactDenoiser):
         def forward(self, x, sigma, prefix_len=0, select=None):
             return super().forward(x, sigma, prefix_len, select) * 0.6
@@ -289,8 +300,7 @@ def test_importance_sampling_ratio_recovers_the_plain_expectation():
 # -- the uniform variant is MDLM ---------------------------------------------------------------------------
 def tiny_dit(vocab=24, seed=0, fused="auto"):
     torch.manual_seed(seed)
-    model = DiffusionTransformer(ModelConfig(vocab_size=vocab, dim=32, n_layers=2, n_heads=2, cond_dim=16),
-                                 fused=fused)
+    model = DiffusionTransformer(ModelConfig(vocab_size=vocab, dim=32, n_layers=2, n_heads=2, cond_dim=16), fused=fused)
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.3)
     return model
@@ -317,8 +327,9 @@ def test_uniform_variant_equals_mdlm_exactly(fused, case):
     frequency = frequency_importance(np.bincount(x0.flatten().numpy(), minlength=vocab))
     reference = diffusion_loss(model, "mdlm", x0, prefix, t, u, noise, mask, pad_id, maskable)
     for variant, strength in [("uniform", 1.0), ("full", 0.0), ("frequency", 0.0), ("learned", 0.0)]:
-        loss, est_loss, stats = atat_loss(model, estimator, x0, prefix, t, u, noise, mask, variant, strength,
-                                          frequency, pad_id, maskable)
+        loss, est_loss, stats = atat_loss(
+            model, estimator, x0, prefix, t, u, noise, mask, variant, strength, frequency, pad_id, maskable
+        )
         assert torch.equal(loss, reference), (variant, float(loss), float(reference))
         # the stat adds the boundary terms to (1 - s) times the same sum (test_atat_nelbo_stat_is_the_bound_estimate)
         effective = None if pad_id is None else (x0 != pad_id)
@@ -329,8 +340,9 @@ def test_uniform_variant_equals_mdlm_exactly(fused, case):
         count = x0.numel() if effective is None else int(effective.sum())
         want = (1 - SAMPLING_EPS) * float(reference.detach()) + float(ends) / count
         assert stats["atat_nelbo"] == pytest.approx(want, rel=1e-6) and est_loss is not None
-    shaped, _, _ = atat_loss(model, estimator, x0, prefix, t, u, noise, mask, "frequency", 1.0, frequency,
-                             pad_id, maskable)
+    shaped, _, _ = atat_loss(
+        model, estimator, x0, prefix, t, u, noise, mask, "frequency", 1.0, frequency, pad_id, maskable
+    )
     assert not torch.equal(shaped, reference)  # the comparison above can fail
 
 

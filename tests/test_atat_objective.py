@@ -1,6 +1,7 @@
 """Objective atat in use: the importance estimator learns, the loss reports its statistics, frequency
 importance matches a hand computation, learned weights keep micro-batches consistent, and the uncertainty
 sampler leaves no mask, keeps the prefix and replays under the same generator."""
+
 import math
 
 import numpy as np
@@ -8,10 +9,18 @@ import pytest
 import torch
 
 from eval.denoiser import Denoiser
-from eval.samplers import SAMPLERS, NATIVE_OBJECTIVE, sample
+from eval.samplers import NATIVE_OBJECTIVE, SAMPLERS, sample
 from train.atat import atat_loss, learned_weights
-from train.importance import (ImportanceEstimator, estimator_importance, estimator_loss, frequency_importance,
-                              importance_stats, load_importance, save_importance, unigram_counts)
+from train.importance import (
+    ImportanceEstimator,
+    estimator_importance,
+    estimator_loss,
+    frequency_importance,
+    importance_stats,
+    load_importance,
+    save_importance,
+    unigram_counts,
+)
 from train.model import DiffusionTransformer, ModelConfig
 from train.noise import LogLinearNoise, sample_times
 from train.objectives import corrupt
@@ -103,11 +112,22 @@ def frequency_of(x0):
 def test_stats_keys(variant):
     x0, t, u = batch()
     model, estimator = tiny_dit(), ImportanceEstimator(VOCAB, dim=8)
-    loss, est_loss, stats = atat_loss(model, estimator, x0, None, t, u, LogLinearNoise(), MASK, variant, 0.5,
-                                      frequency_of(x0))
-    assert set(stats) == {"atat_loss", "atat_nelbo", "atat_rate_term", "atat_strength", "atat_masked",
-                          "estimator_loss", "importance_mean", "importance_std", "importance_min", "importance_max",
-                          "importance_corr"}
+    loss, est_loss, stats = atat_loss(
+        model, estimator, x0, None, t, u, LogLinearNoise(), MASK, variant, 0.5, frequency_of(x0)
+    )
+    assert set(stats) == {
+        "atat_loss",
+        "atat_nelbo",
+        "atat_rate_term",
+        "atat_strength",
+        "atat_masked",
+        "estimator_loss",
+        "importance_mean",
+        "importance_std",
+        "importance_min",
+        "importance_max",
+        "importance_corr",
+    }
     assert all(isinstance(v, float) and math.isfinite(v) for v in stats.values())
     assert stats["atat_loss"] == float(loss.detach()) and stats["estimator_loss"] == float(est_loss.detach())
     assert (stats["atat_rate_term"] != 0.0) == (variant in ("full", "frequency"))
@@ -216,8 +236,17 @@ def test_uncertainty_sampler_keeps_prefix_and_leaves_no_mask(block_size):
 
     prefix = prefix_batch()
     with torch.no_grad():
-        out = sample(denoiser, LogLinearNoise(), prefix, TARGET_LEN, "uncertainty", steps=7, block_size=block_size,
-                     generator=torch.Generator().manual_seed(0), importance=spy)
+        out = sample(
+            denoiser,
+            LogLinearNoise(),
+            prefix,
+            TARGET_LEN,
+            "uncertainty",
+            steps=7,
+            block_size=block_size,
+            generator=torch.Generator().manual_seed(0),
+            importance=spy,
+        )
     assert out.shape == (3, TARGET_LEN) and not (out == MASK).any()
     assert seen and all(torch.equal(p, prefix) for p in seen)
 
@@ -228,8 +257,17 @@ def test_uncertainty_sampler_replays_and_follows_the_estimate():
 
     def run(sampler, importance=None, seed=0):
         with torch.no_grad():
-            return sample(denoiser, LogLinearNoise(), prefix, TARGET_LEN, sampler, steps=TARGET_LEN,
-                          temperature=0.9, generator=torch.Generator().manual_seed(seed), importance=importance)
+            return sample(
+                denoiser,
+                LogLinearNoise(),
+                prefix,
+                TARGET_LEN,
+                sampler,
+                steps=TARGET_LEN,
+                temperature=0.9,
+                generator=torch.Generator().manual_seed(seed),
+                importance=importance,
+            )
 
     estimator = ImportanceEstimator(VOCAB, dim=8)
     for p in estimator.parameters():

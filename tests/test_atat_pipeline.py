@@ -1,16 +1,18 @@
 """The ATAT ablation through the real DAG (configs/atat.yaml's offline twin, configs/twins/atat.yaml, tests marked
-slow): four importance variants x two seeds of objective atat on packed pydoc blocks, each model folder with its importance estimator, samples from the
-uncertainty sampler, the plain validation NELBO, and the ablation table with mean and spread over seeds. The cluster
-recipe's twin (configs/twins/atat-wikitext103.yaml) runs in tests/test_twins.py. The table's seed test and its verdict in words are
+slow): four importance variants x two seeds of objective atat on packed pydoc blocks, each model folder with its
+importance estimator, samples from the uncertainty sampler, the plain validation NELBO, and the ablation table with
+mean and spread over seeds. The cluster recipe's twin (configs/twins/atat-wikitext103.yaml) runs in
+tests/test_twins.py. The table's seed test and its verdict in words are
 also checked on hand-made run folders (fast)."""
+
 import csv
 import json
 import math
 from pathlib import Path
 
 import pytest
-
 from conftest import snakemake, twin
+
 from eval.atat import seed_test, table_rows, write_table
 from train.importance import IMPORTANCE_FILE
 
@@ -48,13 +50,19 @@ def test_table_has_mean_and_spread_per_variant(ablation):
     nelbo = {r["variant"]: r for r in rows if r["metric"] == "val_nelbo"}
     assert set(nelbo) == set(VARIANTS)
     for variant, row in nelbo.items():
-        values = [json.loads((ablation / "runs" / "atat-twin" / f"atat-{variant}-s{s}" / "eval" / "val.json").read_text())
-                  ["stages"]["stage3"]["nelbo"] for s in (0, 1)]
+        values = [
+            json.loads((ablation / "runs" / "atat-twin" / f"atat-{variant}-s{s}" / "eval" / "val.json").read_text())[
+                "stages"
+            ]["stage3"]["nelbo"]
+            for s in (0, 1)
+        ]
         assert row["n_seeds"] == "2" and row["seeds"] == "0 1"
         assert float(row["mean"]) == pytest.approx(sum(values) / 2)
         assert float(row["sd"]) == pytest.approx(abs(values[0] - values[1]) / math.sqrt(2))
     assert nelbo["uniform"]["diff_vs_uniform"] == ""
-    assert float(nelbo["full"]["diff_vs_uniform"]) == pytest.approx(float(nelbo["full"]["mean"]) - float(nelbo["uniform"]["mean"]))
+    assert float(nelbo["full"]["diff_vs_uniform"]) == pytest.approx(
+        float(nelbo["full"]["mean"]) - float(nelbo["uniform"]["mean"])
+    )
     assert {r["sampler"] for r in rows if r["metric"] == "entropy"} == {"uncertainty"}
     md = (ablation / "results" / "atat-twin" / "tables" / "atat.md").read_text()
     assert "| full | 2 |" in md and "| uniform | 2 |" in md and "Welch" in md
@@ -78,25 +86,38 @@ def fake_runs(root: Path, nelbo: dict) -> list[Path]:
             run = root / "runs" / f"{variant}-s{seed}"
             (run / "model").mkdir(parents=True)
             (run / "eval").mkdir()
-            (run / "model" / "config.json").write_text(json.dumps(
-                {"objective": "mdlm", "training_objective": "atat", "atat": {"importance": variant}}))
+            (run / "model" / "config.json").write_text(
+                json.dumps({"objective": "mdlm", "training_objective": "atat", "atat": {"importance": variant}})
+            )
             val = {"stages": {"stage3": {"nelbo": value, "ppl": math.exp(value)}}, "provenance": {"seed": seed}}
             (run / "eval" / "val.json").write_text(json.dumps(val))
             paths.append(run / "eval" / "val.json")
     return paths
 
 
-@pytest.mark.parametrize("nelbo, says, why", [
-    ({"full": [3.0], "uniform": [3.5]}, "could not be run for any difference",
-     "one seed, no spread (full: 1 seed, uniform: 1 seed)"),
-    ({"full": [3.0, 3.1], "frequency": [3.2, 3.3]}, "could not be run for any difference",
-     "no uniform run (atat.importance: uniform), so no baseline to compare with"),
-    ({"full": [3.0, 3.1], "learned": [3.0], "uniform": [3.02, 3.12]}, "No tested difference from uniform exceeds",
-     "one seed, no spread (learned: 1 seed, uniform: 2 seeds)"),
-    ({"full": [3.0, 3.1], "uniform": [3.02, 3.12]}, "No difference from uniform exceeds the seed spread.", None),
-])
+@pytest.mark.parametrize(
+    "nelbo, says, why",
+    [
+        (
+            {"full": [3.0], "uniform": [3.5]},
+            "could not be run for any difference",
+            "one seed, no spread (full: 1 seed, uniform: 1 seed)",
+        ),
+        (
+            {"full": [3.0, 3.1], "frequency": [3.2, 3.3]},
+            "could not be run for any difference",
+            "no uniform run (atat.importance: uniform), so no baseline to compare with",
+        ),
+        (
+            {"full": [3.0, 3.1], "learned": [3.0], "uniform": [3.02, 3.12]},
+            "No tested difference from uniform exceeds",
+            "one seed, no spread (learned: 1 seed, uniform: 2 seeds)",
+        ),
+        ({"full": [3.0, 3.1], "uniform": [3.02, 3.12]}, "No difference from uniform exceeds the seed spread.", None),
+    ],
+)
 def test_table_says_when_the_seed_test_could_not_be_run(tmp_path, nelbo, says, why):
-    """"No difference exceeds the seed spread" only of differences tested: a side with one seed has no spread and a
+    """ "No difference exceeds the seed spread" only of differences tested: a side with one seed has no spread and a
     table without a uniform run no baseline, and the table says so (in words and the CSV's not_tested)."""
     rows = table_rows(fake_runs(tmp_path, nelbo), [])
     write_table(rows, tmp_path / "tables")

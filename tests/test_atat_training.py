@@ -2,6 +2,7 @@
 objective mdlm (same losses at every step, same weights); the full variant logs its curriculum and the estimator's
 statistics, validates with the plain MDLM NELBO, saves the estimator beside the model, and a preempted run resumed
 equals an uninterrupted one. Tiny model, toy data, subprocesses, one thread."""
+
 import csv
 import os
 import subprocess
@@ -36,11 +37,24 @@ def setup(tmp_path_factory):
     config = {
         "stages": {"lengths": [4, 8, 16]},
         "atat": {"stages": 3, "max_strength": 1.0, "estimator_dim": 16},
-        "runs": {"mdlm": {**run, "objective": "mdlm"},
-                 "uniform": {**run, "objective": "atat", "atat": {"importance": "uniform"}},
-                 "full": {**run, "objective": "atat"}},
-        "train": {"model": "tiny", "global_batch_size": 16, "micro_batch_size": 8, "lr": 3e-3, "warmup_steps": 3,
-                  "max_steps": 12, "ema": 0.9, "eval_every": 4, "eval_batches": 1, "save_every": 4, "seed": 0},
+        "runs": {
+            "mdlm": {**run, "objective": "mdlm"},
+            "uniform": {**run, "objective": "atat", "atat": {"importance": "uniform"}},
+            "full": {**run, "objective": "atat"},
+        },
+        "train": {
+            "model": "tiny",
+            "global_batch_size": 16,
+            "micro_batch_size": 8,
+            "lr": 3e-3,
+            "warmup_steps": 3,
+            "max_steps": 12,
+            "ema": 0.9,
+            "eval_every": 4,
+            "eval_batches": 1,
+            "save_every": 4,
+            "seed": 0,
+        },
     }
     (tmp / "config.yaml").write_text(yaml.safe_dump(config))
     (tmp / "runner.py").write_text(RUNNER)
@@ -50,9 +64,22 @@ def setup(tmp_path_factory):
 def train(setup, run, out, kill_at=0):
     tmp, data = setup
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "KILL_AT": str(kill_at)}
-    cmd = [sys.executable, str(tmp / "runner.py"), "--config", str(tmp / "config.yaml"), "--run", run,
-           "--train-shards", data["train"], "--val-shards", data["validation"], "--tokenizer", data["tokenizer"],
-           "--out", str(out)]
+    cmd = [
+        sys.executable,
+        str(tmp / "runner.py"),
+        "--config",
+        str(tmp / "config.yaml"),
+        "--run",
+        run,
+        "--train-shards",
+        data["train"],
+        "--val-shards",
+        data["validation"],
+        "--tokenizer",
+        data["tokenizer"],
+        "--out",
+        str(out),
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     done.log = done.stdout + done.stderr
     return done

@@ -1,5 +1,6 @@
 """Unannotated token blocks: wrap keeps every document and drops only the shard's last partial block, doc pads
 each document's last block, the counts add up, and a shard without a block fails naming it."""
+
 import json
 import subprocess
 import sys
@@ -26,12 +27,12 @@ def rows_of(packer, docs):
 
 
 def test_wrap_joins_documents_with_eos_and_drops_only_the_tail():
-    docs = [("a", [5, 6, 7]), ("b", [8]), ("c", [9, 10, 11, 12, 13])]   # + EOS each: 4 + 2 + 6 = 12 tokens
+    docs = [("a", [5, 6, 7]), ("b", [8]), ("c", [9, 10, 11, 12, 13])]  # + EOS each: 4 + 2 + 6 = 12 tokens
     packer = Packer("wrap", 5, EOS, None)
     rows = rows_of(packer, docs)
     stream = [5, 6, 7, EOS, 8, EOS, 9, 10, 11, 12, 13, EOS]
     assert [r[2].tolist() for r in rows] == [stream[0:5], stream[5:10]]
-    assert [(r[0], r[1]) for r in rows] == [("a", 0), ("b", 1)]   # block 2 starts at b's EOS (offset 1 in b)
+    assert [(r[0], r[1]) for r in rows] == [("a", 0), ("b", 1)]  # block 2 starts at b's EOS (offset 1 in b)
     assert packer.counts["tail_tokens_dropped"] == 2 and packer.counts["documents_written"] == 3
     assert packer.counts["tokens"] == len(stream) == 5 * len(rows) + packer.counts["tail_tokens_dropped"]
 
@@ -46,7 +47,10 @@ def test_doc_pads_the_last_block_of_each_document_and_never_spans_two():
     packer = Packer("doc", 4, EOS, PAD)
     rows = rows_of(packer, [("a", [5, 6, 7, 8, 9]), ("b", [3])])
     assert [(r[0], r[1], r[2].tolist()) for r in rows] == [
-        ("a", 0, [5, 6, 7, 8]), ("a", 4, [9, EOS, PAD, PAD]), ("b", 0, [3, EOS, PAD, PAD])]
+        ("a", 0, [5, 6, 7, 8]),
+        ("a", 4, [9, EOS, PAD, PAD]),
+        ("b", 0, [3, EOS, PAD, PAD]),
+    ]
     assert packer.counts["pad_tokens"] == 4 and packer.counts["tail_tokens_dropped"] == 0
 
 
@@ -79,11 +83,15 @@ def test_shard_rows_and_stats(tmp_path, tokenizer):
             assert (ids == tokenizer.eos_token_id).sum() >= 2
         else:
             assert stats["blocks_written"] == sum(-(-n // 8) for n in lengths)
-            assert (ids == tokenizer.pad_token_id).sum() == stats["pad_tokens"] == stats["blocks_written"] * 8 - sum(lengths)
+            assert (
+                (ids == tokenizer.pad_token_id).sum()
+                == stats["pad_tokens"]
+                == stats["blocks_written"] * 8 - sum(lengths)
+            )
         assert json.loads(stats_path(out).read_text()) == stats
         again = tmp_path / packing / "again.parquet"
         build_blocks(raw, again, tokenizer, packing, 8)
-        assert again.read_bytes() == out.read_bytes()   # deterministic
+        assert again.read_bytes() == out.read_bytes()  # deterministic
 
 
 def test_a_shard_without_a_block_fails_and_leaves_nothing(tmp_path, tokenizer):
@@ -108,8 +116,25 @@ def test_doc_packing_refuses_a_pad_that_is_eos(tmp_path, tokenizer):
 def test_command_line(tmp_path, tokenizer):
     tokenizer.save_pretrained(tmp_path / "tok")
     raw = raw_shard(tmp_path / "raw.parquet", ["the quick brown fox jumps over the lazy dog"] * 4)
-    done = subprocess.run([sys.executable, "-m", "preprocess.blocks", "--packing", "wrap", "--length", "8",
-                           "--tokenizer", str(tmp_path / "tok"), "--input", str(raw), "--out",
-                           str(tmp_path / "b.parquet")], capture_output=True, text=True, cwd=ROOT)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "preprocess.blocks",
+            "--packing",
+            "wrap",
+            "--length",
+            "8",
+            "--tokenizer",
+            str(tmp_path / "tok"),
+            "--input",
+            str(raw),
+            "--out",
+            str(tmp_path / "b.parquet"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert done.returncode == 0, done.stderr
     assert "blocks from 4/4 documents" in done.stdout

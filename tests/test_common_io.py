@@ -1,4 +1,5 @@
 """Atomic writes: a file appears whole or not at all, and a device or pipe given as the output stays what it is."""
+
 import os
 import stat
 import threading

@@ -1,4 +1,5 @@
 """A wrong key or value stops the run before any job and names it."""
+
 import json
 import math
 import subprocess
@@ -19,10 +20,12 @@ def load(name):
 
 def merged(*names):
     """Config files merged key by key, in order, the way Snakemake merges several --configfile."""
+
     def update(base, new):
         for k, v in new.items():
             base[k] = update(base.get(k, {}), v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
         return base
+
     out = {}
     for n in names:
         update(out, load(n))
@@ -32,8 +35,11 @@ def merged(*names):
 SHIPPED = ["config.yaml"] + sorted(f"configs/{p.name}" for p in (ROOT / "configs").glob("*.yaml"))
 
 
-@pytest.mark.parametrize("names", [(n,) for n in SHIPPED] + [(n, n.replace("configs/", "configs/twins/"))
-                                                             for n in SHIPPED if n != "config.yaml"], ids=" + ".join)
+@pytest.mark.parametrize(
+    "names",
+    [(n,) for n in SHIPPED] + [(n, n.replace("configs/", "configs/twins/")) for n in SHIPPED if n != "config.yaml"],
+    ids=" + ".join,
+)
 def test_shipped_configs_are_valid(names):
     """Each file of configs/ is a whole config (a --configfile replaces config.yaml), and so is it with its offline
     twin on top; the schema fills in the rest."""
@@ -41,11 +47,14 @@ def test_shipped_configs_are_valid(names):
     assert config["train"]["grad_clip"] == 1.0 and config["sample"]["seed"] == 0  # defaults filled in
 
 
-@pytest.mark.parametrize("runs, named", [
-    ({"c": {"kind": "cascade", "data": "wrap", "method": "keybert", "objective": "mdlm"}}, "runs.c.data"),
-    ({"s": {"kind": "single", "objective": "mdlm"}}, "runs.s.method is missing"),
-    ({"s": {"kind": "single", "data": "stages", "method": "tfidf", "objective": "mdlm"}}, "tfidf"),
-])
+@pytest.mark.parametrize(
+    "runs, named",
+    [
+        ({"c": {"kind": "cascade", "data": "wrap", "method": "keybert", "objective": "mdlm"}}, "runs.c.data"),
+        ({"s": {"kind": "single", "objective": "mdlm"}}, "runs.s.method is missing"),
+        ({"s": {"kind": "single", "data": "stages", "method": "tfidf", "objective": "mdlm"}}, "tfidf"),
+    ],
+)
 def test_run_data_and_method_are_checked(runs, named):
     config = load("config.yaml")
     config["runs"] = runs
@@ -91,9 +100,21 @@ def dry_run_with(tmp_path, yaml_text):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml_text)
     return subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path),
-         "--configfile", str(ROOT / "config.yaml"), str(bad)],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-n",
+            "-s",
+            str(ROOT / "Snakefile"),
+            "-d",
+            str(tmp_path),
+            "--configfile",
+            str(ROOT / "config.yaml"),
+            str(bad),
+        ],
+        capture_output=True,
+        text=True,
     )
 
 
@@ -101,9 +122,23 @@ def test_a_config_file_replaces_config_yaml(tmp_path):
     """configs/wikihow.yaml plans its own runs only: none of the demo's (cascade, single, ar) leaks in, and
     without a stages section nothing is annotated."""
     proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "--quiet",
-         "rules", "--configfile", str(ROOT / "configs" / "wikihow.yaml")],
-        capture_output=True, text=True)
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-n",
+            "-s",
+            str(ROOT / "Snakefile"),
+            "-d",
+            str(tmp_path),
+            "--quiet",
+            "rules",
+            "--configfile",
+            str(ROOT / "configs" / "wikihow.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     written = yaml.safe_load(next((tmp_path / ".snakemake" / "cascade").glob("config-*.yaml")).read_text())
     assert sorted(written["runs"]) == ["mdlm-finetune", "mdlm-owt", "mdlm-scratch"]
@@ -132,19 +167,36 @@ def test_a_run_inherits_train_keys_it_does_not_set():
     assert "lr" not in config["runs"]["ar"] and config["runs"]["ar"]["warmup_steps"] == 7
 
 
-@pytest.mark.parametrize("override, key, want", [
-    ("train={lr: 0.002}", ("train", "lr"), 0.002),
-    ("train={antithetic: false, log_with: [tensorboard]}", ("train", "antithetic"), False),
-    ("sample={steps: [8, 32]}", ("sample", "steps"), [8, 32]),
-    ("corpus={shards: {train: 4}}", ("corpus", "shards"), {"train": 4, "validation": 1}),
-])
+@pytest.mark.parametrize(
+    "override, key, want",
+    [
+        ("train={lr: 0.002}", ("train", "lr"), 0.002),
+        ("train={antithetic: false, log_with: [tensorboard]}", ("train", "antithetic"), False),
+        ("sample={steps: [8, 32]}", ("sample", "steps"), [8, 32]),
+        ("corpus={shards: {train: 4}}", ("corpus", "shards"), {"train": 4, "validation": 1}),
+    ],
+)
 def test_nested_config_values_from_the_command_line_get_their_types(tmp_path, override, key, want):
     """`--config section={key: value}` reaches the jobs with the type the schema asks for (Snakemake itself
     keeps nested values as strings)."""
     proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "--quiet",
-         "rules", "--config", override],
-        capture_output=True, text=True)
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-n",
+            "-s",
+            str(ROOT / "Snakefile"),
+            "-d",
+            str(tmp_path),
+            "--quiet",
+            "rules",
+            "--config",
+            override,
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     written = list((tmp_path / ".snakemake" / "cascade").glob("config-*.yaml"))
     assert len(written) == 1
@@ -163,16 +215,21 @@ def test_a_string_that_is_not_a_number_is_still_refused_by_name():
 # NaN and infinity
 
 
-@pytest.mark.parametrize("text, key", [
-    ("atat:\n  max_strength: nan\n", "atat.max_strength"),        # YAML 1.1 reads nan as a string, then a float
-    ("atat:\n  max_strength: .nan\n", "atat.max_strength"),
-    ("train:\n  lr: .inf\n", "train.lr"),
-    ("dpo:\n  beta: inf\n", "dpo.beta"),
-    ("sample:\n  temperature: -.inf\n", "sample.temperature"),
-    ("runs:\n  single:\n    noise: {type: loglinear, eps: .nan}\n", "runs.single.noise.eps"),
-    ("runs:\n  single:\n    backbone: {kind: masked_lm, config: {model_type: bert, layer_norm_eps: .nan}}\n",
-     "runs.single.backbone.config.layer_norm_eps"),
-])
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("atat:\n  max_strength: nan\n", "atat.max_strength"),  # YAML 1.1 reads nan as a string, then a float
+        ("atat:\n  max_strength: .nan\n", "atat.max_strength"),
+        ("train:\n  lr: .inf\n", "train.lr"),
+        ("dpo:\n  beta: inf\n", "dpo.beta"),
+        ("sample:\n  temperature: -.inf\n", "sample.temperature"),
+        ("runs:\n  single:\n    noise: {type: loglinear, eps: .nan}\n", "runs.single.noise.eps"),
+        (
+            "runs:\n  single:\n    backbone: {kind: masked_lm, config: {model_type: bert, layer_norm_eps: .nan}}\n",
+            "runs.single.backbone.config.layer_norm_eps",
+        ),
+    ],
+)
 def test_no_setting_accepts_nan_or_infinity(text, key):
     """A minimum or maximum in the schema is no guard: NaN compares false with everything."""
     config = merged("config.yaml")
@@ -204,9 +261,23 @@ def test_a_target_after_configfile_is_named(tmp_path):
     target.parent.mkdir(parents=True)
     target.write_text(json.dumps({"before": 1, "after": 2, "stages": {"stage3": {"nelbo": 3.0}}}))
     proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path),
-         "--configfile", str(ROOT / "configs" / "tiny.yaml"), "runs/demo/x/eval/val.json"],
-        capture_output=True, text=True, cwd=tmp_path)
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-n",
+            "-s",
+            str(ROOT / "Snakefile"),
+            "-d",
+            str(tmp_path),
+            "--configfile",
+            str(ROOT / "configs" / "tiny.yaml"),
+            "runs/demo/x/eval/val.json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert f"--configfile {target} is not a config" in out
@@ -237,28 +308,47 @@ def test_which_configfiles_are_taken_for_targets(tmp_path):
 # ----------------------------------------------------------------------------------------------------------
 # init_from, dpo.reference, a pretrained backbone's tokenizer
 
-BERT = {"kind": "masked_lm", "config": {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1,
-                                         "num_attention_heads": 2, "intermediate_size": 64}}
+BERT = {
+    "kind": "masked_lm",
+    "config": {
+        "model_type": "bert",
+        "hidden_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+    },
+}
 
 
 def post_training(**runs):
     """A config with a base run, an sft run from it and a dpo run from that, then ``runs`` over them."""
-    base = {"base": {"kind": "single", "data": "wrap", "objective": "mdlm"},
-            "sft": {"kind": "sft", "objective": "mdlm", "init_from": "base"},
-            "dpo": {"kind": "dpo", "objective": "mdlm", "init_from": "sft"},
-            "ar": {"kind": "ar", "data": "wrap", "objective": "ar"}}
+    base = {
+        "base": {"kind": "single", "data": "wrap", "objective": "mdlm"},
+        "sft": {"kind": "sft", "objective": "mdlm", "init_from": "base"},
+        "dpo": {"kind": "dpo", "objective": "mdlm", "init_from": "sft"},
+        "ar": {"kind": "ar", "data": "wrap", "objective": "ar"},
+    }
     for name, spec in runs.items():
         base[name] = {**base.get(name, {}), **spec}
     return {"blocks": {"length": 32}, "runs": base}
 
 
-@pytest.mark.parametrize("over, named", [
-    ({"sft": {"backbone": BERT}}, r"runs.sft \(kind sft\) builds backbone masked_lm .*runs.base \(init_from\), "
-                                  r"whose backbone is dit \(model: tiny\)"),
-    ({"base": {"backbone": BERT}}, r"runs.sft \(kind sft\) builds backbone dit \(model: tiny\).*runs.base"),
-    ({"dpo": {"model": "small"}}, r"runs.dpo \(kind dpo\) builds backbone dit \(model: small\).*runs.sft "
-                                  r"\(init_from\), whose backbone is dit \(model: tiny\)"),
-])
+@pytest.mark.parametrize(
+    "over, named",
+    [
+        (
+            {"sft": {"backbone": BERT}},
+            r"runs.sft \(kind sft\) builds backbone masked_lm .*runs.base \(init_from\), "
+            r"whose backbone is dit \(model: tiny\)",
+        ),
+        ({"base": {"backbone": BERT}}, r"runs.sft \(kind sft\) builds backbone dit \(model: tiny\).*runs.base"),
+        (
+            {"dpo": {"model": "small"}},
+            r"runs.dpo \(kind dpo\) builds backbone dit \(model: small\).*runs.sft "
+            r"\(init_from\), whose backbone is dit \(model: tiny\)",
+        ),
+    ],
+)
 def test_a_run_starts_only_from_the_same_network(over, named):
     with pytest.raises(ConfigError, match=named):
         validate_config(post_training(**over))
@@ -289,22 +379,31 @@ def test_dpo_reference_resolves_a_run_or_a_folder(tmp_path):
         dpo_reference(config, "sft", run_dir)
 
 
-@pytest.mark.parametrize("reference, named", [
-    ("ar", r"runs.dpo.dpo.reference = 'ar' names runs.ar \(kind ar, objective ar\), which cannot score"),
-    ("dpo", r"names runs.dpo .*not the run itself"),
-    ("missing/folder", r"runs.dpo.dpo.reference = 'missing/folder' is neither a run of the config .* nor an "
-                       r"existing folder \(no such path"),
-])
+@pytest.mark.parametrize(
+    "reference, named",
+    [
+        ("ar", r"runs.dpo.dpo.reference = 'ar' names runs.ar \(kind ar, objective ar\), which cannot score"),
+        ("dpo", r"names runs.dpo .*not the run itself"),
+        (
+            "missing/folder",
+            r"runs.dpo.dpo.reference = 'missing/folder' is neither a run of the config .* nor an "
+            r"existing folder \(no such path",
+        ),
+    ],
+)
 def test_a_dpo_reference_that_cannot_score_is_refused(reference, named):
     with pytest.raises(ConfigError, match=named):
         validate_config(post_training(dpo={"dpo": {"reference": reference}}))
 
 
-@pytest.mark.parametrize("meta, named", [
-    ({"objective": "ar"}, "is an AR model"),
-    ({"vocab_size": 50257}, r"has vocab_size 50257 .*tokenizer.vocab_size 2048"),
-    (None, "not the config.json of a model folder"),
-])
+@pytest.mark.parametrize(
+    "meta, named",
+    [
+        ({"objective": "ar"}, "is an AR model"),
+        ({"vocab_size": 50257}, r"has vocab_size 50257 .*tokenizer.vocab_size 2048"),
+        (None, "not the config.json of a model folder"),
+    ],
+)
 def test_a_dpo_reference_folder_is_read_before_any_job(tmp_path, meta, named):
     folder = tmp_path / "ref"
     if meta is None:  # a transformers folder: its config.json has no objective
@@ -325,8 +424,11 @@ def test_a_dpo_reference_folder_must_share_the_trained_starts_vocabulary(tmp_pat
     config = post_training()
     config["dpo"] = {"reference": reference}
     config = validate_config(config)
-    with pytest.raises(ConfigError, match=rf"dpo.reference = '{reference}': its config.json has vocab_size 2048, "
-                                          rf"the policy's start .*sft/model/config.json has vocab_size 2000"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"dpo.reference = '{reference}': its config.json has vocab_size 2048, "
+        rf"the policy's start .*sft/model/config.json has vocab_size 2000",
+    ):
         dpo_reference(config, "dpo", lambda run: str(runs / run))
     model_folder(runs / "other" / "model", vocab_size=2048)
     config["runs"]["dpo"]["init_from"] = "base"
@@ -341,8 +443,10 @@ def pretrained_bert(tmp_path) -> str:
 
 
 def with_backbone(backbone, tokenizer=None):
-    config = {"blocks": {"length": 32},
-              "runs": {"bert": {"kind": "single", "data": "wrap", "objective": "mdlm", "backbone": backbone}}}
+    config = {
+        "blocks": {"length": 32},
+        "runs": {"bert": {"kind": "single", "data": "wrap", "objective": "mdlm", "backbone": backbone}},
+    }
     if tokenizer is not None:
         config["tokenizer"] = tokenizer
     return config
@@ -351,17 +455,21 @@ def with_backbone(backbone, tokenizer=None):
 def test_a_pretrained_backbone_needs_its_own_tokenizer(tmp_path):
     name = pretrained_bert(tmp_path)
     backbone = {"kind": "masked_lm", "name": name}
-    with pytest.raises(ConfigError, match=rf"runs.bert.backbone.name = '{name}' \(run bert: a pretrained masked LM, "
-                                          rf"vocab_size 30522 in its config.json\) needs its own tokenizer, tokenizer: "
-                                          rf"\{{kind: pretrained, name: {name}\}}; the config has tokenizer: "
-                                          rf"\{{kind: bpe, vocab_size: 2048\}}"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"runs.bert.backbone.name = '{name}' \(run bert: a pretrained masked LM, "
+        rf"vocab_size 30522 in its config.json\) needs its own tokenizer, tokenizer: "
+        rf"\{{kind: pretrained, name: {name}\}}; the config has tokenizer: "
+        rf"\{{kind: bpe, vocab_size: 2048\}}",
+    ):
         validate_config(with_backbone(backbone))
     with pytest.raises(ConfigError, match=r"the config has tokenizer: \{kind: pretrained, name: gpt2\}"):
         validate_config(with_backbone(backbone, {"kind": "pretrained", "name": "gpt2"}))
     # The same folder, however spelt; a hub id by its name (never looked up).
     validate_config(with_backbone(backbone, {"kind": "pretrained", "name": name + "/."}))
-    validate_config(with_backbone({"kind": "masked_lm", "name": "someone/bert"},
-                                  {"kind": "pretrained", "name": "someone/bert"}))
+    validate_config(
+        with_backbone({"kind": "masked_lm", "name": "someone/bert"}, {"kind": "pretrained", "name": "someone/bert"})
+    )
     with pytest.raises(ConfigError, match=r"name = 'someone/bert' \(run bert: a pretrained masked LM\) needs"):
         validate_config(with_backbone({"kind": "masked_lm", "name": "someone/bert"}))
     # A train: backbone is named as such; a local folder without config.json is no model.
@@ -373,14 +481,18 @@ def test_a_pretrained_backbone_needs_its_own_tokenizer(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ConfigError, match="a local folder without config.json"):
-        validate_config(with_backbone({"kind": "masked_lm", "name": str(empty)},
-                                      {"kind": "pretrained", "name": str(empty)}))
+        validate_config(
+            with_backbone({"kind": "masked_lm", "name": str(empty)}, {"kind": "pretrained", "name": str(empty)})
+        )
 
 
 def test_a_from_config_backbone_vocabulary_is_the_tokenizers():
     backbone = {"kind": "masked_lm", "config": {**BERT["config"], "vocab_size": 30522}}
-    with pytest.raises(ConfigError, match=r"runs.bert.backbone.config.vocab_size = 30522 \(run bert\) differs from "
-                                          r"the tokenizer's 2048"):
+    with pytest.raises(
+        ConfigError,
+        match=r"runs.bert.backbone.config.vocab_size = 30522 \(run bert\) differs from "
+        r"the tokenizer's 2048",
+    ):
         validate_config(with_backbone(backbone))
     validate_config(with_backbone({"kind": "masked_lm", "config": {**BERT["config"], "vocab_size": 2048}}))
     validate_config(with_backbone(BERT))  # no vocab_size: the tokenizer's

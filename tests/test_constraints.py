@@ -1,9 +1,11 @@
 """The exact versions: constraints.txt pins every dependency, the Makefile installs from it, and this
 environment holds those versions (so a fresh machine gets what the tests and the README's figures used)."""
+
 import re
-import tomllib
 from importlib import metadata
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -14,8 +16,10 @@ def normalized(name: str) -> str:
 
 def pins() -> dict[str, str]:
     lines = (ROOT / "constraints.txt").read_text().splitlines()
-    return {normalized(name): version for name, version in
-            (line.split("==") for line in lines if line and not line.startswith("#"))}
+    return {
+        normalized(name): version
+        for name, version in (line.split("==") for line in lines if line and not line.startswith("#"))
+    }
 
 
 def project_requirements() -> list[str]:

@@ -1,4 +1,5 @@
 """Raw shards from every corpus source: rows, ids, splits, reruns, and each kind of bad input."""
+
 import json
 import subprocess
 import sys
@@ -7,13 +8,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 import yaml
 
 from common.config import load_config
 from common.io import InputError
 from preprocess import corpus
-
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,21 +107,50 @@ def test_command_line(tmp_path):
     cfg = tmp_path / "config.yaml"
     write_config(cfg, name="pydoc", validation_fraction=0.5, max_docs=40, shards={"train": 2})
     outs = [str(p) for p in shard_paths(tmp_path / "raw", 2)]
-    done = subprocess.run([sys.executable, "-m", "preprocess.corpus", "--config", str(cfg), "--split", "train",
-                           "--out", *outs], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "preprocess.corpus", "--config", str(cfg), "--split", "train", "--out", *outs],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     assert len(rows(outs)) == 40
     assert json.loads((tmp_path / "raw" / "stats.json").read_text())["documents_written"] == 40
 
     write_config(cfg, name="local", path=str(tmp_path / "missing"))
-    done = subprocess.run([sys.executable, "-m", "preprocess.corpus", "--config", str(cfg), "--split", "train",
-                           "--out", str(tmp_path / "x.parquet")], capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "preprocess.corpus",
+            "--config",
+            str(cfg),
+            "--split",
+            "train",
+            "--out",
+            str(tmp_path / "x.parquet"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 2 and "missing: corpus path does not exist" in done.stderr
     assert not (tmp_path / "x.parquet").exists()
 
     write_config(cfg, name="nosuchcorpus")  # the config reader names the key and the value
-    done = subprocess.run([sys.executable, "-m", "preprocess.corpus", "--config", str(cfg), "--split", "train",
-                           "--out", str(tmp_path / "x.parquet")], capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "preprocess.corpus",
+            "--config",
+            str(cfg),
+            "--split",
+            "train",
+            "--out",
+            str(tmp_path / "x.parquet"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 2 and "corpus.name: 'nosuchcorpus' is not one of" in done.stderr
     assert not (tmp_path / "x.parquet").exists()
 
@@ -180,19 +208,25 @@ def test_local_jsonl(tmp_path):
     src = tmp_path / "docs.jsonl"
     lines = [
         json.dumps({"body": "first document", "id": 7}),
-        "",                                        # blank line: not a document
-        json.dumps({"body": "   \n "}),            # whitespace only
+        "",  # blank line: not a document
+        json.dumps({"body": "   \n "}),  # whitespace only
         "{not json",
         json.dumps(["a", "list"]),
         json.dumps({"body": None}),
         json.dumps({"body": 42}),
         json.dumps({"body": "nul\u0000inside"}),
     ]
-    src.write_bytes(("\n".join(lines) + "\n").encode() + b'{"body": "bad \xc3\x28 utf8"}\n'
-                    + json.dumps({"body": "last ünïcode"}).encode() + b"\n")
+    src.write_bytes(
+        ("\n".join(lines) + "\n").encode()
+        + b'{"body": "bad \xc3\x28 utf8"}\n'
+        + json.dumps({"body": "last ünïcode"}).encode()
+        + b"\n"
+    )
     outs, stats = build(everything(src, text_column="body"), "train", tmp_path / "out")
-    assert rows(outs) == [{"doc_id": "docs.jsonl:1", "text": "first document"},
-                          {"doc_id": "docs.jsonl:10", "text": "last ünïcode"}]
+    assert rows(outs) == [
+        {"doc_id": "docs.jsonl:1", "text": "first document"},
+        {"doc_id": "docs.jsonl:10", "text": "last ünïcode"},
+    ]
     assert stats["skipped"] == {"binary": 1, "empty": 2, "invalid_json": 2, "invalid_utf8": 1, "not_text": 1}
     assert stats["documents_read"] == 9
     assert_adds_up(stats)
@@ -200,26 +234,44 @@ def test_local_jsonl(tmp_path):
 
 def test_local_jsonl_missing_text_field_is_a_counted_skip_naming_file_line_and_fields(tmp_path):
     src = tmp_path / "docs.jsonl"
-    src.write_text(json.dumps({"text": "fine"}) + "\n" + json.dumps({"content": "x", "title": "t"}) + "\n"
-                   + json.dumps({"text": "also fine"}) + "\n")
+    src.write_text(
+        json.dumps({"text": "fine"})
+        + "\n"
+        + json.dumps({"content": "x", "title": "t"})
+        + "\n"
+        + json.dumps({"text": "also fine"})
+        + "\n"
+    )
     outs, stats = build(everything(src), "train", tmp_path / "out")
     assert [r["text"] for r in rows(outs)] == ["fine", "also fine"]
     assert stats["skipped"] == {"no_text_field": 1}
     assert stats["skipped_examples"]["no_text_field"] == [
-        f"docs.jsonl:2 {src} line 2: no field 'text'; it has ['content', 'title']"]
+        f"docs.jsonl:2 {src} line 2: no field 'text'; it has ['content', 'title']"
+    ]
     assert_adds_up(stats)
 
 
 def test_local_jsonl_wrong_type_in_text_field_names_file_line_and_type(tmp_path):
     src = tmp_path / "docs.jsonl"
-    src.write_text("".join(json.dumps(obj) + "\n" for obj in (
-        {"text": ["a", "list"]}, {"text": "fine"}, {"text": {"nested": 1}}, {"text": True}, {"text": 1.5})))
+    src.write_text(
+        "".join(
+            json.dumps(obj) + "\n"
+            for obj in (
+                {"text": ["a", "list"]},
+                {"text": "fine"},
+                {"text": {"nested": 1}},
+                {"text": True},
+                {"text": 1.5},
+            )
+        )
+    )
     outs, stats = build(everything(src), "train", tmp_path / "out")
     assert [r["text"] for r in rows(outs)] == ["fine"]
     assert stats["skipped"] == {"not_text": 4}
     assert stats["skipped_examples"]["not_text"] == [
         f"docs.jsonl:{line} {src} line {line} field 'text': a {kind}, expected a string"
-        for line, kind in ((1, "list"), (3, "dict"), (4, "bool"), (5, "float"))]
+        for line, kind in ((1, "list"), (3, "dict"), (4, "bool"), (5, "float"))
+    ]
     assert_adds_up(stats)
 
 
@@ -281,8 +333,10 @@ def test_local_corrupt_parquet_names_the_file(tmp_path):
     good = tmp_path / "good.parquet"
     pq.write_table(pa.table({"text": ["a b c"] * 100}), good)
     data = good.read_bytes()
-    for name, payload in (("garbage.parquet", b"this is not parquet at all"),
-                          ("truncated.parquet", data[: len(data) // 2])):
+    for name, payload in (
+        ("garbage.parquet", b"this is not parquet at all"),
+        ("truncated.parquet", data[: len(data) // 2]),
+    ):
         bad = tmp_path / name
         bad.write_bytes(payload)
         with pytest.raises(InputError, match=rf"{name}: not a readable Parquet file"):
@@ -347,13 +401,25 @@ def fake_hub(tables):
 
 
 def test_wikitext_rows_become_detokenized_articles(tmp_path):
-    lines = [" = Alpha = \n", "", " Alpha is a 1st @-@ rate thing , really . \n", " = = History = = \n",
-             " It began in 1 @,@ 000 BC . \n", " = Beta = \n", " Beta 's story . \n", "", " = Empty = \n", " \n"]
+    lines = [
+        " = Alpha = \n",
+        "",
+        " Alpha is a 1st @-@ rate thing , really . \n",
+        " = = History = = \n",
+        " It began in 1 @,@ 000 BC . \n",
+        " = Beta = \n",
+        " Beta 's story . \n",
+        "",
+        " = Empty = \n",
+        " \n",
+    ]
     load = fake_hub({("Salesforce/wikitext", "wikitext-103-raw-v1", "validation"): {"text": lines}})
     outs, stats = build(config(name="wikitext103"), "validation", tmp_path, load=load)
     assert rows(outs) == [
-        {"doc_id": "validation/0", "text": " = Alpha =\nAlpha is a 1st-rate thing, really.\n== History ==\n"
-                                           "It began in 1,000 BC.\n"},
+        {
+            "doc_id": "validation/0",
+            "text": " = Alpha =\nAlpha is a 1st-rate thing, really.\n== History ==\nIt began in 1,000 BC.\n",
+        },
         {"doc_id": "validation/1", "text": " = Beta =\nBeta's story.\n"},
         {"doc_id": "validation/2", "text": " = Empty =\n\n"},
     ]
@@ -378,12 +444,15 @@ def test_wikihow_tail_split_through_the_loader(tmp_path):
 
 
 def test_ptb_lm1b_lambada_use_their_splits_and_detokenizers(tmp_path):
-    load = fake_hub({
-        ("ptb-text-only/ptb_text_only", None, "validation", "refs/convert/parquet"): {
-            "sentence": ["it does n't cost $ N", " "]},
-        ("dvruette/lm1b", None, "test"): {"text": ["Hello , world !"]},
-        ("EleutherAI/lambada_openai", "en", "test"): {"text": [f"\u201cPassage {i}\u201d" for i in range(30)]},
-    })
+    load = fake_hub(
+        {
+            ("ptb-text-only/ptb_text_only", None, "validation", "refs/convert/parquet"): {
+                "sentence": ["it does n't cost $ N", " "]
+            },
+            ("dvruette/lm1b", None, "test"): {"text": ["Hello , world !"]},
+            ("EleutherAI/lambada_openai", "en", "test"): {"text": [f"\u201cPassage {i}\u201d" for i in range(30)]},
+        }
+    )
     outs, stats = build(config(name="ptb"), "validation", tmp_path / "ptb", load=load)
     assert rows(outs) == [{"doc_id": "validation/0", "text": "it doesn't cost $ N"}]
     assert stats["skipped"] == {"empty": 1}
@@ -410,17 +479,28 @@ def test_validation_source_reads_another_corpus_for_validation(tmp_path):
 
 def test_hub_missing_text_column_names_dataset_and_columns(tmp_path):
     load = fake_hub({("dvruette/lm1b", None, "train"): {"sentence": ["x"]}})
-    with pytest.raises(InputError, match=r"hub dataset dvruette/lm1b .*no text column 'text'; it has columns \['sentence'\]"):
+    with pytest.raises(
+        InputError, match=r"hub dataset dvruette/lm1b .*no text column 'text'; it has columns \['sentence'\]"
+    ):
         build(config(name="lm1b"), "train", tmp_path, load=load)
 
 
 # ---------------------------------------------------------------------------------------------- checks
 
 
-@pytest.mark.parametrize("text, reason", [
-    ("", "empty"), (" \n\t ", "empty"), (None, "empty"), (3, "not_text"), ("a\x00b", "binary"),
-    ("x" * 50 + "\x07", "binary"), ("x" * 200 + "\x07", None), ("tab\tand\fform feed\r\n", None),
-])
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("", "empty"),
+        (" \n\t ", "empty"),
+        (None, "empty"),
+        (3, "not_text"),
+        ("a\x00b", "binary"),
+        ("x" * 50 + "\x07", "binary"),
+        ("x" * 200 + "\x07", None),
+        ("tab\tand\fform feed\r\n", None),
+    ],
+)
 def test_text_problem(text, reason):
     assert corpus.text_problem(text) == reason
 
@@ -429,7 +509,15 @@ def test_in_validation_is_stable():
     # Fixed values (u("doc0") = 0.807, u("doc1") = 0.392, ...): the split must not change between Python
     # versions, machines or runs, which a salted hash() would do.
     assert [corpus.in_validation(f"doc{i}", 0.5) for i in range(8)] == [
-        False, True, True, False, True, True, False, False]
+        False,
+        True,
+        True,
+        False,
+        True,
+        True,
+        False,
+        False,
+    ]
     assert corpus.in_validation("doc5", 0.02) and not corpus.in_validation("doc4", 0.07)
     ids = [f"doc{i}" for i in range(2000)]
     assert 0.08 < sum(corpus.in_validation(i, 0.1) for i in ids) / 2000 < 0.12

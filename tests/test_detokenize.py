@@ -1,4 +1,5 @@
 """Detokenizers on hand-made strings in each corpus's own tokenized style."""
+
 import pytest
 
 from preprocess import detokenize
@@ -54,4 +55,3 @@ def test_get_names_unknown_kind():
     assert detokenize.get("ptb") is detokenize.ptb
     with pytest.raises(ValueError, match="unknown detokenizer 'bogus'"):
         detokenize.get("bogus")
-

@@ -6,6 +6,7 @@ constant wherever it appears. The rules are read the way Snakemake reads them: a
 (no DAG, no job) for a config with a run of every kind and prints each rule's output patterns and
 `params: settings`.
 """
+
 import ast
 import importlib
 import json
@@ -66,21 +67,21 @@ def constant(ref: str):
 
 def code_block_after(text: str, heading: str) -> list[str]:
     """The lines of the first ``` block after ``heading``."""
-    rest = text[text.index(heading):]
+    rest = text[text.index(heading) :]
     start = rest.index("```\n") + 4
-    return rest[start:rest.index("```", start)].splitlines()
+    return rest[start : rest.index("```", start)].splitlines()
 
 
 def sentence(text: str, start: str) -> str:
     """From ``start`` to the end of its sentence."""
-    rest = text[text.index(start):]
-    return rest[:re.search(r"\.(\s|$)", rest).start()]
+    rest = text[text.index(start) :]
+    return rest[: re.search(r"\.(\s|$)", rest).start()]
 
 
 def table_after(text: str, marker: str) -> list[list[str]]:
     """The body rows (cells stripped) of the first Markdown table after ``marker``."""
     rows, seen = [], False
-    for line in text[text.index(marker):].splitlines():
+    for line in text[text.index(marker) :].splitlines():
         if line.strip().startswith("|"):
             seen = True
             cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -164,8 +165,20 @@ def workflow(tmp_path_factory):
     (tmp / "probe.py").write_text(PROBE)
     (tmp / "rich.yaml").write_text(yaml.safe_dump(RICH))
     (tmp / "work").mkdir()
-    proc = subprocess.run([sys.executable, str(tmp / "probe.py"), str(ROOT), str(tmp / "rich.yaml"), str(tmp / "work"),
-                           str(tmp / "out.json")], check=False, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(tmp / "probe.py"),
+            str(ROOT),
+            str(tmp / "rich.yaml"),
+            str(tmp / "work"),
+            str(tmp / "out.json"),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return json.loads((tmp / "out.json").read_text())
 
@@ -176,13 +189,22 @@ def workflow(tmp_path_factory):
 
 def test_every_labelled_list_matches_its_constant():
     lists = [(doc, ref, items) for doc, text in DOCS.items() for ref, items in labelled_lists(text)]
-    wrong = [f"{doc}: ({ref}): {items} but the code has {constant(ref)}" for doc, ref, items in lists
-             if sorted(items) != sorted(constant(ref))]
+    wrong = [
+        f"{doc}: ({ref}): {items} but the code has {constant(ref)}"
+        for doc, ref, items in lists
+        if sorted(items) != sorted(constant(ref))
+    ]
     assert not wrong, "\n".join(wrong)
     named = {ref for _, ref, _ in lists}
-    assert {"eval.samplers.SAMPLERS", "train.objectives.OBJECTIVES", "train.settings.KINDS",
-            "train.settings.DIFFUSION_OBJECTIVES", "train.trainer.METRIC_FIELDS", "train.trainer.ATAT_FIELDS",
-            "train.dpo.DPO_FIELDS"} <= named, f"a checked list is gone from the docs: have {sorted(named)}"
+    assert {
+        "eval.samplers.SAMPLERS",
+        "train.objectives.OBJECTIVES",
+        "train.settings.KINDS",
+        "train.settings.DIFFUSION_OBJECTIVES",
+        "train.trainer.METRIC_FIELDS",
+        "train.trainer.ATAT_FIELDS",
+        "train.dpo.DPO_FIELDS",
+    } <= named, f"a checked list is gone from the docs: have {sorted(named)}"
 
 
 def doc_list(ref: str) -> list[str]:
@@ -193,13 +215,14 @@ def test_samplers_objectives_and_kinds_are_the_schemas():
     """The values a config may name are the ones the docs list (and the code implements)."""
     schema = load_schema()
     run = schema["properties"]["runs"]["additionalProperties"]["properties"]
-    assert sorted(doc_list("eval.samplers.SAMPLERS")) == sorted(schema["properties"]["sample"]["properties"]
-                                                                ["samplers"]["items"]["enum"])
+    assert sorted(doc_list("eval.samplers.SAMPLERS")) == sorted(
+        schema["properties"]["sample"]["properties"]["samplers"]["items"]["enum"]
+    )
     assert sorted(doc_list("train.settings.KINDS")) == sorted(run["kind"]["enum"])
     # a run's objective: the saved parameterizations, and atat (which saves mdlm)
     assert sorted(run["objective"]["enum"]) == sorted([*doc_list("train.objectives.OBJECTIVES"), "atat"])
     objectives = DESIGN.index("Objectives (`train.objectives.OBJECTIVES`)")
-    assert "`atat`" in DESIGN[objectives:objectives + 300]
+    assert "`atat`" in DESIGN[objectives : objectives + 300]
 
 
 def test_labelled_lists_read_wrapped_lists():
@@ -227,7 +250,8 @@ def test_the_docs_name_every_rule():
     in_dag = set(dag_lines())
     targets = set(re.findall(r"`(\w+)`", sentence(DESIGN, "Target rules")))
     assert in_dag | targets == rules and not in_dag & targets, (
-        f"docs/design.md names {sorted(in_dag | targets)}, the rules are {sorted(rules)}")
+        f"docs/design.md names {sorted(in_dag | targets)}, the rules are {sorted(rules)}"
+    )
     assert targets == TARGET_RULES
     triggers = {name.strip() for cells in table_after(DESIGN, "Rerun triggers") for name in cells[0].split(",")}
     assert triggers == rules - TARGET_RULES, f"the rerun-trigger table's rules {sorted(triggers)}"
@@ -238,8 +262,9 @@ def expand_braces(path: str) -> list[str]:
     match = re.search(r"\{([^{}]*,[^{}]*)\}", path)
     if not match:
         return [path]
-    return [p for alt in match.group(1).split(",")
-            for p in expand_braces(path[:match.start()] + alt + path[match.end():])]
+    return [
+        p for alt in match.group(1).split(",") for p in expand_braces(path[: match.start()] + alt + path[match.end() :])
+    ]
 
 
 def doc_outputs(text: str) -> set[str]:
@@ -249,9 +274,9 @@ def doc_outputs(text: str) -> set[str]:
         token = token.strip()
         if token.startswith("."):
             previous = paths[-1]
-            token = previous[:previous.rindex(".")] + token
+            token = previous[: previous.rindex(".")] + token
         elif "/" not in token:
-            token = paths[-1][:paths[-1].rindex("/") + 1] + token
+            token = paths[-1][: paths[-1].rindex("/") + 1] + token
         paths.append(token)
     return {p for path in paths for p in expand_braces(path)}
 
@@ -287,18 +312,17 @@ def test_the_dag_block_lists_every_rules_declared_outputs(workflow):
 
 
 def test_the_train_outputs_in_contracts(workflow):
-    bullet = CONTRACTS[CONTRACTS.index("- Declared outputs of rule train:"):]
-    declared = re.findall(r"`([^`]+)`", bullet[:bullet.index(";")])
+    bullet = CONTRACTS[CONTRACTS.index("- Declared outputs of rule train:") :]
+    declared = re.findall(r"`([^`]+)`", bullet[: bullet.index(";")])
     assert sorted(declared) == sorted(Path(p).name for p in workflow["rules"]["train"]["output"])
     from train.importance import IMPORTANCE_FILE
 
-    assert f"`{IMPORTANCE_FILE}`" in bullet[:bullet.index("\n- ")]
+    assert f"`{IMPORTANCE_FILE}`" in bullet[: bullet.index("\n- ")]
 
 
 def trigger_rows() -> dict[str, str]:
     """rule -> its settings cell of the rerun-trigger table."""
-    return {name.strip(): cells[1] for cells in table_after(DESIGN, "Rerun triggers")
-            for name in cells[0].split(",")}
+    return {name.strip(): cells[1] for cells in table_after(DESIGN, "Rerun triggers") for name in cells[0].split(",")}
 
 
 def test_rerun_triggers_are_what_the_rules_declare(workflow):
@@ -338,10 +362,11 @@ def test_the_tables_key_lists_are_the_codes():
     from train.settings import JOB_ONLY_KEYS
 
     rows = trigger_rows()
-    for rule, section, keys, ref in [("annotate", "annotate", ANNOTATE_KEYS, "common.layout.ANNOTATE_KEYS"),
-                                     ("sft_data", "sft", SFT_DATA_KEYS, "common.layout.SFT_DATA_KEYS"),
-                                     ("preference_data", "dpo", PREFERENCE_DATA_KEYS,
-                                      "common.layout.PREFERENCE_DATA_KEYS")]:
+    for rule, section, keys, ref in [
+        ("annotate", "annotate", ANNOTATE_KEYS, "common.layout.ANNOTATE_KEYS"),
+        ("sft_data", "sft", SFT_DATA_KEYS, "common.layout.SFT_DATA_KEYS"),
+        ("preference_data", "dpo", PREFERENCE_DATA_KEYS, "common.layout.PREFERENCE_DATA_KEYS"),
+    ]:
         assert f"`{ref}`" in rows[rule]
         assert {k for s, k in config_keys(rows[rule]) if s == section} == set(keys), rule
     triggers, job_only = train_row()
@@ -391,8 +416,7 @@ def perturbed(value, node, schema):
     if value is None:
         types = node.get("type", [])
         types = types if isinstance(types, list) else [types]
-        return ("perturbed" if "string" in types else 64 if "integer" in types else 0.25 if "number" in types
-                else SKIP)
+        return "perturbed" if "string" in types else 64 if "integer" in types else 0.25 if "number" in types else SKIP
     if isinstance(value, int):
         return [value + 2, value * 2, value // 2]
     if isinstance(value, float):
@@ -416,7 +440,7 @@ def computing_of(config: dict) -> dict:
 
     out = {}
     for run, spec in config["runs"].items():
-        for stage in ((1, 2, 3) if spec["kind"] == "cascade" else (None,)):
+        for stage in (1, 2, 3) if spec["kind"] == "cascade" else (None,):
             try:
                 out[(run, stage)] = json.dumps(resolve(config, run, stage).computing(), sort_keys=True, default=list)
             except Exception:  # noqa: BLE001 - a perturbed value some run cannot train with
@@ -434,8 +458,11 @@ def test_train_triggers_are_what_computing_reads():
 
     def documented(section, path):
         key = ".".join(path)
-        return (((section, "*") in triggers or (section, key) in triggers or (section, path[0]) in triggers)
-                and (section, path[0]) not in job_only and (section, key) not in job_only)
+        return (
+            ((section, "*") in triggers or (section, key) in triggers or (section, path[0]) in triggers)
+            and (section, path[0]) not in job_only
+            and (section, key) not in job_only
+        )
 
     before = computing_of(config)
     assert None not in before.values()
@@ -464,9 +491,11 @@ def test_train_triggers_are_what_computing_reads():
             checked += 1
             changes = any(after[k] != before[k] for k in usable)
             if changes != documented(section, path):
-                wrong.append(f"{section}.{'.'.join(path)}: changing it {'changes' if changes else 'does not change'}"
-                             f" TrainSettings.computing(), the train row says "
-                             f"{'it is' if documented(section, path) else 'it is not'} a trigger")
+                wrong.append(
+                    f"{section}.{'.'.join(path)}: changing it {'changes' if changes else 'does not change'}"
+                    f" TrainSettings.computing(), the train row says "
+                    f"{'it is' if documented(section, path) else 'it is not'} a trigger"
+                )
     assert not wrong, "\n".join(wrong)
     assert checked > 80 and sorted(undecided) == ["train.backbone.kind", "train.pretrained_format"], undecided
 
@@ -483,13 +512,21 @@ def written_meta_keys() -> set[str]:
     def returned_keys(path, function):
         tree = ast.parse((ROOT / path).read_text())
         fn = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == function)
-        return {k.value for r in ast.walk(fn) if isinstance(r, ast.Return) and isinstance(r.value, ast.Dict)
-                for k in r.value.keys if isinstance(k, ast.Constant)}
+        return {
+            k.value
+            for r in ast.walk(fn)
+            if isinstance(r, ast.Return) and isinstance(r.value, ast.Dict)
+            for k in r.value.keys
+            if isinstance(k, ast.Constant)
+        }
 
     for path in sorted((ROOT / "train").glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict) and any(
-                    isinstance(t, ast.Attribute) and t.attr == "meta" for t in node.targets):
+            if (
+                isinstance(node, ast.Assign)
+                and isinstance(node.value, ast.Dict)
+                and any(isinstance(t, ast.Attribute) and t.attr == "meta" for t in node.targets)
+            ):
                 for key, value in zip(node.value.keys, node.value.values):
                     if isinstance(key, ast.Constant):
                         keys.add(key.value)
@@ -497,13 +534,22 @@ def written_meta_keys() -> set[str]:
                         keys |= returned_keys("train/backbones.py", "backbone_meta")
                     else:
                         raise AssertionError(f"{path.name}: a **{ast.unparse(value)} in self.meta: read its keys")
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "update" \
-                    and isinstance(node.func.value, ast.Attribute) and node.func.value.attr == "meta":
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "update"
+                and isinstance(node.func.value, ast.Attribute)
+                and node.func.value.attr == "meta"
+            ):
                 keys |= {kw.arg for kw in node.keywords}
             if isinstance(node, ast.Assign):
                 for t in node.targets:
-                    if isinstance(t, ast.Subscript) and isinstance(t.value, ast.Attribute) and t.value.attr == "meta" \
-                            and isinstance(t.slice, ast.Constant):
+                    if (
+                        isinstance(t, ast.Subscript)
+                        and isinstance(t.value, ast.Attribute)
+                        and t.value.attr == "meta"
+                        and isinstance(t.slice, ast.Constant)
+                    ):
                         keys.add(t.slice.value)
     return keys | returned_keys("train/checkpoint.py", "copy_tokenizer")
 
@@ -516,8 +562,10 @@ def test_config_json_keys_are_the_ones_written_and_required():
     assert {k for k, required in documented.items() if required == "yes"} == set(REQUIRED)
     assert set(documented.values()) == {"yes", "no"}
     written = written_meta_keys()
-    assert set(documented) == written, (f"docs/contracts.md lists {sorted(set(documented) - written)} that no code "
-                                        f"writes and misses {sorted(written - set(documented))}")
+    assert set(documented) == written, (
+        f"docs/contracts.md lists {sorted(set(documented) - written)} that no code "
+        f"writes and misses {sorted(written - set(documented))}"
+    )
     assert {"model", "objective", "training_objective", "generation", "dpo", "tokenizer_sha256"} <= written
 
 
@@ -534,7 +582,7 @@ def test_the_files_block_names_every_module():
         first = line.split(" ", 1)[0]
         if first.rstrip("/") in PACKAGES and first.endswith("/"):
             package = first.rstrip("/")
-            text[package] = line[len(first):]
+            text[package] = line[len(first) :]
         elif line.startswith(" ") and package:
             text[package] += " " + line.strip()
         else:
@@ -549,8 +597,8 @@ def test_the_files_block_names_every_module():
 
 
 def test_the_commands_are_the_modules_with_a_main():
-    bullet = DESIGN[DESIGN.index("- Commands"):]
-    bullet = bullet[:bullet.index("\n- ")]
+    bullet = DESIGN[DESIGN.index("- Commands") :]
+    bullet = bullet[: bullet.index("\n- ")]
     listed = {token.split()[0] for token in re.findall(r"`([^`]+)`", bullet) if token != "python -m"}
     commands = set()
     for package in PACKAGES:
@@ -562,7 +610,7 @@ def test_the_commands_are_the_modules_with_a_main():
 
 def test_every_sampler_has_its_paragraph():
     """Each sampler of the list is described under Sampling and evaluation (a bullet naming it)."""
-    section = DESIGN[DESIGN.index("## Sampling and evaluation"):DESIGN.index("Metrics, each written")]
+    section = DESIGN[DESIGN.index("## Sampling and evaluation") : DESIGN.index("Metrics, each written")]
     for sampler in doc_list("eval.samplers.SAMPLERS"):
         assert f"`{sampler}`" in section.split("the last step removes every mask.", 1)[1], sampler
 

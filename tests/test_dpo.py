@@ -2,6 +2,7 @@
 gives margins of exactly 0 and a loss of exactly ln 2; shared draws cut the variance of the preference score; and
 the trainer: step-0 validation at ln 2, learning on a toy preference, and a run with cached reference scores,
 preempted and resumed, equal to an uninterrupted run that scores the reference at every step."""
+
 import copy
 import csv
 import math
@@ -18,7 +19,7 @@ import yaml
 from safetensors.torch import load_file
 
 from train.backbones import build_backbone
-from train.dpo import (answer_scores, pair_draws, pair_scores, preference_loss, preference_metrics)
+from train.dpo import answer_scores, pair_draws, pair_scores, preference_loss, preference_metrics
 from train.noise import get_noise
 from train.toydata import write_stage_shards
 
@@ -59,8 +60,13 @@ def test_loss_values_against_hand_computation():
 
 
 def test_metrics_use_trl_names_and_definitions():
-    m = preference_metrics(2.0, torch.tensor([-3.0, -5.0]), torch.tensor([-4.0, -4.0]), torch.tensor([-3.5, -4.5]),
-                           torch.tensor([-4.0, -4.5]))
+    m = preference_metrics(
+        2.0,
+        torch.tensor([-3.0, -5.0]),
+        torch.tensor([-4.0, -4.0]),
+        torch.tensor([-3.5, -4.5]),
+        torch.tensor([-4.0, -4.5]),
+    )
     assert m["rewards/chosen"].tolist() == [1.0, -1.0]
     assert m["rewards/rejected"].tolist() == [0.0, 1.0]
     assert m["rewards/margins"].tolist() == [1.0, -2.0]
@@ -112,10 +118,25 @@ def test_policy_equal_to_reference_gives_zero_margin_and_ln2(backbone):
         policy = tiny_dit(seed=3)
     else:
         torch.manual_seed(3)
-        policy = build_backbone({"kind": "masked_lm", "config": {
-            "model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-            "intermediate_size": 64, "max_position_embeddings": 64, "vocab_size": V,
-            "hidden_dropout_prob": 0.1}}, V, "tiny", 0.0, causal=False)
+        policy = build_backbone(
+            {
+                "kind": "masked_lm",
+                "config": {
+                    "model_type": "bert",
+                    "hidden_size": 32,
+                    "num_hidden_layers": 2,
+                    "num_attention_heads": 2,
+                    "intermediate_size": 64,
+                    "max_position_embeddings": 64,
+                    "vocab_size": V,
+                    "hidden_dropout_prob": 0.1,
+                },
+            },
+            V,
+            "tiny",
+            0.0,
+            causal=False,
+        )
     reference = copy.deepcopy(policy)
     disable_dropout(policy), disable_dropout(reference)
     policy.train()
@@ -190,9 +211,15 @@ def preference_table(rows: int, n_words: int, seed: int) -> pa.Table:
     def lists(values):
         return pa.array(values, type=pa.list_(pa.int32()))
 
-    return pa.table({"pair_id": [f"p{i}" for i in range(rows)], "chosen_ids": lists(chosen.tolist()),
-                     "chosen_mask": lists(mask), "rejected_ids": lists(rejected.tolist()),
-                     "rejected_mask": lists(mask)})
+    return pa.table(
+        {
+            "pair_id": [f"p{i}" for i in range(rows)],
+            "chosen_ids": lists(chosen.tolist()),
+            "chosen_mask": lists(mask),
+            "rejected_ids": lists(rejected.tolist()),
+            "rejected_mask": lists(mask),
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -203,15 +230,37 @@ def toy(tmp_path_factory):
     for split, rows, seed in (("train", 96, 0), ("validation", 32, 1)):
         (tmp / "pairs" / split).mkdir(parents=True)
         pq.write_table(preference_table(rows, 61, seed), tmp / "pairs" / split / "shard_00000.parquet")
-    train_keys = {"model": "tiny", "global_batch_size": 16, "micro_batch_size": 8, "lr": 3e-3, "warmup_steps": 2,
-                  "max_steps": 80, "ema": 0.0, "dropout": 0.0, "eval_every": 40, "eval_batches": 2, "save_every": 4,
-                  "seed": 0}
-    config = {"stages": {"lengths": [4, 8, 16]}, "sft": {"length": PROMPT + ANSWER},
-              "dpo": {"beta": 0.5, "time_samples": 2},
-              "runs": {"base": {"kind": "single", "method": "keybert_no_stopword", "objective": "mdlm"},
-                       "dpo": {"kind": "dpo", "objective": "mdlm", "init_from": "base", "max_steps": 12,
-                               "lr": 2e-3, "eval_every": 4}},
-              "train": train_keys}
+    train_keys = {
+        "model": "tiny",
+        "global_batch_size": 16,
+        "micro_batch_size": 8,
+        "lr": 3e-3,
+        "warmup_steps": 2,
+        "max_steps": 80,
+        "ema": 0.0,
+        "dropout": 0.0,
+        "eval_every": 40,
+        "eval_batches": 2,
+        "save_every": 4,
+        "seed": 0,
+    }
+    config = {
+        "stages": {"lengths": [4, 8, 16]},
+        "sft": {"length": PROMPT + ANSWER},
+        "dpo": {"beta": 0.5, "time_samples": 2},
+        "runs": {
+            "base": {"kind": "single", "method": "keybert_no_stopword", "objective": "mdlm"},
+            "dpo": {
+                "kind": "dpo",
+                "objective": "mdlm",
+                "init_from": "base",
+                "max_steps": 12,
+                "lr": 2e-3,
+                "eval_every": 4,
+            },
+        },
+        "train": train_keys,
+    }
     (tmp / "config.yaml").write_text(yaml.safe_dump(config))
     (tmp / "runner.py").write_text(RUNNER)
     done = run_train(tmp, "base", data["train"], data["validation"], data["tokenizer"], tmp / "base")
@@ -221,8 +270,23 @@ def toy(tmp_path_factory):
 
 def run_train(tmp, run, train, val, tokenizer, out, *extra, kill_at=0, config="config.yaml"):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "KILL_AT": str(kill_at)}
-    cmd = [sys.executable, str(tmp / "runner.py"), "--config", str(tmp / config), "--run", run,
-           "--train-shards", train, "--val-shards", val, "--tokenizer", tokenizer, "--out", str(out), *extra]
+    cmd = [
+        sys.executable,
+        str(tmp / "runner.py"),
+        "--config",
+        str(tmp / config),
+        "--run",
+        run,
+        "--train-shards",
+        train,
+        "--val-shards",
+        val,
+        "--tokenizer",
+        tokenizer,
+        "--out",
+        str(out),
+        *extra,
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     done.log = done.stdout + done.stderr
     return done
@@ -230,9 +294,19 @@ def run_train(tmp, run, train, val, tokenizer, out, *extra, kill_at=0, config="c
 
 def run_dpo(toy, out, *extra, kill_at=0, config="config.yaml"):
     tmp, data = toy
-    return run_train(tmp, "dpo", str(tmp / "pairs/train/shard_00000.parquet"),
-                     str(tmp / "pairs/validation/shard_00000.parquet"), data["tokenizer"], out,
-                     "--init", str(tmp / "base"), *extra, kill_at=kill_at, config=config)
+    return run_train(
+        tmp,
+        "dpo",
+        str(tmp / "pairs/train/shard_00000.parquet"),
+        str(tmp / "pairs/validation/shard_00000.parquet"),
+        data["tokenizer"],
+        out,
+        "--init",
+        str(tmp / "base"),
+        *extra,
+        kill_at=kill_at,
+        config=config,
+    )
 
 
 def rows_of(out):
@@ -261,8 +335,18 @@ def test_step0_validation_is_ln2_and_training_learns_the_preference(uninterrupte
     assert (first["step"], first["split"]) == ("0", "val")
     assert float(first["loss"]) == pytest.approx(math.log(2), abs=1e-6)
     assert float(first["rewards/margins"]) == 0.0 and float(first["rewards/accuracies"]) == 0.0
-    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
-                "logps/rejected", "nll_loss", "memory_mb", "lr", "grad_norm"):
+    for key in (
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/margins",
+        "rewards/accuracies",
+        "logps/chosen",
+        "logps/rejected",
+        "nll_loss",
+        "memory_mb",
+        "lr",
+        "grad_norm",
+    ):
         assert rows[1][key] != "", key  # every TRL column filled on a train row
     last = [r for r in rows if r["split"] == "val"][-1]
     assert last["step"] == "12"
@@ -299,31 +383,50 @@ def test_a_run_overrides_the_dpo_training_keys_only():
     from train.settings import resolve
 
     def config(run_dpo):
-        return {"stages": {"lengths": [4, 8, 16]}, "dpo": {"beta": 0.2, "n_train": 10},
-                "runs": {"sft": {"kind": "sft", "objective": "mdlm"},
-                         "dpo": {"kind": "dpo", "objective": "mdlm", "init_from": "sft", "dpo": run_dpo}}}
+        return {
+            "stages": {"lengths": [4, 8, 16]},
+            "dpo": {"beta": 0.2, "n_train": 10},
+            "runs": {
+                "sft": {"kind": "sft", "objective": "mdlm"},
+                "dpo": {"kind": "dpo", "objective": "mdlm", "init_from": "sft", "dpo": run_dpo},
+            },
+        }
 
     s = resolve(validate_config(config({"sft_weight": 1.0, "loss": "ipo"})), "dpo")
-    assert s.dpo == {"beta": 0.2, "loss": "ipo", "label_smoothing": 0.0, "sft_weight": 1.0, "time_samples": 4,
-                     "reference": None}
+    assert s.dpo == {
+        "beta": 0.2,
+        "loss": "ipo",
+        "label_smoothing": 0.0,
+        "sft_weight": 1.0,
+        "time_samples": 4,
+        "reference": None,
+    }
     with pytest.raises(ConfigError, match="n_train"):  # the pairs are shared by every dpo run
         validate_config(config({"n_train": 5}))
 
 
-@pytest.mark.parametrize("section,run,keys", [
-    ({"loss": "ipo", "label_smoothing": 0.1}, {}, ("dpo.loss", "dpo.label_smoothing")),
-    ({"label_smoothing": 0.1}, {"loss": "ipo"}, ("runs.dpo.dpo.loss", "dpo.label_smoothing")),
-    ({"loss": "ipo"}, {"label_smoothing": 0.2}, ("dpo.loss", "runs.dpo.dpo.label_smoothing")),
-])
+@pytest.mark.parametrize(
+    "section,run,keys",
+    [
+        ({"loss": "ipo", "label_smoothing": 0.1}, {}, ("dpo.loss", "dpo.label_smoothing")),
+        ({"label_smoothing": 0.1}, {"loss": "ipo"}, ("runs.dpo.dpo.loss", "dpo.label_smoothing")),
+        ({"loss": "ipo"}, {"label_smoothing": 0.2}, ("dpo.loss", "runs.dpo.dpo.label_smoothing")),
+    ],
+)
 def test_ipo_with_label_smoothing_is_refused_naming_the_run_and_both_keys(section, run, keys):
     """IPO has no label smoothing (train/dpo.preference_loss): the combination, from the section or a run's own
     dpo keys, stops validate_config instead of training without the smoothing asked for."""
     from common.config import ConfigError, validate_config
 
     def config(section, run):
-        return {"stages": {"lengths": [4, 8, 16]}, "dpo": section,
-                "runs": {"sft": {"kind": "sft", "objective": "mdlm"},
-                         "dpo": {"kind": "dpo", "objective": "mdlm", "init_from": "sft", "dpo": run}}}
+        return {
+            "stages": {"lengths": [4, 8, 16]},
+            "dpo": section,
+            "runs": {
+                "sft": {"kind": "sft", "objective": "mdlm"},
+                "dpo": {"kind": "dpo", "objective": "mdlm", "init_from": "sft", "dpo": run},
+            },
+        }
 
     with pytest.raises(ConfigError) as err:
         validate_config(config(section, run))

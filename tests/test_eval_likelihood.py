@@ -8,18 +8,31 @@ with. Against: the bound's own definition (the training terms under q_t, train/o
 sum_k c_k E[G | k] worked by hand, -log p(x) of the toy, and the discrete-T sum worked by hand. Then the
 variance (finite, and on the toy far below the estimator it replaced), the approach of the discrete bound to
 the continuous one as T grows, and padded blocks (pad positions never masked, never counted)."""
+
 import itertools
 import math
 
 import numpy as np
 import pytest
+import test_atat_math as toy  # the exact denoiser on sequences of 3 tokens over {0, 1, 2} (tests/, no package)
 import torch
 
-import test_atat_math as toy  # the exact denoiser on sequences of 3 tokens over {0, 1, 2} (tests/, no package)
 from eval.denoiser import Denoiser
-from eval.likelihood import (ar_nats, block_nats, continuous_nats, discrete_nats, draw_masks, draw_weights,
-                             final_denoising_nats, mask_share, share_of_level, stage_nelbo, step_of_time,
-                             stratified_levels, time_of_share)
+from eval.likelihood import (
+    ar_nats,
+    block_nats,
+    continuous_nats,
+    discrete_nats,
+    draw_masks,
+    draw_weights,
+    final_denoising_nats,
+    mask_share,
+    share_of_level,
+    stage_nelbo,
+    step_of_time,
+    stratified_levels,
+    time_of_share,
+)
 from eval.trained import Trained
 from train.model import DiffusionTransformer, ModelConfig
 from train.noise import LogLinearNoise, get_noise
@@ -28,34 +41,54 @@ from train.objectives import masked_token_losses
 torch.set_num_threads(1)
 
 VOCAB, MASK = 7, 6
-SCHEDULES = [{"type": "loglinear", "eps": 1e-3}, {"type": "cosine", "eps": 1e-3},
-             {"type": "geometric", "sigma_min": 0.3, "sigma_max": 6.0}]
+SCHEDULES = [
+    {"type": "loglinear", "eps": 1e-3},
+    {"type": "cosine", "eps": 1e-3},
+    {"type": "geometric", "sigma_min": 0.3, "sigma_max": 6.0},
+]
 # sigma_bar(1) = 1.6 instead of 6.9: a time-conditioned network's integrand stays smooth up to t = 1, so that
 # 64 Gauss-Legendre nodes integrate it to float precision (the comparisons below are exact at any node count)
-SMOOTH = [{"type": "loglinear", "eps": 0.2}, {"type": "cosine", "eps": 0.2},
-          {"type": "geometric", "sigma_min": 0.3, "sigma_max": 6.0}]
+SMOOTH = [
+    {"type": "loglinear", "eps": 0.2},
+    {"type": "cosine", "eps": 0.2},
+    {"type": "geometric", "sigma_min": 0.3, "sigma_max": 6.0},
+]
 
 
 def tiny_network(time_conditioning=True, causal=False, seed=0, std=0.5):
     torch.manual_seed(seed)
-    cfg = ModelConfig(vocab_size=VOCAB, dim=16, n_layers=1, n_heads=2, cond_dim=8, causal=causal,
-                      time_conditioning=time_conditioning)
+    cfg = ModelConfig(
+        vocab_size=VOCAB, dim=16, n_layers=1, n_heads=2, cond_dim=8, causal=causal, time_conditioning=time_conditioning
+    )
     model = DiffusionTransformer(cfg).eval()
     for p in model.parameters():
         torch.nn.init.normal_(p, std=std)
     return model
 
 
-def as_trained(model, objective="mdlm", noise_spec=SCHEDULES[0], pad_id=None, target_len=2, mask_id=MASK,
-               prefix_len=0):
-    meta = {"objective": objective, "mask_id": mask_id, "prefix_len": prefix_len, "target_len": target_len,
-            "noise": noise_spec, "bos_id": 0}
+def as_trained(model, objective="mdlm", noise_spec=SCHEDULES[0], pad_id=None, target_len=2, mask_id=MASK, prefix_len=0):
+    meta = {
+        "objective": objective,
+        "mask_id": mask_id,
+        "prefix_len": prefix_len,
+        "target_len": target_len,
+        "noise": noise_spec,
+        "bos_id": 0,
+    }
     if pad_id is not None:
         meta["pad_id"] = pad_id
     if objective == "ar":
         return Trained("stage3", None, model, meta, tokenizer=None, tokenizer_dir=None)
-    return Trained("stage3", None, model, meta, tokenizer=None, tokenizer_dir=None, noise=get_noise(noise_spec),
-                   denoiser=Denoiser(model, objective, mask_id, prefix_len))
+    return Trained(
+        "stage3",
+        None,
+        model,
+        meta,
+        tokenizer=None,
+        tokenizer_dir=None,
+        noise=get_noise(noise_spec),
+        denoiser=Denoiser(model, objective, mask_id, prefix_len),
+    )
 
 
 def hand_nll(model, x, sigma, x0):
@@ -90,14 +123,20 @@ def draws(valid_row, shares):
                 uniforms.append(u)
                 probs.append(math.prod(mu if s else 1 - mu for s in pattern) / n)
                 nodes.append(q)
-    return (torch.tensor(picks, dtype=torch.float64), torch.stack(uniforms), torch.tensor(probs, dtype=torch.float64),
-            torch.tensor(nodes))
+    return (
+        torch.tensor(picks, dtype=torch.float64),
+        torch.stack(uniforms),
+        torch.tensor(probs, dtype=torch.float64),
+        torch.tensor(nodes),
+    )
 
 
 def gauss_legendre(nodes, low=0.0, high=1.0):
     s, w = np.polynomial.legendre.leggauss(nodes)
-    return (torch.tensor(low + (high - low) * (s + 1) / 2, dtype=torch.float64),
-            torch.tensor((high - low) * w / 2, dtype=torch.float64))
+    return (
+        torch.tensor(low + (high - low) * (s + 1) / 2, dtype=torch.float64),
+        torch.tensor((high - low) * w / 2, dtype=torch.float64),
+    )
 
 
 # -- the exact toy: time-free posterior, so the expectation over mu is a polynomial integral -------------------
@@ -109,15 +148,16 @@ def toy_nll_given(x, masked):
     """G(S) = sum over i in S of -log p(x_i | x outside S), by hand from the toy's p (float64)."""
     agree = ((toy.SEQS == x) | masked).all(-1)
     total = float(toy.P[agree].sum())
-    return sum(-math.log(float(toy.P[agree & (toy.SEQS[:, i] == x[i])].sum()) / total)
-               for i in range(toy.LENGTH) if masked[i])
+    return sum(
+        -math.log(float(toy.P[agree & (toy.SEQS[:, i] == x[i])].sum()) / total) for i in range(toy.LENGTH) if masked[i]
+    )
 
 
 def count_form(x, m0):
     """sum_{k=1}^n c_k E_{|S| = k}[G(S)], c_k = (1/k) P(Binomial(n, m0) < k), worked by hand (n = 3)."""
     n, total = toy.LENGTH, 0.0
     for k in range(1, n + 1):
-        c_k = sum(math.comb(n, j) * m0 ** j * (1 - m0) ** (n - j) for j in range(k)) / k
+        c_k = sum(math.comb(n, j) * m0**j * (1 - m0) ** (n - j) for j in range(k)) / k
         sets = [torch.tensor(p) for p in itertools.product((False, True), repeat=n) if sum(p) == k]
         total += c_k * sum(toy_nll_given(x, s) for s in sets) / len(sets)
     return total
@@ -172,7 +212,7 @@ def old_second_moment(x, floor):
         if k == 0:
             continue
         if k == 1:
-            integral = math.log(1 / floor) - 2 * (1 - floor) + (1 - floor ** 2) / 2
+            integral = math.log(1 / floor) - 2 * (1 - floor) + (1 - floor**2) / 2
         else:
             t, w = gauss_legendre(4, floor, 1.0)
             integral = float((w * t ** (k - 2) * (1 - t) ** (3 - k)).sum())
@@ -193,25 +233,31 @@ def test_variance_is_finite_bounded_and_far_below_the_old_estimator():
     v, weight = gauss_legendre(4)
     values, prob, node, _ = code_draw_values(trained, x, share_of_level(trained.noise, v))
     mean = float((weight[node] * prob * values).sum())
-    one_draw = float((weight[node] * prob * values ** 2).sum()) - mean ** 2
+    one_draw = float((weight[node] * prob * values**2).sum()) - mean**2
     stratum_vars = []
     for j in range(K):
         v, weight = gauss_legendre(4, j / K, (j + 1) / K)
         values, prob, node, _ = code_draw_values(trained, x, share_of_level(trained.noise, v))
         e1 = K * float((weight[node] * prob * values).sum())
-        e2 = K * float((weight[node] * prob * values ** 2).sum())
-        stratum_vars.append(e2 - e1 ** 2)
-    stratified = sum(stratum_vars) / K ** 2
-    assert mean == pytest.approx(nll, rel=1e-6) and 0 < stratified < one_draw < nll ** 2
-    old = {floor: old_second_moment(x, floor) - nll ** 2 for floor in (1e-3, 1e-6, 1e-12)}
+        e2 = K * float((weight[node] * prob * values**2).sum())
+        stratum_vars.append(e2 - e1**2)
+    stratified = sum(stratum_vars) / K**2
+    assert mean == pytest.approx(nll, rel=1e-6) and 0 < stratified < one_draw < nll**2
+    old = {floor: old_second_moment(x, floor) - nll**2 for floor in (1e-3, 1e-6, 1e-12)}
     assert old[1e-6] > 10 * one_draw and old[1e-12] - old[1e-6] > 0.5 * (old[1e-6] - old[1e-3]) > 0
     # the range of one draw: w(S) G(S) over the 7 nonempty S, from their hand values (n / k) G(S)
     sets = [torch.tensor(p) for p in itertools.product((False, True), repeat=3) if any(p)]
     low = min(3 / int(s.sum()) * toy_nll_given(x, s) for s in sets)
     high = max(3 / int(s.sum()) * toy_nll_given(x, s) for s in sets)
     copies = 4000
-    estimates, _ = block_nats(trained, x.expand(copies, -1).clone(), None, torch.ones(copies, 3, dtype=torch.bool),
-                              K, torch.Generator().manual_seed(0))
+    estimates, _ = block_nats(
+        trained,
+        x.expand(copies, -1).clone(),
+        None,
+        torch.ones(copies, 3, dtype=torch.bool),
+        K,
+        torch.Generator().manual_seed(0),
+    )
     assert float(estimates.min()) >= low - 1e-9 and float(estimates.max()) <= high + 1e-9
     assert float(estimates.var()) == pytest.approx(stratified, rel=0.15)
     assert abs(float(estimates.mean()) - nll) < 4 * math.sqrt(stratified / copies)
@@ -250,9 +296,17 @@ def test_expectation_is_the_bound_for_a_time_conditioned_network(noise_spec, obj
         m = share[node]
         q = torch.where(pattern, m[:, None], 1 - m[:, None]).prod(1)
         with torch.no_grad():
-            terms, which = masked_token_losses(model, objective, x0[b].expand(rows, -1), prefix[b].expand(rows, -1),
-                                               t_nodes[node].float(), uniform, noise, trained.meta["mask_id"],
-                                               valid[b].expand(rows, -1))
+            terms, which = masked_token_losses(
+                model,
+                objective,
+                x0[b].expand(rows, -1),
+                prefix[b].expand(rows, -1),
+                t_nodes[node].float(),
+                uniform,
+                noise,
+                trained.meta["mask_id"],
+                valid[b].expand(rows, -1),
+            )
         loss = torch.zeros(rows, dtype=torch.float64).index_add_(0, which, terms.double())
         bound = float((t_weights[node] * q * loss).sum())
         # the estimator
@@ -262,8 +316,9 @@ def test_expectation_is_the_bound_for_a_time_conditioned_network(noise_spec, obj
         masked = draw_masks(valid_rows, share[node], uniform, pick)
         assert not masked[:, 3].any() and masked.any(1).all()
         with torch.no_grad():
-            g = continuous_nats(trained, x0[b].expand(rows, -1), prefix[b].expand(rows, -1),
-                                t_nodes[node].float(), masked)
+            g = continuous_nats(
+                trained, x0[b].expand(rows, -1), prefix[b].expand(rows, -1), t_nodes[node].float(), masked
+            )
         values = draw_weights(masked, valid_rows, m0) * g
         estimator = float((t_weights[node] * dshare[node] / (1 - m0) * prob * values).sum())
         assert estimator == pytest.approx(bound, rel=2e-5) and bound > 0
@@ -274,8 +329,9 @@ def hand_g(model, objective, x, sigma, x0, prefix):
     -log p_theta(x0_i | x) (mask logit -inf, log-softmax); SEDD sum_{y != m} a_y - log a_x0 - 1,
     a_y = exp(logit_y) / (V - 1) (module docstring)."""
     with torch.no_grad():
-        logits = model(torch.cat([prefix, x])[None], torch.tensor([sigma], dtype=torch.float32),
-                       len(prefix))[0, len(prefix):].double()
+        logits = model(torch.cat([prefix, x])[None], torch.tensor([sigma], dtype=torch.float32), len(prefix))[
+            0, len(prefix) :
+        ].double()
     if objective == "mdlm":
         logits[:, MASK] = -math.inf
         return -logits.log_softmax(-1).gather(-1, x0[:, None]).squeeze(-1)
@@ -368,15 +424,26 @@ def test_draw_masks_law_and_weights_by_hand():
         assert p == pytest.approx(k / n * mu ** (k - 1) * (1 - mu) ** (n - k), rel=1e-12)
     g = torch.Generator().manual_seed(0)
     rows = valid.expand(1000, -1)
-    all_masked = draw_masks(rows, torch.ones(1000, dtype=torch.float64),
-                            torch.rand(1000, 5, generator=g, dtype=torch.float64), torch.rand(1000, generator=g))
+    all_masked = draw_masks(
+        rows,
+        torch.ones(1000, dtype=torch.float64),
+        torch.rand(1000, 5, generator=g, dtype=torch.float64),
+        torch.rand(1000, generator=g),
+    )
     assert torch.equal(all_masked, rows)
     # i* uniform over the real positions: pick in [0, 1/3) -> the first, [1/3, 2/3) -> the second, ...
     nothing_else = torch.ones(3, 5, dtype=torch.float64)
-    chosen = draw_masks(valid.expand(3, -1), torch.full((3,), 0.5, dtype=torch.float64), nothing_else,
-                        torch.tensor([0.0, 0.5, 1 - 1e-17]))
-    assert chosen.tolist() == [[True, False, False, False, False], [False, False, True, False, False],
-                               [False, False, False, True, False]]
+    chosen = draw_masks(
+        valid.expand(3, -1),
+        torch.full((3,), 0.5, dtype=torch.float64),
+        nothing_else,
+        torch.tensor([0.0, 0.5, 1 - 1e-17]),
+    )
+    assert chosen.tolist() == [
+        [True, False, False, False, False],
+        [False, False, True, False, False],
+        [False, False, False, True, False],
+    ]
     masked = torch.tensor([[True, False, False, False, False], [True, False, True, True, False]])
     assert draw_weights(masked, valid.expand(2, -1), 0.25).tolist() == [0.75 * 3 / 1, 0.75 * 3 / 3]
     none = torch.zeros(1, 5, dtype=torch.bool)
@@ -460,10 +527,24 @@ def test_discrete_estimator_expectation_is_the_hand_sum(noise_spec):
     if noise_spec["type"] != "loglinear":
         return
     copies = 3000
-    result = stage_nelbo(trained, torch.zeros(copies, 0, dtype=torch.long), x0.repeat(copies, 1), time_samples=T,
-                         batch_size=copies, seed=1, discrete_steps=T)
-    _, per_copy = block_nats(trained, x0.repeat(copies, 1), None, torch.ones(copies, 2, dtype=torch.bool), T,
-                             torch.Generator().manual_seed(2), T)
+    result = stage_nelbo(
+        trained,
+        torch.zeros(copies, 0, dtype=torch.long),
+        x0.repeat(copies, 1),
+        time_samples=T,
+        batch_size=copies,
+        seed=1,
+        discrete_steps=T,
+    )
+    _, per_copy = block_nats(
+        trained,
+        x0.repeat(copies, 1),
+        None,
+        torch.ones(copies, 2, dtype=torch.bool),
+        T,
+        torch.Generator().manual_seed(2),
+        T,
+    )
     standard_error = float(per_copy.std()) / math.sqrt(copies)
     assert abs(result["nats_discrete"] / copies - hand) < 4 * standard_error
     assert result["discrete_steps"] == T and result["nelbo_discrete"] == pytest.approx(result["nats_discrete"] / 6000)
@@ -481,8 +562,9 @@ def test_one_token_bound_is_the_exact_nll(noise_spec):
     target = torch.arange(1200)[:, None] % MASK
     by_class = torch.cat([hand_nll(model, torch.tensor([MASK]), 0.0, torch.tensor([c])) for c in range(MASK)])
     nll = float(by_class[target[:, 0]].sum())
-    result = stage_nelbo(trained, torch.zeros(1200, 0, dtype=torch.long), target, time_samples=16, batch_size=1200,
-                         discrete_steps=16)
+    result = stage_nelbo(
+        trained, torch.zeros(1200, 0, dtype=torch.long), target, time_samples=16, batch_size=1200, discrete_steps=16
+    )
     exact = noise_spec["type"] != "geometric"
     assert result["nats_discrete"] == pytest.approx(nll, rel=1e-6 if exact else 0.03)
     assert result["nats"] == pytest.approx(nll, rel=1e-6 if exact else 0.03)
@@ -499,11 +581,11 @@ def test_discrete_bound_approaches_the_continuous_one_as_t_grows(noise_spec):
     x0 = torch.randint(0, MASK, (64, 6), generator=torch.Generator().manual_seed(1))
     prefix = torch.zeros(64, 0, dtype=torch.long)
     gaps = {}
-    for T in (16, 2 ** 20):
+    for T in (16, 2**20):
         r = stage_nelbo(trained, prefix, x0, time_samples=4, batch_size=64, seed=5, discrete_steps=T)
         gaps[T] = abs(r["nelbo_discrete"] - r["nelbo"]) / r["nelbo"]
         continuous = r["nelbo"]
-    assert gaps[2 ** 20] < 1e-4 and gaps[2 ** 20] * 100 < gaps[16]
+    assert gaps[2**20] < 1e-4 and gaps[2**20] * 100 < gaps[16]
     # asking for the discrete bound does not move the continuous one (its draws are unchanged)
     assert stage_nelbo(trained, prefix, x0, 4, 64, seed=5)["nelbo"] == continuous
 
@@ -561,8 +643,7 @@ def test_pads_carry_nothing_and_are_never_masked(objective):
     masked = draw_masks(torch.ones_like(real, dtype=torch.bool), share, u, pick)
     assert torch.equal(masked_padded[:, :4], masked) and not masked_padded[:, 4:].any()
     start = float(mask_share(trained.noise, 0.0))
-    assert torch.equal(draw_weights(masked_padded, valid, start),
-                       draw_weights(masked, torch.ones_like(masked), start))
+    assert torch.equal(draw_weights(masked_padded, valid, start), draw_weights(masked, torch.ones_like(masked), start))
     t = time_of_share(trained.noise, share).float()
     with torch.no_grad():
         got = continuous_nats(trained, padded, None, t, masked_padded)
@@ -573,8 +654,11 @@ def test_pads_carry_nothing_and_are_never_masked(objective):
             want = discrete_nats(trained, real, None, torch.tensor([3, 9]), masked, 10)
             assert torch.allclose(got, want, rtol=1e-6) and float(want.sum()) > 0
         # share 1: every real position masked at t = 0, the pads still not
-        assert torch.allclose(final_denoising_nats(trained, padded, None, 1.0, torch.Generator(), valid),
-                              final_denoising_nats(trained, real, None, 1.0, torch.Generator()), rtol=1e-6)
+        assert torch.allclose(
+            final_denoising_nats(trained, padded, None, 1.0, torch.Generator(), valid),
+            final_denoising_nats(trained, real, None, 1.0, torch.Generator()),
+            rtol=1e-6,
+        )
     for x, select in net.seen:
         if x.shape[1] == 6:
             assert (x[:, 4:] == pad).all() and (select is None or not select[:, 4:].any())
@@ -602,6 +686,7 @@ def test_padded_validation_counts_only_real_tokens_on_a_tiny_transformer():
     def spy(x, sigma, prefix_len=0, select=None):
         calls.append((x.clone(), None if select is None else select.clone()))
         return forward(x, sigma, prefix_len, select=select)
+
     model.forward = spy
     trained = as_trained(model, pad_id=pad, target_len=6)
     result = stage_nelbo(trained, torch.zeros(6, 0, dtype=torch.long), target, 4, 3, discrete_steps=8)

@@ -1,4 +1,5 @@
 """Each sample metric on a hand-made example, computed by hand."""
+
 import math
 
 import pytest
@@ -48,10 +49,20 @@ def test_speed_by_hand():
 
 def test_sample_metrics_of_a_cascade_record_set():
     records = [
-        {"stage1_ids": [1, 2], "stage2_ids": [1, 5, 2, 6], "stage3_ids": [1, 5, 9, 2, 6, 6],
-         "seconds": 1.0, "generated_tokens": 12},
-        {"stage1_ids": [3, 4], "stage2_ids": [3, 7, 7, 8], "stage3_ids": [9, 7, 7, 8, 8, 8],
-         "seconds": 3.0, "generated_tokens": 12},
+        {
+            "stage1_ids": [1, 2],
+            "stage2_ids": [1, 5, 2, 6],
+            "stage3_ids": [1, 5, 9, 2, 6, 6],
+            "seconds": 1.0,
+            "generated_tokens": 12,
+        },
+        {
+            "stage1_ids": [3, 4],
+            "stage2_ids": [3, 7, 7, 8],
+            "stage3_ids": [9, 7, 7, 8, 8, 8],
+            "seconds": 3.0,
+            "generated_tokens": 12,
+        },
     ]
     assert stage_names(records[0]) == ["stage1", "stage2", "stage3"]
     m = sample_metrics(records)

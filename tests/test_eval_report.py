@@ -1,11 +1,12 @@
 """The report on a hand-made pair of runs: table rows, values, and plots from hand-written JSON and CSV."""
+
 import csv
 import json
 
 import pytest
 
-from eval.report import build_report, read_training_log, smooth
 from common.io import InputError
+from eval.report import build_report, read_training_log, smooth
 
 
 def metric(value):
@@ -18,14 +19,27 @@ SINGLE = {"settings_digest": "fedcba9876543210", "seed": 11, "code_commit": None
 
 def sample_json(path, run, kind, sampler, steps, gen_ppl, retention=None, provenance=None, data=None):
     """A sample-metrics file as eval.evaluate writes it; without provenance / data as older ones were."""
-    metrics = {"gen_ppl": metric(gen_ppl), "unigram_entropy": metric(2.5), "distinct_1": metric(0.5),
-               "distinct_2": metric(0.8), "distinct_3": metric(0.9), "seconds_per_sample": metric(0.25),
-               "tokens_per_second": metric(448.0)}
+    metrics = {
+        "gen_ppl": metric(gen_ppl),
+        "unigram_entropy": metric(2.5),
+        "distinct_1": metric(0.5),
+        "distinct_2": metric(0.8),
+        "distinct_3": metric(0.9),
+        "seconds_per_sample": metric(0.25),
+        "tokens_per_second": metric(448.0),
+    }
     for pair, value in (retention or {}).items():
         metrics[f"prefix_retention_{pair}"] = metric(value)
     path.parent.mkdir(parents=True, exist_ok=True)
-    result = {"run": run, "kind": kind, "method": "keybert", "objective": "mdlm", "sampler": sampler, "steps": steps,
-              "metrics": metrics}
+    result = {
+        "run": run,
+        "kind": kind,
+        "method": "keybert",
+        "objective": "mdlm",
+        "sampler": sampler,
+        "steps": steps,
+        "metrics": metrics,
+    }
     if provenance is not None:
         result["provenance"] = provenance
     if data is not None:
@@ -49,19 +63,57 @@ def training_log(path, losses):
 def test_report_of_two_runs(tmp_path):
     runs = tmp_path / "runs"
     samples = [
-        sample_json(runs / "single/eval/ddpm_cache-64.json", "single", "single", "ddpm_cache", 64, 80.0,
-                    provenance=SINGLE, data="doc"),
-        sample_json(runs / "cascade/eval/ddpm_cache-64.json", "cascade", "cascade", "ddpm_cache", 64, 50.0,
-                    {"stage1_stage2": 0.9, "stage2_stage3": 0.7}, provenance=CASCADE, data="stages"),
-        sample_json(runs / "cascade/eval/ddpm_cache-16.json", "cascade", "cascade", "ddpm_cache", 16, 70.0,
-                    {"stage1_stage2": 0.8, "stage2_stage3": 0.6}, provenance=CASCADE, data="stages"),
+        sample_json(
+            runs / "single/eval/ddpm_cache-64.json",
+            "single",
+            "single",
+            "ddpm_cache",
+            64,
+            80.0,
+            provenance=SINGLE,
+            data="doc",
+        ),
+        sample_json(
+            runs / "cascade/eval/ddpm_cache-64.json",
+            "cascade",
+            "cascade",
+            "ddpm_cache",
+            64,
+            50.0,
+            {"stage1_stage2": 0.9, "stage2_stage3": 0.7},
+            provenance=CASCADE,
+            data="stages",
+        ),
+        sample_json(
+            runs / "cascade/eval/ddpm_cache-16.json",
+            "cascade",
+            "cascade",
+            "ddpm_cache",
+            16,
+            70.0,
+            {"stage1_stage2": 0.8, "stage2_stage3": 0.6},
+            provenance=CASCADE,
+            data="stages",
+        ),
     ]
     val = runs / "cascade/eval/val.json"
-    val.write_text(json.dumps({"run": "cascade", "data": "stages", "provenance": CASCADE,
-                               "total": {"nelbo": 4.0, "ppl": 54.598, "nelbo_discrete": 4.25, "ppl_discrete": 70.105,
-                                         "discrete_steps": 1000},
-                               "stages": {"stage1": {"nelbo": 5.0}, "stage2": {"nelbo": 4.5},
-                                          "stage3": {"nelbo": 3.0}}}))
+    val.write_text(
+        json.dumps(
+            {
+                "run": "cascade",
+                "data": "stages",
+                "provenance": CASCADE,
+                "total": {
+                    "nelbo": 4.0,
+                    "ppl": 54.598,
+                    "nelbo_discrete": 4.25,
+                    "ppl_discrete": 70.105,
+                    "discrete_steps": 1000,
+                },
+                "stages": {"stage1": {"nelbo": 5.0}, "stage2": {"nelbo": 4.5}, "stage3": {"nelbo": 3.0}},
+            }
+        )
+    )
     logs = [training_log(runs / f"cascade/stage{k}/metrics.csv", [(6 - k, None), (5 - k, 5.5 - k)]) for k in (1, 2, 3)]
     logs.append(training_log(runs / "single/model/metrics.csv", [(6, 6.5), (5, 5.2)]))
     tables, plots = tmp_path / "tables", tmp_path / "plots"
@@ -81,7 +133,8 @@ def test_report_of_two_runs(tmp_path):
     assert [(r["data"], r["settings_digest"], r["seed"], r["code_commit"]) for r in rows] == [
         ("stages", CASCADE["settings_digest"], "7", CASCADE["code_commit"]),
         ("stages", CASCADE["settings_digest"], "7", CASCADE["code_commit"]),
-        ("doc", SINGLE["settings_digest"], "11", "")]
+        ("doc", SINGLE["settings_digest"], "11", ""),
+    ]
     md = (tables / "main.md").read_text().splitlines()
     header = md[0].split(" | ")
     assert md[0].startswith("| run | kind | data |") and "| single | single | doc |" in md[4]
@@ -89,8 +142,12 @@ def test_report_of_two_runs(tmp_path):
     single = dict(zip(header, md[4].split(" | ")))
     assert single["val NELBO"] == single["val ppl (T)"] == "-"  # missing values are a dash, not a zero
     cascade = dict(zip(header, md[3].split(" | ")))
-    assert (cascade["val ppl (T)"], cascade["T"], cascade["digest"], cascade["seed"]) == ("70.105", "1000",
-                                                                                          "01234567", "7")
+    assert (cascade["val ppl (T)"], cascade["T"], cascade["digest"], cascade["seed"]) == (
+        "70.105",
+        "1000",
+        "01234567",
+        "7",
+    )
     assert md[3].endswith("| 89ab89a |") and md[4].endswith("| fedcba98 | 11 | - |")
     tex = (tables / "main.tex").read_text()
     assert "ddpm\\_cache" in tex and tex.count("\\\\") == 4  # header + 3 rows
@@ -105,8 +162,9 @@ def test_rows_of_older_eval_files_and_runs_without_a_discrete_bound(tmp_path):
     discrete-T columns when no val.json has the bound."""
     sample = sample_json(tmp_path / "runs/old/eval/ddpm-8.json", "old", "single", "ddpm", 8, 90.0)
     val = tmp_path / "runs/old/eval/val.json"
-    val.write_text(json.dumps({"run": "old", "total": {"nelbo": 3.5, "ppl": 33.1},
-                               "stages": {"stage3": {"nelbo": 3.5}}}))
+    val.write_text(
+        json.dumps({"run": "old", "total": {"nelbo": 3.5, "ppl": 33.1}, "stages": {"stage3": {"nelbo": 3.5}}})
+    )
     build_report([sample], [val], [], tmp_path / "t", tmp_path / "p")
     row = next(csv.DictReader(open(tmp_path / "t" / "main.csv")))
     assert row["data"] == "stages" and row["settings_digest"] == row["seed"] == row["code_commit"] == ""
@@ -118,11 +176,20 @@ def test_rows_of_older_eval_files_and_runs_without_a_discrete_bound(tmp_path):
 def test_samples_and_val_of_different_trainings_are_refused(tmp_path):
     """A row joins a samples file with its run's val.json; if they name different models (another settings
     digest), the row would mix two trainings: an error naming both files."""
-    sample = sample_json(tmp_path / "runs/cascade/eval/ddpm-8.json", "cascade", "cascade", "ddpm", 8, 60.0,
-                         provenance=CASCADE)
+    sample = sample_json(
+        tmp_path / "runs/cascade/eval/ddpm-8.json", "cascade", "cascade", "ddpm", 8, 60.0, provenance=CASCADE
+    )
     val = tmp_path / "runs/cascade/eval/val.json"
-    val.write_text(json.dumps({"run": "cascade", "provenance": {**CASCADE, "settings_digest": "ffff" * 4},
-                               "total": {"nelbo": 4.0, "ppl": 54.6}, "stages": {}}))
+    val.write_text(
+        json.dumps(
+            {
+                "run": "cascade",
+                "provenance": {**CASCADE, "settings_digest": "ffff" * 4},
+                "total": {"nelbo": 4.0, "ppl": 54.6},
+                "stages": {},
+            }
+        )
+    )
     with pytest.raises(InputError, match="val.json: provenance .*ffffffff.* differs from .*ddpm-8.json.*0123456789"):
         build_report([sample], [val], [], tmp_path / "t", tmp_path / "p")
 

@@ -5,8 +5,15 @@ import pytest
 import torch
 
 from eval.denoiser import Denoiser
-from eval.samplers import (SAMPLERS, _bisect_time, autoregressive, sample, sample_categorical, time_grid,
-                           time_of_mask_share)
+from eval.samplers import (
+    SAMPLERS,
+    _bisect_time,
+    autoregressive,
+    sample,
+    sample_categorical,
+    time_grid,
+    time_of_mask_share,
+)
 from train.model import DiffusionTransformer, ModelConfig
 from train.noise import CosineNoise, GeometricNoise, LogLinearNoise
 
@@ -19,8 +26,17 @@ PREFIX_LEN, TARGET_LEN = 5, 12
 def tiny_model(causal=False, seed=0, time_conditioning=True):
     """A random-weight transformer whose logits are far from uniform (adaLN-zero starts at zero)."""
     torch.manual_seed(seed)
-    model = DiffusionTransformer(ModelConfig(vocab_size=VOCAB, dim=32, n_layers=2, n_heads=2, cond_dim=16,
-                                             causal=causal, time_conditioning=time_conditioning))
+    model = DiffusionTransformer(
+        ModelConfig(
+            vocab_size=VOCAB,
+            dim=32,
+            n_layers=2,
+            n_heads=2,
+            cond_dim=16,
+            causal=causal,
+            time_conditioning=time_conditioning,
+        )
+    )
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.3)
     return model.eval()
@@ -36,7 +52,8 @@ def prefix_batch(batch=3, seed=1):
 
 
 def flat_importance(sampler):
-    """The estimate the uncertainty sampler needs (eval/samplers.uncertainty_steps), flat; no other sampler takes one."""
+    """The estimate the uncertainty sampler needs (eval/samplers.uncertainty_steps), flat; no other sampler takes
+    one."""
     return (lambda x, sigma: torch.zeros(x.shape)) if sampler == "uncertainty" else None
 
 
@@ -56,8 +73,18 @@ def test_prefix_kept_and_no_mask_survives(objective, sampler, block_size):
     denoiser.model = spy
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        out = sample(denoiser, LogLinearNoise(), prefix, TARGET_LEN, sampler, steps=7, temperature=0.9,
-                     block_size=block_size, generator=g, importance=flat_importance(sampler))
+        out = sample(
+            denoiser,
+            LogLinearNoise(),
+            prefix,
+            TARGET_LEN,
+            sampler,
+            steps=7,
+            temperature=0.9,
+            block_size=block_size,
+            generator=g,
+            importance=flat_importance(sampler),
+        )
     assert out.shape == (3, TARGET_LEN)
     assert not (out == MASK).any()
     # ddpm_cache calls the network on a subset of rows: every row it sees starts with one of the clean prefixes
@@ -81,9 +108,17 @@ def test_ddpm_cache_equals_ddpm_under_same_stream(time_conditioning, block_size)
     for sampler in ("ddpm", "ddpm_cache"):
         denoiser.calls = 0
         with torch.no_grad():
-            outs[sampler] = sample(denoiser, LogLinearNoise(), prefix, TARGET_LEN, sampler, steps=200,
-                                   temperature=0.8, block_size=block_size,
-                                   generator=torch.Generator().manual_seed(123))
+            outs[sampler] = sample(
+                denoiser,
+                LogLinearNoise(),
+                prefix,
+                TARGET_LEN,
+                sampler,
+                steps=200,
+                temperature=0.8,
+                block_size=block_size,
+                generator=torch.Generator().manual_seed(123),
+            )
         calls[sampler] = denoiser.calls
     assert torch.equal(outs["ddpm"], outs["ddpm_cache"])
     assert calls["ddpm"] == 200 - 200 % (TARGET_LEN // (block_size or TARGET_LEN))  # steps // blocks per block
@@ -94,8 +129,16 @@ def test_ddpm_cache_equals_ddpm_under_same_stream(time_conditioning, block_size)
 def test_same_seed_same_samples_different_seed_different():
     def run(seed):
         with torch.no_grad():
-            return sample(tiny_denoiser(), LogLinearNoise(), prefix_batch(), TARGET_LEN, "confidence", 6,
-                          generator=torch.Generator().manual_seed(seed))
+            return sample(
+                tiny_denoiser(),
+                LogLinearNoise(),
+                prefix_batch(),
+                TARGET_LEN,
+                "confidence",
+                6,
+                generator=torch.Generator().manual_seed(seed),
+            )
+
     assert torch.equal(run(0), run(0))
     assert not torch.equal(run(0), run(1))
 
@@ -110,6 +153,7 @@ def test_sample_categorical_frequencies():
 
 class FixedDenoiser:
     """A denoiser whose p(x_0 | x_t) at a masked position is a fixed distribution (as SUBS, carry-over)."""
+
     mask_id = 3
 
     def __init__(self, probs):
@@ -135,7 +179,11 @@ def test_two_step_unmask_rate_matches_posterior(sampler):
     x = torch.full((20000, 1), 3)
     editable = torch.ones(1, dtype=torch.bool)
     from eval.samplers import analytic_steps, ddpm_steps, euler_steps
-    s1, s_half = noise.total(torch.tensor(1.0, dtype=torch.float64)), noise.total(torch.tensor(0.5, dtype=torch.float64))
+
+    s1, s_half = (
+        noise.total(torch.tensor(1.0, dtype=torch.float64)),
+        noise.total(torch.tensor(0.5, dtype=torch.float64)),
+    )
     expected = float((torch.exp(-s_half) - torch.exp(-s1)) / (1 - torch.exp(-s1)))
     if sampler == "euler":
         expected = float(0.5 * noise.rate(torch.tensor(1.0, dtype=torch.float64)) / torch.expm1(s1))
@@ -172,6 +220,7 @@ def test_two_step_unmask_rate_matches_posterior(sampler):
 def test_confidence_reveals_most_confident_first():
     """One of two steps: the schedule keeps round(4 * move(1/2)) = 2 of 4 masked; the two revealed are the
     positions whose proposal is most probable."""
+
     class PositionDenoiser(FixedDenoiser):
         def x0_log_probs(self, x, sigma):
             # position j puts probability peak_j on token 0 (a certain proposal when peak = 1)
@@ -182,6 +231,7 @@ def test_confidence_reveals_most_confident_first():
             return torch.where((x != self.mask_id)[..., None], carry, out)
 
     from eval.samplers import confidence_steps
+
     denoiser = PositionDenoiser([0.25] * 4)
     x = torch.full((50, 4), 3)
     calls = []
@@ -190,9 +240,11 @@ def test_confidence_reveals_most_confident_first():
     def spy(x_, sigma):
         calls.append(x_.clone())
         return inner(x_, sigma)
+
     denoiser.x0_log_probs = spy
-    out = confidence_steps(denoiser, x, torch.ones(4, dtype=torch.bool), LogLinearNoise(), 2, 1.0,
-                           torch.Generator().manual_seed(0))
+    out = confidence_steps(
+        denoiser, x, torch.ones(4, dtype=torch.bool), LogLinearNoise(), 2, 1.0, torch.Generator().manual_seed(0)
+    )
     after_first = calls[1]
     assert (after_first[:, [1, 3]] == 0).all()
     assert (after_first[:, [0, 2]] == 3).all()
@@ -202,8 +254,9 @@ def test_confidence_reveals_most_confident_first():
 def test_autoregressive_sampler_never_emits_mask():
     model = tiny_model(causal=True)
     with torch.no_grad():
-        out = autoregressive(model, bos_id=0, mask_id=MASK, batch=4, target_len=9,
-                             generator=torch.Generator().manual_seed(0))
+        out = autoregressive(
+            model, bos_id=0, mask_id=MASK, batch=4, target_len=9, generator=torch.Generator().manual_seed(0)
+        )
     assert out.shape == (4, 9) and not (out == MASK).any()
 
 
@@ -223,17 +276,25 @@ def test_semi_ar_fills_blocks_left_to_right():
     def spy(x, sigma, prefix_len):
         seen.append(x[:, prefix_len:].clone())
         return inner(x, sigma, prefix_len)
+
     denoiser.model = spy
     with torch.no_grad():
-        out = sample(denoiser, LogLinearNoise(), prefix_batch(), TARGET_LEN, "semi_ar", steps=8,
-                     generator=torch.Generator().manual_seed(0))  # 4 blocks of 3 tokens, 2 steps each
+        out = sample(
+            denoiser,
+            LogLinearNoise(),
+            prefix_batch(),
+            TARGET_LEN,
+            "semi_ar",
+            steps=8,
+            generator=torch.Generator().manual_seed(0),
+        )  # 4 blocks of 3 tokens, 2 steps each
     assert not (out == MASK).any()
     for target in seen:
         masked = (target == MASK).any(0)
         first_open = int(masked.nonzero()[0]) if masked.any() else TARGET_LEN
         block = first_open // 3
-        assert not (target[:, :block * 3] == MASK).any()
-        assert (target[:, (block + 1) * 3:] == MASK).all()
+        assert not (target[:, : block * 3] == MASK).any()
+        assert (target[:, (block + 1) * 3 :] == MASK).all()
 
 
 def test_model_without_time_conditioning_ignores_sigma():
@@ -246,19 +307,25 @@ def test_model_without_time_conditioning_ignores_sigma():
         assert torch.allclose(low, high, atol=1e-5)
     conditioned = tiny_denoiser("mdlm", time_conditioning=True)
     with torch.no_grad():
-        assert not torch.allclose(conditioned.x0_log_probs(x, torch.full((3,), 0.1)),
-                                  conditioned.x0_log_probs(x, torch.full((3,), 5.0)), atol=1e-3)
+        assert not torch.allclose(
+            conditioned.x0_log_probs(x, torch.full((3,), 0.1)),
+            conditioned.x0_log_probs(x, torch.full((3,), 5.0)),
+            atol=1e-3,
+        )
 
 
 class SquareNoise:
     """A schedule without a closed-form inverse here: sigma_bar(t) = 3 t^2."""
 
     def total(self, t):
-        return 3 * t ** 2
+        return 3 * t**2
 
 
-@pytest.mark.parametrize("noise", [LogLinearNoise(1e-3), LogLinearNoise(0.2), CosineNoise(1e-3),
-                                   GeometricNoise(1e-4, 20.0), SquareNoise()], ids=lambda n: type(n).__name__)
+@pytest.mark.parametrize(
+    "noise",
+    [LogLinearNoise(1e-3), LogLinearNoise(0.2), CosineNoise(1e-3), GeometricNoise(1e-4, 20.0), SquareNoise()],
+    ids=lambda n: type(n).__name__,
+)
 def test_time_of_mask_share_inverts_the_mask_probability(noise):
     t = torch.linspace(0, 1, 101, dtype=torch.float64)
     share = -torch.expm1(-noise.total(t))
@@ -292,8 +359,17 @@ def test_semi_ar_blocks_tell_the_network_the_masked_share(sampler):
     eps, prefix_len, target_len = 0.05, 5, 12
     denoiser = RecordingDenoiser()
     prefix = torch.randint(0, 3, (6, prefix_len), generator=torch.Generator().manual_seed(2))
-    sample(denoiser, LogLinearNoise(eps), prefix, target_len, sampler, steps=12, block_size=3,
-           generator=torch.Generator().manual_seed(0), importance=flat_importance(sampler))
+    sample(
+        denoiser,
+        LogLinearNoise(eps),
+        prefix,
+        target_len,
+        sampler,
+        steps=12,
+        block_size=3,
+        generator=torch.Generator().manual_seed(0),
+        importance=flat_importance(sampler),
+    )
     shares = []
     for x, sigma in denoiser.heard:
         share = (x[:, prefix_len:] == 3).double().mean(-1)

@@ -2,6 +2,7 @@
 changes, no mask survives, commits follow the schedule, each remasking rule picks what its formula says,
 blocks fill left to right, the EOS guard, batching does not change answers, stopping at the answer is exact,
 the recordings and the command line."""
+
 import dataclasses
 import io
 import json
@@ -14,8 +15,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from eval.generate import (REMASKING, block_plan, build_parser, canvas_segments, generate, main,
-                           masked_log_probs, prompt_seeds, transfer_schedule)
+from eval.generate import (
+    REMASKING,
+    block_plan,
+    build_parser,
+    canvas_segments,
+    generate,
+    main,
+    masked_log_probs,
+    prompt_seeds,
+    transfer_schedule,
+)
 from eval.trained import Trained, load_trained
 from preprocess.tokenizer import train_bpe
 from train.checkpoint import save_model
@@ -35,10 +45,22 @@ def write_folder(folder, tok_dir, tok, objective="mdlm", seed=0, eos_bias=0.0):
         torch.nn.init.normal_(p, std=0.2)
     with torch.no_grad():
         model.output_layer.linear.bias[tok.eos_token_id] += eos_bias
-    meta = {"model": cfg.to_dict(), "objective": objective, "noise": {"type": "loglinear", "eps": 1e-3},
-            "stage": 3, "prefix_len": 0, "target_len": 16, "vocab_size": len(tok), "mask_id": tok.mask_token_id,
-            "eos_id": tok.eos_token_id, "bos_id": tok.eos_token_id, "tokenizer": str(tok_dir), "run": "single",
-            "kind": "single", "method": "keybert"}
+    meta = {
+        "model": cfg.to_dict(),
+        "objective": objective,
+        "noise": {"type": "loglinear", "eps": 1e-3},
+        "stage": 3,
+        "prefix_len": 0,
+        "target_len": 16,
+        "vocab_size": len(tok),
+        "mask_id": tok.mask_token_id,
+        "eos_id": tok.eos_token_id,
+        "bos_id": tok.eos_token_id,
+        "tokenizer": str(tok_dir),
+        "run": "single",
+        "kind": "single",
+        "method": "keybert",
+    }
     save_model(folder, model.state_dict(), meta)
     return folder
 
@@ -46,14 +68,22 @@ def write_folder(folder, tok_dir, tok, objective="mdlm", seed=0, eos_bias=0.0):
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("generate")
-    texts = ["def f(x): return x + 1", "The quick brown fox jumps over the lazy dog.",
-             "import os and sys for the path of a module", "What is a list? A list holds items."] * 20
+    texts = [
+        "def f(x): return x + 1",
+        "The quick brown fox jumps over the lazy dog.",
+        "import os and sys for the path of a module",
+        "What is a list? A list holds items.",
+    ] * 20
     tok = train_bpe([texts], vocab_size=300, min_frequency=1)
     tok_dir = root / "tokenizer"
     tok.save_pretrained(str(tok_dir))
-    return {"root": root, "tok": tok, "model": write_folder(root / "model", tok_dir, tok),
-            "sedd": write_folder(root / "sedd", tok_dir, tok, objective="sedd", seed=1),
-            "eosy": write_folder(root / "eosy", tok_dir, tok, seed=2, eos_bias=1.5)}
+    return {
+        "root": root,
+        "tok": tok,
+        "model": write_folder(root / "model", tok_dir, tok),
+        "sedd": write_folder(root / "sedd", tok_dir, tok, objective="sedd", seed=1),
+        "eosy": write_folder(root / "eosy", tok_dir, tok, seed=2, eos_bias=1.5),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -96,8 +126,7 @@ def test_block_plan_errors_name_the_numbers():
 @pytest.mark.parametrize("remasking", REMASKING)
 @pytest.mark.parametrize("block_length", [None, 4])
 @pytest.mark.parametrize("temperature,eos_guard", [(0.0, False), (0.8, True)])
-def test_prompt_never_changes_and_no_mask_survives(trained, project, remasking, block_length, temperature,
-                                                   eos_guard):
+def test_prompt_never_changes_and_no_mask_survives(trained, project, remasking, block_length, temperature, eos_guard):
     tok, mask = project["tok"], trained.meta["mask_id"]
     prompts = prompts_of(tok, TEXTS)
     inner, seen = trained.model, []
@@ -112,11 +141,22 @@ def test_prompt_never_changes_and_no_mask_survives(trained, project, remasking, 
             return self.inner(x, sigma, prefix_len, select=select)
 
     spy = Trained(**{**trained.__dict__, "model": Spy()})
-    results = generate(spy, prompts, gen_length=12, steps=6, remasking=remasking, block_length=block_length,
-                       temperature=temperature, eos_guard=eos_guard, record=True, batch_size=2)
+    results = generate(
+        spy,
+        prompts,
+        gen_length=12,
+        steps=6,
+        remasking=remasking,
+        block_length=block_length,
+        temperature=temperature,
+        eos_guard=eos_guard,
+        record=True,
+        batch_size=2,
+    )
     clean = {tuple(p) for p in prompts}
-    assert seen and all(tuple(row[:len(p)].tolist()) in clean for x in seen for row in x
-                        for p in prompts if len(p) == len(row) - 12)
+    assert seen and all(
+        tuple(row[: len(p)].tolist()) in clean for x in seen for row in x for p in prompts if len(p) == len(row) - 12
+    )
     for p, r in zip(prompts, results):
         assert r["prompt_ids"] == p and len(r["ids"]) == 12 and mask not in r["ids"]
         assert len(r["trajectory"]) == 7 and r["trajectory"][0] == [mask] * 12 and r["trajectory"][-1] == r["ids"]
@@ -140,12 +180,14 @@ def test_prompt_change_is_caught(trained, project, monkeypatch):
 
 
 @pytest.mark.parametrize("remasking", REMASKING)
-@pytest.mark.parametrize("gen_length,steps,block_length", [(12, 12, None), (12, 5, None), (8, 12, None),
-                                                           (12, 6, 4), (12, 3, 4)])
+@pytest.mark.parametrize(
+    "gen_length,steps,block_length", [(12, 12, None), (12, 5, None), (8, 12, None), (12, 6, 4), (12, 3, 4)]
+)
 def test_commits_per_step_follow_the_schedule(trained, project, remasking, gen_length, steps, block_length):
     prompts = prompts_of(project["tok"], TEXTS[:2])
-    results = generate(trained, prompts, gen_length, steps, remasking, block_length, temperature=0.7,
-                       record=True, stop_at_answer=False)
+    results = generate(
+        trained, prompts, gen_length, steps, remasking, block_length, temperature=0.7, record=True, stop_at_answer=False
+    )
     blocks, per_block = block_plan(gen_length, steps, block_length)
     expected = transfer_schedule(gen_length // blocks, per_block) * blocks
     for r in results:
@@ -156,14 +198,23 @@ def test_commits_per_step_follow_the_schedule(trained, project, remasking, gen_l
 @pytest.mark.parametrize("remasking", REMASKING)
 def test_blocks_fill_left_to_right(trained, project, remasking):
     mask = trained.meta["mask_id"]
-    results = generate(trained, prompts_of(project["tok"], TEXTS), 12, 6, remasking, block_length=4,
-                       temperature=1.0, record=True, stop_at_answer=False)
+    results = generate(
+        trained,
+        prompts_of(project["tok"], TEXTS),
+        12,
+        6,
+        remasking,
+        block_length=4,
+        temperature=1.0,
+        record=True,
+        stop_at_answer=False,
+    )
     for r in results:
         for canvas in r["trajectory"]:
             for b in range(2):
-                later_started = any(t != mask for t in canvas[4 * (b + 1):4 * (b + 2)])
+                later_started = any(t != mask for t in canvas[4 * (b + 1) : 4 * (b + 2)])
                 if later_started:
-                    assert mask not in canvas[4 * b:4 * (b + 1)]
+                    assert mask not in canvas[4 * b : 4 * (b + 1)]
 
 
 def test_network_is_told_the_masked_share(trained, project):
@@ -180,8 +231,7 @@ def test_network_is_told_the_masked_share(trained, project):
             seen.append((int((x[0, -8:] == trained.meta["mask_id"]).sum()), float(sigma[0])))
             return self.inner(x, sigma, prefix_len, select=select)
 
-    generate(Trained(**{**trained.__dict__, "model": Spy()}), [[5, 6, 7]], 8, 4, block_length=4,
-             stop_at_answer=False)
+    generate(Trained(**{**trained.__dict__, "model": Spy()}), [[5, 6, 7]], 8, 4, block_length=4, stop_at_answer=False)
     noise = LogLinearNoise(1e-3)
     assert [m for m, _ in seen] == [8, 6, 4, 2]
     for masked, sigma in seen:
@@ -225,8 +275,15 @@ class FixedLogits(torch.nn.Module):
 def stand_in(table):
     meta = {"objective": "mdlm", "mask_id": MASK, "eos_id": EOS, "prefix_len": 0}
     fields = {f.name for f in dataclasses.fields(Trained)}  # tokenizer_dir: only where Trained has it
-    return Trained(name="stage3", model_dir=Path("fixed"), model=FixedLogits(table), meta=meta, tokenizer=None,
-                   noise=LogLinearNoise(), **({"tokenizer_dir": None} if "tokenizer_dir" in fields else {}))
+    return Trained(
+        name="stage3",
+        model_dir=Path("fixed"),
+        model=FixedLogits(table),
+        meta=meta,
+        tokenizer=None,
+        noise=LogLinearNoise(),
+        **({"tokenizer_dir": None} if "tokenizer_dir" in fields else {}),
+    )
 
 
 def hand_confidence(table, remasking):
@@ -236,16 +293,21 @@ def hand_confidence(table, remasking):
         logits = [v if y != MASK else -math.inf for y, v in enumerate(row)]
         z = sum(math.exp(v) for v in logits if v > -math.inf)
         p = sorted((math.exp(v) / z for v in logits if v > -math.inf), reverse=True)
-        out.append({"low_confidence": p[0], "margin": p[0] - p[1],
-                    "entropy": sum(q * math.log(q) for q in p if q > 0)}[remasking])
+        out.append(
+            {"low_confidence": p[0], "margin": p[0] - p[1], "entropy": sum(q * math.log(q) for q in p if q > 0)}[
+                remasking
+            ]
+        )
     return out
 
 
 # token 0 is every row's argmax; the three rules rank the rows 2 1 3 0 (p1), 2 3 1 0 (margin), 2 1 0 3 (-H)
-TABLE = [[1.7, 1.1, 1.1, -1.5, 0.7, 0.0],
-         [3.1, 1.9, 0.5, 2.4, 1.1, 0.0],
-         [2.6, -0.3, -1.4, 1.4, 1.1, 0.0],
-         [3.6, 2.6, 2.0, 2.6, 2.4, 0.0]]
+TABLE = [
+    [1.7, 1.1, 1.1, -1.5, 0.7, 0.0],
+    [3.1, 1.9, 0.5, 2.4, 1.1, 0.0],
+    [2.6, -0.3, -1.4, 1.4, 1.1, 0.0],
+    [3.6, 2.6, 2.0, 2.6, 2.4, 0.0],
+]
 
 
 @pytest.mark.parametrize("remasking", ["low_confidence", "margin", "entropy"])
@@ -259,8 +321,10 @@ def test_each_rule_commits_its_most_confident_position_first(remasking):
 
 def test_orders_differ_between_rules():
     """The table separates the rules (else the test above would not tell them apart)."""
-    orders = {rule: sorted(range(4), key=lambda i: -hand_confidence(TABLE, rule)[i])
-              for rule in ("low_confidence", "margin", "entropy")}
+    orders = {
+        rule: sorted(range(4), key=lambda i: -hand_confidence(TABLE, rule)[i])
+        for rule in ("low_confidence", "margin", "entropy")
+    }
     assert len({tuple(o) for o in orders.values()}) == 3
 
 
@@ -350,8 +414,7 @@ def test_ar_model_and_mask_in_prompt_are_refused(trained):
 def test_canvas_segments(project):
     tok = project["tok"]
     ids = tok("The fox", add_special_tokens=False)["input_ids"]
-    segs = canvas_segments(tok, ids + [tok.mask_token_id] * 2 + [tok.eos_token_id], tok.mask_token_id,
-                           tok.eos_token_id)
+    segs = canvas_segments(tok, ids + [tok.mask_token_id] * 2 + [tok.eos_token_id], tok.mask_token_id, tok.eos_token_id)
     assert segs == [("text", "The fox"), ("mask", "░░"), ("eos", "∎")]
 
 
@@ -360,16 +423,36 @@ def test_record_gif_and_html(project, tmp_path):
 
     for suffix in ("gif", "html"):
         out = tmp_path / f"t.{suffix}"
-        main(["--model-dir", str(project["model"]), "--prompt", "The fox", "--prompt", "import os",
-              "--gen-length", "12", "--steps", "6", "--block-length", "4", "--record", str(out),
-              "--out", str(tmp_path / f"{suffix}.jsonl"), "--device", "cpu"])
+        main(
+            [
+                "--model-dir",
+                str(project["model"]),
+                "--prompt",
+                "The fox",
+                "--prompt",
+                "import os",
+                "--gen-length",
+                "12",
+                "--steps",
+                "6",
+                "--block-length",
+                "4",
+                "--record",
+                str(out),
+                "--out",
+                str(tmp_path / f"{suffix}.jsonl"),
+                "--device",
+                "cpu",
+            ]
+        )
         if suffix == "gif":
             with Image.open(out) as img:
                 assert img.n_frames == 7
         else:
             page = out.read_text()
-            data = json.loads(re.search(r'<script id="data" type="application/json">(.*?)</script>', page,
-                                        re.S).group(1))
+            data = json.loads(
+                re.search(r'<script id="data" type="application/json">(.*?)</script>', page, re.S).group(1)
+            )
             assert len(data["frames"]) == 7 and len(data["frames"][0]) == 2
             assert data["frames"][0][0] == [["mask", "░" * 12]]
             assert "<input id=\"slider\"" in page and "http" not in page  # self-contained
@@ -377,23 +460,53 @@ def test_record_gif_and_html(project, tmp_path):
 
 
 def test_show_redraws_when_forced(project, capsys, tmp_path):
-    main(["--model-dir", str(project["model"]), "--prompt", "The fox", "--gen-length", "8", "--steps", "4",
-          "--show", "always", "--out", str(tmp_path / "answers.jsonl"), "--device", "cpu"])
+    main(
+        [
+            "--model-dir",
+            str(project["model"]),
+            "--prompt",
+            "The fox",
+            "--gen-length",
+            "8",
+            "--steps",
+            "4",
+            "--show",
+            "always",
+            "--out",
+            str(tmp_path / "answers.jsonl"),
+            "--device",
+            "cpu",
+        ]
+    )
     out = capsys.readouterr().out
     assert out.count("\x1b[2J\x1b[H") == 4 and "░" in out and "step 4/4" in out
 
 
 def test_show_auto_stays_quiet_off_a_terminal(project, capsys):
-    main(["--model-dir", str(project["model"]), "--prompt", "The fox", "--gen-length", "8", "--steps", "4",
-          "--show", "--device", "cpu"])
+    main(
+        [
+            "--model-dir",
+            str(project["model"]),
+            "--prompt",
+            "The fox",
+            "--gen-length",
+            "8",
+            "--steps",
+            "4",
+            "--show",
+            "--device",
+            "cpu",
+        ]
+    )
     out = capsys.readouterr().out
     assert "\x1b[2J" not in out and json.loads(out)["answer_ids"] is not None
 
 
 # --------------------------------------------------------------------------------------------- the command
 def test_help_documents_every_option():
-    proc = subprocess.run([sys.executable, "-m", "eval.generate", "--help"], cwd=ROOT, capture_output=True,
-                          text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "eval.generate", "--help"], cwd=ROOT, capture_output=True, text=True, check=True
+    )
     for action in build_parser()._actions:
         assert action.help
         for flag in action.option_strings:
@@ -404,11 +517,26 @@ def test_help_documents_every_option():
 
 def test_cli_prompt_and_prompts(project, tmp_path):
     out = tmp_path / "a.jsonl"
-    main(["--model-dir", str(project["model"]), "--prompt", "What is a list?", "--gen-length", "8", "--steps", "4",
-          "--system", "Be brief.", "--out", str(out), "--device", "cpu"])
+    main(
+        [
+            "--model-dir",
+            str(project["model"]),
+            "--prompt",
+            "What is a list?",
+            "--gen-length",
+            "8",
+            "--steps",
+            "4",
+            "--system",
+            "Be brief.",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ]
+    )
     (record,) = [json.loads(line) for line in out.read_text().splitlines()]
-    assert record["prompt"] == "What is a list?" and record["messages"][0] == {"role": "system",
-                                                                            "content": "Be brief."}
+    assert record["prompt"] == "What is a list?" and record["messages"][0] == {"role": "system", "content": "Be brief."}
     from common.chat import prompt_ids
 
     assert record["prompt_ids"] == prompt_ids(project["tok"], record["messages"])
@@ -416,13 +544,39 @@ def test_cli_prompt_and_prompts(project, tmp_path):
         assert key in record
 
     prompts = tmp_path / "p.jsonl"
-    lines = [{"prompt": "The fox"}, {"messages": [{"role": "user", "content": "hi"}]}, {"prompt": "import os"},
-             {"prompt": "The fox"}]
+    lines = [
+        {"prompt": "The fox"},
+        {"messages": [{"role": "user", "content": "hi"}]},
+        {"prompt": "import os"},
+        {"prompt": "The fox"},
+    ]
     prompts.write_text("".join(json.dumps(x) + "\n" for x in lines) + "\n")
     out2 = tmp_path / "b.jsonl"
-    main(["--model-dir", str(project["model"]), "--prompts", str(prompts), "--gen-length", "8", "--steps", "8",
-          "--block-length", "4", "--remasking", "margin", "--temperature", "0.5", "--batch-size", "2",
-          "--eos-guard", "--out", str(out2), "--device", "cpu"])
+    main(
+        [
+            "--model-dir",
+            str(project["model"]),
+            "--prompts",
+            str(prompts),
+            "--gen-length",
+            "8",
+            "--steps",
+            "8",
+            "--block-length",
+            "4",
+            "--remasking",
+            "margin",
+            "--temperature",
+            "0.5",
+            "--batch-size",
+            "2",
+            "--eos-guard",
+            "--out",
+            str(out2),
+            "--device",
+            "cpu",
+        ]
+    )
     records = [json.loads(line) for line in out2.read_text().splitlines()]
     assert [r["index"] for r in records] == [0, 1, 2, 3]
     assert records[1]["messages"] == lines[1]["messages"] and records[2]["prompt"] == "import os"
@@ -430,8 +584,21 @@ def test_cli_prompt_and_prompts(project, tmp_path):
 
 
 def test_cli_raw_prompt_and_bad_input(project, tmp_path, capsys):
-    main(["--model-dir", str(project["model"]), "--prompt", "The fox", "--raw-prompt", "--gen-length", "4",
-          "--steps", "4", "--device", "cpu"])
+    main(
+        [
+            "--model-dir",
+            str(project["model"]),
+            "--prompt",
+            "The fox",
+            "--raw-prompt",
+            "--gen-length",
+            "4",
+            "--steps",
+            "4",
+            "--device",
+            "cpu",
+        ]
+    )
     record = json.loads(capsys.readouterr().out)
     assert record["prompt_ids"] == project["tok"]("The fox", add_special_tokens=False)["input_ids"]
     bad = tmp_path / "bad.jsonl"
@@ -445,8 +612,21 @@ def test_cli_raw_prompt_and_bad_input(project, tmp_path, capsys):
 def test_cli_chat_keeps_the_dialogue(project, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "stdin", io.StringIO("hello there\nand again\n\nnot read\n"))
     out = tmp_path / "chat.jsonl"
-    main(["--model-dir", str(project["model"]), "--chat", "--gen-length", "8", "--steps", "4", "--out", str(out),
-          "--device", "cpu"])
+    main(
+        [
+            "--model-dir",
+            str(project["model"]),
+            "--chat",
+            "--gen-length",
+            "8",
+            "--steps",
+            "4",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ]
+    )
     printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("assistant> ")]
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(printed) == 2 and len(records) == 2
@@ -462,14 +642,32 @@ def test_masked_lm_backbone_generates_through_the_same_call(project, tmp_path):
     from train.backbones import backbone_meta, build_backbone
 
     tok = project["tok"]
-    spec = {"kind": "masked_lm", "name": None,
-            "config": {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-                       "intermediate_size": 64}}
+    spec = {
+        "kind": "masked_lm",
+        "name": None,
+        "config": {
+            "model_type": "bert",
+            "hidden_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+        },
+    }
     torch.manual_seed(0)
     model = build_backbone(spec, len(tok), "tiny", 0.0, False)
-    meta = {"objective": "mdlm", "noise": {"type": "loglinear"}, "stage": 3, "prefix_len": 0, "target_len": 16,
-            "vocab_size": len(tok), "mask_id": tok.mask_token_id, "eos_id": tok.eos_token_id,
-            "bos_id": tok.eos_token_id, "tokenizer": str(project["root"] / "tokenizer"), **backbone_meta(model, spec)}
+    meta = {
+        "objective": "mdlm",
+        "noise": {"type": "loglinear"},
+        "stage": 3,
+        "prefix_len": 0,
+        "target_len": 16,
+        "vocab_size": len(tok),
+        "mask_id": tok.mask_token_id,
+        "eos_id": tok.eos_token_id,
+        "bos_id": tok.eos_token_id,
+        "tokenizer": str(project["root"] / "tokenizer"),
+        **backbone_meta(model, spec),
+    }
     save_model(tmp_path / "bert", model.state_dict(), meta)
     t = load_trained(tmp_path / "bert")
     prompts = prompts_of(tok, TEXTS)
@@ -493,15 +691,34 @@ def write_bert_folder(folder, project, positions):
     from train.backbones import backbone_meta, build_backbone
 
     tok = project["tok"]
-    spec = {"kind": "masked_lm", "name": None,
-            "config": {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-                       "intermediate_size": 64, "max_position_embeddings": positions}}
+    spec = {
+        "kind": "masked_lm",
+        "name": None,
+        "config": {
+            "model_type": "bert",
+            "hidden_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+            "max_position_embeddings": positions,
+        },
+    }
     torch.manual_seed(0)
     model = build_backbone(spec, len(tok), "tiny", 0.0, False)
-    meta = {"objective": "mdlm", "noise": {"type": "loglinear"}, "stage": 3, "prefix_len": 0, "target_len": 16,
-            "vocab_size": len(tok), "mask_id": tok.mask_token_id, "eos_id": tok.eos_token_id,
-            "bos_id": tok.eos_token_id, "tokenizer": str(project["root"] / "tokenizer"), "kind": "sft",
-            **backbone_meta(model, spec)}
+    meta = {
+        "objective": "mdlm",
+        "noise": {"type": "loglinear"},
+        "stage": 3,
+        "prefix_len": 0,
+        "target_len": 16,
+        "vocab_size": len(tok),
+        "mask_id": tok.mask_token_id,
+        "eos_id": tok.eos_token_id,
+        "bos_id": tok.eos_token_id,
+        "tokenizer": str(project["root"] / "tokenizer"),
+        "kind": "sft",
+        **backbone_meta(model, spec),
+    }
     save_model(folder, model.state_dict(), meta)
     return folder
 
@@ -515,23 +732,70 @@ def test_empty_prompt_is_an_empty_user_turn_or_with_raw_prompt_the_empty_context
     from common.chat import prompt_ids
 
     out = tmp_path / "empty.jsonl"
-    main(["--model-dir", str(project["model"]), "--prompt", "", "--prompt", "The fox", "--gen-length", "8",
-          "--steps", "4", "--out", str(out), "--record", str(tmp_path / "t.html"), "--device", "cpu"])
+    main(
+        [
+            "--model-dir",
+            str(project["model"]),
+            "--prompt",
+            "",
+            "--prompt",
+            "The fox",
+            "--gen-length",
+            "8",
+            "--steps",
+            "4",
+            "--out",
+            str(out),
+            "--record",
+            str(tmp_path / "t.html"),
+            "--device",
+            "cpu",
+        ]
+    )
     empty, other = records_of(out)
     assert empty["prompt"] == "" and empty["messages"] == [{"role": "user", "content": ""}]
     assert empty["prompt_ids"] == prompt_ids(project["tok"], empty["messages"]) and len(empty["ids"]) == 8
     assert other["prompt"] == "The fox" and "(empty prompt)" in (tmp_path / "t.html").read_text()
 
     raw = tmp_path / "raw.jsonl"
-    main(["--model-dir", str(project["model"]), "--prompt", "", "--raw-prompt", "--gen-length", "8", "--steps", "4",
-          "--out", str(raw), "--device", "cpu"])
+    main(
+        [
+            "--model-dir",
+            str(project["model"]),
+            "--prompt",
+            "",
+            "--raw-prompt",
+            "--gen-length",
+            "8",
+            "--steps",
+            "4",
+            "--out",
+            str(raw),
+            "--device",
+            "cpu",
+        ]
+    )
     (record,) = records_of(raw)
     assert record["prompt_ids"] == [] and len(record["ids"]) == 8 and "messages" not in record
 
     prompts = tmp_path / "p.jsonl"
     prompts.write_text(json.dumps({"prompt": ""}) + "\n")
-    main(["--model-dir", str(project["model"]), "--prompts", str(prompts), "--gen-length", "8", "--steps", "4",
-          "--out", str(tmp_path / "f.jsonl"), "--device", "cpu"])
+    main(
+        [
+            "--model-dir",
+            str(project["model"]),
+            "--prompts",
+            str(prompts),
+            "--gen-length",
+            "8",
+            "--steps",
+            "4",
+            "--out",
+            str(tmp_path / "f.jsonl"),
+            "--device",
+            "cpu",
+        ]
+    )
     assert records_of(tmp_path / "f.jsonl")[0]["messages"] == [{"role": "user", "content": ""}]
 
 
@@ -544,10 +808,25 @@ def test_a_chat_template_that_cannot_render_the_prompt_is_one_line(project, tmp_
         raise TemplateError("content must not be empty")
 
     monkeypatch.setattr(common.chat, "prompt_ids", refuse)
-    with pytest.raises(SystemExit, match=r"^eval.generate: --prompt '': the chat template cannot render it "
-                                         r"\(content must not be empty\); --raw-prompt"):
-        main(["--model-dir", str(project["model"]), "--prompt", "", "--gen-length", "8", "--steps", "4",
-              "--device", "cpu"])
+    with pytest.raises(
+        SystemExit,
+        match=r"^eval.generate: --prompt '': the chat template cannot render it "
+        r"\(content must not be empty\); --raw-prompt",
+    ):
+        main(
+            [
+                "--model-dir",
+                str(project["model"]),
+                "--prompt",
+                "",
+                "--gen-length",
+                "8",
+                "--steps",
+                "4",
+                "--device",
+                "cpu",
+            ]
+        )
 
 
 def test_parser_defaults_mean_from_the_model_folder():
@@ -571,8 +850,25 @@ def test_defaults_come_from_the_generation_the_folder_records(project, tmp_path,
     assert (r["gen_length"], r["steps"], r["remasking"], r["eos_guard"]) == (12, 6, "margin", True)
     assert "gen_length 12, steps 6, remasking margin, eos_guard on from " in capsys.readouterr().err
 
-    main(["--model-dir", str(folder), "--prompt", "The fox", "--gen-length", "8", "--steps", "8", "--remasking",
-          "entropy", "--no-eos-guard", "--out", str(out), "--device", "cpu"])
+    main(
+        [
+            "--model-dir",
+            str(folder),
+            "--prompt",
+            "The fox",
+            "--gen-length",
+            "8",
+            "--steps",
+            "8",
+            "--remasking",
+            "entropy",
+            "--no-eos-guard",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ]
+    )
     (r,) = records_of(out)
     assert (r["gen_length"], r["steps"], r["remasking"], r["eos_guard"]) == (8, 8, "entropy", False)
 
@@ -583,8 +879,10 @@ def test_defaults_come_from_the_generation_the_folder_records(project, tmp_path,
 
     meta["generation"]["steps"] = "six"
     (folder / "config.json").write_text(json.dumps(meta))
-    with pytest.raises(SystemExit, match=re.escape(f"{folder / 'config.json'}: key 'generation.steps' should be "
-                                                   f"an integer >= 1, got 'six'")):
+    with pytest.raises(
+        SystemExit,
+        match=re.escape(f"{folder / 'config.json'}: key 'generation.steps' should be an integer >= 1, got 'six'"),
+    ):
         main(["--model-dir", str(folder), "--prompt", "The fox", "--device", "cpu"])
 
 
@@ -594,9 +892,11 @@ def test_train_records_the_sft_generation_settings(tmp_path, monkeypatch):
     import train.trainer
 
     config = tmp_path / "c.yaml"
-    config.write_text("blocks: {length: 16}\nruns:\n  base: {kind: single, objective: mdlm, data: wrap}\n"
-                      "  tuned: {kind: sft, objective: mdlm, init_from: base}\n"
-                      "sft: {gen_length: 12, eval_steps: 6, eos_guard: false, remasking: margin}\n")
+    config.write_text(
+        "blocks: {length: 16}\nruns:\n  base: {kind: single, objective: mdlm, data: wrap}\n"
+        "  tuned: {kind: sft, objective: mdlm, init_from: base}\n"
+        "sft: {gen_length: 12, eval_steps: 6, eos_guard: false, remasking: margin}\n"
+    )
     saved = {}
 
     class Recorder:  # the trainer's meta as run() (which writes config.json at the end) would see it
@@ -622,20 +922,55 @@ def test_gen_length_is_capped_at_the_backbone_positions(project, tmp_path, capsy
 
     bert = write_bert_folder(tmp_path / "bert", project, positions=40)
     out = tmp_path / "a.jsonl"
-    main(["--model-dir", str(bert), "--prompt", "The fox", "--prompt", "import os and sys", "--out", str(out),
-          "--device", "cpu"])
+    main(
+        [
+            "--model-dir",
+            str(bert),
+            "--prompt",
+            "The fox",
+            "--prompt",
+            "import os and sys",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ]
+    )
     records = records_of(out)
     longest = max(len(prompt_ids(project["tok"], r["messages"])) for r in records)
     assert all(r["gen_length"] == 40 - longest == len(r["ids"]) for r in records)
-    assert f"gen_length 128 capped to {40 - longest}: the longest prompt takes {longest} of the 40 positions of " \
-           f"the bert backbone of {bert}" in capsys.readouterr().err
-    main(["--model-dir", str(bert), "--prompt", "The fox", "--block-length", "4", "--gen-length", "64", "--steps",
-          "16", "--out", str(out), "--device", "cpu"])
+    assert (
+        f"gen_length 128 capped to {40 - longest}: the longest prompt takes {longest} of the 40 positions of "
+        f"the bert backbone of {bert}" in capsys.readouterr().err
+    )
+    main(
+        [
+            "--model-dir",
+            str(bert),
+            "--prompt",
+            "The fox",
+            "--block-length",
+            "4",
+            "--gen-length",
+            "64",
+            "--steps",
+            "16",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ]
+    )
     (r,) = records_of(out)
-    assert r["gen_length"] % 4 == 0 and len(r["prompt_ids"]) + r["gen_length"] <= 40 < len(r["prompt_ids"]) + \
-        r["gen_length"] + 4
-    with pytest.raises(SystemExit, match=r"^eval.generate: prompt 1 \('import os and sys import os and sys.*\) "
-                                         r"takes \d+ of the 40 positions of the bert backbone of .*: no room"):
+    assert (
+        r["gen_length"] % 4 == 0
+        and len(r["prompt_ids"]) + r["gen_length"] <= 40 < len(r["prompt_ids"]) + r["gen_length"] + 4
+    )
+    with pytest.raises(
+        SystemExit,
+        match=r"^eval.generate: prompt 1 \('import os and sys import os and sys.*\) "
+        r"takes \d+ of the 40 positions of the bert backbone of .*: no room",
+    ):
         main(["--model-dir", str(bert), "--prompt", "import os and sys " * 4, "--device", "cpu"])
 
 
@@ -645,8 +980,26 @@ def test_chat_past_the_backbone_positions_drops_the_oldest_turns(project, tmp_pa
     turns = ["The fox", "import os", "The lazy dog.", "def f(x):", "What is a list?"]
     monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(turns) + "\n"))
     out = tmp_path / "chat.jsonl"
-    assert main(["--model-dir", str(bert), "--chat", "--system", "Be brief.", "--gen-length", "8", "--steps", "4",
-                 "--out", str(out), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "--model-dir",
+                str(bert),
+                "--chat",
+                "--system",
+                "Be brief.",
+                "--gen-length",
+                "8",
+                "--steps",
+                "4",
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     records = records_of(out)
     assert len(records) == len(turns) and [r["index"] for r in records] == list(range(len(turns)))
@@ -662,8 +1015,9 @@ def test_chat_turn_too_long_for_the_backbone_is_skipped(project, tmp_path, monke
     bert = write_bert_folder(tmp_path / "bert", project, positions=40)
     monkeypatch.setattr(sys, "stdin", io.StringIO("import os and sys " * 4 + "\nThe fox\n"))
     out = tmp_path / "chat.jsonl"
-    main(["--model-dir", str(bert), "--chat", "--gen-length", "16", "--steps", "4", "--out", str(out),
-          "--device", "cpu"])
+    main(
+        ["--model-dir", str(bert), "--chat", "--gen-length", "16", "--steps", "4", "--out", str(out), "--device", "cpu"]
+    )
     err = capsys.readouterr().err
     (record,) = records_of(out)
     assert "of the 40 positions of the bert backbone of" in err and "no room for an answer; the turn is skipped" in err
@@ -688,8 +1042,19 @@ def test_chat_transcript_is_written_turn_by_turn(project, tmp_path, monkeypatch,
 
     out = tmp_path / "chat.jsonl"
     monkeypatch.setattr(sys, "stdin", Interrupting("hello there\nand again\n"))
-    argv = ["--model-dir", str(project["model"]), "--chat", "--gen-length", "8", "--steps", "4", "--out", str(out),
-            "--device", "cpu"]
+    argv = [
+        "--model-dir",
+        str(project["model"]),
+        "--chat",
+        "--gen-length",
+        "8",
+        "--steps",
+        "4",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+    ]
     try:
         code = main(argv)
     except KeyboardInterrupt:  # let a regression fail this test, not end the pytest session

@@ -1,5 +1,6 @@
 """The real Snakemake DAG on configs/tiny.yaml, offline, end to end (the `demo` fixture, tests/conftest.py);
 then one shard rerun byte for byte, and the exact jobs a changed setting reruns."""
+
 import hashlib
 import json
 from pathlib import Path
@@ -7,7 +8,6 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
-
 from conftest import layout, snakemake
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,7 +68,9 @@ def test_training_sampling_and_report(demo):
         for name in ("model.safetensors", "config.json", "metrics.csv"):
             assert (demo / stage_dir / name).exists(), f"{stage_dir}/{name}"
     mask_id = json.loads((demo / "runs/tiny/cascade/stage3/config.json").read_text())["mask_id"]
-    samples = [json.loads(line) for line in (demo / "runs/tiny/cascade/samples/ddpm_cache-4.jsonl").read_text().splitlines()]
+    samples = [
+        json.loads(line) for line in (demo / "runs/tiny/cascade/samples/ddpm_cache-4.jsonl").read_text().splitlines()
+    ]
     assert len(samples) == tiny()["sample"]["n"]
     for s in samples:
         assert [len(s[f"stage{k}_ids"]) for k in (1, 2, 3)] == [l1, l2, l3]
@@ -89,7 +91,7 @@ def planned_jobs(workdir, *args) -> dict[str, int]:
     text = proc.stdout + proc.stderr
     if "Nothing to be done" in text:
         return {}
-    stats = text[text.index("Job stats:"):].split("\n\n")[0].splitlines()[3:]
+    stats = text[text.index("Job stats:") :].split("\n\n")[0].splitlines()[3:]
     jobs = {line.split()[0]: int(line.split()[1]) for line in stats}
     jobs.pop("all", None)
     jobs.pop("total", None)
@@ -110,18 +112,24 @@ DOWNSTREAM_OF_TRAIN = {"evaluate_val": 3, "sample": 3, "evaluate": 3, "report": 
 DOWNSTREAM_OF_ANNOTATE = {"annotate": 9, "stages": 9, "train": 5, **DOWNSTREAM_OF_TRAIN}
 
 
-@pytest.mark.parametrize("override, reruns", [
-    # (setting changed on top of configs/tiny.yaml, the jobs that must rerun: exactly these)
-    ("corpus={max_docs: 150}", {"corpus_train": 1, "corpus_validation": 1, "tokenizer": 1, **DOWNSTREAM_OF_ANNOTATE}),
-    ("tokenizer={vocab_size: 480}", {"tokenizer": 1, **DOWNSTREAM_OF_ANNOTATE}),
-    ("annotate={max_doc_chars: 2000}", DOWNSTREAM_OF_ANNOTATE),
-    ("annotate={threads: 2, batch_size: 8}", {}),  # speed only
-    ("train={lr: 0.002}", {"train": 5, **DOWNSTREAM_OF_TRAIN}),
-    ("runs={cascade: {lr: 0.002}}", {"train": 3, "evaluate_val": 1, "sample": 1, "evaluate": 1, "report": 1}),
-    ("runs={ar: {max_steps: 10}}", {"train": 1, "evaluate_val": 1, "sample": 1, "evaluate": 3, "report": 1}),
-    ("train={cpus: 2, mem_mb: 4000, log_with: [tensorboard]}", {}),  # where and how a job runs, not what
-    ("sample={temperature: 0.9}", {"sample": 3, "evaluate": 3, "report": 1}),
-    ("evaluate={val_batches: 2}", {"evaluate_val": 3, "report": 1}),
-])
+@pytest.mark.parametrize(
+    "override, reruns",
+    [
+        # (setting changed on top of configs/tiny.yaml, the jobs that must rerun: exactly these)
+        (
+            "corpus={max_docs: 150}",
+            {"corpus_train": 1, "corpus_validation": 1, "tokenizer": 1, **DOWNSTREAM_OF_ANNOTATE},
+        ),
+        ("tokenizer={vocab_size: 480}", {"tokenizer": 1, **DOWNSTREAM_OF_ANNOTATE}),
+        ("annotate={max_doc_chars: 2000}", DOWNSTREAM_OF_ANNOTATE),
+        ("annotate={threads: 2, batch_size: 8}", {}),  # speed only
+        ("train={lr: 0.002}", {"train": 5, **DOWNSTREAM_OF_TRAIN}),
+        ("runs={cascade: {lr: 0.002}}", {"train": 3, "evaluate_val": 1, "sample": 1, "evaluate": 1, "report": 1}),
+        ("runs={ar: {max_steps: 10}}", {"train": 1, "evaluate_val": 1, "sample": 1, "evaluate": 3, "report": 1}),
+        ("train={cpus: 2, mem_mb: 4000, log_with: [tensorboard]}", {}),  # where and how a job runs, not what
+        ("sample={temperature: 0.9}", {"sample": 3, "evaluate": 3, "report": 1}),
+        ("evaluate={val_batches: 2}", {"evaluate_val": 3, "report": 1}),
+    ],
+)
 def test_a_changed_setting_reruns_exactly_the_jobs_it_affects(up_to_date, override, reruns):
     assert planned_jobs(up_to_date, "--config", override) == reruns

@@ -5,20 +5,20 @@ only the final answer and its EOS fill are masked (earlier assistant turns are c
 canvases share their prompt tokens; task:reverse pairs are correct vs wrong by their rule, deterministic and held
 out; the three record shapes give the same canvases; bad records are counted by reason; file, Parquet and hub
 sources; a split without a pair writes nothing; the command line end to end."""
+
 import json
 
 import pyarrow as pa
 import pytest
 import yaml
+from test_sft_data import DIALOGUE, ROOT, bpe_tokenizer, runs, wordpiece_tokenizer
 
 from common.chat import encode_conversation, prompt_ids
 from common.io import InputError, read_parquet, write_parquet
-from eval.dpo import read_pairs
-from preprocess.preference import (PAIR_SCHEMA, REJECTION_RULES, build, main, pair_canvases,
-                                   reverse_pair, wrong_reversal)
 from common.tasks import REVERSE_PROMPT, check_answer
+from eval.dpo import read_pairs
+from preprocess.preference import PAIR_SCHEMA, REJECTION_RULES, build, main, pair_canvases, reverse_pair, wrong_reversal
 from preprocess.sft import reverse_record, reverse_side
-from test_sft_data import DIALOGUE, ROOT, bpe_tokenizer, runs, wordpiece_tokenizer
 
 
 @pytest.fixture(scope="module", params=["bpe", "wordpiece"])
@@ -32,8 +32,7 @@ def bpe():
 
 
 def dpo_config(source, **over):
-    return {"source": str(source), "validation_fraction": 0.1, "n_train": 60, "n_validation": 20, "seed": 1,
-            **over}
+    return {"source": str(source), "validation_fraction": 0.1, "n_train": 60, "n_validation": 20, "seed": 1, **over}
 
 
 def answer_start(mask: list[int]) -> int:
@@ -77,7 +76,7 @@ def test_wrong_reversal_rules():
         assert [w for w in answer.split() if w in dropped] == dropped  # order kept
         repeated = wrong_reversal(answer, "repeated", rng).split()
         k = next(j for j in range(4) if repeated[j] == repeated[j + 1])
-        assert repeated[:k + 1] + repeated[k + 2:] == answer.split()
+        assert repeated[: k + 1] + repeated[k + 2 :] == answer.split()
         swapped = wrong_reversal(answer, "swapped", rng).split()
         diff = [j for j in range(4) if swapped[j] != answer.split()[j]]
         assert len(diff) == 2 and diff[1] == diff[0] + 1 and sorted(swapped) == sorted(answer.split())
@@ -135,8 +134,12 @@ def test_task_pairs_are_correct_vs_wrong_deterministic_and_held_out(tmp_path, to
     assert val["records_written"] == 20
 
     def lists(path):
-        return {m["content"].removeprefix(REVERSE_PROMPT) for p in read_parquet(path, ["prompt"]).column(0).to_pylist()
-                for m in json.loads(p) if m["role"] == "user"}
+        return {
+            m["content"].removeprefix(REVERSE_PROMPT)
+            for p in read_parquet(path, ["prompt"]).column(0).to_pylist()
+            for m in json.loads(p)
+            if m["role"] == "user"
+        }
 
     train_lists, val_lists = lists(out), lists(tmp_path / "val.parquet")
     assert train_lists and val_lists and not train_lists & val_lists
@@ -150,8 +153,9 @@ def test_truncated_pairs_are_skipped_and_counted(tmp_path, bpe):
     assert "canvas needs more than 64 tokens" in stats["skipped_examples"]["truncated"][0]
     rows = read_parquet(tmp_path / "t.parquet").to_pylist()
     # Every kept canvas holds its whole answer: the EOS fill (mask 1) follows it.
-    assert all(r[f"{s}_ids"][-1] == bpe.eos_token_id and r[f"{s}_mask"][-1] == 1
-               for r in rows for s in ("chosen", "rejected"))
+    assert all(
+        r[f"{s}_ids"][-1] == bpe.eos_token_id and r[f"{s}_mask"][-1] == 1 for r in rows for s in ("chosen", "rejected")
+    )
     assert sum(stats["rejections"].values()) == stats["records_written"]
 
 
@@ -202,11 +206,16 @@ def test_the_record_shapes_give_the_same_canvases(tmp_path, tok):
     assert rows[0]["chosen_ids"] == chosen.ids and rows[0]["rejected_mask"] == rejected.answer_mask
     # Multi-turn: a system turn and an earlier exchange in the prompt (explicit or implicit), masked 0.
     context = [SYSTEM, USER, assistant(CHOSEN), {"role": "user", "content": "and the grass"}]
-    multi = [{"prompt": context, "chosen": [assistant("green grass")], "rejected": [assistant("blue grass")]},
-             {"chosen": context + [assistant("green grass")], "rejected": context + [assistant("blue grass")]},
-             # Answer lists that carry the earlier exchange themselves: it extends the prompt.
-             {"prompt": context[:2], "chosen": context[2:] + [assistant("green grass")],
-              "rejected": context[2:] + [assistant("blue grass")]}]
+    multi = [
+        {"prompt": context, "chosen": [assistant("green grass")], "rejected": [assistant("blue grass")]},
+        {"chosen": context + [assistant("green grass")], "rejected": context + [assistant("blue grass")]},
+        # Answer lists that carry the earlier exchange themselves: it extends the prompt.
+        {
+            "prompt": context[:2],
+            "chosen": context[2:] + [assistant("green grass")],
+            "rejected": context[2:] + [assistant("blue grass")],
+        },
+    ]
     src = write_jsonl(tmp_path / "multi.jsonl", multi)
     build(dpo_config(src, validation_fraction=0.0), 96, tok, "train", tmp_path / "m.parquet", progress=False)
     rows = read_parquet(tmp_path / "m.parquet").to_pylist()
@@ -229,19 +238,26 @@ BAD = {
     "invalid_json": [b'{"chosen": [}'],
     "not_object": [b"[1, 2]", b'"text"'],
     "missing_field": [pair(chosen=...), pair(rejected=..., chosen=...), pair(prompt=...)],
-    "wrong_type": [pair(chosen=3), pair(prompt={"role": "user"}), pair(chosen=["blue"]),
-                   pair(rejected=[{"role": "assistant", "content": 5}]),
-                   pair(chosen=[{"role": None, "content": "x"}])],
+    "wrong_type": [
+        pair(chosen=3),
+        pair(prompt={"role": "user"}),
+        pair(chosen=["blue"]),
+        pair(rejected=[{"role": "assistant", "content": 5}]),
+        pair(chosen=[{"role": None, "content": "x"}]),
+    ],
     "unknown_role": [pair(prompt=[{"role": "bot", "content": "hi"}])],
     "empty_content": [pair(chosen="  "), pair(rejected=None), pair(prompt=[]), pair(chosen=[])],
     "binary": [pair(rejected="a\u0000b")],
     "no_assistant_turn": [pair(chosen=[{"role": "user", "content": "blue sky"}])],
-    "no_shared_prompt": [{"chosen": [USER, assistant(CHOSEN)],
-                          "rejected": [{"role": "user", "content": "other"}, assistant(REJECTED)]},
-                         {"chosen": [assistant(CHOSEN)], "rejected": [assistant(REJECTED)]}],
+    "no_shared_prompt": [
+        {"chosen": [USER, assistant(CHOSEN)], "rejected": [{"role": "user", "content": "other"}, assistant(REJECTED)]},
+        {"chosen": [assistant(CHOSEN)], "rejected": [assistant(REJECTED)]},
+    ],
     "prompt_not_ending_in_user": [pair(prompt=[USER, assistant("hm")]), pair(prompt=[SYSTEM])],
-    "identical": [pair(rejected=" blue \n sky "), {"chosen": [USER, assistant(CHOSEN)],
-                                                  "rejected": [USER, assistant(CHOSEN)]}],
+    "identical": [
+        pair(rejected=" blue \n sky "),
+        {"chosen": [USER, assistant(CHOSEN)], "rejected": [USER, assistant(CHOSEN)]},
+    ],
     "special_token_in_content": [pair(prompt="hi <|endoftext|>"), pair(rejected="x [MASK] y")],
     "template_error": [pair(prompt=[USER, USER])],
     "truncated": [pair(prompt="the lazy dog " * 40), pair(rejected="the lazy dog " * 40)],
@@ -254,9 +270,11 @@ def test_bad_records_are_counted_by_reason(tmp_path):
     tok.add_special_tokens({"additional_special_tokens": ["[MASK]"]})
     from common.chat import DEFAULT_TEMPLATE
 
-    tok.chat_template = ("{%- for m in messages -%}{%- if loop.index0 > 0 and m['role'] == 'user' and "
-                         "messages[loop.index0 - 1]['role'] == 'user' -%}{{- raise_exception('roles must "
-                         "alternate') -}}{%- endif -%}{%- endfor -%}" + DEFAULT_TEMPLATE)
+    tok.chat_template = (
+        "{%- for m in messages -%}{%- if loop.index0 > 0 and m['role'] == 'user' and "
+        "messages[loop.index0 - 1]['role'] == 'user' -%}{{- raise_exception('roles must "
+        "alternate') -}}{%- endif -%}{%- endfor -%}" + DEFAULT_TEMPLATE
+    )
     good = [pair(), pair(prompt=[SYSTEM, USER])]
     records = [good[0], *[r for v in BAD.values() for r in v], good[1]]
     src = write_jsonl(tmp_path / "data.jsonl", records)
@@ -281,9 +299,11 @@ def test_a_prompt_that_opens_with_an_assistant_turn(tmp_path, tok):
     from common.chat import DEFAULT_TEMPLATE
 
     greeting = assistant("hello there")
-    records = [{"prompt": [greeting, USER], "chosen": CHOSEN, "rejected": REJECTED},
-               {"chosen": [greeting, USER, assistant(CHOSEN)], "rejected": [greeting, USER, assistant(REJECTED)]},
-               pair()]
+    records = [
+        {"prompt": [greeting, USER], "chosen": CHOSEN, "rejected": REJECTED},
+        {"chosen": [greeting, USER, assistant(CHOSEN)], "rejected": [greeting, USER, assistant(REJECTED)]},
+        pair(),
+    ]
     src = write_jsonl(tmp_path / "data.jsonl", records)
     stats = build(dpo_config(src, validation_fraction=0.0), 64, tok, "train", tmp_path / "o.parquet", progress=False)
     assert stats["records_written"] == 3 and stats["skipped"] == {}
@@ -298,14 +318,17 @@ def test_a_prompt_that_opens_with_an_assistant_turn(tmp_path, tok):
         assert ids[:start] == prompt_ids(tok, [greeting, USER])  # the prompt eval.dpo generates from
         # The answer and its fill are those of the pair without the greeting (which has more fill).
         at = answer_start(plain[f"{side}_mask"])
-        assert ids[start:] == plain[f"{side}_ids"][at:at + 64 - start] and all(mask[start:])
+        assert ids[start:] == plain[f"{side}_ids"][at : at + 64 - start] and all(mask[start:])
     # A template that writes a default system turn before a conversation without one: the render of no messages
     # does not start the conversation's, so the greeting has no empty context to follow.
     refusing = bpe_tokenizer()
-    refusing.chat_template = ("{%- if messages and messages[0]['role'] != 'system' -%}{{- '<|system|>\\nbe brief"
-                              "\\n' -}}{%- endif -%}" + DEFAULT_TEMPLATE)
-    stats = build(dpo_config(src, validation_fraction=0.0), 64, refusing, "train", tmp_path / "r.parquet",
-                  progress=False)
+    refusing.chat_template = (
+        "{%- if messages and messages[0]['role'] != 'system' -%}{{- '<|system|>\\nbe brief"
+        "\\n' -}}{%- endif -%}" + DEFAULT_TEMPLATE
+    )
+    stats = build(
+        dpo_config(src, validation_fraction=0.0), 64, refusing, "train", tmp_path / "r.parquet", progress=False
+    )
     assert stats["skipped"] == {"leading_assistant_turn": 2} and stats["records_written"] == 1
     assert stats["records_read"] == stats["records_written"] + sum(stats["skipped"].values())
     assert read_parquet(tmp_path / "r.parquet").column("pair_id").to_pylist() == ["data.jsonl:3"]
@@ -319,11 +342,18 @@ def test_parquet_folder_and_hash_split(tmp_path, bpe):
     for i in range(40):
         user = {"role": "user", "content": f"say the color {i}"}
         if i % 2:
-            records.append({"id": f"p{i}", "prompt": [user], "chosen": [assistant(CHOSEN)],
-                            "rejected": [assistant(REJECTED)]})
+            records.append(
+                {"id": f"p{i}", "prompt": [user], "chosen": [assistant(CHOSEN)], "rejected": [assistant(REJECTED)]}
+            )
         else:
-            records.append({"id": f"p{i}", "prompt": None, "chosen": [user, assistant(CHOSEN)],
-                            "rejected": [user, assistant(REJECTED)]})
+            records.append(
+                {
+                    "id": f"p{i}",
+                    "prompt": None,
+                    "chosen": [user, assistant(CHOSEN)],
+                    "rejected": [user, assistant(REJECTED)],
+                }
+            )
     write_parquet(pa.Table.from_pylist(records), folder / "pairs.parquet")
     (folder / "more.json").write_text(json.dumps([pair(prompt=f"say the color {i}") for i in range(20)]))
     (folder / "notes.txt").write_text("ignored")
@@ -335,8 +365,10 @@ def test_parquet_folder_and_hash_split(tmp_path, bpe):
     ids_t = set(read_parquet(tmp_path / "t.parquet", ["pair_id"]).column(0).to_pylist())
     ids_v = set(read_parquet(tmp_path / "v.parquet", ["pair_id"]).column(0).to_pylist())
     assert not ids_t & ids_v and len(ids_t | ids_v) == 60 and {"p0", "p1", "more.json:0"} <= ids_t | ids_v
-    rows = {r["pair_id"]: r for r in read_parquet(tmp_path / "t.parquet").to_pylist() + read_parquet(
-        tmp_path / "v.parquet").to_pylist()}
+    rows = {
+        r["pair_id"]: r
+        for r in read_parquet(tmp_path / "t.parquet").to_pylist() + read_parquet(tmp_path / "v.parquet").to_pylist()
+    }
     # The implicit-prompt row and the explicit one are encoded alike.
     for i in (0, 1):
         user = {"role": "user", "content": f"say the color {i}"}
@@ -346,16 +378,17 @@ def test_parquet_folder_and_hash_split(tmp_path, bpe):
 
 
 def test_hub_source_through_an_injected_loader(tmp_path, bpe):
-    splits = {"train": [pair(prompt=f"say the color {i}") for i in range(5)],
-              "test": [SHAPES["implicit"], pair(rejected=CHOSEN)]}
+    splits = {
+        "train": [pair(prompt=f"say the color {i}") for i in range(5)],
+        "test": [SHAPES["implicit"], pair(rejected=CHOSEN)],
+    }
     seen = []
 
     def load(name):
         seen.append(name)
         return splits
 
-    stats = build(dpo_config("someone/prefs"), 64, bpe, "validation", tmp_path / "v.parquet", load=load,
-                  progress=False)
+    stats = build(dpo_config("someone/prefs"), 64, bpe, "validation", tmp_path / "v.parquet", load=load, progress=False)
     assert seen == ["someone/prefs"] and stats["records_written"] == 1 and stats["skipped"] == {"identical": 1}
     assert read_pairs(tmp_path / "v.parquet", 10)["pair_id"] == ["test/0"]
 
@@ -372,8 +405,14 @@ def test_source_errors_name_the_dpo_setting(tmp_path, bpe):
     with pytest.raises(InputError, match="unknown dpo task"):
         build(dpo_config("task:sort"), 64, bpe, "train", tmp_path / "o.parquet", progress=False)
     with pytest.raises(InputError, match="dpo.validation_fraction"):
-        build(dpo_config("task:reverse", validation_fraction=0.0), 64, bpe, "train", tmp_path / "o.parquet",
-              progress=False)
+        build(
+            dpo_config("task:reverse", validation_fraction=0.0),
+            64,
+            bpe,
+            "train",
+            tmp_path / "o.parquet",
+            progress=False,
+        )
     assert not (tmp_path / "o.parquet").exists()
 
 
@@ -407,21 +446,45 @@ def test_command_line_end_to_end(tmp_path, bpe, capsys):
     config["sft"] = {"length": 256}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     out = tmp_path / "data" / "pydoc" / "preference" / "256" / "validation" / "shard_00000.parquet"
-    main(["--config", str(tmp_path / "c.yaml"), "--split", "validation", "--tokenizer", str(tokenizer),
-          "--out", str(out)])
+    main(
+        [
+            "--config",
+            str(tmp_path / "c.yaml"),
+            "--split",
+            "validation",
+            "--tokenizer",
+            str(tokenizer),
+            "--out",
+            str(out),
+        ]
+    )
     assert "5 of 5 pairs" in capsys.readouterr().out
     stats = json.loads((out.parent / "shard_00000.stats.json").read_text())
     assert stats["split"] == "validation" and stats["length"] == 256 and stats["records_written"] == 5
     got = read_pairs(out, 5)
     assert got["pair_id"] == [f"reverse/validation/{i}" for i in range(5)]
     assert got["prompt"][0] == reverse_record(3, "validation", 0, 0.1).messages[:-1]
-    assert all(check_answer("task:reverse", p, c) and not check_answer("task:reverse", p, r)
-               for p, c, r in zip(got["prompt"], got["chosen"], got["rejected"]))
+    assert all(
+        check_answer("task:reverse", p, c) and not check_answer("task:reverse", p, r)
+        for p, c, r in zip(got["prompt"], got["chosen"], got["rejected"])
+    )
     # A config error exits 2 naming the problem, writing nothing.
     config["dpo"] = {"source": str(tmp_path / "missing.jsonl")}
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
     with pytest.raises(SystemExit) as exit_:
-        main(["--config", str(tmp_path / "bad.yaml"), "--split", "train", "--tokenizer", str(tokenizer),
-              "--out", str(tmp_path / "x.parquet"), "--stats", str(tmp_path / "x.json")])
+        main(
+            [
+                "--config",
+                str(tmp_path / "bad.yaml"),
+                "--split",
+                "train",
+                "--tokenizer",
+                str(tokenizer),
+                "--out",
+                str(tmp_path / "x.parquet"),
+                "--stats",
+                str(tmp_path / "x.json"),
+            ]
+        )
     assert exit_.value.code == 2 and "dpo.source does not exist" in capsys.readouterr().err
     assert not (tmp_path / "x.parquet").exists() and not (tmp_path / "x.json").exists()

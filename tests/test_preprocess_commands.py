@@ -1,4 +1,5 @@
 """The preprocessing front doors: the DAG steps are commands, no other preprocess module is."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -6,7 +7,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DAG_STEPS = {"corpus", "tokenizer", "annotate", "stages", "blocks", "sft", "preference"}  # the commands rules/preprocess.smk runs
+DAG_STEPS = {
+    "corpus",
+    "tokenizer",
+    "annotate",
+    "stages",
+    "blocks",
+    "sft",
+    "preference",
+}  # the commands rules/preprocess.smk runs
 
 
 def test_only_the_dag_steps_are_commands():
@@ -16,8 +25,9 @@ def test_only_the_dag_steps_are_commands():
 
 @pytest.mark.parametrize("step", sorted(DAG_STEPS))
 def test_dag_step_help(step):
-    done = subprocess.run([sys.executable, "-m", f"preprocess.{step}", "--help"], capture_output=True, text=True,
-                          cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, "-m", f"preprocess.{step}", "--help"], capture_output=True, text=True, cwd=ROOT
+    )
     assert done.returncode == 0, done.stderr
     assert "--config" in done.stdout or step in ("stages", "blocks")
     assert "--out" in done.stdout

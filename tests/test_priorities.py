@@ -1,4 +1,5 @@
 """The priority rules of docs/design.md on hand-made tags and on real spaCy output."""
+
 import pytest
 
 from preprocess import priorities as P

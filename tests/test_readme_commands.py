@@ -9,12 +9,12 @@ here, or this test fails and says which.
 lines of its own code block did (`make slurm-profile` links the short profile name `--profile slurm` there), so a
 command that needs a step the README prints elsewhere, or nowhere, fails here as it would for the reader.
 """
+
 import os
 import re
 import subprocess
 
 import pytest
-
 from conftest import ROOT, offline_env
 
 PATTERNS = {  # not commands: the README shows them as shapes to fill in
@@ -65,9 +65,9 @@ def bare_profile(command: str) -> str | None:
 def as_run(command: str) -> str:
     """The command with a dry-run flag where it would start real work."""
     if command.startswith("snakemake") and not re.search(r"(^| )-n( |$)", command):
-        return "snakemake -n" + command[len("snakemake"):]
+        return "snakemake -n" + command[len("snakemake") :]
     if command.startswith("make ") and command != "make slurm-profile":
-        return "make -n" + command[len("make"):]
+        return "make -n" + command[len("make") :]
     return command
 
 
@@ -98,15 +98,19 @@ def outcomes(demo, tmp_path_factory):
 @pytest.mark.parametrize("command", [c for c, _ in RUNNABLE])
 def test_readme_command_runs_as_printed(command, outcomes):
     proc = outcomes[command]
-    assert proc.returncode == 0, f"README command failed: {as_run(command)}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, (
+        f"README command failed: {as_run(command)}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    )
 
 
 def test_a_short_profile_name_is_linked_in_its_own_block():
     """`--profile slurm` works only after `make slurm-profile` (or from a checkout with ./slurm): a command that
     uses it must follow that line in its own code block, or print --profile profiles/slurm."""
     unlinked = [c for c, linked in commands_with_setup() if bare_profile(c) and not linked and c not in PATTERNS]
-    assert not unlinked, (f"README commands name a profile by a bare name without `{LINK_PROFILE}` before them in "
-                          f"their code block (print --profile profiles/slurm instead): {unlinked}")
+    assert not unlinked, (
+        f"README commands name a profile by a bare name without `{LINK_PROFILE}` before them in "
+        f"their code block (print --profile profiles/slurm instead): {unlinked}"
+    )
 
 
 def test_every_pattern_is_still_in_the_readme():

@@ -1,5 +1,6 @@
 """Every config key says what it means (schemas/config.schema.yaml), and config.yaml holds only the demo's own
 choices, so that the schema's defaults are the demo's and changing one changes the demo."""
+
 from pathlib import Path
 
 import yaml
@@ -25,6 +26,7 @@ def described(schema: dict):
     """(dotted path, node) of every property of the loaded schema, nested ones and run entries included
     (runs.<run> is the schema of every run entry, which common.config.load_schema fills from
     definitions.train_properties and the atat / dpo sections)."""
+
     def walk(node, path):
         for key, sub in node.get("properties", {}).items():
             where = f"{path}.{key}" if path else key
@@ -36,6 +38,7 @@ def described(schema: dict):
             yield from walk(extra, f"{path}.<run>")
         if isinstance(node.get("items"), dict):
             yield from walk(resolve(node["items"], schema), f"{path}[]")
+
     yield from walk(schema, "")
 
 
@@ -46,14 +49,24 @@ def test_every_key_has_a_meaning():
     missing = sorted(path for path, node in paths.items() if not str(node.get("description", "")).strip())
     assert not missing, f"schemas/config.schema.yaml: {len(missing)} key(s) without a description: {missing}"
     # the walk reaches the nested keys too, train keys under runs.<run> included
-    assert {"train.lr", "train.noise.eps", "runs.<run>.warmup_steps", "runs.<run>.dpo.sft_weight",
-            "runs.<run>.atat.importance", "corpus.shards.train", "sample.gpus"} <= set(paths)
+    assert {
+        "train.lr",
+        "train.noise.eps",
+        "runs.<run>.warmup_steps",
+        "runs.<run>.dpo.sft_weight",
+        "runs.<run>.atat.importance",
+        "corpus.shards.train",
+        "sample.gpus",
+    } <= set(paths)
 
 
 def test_descriptions_are_text():
     """A description is a sentence, not a stray YAML value (a number, a list)."""
-    bad = [path for path, node in described(load_schema())
-           if "description" in node and not isinstance(node["description"], str)]
+    bad = [
+        path
+        for path, node in described(load_schema())
+        if "description" in node and not isinstance(node["description"], str)
+    ]
     assert not bad
 
 
@@ -72,8 +85,12 @@ def redundant_keys(value, node: dict, schema: dict, path: str, config: dict):
         assert sub is not None, f"config.yaml: {path}.{key} is not in the schema"
         where = f"{path}.{key}" if path else key
         yield from redundant_keys(sub_value, sub, schema, where, config)
-        if path.startswith("runs.") and path.count(".") == 1 and key in config["train"] \
-                and sub_value == config["train"][key]:
+        if (
+            path.startswith("runs.")
+            and path.count(".") == 1
+            and key in config["train"]
+            and sub_value == config["train"][key]
+        ):
             yield f"{where} (equal to train.{key})"
 
 
@@ -85,8 +102,10 @@ def test_config_yaml_sets_only_the_demos_own_choices():
     schema = load_schema()
     config = validate_config(yaml.safe_load((ROOT / "config.yaml").read_text()), "config.yaml")
     redundant = sorted(redundant_keys(raw, schema, schema, "", config))
-    assert not redundant, (f"config.yaml restates schema defaults: {redundant}; remove them (the schema's "
-                           f"default applies) or change the default in schemas/config.schema.yaml")
+    assert not redundant, (
+        f"config.yaml restates schema defaults: {redundant}; remove them (the schema's "
+        f"default applies) or change the default in schemas/config.schema.yaml"
+    )
 
 
 def test_the_rule_catches_a_restated_default():
@@ -99,4 +118,7 @@ def test_the_rule_catches_a_restated_default():
     raw["runs"][first]["lr"] = 0.001
     config = validate_config(yaml.safe_load(yaml.safe_dump(raw)))
     assert sorted(redundant_keys(raw, schema, schema, "", config)) == [
-        "corpus.shards.train", f"runs.{first}.lr (equal to train.lr)", "train.lr"]
+        "corpus.shards.train",
+        f"runs.{first}.lr (equal to train.lr)",
+        "train.lr",
+    ]

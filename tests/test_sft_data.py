@@ -5,6 +5,7 @@ have mask 0 and every assistant turn of a 3-turn dialogue mask 1; the EOS fill i
 truncation inside the first answer keeps its visible tokens as targets; a tokenizer's own chat template gives the
 right spans; bad records are counted by reason; the reverse task is deterministic, held out and checkable; shard
 rows have exactly L tokens."""
+
 import json
 import subprocess
 import sys
@@ -13,8 +14,15 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from common.chat import (DEFAULT_TEMPLATE, answer_text, assistant_spans, encode_conversation, prompt_ids, render,
-                         template_for)
+from common.chat import (
+    DEFAULT_TEMPLATE,
+    answer_text,
+    assistant_spans,
+    encode_conversation,
+    prompt_ids,
+    render,
+    template_for,
+)
 from common.io import InputError, read_parquet, write_parquet
 from common.tasks import check_answer, reference_answer
 from preprocess.sft import REVERSE_WORDS, SFT_SCHEMA, build, reverse_record, reverse_side
@@ -50,8 +58,14 @@ def wordpiece_tokenizer():
 
     wp = BertWordPieceTokenizer(lowercase=True)
     wp.train_from_iterator(TRAIN_TEXTS, vocab_size=200, min_frequency=1, show_progress=False)
-    tok = PreTrainedTokenizerFast(tokenizer_object=wp._tokenizer, unk_token="[UNK]", pad_token="[PAD]",
-                                  mask_token="[MASK]", cls_token="[CLS]", sep_token="[SEP]")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=wp._tokenizer,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        mask_token="[MASK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+    )
     tok.add_special_tokens({"eos_token": "[EOS]"})
     return tok
 
@@ -90,10 +104,13 @@ def test_default_template_text_and_spans(bpe):
     assert template_for(bpe) is DEFAULT_TEMPLATE
     msgs = DIALOGUE[:3]
     text = render(bpe, msgs)
-    assert text == ("<|system|>\nyou answer in short words\n<|user|>\nsay the color of the sky\n"
-                    "<|assistant|>\nblue sky<|endoftext|>\n")
-    assert render(bpe, msgs[:2], add_generation_prompt=True).endswith("<|user|>\nsay the color of the sky\n"
-                                                                      "<|assistant|>\n")
+    assert text == (
+        "<|system|>\nyou answer in short words\n<|user|>\nsay the color of the sky\n"
+        "<|assistant|>\nblue sky<|endoftext|>\n"
+    )
+    assert render(bpe, msgs[:2], add_generation_prompt=True).endswith(
+        "<|user|>\nsay the color of the sky\n<|assistant|>\n"
+    )
     spans = assistant_spans(bpe, DIALOGUE)
     full = render(bpe, DIALOGUE)
     assert [full[a:b] for a, b in spans] == [a + "<|endoftext|>" for a in ANSWERS]
@@ -104,12 +121,12 @@ def test_three_turn_dialogue_masks_every_answer_and_nothing_else(tok):
     assert len(enc.ids) == len(enc.answer_mask) == 128 and not enc.truncated
     eos = tok.eos_token_id
     # The EOS fill after the final answer is a target; it merges with the last answer's run.
-    assert enc.filled > 0 and enc.ids[-enc.filled:] == [eos] * enc.filled and all(enc.answer_mask[-enc.filled:])
+    assert enc.filled > 0 and enc.ids[-enc.filled :] == [eos] * enc.filled and all(enc.answer_mask[-enc.filled :])
     body = enc.answer_mask[: 128 - enc.filled]
     turns = runs(body)
     assert len(turns) == 3
     for (a, b), answer in zip(turns, ANSWERS):
-        assert enc.ids[b - 1] == eos and norm(tok.decode(enc.ids[a:b - 1])) == norm(answer)
+        assert enc.ids[b - 1] == eos and norm(tok.decode(enc.ids[a : b - 1])) == norm(answer)
         if tok.eos_token == "<|endoftext|>":  # byte-level BPE decodes back to the exact text
             assert tok.decode(enc.ids[a:b]) == answer + tok.eos_token
     # Every unmasked token is prompt: it decodes to the system / user text and the template, no answer word.
@@ -127,10 +144,10 @@ def test_fill_rules(tok):
     assert enc.filled > 0 and enc.answer_mask[-1] == 1 and enc.ids[-1] == tok.eos_token_id
     # fill_eos False: pad with mask 0.
     enc = encode_conversation(tok, DIALOGUE[:3], 64, fill_eos=False)
-    assert enc.ids[-enc.filled:] == [tok.pad_token_id] * enc.filled and not any(enc.answer_mask[-enc.filled:])
+    assert enc.ids[-enc.filled :] == [tok.pad_token_id] * enc.filled and not any(enc.answer_mask[-enc.filled :])
     # Ending on a user turn: answers inside are still targets, the fill is pad with mask 0.
     enc = encode_conversation(tok, DIALOGUE[:4], 64)
-    assert enc.ids[-enc.filled:] == [tok.pad_token_id] * enc.filled and not any(enc.answer_mask[-enc.filled:])
+    assert enc.ids[-enc.filled :] == [tok.pad_token_id] * enc.filled and not any(enc.answer_mask[-enc.filled :])
     assert len(runs(enc.answer_mask)) == 1
     # Exactly fitting: no fill, not truncated.
     n = len(tok(render(tok, DIALOGUE[:3]).rstrip(), add_special_tokens=False)["input_ids"])
@@ -143,21 +160,22 @@ def test_no_pad_token_fills_with_eos_mask_zero():
     tok.pad_token = None
     assert tok.pad_token_id is None
     enc = encode_conversation(tok, DIALOGUE[:2], 64)
-    assert enc.ids[-enc.filled:] == [tok.eos_token_id] * enc.filled and not any(enc.answer_mask)
+    assert enc.ids[-enc.filled :] == [tok.eos_token_id] * enc.filled and not any(enc.answer_mask)
 
 
 def test_no_trailing_template_token_after_the_final_answer(bpe):
     """The template's "\\n" after the last EOS would be a visible token marking where the answer stops."""
     enc = encode_conversation(bpe, DIALOGUE[:3], 64)
     last_unmasked = max(j for j, m in enumerate(enc.answer_mask) if not m)
-    assert all(enc.answer_mask[last_unmasked + 1:]) and enc.ids[last_unmasked + 1] != bpe.eos_token_id
+    assert all(enc.answer_mask[last_unmasked + 1 :]) and enc.ids[last_unmasked + 1] != bpe.eos_token_id
 
 
 GENERATION_TEMPLATE = DEFAULT_TEMPLATE.replace(
     "{{- '<|' ~ message['role'] ~ '|>\\n' ~ message['content'] -}}"
     "{%- if message['role'] == 'assistant' -%}{{- eos_token -}}{%- endif -%}",
     "{{- '<|' ~ message['role'] ~ '|>\\n' -}}{%- if message['role'] == 'assistant' -%}{% generation %}"
-    "{{- message['content'] ~ eos_token -}}{% endgeneration %}{%- else -%}{{- message['content'] -}}{%- endif -%}")
+    "{{- message['content'] ~ eos_token -}}{% endgeneration %}{%- else -%}{{- message['content'] -}}{%- endif -%}",
+)
 
 
 def test_truncation_inside_the_first_answer_keeps_its_visible_tokens(tok):
@@ -172,23 +190,33 @@ def test_truncation_inside_the_first_answer_keeps_its_visible_tokens(tok):
     assert enc.truncated and enc.n_answer == 0
     # transformers' own helper (only with {% generation %} tags; older releases gave all zeros here) agrees.
     assert GENERATION_TEMPLATE != DEFAULT_TEMPLATE
-    ref = tok.apply_chat_template(msgs, chat_template=GENERATION_TEMPLATE, tokenize=True, return_dict=True,
-                                  return_assistant_tokens_mask=True, truncation=True, max_length=n_prompt + 2)
+    ref = tok.apply_chat_template(
+        msgs,
+        chat_template=GENERATION_TEMPLATE,
+        tokenize=True,
+        return_dict=True,
+        return_assistant_tokens_mask=True,
+        truncation=True,
+        max_length=n_prompt + 2,
+    )
     assert list(ref["assistant_masks"]) == [0] * n_prompt + [1, 1]
 
 
 def test_masks_agree_with_generation_tags_on_a_full_dialogue(tok):
     text = render(tok, DIALOGUE).rstrip()
-    ref = tok.apply_chat_template(DIALOGUE, chat_template=GENERATION_TEMPLATE, tokenize=True, return_dict=True,
-                                  return_assistant_tokens_mask=True)
+    ref = tok.apply_chat_template(
+        DIALOGUE, chat_template=GENERATION_TEMPLATE, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
     n = len(tok(text, add_special_tokens=False)["input_ids"])
     enc = encode_conversation(tok, DIALOGUE, n)
     assert enc.answer_mask == list(ref["assistant_masks"])[:n]
 
 
-CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] "
-          "+ '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
-          "{% endif %}")
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] "
+    "+ '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
+    "{% endif %}"
+)
 
 
 def test_tokenizers_own_chat_template(tok):
@@ -244,13 +272,13 @@ def test_training_rows_hold_the_generation_prompt_before_every_answer(lead):
         turns = runs(enc.answer_mask[: 128 - enc.filled])
         answers = [i for i, m in enumerate(dialogue) if m["role"] == "assistant"]
         assert len(turns) == (1 if final_only else 3)
-        for (a, b), i in zip(turns, answers[-len(turns):]):
+        for (a, b), i in zip(turns, answers[-len(turns) :]):
             assert enc.ids[:a] == prompt_ids(tok, dialogue[:i]), (final_only, i)
             assert tok.decode(enc.ids[a:b]) == dialogue[i]["content"] + tok.eos_token
     # the case is real: a whole-text tokenization ends the first prompt elsewhere (one token earlier)
     first = prompt_ids(tok, dialogue[:2])
     whole = tok(render(tok, dialogue[:3]), add_special_tokens=False)["input_ids"]
-    assert (whole[:len(first)] == first) == (lead == " ")
+    assert (whole[: len(first)] == first) == (lead == " ")
     # a conversation that opens with an assistant turn: the same, after the empty context
     opening = [dict(GREETING, content=lead + GREETING["content"]), *dialogue[1:3]]
     enc = encode_conversation(tok, opening, 64)
@@ -272,8 +300,9 @@ def test_reverse_task_is_deterministic_held_out_and_checkable():
     assert train != [reverse_record(1, "train", i, 0.1) for i in range(400)]
 
     def lists(records):
-        return {m["content"].removeprefix("Reverse the words: ") for r in records for m in r.messages
-                if m["role"] == "user"}
+        return {
+            m["content"].removeprefix("Reverse the words: ") for r in records for m in r.messages if m["role"] == "user"
+        }
 
     train_lists, val_lists = lists(train), lists(val)
     assert train_lists and val_lists and not (train_lists & val_lists)
@@ -303,8 +332,16 @@ def test_reverse_task_is_deterministic_held_out_and_checkable():
 
 
 def sft_config(source, **over):
-    return {"source": str(source), "format": "auto", "length": 64, "validation_fraction": 0.1, "n_train": 60,
-            "n_validation": 20, "seed": 0, **over}
+    return {
+        "source": str(source),
+        "format": "auto",
+        "length": 64,
+        "validation_fraction": 0.1,
+        "n_train": 60,
+        "n_validation": 20,
+        "seed": 0,
+        **over,
+    }
 
 
 def test_task_shard_rows_and_stats(tmp_path, tok):
@@ -324,8 +361,19 @@ def test_task_shard_rows_and_stats(tmp_path, tok):
     assert stats["answer_tokens"] == sum(r["n_answer"] for r in rows)
     assert stats["truncated"] == sum(r["truncated"] for r in rows)
     assert stats["tokens"] == 60 * 64 and stats["assistant_turns"] > 60
-    for key in ("records_read", "records_written", "skipped", "skipped_examples", "truncated", "filled_tokens",
-                "answer_tokens", "trailing_turns_dropped", "length", "source", "split"):
+    for key in (
+        "records_read",
+        "records_written",
+        "skipped",
+        "skipped_examples",
+        "truncated",
+        "filled_tokens",
+        "answer_tokens",
+        "trailing_turns_dropped",
+        "length",
+        "source",
+        "split",
+    ):
         assert key in stats
     assert json.loads((tmp_path / "train.stats.json").read_text())["records_written"] == 60
     # Deterministic bytes.
@@ -344,8 +392,10 @@ def test_split_without_rows_fails_naming_the_output(tmp_path, bpe):
 
 
 def good(i, **extra):
-    return {"messages": [{"role": "user", "content": f"say the color {i}"},
-                         {"role": "assistant", "content": "blue sky"}], **extra}
+    return {
+        "messages": [{"role": "user", "content": f"say the color {i}"}, {"role": "assistant", "content": "blue sky"}],
+        **extra,
+    }
 
 
 BAD_LINES = {
@@ -353,22 +403,35 @@ BAD_LINES = {
     "invalid_json": [b'{"messages": [}'],
     "not_object": [b'[1, 2]', b'"text"'],
     "unknown_shape": [json.dumps({"text": "hello"}).encode()],
-    "wrong_type": [json.dumps({"messages": "hi"}).encode(),
-                   json.dumps({"messages": [{"role": "user", "content": 3}]}).encode(),
-                   json.dumps({"messages": ["hi"]}).encode(),
-                   json.dumps({"instruction": "x", "input": 5, "output": "y"}).encode()],
+    "wrong_type": [
+        json.dumps({"messages": "hi"}).encode(),
+        json.dumps({"messages": [{"role": "user", "content": 3}]}).encode(),
+        json.dumps({"messages": ["hi"]}).encode(),
+        json.dumps({"instruction": "x", "input": 5, "output": "y"}).encode(),
+    ],
     "unknown_role": [json.dumps({"messages": [{"role": "bot", "content": "hi"}]}).encode()],
-    "empty_content": [json.dumps({"messages": [{"role": "user", "content": "hi"},
-                                               {"role": "assistant", "content": "  "}]}).encode(),
-                      json.dumps({"instruction": "x", "output": None}).encode()],
-    "binary": [json.dumps({"messages": [{"role": "user", "content": "a\u0000b"},
-                                        {"role": "assistant", "content": "x"}]}).encode()],
-    "no_assistant_turn": [json.dumps({"messages": [{"role": "system", "content": "s"},
-                                                   {"role": "user", "content": "hi"}]}).encode()],
-    "special_token_in_content": [json.dumps({"messages": [{"role": "user", "content": "hi <|endoftext|>"},
-                                                          {"role": "assistant", "content": "x"}]}).encode()],
-    "no_answer_within_length": [json.dumps({"messages": [{"role": "user", "content": "the lazy dog " * 40},
-                                                         {"role": "assistant", "content": "x"}]}).encode()],
+    "empty_content": [
+        json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "  "}]}).encode(),
+        json.dumps({"instruction": "x", "output": None}).encode(),
+    ],
+    "binary": [
+        json.dumps(
+            {"messages": [{"role": "user", "content": "a\u0000b"}, {"role": "assistant", "content": "x"}]}
+        ).encode()
+    ],
+    "no_assistant_turn": [
+        json.dumps({"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "hi"}]}).encode()
+    ],
+    "special_token_in_content": [
+        json.dumps(
+            {"messages": [{"role": "user", "content": "hi <|endoftext|>"}, {"role": "assistant", "content": "x"}]}
+        ).encode()
+    ],
+    "no_answer_within_length": [
+        json.dumps(
+            {"messages": [{"role": "user", "content": "the lazy dog " * 40}, {"role": "assistant", "content": "x"}]}
+        ).encode()
+    ],
 }
 
 
@@ -389,8 +452,11 @@ def test_bad_records_are_counted_by_reason(tmp_path, bpe):
     assert stats["records_read"] == stats["records_written"] + sum(stats["skipped"].values())
     assert f"{src} line 3" in stats["skipped_examples"]["invalid_utf8"][0]
     rows = read_parquet(out).to_pylist()
-    assert [r["conversation_id"] for r in rows] == ["data.jsonl:1", f"data.jsonl:{len(lines) - 1}",
-                                                    f"data.jsonl:{len(lines)}"]
+    assert [r["conversation_id"] for r in rows] == [
+        "data.jsonl:1",
+        f"data.jsonl:{len(lines) - 1}",
+        f"data.jsonl:{len(lines)}",
+    ]
     assert json.loads(rows[1]["prompt"])[-1]["content"] == "say the color 1" and rows[1]["reference"] == "blue sky"
     assert json.loads(rows[2]["prompt"]) == [{"role": "user", "content": "say the color\n\nof the sky"}]
     # A forced format names the missing fields.
@@ -406,8 +472,10 @@ GREETING = {"role": "assistant", "content": "hello there"}
 # is not a prefix of the conversation's).
 NO_EMPTY_CONTEXT = {
     "reads messages[0]": "{%- if messages[0]['role'] == 'system' -%}{%- endif -%}" + DEFAULT_TEMPLATE,
-    "default system turn": ("{%- if messages and messages[0]['role'] != 'system' -%}{{- '<|system|>\nbe brief\n' "
-                            "-}}{%- endif -%}" + DEFAULT_TEMPLATE),
+    "default system turn": (
+        "{%- if messages and messages[0]['role'] != 'system' -%}{{- '<|system|>\nbe brief\n' "
+        "-}}{%- endif -%}" + DEFAULT_TEMPLATE
+    ),
 }
 
 
@@ -416,11 +484,17 @@ def test_a_conversation_that_opens_with_an_assistant_turn_trains_it(tmp_path, to
     rendered on no messages; a lone greeting (no prompt to evaluate with) is a counted skip."""
     opening = [GREETING, *DIALOGUE[1:3]]
     src = tmp_path / "data.jsonl"
-    src.write_text("\n".join(json.dumps(r) for r in [
-        {"messages": opening},
-        {"messages": [GREETING]},
-        {"messages": [GREETING, {"role": "user", "content": "hi"}]},  # the trailing user turn is dropped
-    ]) + "\n")
+    src.write_text(
+        "\n".join(
+            json.dumps(r)
+            for r in [
+                {"messages": opening},
+                {"messages": [GREETING]},
+                {"messages": [GREETING, {"role": "user", "content": "hi"}]},  # the trailing user turn is dropped
+            ]
+        )
+        + "\n"
+    )
     stats = build(sft_config(src, validation_fraction=0.0), tok, "train", tmp_path / "o.parquet", progress=False)
     assert stats["records_written"] == 1 and stats["skipped"] == {"no_prompt": 2}
     assert stats["records_read"] == stats["records_written"] + sum(stats["skipped"].values())
@@ -433,8 +507,8 @@ def test_a_conversation_that_opens_with_an_assistant_turn_trains_it(tmp_path, to
     head = tok("<|assistant|>\n", add_special_tokens=False)["input_ids"]
     (a, b), last = turns[0], turns[1]
     assert row["ids"][:a] == head and row["ids"][b - 1] == tok.eos_token_id
-    assert norm(tok.decode(row["ids"][a:b - 1])) == norm(GREETING["content"])
-    assert norm(tok.decode(row["ids"][last[0]:], skip_special_tokens=True)) == norm(ANSWERS[0])
+    assert norm(tok.decode(row["ids"][a : b - 1])) == norm(GREETING["content"])
+    assert norm(tok.decode(row["ids"][last[0] :], skip_special_tokens=True)) == norm(ANSWERS[0])
 
 
 @pytest.mark.parametrize("template", sorted(NO_EMPTY_CONTEXT))
@@ -442,8 +516,7 @@ def test_an_opening_assistant_turn_the_template_cannot_render_is_a_counted_skip(
     tok = bpe_tokenizer()
     tok.chat_template = NO_EMPTY_CONTEXT[template]
     src = tmp_path / "data.jsonl"
-    src.write_text("\n".join(json.dumps({"messages": m}) for m in [[GREETING, *DIALOGUE[1:3]], DIALOGUE[1:3]])
-                   + "\n")
+    src.write_text("\n".join(json.dumps({"messages": m}) for m in [[GREETING, *DIALOGUE[1:3]], DIALOGUE[1:3]]) + "\n")
     stats = build(sft_config(src, validation_fraction=0.0), tok, "train", tmp_path / "o.parquet", progress=False)
     assert stats["records_written"] == 1 and stats["skipped"] == {"leading_assistant_turn": 1}
     assert stats["records_read"] == 2
@@ -471,8 +544,9 @@ def test_local_parquet_json_folder_and_hash_split(tmp_path, bpe):
 
 def test_hub_source_through_an_injected_loader(tmp_path, bpe):
     splits = {"train": [good(i) for i in range(5)], "test": [good(9)]}
-    stats = build(sft_config("someone/chat"), bpe, "validation", tmp_path / "v.parquet", load=lambda name: splits,
-                  progress=False)
+    stats = build(
+        sft_config("someone/chat"), bpe, "validation", tmp_path / "v.parquet", load=lambda name: splits, progress=False
+    )
     assert stats["records_written"] == 1
     assert read_parquet(tmp_path / "v.parquet").column("conversation_id").to_pylist() == ["test/0"]
 
@@ -483,6 +557,7 @@ def test_missing_local_source_is_an_error(tmp_path, bpe):
 
 
 def test_command_help():
-    out = subprocess.run([sys.executable, "-m", "preprocess.sft", "--help"], cwd=ROOT, capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "preprocess.sft", "--help"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
     assert "--tokenizer" in out and "task:reverse" in out

@@ -1,4 +1,5 @@
 """The stage selection rule: ranking, ties, repeatable periods, dropped blocks, and the shard it writes."""
+
 import json
 import subprocess
 import sys
@@ -8,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from preprocess.annotate import ANNOT_SCHEMA
 from common.io import InputError, write_parquet
+from preprocess.annotate import ANNOT_SCHEMA
 from preprocess.stages import build_stages, select_positions, split_block
 
 
@@ -103,8 +104,11 @@ def test_shard_without_a_block_fails_naming_shard_length_and_counts(tmp_path):
     out = tmp_path / "stages" / "shard_00003.parquet"
     out.parent.mkdir()
     out.write_bytes(b"an older shard")  # a stale result must not survive as if it were this run's
-    with pytest.raises(InputError, match=r"stages/shard_00003\.parquet: no block of l3 = 8 tokens from .*"
-                                         r"annot/shard_00003\.parquet: 2 documents in, 2 of them shorter than 8 tokens"):
+    with pytest.raises(
+        InputError,
+        match=r"stages/shard_00003\.parquet: no block of l3 = 8 tokens from .*"
+        r"annot/shard_00003\.parquet: 2 documents in, 2 of them shorter than 8 tokens",
+    ):
         build_stages(src, out, (2, 4, 8))
     assert not list(out.parent.iterdir())
 
@@ -112,8 +116,11 @@ def test_shard_without_a_block_fails_naming_shard_length_and_counts(tmp_path):
 def test_shard_whose_blocks_are_all_dropped_fails(tmp_path):
     src = tmp_path / "annot.parquet"
     _annotated(src, [("c", [4] * 16, [0.0] * 16)])
-    with pytest.raises(InputError, match=r"1 documents in, 0 of them shorter than 8 tokens, 2 blocks dropped "
-                                         r"with fewer than l2 = 4 distinct tokens"):
+    with pytest.raises(
+        InputError,
+        match=r"1 documents in, 0 of them shorter than 8 tokens, 2 blocks dropped "
+        r"with fewer than l2 = 4 distinct tokens",
+    ):
         build_stages(src, tmp_path / "out.parquet", (2, 4, 8))
     assert not (tmp_path / "out.parquet").exists() and not (tmp_path / "out.stats.json").exists()
 
@@ -121,8 +128,23 @@ def test_shard_whose_blocks_are_all_dropped_fails(tmp_path):
 def test_command_line_reports_a_shard_without_blocks(tmp_path):
     src = tmp_path / "annot.parquet"
     _annotated(src, [("a", [1, 2, 3], [0.1, 0.2, 0.3])])
-    done = subprocess.run([sys.executable, "-m", "preprocess.stages", "--lengths", "2", "4", "8", "--input", str(src),
-                           "--out", str(tmp_path / "out.parquet")], capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "preprocess.stages",
+            "--lengths",
+            "2",
+            "4",
+            "8",
+            "--input",
+            str(src),
+            "--out",
+            str(tmp_path / "out.parquet"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 2, done.stderr
     assert "preprocess.stages: error:" in done.stderr and "1 of them shorter than 8 tokens" in done.stderr
     assert not (tmp_path / "out.parquet").exists()

@@ -1,6 +1,7 @@
 """A transformers masked LM (tiny BERT, ModernBERT from config, offline) as the denoiser: the DiT's call
 contract (shapes, select, sigma ignored), the MDLM loss trains it, config.json + safetensors reload it exactly
 (through load_model and load_trained), the samplers keep the prefix, and the backbone spec is checked."""
+
 import json
 
 import pytest
@@ -32,15 +33,23 @@ def _has_modernbert() -> bool:
 
 BACKBONES = [
     pytest.param({"model_type": "bert", **TINY}, id="bert"),
-    pytest.param({"model_type": "modernbert", **TINY}, id="modernbert",
-                 marks=pytest.mark.skipif(not _has_modernbert(), reason="this transformers has no ModernBERT")),
+    pytest.param(
+        {"model_type": "modernbert", **TINY},
+        id="modernbert",
+        marks=pytest.mark.skipif(not _has_modernbert(), reason="this transformers has no ModernBERT"),
+    ),
 ]
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    texts = [["the quick brown fox jumps over the lazy dog " * 4, "pack my box with five dozen liquor jugs",
-              "a masked diffusion language model denoises every masked token at once"]]
+    texts = [
+        [
+            "the quick brown fox jumps over the lazy dog " * 4,
+            "pack my box with five dozen liquor jugs",
+            "a masked diffusion language model denoises every masked token at once",
+        ]
+    ]
     return train_bpe(iter(texts), vocab_size=400, min_frequency=1)
 
 
@@ -60,10 +69,19 @@ def batch(tokenizer, seed=1, length=PREFIX_LEN + TARGET_LEN):
 
 def meta_for(model, spec, tokenizer, tokenizer_dir="unused"):
     """config.json as the trainer writes it: every REQUIRED key of train/checkpoint.py plus backbone_meta."""
-    meta = {"objective": "mdlm", "noise": {"type": "loglinear"}, "stage": 2, "prefix_len": PREFIX_LEN,
-            "target_len": TARGET_LEN, "vocab_size": len(tokenizer), "mask_id": tokenizer.mask_token_id,
-            "eos_id": tokenizer.eos_token_id, "bos_id": tokenizer.eos_token_id, "tokenizer": str(tokenizer_dir),
-            **backbone_meta(model, spec)}
+    meta = {
+        "objective": "mdlm",
+        "noise": {"type": "loglinear"},
+        "stage": 2,
+        "prefix_len": PREFIX_LEN,
+        "target_len": TARGET_LEN,
+        "vocab_size": len(tokenizer),
+        "mask_id": tokenizer.mask_token_id,
+        "eos_id": tokenizer.eos_token_id,
+        "bos_id": tokenizer.eos_token_id,
+        "tokenizer": str(tokenizer_dir),
+        **backbone_meta(model, spec),
+    }
     assert set(REQUIRED) <= set(meta)
     return meta
 
@@ -151,13 +169,20 @@ def test_saved_folder_reloads_exactly_and_samples_keep_the_prefix(config, tokeni
     denoiser.model = spy
     prefix = batch(tokenizer, seed=3, length=PREFIX_LEN)
     with torch.no_grad():
-        out = sample(denoiser, trained.noise, prefix, TARGET_LEN, "ddpm", steps=6,
-                     generator=torch.Generator().manual_seed(0))
+        out = sample(
+            denoiser, trained.noise, prefix, TARGET_LEN, "ddpm", steps=6, generator=torch.Generator().manual_seed(0)
+        )
     assert out.shape == (BATCH, TARGET_LEN) and not (out == tokenizer.mask_token_id).any()
     assert seen and all(torch.equal(p, prefix) for p in seen)
     with torch.no_grad():  # also through the Denoiser built by hand, as samplers' tests do
-        assert sample(Denoiser(loaded, "sedd", tokenizer.mask_token_id, PREFIX_LEN), LogLinearNoise(), prefix,
-                      TARGET_LEN, "analytic", steps=4).shape == (BATCH, TARGET_LEN)
+        assert sample(
+            Denoiser(loaded, "sedd", tokenizer.mask_token_id, PREFIX_LEN),
+            LogLinearNoise(),
+            prefix,
+            TARGET_LEN,
+            "analytic",
+            steps=4,
+        ).shape == (BATCH, TARGET_LEN)
 
 
 def test_pretrained_folder_is_loaded_and_resized_to_the_vocabulary(tokenizer, tmp_path):
@@ -191,17 +216,22 @@ def test_dit_spec_builds_todays_model_and_old_folders_load(tokenizer):
         assert isinstance(rebuilt, DiffusionTransformer) and rebuilt.config == expected
 
 
-@pytest.mark.parametrize("spec, key", [
-    ({"kind": "masked_lm", "name": "bert-base-uncased", "config": {"model_type": "bert"}}, "backbone.name"),
-    ({"kind": "masked_lm", "name": None, "config": None}, "backbone.config"),
-    ({"kind": "masked_lm"}, "backbone.name"),
-    ({"kind": "gpt"}, "backbone.kind"),
-    ({"kind": "dit", "name": "bert-base-uncased"}, "backbone.name"),
-    ({"kind": "masked_lm", "name": None, "config": {"hidden_size": 64}}, "backbone.config"),
-    ({"kind": "masked_lm", "name": None, "config": {"model_type": "no_such_model"}}, "backbone.config.model_type"),
-    ({"kind": "masked_lm", "name": None, "config": {"model_type": "bert", "pad_token_id": 10_000}},
-     "backbone.config.pad_token_id"),
-])
+@pytest.mark.parametrize(
+    "spec, key",
+    [
+        ({"kind": "masked_lm", "name": "bert-base-uncased", "config": {"model_type": "bert"}}, "backbone.name"),
+        ({"kind": "masked_lm", "name": None, "config": None}, "backbone.config"),
+        ({"kind": "masked_lm"}, "backbone.name"),
+        ({"kind": "gpt"}, "backbone.kind"),
+        ({"kind": "dit", "name": "bert-base-uncased"}, "backbone.name"),
+        ({"kind": "masked_lm", "name": None, "config": {"hidden_size": 64}}, "backbone.config"),
+        ({"kind": "masked_lm", "name": None, "config": {"model_type": "no_such_model"}}, "backbone.config.model_type"),
+        (
+            {"kind": "masked_lm", "name": None, "config": {"model_type": "bert", "pad_token_id": 10_000}},
+            "backbone.config.pad_token_id",
+        ),
+    ],
+)
 def test_bad_specs_name_the_key(spec, key):
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
         build_backbone(spec, 300, "tiny", 0.0, False)
@@ -223,8 +253,9 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tokenizer):
     results = []
     for checkpointing in (False, True):
         torch.manual_seed(0)
-        model = build_backbone({**spec_of(config), "gradient_checkpointing": checkpointing}, len(tokenizer),
-                               "tiny", 0.0, False).train()
+        model = build_backbone(
+            {**spec_of(config), "gradient_checkpointing": checkpointing}, len(tokenizer), "tiny", 0.0, False
+        ).train()
         loss = diffusion_loss(model, "mdlm", x0, None, t, uniform, LogLinearNoise(), tokenizer.mask_token_id)
         loss.backward()
         results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))

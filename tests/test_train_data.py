@@ -1,5 +1,6 @@
 """Stage shards read through the on-disk row stores (train/data.py): batches equal those of the shards held in
 memory, stale or damaged cache files are rebuilt, and bad rows are refused naming the file, column and row."""
+
 import json
 
 import numpy as np
@@ -13,9 +14,16 @@ from train.toydata import stage_table
 
 
 def _in_memory(paths, column, length):
-    return torch.from_numpy(np.concatenate([
-        np.asarray(pq.read_table(p, columns=[column]).column(column).combine_chunks().values, dtype=np.int32)
-        .reshape(-1, length) for p in paths]))
+    return torch.from_numpy(
+        np.concatenate(
+            [
+                np.asarray(
+                    pq.read_table(p, columns=[column]).column(column).combine_chunks().values, dtype=np.int32
+                ).reshape(-1, length)
+                for p in paths
+            ]
+        )
+    )
 
 
 @pytest.fixture
@@ -80,14 +88,24 @@ def test_cache_is_reused_and_damaged_or_stale_files_are_rebuilt(shards, tmp_path
 def test_bad_rows_name_the_file_column_and_row(shards, tmp_path):
     bad = tmp_path / "bad.parquet"
     rows = [[1] * 16] * 20 + [[1] * 15] + [[1] * 16] * 3
-    pq.write_table(pa.table({"stage3_ids": pa.array(rows, type=pa.list_(pa.int32())),
-                             "stage2_ids": pa.array([[1] * 8] * 24, type=pa.list_(pa.int32()))}), bad,
-                   row_group_size=8)
+    pq.write_table(
+        pa.table(
+            {
+                "stage3_ids": pa.array(rows, type=pa.list_(pa.int32())),
+                "stage2_ids": pa.array([[1] * 8] * 24, type=pa.list_(pa.int32())),
+            }
+        ),
+        bad,
+        row_group_size=8,
+    )
     with pytest.raises(ValueError, match=r"bad\.parquet: column 'stage3_ids' row 20 has 15 tokens, expected 16"):
         load_stage_tensors(shards + [str(bad)], 3, 8, 16, cache_dir=tmp_path / "cache")
     assert not list((tmp_path / "cache").glob("bad.*"))  # nothing half-written is left to be trusted
-    with pytest.raises(ValueError, match=r"shard_00002\.parquet: column 'stage3_ids' row \d+ has token id \d+ "
-                                         r"outside the vocabulary of 10"):
+    with pytest.raises(
+        ValueError,
+        match=r"shard_00002\.parquet: column 'stage3_ids' row \d+ has token id \d+ "
+        r"outside the vocabulary of 10",
+    ):
         load_stage_tensors(shards[2:], 3, 8, 16, vocab_size=10, cache_dir=tmp_path / "cache")
     with pytest.raises(ValueError, match=r"bad\.parquet: missing column 'stage1_ids'"):
         load_stage_tensors([str(bad)], 2, 4, 8, cache_dir=tmp_path / "cache")

@@ -5,6 +5,7 @@ batch and each process takes its slice; one process takes the same slices as acc
 curves may differ only by float summation order in the gradient all-reduce. Stated tolerance: relative
 1e-4 on every train and validation loss over 8 steps, and 1e-4 absolute on the final EMA weights.
 """
+
 import csv
 import os
 import subprocess
@@ -31,24 +32,79 @@ def test_two_processes_match_one(tmp_path):
     config = {
         "stages": {"lengths": [4, 8, 16]},
         "runs": {"toy": {"kind": "cascade", "method": "keybert_no_stopword", "objective": "sedd"}},
-        "train": {"model": "tiny", "noise": {"type": "geometric", "sigma_min": 1e-4, "sigma_max": 20.0},
-                  "global_batch_size": 16, "micro_batch_size": 8, "lr": 3e-3, "weight_decay": 0.0,
-                  "warmup_steps": 2, "max_steps": 8, "grad_clip": 1.0, "ema": 0.5, "dropout": 0.0,
-                  "eval_every": 4, "eval_batches": 2, "save_every": 1000, "shuffle_prefix": False,
-                  "warm_start": False, "antithetic": True, "precision": "fp32", "deepspeed": None, "seed": 1,
-                  "gpus": 0},
+        "train": {
+            "model": "tiny",
+            "noise": {"type": "geometric", "sigma_min": 1e-4, "sigma_max": 20.0},
+            "global_batch_size": 16,
+            "micro_batch_size": 8,
+            "lr": 3e-3,
+            "weight_decay": 0.0,
+            "warmup_steps": 2,
+            "max_steps": 8,
+            "grad_clip": 1.0,
+            "ema": 0.5,
+            "dropout": 0.0,
+            "eval_every": 4,
+            "eval_batches": 2,
+            "save_every": 1000,
+            "shuffle_prefix": False,
+            "warm_start": False,
+            "antithetic": True,
+            "precision": "fp32",
+            "deepspeed": None,
+            "seed": 1,
+            "gpus": 0,
+        },
     }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    args = ["-m", "train", "--config", str(tmp_path / "config.yaml"), "--run", "toy", "--stage", "3",
-            "--train-shards", data["train"], "--val-shards", data["validation"], "--tokenizer", data["tokenizer"]]
+    args = [
+        "-m",
+        "train",
+        "--config",
+        str(tmp_path / "config.yaml"),
+        "--run",
+        "toy",
+        "--stage",
+        "3",
+        "--train-shards",
+        data["train"],
+        "--val-shards",
+        data["validation"],
+        "--tokenizer",
+        data["tokenizer"],
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    one = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")], env=env, capture_output=True,
-                         text=True, timeout=300, cwd=ROOT)
+    launcher = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        "2",
+        "--cpu",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ]
+    one = subprocess.run(
+        [sys.executable, *args, "--out", str(tmp_path / "one")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([*launcher, *args, "--out", str(tmp_path / "two")], env=env, capture_output=True,
-                         text=True, timeout=300, cwd=ROOT)
+    two = subprocess.run(
+        [*launcher, *args, "--out", str(tmp_path / "two")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
 
     a, b = metrics(tmp_path / "one"), metrics(tmp_path / "two")

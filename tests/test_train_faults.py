@@ -1,6 +1,7 @@
 """Faults that must not pass in silence: a diverging run fails naming the step and the quantity and writes no
 model; a lone non-finite step is skipped (no update) and counted; a non-finite validation loss stops the run;
 a checkpoint that cannot be used is named and training starts from step 0. In-process, tiny model, toy data."""
+
 import csv
 import math
 import re
@@ -13,9 +14,9 @@ from safetensors.torch import load_file
 
 from common.config import load_config
 from train.__main__ import main
+from train.resume import checkpoint_problem
 from train.settings import resolve
 from train.toydata import write_stage_shards
-from train.resume import checkpoint_problem
 from train.trainer import Trainer
 
 torch.set_num_threads(1)
@@ -28,9 +29,19 @@ def toy(tmp_path_factory):
     config = {
         "stages": {"lengths": [4, 8, 16]},
         "runs": {"toy": {"kind": "cascade", "method": "keybert_no_stopword", "objective": "mdlm"}},
-        "train": {"model": "tiny", "global_batch_size": 16, "micro_batch_size": 8, "lr": 3e-3, "warmup_steps": 3,
-                  "max_steps": 6, "ema": 0.9, "eval_every": 3, "eval_batches": 1, "save_every": 2,
-                  "max_nonfinite_steps": 2},
+        "train": {
+            "model": "tiny",
+            "global_batch_size": 16,
+            "micro_batch_size": 8,
+            "lr": 3e-3,
+            "warmup_steps": 3,
+            "max_steps": 6,
+            "ema": 0.9,
+            "eval_every": 3,
+            "eval_batches": 1,
+            "save_every": 2,
+            "max_nonfinite_steps": 2,
+        },
     }
     (tmp / "config.yaml").write_text(yaml.safe_dump(config))
     return tmp, data
@@ -38,8 +49,23 @@ def toy(tmp_path_factory):
 
 def args(toy, out, *extra):
     tmp, data = toy
-    return ["--config", str(tmp / "config.yaml"), "--run", "toy", "--stage", "2", "--train-shards", data["train"],
-            "--val-shards", data["validation"], "--tokenizer", data["tokenizer"], "--out", str(out), *extra]
+    return [
+        "--config",
+        str(tmp / "config.yaml"),
+        "--run",
+        "toy",
+        "--stage",
+        "2",
+        "--train-shards",
+        data["train"],
+        "--val-shards",
+        data["validation"],
+        "--tokenizer",
+        data["tokenizer"],
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def rows(path):
@@ -52,8 +78,11 @@ def test_diverging_run_fails_naming_step_and_quantity(toy, tmp_path):
     with pytest.raises(SystemExit) as stopped:
         main(args(toy, out, "--set", "lr=1000000.0"))
     message = str(stopped.value.code)  # a string: the process exits 1 and prints it
-    found = re.search(r"training diverged at step (\d+): non-finite grad_norm \(loss \S+, grad_norm inf\) on 3 "
-                      r"consecutive steps \((\d+) to (\d+)\), more than max_nonfinite_steps = 2", message)
+    found = re.search(
+        r"training diverged at step (\d+): non-finite grad_norm \(loss \S+, grad_norm inf\) on 3 "
+        r"consecutive steps \((\d+) to (\d+)\), more than max_nonfinite_steps = 2",
+        message,
+    )
     assert found, message
     last, first = int(found[1]), int(found[2])
     assert int(found[3]) == last and last - first == 2
@@ -66,14 +95,20 @@ def test_diverging_run_fails_naming_step_and_quantity(toy, tmp_path):
     kept = sorted((out / "checkpoints").glob("step_*"))
     assert kept and f"last checkpoint kept: {kept[-1]}" in message
     settings = resolve(load_config(str(toy[0] / "config.yaml")), "toy", 2).replace(lr=1e6)
-    expected = ["trainer_state.json", "model.safetensors", "optimizer.bin", "custom_checkpoint_0.pkl",
-                "random_states_0.pkl"]
+    expected = [
+        "trainer_state.json",
+        "model.safetensors",
+        "optimizer.bin",
+        "custom_checkpoint_0.pkl",
+        "random_states_0.pkl",
+    ]
     assert checkpoint_problem(kept[-1], settings, expected) is None
 
 
 def test_an_in_process_run_gives_the_signal_handlers_back(toy, tmp_path):
     """Trainer.run installs its stop request for SIGTERM and SIGUSR1; after the run, finished or failed, the
     caller's own handlers are back (pytest's SIGTERM handling, not a stop flag of a dead trainer)."""
+
     def mine(signum, frame):
         raise AssertionError(f"signal {signum}: not expected in this test")
 
@@ -156,6 +191,14 @@ def test_unusable_only_checkpoint_means_a_fresh_start(toy, tmp_path, capsys):
     log = capsys.readouterr().out
     assert f"warning: not resuming from {state.parent}: {state}: unreadable (JSONDecodeError" in log
     assert f"warning: no usable checkpoint in {out / 'checkpoints'}; training from step 0" in log
-    assert [(int(r["step"]), r["split"]) for r in rows(out / "metrics.csv")] == \
-        [(0, "val"), (1, "train"), (2, "train"), (3, "train"), (3, "val"), (4, "train"), (5, "train"),
-         (6, "train"), (6, "val")]
+    assert [(int(r["step"]), r["split"]) for r in rows(out / "metrics.csv")] == [
+        (0, "val"),
+        (1, "train"),
+        (2, "train"),
+        (3, "train"),
+        (3, "val"),
+        (4, "train"),
+        (5, "train"),
+        (6, "train"),
+        (6, "val"),
+    ]

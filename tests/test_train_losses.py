@@ -1,22 +1,37 @@
 """Each noise schedule, objective and model property against a hand computation on tiny tensors."""
+
 import math
 
 import pytest
 import torch
 
+from common.config import validate_config
 from train.model import DiffusionTransformer, ModelConfig
 from train.noise import get_noise, sample_times
-from train.objectives import (ar_loss, ar_token_loss, corrupt, diffusion_loss, mdlm_token_loss, sedd_log_score,
-                              sedd_token_loss, subs_log_probs)
-from common.config import validate_config
+from train.objectives import (
+    ar_loss,
+    ar_token_loss,
+    corrupt,
+    diffusion_loss,
+    mdlm_token_loss,
+    sedd_log_score,
+    sedd_token_loss,
+    subs_log_probs,
+)
 from train.settings import compute_matched_steps, resolve
 
 torch.set_num_threads(1)
 NEG_INF = float("-inf")
 
 
-@pytest.mark.parametrize("spec", [{"type": "loglinear", "eps": 1e-3}, {"type": "geometric", "sigma_min": 1e-4,
-                                  "sigma_max": 20.0}, {"type": "cosine", "eps": 1e-3}])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"type": "loglinear", "eps": 1e-3},
+        {"type": "geometric", "sigma_min": 1e-4, "sigma_max": 20.0},
+        {"type": "cosine", "eps": 1e-3},
+    ],
+)
 def test_rate_is_derivative_of_total(spec):
     noise = get_noise(spec)
     t = torch.tensor([0.1, 0.37, 0.8], dtype=torch.float64)
@@ -28,10 +43,12 @@ def test_rate_is_derivative_of_total(spec):
 def test_schedule_values_by_hand():
     t = torch.tensor([0.5], dtype=torch.float64)
     assert get_noise({"type": "loglinear", "eps": 1e-3}).total(t).item() == pytest.approx(-math.log(1 - 0.999 * 0.5))
-    assert get_noise({"type": "geometric", "sigma_min": 1e-4, "sigma_max": 20}).total(t).item() == \
-        pytest.approx(math.sqrt(1e-4 * 20))
-    assert get_noise({"type": "cosine", "eps": 1e-3}).total(t).item() == \
-        pytest.approx(-math.log(1e-3 + 0.999 * math.cos(math.pi / 4)))
+    assert get_noise({"type": "geometric", "sigma_min": 1e-4, "sigma_max": 20}).total(t).item() == pytest.approx(
+        math.sqrt(1e-4 * 20)
+    )
+    assert get_noise({"type": "cosine", "eps": 1e-3}).total(t).item() == pytest.approx(
+        -math.log(1e-3 + 0.999 * math.cos(math.pi / 4))
+    )
     # loglinear: mask probability 1 - exp(-sigma) = (1 - eps) t, and the MDLM weight sigma'/expm1(sigma) = 1/t
     ll = get_noise({"type": "loglinear", "eps": 1e-3})
     t = torch.tensor([0.2, 0.5, 0.9], dtype=torch.float64)
@@ -58,7 +75,7 @@ def test_subs_log_probs_by_hand():
     logits = torch.tensor([[[1.0, 2.0, 0.0, 5.0], [1.0, 2.0, 0.0, 5.0]]])
     x_t = torch.tensor([[3, 1]])  # position 0 masked (mask_id 3), position 1 carries token 1
     out = subs_log_probs(logits, x_t, mask_id=3)
-    z = math.log(math.e + math.e ** 2 + 1)
+    z = math.log(math.e + math.e**2 + 1)
     assert out[0, 0, :3].tolist() == pytest.approx([1 - z, 2 - z, -z])
     assert out[0, 0, 3].item() == NEG_INF  # the mask is never predicted
     assert out[0, 1].tolist() == [NEG_INF, 0.0, NEG_INF, NEG_INF]  # carry-over
@@ -69,7 +86,7 @@ def test_mdlm_loss_by_hand():
     noise = get_noise({"type": "loglinear", "eps": 1e-3})
     t = torch.tensor([0.25])
     loss = mdlm_token_loss(logits, torch.tensor([1]), noise.total(t), noise.rate(t), mask_id=3)
-    nll = -(2 - math.log(math.e + math.e ** 2 + 1))
+    nll = -(2 - math.log(math.e + math.e**2 + 1))
     assert loss.item() == pytest.approx(nll / 0.25, rel=1e-5)  # weight 1/t under loglinear
 
 
@@ -86,7 +103,7 @@ class FixedLogits(torch.nn.Module):
 
 
 def test_diffusion_loss_sums_masked_positions_over_all_targets_and_never_masks_the_prefix():
-    V, mask_id = 4, 3
+    mask_id = 3
     logits = torch.tensor([[[0.0, 1.0, 2.0, 0.0]] * 5])  # prefix 2 + target 3
     model = FixedLogits(logits)
     x0 = torch.tensor([[0, 1, 2]])
@@ -98,7 +115,7 @@ def test_diffusion_loss_sums_masked_positions_over_all_targets_and_never_masks_t
     x, prefix_len, select = model.seen
     assert prefix_len == 2 and x[0, :2].tolist() == [2, 2] and x[0, 2:].tolist() == [3, 1, 3]
     assert select.tolist() == [[False, False, True, False, True]]
-    z = math.log(1 + math.e + math.e ** 2)
+    z = math.log(1 + math.e + math.e**2)
     expected = (2 * (z - 0.0) + 2 * (z - 2.0)) / 3  # weight 1/t = 2; sum over masked / 3 targets
     assert loss.item() == pytest.approx(expected, rel=1e-6)
 
@@ -109,12 +126,12 @@ def test_pad_positions_are_never_masked_carry_no_loss_and_are_not_counted():
     model = FixedLogits(torch.tensor([[[0.0, 1.0, 2.0, 0.0]] * 4]))
     x0 = torch.tensor([[0, 1, pad_id, pad_id]])
     noise = get_noise({"type": "loglinear", "eps": 0.0})
-    u = torch.tensor([[0.1, 0.9, 0.0, 0.0]])      # position 0 masked; the pads would be, by u, but never are
+    u = torch.tensor([[0.1, 0.9, 0.0, 0.0]])  # position 0 masked; the pads would be, by u, but never are
     loss = diffusion_loss(model, "mdlm", x0, None, torch.tensor([0.5]), u, noise, mask_id, pad_id=pad_id)
     x, _, select = model.seen
     assert x[0].tolist() == [mask_id, 1, pad_id, pad_id] and select.tolist() == [[True, False, False, False]]
-    z = math.log(1 + math.e + math.e ** 2)
-    assert loss.item() == pytest.approx(2 * (z - 0.0) / 2, rel=1e-6)   # weight 1/t = 2; 2 non-pad targets
+    z = math.log(1 + math.e + math.e**2)
+    assert loss.item() == pytest.approx(2 * (z - 0.0) / 2, rel=1e-6)  # weight 1/t = 2; 2 non-pad targets
     # without pad_id the same block counts 4 targets and masks the pads
     plain = diffusion_loss(model, "mdlm", x0, None, torch.tensor([0.5]), u, noise, mask_id)
     assert model.seen[0][0].tolist() == [mask_id, 1, mask_id, mask_id] and plain.item() > 0
@@ -127,20 +144,19 @@ def test_sft_masks_and_scores_only_answer_tokens_per_token_or_per_sequence():
     model = FixedLogits(torch.tensor([[[0.0, 1.0, 2.0, 0.0]] * 4]))
     x0 = torch.tensor([[0, 1, 2, 0], [1, 1, 2, 2]])
     answer = torch.tensor([[False, False, True, True], [False, True, True, True]])
-    u = torch.zeros(2, 4)                      # every position would be masked by u; only answers are
+    u = torch.zeros(2, 4)  # every position would be masked by u; only answers are
     noise = get_noise({"type": "loglinear", "eps": 0.0})
     t = torch.tensor([0.5, 0.5])
     token = diffusion_loss(model, "mdlm", x0, None, t, u, noise, mask_id, maskable=answer)
     x, _, select = model.seen
     assert x.tolist() == [[0, 1, mask_id, mask_id], [1, mask_id, mask_id, mask_id]]
     assert select.tolist() == answer.tolist()
-    z = math.log(1 + math.e + math.e ** 2)
+    z = math.log(1 + math.e + math.e**2)
     nll = {0: z - 0.0, 1: z - 1.0, 2: z - 2.0}  # -log p(y) under the fixed logits
-    row0 = 2 * (nll[2] + nll[0])               # weight 1/t = 2
+    row0 = 2 * (nll[2] + nll[0])  # weight 1/t = 2
     row1 = 2 * (nll[1] + nll[2] + nll[2])
     assert token.item() == pytest.approx((row0 + row1) / 5, rel=1e-6)
-    sequence = diffusion_loss(model, "mdlm", x0, None, t, u, noise, mask_id, maskable=answer,
-                              normalization="sequence")
+    sequence = diffusion_loss(model, "mdlm", x0, None, t, u, noise, mask_id, maskable=answer, normalization="sequence")
     assert sequence.item() == pytest.approx((row0 / 2 + row1 / 3) / 2, rel=1e-6)
 
 
@@ -150,8 +166,9 @@ def test_ar_loss_ignores_pads():
             logits = torch.zeros(*x.shape, 5)
             logits[..., 4] = 2.0
             return logits
-    x0 = torch.tensor([[4, 4, 1, 1]])   # pad id 1
-    z = math.log(4 + math.e ** 2)
+
+    x0 = torch.tensor([[4, 4, 1, 1]])  # pad id 1
+    z = math.log(4 + math.e**2)
     assert ar_loss(FavoursFour(), x0, bos_id=0, pad_id=1).item() == pytest.approx(z - 2.0)
     assert ar_loss(FavoursFour(), x0, bos_id=0).item() == pytest.approx((2 * (z - 2.0) + 2 * z) / 4)
 
@@ -181,7 +198,7 @@ def test_sedd_score_entropy_by_hand_and_zero_at_the_true_ratio():
 def test_ar_loss_by_hand():
     logits = torch.tensor([[[0.0, 1.0], [2.0, 0.0]]])
     loss = ar_token_loss(logits, torch.tensor([[1, 1]]))
-    assert loss[0].tolist() == pytest.approx([math.log(1 + math.e) - 1, math.log(math.e ** 2 + 1)])
+    assert loss[0].tolist() == pytest.approx([math.log(1 + math.e) - 1, math.log(math.e**2 + 1)])
 
 
 def _random_model(**kw):
@@ -215,13 +232,18 @@ def test_causal_model_does_not_look_ahead():
 def test_compute_matched_steps_and_settings():
     assert compute_matched_steps([300, 300, 300], [16, 32, 64]) == 750  # 300 * (16 + 48 + 96) / 64
     method = "keybert_no_stopword"
-    config = validate_config({
-        "stages": {"lengths": [16, 32, 64]},
-        "train": {"max_steps": 300, "lr": 1e-3, "model": "tiny"},
-        "runs": {"c": {"kind": "cascade", "method": method, "objective": "sedd", "lr": 5e-4, "max_steps": 200},
-                 "s": {"kind": "single", "method": method, "objective": "mdlm", "match_compute": "c"},
-                 "plain": {"kind": "single", "method": method, "objective": "mdlm"},
-                 "a": {"kind": "ar", "method": method, "objective": "ar"}}})
+    config = validate_config(
+        {
+            "stages": {"lengths": [16, 32, 64]},
+            "train": {"max_steps": 300, "lr": 1e-3, "model": "tiny"},
+            "runs": {
+                "c": {"kind": "cascade", "method": method, "objective": "sedd", "lr": 5e-4, "max_steps": 200},
+                "s": {"kind": "single", "method": method, "objective": "mdlm", "match_compute": "c"},
+                "plain": {"kind": "single", "method": method, "objective": "mdlm"},
+                "a": {"kind": "ar", "method": method, "objective": "ar"},
+            },
+        }
+    )
     c2 = resolve(config, "c", 2)
     assert (c2.lr, c2.prefix_len, c2.target_len, c2.objective, c2.max_steps) == (5e-4, 16, 32, "sedd", 200)
     s = resolve(config, "s")
@@ -248,10 +270,23 @@ def test_settings_checks_name_the_run_and_key():
     bad_kind = validate_config({**base, "runs": {"x": {"kind": "ar", "method": method, "objective": "mdlm"}}})
     with pytest.raises(ValueError, match="runs.x: kind ar trains objective ar"):
         resolve(bad_kind, "x")
-    bad_batch = validate_config({**base, "runs": {"x": {"kind": "single", "method": method, "objective": "mdlm",
-                                                         "global_batch_size": 10, "micro_batch_size": 4}}})
+    bad_batch = validate_config(
+        {
+            **base,
+            "runs": {
+                "x": {
+                    "kind": "single",
+                    "method": method,
+                    "objective": "mdlm",
+                    "global_batch_size": 10,
+                    "micro_batch_size": 4,
+                }
+            },
+        }
+    )
     with pytest.raises(ValueError, match="global_batch_size 10 is not a multiple of micro_batch_size 4"):
         resolve(bad_batch, "x")
     with pytest.raises(ValueError, match="match_compute = 'x' must name a cascade run"):
-        validate_config({**base, "runs": {"x": {"kind": "single", "method": method, "objective": "mdlm",
-                                                 "match_compute": "x"}}})
+        validate_config(
+            {**base, "runs": {"x": {"kind": "single", "method": method, "objective": "mdlm", "match_compute": "x"}}}
+        )

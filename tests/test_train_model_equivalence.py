@@ -1,6 +1,7 @@
 """train/fused.py computes the same math as the plain formulas it replaces: each fused function against the
 formula written out independently here (values and gradients), the whole model with fused=True against
 fused=False, and the switch deciding which path runs."""
+
 from types import SimpleNamespace
 
 import pytest
@@ -36,12 +37,13 @@ def assert_same(fused_fn, reference_fn, *inputs, **tolerance):
 
 # -- the plain formulas, written out from their definitions -------------------------------------------------
 
+
 def rotate_reference(x: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
     """x [B, L, H, D]: each pair (x_j, x_{j+D/2}) at position p rotated by p * base^(-2j/D)."""
     L, D = x.shape[1], x.shape[-1]
     angle = torch.arange(L)[:, None] * base ** (-torch.arange(0, D, 2) / D)
     cos, sin = angle.cos()[None, :, None], angle.sin()[None, :, None]
-    x1, x2 = x[..., :D // 2], x[..., D // 2:]
+    x1, x2 = x[..., : D // 2], x[..., D // 2 :]
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
@@ -58,6 +60,7 @@ def subs_nll_reference(logits: torch.Tensor, x0: torch.Tensor, mask_id: int) -> 
 
 
 # -- each fused function against its plain formula ----------------------------------------------------------
+
 
 def test_rotary_qkv_equals_rotating_q_and_k():
     B, L, H, D = 2, 7, 3, 8
@@ -77,8 +80,13 @@ def test_gated_add_equals_x_plus_gate_times_h():
     assert_same(fused.gated_add, lambda x, gate, h: x + gate * h, shift, gate, h)
 
 
-@pytest.mark.parametrize("x_shape, cond_shape", [((3, 5, 8), (3, 1, 8)),  # blocks: per sequence
-                                                 ((6, 8), (6, 8))])  # output layer at selected positions
+@pytest.mark.parametrize(
+    "x_shape, cond_shape",
+    [
+        ((3, 5, 8), (3, 1, 8)),  # blocks: per sequence
+        ((6, 8), (6, 8)),
+    ],
+)  # output layer at selected positions
 def test_norm_modulate_equals_layer_norm_times_one_plus_scale_plus_shift(x_shape, cond_shape):
     eps = 1e-5
 
@@ -96,8 +104,9 @@ def test_norm_modulate_equals_layer_norm_times_one_plus_scale_plus_shift(x_shape
 def test_subs_cross_entropy_equals_logsumexp_without_the_mask_column():
     N, V, mask_id = 9, 13, 12
     logits, x0 = torch.randn(N, V) * 3, torch.randint(0, mask_id, (N,))
-    grad = assert_same(lambda z: fused.subs_cross_entropy(z, x0, mask_id),
-                       lambda z: subs_nll_reference(z, x0, mask_id), logits)
+    grad = assert_same(
+        lambda z: fused.subs_cross_entropy(z, x0, mask_id), lambda z: subs_nll_reference(z, x0, mask_id), logits
+    )
     assert (grad[0][:, mask_id] == 0).all()
 
 
@@ -115,8 +124,11 @@ def test_mdlm_token_loss_is_the_weighted_subs_nll_either_way(switch):
     N, V, mask_id = 9, 13, 12
     logits, x0 = torch.randn(N, V), torch.randint(0, mask_id, (N,))
     sigma, dsigma = torch.rand(N) + 0.1, torch.rand(N)
-    assert_same(lambda z: mdlm_token_loss(z, x0, sigma, dsigma, mask_id, fused=switch),
-                lambda z: dsigma / torch.expm1(sigma) * subs_nll_reference(z, x0, mask_id), logits)
+    assert_same(
+        lambda z: mdlm_token_loss(z, x0, sigma, dsigma, mask_id, fused=switch),
+        lambda z: dsigma / torch.expm1(sigma) * subs_nll_reference(z, x0, mask_id),
+        logits,
+    )
 
 
 def test_fused_subs_cross_entropy_second_backward_raises_instead_of_reusing_its_buffer():
@@ -128,6 +140,7 @@ def test_fused_subs_cross_entropy_second_backward_raises_instead_of_reusing_its_
 
 
 # -- the whole model ----------------------------------------------------------------------------------------
+
 
 def random_models(cfg: ModelConfig):
     """The same random weights (adaLN gates and output head not zero, so every block shows) as fused=False and
@@ -149,8 +162,11 @@ def logits_and_grads(model, x, **kwargs):
     return logits.detach(), {n: p.grad for n, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("causal, prefix_len, with_select", [(False, 3, False), (False, 3, True), (True, 0, False)],
-                         ids=["diffusion_prefix", "diffusion_prefix_select", "causal"])
+@pytest.mark.parametrize(
+    "causal, prefix_len, with_select",
+    [(False, 3, False), (False, 3, True), (True, 0, False)],
+    ids=["diffusion_prefix", "diffusion_prefix_select", "causal"],
+)
 def test_model_fused_equals_plain(causal, prefix_len, with_select):
     plain, fast = random_models(ModelConfig(**{**TINY.to_dict(), "causal": causal}))
     g = torch.Generator().manual_seed(3)
@@ -164,7 +180,7 @@ def test_model_fused_equals_plain(causal, prefix_len, with_select):
     torch.testing.assert_close(logits, logits_ref, rtol=1e-5, atol=1e-5)
     assert grads_fused.keys() == grads_ref.keys()
     for name, grad in grads_fused.items():
-        torch.testing.assert_close(grad, grads_ref[name], rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(grad, grads_ref[name], rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_diffusion_loss_fused_equals_plain():
@@ -185,27 +201,49 @@ def test_diffusion_loss_fused_equals_plain():
 
 # -- the switch -------------------------------------------------------------------------------------------
 
+
 def record_fused_calls(monkeypatch) -> list[str]:
     calls = []
-    for module, name in [(fused, "rotary_qkv"), (fused, "gated_add"), (fused, "norm_modulate"),
-                         (train.objectives, "subs_cross_entropy")]:
+    for module, name in [
+        (fused, "rotary_qkv"),
+        (fused, "gated_add"),
+        (fused, "norm_modulate"),
+        (train.objectives, "subs_cross_entropy"),
+    ]:
+
         def recorded(*args, _original=getattr(module, name), _name=name):
             calls.append(_name)
             return _original(*args)
+
         monkeypatch.setattr(module, name, recorded)
     return calls
 
 
-@pytest.mark.parametrize("switch, autocast, expected", [
-    (True, False, True), (False, False, False), ("auto", False, True),  # auto: fused on CPU tensors
-    ("auto", True, False), (True, True, True)])  # but plain autograd under autocast unless forced
+@pytest.mark.parametrize(
+    "switch, autocast, expected",
+    [
+        (True, False, True),
+        (False, False, False),
+        ("auto", False, True),  # auto: fused on CPU tensors
+        ("auto", True, False),
+        (True, True, True),
+    ],
+)  # but plain autograd under autocast unless forced
 def test_the_model_switch_decides_the_path_of_forward_and_loss(monkeypatch, switch, autocast, expected):
     calls = record_fused_calls(monkeypatch)
     model = DiffusionTransformer(TINY, fused=switch)
     x0 = torch.randint(0, MASK_ID, (2, 6))
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        diffusion_loss(model, "mdlm", x0, None, torch.full((2,), 0.5), torch.zeros(2, 6),
-                       get_noise({"type": "loglinear", "eps": 1e-3}), MASK_ID).backward()
+        diffusion_loss(
+            model,
+            "mdlm",
+            x0,
+            None,
+            torch.full((2,), 0.5),
+            torch.zeros(2, 6),
+            get_noise({"type": "loglinear", "eps": 1e-3}),
+            MASK_ID,
+        ).backward()
     expected_calls = {"rotary_qkv", "gated_add", "norm_modulate", "subs_cross_entropy"} if expected else set()
     assert set(calls) == expected_calls
 

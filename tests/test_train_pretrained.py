@@ -1,6 +1,7 @@
 """Checkpoints written locally in the louaaron/sedd-small and kuleshov-group/mdlm-owt layouts, and MDLM training
 checkpoints (Lightning .ckpt, with and without EMA), load into the backbone and reproduce the network's outputs;
 a missing or mis-shaped key fails naming the key."""
+
 import json
 import re
 import sys
@@ -18,19 +19,40 @@ ARCH = dict(vocab_size=13, dim=16, n_layers=2, n_heads=2, cond_dim=8)
 
 # the published key names of one DiT block and the rest of the network (SEDD's model/transformer.py,
 # MDLM's models/dit.py), written out by hand rather than derived from train/pretrained.py
-BLOCK_KEYS = ["norm1.weight", "attn_qkv.weight", "attn_out.weight", "norm2.weight", "mlp.0.weight", "mlp.0.bias",
-              "mlp.2.weight", "mlp.2.bias", "adaLN_modulation.weight", "adaLN_modulation.bias"]
-OTHER_KEYS = ["vocab_embed.embedding", "sigma_map.mlp.0.weight", "sigma_map.mlp.0.bias", "sigma_map.mlp.2.weight",
-              "sigma_map.mlp.2.bias", "rotary_emb.inv_freq", "output_layer.norm_final.weight",
-              "output_layer.linear.weight", "output_layer.linear.bias", "output_layer.adaLN_modulation.weight",
-              "output_layer.adaLN_modulation.bias"]
+BLOCK_KEYS = [
+    "norm1.weight",
+    "attn_qkv.weight",
+    "attn_out.weight",
+    "norm2.weight",
+    "mlp.0.weight",
+    "mlp.0.bias",
+    "mlp.2.weight",
+    "mlp.2.bias",
+    "adaLN_modulation.weight",
+    "adaLN_modulation.bias",
+]
+OTHER_KEYS = [
+    "vocab_embed.embedding",
+    "sigma_map.mlp.0.weight",
+    "sigma_map.mlp.0.bias",
+    "sigma_map.mlp.2.weight",
+    "sigma_map.mlp.2.bias",
+    "rotary_emb.inv_freq",
+    "output_layer.norm_final.weight",
+    "output_layer.linear.weight",
+    "output_layer.linear.bias",
+    "output_layer.adaLN_modulation.weight",
+    "output_layer.adaLN_modulation.bias",
+]
 
 
 def published_state(model):
     """Our weights under the published names."""
     ours = model.state_dict()
-    state = {"vocab_embed.embedding": ours["vocab_embed.weight"],
-             "rotary_emb.inv_freq": 1.0 / (10000 ** (torch.arange(0, 8, 2).float() / 8))}
+    state = {
+        "vocab_embed.embedding": ours["vocab_embed.weight"],
+        "rotary_emb.inv_freq": 1.0 / (10000 ** (torch.arange(0, 8, 2).float() / 8)),
+    }
     for key in OTHER_KEYS[1:]:
         if key not in state:
             state[key] = ours[key]
@@ -52,20 +74,47 @@ def source_model():
 
 def write_sedd(folder, model):
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({
-        "model": {"name": "small", "type": "ddit", "hidden_size": ARCH["dim"], "cond_dim": ARCH["cond_dim"],
-                  "length": 32, "n_blocks": ARCH["n_layers"], "n_heads": ARCH["n_heads"], "scale_by_sigma": True,
-                  "dropout": 0.1},
-        "graph": {"type": "absorb"}, "noise": {"type": "loglinear"}, "tokens": ARCH["vocab_size"] - 1}))
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "model": {
+                    "name": "small",
+                    "type": "ddit",
+                    "hidden_size": ARCH["dim"],
+                    "cond_dim": ARCH["cond_dim"],
+                    "length": 32,
+                    "n_blocks": ARCH["n_layers"],
+                    "n_heads": ARCH["n_heads"],
+                    "scale_by_sigma": True,
+                    "dropout": 0.1,
+                },
+                "graph": {"type": "absorb"},
+                "noise": {"type": "loglinear"},
+                "tokens": ARCH["vocab_size"] - 1,
+            }
+        )
+    )
     torch.save(published_state(model), folder / "pytorch_model.bin")
 
 
 def write_mdlm(folder, model, state=None):
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({
-        "model_type": "mdlm", "architectures": ["MDLM"], "hidden_dim": ARCH["dim"], "cond_dim": ARCH["cond_dim"],
-        "n_blocks": ARCH["n_layers"], "n_heads": ARCH["n_heads"], "vocab_size": ARCH["vocab_size"],
-        "model_length": 32, "dropout": 0.1, "time_conditioning": False}))
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "mdlm",
+                "architectures": ["MDLM"],
+                "hidden_dim": ARCH["dim"],
+                "cond_dim": ARCH["cond_dim"],
+                "n_blocks": ARCH["n_layers"],
+                "n_heads": ARCH["n_heads"],
+                "vocab_size": ARCH["vocab_size"],
+                "model_length": 32,
+                "dropout": 0.1,
+                "time_conditioning": False,
+            }
+        )
+    )
     state = published_state(model) if state is None else state
     save_file({f"backbone.{k}": v.contiguous() for k, v in state.items()}, str(folder / "model.safetensors"))
 
@@ -119,30 +168,56 @@ def test_unknown_layout_is_refused(tmp_path):
 
 # MDLM's DIT in module registration order (models/dit.py: vocab_embed, sigma_map, rotary_emb, blocks, output_layer),
 # which is the order of its state_dict; its parameters() order is the same less the rotary buffer
-MDLM_STATE_ORDER = (OTHER_KEYS[:6] + [f"blocks.{i}.{k}" for i in range(ARCH["n_layers"]) for k in BLOCK_KEYS]
-                    + OTHER_KEYS[6:])
+MDLM_STATE_ORDER = (
+    OTHER_KEYS[:6] + [f"blocks.{i}.{k}" for i in range(ARCH["n_layers"]) for k in BLOCK_KEYS] + OTHER_KEYS[6:]
+)
 MDLM_PARAM_ORDER = [k for k in MDLM_STATE_ORDER if k != "rotary_emb.inv_freq"]
 
 
 def mdlm_config(time_conditioning=False):
     """The parts of MDLM's Hydra config (configs/config.yaml + configs/model/*.yaml) a checkpoint carries."""
-    return {"mode": "train", "diffusion": "absorbing_state", "backbone": "dit", "parameterization": "subs",
-            "time_conditioning": time_conditioning, "T": 0, "subs_masking": False,
-            "model": {"name": "tiny", "type": "ddit", "hidden_size": ARCH["dim"], "cond_dim": ARCH["cond_dim"],
-                      "length": 32, "n_blocks": ARCH["n_layers"], "n_heads": ARCH["n_heads"],
-                      "scale_by_sigma": True, "dropout": 0.1, "tie_word_embeddings": False},
-            "noise": {"type": "loglinear", "sigma_min": 1e-4, "sigma_max": 20},
-            "training": {"ema": 0.9999, "antithetic_sampling": True, "sampling_eps": 1e-3}}
+    return {
+        "mode": "train",
+        "diffusion": "absorbing_state",
+        "backbone": "dit",
+        "parameterization": "subs",
+        "time_conditioning": time_conditioning,
+        "T": 0,
+        "subs_masking": False,
+        "model": {
+            "name": "tiny",
+            "type": "ddit",
+            "hidden_size": ARCH["dim"],
+            "cond_dim": ARCH["cond_dim"],
+            "length": 32,
+            "n_blocks": ARCH["n_layers"],
+            "n_heads": ARCH["n_heads"],
+            "scale_by_sigma": True,
+            "dropout": 0.1,
+            "tie_word_embeddings": False,
+        },
+        "noise": {"type": "loglinear", "sigma_min": 1e-4, "sigma_max": 20},
+        "training": {"ema": 0.9999, "antithetic_sampling": True, "sampling_eps": 1e-3},
+    }
 
 
 def write_ckpt(path, raw_model, ema_model=None, config=None, drop=(), shadow_order=MDLM_PARAM_ORDER):
     """A dict in the layout Lightning's dump_checkpoint + MDLM's Diffusion.on_save_checkpoint produce."""
     published = published_state(raw_model)
     state = {f"backbone.{k}": published[k] for k in MDLM_STATE_ORDER if k not in drop}
-    ckpt = {"epoch": 0, "global_step": 1000, "pytorch-lightning_version": "2.2.1", "state_dict": state,
-            "loops": {}, "callbacks": {}, "optimizer_states": [], "lr_schedulers": [], "hparams_name": "kwargs",
-            "hyper_parameters": {"config": mdlm_config() if config is None else config, "tokenizer": None},
-            "sampler": {"random_state": None}}
+    ckpt = {
+        "epoch": 0,
+        "global_step": 1000,
+        "pytorch-lightning_version": "2.2.1",
+        "state_dict": state,
+        "loops": {},
+        "callbacks": {},
+        "optimizer_states": [],
+        "lr_schedulers": [],
+        "hparams_name": "kwargs",
+        "hyper_parameters": {"config": mdlm_config() if config is None else config, "tokenizer": None},
+        "sampler": {"random_state": None},
+    }
     if ema_model is not None:
         averaged = published_state(ema_model)
         ckpt["ema"] = {"decay": 0.9999, "num_updates": 1000, "shadow_params": [averaged[k] for k in shadow_order]}
@@ -212,8 +287,11 @@ def test_ckpt_shadow_params_of_the_wrong_length_fail(tmp_path, source_model, ema
 
 def test_ckpt_shadow_params_in_another_order_fail(tmp_path, source_model, ema_model):
     path = write_ckpt(tmp_path / "sorted.ckpt", source_model, ema_model, shadow_order=sorted(MDLM_PARAM_ORDER))
-    with pytest.raises(ValueError, match=r"shadow_params do not line up.*shadow_params\[0\] \(96,\) vs "
-                                         r"backbone\.vocab_embed\.embedding \(13, 16\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"shadow_params do not line up.*shadow_params\[0\] \(96,\) vs "
+        r"backbone\.vocab_embed\.embedding \(13, 16\)",
+    ):
         load_pretrained(DiffusionTransformer(ModelConfig(**ARCH)), str(path))
 
 
@@ -230,8 +308,9 @@ def test_ckpt_architecture_mismatch_and_wrong_format_are_refused(tmp_path, sourc
         load_pretrained(DiffusionTransformer(ModelConfig(**ARCH)), str(tmp_path / "absent.ckpt"))
 
 
-def test_ckpt_with_a_pickled_config_object_falls_back_or_names_the_missing_package(tmp_path, monkeypatch,
-                                                                                    source_model, ema_model):
+def test_ckpt_with_a_pickled_config_object_falls_back_or_names_the_missing_package(
+    tmp_path, monkeypatch, source_model, ema_model
+):
     """MDLM's hyper_parameters hold objects weights_only=True refuses (OmegaConf's DictConfig); a stand-in
     omegaconf module plays that role, so this runs whether or not omegaconf is installed."""
     stub = types.ModuleType("omegaconf")

@@ -2,6 +2,7 @@
 same loss at every later step, and the same final weights, as a run that was never stopped. A checkpoint resumes
 only the settings that wrote it; a damaged newest checkpoint falls back to the older one; a finished run leaves
 no checkpoint behind. Tiny model, toy data, subprocesses, one thread."""
+
 import csv
 import os
 import re
@@ -38,11 +39,29 @@ def setup(tmp_path_factory):
         "stages": {"lengths": [4, 8, 16]},
         "runs": {"toy": {"kind": "cascade", "method": "keybert_no_stopword", "objective": "mdlm"}},
         # dropout > 0 so the restored RNG state matters; micro 8 of global 16 so accumulation is exercised
-        "train": {"model": "tiny", "noise": {"type": "loglinear", "eps": 1e-3}, "global_batch_size": 16,
-                  "micro_batch_size": 8, "lr": 3e-3, "weight_decay": 0.01, "warmup_steps": 3, "max_steps": 12,
-                  "grad_clip": 1.0, "ema": 0.9, "dropout": 0.1, "eval_every": 4, "eval_batches": 1,
-                  "save_every": 4, "shuffle_prefix": True, "warm_start": False, "antithetic": True,
-                  "precision": "auto", "deepspeed": None, "seed": 0, "gpus": 0},
+        "train": {
+            "model": "tiny",
+            "noise": {"type": "loglinear", "eps": 1e-3},
+            "global_batch_size": 16,
+            "micro_batch_size": 8,
+            "lr": 3e-3,
+            "weight_decay": 0.01,
+            "warmup_steps": 3,
+            "max_steps": 12,
+            "grad_clip": 1.0,
+            "ema": 0.9,
+            "dropout": 0.1,
+            "eval_every": 4,
+            "eval_batches": 1,
+            "save_every": 4,
+            "shuffle_prefix": True,
+            "warm_start": False,
+            "antithetic": True,
+            "precision": "auto",
+            "deepspeed": None,
+            "seed": 0,
+            "gpus": 0,
+        },
     }
     (tmp / "config.yaml").write_text(yaml.safe_dump(config))
     (tmp / "runner.py").write_text(RUNNER)
@@ -50,11 +69,32 @@ def setup(tmp_path_factory):
 
 
 def train(tmp, data, out, *extra, kill_at=0, sig=signal.SIGKILL):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "KILL_AT": str(kill_at),
-           "KILL_SIGNAL": str(int(sig))}
-    cmd = [sys.executable, str(tmp / "runner.py"), "--config", str(tmp / "config.yaml"), "--run", "toy",
-           "--stage", "2", "--train-shards", data["train"], "--val-shards", data["validation"],
-           "--tokenizer", data["tokenizer"], "--out", str(out), *extra]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(ROOT),
+        "KILL_AT": str(kill_at),
+        "KILL_SIGNAL": str(int(sig)),
+    }
+    cmd = [
+        sys.executable,
+        str(tmp / "runner.py"),
+        "--config",
+        str(tmp / "config.yaml"),
+        "--run",
+        "toy",
+        "--stage",
+        "2",
+        "--train-shards",
+        data["train"],
+        "--val-shards",
+        data["validation"],
+        "--tokenizer",
+        data["tokenizer"],
+        "--out",
+        str(out),
+        *extra,
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     done.log = done.stdout + done.stderr
     return done
@@ -90,8 +130,10 @@ def assert_same_run(reference, out):
         assert (w_ref[name] - w_out[name]).abs().max().item() <= 1e-6, name
 
 
-@pytest.mark.parametrize("sig, expected_rc, resumed_from", [(signal.SIGKILL, -signal.SIGKILL, "step_00000004"),
-                                                            (signal.SIGTERM, 75, "step_00000007")])
+@pytest.mark.parametrize(
+    "sig, expected_rc, resumed_from",
+    [(signal.SIGKILL, -signal.SIGKILL, "step_00000004"), (signal.SIGTERM, 75, "step_00000007")],
+)
 def test_interrupted_and_resumed_equals_uninterrupted(setup, reference, sig, expected_rc, resumed_from):
     tmp, data = setup
     out = tmp / f"interrupted-{int(sig)}"
@@ -115,8 +157,10 @@ def test_checkpoint_of_other_settings_is_not_resumed(setup, reference):
     assert first.returncode == -signal.SIGKILL and (out / "checkpoints" / "step_00000004").is_dir()
     second = train(tmp, data, out, "--set", "lr=0.002")
     assert second.returncode == 0, second.log[-3000:]
-    assert f"warning: not resuming from {out / 'checkpoints' / 'step_00000004'}: written under other settings" \
+    assert (
+        f"warning: not resuming from {out / 'checkpoints' / 'step_00000004'}: written under other settings"
         in second.log
+    )
     assert "lr 0.003 -> 0.002" in second.log and "training from step 0" in second.log
     assert not resumed(second.log)
     want, got = metrics(reference), metrics(out)

@@ -1,5 +1,6 @@
 """The training command end to end, in-process, on toy stage shards: every run kind and objective trains and
 leaves a loadable model folder; warm start chains stages; bad input fails naming the file."""
+
 import csv
 
 import pyarrow as pa
@@ -22,23 +23,56 @@ def toy(tmp_path_factory):
     data = write_stage_shards(tmp / "data", rows=128, val_rows=32, lengths=(4, 8, 16), max_stride=1)
     config = {
         "stages": {"lengths": [4, 8, 16]},
-        "runs": {"cascade": {"kind": "cascade", "method": "keybert_no_stopword", "objective": "mdlm", "warm_start": True},
-                 "sedd": {"kind": "cascade", "method": "keybert_no_stopword", "objective": "sedd"},
-                 "single": {"kind": "single", "method": "keybert_no_stopword", "objective": "mdlm", "max_steps": 4},
-                 "ar": {"kind": "ar", "method": "keybert_no_stopword", "objective": "ar"}},
-        "train": {"model": "tiny", "noise": {"type": "loglinear", "eps": 1e-3}, "global_batch_size": 16,
-                  "micro_batch_size": 16, "lr": 3e-3, "weight_decay": 0.0, "warmup_steps": 5, "max_steps": 60,
-                  "grad_clip": 1.0, "ema": 0.9, "dropout": 0.0, "eval_every": 30, "eval_batches": 2,
-                  "save_every": 30, "shuffle_prefix": False, "warm_start": False, "antithetic": True,
-                  "precision": "auto", "deepspeed": None, "seed": 0, "gpus": 0},
+        "runs": {
+            "cascade": {"kind": "cascade", "method": "keybert_no_stopword", "objective": "mdlm", "warm_start": True},
+            "sedd": {"kind": "cascade", "method": "keybert_no_stopword", "objective": "sedd"},
+            "single": {"kind": "single", "method": "keybert_no_stopword", "objective": "mdlm", "max_steps": 4},
+            "ar": {"kind": "ar", "method": "keybert_no_stopword", "objective": "ar"},
+        },
+        "train": {
+            "model": "tiny",
+            "noise": {"type": "loglinear", "eps": 1e-3},
+            "global_batch_size": 16,
+            "micro_batch_size": 16,
+            "lr": 3e-3,
+            "weight_decay": 0.0,
+            "warmup_steps": 5,
+            "max_steps": 60,
+            "grad_clip": 1.0,
+            "ema": 0.9,
+            "dropout": 0.0,
+            "eval_every": 30,
+            "eval_batches": 2,
+            "save_every": 30,
+            "shuffle_prefix": False,
+            "warm_start": False,
+            "antithetic": True,
+            "precision": "auto",
+            "deepspeed": None,
+            "seed": 0,
+            "gpus": 0,
+        },
     }
     (tmp / "config.yaml").write_text(yaml.safe_dump(config))
     return tmp, data
 
 
 def args(tmp, data, run, out, stage=None, *extra):
-    argv = ["--config", str(tmp / "config.yaml"), "--run", run, "--train-shards", data["train"],
-            "--val-shards", data["validation"], "--tokenizer", data["tokenizer"], "--out", str(out), *extra]
+    argv = [
+        "--config",
+        str(tmp / "config.yaml"),
+        "--run",
+        run,
+        "--train-shards",
+        data["train"],
+        "--val-shards",
+        data["validation"],
+        "--tokenizer",
+        data["tokenizer"],
+        "--out",
+        str(out),
+        *extra,
+    ]
     return argv + (["--stage", str(stage)] if stage else [])
 
 
@@ -88,8 +122,24 @@ def test_init_without_warm_start_and_bad_shards_are_refused(toy, tmp_path):
     bad = tmp_path / "bad.parquet"
     pq.write_table(pa.table({"stage1_ids": pa.array([[1, 2, 3]], type=pa.list_(pa.int32()))}), bad)
     with pytest.raises(ValueError, match=r"bad\.parquet: column 'stage1_ids' row 0 has 3 tokens, expected 4"):
-        main(["--config", str(tmp / "config.yaml"), "--run", "sedd", "--stage", "1", "--train-shards", str(bad),
-              "--val-shards", data["validation"], "--tokenizer", data["tokenizer"], "--out", str(tmp_path / "y")])
+        main(
+            [
+                "--config",
+                str(tmp / "config.yaml"),
+                "--run",
+                "sedd",
+                "--stage",
+                "1",
+                "--train-shards",
+                str(bad),
+                "--val-shards",
+                data["validation"],
+                "--tokenizer",
+                data["tokenizer"],
+                "--out",
+                str(tmp_path / "y"),
+            ]
+        )
 
 
 def test_rotary_matches_rotate_half_and_depends_on_offset_only():

@@ -1,6 +1,7 @@
 """Experiment trackers through accelerate, beside metrics.csv: tensorboard events carry the same losses as
 metrics.csv; wandb is kept offline unless the user set WANDB_MODE; a tracker that is not installed is refused
 by name instead of dropped without a word."""
+
 import csv
 import os
 
@@ -20,15 +21,37 @@ def test_tensorboard_events_hold_the_metrics_across_a_resume(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     data = write_stage_shards(tmp_path / "data", rows=64, val_rows=16, lengths=(4, 8, 16))
-    config = {"stages": {"lengths": [4, 8, 16]},
-              "runs": {"toy": {"kind": "single", "method": "keybert_no_stopword", "objective": "mdlm"}},
-              "train": {"model": "tiny", "global_batch_size": 8, "micro_batch_size": 8, "max_steps": 4,
-                        "warmup_steps": 2, "eval_every": 2, "eval_batches": 1, "save_every": 2,
-                        "log_with": ["tensorboard"]}}
+    config = {
+        "stages": {"lengths": [4, 8, 16]},
+        "runs": {"toy": {"kind": "single", "method": "keybert_no_stopword", "objective": "mdlm"}},
+        "train": {
+            "model": "tiny",
+            "global_batch_size": 8,
+            "micro_batch_size": 8,
+            "max_steps": 4,
+            "warmup_steps": 2,
+            "eval_every": 2,
+            "eval_batches": 1,
+            "save_every": 2,
+            "log_with": ["tensorboard"],
+        },
+    }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     out = tmp_path / "model"
-    argv = ["--config", str(tmp_path / "config.yaml"), "--run", "toy", "--train-shards", data["train"],
-            "--val-shards", data["validation"], "--tokenizer", data["tokenizer"], "--out", str(out)]
+    argv = [
+        "--config",
+        str(tmp_path / "config.yaml"),
+        "--run",
+        "toy",
+        "--train-shards",
+        data["train"],
+        "--val-shards",
+        data["validation"],
+        "--tokenizer",
+        data["tokenizer"],
+        "--out",
+        str(out),
+    ]
 
     def crash_at_3(step):  # after the checkpoint of step 2: step 3 is logged, then lost
         if step == 3:
@@ -71,7 +94,20 @@ def test_missing_tracker_package_is_refused_by_name(monkeypatch):
 
 
 def test_tracker_config_is_flat_scalars():
-    flat = flat_config({"lr": 0.1, "noise": {"type": "loglinear", "eps": 1e-3}, "lengths": (4, 8, 16),
-                        "deepspeed": None, "shuffle_prefix": False})
-    assert flat == {"lr": 0.1, "noise.type": "loglinear", "noise.eps": 1e-3, "lengths": "(4, 8, 16)",
-                    "deepspeed": "None", "shuffle_prefix": False}
+    flat = flat_config(
+        {
+            "lr": 0.1,
+            "noise": {"type": "loglinear", "eps": 1e-3},
+            "lengths": (4, 8, 16),
+            "deepspeed": None,
+            "shuffle_prefix": False,
+        }
+    )
+    assert flat == {
+        "lr": 0.1,
+        "noise.type": "loglinear",
+        "noise.eps": 1e-3,
+        "lengths": "(4, 8, 16)",
+        "deepspeed": "None",
+        "shuffle_prefix": False,
+    }

@@ -2,11 +2,11 @@
 runs end to end here: the same rules, runs and keys, with only sizes and sources swapped. The twins of tiny, sft,
 atat and wikihow run their whole DAG in the modules that test their outputs; the two cluster recipes (paper,
 atat-wikitext103) run one job of each kind they have and plan the rest, here."""
+
 import json
 
 import pytest
 import yaml
-
 from conftest import CONFIGS, TWINS, dry_run_counts, layout, merged_config, snakemake, twin
 
 RECIPES = sorted(p.stem for p in CONFIGS.glob("*.yaml"))
@@ -65,7 +65,7 @@ def test_the_wikihow_twin_plans_no_annotation(workspace, hub):
 # -- the paper reproduction -------------------------------------------------------------------------------------
 PAPER = twin("paper")
 PAPER_RUNS = "runs/paper-twin"
-FINETUNE = "cascade-keybert_no_stopword-shuffle-sedd-finetune"   # sedd-small start, shuffled prefix, objective sedd
+FINETUNE = "cascade-keybert_no_stopword-shuffle-sedd-finetune"  # sedd-small start, shuffled prefix, objective sedd
 
 
 @pytest.fixture(scope="module")
@@ -73,9 +73,14 @@ def paper(workspace, hub):
     """One job of each kind the paper config has: the three stages of a from-scratch MDLM cascade and of a SEDD
     cascade fine-tuned from the sedd-small folder with shuffled prefixes, the single and AR baselines, sampling with
     two samplers, evaluation by the hub scorer and on validation, on stages annotated with the PyPI models."""
-    targets = [f"{PAPER_RUNS}/cascade/eval/confidence-4.json", f"{PAPER_RUNS}/cascade/eval/val.json",
-               f"{PAPER_RUNS}/{FINETUNE}/eval/analytic-4.json", f"{PAPER_RUNS}/{FINETUNE}/eval/val.json",
-               f"{PAPER_RUNS}/single/eval/ddpm-4.json", f"{PAPER_RUNS}/ar/eval/ar-32.json"]
+    targets = [
+        f"{PAPER_RUNS}/cascade/eval/confidence-4.json",
+        f"{PAPER_RUNS}/cascade/eval/val.json",
+        f"{PAPER_RUNS}/{FINETUNE}/eval/analytic-4.json",
+        f"{PAPER_RUNS}/{FINETUNE}/eval/val.json",
+        f"{PAPER_RUNS}/single/eval/ddpm-4.json",
+        f"{PAPER_RUNS}/ar/eval/ar-32.json",
+    ]
     snakemake(workspace, *targets, configfiles=PAPER)
     return workspace
 
@@ -98,7 +103,9 @@ def test_paper_twin_runs_each_job_kind(paper, hub):
         result = json.loads((paper / PAPER_RUNS / run / "eval" / f"{sampler}.json").read_text())
         assert result["metrics"]["gen_ppl"]["scorer"] == "hub/gpt2-large" and result["metrics"]["gen_ppl"]["value"] > 1
     # the stages were annotated by the PyPI spaCy and MiniLM models swapped in for en_core_web_md / the hub MiniLM
-    stats = json.loads((paper / layout(PAPER).annot("keybert_no_stopword", "train") / "shard_00000.stats.json").read_text())
+    stats = json.loads(
+        (paper / layout(PAPER).annot("keybert_no_stopword", "train") / "shard_00000.stats.json").read_text()
+    )
     assert stats["documents_written"] > 0
 
 
@@ -108,10 +115,10 @@ def test_paper_twin_plans_the_whole_grid(paper):
     every diffusion run, the report; what ran above is not planned again."""
     counts = dry_run_counts(paper, PAPER)
     cascades = sum(1 for spec in merged_config(PAPER)["runs"].values() if spec["kind"] == "cascade")
-    assert cascades == 14   # cascade, cascade-sedd, cascade-constituency and the 11 other cells of the grid
-    assert counts["train"] == cascades * 3 + 2 - (2 * 3 + 2)          # all but the 8 models trained above
-    assert counts["report"] == 1 and counts["annotate"] == 6             # constituency and keybert shards
-    assert counts["sample"] == (cascades + 1) * 4 + 1 - 4                # 4 samplers x 14 diffusion runs + AR, less 4
+    assert cascades == 14  # cascade, cascade-sedd, cascade-constituency and the 11 other cells of the grid
+    assert counts["train"] == cascades * 3 + 2 - (2 * 3 + 2)  # all but the 8 models trained above
+    assert counts["report"] == 1 and counts["annotate"] == 6  # constituency and keybert shards
+    assert counts["sample"] == (cascades + 1) * 4 + 1 - 4  # 4 samplers x 14 diffusion runs + AR, less 4
 
 
 # -- the ATAT ablation on WikiText-103 ------------------------------------------------------------------------------
@@ -134,11 +141,16 @@ def test_atat_wikitext103_twin_runs_a_variant_and_plans_the_ablation(workspace, 
 def test_twins_of_cluster_recipes_need_only_the_hub_folders(hub):
     """What the twins name under hub/ is exactly what tests/hub_layouts.py builds."""
     built = {p.name for p in hub.iterdir() if p.is_dir()}
+
     def strings(node):
         if isinstance(node, dict):
             return [s for v in node.values() for s in strings(v)]
         return [node] if isinstance(node, str) else []
 
-    named = {s.split("/")[1] for name in RECIPES for s in strings(yaml.safe_load((TWINS / f"{name}.yaml").read_text()))
-             if s.startswith("hub/")}
+    named = {
+        s.split("/")[1]
+        for name in RECIPES
+        for s in strings(yaml.safe_load((TWINS / f"{name}.yaml").read_text()))
+        if s.startswith("hub/")
+    }
     assert named == built == {"gpt2", "gpt2-large", "sedd-small", "mdlm-owt"}

@@ -2,17 +2,39 @@
 working directory, in both orders, and neither changes, invalidates or misleads the other's outputs (data folders
 are named by their settings, runs live under runs/{profile}/, a model folder carries its tokenizer). A model
 folder works from any directory and refuses a tokenizer that is not its own."""
+
 import json
 import shutil
 
 import pytest
+from conftest import (
+    ROOT,
+    TINY,
+    TINY_GENERATE,
+    dry_run_counts,
+    generate,
+    layout,
+    merged_config,
+    snakemake,
+    tree_digest,
+    twin,
+)
 
 from common.layout import Layout
-from conftest import ROOT, TINY, TINY_GENERATE, dry_run_counts, generate, layout, merged_config, snakemake, tree_digest, twin
 
 SFT = twin("sft")
-SFT_GENERATE = ("--prompt", "Reverse the words: locals str", "--gen-length", "8", "--steps", "4", "--temperature", "1",
-                "--no-eos-guard", "--fill-canvas")
+SFT_GENERATE = (
+    "--prompt",
+    "Reverse the words: locals str",
+    "--gen-length",
+    "8",
+    "--steps",
+    "4",
+    "--temperature",
+    "1",
+    "--no-eos-guard",
+    "--fill-canvas",
+)
 
 
 @pytest.mark.slow
@@ -62,8 +84,9 @@ def test_a_model_folder_is_self_contained_and_checks_its_tokenizer(sft_twin, tmp
     workspace, _ = sft_twin
     moved = tmp_path / "moved"
     shutil.copytree(workspace / "runs/sft-twin/sft/model", moved)
-    assert generate(moved, tmp_path, *SFT_GENERATE) == generate(workspace / "runs/sft-twin/sft/model", tmp_path,
-                                                                *SFT_GENERATE)
+    assert generate(moved, tmp_path, *SFT_GENERATE) == generate(
+        workspace / "runs/sft-twin/sft/model", tmp_path, *SFT_GENERATE
+    )
     # another tokenizer of the same size, the case that would decode silently wrong: two tokens' ids swapped
     path = moved / "tokenizer" / "tokenizer.json"
     tokenizer = json.loads(path.read_text())

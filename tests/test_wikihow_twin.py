@@ -3,14 +3,15 @@ DAG: packed blocks without annotation, a pretrained tokenizer from a local folde
 scratch and fine-tuning from a local folder in kuleshov-group/mdlm-owt's layout, the published model evaluated as
 is, ppl_eval with both bounds, sample_eval scored by a local causal LM in gpt2-large's layout, and table rows that
 say where they came from. (Per-document packing, data: doc, needs a pad token GPT-2 lacks; tests/test_blocks.py.)"""
+
 import csv
 import json
 
 import pyarrow.parquet as pq
 import pytest
 import torch
-
 from conftest import layout, snakemake, twin
+
 from train.checkpoint import load_model
 
 CONFIGS = twin("wikihow")
@@ -38,7 +39,7 @@ def test_the_pretrained_tokenizer_is_the_local_gpt2_folder_with_a_mask(wikihow, 
 
     ours = AutoTokenizer.from_pretrained(wikihow / layout(CONFIGS).tokenizer)
     gpt2 = AutoTokenizer.from_pretrained(hub / "gpt2")
-    assert len(ours) == len(gpt2) + 1 and ours.mask_token_id == len(gpt2)   # <|mask|> appended
+    assert len(ours) == len(gpt2) + 1 and ours.mask_token_id == len(gpt2)  # <|mask|> appended
     text = "Return the list of keys."
     assert ours(text)["input_ids"] == gpt2(text)["input_ids"]
 
@@ -48,10 +49,12 @@ def test_fine_tune_starts_from_the_mdlm_owt_folder(wikihow):
     assert "pretrained start" in log and "'layout': 'mdlm'" in log
     tuned, meta = load_model(wikihow / RUNS / "mdlm-finetune" / "model")
     assert meta["pretrained"] == "hub/mdlm-owt" and meta["data"] == "wrap"
-    assert meta["time_conditioning"] is False   # followed the checkpoint's config
+    assert meta["time_conditioning"] is False  # followed the checkpoint's config
     # same data, steps and seed as mdlm-scratch except the start: the two models differ
     scratch, _ = load_model(wikihow / RUNS / "mdlm-scratch" / "model")
-    assert not torch.equal(tuned.state_dict()["blocks.0.attn_qkv.weight"], scratch.state_dict()["blocks.0.attn_qkv.weight"])
+    assert not torch.equal(
+        tuned.state_dict()["blocks.0.attn_qkv.weight"], scratch.state_dict()["blocks.0.attn_qkv.weight"]
+    )
 
 
 def test_max_steps_0_evaluates_the_checkpoint_as_is(wikihow, hub):

@@ -1,4 +1,5 @@
 """What a user of the plain `snakemake` command sees, without running the pipeline's jobs."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -9,17 +10,34 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_a_failed_jobs_own_error_reaches_the_console(tmp_path):
     """`snakemake --cores 2` as the README prints it (no profile): the job's message, not just "check log"."""
     proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "--cores", "1",
-         "corpus_train", "--config", "corpus={name: local, path: /nonexistent}"],
-        capture_output=True, text=True)
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-s",
+            str(ROOT / "Snakefile"),
+            "-d",
+            str(tmp_path),
+            "--cores",
+            "1",
+            "corpus_train",
+            "--config",
+            "corpus={name: local, path: /nonexistent}",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode != 0
     assert "/nonexistent: corpus path does not exist" in proc.stdout + proc.stderr
     assert not list((tmp_path / "data").rglob("*.parquet"))
 
 
 def run_snakemake(workdir, *args):
-    return subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
-                           "--cores", "1", *args], capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir), "--cores", "1", *args],
+        capture_output=True,
+        text=True,
+    )
 
 
 def test_a_missing_spacy_model_stops_the_run_before_any_job(tmp_path):
@@ -34,8 +52,9 @@ def test_a_missing_spacy_model_stops_the_run_before_any_job(tmp_path):
 
 def test_check_models_false_skips_the_check(tmp_path):
     """On a login node without the models: the corpus job runs (it needs no spaCy model)."""
-    proc = run_snakemake(tmp_path, "corpus_validation", "--config",
-                         "annotate={spacy_model: en_core_web_xx, check_models: false}")
+    proc = run_snakemake(
+        tmp_path, "corpus_validation", "--config", "annotate={spacy_model: en_core_web_xx, check_models: false}"
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert list((tmp_path / "data" / "pydoc").glob("raw-*/validation/shard_00000.parquet"))
 
@@ -75,14 +94,16 @@ def test_paper_config_plans_the_source_grid_of_cascades(tmp_path):
         cell = {(s.method, s.shuffle_prefix, s.pretrained, s.pretrained_format, s.model) for s in stages}
         assert len(cell) == 1, f"{run}: stages differ in {cell}"
         grid.setdefault(cell.pop(), []).append(run)
-    expected = {(method, shuffle, pretrained, fmt, "small")
-                for method in ("constituency", "keybert", "keybert_no_stopword")
-                for shuffle in (False, True)
-                for pretrained, fmt in ((None, None), ("louaaron/sedd-small", "sedd"))}
+    expected = {
+        (method, shuffle, pretrained, fmt, "small")
+        for method in ("constituency", "keybert", "keybert_no_stopword")
+        for shuffle in (False, True)
+        for pretrained, fmt in ((None, None), ("louaaron/sedd-small", "sedd"))
+    }
     assert set(grid) == expected, f"missing {expected - set(grid)}, extra {set(grid) - expected}"
     assert all(len(names) == 1 for names in grid.values()), grid  # one table row per variant
     variants = {names[0]: cell for cell, names in grid.items()}
-    for run, (method, shuffle, pretrained, _, _) in variants.items():
+    for run, (_, shuffle, pretrained, _, _) in variants.items():
         assert ("-shuffle" in run) == shuffle and ("-finetune" in run) == (pretrained is not None), run
 
     proc = run_snakemake(tmp_path, "-n", "--configfile", str(ROOT / "configs" / "paper.yaml"))

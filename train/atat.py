@@ -70,6 +70,7 @@ surprisal, read from x_t). `strength` (lambda >= 0) comes from the curriculum be
 Variant uniform is MDLM itself: the same corrupt(), network call and 1/t-weighted cross-entropy as
 train/objectives.diffusion_loss, so the loss is bit for bit equal on the same draws.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -93,8 +94,9 @@ def schedule_exponents(frequency: torch.Tensor, strength: float) -> torch.Tensor
     return torch.exp(-float(strength) * frequency.float())
 
 
-def corrupt_by_token(x0: torch.Tensor, sigma: torch.Tensor, mask_id: int, uniform: torch.Tensor,
-                     exponents: torch.Tensor) -> torch.Tensor:
+def corrupt_by_token(
+    x0: torch.Tensor, sigma: torch.Tensor, mask_id: int, uniform: torch.Tensor, exponents: torch.Tensor
+) -> torch.Tensor:
     """State-dependent absorbing forward process: x_t[i] = m if u[i] < 1 - exp(-w_{x0_i} sigma) else x0[i].
     With w = 1 it is train.objectives.corrupt."""
     move = -torch.expm1(-exponents.to(sigma.device)[x0] * sigma[:, None])
@@ -119,8 +121,14 @@ def unmask_rates(sigma: torch.Tensor, dsigma: torch.Tensor, exponents: torch.Ten
     return dsigma / sigma * phi
 
 
-def state_dependent_token_loss(logits: torch.Tensor, x0_masked: torch.Tensor, sigma: torch.Tensor,
-                               dsigma: torch.Tensor, exponents: torch.Tensor, mask_id: int):
+def state_dependent_token_loss(
+    logits: torch.Tensor,
+    x0_masked: torch.Tensor,
+    sigma: torch.Tensor,
+    dsigma: torch.Tensor,
+    exponents: torch.Tensor,
+    mask_id: int,
+):
     """(lambda_{x0} * -log p_theta(x0 | x_t), sum_v lambda_v p_theta(v | x_t) - lambda_{x0}, -log p_theta(x0 | x_t))
     of each masked position, all [N]: the two parts of l_i (module docstring) and the surprisal. logits [N, V]."""
     logits = logits.float().clone()
@@ -137,6 +145,7 @@ class TokenTerms(NamedTuple):
     """The masked positions of one batch: loss l_i [N] (with gradient), its rate part [N] (0 for w = 1),
     the surprisal -log p_theta(x0_i | x_t) [N], their rows [N], the mask [B, L], the network input, sigma [B] and
     the network's vocabulary size V."""
+
     loss: torch.Tensor
     rate_term: torch.Tensor
     nll: torch.Tensor
@@ -147,9 +156,17 @@ class TokenTerms(NamedTuple):
     vocab_size: int
 
 
-def atat_token_terms(model, x0: torch.Tensor, prefix: torch.Tensor | None, t: torch.Tensor,
-                     uniform: torch.Tensor, noise, mask_id: int, exponents: torch.Tensor | None = None,
-                     maskable: torch.Tensor | None = None) -> TokenTerms:
+def atat_token_terms(
+    model,
+    x0: torch.Tensor,
+    prefix: torch.Tensor | None,
+    t: torch.Tensor,
+    uniform: torch.Tensor,
+    noise,
+    mask_id: int,
+    exponents: torch.Tensor | None = None,
+    maskable: torch.Tensor | None = None,
+) -> TokenTerms:
     """Noise x0 at times t (per-token schedule w = exponents [V]; None: w = 1, plain MDLM) and return the
     masked positions' terms l_i. The model sees [prefix (clean) ; x_t] and is told sigma = sigma_bar(t) of the
     base schedule. With exponents None every operation is train.objectives.masked_token_losses' for mdlm, so the
@@ -177,8 +194,9 @@ def atat_token_terms(model, x0: torch.Tensor, prefix: torch.Tensor | None, t: to
         # mdlm_token_loss's expression, operation for operation
         loss = dsigma[rows] / torch.expm1(sigma[rows]) * nll
         return TokenTerms(loss, torch.zeros_like(loss), nll, rows, masked, x_in, sigma, logits.shape[-1])
-    nll_term, rate_term, nll = state_dependent_token_loss(logits, x0_masked, sigma[rows], dsigma[rows],
-                                                          exponents.to(logits.device), mask_id)
+    nll_term, rate_term, nll = state_dependent_token_loss(
+        logits, x0_masked, sigma[rows], dsigma[rows], exponents.to(logits.device), mask_id
+    )
     return TokenTerms(nll_term + rate_term, rate_term, nll, rows, masked, x_in, sigma, logits.shape[-1])
 
 
@@ -194,8 +212,13 @@ def learned_weights(prediction: torch.Tensor, rows: torch.Tensor, batch: int, st
     return (count[rows] * e / total[rows]).float()
 
 
-def log_mask_ratio(x0: torch.Tensor, masked: torch.Tensor, sigma: torch.Tensor, exponents: torch.Tensor,
-                   maskable: torch.Tensor | None = None) -> torch.Tensor:
+def log_mask_ratio(
+    x0: torch.Tensor,
+    masked: torch.Tensor,
+    sigma: torch.Tensor,
+    exponents: torch.Tensor,
+    maskable: torch.Tensor | None = None,
+) -> torch.Tensor:
     """log q_1(x_t | x0) - log q_w(x_t | x0) per row, float64 [B]: the importance-sampling weight that turns a
     draw of the w schedule into an unbiased estimate under the plain one (w = 1),
 
@@ -212,9 +235,16 @@ def log_mask_ratio(x0: torch.Tensor, masked: torch.Tensor, sigma: torch.Tensor, 
     return term.sum(-1)
 
 
-def boundary_terms(x0: torch.Tensor, sigma_floor, sigma_one, vocab_size: int, mask_id: int,
-                   exponents: torch.Tensor | None = None, prior_logits: torch.Tensor | None = None,
-                   maskable: torch.Tensor | None = None) -> torch.Tensor:
+def boundary_terms(
+    x0: torch.Tensor,
+    sigma_floor,
+    sigma_one,
+    vocab_size: int,
+    mask_id: int,
+    exponents: torch.Tensor | None = None,
+    prior_logits: torch.Tensor | None = None,
+    maskable: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The two ends of the bound that training's draws t ~ U[s, 1] do not cover, per row, float64 [B] (module
     docstring, "What atat_nelbo bounds"). With alpha_i(t) = exp(-w_i sigma(t)), w_i = w_{x0_i} (w = 1 for
     exponents None), pi = softmax(prior_logits) over the ids other than the mask (prior_logits None: uniform)
@@ -231,23 +261,26 @@ def boundary_terms(x0: torch.Tensor, sigma_floor, sigma_one, vocab_size: int, ma
     V = int(vocab_size)
     device = x0.device
     w = torch.ones(V, dtype=torch.float64, device=device) if exponents is None else exponents.double().to(device)
-    logits = (torch.zeros(V, dtype=torch.float64, device=device) if prior_logits is None
-              else prior_logits.double().to(device))
+    logits = (
+        torch.zeros(V, dtype=torch.float64, device=device) if prior_logits is None else prior_logits.double().to(device)
+    )
     for name, value in (("exponents", w), ("prior_logits", logits)):
         if value.shape != (V,):
-            raise ValueError(f"atat bound: {name} must have one value per vocabulary id, shape ({V},), got "
-                             f"{tuple(value.shape)}")
+            raise ValueError(
+                f"atat bound: {name} must have one value per vocabulary id, shape ({V},), got {tuple(value.shape)}"
+            )
     logits = logits.clone()
     logits[mask_id] = float("-inf")  # the prior never draws the mask as a clean token
     log_pi = logits.log_softmax(-1)
     s_floor = torch.as_tensor(sigma_floor, dtype=torch.float64).to(device)
     s_one = torch.as_tensor(sigma_one, dtype=torch.float64).to(device)
-    move_one = -torch.expm1(-w * s_one)                                  # 1 - alpha_v(1)   [V]
-    move_floor = -torch.expm1(-w * s_floor)                              # 1 - alpha_v(s)   [V]
-    log_moved = torch.log((log_pi.exp() * move_one).sum())               # log sum_v pi(v) (1 - alpha_v(1))
-    surprisal = (-log_pi).masked_fill(torch.isinf(log_pi), 0.0)          # -log pi(v), 0 at the mask (no target)
-    moved = torch.where(move_one > 0, move_one * (torch.log(move_one.clamp_min(1e-300)) - log_moved),
-                        torch.zeros_like(move_one))
+    move_one = -torch.expm1(-w * s_one)  # 1 - alpha_v(1)   [V]
+    move_floor = -torch.expm1(-w * s_floor)  # 1 - alpha_v(s)   [V]
+    log_moved = torch.log((log_pi.exp() * move_one).sum())  # log sum_v pi(v) (1 - alpha_v(1))
+    surprisal = (-log_pi).masked_fill(torch.isinf(log_pi), 0.0)  # -log pi(v), 0 at the mask (no target)
+    moved = torch.where(
+        move_one > 0, move_one * (torch.log(move_one.clamp_min(1e-300)) - log_moved), torch.zeros_like(move_one)
+    )
     per_id = (1 - move_one) * surprisal + moved + move_floor * surprisal  # prior_v + end_v   [V]
     term = per_id[x0]
     if maskable is not None:
@@ -262,15 +295,29 @@ def check_variant(variant: str, estimator, frequency) -> None:
     if variant in USES_ESTIMATOR and estimator is None:
         raise ValueError(f"atat.importance {variant!r} weights the loss by the learned estimator; none was given")
     if variant in USES_FREQUENCY and frequency is None:
-        raise ValueError(f"atat.importance {variant!r} masks by frequency importance; no frequency vector [V] "
-                         f"was given (train.importance.frequency_importance of the training counts)")
+        raise ValueError(
+            f"atat.importance {variant!r} masks by frequency importance; no frequency vector [V] "
+            f"was given (train.importance.frequency_importance of the training counts)"
+        )
 
 
-def atat_loss(model, estimator, x0: torch.Tensor, prefix: torch.Tensor | None, t: torch.Tensor,
-              uniform: torch.Tensor, noise, mask_id: int, variant: str, strength: float,
-              frequency: torch.Tensor | None = None, pad_id: int | None = None,
-              maskable: torch.Tensor | None = None, prior_logits: torch.Tensor | None = None,
-              time_floor: float = SAMPLING_EPS):
+def atat_loss(
+    model,
+    estimator,
+    x0: torch.Tensor,
+    prefix: torch.Tensor | None,
+    t: torch.Tensor,
+    uniform: torch.Tensor,
+    noise,
+    mask_id: int,
+    variant: str,
+    strength: float,
+    frequency: torch.Tensor | None = None,
+    pad_id: int | None = None,
+    maskable: torch.Tensor | None = None,
+    prior_logits: torch.Tensor | None = None,
+    time_floor: float = SAMPLING_EPS,
+):
     """One (micro-)batch of objective atat: (diffusion loss to backprop, estimator loss or None, stats).
 
     diffusion loss = sum_{i masked} g_i l_i / N with N = B * L, or the count of maskable non-pad positions when
@@ -318,10 +365,13 @@ def atat_loss(model, estimator, x0: torch.Tensor, prefix: torch.Tensor | None, t
     ends = boundary_terms(x0, sigma_floor, sigma_one, terms.vocab_size, mask_id, exponents, prior_logits, maskable)
     inside = 1 - float(time_floor)  # t ~ U[s, 1]: (1 - s) l(t) estimates int_s^1 of the integrand
     nelbo = (inside * terms.loss.detach().double().sum() + ends.sum()) / count
-    stats = {"atat_loss": float(loss.detach()), "atat_nelbo": float(nelbo),
-             "atat_rate_term": float(inside * terms.rate_term.detach().double().sum() / count),
-             "atat_strength": float(strength),
-             "atat_masked": float(terms.masked.sum()) / max(n_maskable, 1)}
+    stats = {
+        "atat_loss": float(loss.detach()),
+        "atat_nelbo": float(nelbo),
+        "atat_rate_term": float(inside * terms.rate_term.detach().double().sum() / count),
+        "atat_strength": float(strength),
+        "atat_masked": float(terms.masked.sum()) / max(n_maskable, 1),
+    }
     if est_loss is not None:
         stats["estimator_loss"] = float(est_loss.detach())
         stats.update(importance_stats(prediction, terms.nll))
@@ -333,6 +383,7 @@ def atat_loss(model, estimator, x0: torch.Tensor, prefix: torch.Tensor | None, t
 class CurriculumStage:
     """Stage `stage` (0-based) of `stages`, starting at optimizer step `start`, with importance strength
     `strength` (0: the plain objective)."""
+
     stage: int
     stages: int
     start: int
@@ -354,8 +405,10 @@ def curriculum_stage(step: int, max_steps: int, stages: int = 3, max_strength: f
     if max_steps < 1 or stages < 1:
         raise ValueError(f"atat curriculum needs max_steps >= 1 and atat.stages >= 1, got {max_steps}, {stages}")
     if stages > max_steps:
-        raise ValueError(f"atat.stages ({stages}) must not exceed max_steps ({max_steps}): the last stage, the "
-                         f"plain objective, would get no step")
+        raise ValueError(
+            f"atat.stages ({stages}) must not exceed max_steps ({max_steps}): the last stage, the "
+            f"plain objective, would get no step"
+        )
     if max_strength < 0:
         raise ValueError(f"atat.max_strength must be >= 0, got {max_strength}")
     if step < 0:

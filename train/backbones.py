@@ -37,6 +37,7 @@ Tied weights (the MLM decoder shares the word embedding, BERT's decoder bias is 
 in MaskedLMDenoiser.state_dict(), under the name named_parameters() gives them: the EMA shadow, safetensors
 (which refuses shared tensors) and load_state_strict all see each parameter once; loading fills the aliases.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -69,17 +70,23 @@ def check_spec(spec: Mapping | None) -> dict:
             if spec.get(key) is not None:
                 raise ValueError(f"backbone.{key} applies to kind masked_lm only, got {spec[key]!r} with kind dit")
     if not isinstance(spec.get("gradient_checkpointing", False), bool):
-        raise ValueError(f"backbone.gradient_checkpointing must be true or false, got {spec['gradient_checkpointing']!r}")
+        raise ValueError(
+            f"backbone.gradient_checkpointing must be true or false, got {spec['gradient_checkpointing']!r}"
+        )
     if kind == "dit":
         return spec
     if (name is None) == (config is None):
-        raise ValueError("backbone: kind masked_lm needs exactly one of backbone.name (a hub id or local folder) "
-                         f"and backbone.config (transformers config kwargs), got "
-                         f"{'both' if name is not None else 'neither'}")
+        raise ValueError(
+            "backbone: kind masked_lm needs exactly one of backbone.name (a hub id or local folder) "
+            f"and backbone.config (transformers config kwargs), got "
+            f"{'both' if name is not None else 'neither'}"
+        )
     if name is not None and (not isinstance(name, str) or not name):
         raise ValueError(f"backbone.name must be a hub id or a folder path, got {name!r}")
     if config is not None and (not isinstance(config, Mapping) or not isinstance(config.get("model_type"), str)):
-        raise ValueError(f"backbone.config must be an object with a 'model_type' (e.g. bert, modernbert), got {config!r}")
+        raise ValueError(
+            f"backbone.config must be an object with a 'model_type' (e.g. bert, modernbert), got {config!r}"
+        )
     return spec
 
 
@@ -102,8 +109,8 @@ class MaskedLMDenoiser(nn.Module):
 
     def __init__(self, mlm: nn.Module, fused: bool | str = "auto", gradient_checkpointing: bool = False):
         """fused: the switch diffusion_loss reads for its SUBS cross-entropy (train/fused.py); the network itself
-        has no fused path. gradient_checkpointing: HF's gradient_checkpointing_enable() (non-reentrant; activation_checkpointing_enable
-        where transformers has it)."""
+        has no fused path. gradient_checkpointing: HF's gradient_checkpointing_enable() (non-reentrant;
+        activation_checkpointing_enable where transformers has it)."""
         super().__init__()
         self.mlm = mlm
         self.fused = fused_ops.check_fused_setting(fused)
@@ -135,14 +142,21 @@ class MaskedLMDenoiser(nn.Module):
                 first[id(param)] = name
         return aliases
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor | None = None, prefix_len: int = 0,
-                select: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        sigma: torch.Tensor | None = None,
+        prefix_len: int = 0,
+        select: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """x Long[B, L] -> logits Float[B, L, V]; with select Bool[B, L], [N, V] at those positions (row-major).
         sigma and prefix_len change nothing: the network has no time input and sees the prefix as context."""
         limit = getattr(self.config, "max_position_embeddings", None)
         if limit is not None and x.shape[1] > limit:
-            raise ValueError(f"sequence length {x.shape[1]} exceeds the {self.config.model_type} backbone's "
-                             f"max_position_embeddings {limit}")
+            raise ValueError(
+                f"sequence length {x.shape[1]} exceeds the {self.config.model_type} backbone's "
+                f"max_position_embeddings {limit}"
+            )
         if self.head_path is None:
             logits = self.mlm(input_ids=x).logits
             return logits if select is None else logits[select]
@@ -159,8 +173,16 @@ def _drop_tied_aliases(module: MaskedLMDenoiser, state: dict, prefix: str, local
         state.pop(prefix + alias, None)
 
 
-def _fill_tied_aliases(module: MaskedLMDenoiser, state: dict, prefix: str, local_metadata, strict,
-                       missing_keys, unexpected_keys, error_msgs) -> None:
+def _fill_tied_aliases(
+    module: MaskedLMDenoiser,
+    state: dict,
+    prefix: str,
+    local_metadata,
+    strict,
+    missing_keys,
+    unexpected_keys,
+    error_msgs,
+) -> None:
     for alias, name in module.tied_aliases().items():
         if prefix + name in state and prefix + alias not in state:
             state[prefix + alias] = state[prefix + name]
@@ -212,8 +234,9 @@ def build_masked_lm(spec: Mapping, vocab_size: int) -> nn.Module:
     return _mlm_from_config(hf_config)
 
 
-def build_backbone(spec: Mapping | None, vocab_size: int, size: str, dropout: float, causal: bool,
-                   fused: bool | str = "auto") -> nn.Module:
+def build_backbone(
+    spec: Mapping | None, vocab_size: int, size: str, dropout: float, causal: bool, fused: bool | str = "auto"
+) -> nn.Module:
     """The untrained (or pretrained masked LM) network of a run.
 
     dit: DiffusionTransformer(ModelConfig.from_size(size, vocab_size, dropout=dropout, causal=causal), fused).
@@ -223,16 +246,24 @@ def build_backbone(spec: Mapping | None, vocab_size: int, size: str, dropout: fl
     and causal (the AR model) is an error."""
     spec = check_spec(spec)
     if spec["kind"] == "dit":
-        return DiffusionTransformer(ModelConfig.from_size(size, vocab_size, dropout=dropout, causal=causal),
-                                    fused=fused, gradient_checkpointing=spec.get("gradient_checkpointing", False))
+        return DiffusionTransformer(
+            ModelConfig.from_size(size, vocab_size, dropout=dropout, causal=causal),
+            fused=fused,
+            gradient_checkpointing=spec.get("gradient_checkpointing", False),
+        )
     if causal:
-        raise ValueError("backbone kind masked_lm is a bidirectional encoder: it cannot be the causal (objective ar) "
-                         "model; use backbone kind dit for ar runs")
+        raise ValueError(
+            "backbone kind masked_lm is a bidirectional encoder: it cannot be the causal (objective ar) "
+            "model; use backbone kind dit for ar runs"
+        )
     if dropout:
-        raise ValueError(f"dropout {dropout} applies to backbone kind dit; a masked_lm backbone takes its dropout "
-                         f"from its transformers config (backbone.config, e.g. hidden_dropout_prob); set dropout: 0")
-    return MaskedLMDenoiser(build_masked_lm(spec, vocab_size), fused,
-                            gradient_checkpointing=spec.get("gradient_checkpointing", False))
+        raise ValueError(
+            f"dropout {dropout} applies to backbone kind dit; a masked_lm backbone takes its dropout "
+            f"from its transformers config (backbone.config, e.g. hidden_dropout_prob); set dropout: 0"
+        )
+    return MaskedLMDenoiser(
+        build_masked_lm(spec, vocab_size), fused, gradient_checkpointing=spec.get("gradient_checkpointing", False)
+    )
 
 
 def backbone_meta(model: nn.Module, spec: Mapping | None) -> dict:
@@ -259,5 +290,6 @@ def model_from_meta(meta: Mapping, fused: bool | str = "auto") -> nn.Module:
     if spec["kind"] == "dit":
         return build_model(meta["model"], fused)
     hf_config = _transformers_config(meta["model"])
-    return MaskedLMDenoiser(_mlm_from_config(hf_config), fused,
-                            gradient_checkpointing=spec.get("gradient_checkpointing", False))
+    return MaskedLMDenoiser(
+        _mlm_from_config(hf_config), fused, gradient_checkpointing=spec.get("gradient_checkpointing", False)
+    )

@@ -20,6 +20,7 @@ are called alike.
 Every file is written to a temporary name in the same folder and renamed into place (os.replace), so a
 killed job never leaves a file that looks finished.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,7 +47,7 @@ def save_weights_atomic(path: str | os.PathLike, state_dict: dict[str, torch.Ten
         save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, str(tmp))
 
 
-TOKENIZER = "tokenizer"   # the model folder's own copy of the tokenizer it was trained with
+TOKENIZER = "tokenizer"  # the model folder's own copy of the tokenizer it was trained with
 
 
 def tokenizer_digest(folder: str | os.PathLike) -> str:
@@ -73,7 +74,7 @@ def copy_tokenizer(source: str | os.PathLike, out_dir: Path) -> dict:
     from common.io import atomic_dir
 
     source = Path(source)
-    if (source.resolve() != (out_dir / TOKENIZER).resolve()):
+    if source.resolve() != (out_dir / TOKENIZER).resolve():
         with atomic_dir(out_dir / TOKENIZER) as tmp:
             for path in sorted(source.iterdir()):
                 if path.is_file() and not path.name.startswith("."):
@@ -105,12 +106,16 @@ def model_tokenizer_dir(model_dir: str | os.PathLike, meta: dict) -> Path:
     does not match the model is refused (it would decode silently wrong, or fail on ids past its vocabulary)."""
     folder = resolve_tokenizer_source(meta["tokenizer"], Path(model_dir))
     if not folder.is_dir():
-        raise FileNotFoundError(f"{Path(model_dir) / CONFIG}: tokenizer {meta['tokenizer']!r} not found (looked in "
-                                f"{Path(model_dir) / meta['tokenizer']} and {folder})")
+        raise FileNotFoundError(
+            f"{Path(model_dir) / CONFIG}: tokenizer {meta['tokenizer']!r} not found (looked in "
+            f"{Path(model_dir) / meta['tokenizer']} and {folder})"
+        )
     expected = meta.get("tokenizer_sha256")
     if expected is not None and tokenizer_digest(folder) != expected:
-        raise ValueError(f"{folder}: this tokenizer does not match the model in {model_dir} (sha256 "
-                         f"{tokenizer_digest(folder)[:12]}..., config.json records {expected[:12]}...)")
+        raise ValueError(
+            f"{folder}: this tokenizer does not match the model in {model_dir} (sha256 "
+            f"{tokenizer_digest(folder)[:12]}..., config.json records {expected[:12]}...)"
+        )
     return folder
 
 
@@ -120,8 +125,10 @@ def _is_int(value) -> bool:
 
 # config.json: every key eval/ and warm starts rely on, with the check its value must pass
 REQUIRED = {
-    "model": (lambda v: isinstance(v, dict), "an object (train.model.ModelConfig.to_dict(), or the transformers "
-                                             "config dict of a masked_lm backbone)"),
+    "model": (
+        lambda v: isinstance(v, dict),
+        "an object (train.model.ModelConfig.to_dict(), or the transformers config dict of a masked_lm backbone)",
+    ),
     "objective": (lambda v: v in OBJECTIVES, f"one of {list(OBJECTIVES)}"),
     "noise": (lambda v: isinstance(v, dict) and "type" in v, "an object with a 'type' (train.noise.get_noise)"),
     "stage": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
@@ -131,8 +138,10 @@ REQUIRED = {
     "mask_id": (_is_int, "an integer token id"),
     "eos_id": (_is_int, "an integer token id"),
     "bos_id": (_is_int, "an integer token id (the AR model reads [bos ; block])"),
-    "tokenizer": (lambda v: isinstance(v, str) and v != "", "a tokenizer folder path (relative: inside the model "
-                                                             "folder, where save_model copies it)"),
+    "tokenizer": (
+        lambda v: isinstance(v, str) and v != "",
+        "a tokenizer folder path (relative: inside the model folder, where save_model copies it)",
+    ),
 }
 
 
@@ -156,20 +165,27 @@ def read_meta(model_dir: str | os.PathLike) -> dict:
     folder = Path(model_dir)
     path = folder / CONFIG
     if not folder.exists():
-        raise FileNotFoundError(f"{folder}: no such folder; expected a model folder written by python -m train "
-                                f"(runs/{{run}}/model or runs/{{run}}/stage{{k}})")
+        raise FileNotFoundError(
+            f"{folder}: no such folder; expected a model folder written by python -m train "
+            f"(runs/{{run}}/model or runs/{{run}}/stage{{k}})"
+        )
     if not folder.is_dir():
-        raise NotADirectoryError(f"{folder}: a file, not a folder; expected a model folder holding {CONFIG} and "
-                                 f"{WEIGHTS}")
+        raise NotADirectoryError(
+            f"{folder}: a file, not a folder; expected a model folder holding {CONFIG} and {WEIGHTS}"
+        )
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no config.json; is {model_dir} a finished training folder? (a model "
-                                f"folder holds {CONFIG} and {WEIGHTS}; found {_listing(folder)})")
+        raise FileNotFoundError(
+            f"{path}: no config.json; is {model_dir} a finished training folder? (a model "
+            f"folder holds {CONFIG} and {WEIGHTS}; found {_listing(folder)})"
+        )
     meta = _read_json(path)
     if not isinstance(meta, dict):
         raise ValueError(f"{path}: expected a JSON object, got {type(meta).__name__}")
     if "objective" not in meta:  # a transformers model or tokenizer folder has a config.json too
-        raise ValueError(f"{path}: not a model folder written by python -m train (its config.json has no "
-                         f"'objective'; found keys {sorted(meta)[:8]}): a transformers or data folder?")
+        raise ValueError(
+            f"{path}: not a model folder written by python -m train (its config.json has no "
+            f"'objective'; found keys {sorted(meta)[:8]}): a transformers or data folder?"
+        )
     for key, (valid, expected) in REQUIRED.items():
         if key not in meta:
             raise ValueError(f"{path}: missing key {key!r} (expected {expected})")
@@ -194,11 +210,16 @@ def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], so
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    shapes = sorted(f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                    for k in set(own) & set(state) if state[k].shape != own[k].shape)
+    shapes = sorted(
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in set(own) & set(state)
+        if state[k].shape != own[k].shape
+    )
     if missing or unexpected or shapes:
-        raise ValueError(f"{source}: weights do not fit the model; missing {missing}, unexpected {unexpected}, "
-                         f"mismatched shapes {shapes}")
+        raise ValueError(
+            f"{source}: weights do not fit the model; missing {missing}, unexpected {unexpected}, "
+            f"mismatched shapes {shapes}"
+        )
     model.load_state_dict(state)
 
 
@@ -227,13 +248,20 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         state = load_file(str(path))
     except Exception as err:  # safetensors' SafetensorError (Rust) is not importable by a stable name
-        raise ValueError(f"{path}: cannot read the weights ({err}); the file ({path.stat().st_size:,} bytes) is "
-                         f"truncated or corrupt: copy it again or rerun the training job") from None
-    bad = [(name, int((~torch.isfinite(t)).sum()), t.numel()) for name, t in state.items()
-           if t.is_floating_point() and not torch.isfinite(t.sum()) and not torch.isfinite(t).all()]
+        raise ValueError(
+            f"{path}: cannot read the weights ({err}); the file ({path.stat().st_size:,} bytes) is "
+            f"truncated or corrupt: copy it again or rerun the training job"
+        ) from None
+    bad = [
+        (name, int((~torch.isfinite(t)).sum()), t.numel())
+        for name, t in state.items()
+        if t.is_floating_point() and not torch.isfinite(t.sum()) and not torch.isfinite(t).all()
+    ]
     if bad:
         name, count, numel = bad[0]
-        raise ValueError(f"{path}: non-finite weights: tensor {name!r} has {count} NaN/inf value(s) of {numel}"
-                         + (f" ({len(bad) - 1} more tensor(s) too: {[b[0] for b in bad[1:4]]})" if len(bad) > 1
-                            else "") + "; the run diverged or the file is corrupt")
+        raise ValueError(
+            f"{path}: non-finite weights: tensor {name!r} has {count} NaN/inf value(s) of {numel}"
+            + (f" ({len(bad) - 1} more tensor(s) too: {[b[0] for b in bad[1:4]]})" if len(bad) > 1 else "")
+            + "; the run diverged or the file is corrupt"
+        )
     return state

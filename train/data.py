@@ -21,6 +21,7 @@ stream perm_0 ++ perm_1 ++ ..., where perm_e is a seeded permutation of the rows
 step s therefore needs no data-loader state, and every process computes the same global batch and takes
 its own slice of it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -39,7 +40,7 @@ from common.io import InputError, atomic_path, open_parquet, write_json
 CACHE_VERSION = 1
 ANSWER_COLUMN = "answer_mask"  # SFT shards: 1 where the token is an answer token
 _READ_BATCH_ROWS = 16384  # rows decoded at a time while a cache file is written
-_SCAN_BYTES = 64 << 20    # bytes read at a time when a cache file is scanned for an out-of-vocabulary row
+_SCAN_BYTES = 64 << 20  # bytes read at a time when a cache file is scanned for an out-of-vocabulary row
 _I32 = np.iinfo(np.int32)
 
 
@@ -106,15 +107,16 @@ class RowStore:
                 want = (b - a) * row_bytes
                 got = os.preadv(fds[i], [out[a:b]], self.offsets[i] + int(local[a]) * row_bytes)
                 if got != want:
-                    raise OSError(f"{self.files[i]}: short read ({got} of {want} bytes); the cache file changed "
-                                  f"under the run")
+                    raise OSError(
+                        f"{self.files[i]}: short read ({got} of {want} bytes); the cache file changed under the run"
+                    )
         return torch.from_numpy(out.reshape(*rows.shape, self.length))
 
 
 @dataclass
 class StageTensors:
-    target: RowStore              # Int32[N, target_len] rows read per batch (cast to long by the trainer)
-    prefix: RowStore | None       # Int32[N, prefix_len] or None
+    target: RowStore  # Int32[N, target_len] rows read per batch (cast to long by the trainer)
+    prefix: RowStore | None  # Int32[N, prefix_len] or None
     answer: RowStore | None = None  # SFT: Int32[N, target_len], 1 at answer tokens (masked, scored), else 0
 
     def __len__(self) -> int:
@@ -134,16 +136,23 @@ def _cache_names(cache_dir: Path, path: Path, column: str, length: int) -> tuple
     source = str(path.resolve())
     st = path.stat()
     where = hashlib.sha1(source.encode()).hexdigest()[:10]
-    state = hashlib.sha1(f"{CACHE_VERSION}|{source}|{st.st_size}|{st.st_mtime_ns}|{column}|{length}"
-                         .encode()).hexdigest()[:12]
+    state = hashlib.sha1(
+        f"{CACHE_VERSION}|{source}|{st.st_size}|{st.st_mtime_ns}|{column}|{length}".encode()
+    ).hexdigest()[:12]
     stem = f"{path.stem}.{where}.{column}"
     return cache_dir / f"{stem}.{state}.npy", cache_dir / f"{stem}.{state}.json", f"{stem}.*"
 
 
 def _identity(path: Path, column: str, length: int) -> dict:
     st = path.stat()
-    return {"version": CACHE_VERSION, "source": str(path.resolve()), "size": st.st_size,
-            "mtime_ns": st.st_mtime_ns, "column": column, "length": length}
+    return {
+        "version": CACHE_VERSION,
+        "source": str(path.resolve()),
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "column": column,
+        "length": length,
+    }
 
 
 def _cached(npy: Path, sidecar: Path, identity: dict) -> dict | None:
@@ -174,8 +183,9 @@ def _flat_values(col: pa.Array, column: str, length: int, path: Path, first_row:
         col = col.combine_chunks()
     if pa.types.is_fixed_size_list(col.type):
         if col.type.list_size != length:
-            raise ValueError(f"{path}: column {column!r} row {first_row} has {col.type.list_size} tokens, "
-                             f"expected {length}")
+            raise ValueError(
+                f"{path}: column {column!r} row {first_row} has {col.type.list_size} tokens, expected {length}"
+            )
         if col.null_count:
             bad = int(np.nonzero(col.is_null().to_numpy(zero_copy_only=False))[0][0])
             raise ValueError(f"{path}: column {column!r} row {first_row + bad} is null, expected {length} tokens")
@@ -185,9 +195,11 @@ def _flat_values(col: pa.Array, column: str, length: int, path: Path, first_row:
         sizes = np.diff(offsets)
         bad = np.nonzero(sizes != length)[0]
         if bad.size:
-            raise ValueError(f"{path}: column {column!r} row {first_row + int(bad[0])} has {int(sizes[bad[0]])} "
-                             f"tokens, expected {length} (and {bad.size - 1} more such rows in its record batch)")
-        values = col.values.to_numpy(zero_copy_only=False)[offsets[0]:offsets[-1]]
+            raise ValueError(
+                f"{path}: column {column!r} row {first_row + int(bad[0])} has {int(sizes[bad[0]])} "
+                f"tokens, expected {length} (and {bad.size - 1} more such rows in its record batch)"
+            )
+        values = col.values.to_numpy(zero_copy_only=False)[offsets[0] : offsets[-1]]
     else:
         raise ValueError(f"{path}: column {column!r} is {col.type}, expected a list of token ids")
     if not np.issubdtype(values.dtype, np.integer):
@@ -195,8 +207,10 @@ def _flat_values(col: pa.Array, column: str, length: int, path: Path, first_row:
     if values.dtype.itemsize > 4 or values.dtype == np.uint32:
         outside = np.nonzero((values < _I32.min) | (values > _I32.max))[0]
         if outside.size:
-            raise ValueError(f"{path}: column {column!r} row {first_row + int(outside[0]) // length} has token id "
-                             f"{int(values[outside[0]])} outside int32")
+            raise ValueError(
+                f"{path}: column {column!r} row {first_row + int(outside[0]) // length} has token id "
+                f"{int(values[outside[0]])} outside int32"
+            )
     return values.astype(np.int32, copy=False).reshape(-1, length)
 
 
@@ -204,8 +218,10 @@ def _build(path: Path, wanted: dict[str, tuple[int, Path, Path, str]]) -> dict[s
     """Decode the `wanted` columns of one shard into their cache files in one pass, a record batch at a time."""
     pf = open_parquet(path, list(wanted))
     rows = pf.metadata.num_rows
-    metas = {c: {**_identity(path, c, length), "rows": rows, "min": None, "max": None}
-             for c, (length, *_rest) in wanted.items()}
+    metas = {
+        c: {**_identity(path, c, length), "rows": rows, "min": None, "max": None}
+        for c, (length, *_rest) in wanted.items()
+    }
     with contextlib.ExitStack() as stack:
         handles = {}
         for c, (length, npy, _sidecar, _glob) in wanted.items():
@@ -232,7 +248,7 @@ def _build(path: Path, wanted: dict[str, tuple[int, Path, Path, str]]) -> dict[s
             raise InputError(f"{path}: the footer says {rows} rows but {done} were read")
         for f in handles.values():
             f.close()
-    for c, (length, npy, sidecar, pattern) in wanted.items():
+    for c, (_, npy, sidecar, pattern) in wanted.items():
         meta = metas[c]
         meta["min"] = 0 if meta["min"] is None else meta["min"]
         meta["max"] = -1 if meta["max"] is None else meta["max"]
@@ -274,9 +290,15 @@ def data_columns(data: str, stage: int, prefix_len: int) -> tuple[str, str | Non
     raise ValueError(f"data must be stages, wrap, doc or sft, got {data!r}")
 
 
-def load_stage_tensors(paths: list[str], stage: int, prefix_len: int, target_len: int,
-                       vocab_size: int | None = None, cache_dir: str | os.PathLike | None = None,
-                       data: str = "stages") -> StageTensors:
+def load_stage_tensors(
+    paths: list[str],
+    stage: int,
+    prefix_len: int,
+    target_len: int,
+    vocab_size: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    data: str = "stages",
+) -> StageTensors:
     """The target and prefix (if prefix_len) columns of every row (data_columns(): stage{stage}_ids and
     stage{stage-1}_ids of stage shards, ids of block shards; and answer_mask of SFT shards), as row stores
     (load_columns)."""
@@ -287,12 +309,18 @@ def load_stage_tensors(paths: list[str], stage: int, prefix_len: int, target_len
     if data == "sft":
         columns[ANSWER_COLUMN] = target_len
     stores = load_columns(paths, columns, vocab_size, cache_dir, id_columns=[c for c in columns if c != ANSWER_COLUMN])
-    return StageTensors(target=stores[target_column], prefix=stores.get(prefix_column),
-                        answer=stores.get(ANSWER_COLUMN))
+    return StageTensors(
+        target=stores[target_column], prefix=stores.get(prefix_column), answer=stores.get(ANSWER_COLUMN)
+    )
 
 
-def load_columns(paths: list[str], columns: dict[str, int], vocab_size: int | None = None,
-                 cache_dir: str | os.PathLike | None = None, id_columns: list[str] | None = None) -> dict[str, RowStore]:
+def load_columns(
+    paths: list[str],
+    columns: dict[str, int],
+    vocab_size: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    id_columns: list[str] | None = None,
+) -> dict[str, RowStore]:
     """Fixed-length int list columns {name: length} of every row of `paths`, as row stores over cache files under
     `cache_dir` (default: `.data-cache/` beside each shard), built when missing or stale.
 
@@ -332,9 +360,11 @@ def load_columns(paths: list[str], columns: dict[str, int], vocab_size: int | No
                 meta, length = metas[column], columns[column]
                 if meta["rows"] and (meta["min"] < 0 or meta["max"] >= vocab_size):
                     row, token = _first_row_outside(files[column][-1], length, vocab_size)
-                    raise ValueError(f"{path}: column {column!r} row {row} has token id {token} outside the "
-                                     f"vocabulary of {vocab_size} (ids span [{meta['min']}, {meta['max']}]; "
-                                     f"wrong tokenizer?)")
+                    raise ValueError(
+                        f"{path}: column {column!r} row {row} has token id {token} outside the "
+                        f"vocabulary of {vocab_size} (ids span [{meta['min']}, {meta['max']}]; "
+                        f"wrong tokenizer?)"
+                    )
     if sum(counts) == 0:
         raise ValueError(f"stage shards {paths} hold no rows")
     return {column: RowStore(files[column], counts, length) for column, length in columns.items()}

@@ -44,6 +44,7 @@ The reference is frozen: dpo.reference (a model folder), else init_from's model 
 policy's dropout is off (as TRL's disable_dropout): policy and reference must score alike on the same draws.
 Micro batches count pairs: one forward holds 2 x micro_batch_size x n answers.
 """
+
 from __future__ import annotations
 
 import resource
@@ -61,8 +62,15 @@ from train.trainer import METRIC_FIELDS, StepResult, Trainer, lr_at
 LOSSES = ("sigmoid", "ipo")
 SAMPLING_EPS = 1e-3  # smallest diffusion time: w(t) = 1/t diverges at 0 (train/noise.sample_times uses the same)
 # per-pair quantities, logged as means over the batch (preference_metrics, plus nll_loss); then the peak memory
-PAIR_FIELDS = ["rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
-               "logps/rejected", "nll_loss"]
+PAIR_FIELDS = [
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/margins",
+    "rewards/accuracies",
+    "logps/chosen",
+    "logps/rejected",
+    "nll_loss",
+]
 DPO_FIELDS = PAIR_FIELDS + ["memory_mb"]
 PAIR_COLUMNS = ("chosen_ids", "chosen_mask", "rejected_ids", "rejected_mask")
 REFERENCE_CACHE = "reference_scores.pt"
@@ -73,13 +81,14 @@ VALIDATION_STREAM = 1  # the held-out pairs' draws: a stream of their own, fixed
 # The method: draws, scores, loss
 
 
-def pair_draws(seed: int, pairs: torch.Tensor, epochs: torch.Tensor, n: int, length: int,
-               stream: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_draws(
+    seed: int, pairs: torch.Tensor, epochs: torch.Tensor, n: int, length: int, stream: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Times t [m, n] (stratified, module docstring) and per-position uniforms u [m, n, length] of pairs `pairs`
     in epochs `epochs` (both [m]); a pure function of (seed, pair, epoch, stream)."""
     times, uniforms = [], []
     for pair, epoch in zip(pairs.tolist(), epochs.tolist()):
-        key = (((seed * 1_000_003 + pair) * 1_000_033 + epoch) * 4 + stream) % (2 ** 63)
+        key = (((seed * 1_000_003 + pair) * 1_000_033 + epoch) * 4 + stream) % (2**63)
         gen = torch.Generator().manual_seed(key)
         v = torch.rand(1, generator=gen)
         times.append(SAMPLING_EPS + (1 - SAMPLING_EPS) * (torch.arange(n) + v) / n)
@@ -87,8 +96,9 @@ def pair_draws(seed: int, pairs: torch.Tensor, epochs: torch.Tensor, n: int, len
     return torch.stack(times), torch.stack(uniforms)
 
 
-def answer_scores(model, ids: torch.Tensor, mask: torch.Tensor, t: torch.Tensor, u: torch.Tensor, noise,
-                  mask_id: int) -> torch.Tensor:
+def answer_scores(
+    model, ids: torch.Tensor, mask: torch.Tensor, t: torch.Tensor, u: torch.Tensor, noise, mask_id: int
+) -> torch.Tensor:
     """B(y | x) of each row (module docstring): ids, mask [R, L] (answer positions True), t [R, n], u [R, n, L]
     -> float32 [R], the mean over the n draws of -sequence_nelbo, in one network call of R x n rows."""
     rows, n = t.shape
@@ -101,8 +111,15 @@ def answer_scores(model, ids: torch.Tensor, mask: torch.Tensor, t: torch.Tensor,
 def pair_scores(model, chosen, chosen_mask, rejected, rejected_mask, t, u, noise, mask_id):
     """(B(y_w), B(y_l)) [m] each: chosen and rejected of a pair share its draws; one network call for both."""
     m = chosen.shape[0]
-    scores = answer_scores(model, torch.cat([chosen, rejected]), torch.cat([chosen_mask, rejected_mask]),
-                           torch.cat([t, t]), torch.cat([u, u]), noise, mask_id)
+    scores = answer_scores(
+        model,
+        torch.cat([chosen, rejected]),
+        torch.cat([chosen_mask, rejected_mask]),
+        torch.cat([t, t]),
+        torch.cat([u, u]),
+        noise,
+        mask_id,
+    )
     return scores[:m], scores[m:]
 
 
@@ -113,26 +130,32 @@ def preference_loss(h: torch.Tensor, beta: float, loss: str, label_smoothing: fl
         return -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
     if loss == "ipo":
         if label_smoothing > 0:
-            raise ValueError(f"dpo.loss 'ipo' has no label smoothing; expected dpo.label_smoothing 0, got "
-                             f"{label_smoothing}")
+            raise ValueError(
+                f"dpo.loss 'ipo' has no label smoothing; expected dpo.label_smoothing 0, got {label_smoothing}"
+            )
         return (h - 1 / (2 * beta)) ** 2
     raise ValueError(f"dpo.loss must be one of {LOSSES}, got {loss!r}")
 
 
-def preference_metrics(beta: float, chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Tensor,
-                       ref_rejected: torch.Tensor) -> dict[str, torch.Tensor]:
+def preference_metrics(
+    beta: float, chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """TRL's per-pair quantities (module docstring), [m] each; the logged values are their means."""
     reward_chosen, reward_rejected = beta * (chosen - ref_chosen), beta * (rejected - ref_rejected)
-    return {"rewards/chosen": reward_chosen, "rewards/rejected": reward_rejected,
-            "rewards/margins": reward_chosen - reward_rejected,
-            "rewards/accuracies": (reward_chosen > reward_rejected).float(),
-            "logps/chosen": chosen, "logps/rejected": rejected}
+    return {
+        "rewards/chosen": reward_chosen,
+        "rewards/rejected": reward_rejected,
+        "rewards/margins": reward_chosen - reward_rejected,
+        "rewards/accuracies": (reward_chosen > reward_rejected).float(),
+        "logps/chosen": chosen,
+        "logps/rejected": rejected,
+    }
 
 
 def peak_memory_mb(device: torch.device) -> float:
     """Peak memory so far: CUDA allocated on a GPU, else the process's peak RSS (ru_maxrss, KiB on Linux)."""
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+        return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -154,8 +177,12 @@ class PairTensors:
 
     def batch(self, rows: torch.Tensor, device) -> tuple[torch.Tensor, ...]:
         """(chosen, chosen answer mask, rejected, rejected answer mask) of `rows`: Long ids, Bool masks."""
-        return (self.chosen[rows].long().to(device), (self.chosen_mask[rows] > 0).to(device),
-                self.rejected[rows].long().to(device), (self.rejected_mask[rows] > 0).to(device))
+        return (
+            self.chosen[rows].long().to(device),
+            (self.chosen_mask[rows] > 0).to(device),
+            self.rejected[rows].long().to(device),
+            (self.rejected_mask[rows] > 0).to(device),
+        )
 
 
 def load_pairs(shards: list[str], length: int, vocab_size: int | None, cache_dir) -> PairTensors:
@@ -174,8 +201,9 @@ class DPOTrainer(Trainer):
 
     metric_fields = METRIC_FIELDS + DPO_FIELDS
 
-    def __init__(self, settings, train_shards, val_shards, tokenizer_dir, out_dir, init_dir=None, run=None,
-                 reference_dir=None):
+    def __init__(
+        self, settings, train_shards, val_shards, tokenizer_dir, out_dir, init_dir=None, run=None, reference_dir=None
+    ):
         if init_dir is None:
             raise ValueError(f"runs.{settings.run}: a dpo run starts from a model folder (--init, init_from)")
         super().__init__(settings, train_shards, val_shards, tokenizer_dir, out_dir, init_dir=init_dir, run=run)
@@ -191,8 +219,10 @@ class DPOTrainer(Trainer):
         # the rule passes the resolved folder (common.config.dpo_reference: a run name is that run's model folder)
         self.reference_dir = Path(reference_dir or self.dpo["reference"] or init_dir)
         self.reference = self._load_reference(policy)
-        self.meta.update(dpo={k: self.dpo[k] for k in ("beta", "loss", "label_smoothing", "sft_weight", "time_samples")},
-                         reference=str(self.reference_dir))
+        self.meta.update(
+            dpo={k: self.dpo[k] for k in ("beta", "loss", "label_smoothing", "sft_weight", "time_samples")},
+            reference=str(self.reference_dir),
+        )
         self.reference_cache: torch.Tensor | None = None  # [max_steps x G, 2]: B_ref(y_w), B_ref(y_l) per position
         self.val_reference = None
 
@@ -207,9 +237,11 @@ class DPOTrainer(Trainer):
     def _load_reference(self, policy):
         reference, meta = load_model(self.reference_dir, self.acc.device)
         if meta.get("vocab_size") != self.vocab_size or meta.get("mask_id") != self.mask_id:
-            raise ValueError(f"{self.reference_dir}: the reference model has vocab_size {meta.get('vocab_size')} and "
-                             f"mask_id {meta.get('mask_id')}, the policy's tokenizer {self.vocab_size} and "
-                             f"{self.mask_id}: the reference must share the tokenizer")
+            raise ValueError(
+                f"{self.reference_dir}: the reference model has vocab_size {meta.get('vocab_size')} and "
+                f"mask_id {meta.get('mask_id')}, the policy's tokenizer {self.vocab_size} and "
+                f"{self.mask_id}: the reference must share the tokenizer"
+            )
         reference.fused = getattr(policy, "fused", "auto")  # the same kernels as the policy: equal scores at step 0
         disable_dropout(reference)
         return reference.requires_grad_(False).eval()
@@ -220,8 +252,17 @@ class DPOTrainer(Trainer):
         t, u = pair_draws(self.seed, rows, epochs, self.n, self.target_len, stream)
         chosen, chosen_mask, rejected, rejected_mask = data.batch(rows, self.acc.device)
         with self.acc.autocast():
-            return pair_scores(self.reference, chosen, chosen_mask, rejected, rejected_mask, t.to(self.acc.device),
-                               u.to(self.acc.device), self.noise, self.mask_id)
+            return pair_scores(
+                self.reference,
+                chosen,
+                chosen_mask,
+                rejected,
+                rejected_mask,
+                t.to(self.acc.device),
+                u.to(self.acc.device),
+                self.noise,
+                self.mask_id,
+            )
 
     def _score_positions(self, positions: torch.Tensor, desc: str) -> torch.Tensor:
         """Reference scores [len(positions), 2] of the training rows at global-batch positions (step x G + k),
@@ -230,13 +271,13 @@ class DPOTrainer(Trainer):
 
         out = torch.zeros(len(positions), 2, dtype=torch.float64, device=self.acc.device)
         chunk = self.micro
-        starts = list(range(0, len(positions), chunk))[self.acc.process_index::self.acc.num_processes]
+        starts = list(range(0, len(positions), chunk))[self.acc.process_index :: self.acc.num_processes]
         for start in tqdm(starts, desc=desc, disable=not self.acc.is_main_process, mininterval=1):
-            pos = positions[start:start + chunk]
+            pos = positions[start : start + chunk]
             epochs = pos // self.order.n
             rows = self.order.rows_at(pos)
             chosen, rejected = self._reference_scores(self.train_data, rows, epochs, stream=0)
-            out[start:start + len(pos)] = torch.stack([chosen, rejected], 1).double()
+            out[start : start + len(pos)] = torch.stack([chosen, rejected], 1).double()
         if self.acc.num_processes > 1:
             out = self.acc.reduce(out, reduction="sum")
         return out
@@ -256,8 +297,10 @@ class DPOTrainer(Trainer):
                 saved = torch.load(path, map_location="cpu")
                 usable = saved.get("digest") == self.s.digest() and saved["scores"].shape == (total, 2)
             except Exception as err:  # noqa: BLE001 - a damaged cache is recomputed, and the log says why
-                self._say(f"warning: {path}: cannot read the cached reference scores ({type(err).__name__}: {err}); "
-                          f"scoring again")
+                self._say(
+                    f"warning: {path}: cannot read the cached reference scores ({type(err).__name__}: {err}); "
+                    f"scoring again"
+                )
                 usable = False
             if usable:
                 self.reference_cache = saved["scores"].to(self.acc.device)
@@ -278,14 +321,14 @@ class DPOTrainer(Trainer):
         return step, seconds
 
     # -- the step --------------------------------------------------------------------------------
-    def _pair_losses(self, model, data, rows, epochs, reference: tuple[torch.Tensor, torch.Tensor] | None,
-                     stream: int):
+    def _pair_losses(self, model, data, rows, epochs, reference: tuple[torch.Tensor, torch.Tensor] | None, stream: int):
         """Per-pair loss and metrics of `rows` under `model`; reference scores given (cache) or computed."""
         t, u = pair_draws(self.seed, rows, epochs, self.n, self.target_len, stream)
         chosen, chosen_mask, rejected, rejected_mask = data.batch(rows, self.acc.device)
         t, u = t.to(self.acc.device), u.to(self.acc.device)
-        policy_chosen, policy_rejected = pair_scores(model, chosen, chosen_mask, rejected, rejected_mask, t, u,
-                                                     self.noise, self.mask_id)
+        policy_chosen, policy_rejected = pair_scores(
+            model, chosen, chosen_mask, rejected, rejected_mask, t, u, self.noise, self.mask_id
+        )
         if reference is None:
             reference = self._reference_scores(data, rows, epochs, stream)
         ref_chosen, ref_rejected = (r.to(policy_chosen.dtype) for r in reference)
@@ -294,8 +337,9 @@ class DPOTrainer(Trainer):
         nll = -policy_chosen / chosen_mask.sum(1).clamp(min=1)  # the chosen answer's NELBO per answer token
         if self.sft_weight:
             losses = losses + self.sft_weight * nll
-        metrics = preference_metrics(self.beta, policy_chosen.detach(), policy_rejected.detach(), ref_chosen,
-                                     ref_rejected)
+        metrics = preference_metrics(
+            self.beta, policy_chosen.detach(), policy_rejected.detach(), ref_chosen, ref_rejected
+        )
         metrics["nll_loss"] = nll.detach()
         return losses, metrics
 
@@ -312,11 +356,12 @@ class DPOTrainer(Trainer):
             sl = slice(start, start + self.micro)
             reference = None
             if self.reference_cache is not None:
-                cached = self.reference_cache[step * self.global_batch + start:][: self.micro]
+                cached = self.reference_cache[step * self.global_batch + start :][: self.micro]
                 reference = (cached[:, 0], cached[:, 1])
             with self.acc.accumulate(self.model):
-                losses, metrics = self._pair_losses(self.model, self.train_data, rows[sl], epochs[sl], reference,
-                                                    stream=0)
+                losses, metrics = self._pair_losses(
+                    self.model, self.train_data, rows[sl], epochs[sl], reference, stream=0
+                )
                 loss = losses.mean()
                 self.acc.backward(loss)
                 total += loss.detach().float()
@@ -357,12 +402,13 @@ class DPOTrainer(Trainer):
         sums = torch.zeros(1 + len(PAIR_FIELDS), dtype=torch.float64, device=self.acc.device)
         model.eval()
         with self.ema.applied(model):
-            for sl in chunks[self.acc.process_index::self.acc.num_processes]:
+            for sl in chunks[self.acc.process_index :: self.acc.num_processes]:
                 rows = torch.arange(n)[sl]
                 reference = (self.val_reference[0][sl], self.val_reference[1][sl])
                 with self.acc.autocast():
-                    losses, metrics = self._pair_losses(model, self.val_data, rows, torch.zeros_like(rows),
-                                                        reference, VALIDATION_STREAM)
+                    losses, metrics = self._pair_losses(
+                        model, self.val_data, rows, torch.zeros_like(rows), reference, VALIDATION_STREAM
+                    )
                 values = [losses.double().sum()] + [metrics[k].double().sum() for k in PAIR_FIELDS]
                 sums += torch.stack(values)
         sums = self.acc.reduce(sums, reduction="sum")

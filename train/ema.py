@@ -5,6 +5,7 @@
 The shadow is kept in float32 (bf16 training would otherwise round small updates away). It has
 state_dict / load_state_dict so the trainer's checkpoint (accelerate register_for_checkpointing) carries it.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -50,9 +51,11 @@ class EMA:
 
     def load_state_dict(self, state: dict) -> None:
         if set(state["shadow"]) != set(self.shadow):
-            raise ValueError(f"EMA checkpoint does not match the model: missing "
-                             f"{sorted(set(self.shadow) - set(state['shadow']))}, unexpected "
-                             f"{sorted(set(state['shadow']) - set(self.shadow))}")
+            raise ValueError(
+                f"EMA checkpoint does not match the model: missing "
+                f"{sorted(set(self.shadow) - set(state['shadow']))}, unexpected "
+                f"{sorted(set(state['shadow']) - set(self.shadow))}"
+            )
         self.decay = state["decay"]
         for name, value in state["shadow"].items():
             self.shadow[name].copy_(value)

@@ -11,6 +11,7 @@ train.objectives.diffusion_loss from the model:
     True / False   force the fused functions / plain autograd
     "auto"         fused on CPU tensors outside autocast, plain elsewhere (see use_fused)
 """
+
 from __future__ import annotations
 
 import torch
@@ -76,7 +77,7 @@ class _RotaryQKV(torch.autograd.Function):
 def rotary_qkv(qkv: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor):
     """Fused form of train.model.rotary_qkv:
 
-        qk, v = qkv.split([2, 1], dim=2);  q, k = apply_rotary(qk, cos, signed_sin).unbind(2);  v = v.squeeze(2)
+    qk, v = qkv.split([2, 1], dim=2);  q, k = apply_rotary(qk, cos, signed_sin).unbind(2);  v = v.squeeze(2)
     """
     return _RotaryQKV.apply(qkv, cos, signed_sin)
 
@@ -111,7 +112,7 @@ class _Affine(torch.autograd.Function):
 def gated_add(x: torch.Tensor, gate: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     """Fused form of train.model.gated_add, the adaLN-zero gated residual:
 
-        x + gate * h,   gate [B, 1, D] per sequence, x and h [B, L, D]
+    x + gate * h,   gate [B, 1, D] per sequence, x and h [B, L, D]
     """
     return _Affine.apply(x, gate, h)
 
@@ -159,6 +160,6 @@ class _SubsCrossEntropy(torch.autograd.Function):
 def subs_cross_entropy(logits: torch.Tensor, target: torch.Tensor, mask_id: int) -> torch.Tensor:
     """Fused form of train.objectives.subs_nll, logits [N, V], target [N] -> float32 [N]:
 
-        z = logits.float() with z[:, mask_id] = -inf;   F.cross_entropy(z, target, reduction="none")
+    z = logits.float() with z[:, mask_id] = -inf;   F.cross_entropy(z, target, reduction="none")
     """
     return _SubsCrossEntropy.apply(logits, target, mask_id)

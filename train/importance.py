@@ -21,6 +21,7 @@ so z has mean 0 and variance 1 under f: a typical token of the data scores about
 It depends on the clean token's id, so using it in the masking schedule makes the schedule state-dependent
 (train/atat.py derives the bound that keeps).
 """
+
 from __future__ import annotations
 
 import json
@@ -56,8 +57,9 @@ class ImportanceEstimator(nn.Module):
             raise ValueError(f"importance estimator: dim and layers must be >= 1, got dim {dim}, layers {layers}")
         self.config = {"vocab_size": int(vocab_size), "dim": int(dim), "kernel": int(kernel), "layers": int(layers)}
         self.embed = nn.Embedding(vocab_size, dim)
-        self.convs = nn.ModuleList(nn.Conv1d(dim + 2 if i == 0 else dim, dim, kernel, padding=kernel // 2)
-                                   for i in range(layers))
+        self.convs = nn.ModuleList(
+            nn.Conv1d(dim + 2 if i == 0 else dim, dim, kernel, padding=kernel // 2) for i in range(layers)
+        )
         self.head = nn.Linear(dim, 1)
         nn.init.normal_(self.embed.weight, std=0.1)
         nn.init.zeros_(self.head.weight)
@@ -118,8 +120,9 @@ def unigram_counts(arrays, vocab_size: int, where: str = "token arrays") -> np.n
             raise ValueError(f"{where}: unigram counts need integer token ids, got dtype {ids.dtype}")
         low, high = int(ids.min()), int(ids.max())
         if low < 0 or high >= vocab_size:
-            raise ValueError(f"{where}: token ids must lie in [0, {vocab_size}) (the vocabulary), got ids from "
-                             f"{low} to {high}")
+            raise ValueError(
+                f"{where}: token ids must lie in [0, {vocab_size}) (the vocabulary), got ids from {low} to {high}"
+            )
         counts += np.bincount(ids, minlength=vocab_size)
     return counts
 
@@ -142,9 +145,11 @@ def frequency_importance(counts) -> torch.Tensor:
 def estimator_importance(estimator: nn.Module, prefix_len: int):
     """The sampler's view of the estimator (eval/samplers.py, sampler uncertainty): x [B, P + L], sigma [B]
     -> predicted surprisal [B, P + L] in nats, without gradients."""
+
     def importance(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             return estimator(x, sigma, prefix_len)
+
     return importance
 
 
@@ -170,14 +175,16 @@ def load_importance(model_dir, device="cpu") -> tuple[ImportanceEstimator, torch
 
     path = Path(model_dir) / IMPORTANCE_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no importance estimator; the uncertainty sampler needs the folder of a "
-                                f"run trained with objective atat")
+        raise FileNotFoundError(
+            f"{path}: no importance estimator; the uncertainty sampler needs the folder of a "
+            f"run trained with objective atat"
+        )
     with safe_open(str(path), framework="pt", device=str(device)) as f:
         meta = f.metadata() or {}
         if "estimator" not in meta:
             raise ValueError(f"{path}: metadata key 'estimator' (the architecture) is missing, got keys {sorted(meta)}")
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     estimator = ImportanceEstimator(**json.loads(meta["estimator"]))
-    state = {k[len("estimator."):]: v for k, v in tensors.items() if k.startswith("estimator.")}
+    state = {k[len("estimator.") :]: v for k, v in tensors.items() if k.startswith("estimator.")}
     estimator.load_state_dict(state, strict=True)
     return estimator.to(device).eval(), tensors.get("frequency")

@@ -27,15 +27,16 @@ cheaper hand-written backward passes lives in train/fused.py; `DiffusionTransfor
 between them ("auto": fused on CPU, where it was measured faster; True / False to force). The switch is not
 part of ModelConfig and changes no parameter, so checkpoints and config.json do not depend on it.
 """
+
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.utils.checkpoint
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from train import fused as fused_ops
 
@@ -62,7 +63,7 @@ class ModelConfig:
     time_conditioning: bool = True  # False: sigma is replaced by 0 (MDLM-OWT was trained this way)
 
     @classmethod
-    def from_size(cls, size: str, vocab_size: int, **overrides) -> "ModelConfig":
+    def from_size(cls, size: str, vocab_size: int, **overrides) -> ModelConfig:
         if size not in SIZES:
             raise ValueError(f"model size must be one of {sorted(SIZES)}, got {size!r}")
         return cls(vocab_size=vocab_size, **{**SIZES[size], **overrides})
@@ -141,8 +142,9 @@ def gated_add(x: torch.Tensor, gate: torch.Tensor, h: torch.Tensor, fused: bool 
     return x + gate * h
 
 
-def norm_modulate(norm: nn.LayerNorm, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor,
-                  fused: bool = False) -> torch.Tensor:
+def norm_modulate(
+    norm: nn.LayerNorm, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, fused: bool = False
+) -> torch.Tensor:
     """The adaLN modulation of the normalized input, modulate(LN(x), shift, scale) = LN(x) * (1 + scale) + shift."""
     if fused:
         return fused_ops.norm_modulate(norm, x, shift, scale)
@@ -158,13 +160,15 @@ class Block(nn.Module):
         self.attn_qkv = nn.Linear(d, 3 * d, bias=False)
         self.attn_out = nn.Linear(d, d, bias=False)
         self.norm2 = nn.LayerNorm(d, bias=False)
-        self.mlp = nn.Sequential(nn.Linear(d, cfg.mlp_ratio * d), nn.GELU(approximate="tanh"),
-                                 nn.Linear(cfg.mlp_ratio * d, d))
+        self.mlp = nn.Sequential(
+            nn.Linear(d, cfg.mlp_ratio * d), nn.GELU(approximate="tanh"), nn.Linear(cfg.mlp_ratio * d, d)
+        )
         self.adaLN_modulation = nn.Linear(cfg.cond_dim, 6 * d)
         self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, c: torch.Tensor,
-                fused: bool = False) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, c: torch.Tensor, fused: bool = False
+    ) -> torch.Tensor:
         B, L, D = x.shape
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaLN_modulation(c)[:, None].chunk(6, dim=2)
         h = norm_modulate(self.norm1, x, shift_a, scale_a, fused)
@@ -185,8 +189,9 @@ class FinalLayer(nn.Module):
         self.linear = nn.Linear(cfg.dim, cfg.vocab_size)
         self.adaLN_modulation = nn.Linear(cfg.cond_dim, 2 * cfg.dim)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, rows: torch.Tensor | None = None,
-                fused: bool = False) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, c: torch.Tensor, rows: torch.Tensor | None = None, fused: bool = False
+    ) -> torch.Tensor:
         """x [B, L, D] with c [B, C]; or selected positions x [N, D] whose batch rows are `rows` [N]."""
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
         if rows is None:
@@ -234,8 +239,13 @@ class DiffusionTransformer(nn.Module):
         """Whether sigma reaches the network (train/backbones.MaskedLMDenoiser has the same attribute, False)."""
         return self.config.time_conditioning
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor | None = None, prefix_len: int = 0,
-                select: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        sigma: torch.Tensor | None = None,
+        prefix_len: int = 0,
+        select: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """x Long[B, prefix_len + target_len], sigma Float[B] -> logits Float[B, L, V].
 
         select Bool[B, L] (optional): return logits only at those positions, as [N, V] in row-major order;
@@ -267,4 +277,3 @@ class DiffusionTransformer(nn.Module):
 
 def build_model(model_cfg: dict, fused: bool | str = "auto") -> DiffusionTransformer:
     return DiffusionTransformer(ModelConfig(**model_cfg), fused)
-

@@ -9,6 +9,7 @@ so the schedules below are written as "how fast the mask probability rises". Eve
 `total(t)` and `rate(t)`; the MDLM weight sigma'(t) / expm1(sigma(t)) and the SEDD weight sigma'(t) both come
 from them.
 """
+
 from __future__ import annotations
 
 import math
@@ -46,7 +47,7 @@ class GeometricNoise:
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
 
     def total(self, t: torch.Tensor) -> torch.Tensor:
-        return self.sigma_min ** (1 - t) * self.sigma_max ** t
+        return self.sigma_min ** (1 - t) * self.sigma_max**t
 
     def rate(self, t: torch.Tensor) -> torch.Tensor:
         return self.total(t) * (math.log(self.sigma_max) - math.log(self.sigma_min))
@@ -100,8 +101,9 @@ def get_noise(spec: dict):
 SAMPLING_EPS = 1e-3  # the smallest training time: sample_times draws t ~ U[SAMPLING_EPS, 1]
 
 
-def sample_times(n: int, generator: torch.Generator | None = None, antithetic: bool = True,
-                 sampling_eps: float = SAMPLING_EPS) -> torch.Tensor:
+def sample_times(
+    n: int, generator: torch.Generator | None = None, antithetic: bool = True, sampling_eps: float = SAMPLING_EPS
+) -> torch.Tensor:
     """Diffusion times t in [sampling_eps, 1] for a batch of n.
 
     Antithetic (MDLM's low-discrepancy sampler): one uniform u, then t_i = (u / n + i / n) mod 1, so the

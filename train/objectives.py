@@ -8,6 +8,7 @@ Every loss here is a per-token NELBO (nats per target token): the sum over targe
 B * L_target, so MDLM, SEDD and AR numbers share a unit and a batch split into micro-batches or
 processes averages to the same value.
 """
+
 from __future__ import annotations
 
 import math
@@ -54,8 +55,14 @@ def subs_nll(logits_masked: torch.Tensor, x0_masked: torch.Tensor, mask_id: int)
     return F.cross_entropy(logits, x0_masked, reduction="none")
 
 
-def mdlm_token_loss(logits_masked: torch.Tensor, x0_masked: torch.Tensor, sigma: torch.Tensor,
-                    dsigma: torch.Tensor, mask_id: int, fused: bool | str = "auto") -> torch.Tensor:
+def mdlm_token_loss(
+    logits_masked: torch.Tensor,
+    x0_masked: torch.Tensor,
+    sigma: torch.Tensor,
+    dsigma: torch.Tensor,
+    mask_id: int,
+    fused: bool | str = "auto",
+) -> torch.Tensor:
     """Continuous-time MDLM NELBO term of each masked position (unmasked positions contribute 0 by SUBS):
 
         loss_i = dsigma / expm1(sigma) * -log p_theta(x0_i | x_t),
@@ -90,8 +97,9 @@ def sedd_log_score(logits: torch.Tensor, x_t: torch.Tensor, sigma: torch.Tensor,
     return score.scatter(-1, x_t[..., None], 0.0)
 
 
-def sedd_token_loss(log_score: torch.Tensor, x0_masked: torch.Tensor, sigma: torch.Tensor,
-                    dsigma: torch.Tensor, mask_id: int) -> torch.Tensor:
+def sedd_token_loss(
+    log_score: torch.Tensor, x0_masked: torch.Tensor, sigma: torch.Tensor, dsigma: torch.Tensor, mask_id: int
+) -> torch.Tensor:
     """Denoising score entropy of each masked position (x_t = m; unmasked positions have no
     transition out of them under the absorbing graph and contribute 0):
 
@@ -115,8 +123,17 @@ def ar_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
 
 
-def masked_token_losses(model, objective: str, x0: torch.Tensor, prefix: torch.Tensor | None, t: torch.Tensor,
-                        uniform: torch.Tensor, noise, mask_id: int, maskable: torch.Tensor | None = None):
+def masked_token_losses(
+    model,
+    objective: str,
+    x0: torch.Tensor,
+    prefix: torch.Tensor | None,
+    t: torch.Tensor,
+    uniform: torch.Tensor,
+    noise,
+    mask_id: int,
+    maskable: torch.Tensor | None = None,
+):
     """Noise x0 at times t and return (loss_i of every masked position, the row of each): the terms whose sum is
     the NELBO (unmasked positions contribute exactly 0 under both objectives, so they are not computed).
 
@@ -144,9 +161,19 @@ def masked_token_losses(model, objective: str, x0: torch.Tensor, prefix: torch.T
     raise ValueError(f"diffusion objective must be mdlm or sedd, got {objective!r}")
 
 
-def diffusion_loss(model, objective: str, x0: torch.Tensor, prefix: torch.Tensor | None, t: torch.Tensor,
-                   uniform: torch.Tensor, noise, mask_id: int, pad_id: int | None = None,
-                   maskable: torch.Tensor | None = None, normalization: str = "token") -> torch.Tensor:
+def diffusion_loss(
+    model,
+    objective: str,
+    x0: torch.Tensor,
+    prefix: torch.Tensor | None,
+    t: torch.Tensor,
+    uniform: torch.Tensor,
+    noise,
+    mask_id: int,
+    pad_id: int | None = None,
+    maskable: torch.Tensor | None = None,
+    normalization: str = "token",
+) -> torch.Tensor:
     """Per-target-token NELBO of one (micro-)batch for objective mdlm or sedd (terms: masked_token_losses).
 
     pad_id (blocks padded to length, data: doc): positions where x0 = pad are never masked (the model sees
@@ -166,15 +193,18 @@ def diffusion_loss(model, objective: str, x0: torch.Tensor, prefix: torch.Tensor
     if maskable is None:
         return token_loss.sum() / x0.numel()
     if normalization == "sequence":
-        per_row = torch.zeros(x0.shape[0], dtype=token_loss.dtype, device=token_loss.device).index_add(0, rows, token_loss)
+        per_row = torch.zeros(x0.shape[0], dtype=token_loss.dtype, device=token_loss.device).index_add(
+            0, rows, token_loss
+        )
         return (per_row / maskable.sum(1).clamp(min=1)).mean()
     if normalization != "token":
         raise ValueError(f"normalization must be token or sequence, got {normalization!r}")
     return token_loss.sum() / maskable.sum().clamp(min=1)
 
 
-def sequence_nelbo(model, x0: torch.Tensor, t: torch.Tensor, uniform: torch.Tensor, noise, mask_id: int,
-                   maskable: torch.Tensor) -> torch.Tensor:
+def sequence_nelbo(
+    model, x0: torch.Tensor, t: torch.Tensor, uniform: torch.Tensor, noise, mask_id: int, maskable: torch.Tensor
+) -> torch.Tensor:
     """One-draw estimate of each row's MDLM NELBO of its `maskable` tokens given the rest, in nats (a sum, not
     a per-token mean):  NELBO_b ~= sum_{i in b masked} dsigma/expm1(sigma) * -log p_theta(x0_i | x_t),
     unbiased for E_t E_mask of the same sum with t ~ U(0, 1). x0 [B, L], t [B], uniform [B, L] -> float32 [B].

@@ -43,6 +43,7 @@ mis-shaped key is an error that names it. The vocabulary must be the one the che
 A .ckpt loads its EMA weights when it has them (MDLM evaluates and samples with them unless
 eval.disable_ema), else its raw state_dict; the returned report says which ("weights": "ema" | "raw").
 """
+
 from __future__ import annotations
 
 import json
@@ -57,8 +58,11 @@ DROPPED_SUFFIXES = ("rotary_emb.inv_freq",)
 CKPT_SUFFIX = ".ckpt"
 BACKBONE = "backbone."
 # what a module missing at unpickling time was needed for in an MDLM .ckpt's hyper_parameters
-PICKLED_BY = {"omegaconf": "the Hydra config (an OmegaConf DictConfig)",
-              "transformers": "MDLM's tokenizer object", "tokenizers": "MDLM's tokenizer object"}
+PICKLED_BY = {
+    "omegaconf": "the Hydra config (an OmegaConf DictConfig)",
+    "transformers": "MDLM's tokenizer object",
+    "tokenizers": "MDLM's tokenizer object",
+}
 
 
 def resolve_source(source: str) -> Path:
@@ -69,8 +73,10 @@ def resolve_source(source: str) -> Path:
     if path.is_file() and path.suffix == CKPT_SUFFIX:
         return path
     if path.exists():
-        raise ValueError(f"pretrained source {source}: a file that is not a {CKPT_SUFFIX} training checkpoint; "
-                         f"expected a checkpoint folder, an MDLM {CKPT_SUFFIX} file or a hub id")
+        raise ValueError(
+            f"pretrained source {source}: a file that is not a {CKPT_SUFFIX} training checkpoint; "
+            f"expected a checkpoint folder, an MDLM {CKPT_SUFFIX} file or a hub id"
+        )
     if path.suffix == CKPT_SUFFIX:  # clearly meant as a local file: don't send it to the hub as a repo id
         raise FileNotFoundError(f"pretrained source {source}: no such {CKPT_SUFFIX} file")
     from huggingface_hub import snapshot_download
@@ -85,6 +91,7 @@ def read_checkpoint(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     config = json.loads(config_path.read_text())
     if (folder / "model.safetensors").is_file():
         from safetensors.torch import load_file
+
         state = load_file(str(folder / "model.safetensors"))
     elif (folder / "pytorch_model.bin").is_file():
         state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
@@ -114,7 +121,9 @@ def read_training_checkpoint(path: Path) -> tuple[dict, str]:
         raise ModuleNotFoundError(
             f"{path}: unpickling this MDLM training checkpoint needs the Python package {e.name!r} (for "
             f"{needed_for} in its hyper_parameters), which is not installed; install it (pip install "
-            f"{(e.name or '').split('.')[0]}) to load the file", name=e.name) from e
+            f"{(e.name or '').split('.')[0]}) to load the file",
+            name=e.name,
+        ) from e
     except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
         raise ValueError(f"{path}: not readable as a PyTorch Lightning checkpoint ({e})") from e
 
@@ -123,16 +132,20 @@ def training_checkpoint_parts(path: Path, ckpt) -> tuple[Mapping, dict[str, torc
     """The Hydra config, the state_dict and the EMA shadow params (None without EMA) of a loaded .ckpt."""
     if not isinstance(ckpt, Mapping) or "state_dict" not in ckpt:
         keys = sorted(ckpt)[:12] if isinstance(ckpt, Mapping) else type(ckpt).__name__
-        raise ValueError(f"{path}: no 'state_dict' (found {keys}); expected the PyTorch Lightning checkpoint "
-                         f"MDLM's main.py writes")
+        raise ValueError(
+            f"{path}: no 'state_dict' (found {keys}); expected the PyTorch Lightning checkpoint MDLM's main.py writes"
+        )
     config = (ckpt.get("hyper_parameters") or {}).get("config")
     if not isinstance(config, Mapping) or not isinstance(config.get("model"), Mapping):
-        raise ValueError(f"{path}: no hyper_parameters['config']['model'] (the Hydra config MDLM saves with "
-                         f"save_hyperparameters()); hyper_parameters keys {sorted(ckpt.get('hyper_parameters') or {})}")
+        raise ValueError(
+            f"{path}: no hyper_parameters['config']['model'] (the Hydra config MDLM saves with "
+            f"save_hyperparameters()); hyper_parameters keys {sorted(ckpt.get('hyper_parameters') or {})}"
+        )
     ema = ckpt.get("ema")
     if ema is not None and not isinstance(ema.get("shadow_params") if isinstance(ema, Mapping) else None, list):
-        raise ValueError(f"{path}: 'ema' has no shadow_params list (models/ema.py state_dict: decay, num_updates, "
-                         f"shadow_params)")
+        raise ValueError(
+            f"{path}: 'ema' has no shadow_params list (models/ema.py state_dict: decay, num_updates, shadow_params)"
+        )
     return config, dict(ckpt["state_dict"]), None if ema is None else ema["shadow_params"]
 
 
@@ -141,8 +154,10 @@ def detect_layout(config: dict, state: dict) -> str:
         return "mdlm"
     if isinstance(config.get("model"), dict) and "vocab_embed.embedding" in state:
         return "sedd"
-    raise ValueError(f"unknown pretrained layout (config keys {sorted(config)[:12]}, first weight keys "
-                     f"{sorted(state)[:5]}); expected louaaron/sedd-* or kuleshov-group/mdlm-* layout")
+    raise ValueError(
+        f"unknown pretrained layout (config keys {sorted(config)[:12]}, first weight keys "
+        f"{sorted(state)[:5]}); expected louaaron/sedd-* or kuleshov-group/mdlm-* layout"
+    )
 
 
 def architecture(layout: str, config: dict, state: dict) -> dict:
@@ -150,11 +165,22 @@ def architecture(layout: str, config: dict, state: dict) -> dict:
     if layout == "sedd":
         m = config["model"]
         vocab = state["vocab_embed.embedding"].shape[0]
-        return dict(vocab_size=vocab, dim=m["hidden_size"], n_layers=m["n_blocks"], n_heads=m["n_heads"],
-                    cond_dim=m["cond_dim"], time_conditioning=True)
-    return dict(vocab_size=config["vocab_size"], dim=config["hidden_dim"], n_layers=config["n_blocks"],
-                n_heads=config["n_heads"], cond_dim=config["cond_dim"],
-                time_conditioning=bool(config.get("time_conditioning", False)))
+        return dict(
+            vocab_size=vocab,
+            dim=m["hidden_size"],
+            n_layers=m["n_blocks"],
+            n_heads=m["n_heads"],
+            cond_dim=m["cond_dim"],
+            time_conditioning=True,
+        )
+    return dict(
+        vocab_size=config["vocab_size"],
+        dim=config["hidden_dim"],
+        n_layers=config["n_blocks"],
+        n_heads=config["n_heads"],
+        cond_dim=config["cond_dim"],
+        time_conditioning=bool(config.get("time_conditioning", False)),
+    )
 
 
 def training_architecture(path: Path, config: Mapping, state: dict) -> dict:
@@ -168,11 +194,18 @@ def training_architecture(path: Path, config: Mapping, state: dict) -> dict:
     missing = [k for k in ("hidden_size", "cond_dim", "n_blocks", "n_heads") if k not in m]
     embedding = BACKBONE + "vocab_embed.embedding"
     if missing or embedding not in state:
-        raise ValueError(f"{path}: missing hyper_parameters config.model keys {missing}"
-                         + ("" if embedding in state else f", missing state_dict key {embedding!r}"))
-    return dict(vocab_size=state[embedding].shape[0], dim=m["hidden_size"], n_layers=m["n_blocks"],
-                n_heads=m["n_heads"], cond_dim=m["cond_dim"],
-                time_conditioning=bool(config.get("time_conditioning", False)))
+        raise ValueError(
+            f"{path}: missing hyper_parameters config.model keys {missing}"
+            + ("" if embedding in state else f", missing state_dict key {embedding!r}")
+        )
+    return dict(
+        vocab_size=state[embedding].shape[0],
+        dim=m["hidden_size"],
+        n_layers=m["n_blocks"],
+        n_heads=m["n_heads"],
+        cond_dim=m["cond_dim"],
+        time_conditioning=bool(config.get("time_conditioning", False)),
+    )
 
 
 def check_architecture(source, layout: str, arch: dict, model: torch.nn.Module) -> None:
@@ -183,10 +216,12 @@ def check_architecture(source, layout: str, arch: dict, model: torch.nn.Module) 
         ours.time_conditioning = arch["time_conditioning"]
         mismatched.pop("time_conditioning")
     if mismatched:
-        raise ValueError(f"{source} ({layout} layout): checkpoint architecture differs from the configured "
-                         f"model: " + ", ".join(f"{k} checkpoint {a} vs model {b}" for k, (a, b) in mismatched.items())
-                         + ("; the vocabulary must be the checkpoint's tokenizer (+ mask)"
-                            if "vocab_size" in mismatched else ""))
+        raise ValueError(
+            f"{source} ({layout} layout): checkpoint architecture differs from the configured "
+            f"model: "
+            + ", ".join(f"{k} checkpoint {a} vs model {b}" for k, (a, b) in mismatched.items())
+            + ("; the vocabulary must be the checkpoint's tokenizer (+ mask)" if "vocab_size" in mismatched else "")
+        )
 
 
 def convert_state(layout: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -196,7 +231,7 @@ def convert_state(layout: str, state: dict[str, torch.Tensor]) -> dict[str, torc
         if layout == "mdlm":
             if not key.startswith(BACKBONE):
                 continue  # e.g. noise schedule or metric state outside the network
-            key = key[len(BACKBONE):]
+            key = key[len(BACKBONE) :]
         if key.endswith(DROPPED_SUFFIXES):
             continue
         out["vocab_embed.weight" if key == "vocab_embed.embedding" else key] = value
@@ -206,11 +241,16 @@ def convert_state(layout: str, state: dict[str, torch.Tensor]) -> dict[str, torc
 def check_keys(source, layout: str, converted: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> None:
     missing = sorted(k for k in own if k not in converted and k not in NEW_KEYS)
     unexpected = sorted(k for k in converted if k not in own)
-    shapes = sorted(f"{k}: checkpoint {tuple(converted[k].shape)} vs model {tuple(own[k].shape)}"
-                    for k in converted if k in own and converted[k].shape != own[k].shape)
+    shapes = sorted(
+        f"{k}: checkpoint {tuple(converted[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in converted
+        if k in own and converted[k].shape != own[k].shape
+    )
     if missing or unexpected or shapes:
-        raise ValueError(f"{source} ({layout} layout): missing keys {missing}, unexpected keys {unexpected}, "
-                         f"mismatched shapes {shapes}")
+        raise ValueError(
+            f"{source} ({layout} layout): missing keys {missing}, unexpected keys {unexpected}, "
+            f"mismatched shapes {shapes}"
+        )
 
 
 def backbone_parameter_keys(state: dict[str, torch.Tensor]) -> list[str]:
@@ -231,16 +271,25 @@ def ema_state(path: Path, state: dict[str, torch.Tensor], shadow: list) -> dict[
     keys = backbone_parameter_keys(state)
     n_noise = sum(k.startswith("noise.") for k in state)
     if not len(keys) <= len(shadow) <= len(keys) + n_noise:
-        raise ValueError(f"{path}: ema.shadow_params has {len(shadow)} tensors, expected {len(keys)} (one per "
-                         f"backbone parameter in state_dict" + (f", plus up to {n_noise} noise parameters" if n_noise
-                                                                 else "") + "); the EMA does not match the weights")
-    shapes = [f"shadow_params[{i}] {tuple(s.shape) if torch.is_tensor(s) else type(s).__name__} vs {k} "
-              f"{tuple(state[k].shape)}" for i, (k, s) in enumerate(zip(keys, shadow))
-              if not torch.is_tensor(s) or s.shape != state[k].shape]
+        raise ValueError(
+            f"{path}: ema.shadow_params has {len(shadow)} tensors, expected {len(keys)} (one per "
+            f"backbone parameter in state_dict"
+            + (f", plus up to {n_noise} noise parameters" if n_noise else "")
+            + "); the EMA does not match the weights"
+        )
+    shapes = [
+        f"shadow_params[{i}] {tuple(s.shape) if torch.is_tensor(s) else type(s).__name__} vs {k} "
+        f"{tuple(state[k].shape)}"
+        for i, (k, s) in enumerate(zip(keys, shadow))
+        if not torch.is_tensor(s) or s.shape != state[k].shape
+    ]
     if shapes:  # the first few are enough to see a shifted or reordered list
-        raise ValueError(f"{path}: ema.shadow_params do not line up with the state_dict's backbone parameters "
-                         f"(position i = i-th backbone parameter), {len(shapes)} mismatched: " + "; ".join(shapes[:4])
-                         + ("; ..." if len(shapes) > 4 else ""))
+        raise ValueError(
+            f"{path}: ema.shadow_params do not line up with the state_dict's backbone parameters "
+            f"(position i = i-th backbone parameter), {len(shapes)} mismatched: "
+            + "; ".join(shapes[:4])
+            + ("; ..." if len(shapes) > 4 else "")
+        )
     return {**state, **dict(zip(keys, shadow))}
 
 
@@ -263,10 +312,18 @@ def load_training_checkpoint(model: torch.nn.Module, path: Path, use_ema: bool =
     weights = "ema" if shadow is not None and use_ema else "raw"
     converted = convert_state("mdlm", ema_state(path, state, shadow) if weights == "ema" else state)
     copy_weights(model, converted)
-    return {"layout": "mdlm", "source": str(path), "format": "lightning-ckpt", "weights": weights,
-            "ema_available": shadow is not None, "unpickling": unpickling, "step": ckpt.get("global_step"),
-            "parameterization": config.get("parameterization"), "loaded": len(converted),
-            "new": [k for k in NEW_KEYS if k in own]}
+    return {
+        "layout": "mdlm",
+        "source": str(path),
+        "format": "lightning-ckpt",
+        "weights": weights,
+        "ema_available": shadow is not None,
+        "unpickling": unpickling,
+        "step": ckpt.get("global_step"),
+        "parameterization": config.get("parameterization"),
+        "loaded": len(converted),
+        "new": [k for k in NEW_KEYS if k in own],
+    }
 
 
 def load_pretrained(model: torch.nn.Module, source: str, layout: str | None = None, use_ema: bool = True) -> dict:
@@ -276,8 +333,10 @@ def load_pretrained(model: torch.nn.Module, source: str, layout: str | None = No
     path = resolve_source(source)
     if path.is_file():
         if layout not in (None, "mdlm"):
-            raise ValueError(f"{source}: pretrained_format is {layout!r} but a {CKPT_SUFFIX} file is an MDLM "
-                             f"training checkpoint (mdlm layout)")
+            raise ValueError(
+                f"{source}: pretrained_format is {layout!r} but a {CKPT_SUFFIX} file is an MDLM "
+                f"training checkpoint (mdlm layout)"
+            )
         return load_training_checkpoint(model, path, use_ema)
     config, state = read_checkpoint(path)
     detected = detect_layout(config, state)
@@ -289,5 +348,11 @@ def load_pretrained(model: torch.nn.Module, source: str, layout: str | None = No
     own = model.state_dict()
     check_keys(source, layout, converted, own)
     copy_weights(model, converted)
-    return {"layout": layout, "source": str(path), "format": "hf-folder", "weights": "published",
-            "loaded": len(converted), "new": [k for k in NEW_KEYS if k in own]}
+    return {
+        "layout": layout,
+        "source": str(path),
+        "format": "hf-folder",
+        "weights": "published",
+        "loaded": len(converted),
+        "new": [k for k in NEW_KEYS if k in own],
+    }

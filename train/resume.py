@@ -6,6 +6,7 @@ TrainSettings.digest()). checkpoint_problem() says why a run cannot resume from 
 a missing or unreadable trainer_state.json, a different settings digest (with the keys that differ, old ->
 new), or a file that does not open (a truncated safetensors header, a broken zip).
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,11 @@ def as_json(value):
 def settings_difference(recorded: dict, current: dict) -> str:
     """'key old -> new' for every setting that differs, e.g. 'lr 0.003 -> 0.002, max_steps 12 -> 8'."""
     current = as_json(current)
-    changed = [f"{key} {json.dumps(recorded.get(key, '(absent)'))} -> {json.dumps(current.get(key, '(absent)'))}"
-               for key in sorted(set(recorded) | set(current)) if recorded.get(key) != current.get(key)]
+    changed = [
+        f"{key} {json.dumps(recorded.get(key, '(absent)'))} -> {json.dumps(current.get(key, '(absent)'))}"
+        for key in sorted(set(recorded) | set(current))
+        if recorded.get(key) != current.get(key)
+    ]
     return ", ".join(changed) or "no recorded setting differs (the digest's definition changed)"
 
 
@@ -89,6 +93,8 @@ def checkpoint_problem(folder: Path, settings: TrainSettings, expected_files: li
     if recorded != settings.digest():
         if not isinstance(state.get("settings"), dict):
             return f"written without a settings record (digest {recorded}), by an older trainer"
-        return (f"written under other settings (digest {recorded} -> {settings.digest()}): "
-                f"{settings_difference(state['settings'], settings.computing())}")
+        return (
+            f"written under other settings (digest {recorded} -> {settings.digest()}): "
+            f"{settings_difference(state['settings'], settings.computing())}"
+        )
     return damaged_file(folder, expected_files)

@@ -17,6 +17,7 @@ the stage-3 blocks (preprocess/blocks.py); it has no method.
     dpo      Diffusion-DPO on preference pairs of sft.length-token canvases (preprocess/preference.py; data
              "preference"), from init_from's model folder against a frozen reference (train/dpo.py)
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,7 +37,6 @@ DIFFUSION_OBJECTIVES = ("mdlm", "sedd", "atat")
 JOB_ONLY_KEYS = ("gpus", "cpus", "mem_mb", "runtime", "log_with", "fused", "dpo_cache_reference")
 # Fields of one kind or objective (dpo runs, objective atat), None elsewhere and then not part of computing().
 RUN_SECTION_KEYS = ("dpo", "atat")
-
 
 
 class SettingsError(ValueError):
@@ -71,21 +71,21 @@ class TrainSettings:
     # what is trained
     run: str
     kind: str
-    data: str                       # stages | wrap | doc | sft (what the run reads; cascades: stages)
-    method: str | None              # the stage shards' priority method (None for data wrap | doc)
+    data: str  # stages | wrap | doc | sft (what the run reads; cascades: stages)
+    method: str | None  # the stage shards' priority method (None for data wrap | doc)
     objective: str
-    stage: int                      # 1..3 for a cascade; 3 for single / ar (they model the stage-3 blocks)
-    lengths: tuple[int, int, int] | None   # stages.lengths (None when the config has no stages section)
-    prefix_len: int                 # l_{k-1} (0 for stage 1, single and ar)
-    target_len: int                 # l_k
+    stage: int  # 1..3 for a cascade; 3 for single / ar (they model the stage-3 blocks)
+    lengths: tuple[int, int, int] | None  # stages.lengths (None when the config has no stages section)
+    prefix_len: int  # l_{k-1} (0 for stage 1, single and ar)
+    target_len: int  # l_k
     max_steps: int
-    steps_source: str               # how max_steps was decided, printed with the settings
+    steps_source: str  # how max_steps was decided, printed with the settings
     match_compute: str | None
-    init_from: str | None           # sft: the run whose model folder starts it
-    sft_normalization: str | None   # sft: token | sequence (sft.loss_normalization)
-    dpo: dict | None                # dpo: the dpo section's DPO_TRAIN_KEYS
-    dpo_cache_reference: bool       # dpo: dpo.cache_reference (a speed / memory choice, JOB_ONLY_KEYS)
-    atat: dict | None               # objective atat: the atat section (train/atat.py)
+    init_from: str | None  # sft: the run whose model folder starts it
+    sft_normalization: str | None  # sft: token | sequence (sft.loss_normalization)
+    dpo: dict | None  # dpo: the dpo section's DPO_TRAIN_KEYS
+    dpo_cache_reference: bool  # dpo: dpo.cache_reference (a speed / memory choice, JOB_ONLY_KEYS)
+    atat: dict | None  # objective atat: the atat section (train/atat.py)
     # the train: keys
     model: str
     backbone: dict
@@ -105,7 +105,7 @@ class TrainSettings:
     warm_start: bool
     antithetic: bool
     precision: str
-    fused: object                   # "auto" | True | False
+    fused: object  # "auto" | True | False
     deepspeed: str | None
     seed: int
     max_nonfinite_steps: int
@@ -124,47 +124,62 @@ class TrainSettings:
         if self.kind == "ar" and self.objective != "ar":
             raise SettingsError(f"{where}: kind ar trains objective ar, got objective {self.objective!r}")
         if self.kind != "ar" and self.objective not in DIFFUSION_OBJECTIVES:
-            raise SettingsError(f"{where}.objective must be one of {DIFFUSION_OBJECTIVES} for kind {self.kind}, "
-                                f"got {self.objective!r}")
+            raise SettingsError(
+                f"{where}.objective must be one of {DIFFUSION_OBJECTIVES} for kind {self.kind}, got {self.objective!r}"
+            )
         if self.match_compute is not None and self.kind != "single":
             raise SettingsError(f"{where}.match_compute applies to single runs, this run is kind {self.kind}")
         if self.warm_start and self.kind != "cascade":
             raise SettingsError(f"{where}.warm_start chains cascade stages; this run is kind {self.kind}")
         if self.kind in ("sft", "dpo") and self.objective != "mdlm":
-            raise SettingsError(f"{where}: kind {self.kind} trains the masked-diffusion objective mdlm on answer "
-                                f"tokens, got objective {self.objective!r}")
+            raise SettingsError(
+                f"{where}: kind {self.kind} trains the masked-diffusion objective mdlm on answer "
+                f"tokens, got objective {self.objective!r}"
+            )
         if self.objective == "atat":
             if self.kind not in ("cascade", "single"):
                 raise SettingsError(f"{where}: objective atat trains cascade or single runs, got kind {self.kind}")
             if self.max_steps and self.atat["stages"] > self.max_steps:
-                raise SettingsError(f"{where}: atat.stages ({self.atat['stages']}) must not exceed max_steps "
-                                    f"({self.max_steps}): the last stage, the plain objective, would get no step")
+                raise SettingsError(
+                    f"{where}: atat.stages ({self.atat['stages']}) must not exceed max_steps "
+                    f"({self.max_steps}): the last stage, the plain objective, would get no step"
+                )
             if self.atat["estimator_kernel"] % 2 == 0:
                 raise SettingsError(f"{where}: atat.estimator_kernel must be odd, got {self.atat['estimator_kernel']}")
             if self.deepspeed:
-                raise SettingsError(f"{where}: objective atat trains a second network (the importance estimator) "
-                                    f"beside the model; deepspeed is not supported for it, got {self.deepspeed!r}")
+                raise SettingsError(
+                    f"{where}: objective atat trains a second network (the importance estimator) "
+                    f"beside the model; deepspeed is not supported for it, got {self.deepspeed!r}"
+                )
         if self.kind == "dpo":
             if self.init_from is None:
                 raise SettingsError(f"{where}.init_from is missing: a dpo run starts from a model folder")
             if self.dropout != 0:
                 # policy = reference must give margins of exactly 0 at step 0; dropout in the policy's forward
                 # would make its scores differ from the reference's on the same draws
-                raise SettingsError(f"{where}.dropout must be 0 for kind dpo (the policy's scores are compared "
-                                    f"draw for draw with the frozen reference's), got {self.dropout}")
+                raise SettingsError(
+                    f"{where}.dropout must be 0 for kind dpo (the policy's scores are compared "
+                    f"draw for draw with the frozen reference's), got {self.dropout}"
+                )
         if self.backbone["kind"] == "masked_lm":
             if (self.backbone.get("name") is None) == (self.backbone.get("config") is None):
-                raise SettingsError(f"{where}.backbone: a masked_lm backbone needs exactly one of name (hub id or "
-                                    f"folder) and config (transformers config keys), got {self.backbone}")
+                raise SettingsError(
+                    f"{where}.backbone: a masked_lm backbone needs exactly one of name (hub id or "
+                    f"folder) and config (transformers config keys), got {self.backbone}"
+                )
             if self.objective == "ar" or self.pretrained is not None:
-                raise SettingsError(f"{where}.backbone: a masked_lm backbone trains a diffusion objective from its "
-                                    f"own weights (backbone.name); objective {self.objective!r}, pretrained "
-                                    f"{self.pretrained!r}")
+                raise SettingsError(
+                    f"{where}.backbone: a masked_lm backbone trains a diffusion objective from its "
+                    f"own weights (backbone.name); objective {self.objective!r}, pretrained "
+                    f"{self.pretrained!r}"
+                )
         if self.kind == "cascade" and self.data != "stages":
             raise SettingsError(f"{where}.data: a cascade trains on the stage datasets, got {self.data!r}")
         if self.global_batch_size % self.micro_batch_size:
-            raise SettingsError(f"{where}: global_batch_size {self.global_batch_size} is not a multiple of "
-                                f"micro_batch_size {self.micro_batch_size}")
+            raise SettingsError(
+                f"{where}: global_batch_size {self.global_batch_size} is not a multiple of "
+                f"micro_batch_size {self.micro_batch_size}"
+            )
         if self.max_steps == 0 and self.pretrained is None:
             raise SettingsError(f"{where}.max_steps is 0 (evaluate a checkpoint as is) but pretrained is not set")
         if self.pretrained_format is not None and self.pretrained is None:
@@ -179,11 +194,13 @@ class TrainSettings:
         """global batch = micro batch x processes x accumulation; the division must be exact."""
         per_step = self.micro_batch_size * num_processes
         if self.global_batch_size % per_step:
-            raise SettingsError(f"runs.{self.run}: global_batch_size {self.global_batch_size} is not a multiple "
-                                f"of micro_batch_size {self.micro_batch_size} x {num_processes} processes")
+            raise SettingsError(
+                f"runs.{self.run}: global_batch_size {self.global_batch_size} is not a multiple "
+                f"of micro_batch_size {self.micro_batch_size} x {num_processes} processes"
+            )
         return self.global_batch_size // per_step
 
-    def replace(self, **changes) -> "TrainSettings":
+    def replace(self, **changes) -> TrainSettings:
         """A copy with some fields changed, checked again."""
         unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
         if unknown:
@@ -197,8 +214,11 @@ class TrainSettings:
         """The settings that decide what the job computes (all but JOB_ONLY_KEYS). The sections only some runs
         read (RUN_SECTION_KEYS) are left out where they are None, so adding such a section to the code changes no
         other run's settings: nothing reruns, every checkpoint still resumes."""
-        return {k: v for k, v in self.to_dict().items()
-                if k not in JOB_ONLY_KEYS and not (k in RUN_SECTION_KEYS and v is None)}
+        return {
+            k: v
+            for k, v in self.to_dict().items()
+            if k not in JOB_ONLY_KEYS and not (k in RUN_SECTION_KEYS and v is None)
+        }
 
     def digest(self) -> str:
         """sha256 of computing(): equal digests, equal training. Recorded in checkpoints and compared on resume."""
@@ -219,9 +239,14 @@ def resolve(config: dict, run: str, stage: int | None = None) -> TrainSettings:
         raise SettingsError(f"run {run!r} is not in config runs (have {sorted(runs)})")
     spec = runs[run]
     kind = spec["kind"]
-    values = {**config["train"], **{k: v for k, v in spec.items() if k not in ("kind", "data", "method",
-                                                                             "objective", "match_compute",
-                                                                             "init_from", "atat", "dpo")}}
+    values = {
+        **config["train"],
+        **{
+            k: v
+            for k, v in spec.items()
+            if k not in ("kind", "data", "method", "objective", "match_compute", "init_from", "atat", "dpo")
+        },
+    }
     lengths = tuple(config["stages"]["lengths"]) if config.get("stages") else None
     data = run_data(spec)
     if kind == "cascade":
@@ -232,22 +257,37 @@ def resolve(config: dict, run: str, stage: int | None = None) -> TrainSettings:
         if stage not in (None, 3):
             raise SettingsError(f"run {run!r} is kind {kind}: it models the stage-3 blocks (stage 3), got {stage!r}")
         stage, prefix_len = 3, 0
-        target_len = {"stages": lengths[2] if lengths else None, "sft": config["sft"]["length"],
-                      "preference": config["sft"]["length"]}.get(data, block_length(config))
+        target_len = {
+            "stages": lengths[2] if lengths else None,
+            "sft": config["sft"]["length"],
+            "preference": config["sft"]["length"],
+        }.get(data, block_length(config))
     steps_source = f"runs.{run}.max_steps" if "max_steps" in spec else "train.max_steps"
     target = spec.get("match_compute")
     if target is not None:
         stage_steps = [resolve(config, target, k).max_steps for k in (1, 2, 3)]
         values["max_steps"] = compute_matched_steps(stage_steps, list(lengths), target_len)
-        steps_source = (f"match_compute: {target} (ceil(sum_k steps_k (l_(k-1) + l_k) / {target_len}) with steps "
-                        f"{stage_steps}, lengths {list(lengths)})")
+        steps_source = (
+            f"match_compute: {target} (ceil(sum_k steps_k (l_(k-1) + l_k) / {target_len}) with steps "
+            f"{stage_steps}, lengths {list(lengths)})"
+        )
     method = spec.get("method") if data == "stages" else None
-    return TrainSettings(run=run, kind=kind, data=data, method=method, objective=spec["objective"], stage=stage,
-                         lengths=lengths, prefix_len=prefix_len, target_len=target_len,
-                         steps_source=steps_source, match_compute=target, init_from=spec.get("init_from"),
-                         sft_normalization=config["sft"]["loss_normalization"] if kind == "sft" else None,
-                         dpo={k: {**config["dpo"], **spec.get("dpo", {})}[k] for k in DPO_TRAIN_KEYS}
-                         if kind == "dpo" else None,
-                         dpo_cache_reference=kind == "dpo" and config["dpo"]["cache_reference"],
-                         atat={**config["atat"], **spec.get("atat", {})} if spec["objective"] == "atat" else None,
-                         **values)
+    return TrainSettings(
+        run=run,
+        kind=kind,
+        data=data,
+        method=method,
+        objective=spec["objective"],
+        stage=stage,
+        lengths=lengths,
+        prefix_len=prefix_len,
+        target_len=target_len,
+        steps_source=steps_source,
+        match_compute=target,
+        init_from=spec.get("init_from"),
+        sft_normalization=config["sft"]["loss_normalization"] if kind == "sft" else None,
+        dpo={k: {**config["dpo"], **spec.get("dpo", {})}[k] for k in DPO_TRAIN_KEYS} if kind == "dpo" else None,
+        dpo_cache_reference=kind == "dpo" and config["dpo"]["cache_reference"],
+        atat={**config["atat"], **spec.get("atat", {})} if spec["objective"] == "atat" else None,
+        **values,
+    )

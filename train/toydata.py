@@ -5,6 +5,7 @@ PreTrainedTokenizerFast). Each block is an arithmetic progression x_i = (a + b i
 learnable: a model that has seen a few tokens can fill in the rest. Stage 2 and stage 1 keep a random
 subset of the block's positions (nested, in text order), as preprocess/stages.py would with priorities.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,18 +47,28 @@ def stage_table(rows: int, lengths: tuple[int, int, int], n_words: int, seed: in
     def lists(m):
         return pa.array(list(m.astype(np.int32)), type=pa.list_(pa.int32()))
 
-    return pa.table({
-        "doc_id": pa.array([f"doc{i // 4}" for i in range(rows)]),
-        "block": pa.array((np.arange(rows) % 4).astype(np.int32)),
-        "start": pa.array((np.arange(rows) % 4 * l3).astype(np.int32)),
-        "stage1_ids": lists(stage1), "stage2_ids": lists(stage2), "stage3_ids": lists(stage3),
-        "priority": pa.array(list(priority), type=pa.list_(pa.float32())),
-    })
+    return pa.table(
+        {
+            "doc_id": pa.array([f"doc{i // 4}" for i in range(rows)]),
+            "block": pa.array((np.arange(rows) % 4).astype(np.int32)),
+            "start": pa.array((np.arange(rows) % 4 * l3).astype(np.int32)),
+            "stage1_ids": lists(stage1),
+            "stage2_ids": lists(stage2),
+            "stage3_ids": lists(stage3),
+            "priority": pa.array(list(priority), type=pa.list_(pa.float32())),
+        }
+    )
 
 
-def write_stage_shards(out_dir: str | Path, rows: int = 256, val_rows: int = 64,
-                       lengths: tuple[int, int, int] = (4, 8, 16), n_words: int = 61, seed: int = 0,
-                       max_stride: int = 3) -> dict:
+def write_stage_shards(
+    out_dir: str | Path,
+    rows: int = 256,
+    val_rows: int = 64,
+    lengths: tuple[int, int, int] = (4, 8, 16),
+    n_words: int = 61,
+    seed: int = 0,
+    max_stride: int = 3,
+) -> dict:
     """Write tokenizer/, train/shard_00000.parquet, validation/shard_00000.parquet under out_dir."""
     out = Path(out_dir)
     paths = {"tokenizer": str(write_tokenizer(out / "tokenizer", n_words))}

@@ -1,6 +1,7 @@
 """Experiment trackers through accelerate (tensorboard, wandb), beside metrics.csv: offline-safe arguments,
 a refusal when a tracker's package is missing, and the settings flattened into a tracker's config.
 """
+
 from __future__ import annotations
 
 import os
@@ -14,8 +15,10 @@ def check_trackers(log_with: list[str]) -> None:
     available = {str(t) for t in get_available_trackers()}
     missing = [name for name in log_with if name not in available]
     if missing:
-        raise ValueError(f"train.log_with asks for {missing}, but the package(s) are not installed here "
-                         f"(pip install {' '.join(missing)}, or drop them from log_with)")
+        raise ValueError(
+            f"train.log_with asks for {missing}, but the package(s) are not installed here "
+            f"(pip install {' '.join(missing)}, or drop them from log_with)"
+        )
 
 
 def tracker_init_kwargs(log_with: list[str], tracker_dir: Path, resume_step: int) -> dict:

@@ -33,6 +33,7 @@ loss there is counted and stops the run but its update cannot be skipped.)
 Trackers: metrics.csv is always written; `log_with` (tensorboard, wandb) adds accelerate's trackers, with
 their files under `{out}/tracker/` (wandb offline unless WANDB_MODE is set).
 """
+
 from __future__ import annotations
 
 import csv
@@ -42,18 +43,18 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from common.provenance import code_commit
+from train.atat import atat_loss, curriculum_stage
+from train.backbones import backbone_meta, build_backbone
 from train.checkpoint import load_model, load_state_strict, save_model, write_text_atomic
 from train.data import BatchOrder, load_stage_tensors
 from train.ema import EMA
-from train.atat import atat_loss, curriculum_stage
-from train.backbones import backbone_meta, build_backbone
 from train.noise import get_noise, sample_times
 from train.objectives import ar_loss, diffusion_loss
 from train.resume import STATE_FILE, as_json, checkpoint_problem, read_trainer_state
@@ -63,8 +64,16 @@ from train.trackers import check_trackers, flat_config, tracker_init_kwargs
 EXIT_PREEMPTED = 75
 METRIC_FIELDS = ["step", "split", "loss", "lr", "tokens", "seconds", "grad_norm", "skipped"]
 # objective atat: the schedule's own NELBO, the curriculum strength and the importance estimator's fit (train/atat.py)
-ATAT_FIELDS = ["atat_nelbo", "atat_strength", "estimator_loss", "importance_mean", "importance_std", "importance_min",
-               "importance_max", "importance_corr"]
+ATAT_FIELDS = [
+    "atat_nelbo",
+    "atat_strength",
+    "estimator_loss",
+    "importance_mean",
+    "importance_std",
+    "importance_min",
+    "importance_max",
+    "importance_corr",
+]
 CHECKPOINTS_KEPT = 2  # the newest may be damaged (a write cut short by the file system); the older is the fallback
 
 
@@ -86,17 +95,25 @@ def _step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
 
 @dataclass
 class StepResult:
-    loss: float                 # mean over the global batch
-    grad_norm: float | None     # None when the backend reports none (DeepSpeed clips inside its engine)
-    nonfinite: list[str]        # "loss" / "grad_norm" when non-finite on some process: the update was skipped
+    loss: float  # mean over the global batch
+    grad_norm: float | None  # None when the backend reports none (DeepSpeed clips inside its engine)
+    nonfinite: list[str]  # "loss" / "grad_norm" when non-finite on some process: the update was skipped
     extras: dict = field(default_factory=dict)  # more metrics.csv columns of the step (a subclass's metric_fields)
 
 
 class Trainer:
     metric_fields = METRIC_FIELDS  # the metrics.csv columns; train/dpo.py's trainer adds its own
 
-    def __init__(self, settings: TrainSettings, train_shards: list[str], val_shards: list[str], tokenizer_dir: str,
-                 out_dir: str, init_dir: str | None = None, run: str | None = None):
+    def __init__(
+        self,
+        settings: TrainSettings,
+        train_shards: list[str],
+        val_shards: list[str],
+        tokenizer_dir: str,
+        out_dir: str,
+        init_dir: str | None = None,
+        run: str | None = None,
+    ):
         from accelerate import Accelerator
         from accelerate.utils import DeepSpeedPlugin
         from transformers import PreTrainedTokenizerFast
@@ -120,10 +137,14 @@ class Trainer:
         if settings.deepspeed:
             plugin = DeepSpeedPlugin(hf_ds_config=self._deepspeed_config(settings.deepspeed, precision))
         check_trackers(settings.log_with)
-        self.acc = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no",
-                               gradient_accumulation_steps=self.accum, deepspeed_plugin=plugin,
-                               cpu=not torch.cuda.is_available(), log_with=settings.log_with or None,
-                               project_dir=str(self.tracker_dir))
+        self.acc = Accelerator(
+            mixed_precision="bf16" if precision == "bf16" else "no",
+            gradient_accumulation_steps=self.accum,
+            deepspeed_plugin=plugin,
+            cpu=not torch.cuda.is_available(),
+            log_with=settings.log_with or None,
+            project_dir=str(self.tracker_dir),
+        )
         if self.acc.num_processes != processes:
             raise RuntimeError(f"WORLD_SIZE {processes} but accelerate sees {self.acc.num_processes} processes")
         self.precision = precision
@@ -141,8 +162,10 @@ class Trainer:
         if settings.data == "doc":
             self.pad_id = tokenizer.pad_token_id
             if self.pad_id is None or self.pad_id in (self.eos_id, self.mask_id):
-                raise ValueError(f"{tokenizer_dir}: data: doc needs a pad token of its own, the tokenizer has "
-                                 f"pad {tokenizer.pad_token!r} (eos {self.eos_id}, mask {self.mask_id})")
+                raise ValueError(
+                    f"{tokenizer_dir}: data: doc needs a pad token of its own, the tokenizer has "
+                    f"pad {tokenizer.pad_token!r} (eos {self.eos_id}, mask {self.mask_id})"
+                )
         stage = settings.stage
         # rows are read from uncompressed cache files per batch (train/data.py), built once by the main process
         with self.acc.main_process_first():
@@ -156,19 +179,25 @@ class Trainer:
             # the masked LM's padding_idx gets no gradient: make it our pad token, not whatever id 0 is (EOS in
             # the pipeline's BPE, and SFT trains the EOS fill)
             spec["config"] = {**spec["config"], "pad_token_id": tokenizer.pad_token_id}
-        model = build_backbone(spec, self.vocab_size, settings.model, settings.dropout,
-                               causal=self.objective == "ar", fused=settings.fused)
+        model = build_backbone(
+            spec, self.vocab_size, settings.model, settings.dropout, causal=self.objective == "ar", fused=settings.fused
+        )
         if settings.pretrained:
             from train.pretrained import load_pretrained
+
             report = load_pretrained(model, settings.pretrained, settings.pretrained_format)
             self._say(f"pretrained start: {report}")
         if init_dir:
             previous, _ = load_model(init_dir)
             load_state_strict(model, previous.state_dict(), f"--init {init_dir}")
         # fused AdamW (one kernel per step on CPU and CUDA); DeepSpeed brings its own optimizer path
-        optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, betas=(0.9, 0.999),
-                                      weight_decay=settings.weight_decay,
-                                      fused=not settings.deepspeed)
+        optimizer = torch.optim.AdamW(
+            model.parameters(),
+            lr=settings.lr,
+            betas=(0.9, 0.999),
+            weight_decay=settings.weight_decay,
+            fused=not settings.deepspeed,
+        )
         self.model, self.optimizer = self.acc.prepare(model, optimizer)
         self.ema = EMA(self.acc.unwrap_model(self.model), settings.ema)
         self.acc.register_for_checkpointing(self.ema)
@@ -178,21 +207,36 @@ class Trainer:
             self._build_estimator()
 
         self.meta = {
-            **backbone_meta(model, spec), "objective": self.model_objective, "noise": dict(settings.noise),
-            "training_objective": self.objective, "atat": settings.atat,
-            "stage": stage, "prefix_len": self.prefix_len, "target_len": self.target_len,
-            "vocab_size": self.vocab_size, "mask_id": self.mask_id, "eos_id": self.eos_id,
+            **backbone_meta(model, spec),
+            "objective": self.model_objective,
+            "noise": dict(settings.noise),
+            "training_objective": self.objective,
+            "atat": settings.atat,
+            "stage": stage,
+            "prefix_len": self.prefix_len,
+            "target_len": self.target_len,
+            "vocab_size": self.vocab_size,
+            "mask_id": self.mask_id,
+            "eos_id": self.eos_id,
             # the AR model reads [bos ; block] with bos = eos, so every block token is predicted
-            "bos_id": self.eos_id, "tokenizer": str(tokenizer_dir), "run": run, "kind": self.kind,
+            "bos_id": self.eos_id,
+            "tokenizer": str(tokenizer_dir),
+            "run": run,
+            "kind": self.kind,
             "time_conditioning": model.time_conditioning,
-            "method": settings.method, "data": settings.data, "pad_id": self.pad_id,
-            "steps": self.max_steps, "init": init_dir,
-            "pretrained": settings.pretrained, "settings_digest": settings.digest(),
-            "code_commit": code_commit(), "train": settings.computing(),
+            "method": settings.method,
+            "data": settings.data,
+            "pad_id": self.pad_id,
+            "steps": self.max_steps,
+            "init": init_dir,
+            "pretrained": settings.pretrained,
+            "settings_digest": settings.digest(),
+            "code_commit": code_commit(),
+            "train": settings.computing(),
         }
         self._stop_signal: int | None = None
-        self.nonfinite_streak = 0   # consecutive skipped steps up to now (checkpointed, so a resume counts on)
-        self.skipped_steps = 0      # all skipped steps of the run
+        self.nonfinite_streak = 0  # consecutive skipped steps up to now (checkpointed, so a resume counts on)
+        self.skipped_steps = 0  # all skipped steps of the run
 
     # -- pieces ---------------------------------------------------------------------------------
     def _build_estimator(self) -> None:
@@ -213,8 +257,9 @@ class Trainer:
         self.frequency = frequency_importance(counts).to(self.acc.device)
         # log(c_v + 1): the add-one unigram's logits, the prior pi of the atat_nelbo bound (train/atat.py)
         self.unigram_logits = torch.log1p(torch.as_tensor(counts, dtype=torch.float64)).to(self.acc.device)
-        estimator = ImportanceEstimator(self.vocab_size, a["estimator_dim"], a["estimator_kernel"],
-                                        a["estimator_layers"])
+        estimator = ImportanceEstimator(
+            self.vocab_size, a["estimator_dim"], a["estimator_kernel"], a["estimator_layers"]
+        )
         optimizer = torch.optim.AdamW(estimator.parameters(), lr=self.estimator_lr, weight_decay=0.0)
         self.estimator, self.estimator_optimizer = self.acc.prepare(estimator, optimizer)
         self.metric_fields = METRIC_FIELDS + ATAT_FIELDS
@@ -225,8 +270,15 @@ class Trainer:
 
     def _load_data(self, shards: list[str]):
         """The rows of `shards` this run reads (train/data.py), checked against the vocabulary."""
-        return load_stage_tensors(shards, self.s.stage, self.prefix_len, self.target_len, self.vocab_size,
-                                  cache_dir=self.data_cache, data=self.s.data)
+        return load_stage_tensors(
+            shards,
+            self.s.stage,
+            self.prefix_len,
+            self.target_len,
+            self.vocab_size,
+            cache_dir=self.data_cache,
+            data=self.s.data,
+        )
 
     def _deepspeed_config(self, path: str, precision: str) -> dict:
         """The ZeRO config file with its batch / clipping / precision fields set from the run (one truth)."""
@@ -234,9 +286,12 @@ class Trainer:
             ds = json.loads(Path(path).read_text())
         except (OSError, json.JSONDecodeError) as err:
             raise ValueError(f"{path}: cannot read the DeepSpeed config ({err})") from None
-        ds.update(train_micro_batch_size_per_gpu=self.s.micro_batch_size,
-                  gradient_accumulation_steps=self.accum, train_batch_size=self.s.global_batch_size,
-                  gradient_clipping=self.s.grad_clip)
+        ds.update(
+            train_micro_batch_size_per_gpu=self.s.micro_batch_size,
+            gradient_accumulation_steps=self.accum,
+            train_batch_size=self.s.global_batch_size,
+            gradient_clipping=self.s.grad_clip,
+        )
         ds["bf16"] = {"enabled": precision == "bf16"}
         return ds
 
@@ -255,9 +310,19 @@ class Trainer:
     def _loss(self, model, x0, prefix, t, u, answer=None) -> torch.Tensor:
         if self.objective == "ar":
             return ar_loss(model, x0, self.eos_id, self.pad_id)
-        return diffusion_loss(model, self.model_objective, x0, prefix, t.to(x0.device), u.to(x0.device),
-                              self.noise, self.mask_id, self.pad_id, maskable=answer,
-                              normalization=self.s.sft_normalization or "token")
+        return diffusion_loss(
+            model,
+            self.model_objective,
+            x0,
+            prefix,
+            t.to(x0.device),
+            u.to(x0.device),
+            self.noise,
+            self.mask_id,
+            self.pad_id,
+            maskable=answer,
+            normalization=self.s.sft_normalization or "token",
+        )
 
     def _draw(self, gen: torch.Generator, n: int, shuffle: bool):
         t = sample_times(n, gen, antithetic=self.s.antithetic)
@@ -282,8 +347,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         rows = self.order.indices(step)
-        t, u, keys = self._draw(_step_generator(self.seed, step), self.global_batch,
-                                self.s.shuffle_prefix)
+        t, u, keys = self._draw(_step_generator(self.seed, step), self.global_batch, self.s.shuffle_prefix)
         self.model.train()
         total, grad_norm, nonfinite = torch.zeros((), device=self.acc.device), None, []
         models = (self.model,) if self.estimator is None else (self.model, self.estimator)
@@ -298,9 +362,20 @@ class Trainer:
                     self.acc.backward(loss)
                 else:
                     loss, estimator_loss, micro_stats = atat_loss(
-                        self.model, self.estimator, x0, prefix, t[sl].to(x0.device), u[sl].to(x0.device), self.noise,
-                        self.mask_id, self.s.atat["importance"], strength, self.frequency, self.pad_id,
-                        prior_logits=self.unigram_logits)
+                        self.model,
+                        self.estimator,
+                        x0,
+                        prefix,
+                        t[sl].to(x0.device),
+                        u[sl].to(x0.device),
+                        self.noise,
+                        self.mask_id,
+                        self.s.atat["importance"],
+                        strength,
+                        self.frequency,
+                        self.pad_id,
+                        prior_logits=self.unigram_logits,
+                    )
                     self.acc.backward(loss + estimator_loss)  # disjoint parameters: each gets its own gradient
                     stats.append(micro_stats)
                 total += loss.detach().float()
@@ -339,8 +414,9 @@ class Trainer:
         """ATAT_FIELDS averaged over the micro-batches and processes (every process holds an equal share)."""
         if not stats:
             return {}
-        values = torch.tensor([[m.get(k, float("nan")) for k in ATAT_FIELDS] for m in stats], dtype=torch.float64,
-                              device=self.acc.device).mean(0)
+        values = torch.tensor(
+            [[m.get(k, float("nan")) for k in ATAT_FIELDS] for m in stats], dtype=torch.float64, device=self.acc.device
+        ).mean(0)
         if self.acc.num_processes > 1:
             values = self.acc.reduce(values, reduction="mean")
         return {k: round(float(v), 6) for k, v in zip(ATAT_FIELDS, values)}
@@ -357,11 +433,14 @@ class Trainer:
         total = torch.zeros(2, device=self.acc.device, dtype=torch.float64)
         model.eval()
         with self.ema.applied(model):
-            for sl in chunks[self.acc.process_index::self.acc.num_processes]:
+            for sl in chunks[self.acc.process_index :: self.acc.num_processes]:
                 x0, prefix, answer = self._batch(self.val_data, torch.arange(n)[sl], None)
                 loss = self._loss(model, x0, prefix, t[sl], u[sl], answer)
-                total += torch.tensor([float(loss) * (sl.stop - sl.start), sl.stop - sl.start],
-                                      device=self.acc.device, dtype=torch.float64)
+                total += torch.tensor(
+                    [float(loss) * (sl.stop - sl.start), sl.stop - sl.start],
+                    device=self.acc.device,
+                    dtype=torch.float64,
+                )
         total = self.acc.reduce(total, reduction="sum")
         return float(total[0] / total[1])
 
@@ -435,9 +514,14 @@ class Trainer:
         return step, seconds
 
     def _trainer_state(self, step: int, seconds: float) -> dict:
-        return {"step": step, "seconds": seconds, "nonfinite_streak": self.nonfinite_streak,
-                "skipped_steps": self.skipped_steps, "settings_digest": self.s.digest(),
-                "settings": as_json(self.s.computing())}
+        return {
+            "step": step,
+            "seconds": seconds,
+            "nonfinite_streak": self.nonfinite_streak,
+            "skipped_steps": self.skipped_steps,
+            "settings_digest": self.s.digest(),
+            "settings": as_json(self.s.computing()),
+        }
 
     def save_checkpoint(self, step: int, seconds: float) -> None:
         final = self.ckpt_root / f"step_{step:08d}"
@@ -477,8 +561,9 @@ class Trainer:
         """A metrics.csv row, and the same numbers to the trackers (as split/quantity, e.g. train/loss)."""
         self.metrics.append({k: row.get(k, "") for k in self.metric_fields})
         numeric = {"loss", "lr", "grad_norm"} | (set(self.metric_fields) - set(METRIC_FIELDS))
-        scalars = {f"{row['split']}/{k}": float(v) for k, v in row.items()
-                   if k in numeric and v is not None and v != ""}
+        scalars = {
+            f"{row['split']}/{k}": float(v) for k, v in row.items() if k in numeric and v is not None and v != ""
+        }
         if row["split"] == "train":
             scalars["train/skipped"] = float(bool(row.get("skipped")))
         self.acc.log(scalars, step=row["step"])
@@ -488,8 +573,11 @@ class Trainer:
             return
         self.tracker_dir.mkdir(parents=True, exist_ok=True)
         config = flat_config({**self.s.to_dict(), "digest": self.s.digest()})
-        self.acc.init_trackers(f"{self.s.run}-{self.s.name}", config=config,
-                               init_kwargs=tracker_init_kwargs(self.s.log_with, self.tracker_dir, step))
+        self.acc.init_trackers(
+            f"{self.s.run}-{self.s.name}",
+            config=config,
+            init_kwargs=tracker_init_kwargs(self.s.log_with, self.tracker_dir, step),
+        )
 
     # -- divergence ------------------------------------------------------------------------------
     def _diverged(self, step: int, what: str) -> TrainingDiverged:
@@ -500,7 +588,8 @@ class Trainer:
         return TrainingDiverged(
             f"{self.out}: training diverged at step {step}: {what}. No model written; "
             f"{'last checkpoint kept: ' + str(kept[-1]) if kept else 'no checkpoint was written yet'}; "
-            f"metrics so far: {self.partial_metrics}. Lower train.lr or raise warmup_steps / grad_clip.")
+            f"metrics so far: {self.partial_metrics}. Lower train.lr or raise warmup_steps / grad_clip."
+        )
 
     def _say(self, message: str) -> None:
         """A log line from the main process, written above the progress bar (tqdm.write) so it starts a line."""
@@ -517,11 +606,16 @@ class Trainer:
         values, quantity = f"loss {result.loss:.4g}, grad_norm {norm}", " and ".join(result.nonfinite)
         if self.nonfinite_streak > self.s.max_nonfinite_steps:
             first = step - self.nonfinite_streak + 1
-            raise self._diverged(step, f"non-finite {quantity} ({values}) on {self.nonfinite_streak} consecutive "
-                                       f"steps ({first} to {step}), more than max_nonfinite_steps = "
-                                       f"{self.s.max_nonfinite_steps}")
-        self._say(f"warning: step {step}: non-finite {quantity} ({values}); update skipped "
-                       f"({self.nonfinite_streak} in a row of at most {self.s.max_nonfinite_steps})")
+            raise self._diverged(
+                step,
+                f"non-finite {quantity} ({values}) on {self.nonfinite_streak} consecutive "
+                f"steps ({first} to {step}), more than max_nonfinite_steps = "
+                f"{self.s.max_nonfinite_steps}",
+            )
+        self._say(
+            f"warning: step {step}: non-finite {quantity} ({values}); update skipped "
+            f"({self.nonfinite_streak} in a row of at most {self.s.max_nonfinite_steps})"
+        )
 
     def validation_row(self) -> dict:
         """The metrics.csv values of a validation: the loss (validate()); train/dpo.py adds its rewards."""
@@ -555,9 +649,11 @@ class Trainer:
             signal.signal(sig, self._request_stop)
         try:
             self.ckpt_root.mkdir(parents=True, exist_ok=True)
-            self.acc.print(f"{self.run_name} {self.s.name}: {self.acc.unwrap_model(self.model).num_params():,} "
-                           f"parameters; max_steps from {self.s.steps_source}; settings (digest "
-                           f"{self.s.digest()}):\n{self.s.describe()}")
+            self.acc.print(
+                f"{self.run_name} {self.s.name}: {self.acc.unwrap_model(self.model).num_params():,} "
+                f"parameters; max_steps from {self.s.steps_source}; settings (digest "
+                f"{self.s.digest()}):\n{self.s.describe()}"
+            )
             step, seconds = self.resume()
             self._start_trackers(step)
             try:
@@ -574,12 +670,20 @@ class Trainer:
 
         if step == 0 and self.s.eval_every:
             self._validate_at(0, 0.0, 0)
-        with tqdm(total=self.max_steps, initial=step, disable=not self.acc.is_main_process, dynamic_ncols=True,
-                  desc=f"train {self.run_name or ''} stage {self.meta['stage']}", mininterval=1) as bar:
+        with tqdm(
+            total=self.max_steps,
+            initial=step,
+            disable=not self.acc.is_main_process,
+            dynamic_ncols=True,
+            desc=f"train {self.run_name or ''} stage {self.meta['stage']}",
+            mininterval=1,
+        ) as bar:
             stopped_at = self._loop(step, seconds, bar, on_step)
         if stopped_at is not None:
-            self.acc.print(f"signal {self._stop_signal}: checkpoint at step {stopped_at} written, exiting "
-                           f"{EXIT_PREEMPTED} so the job is requeued and resumes")
+            self.acc.print(
+                f"signal {self._stop_signal}: checkpoint at step {stopped_at} written, exiting "
+                f"{EXIT_PREEMPTED} so the job is requeued and resumes"
+            )
             return EXIT_PREEMPTED
         self.finish()
         return 0
@@ -593,9 +697,17 @@ class Trainer:
             result = self.train_step(step)
             step += 1
             seconds = time.perf_counter() - clock
-            self._log(step=step, split="train", loss=result.loss, grad_norm=result.grad_norm,
-                      seconds=round(seconds, 3), lr=self.optimizer.param_groups[0]["lr"],
-                      tokens=step * tokens_per_step, skipped=" ".join(result.nonfinite), **result.extras)
+            self._log(
+                step=step,
+                split="train",
+                loss=result.loss,
+                grad_norm=result.grad_norm,
+                seconds=round(seconds, 3),
+                lr=self.optimizer.param_groups[0]["lr"],
+                tokens=step * tokens_per_step,
+                skipped=" ".join(result.nonfinite),
+                **result.extras,
+            )
             if result.nonfinite:
                 self._count_nonfinite(step, result)
             else:
@@ -630,8 +742,10 @@ class Trainer:
             shutil.rmtree(self.ckpt_root)
             shutil.rmtree(self.data_cache, ignore_errors=True)  # decoded shards, needed only while training
         if self.skipped_steps:
-            self.acc.print(f"finished with {self.skipped_steps} step(s) skipped for a non-finite loss or gradient "
-                           f"norm (metrics.csv column 'skipped')")
+            self.acc.print(
+                f"finished with {self.skipped_steps} step(s) skipped for a non-finite loss or gradient "
+                f"norm (metrics.csv column 'skipped')"
+            )
         self.acc.wait_for_everyone()
 
 

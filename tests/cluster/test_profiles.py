@@ -3,6 +3,7 @@
 The live-SLURM proof is tests/cluster/test_slurm_e2e.sh; these run in seconds anywhere, so a broken profile
 (a key Snakemake 9 rejects, a set-resources entry naming a rule that no longer exists) fails `make test`.
 """
+
 import json
 import os
 import re
@@ -23,7 +24,10 @@ def dry_run(workdir, *args, snakefile=SMOKE / "Snakefile"):
     """`snakemake -n` in workdir; returns its output (stdout + stderr), failing the test on a non-zero exit."""
     proc = subprocess.run(
         [*SNAKEMAKE, "-n", "-s", str(snakefile), "-d", str(workdir), *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     out = proc.stdout + proc.stderr
@@ -52,8 +56,14 @@ def test_slurm_profile_submits_to_its_partition_and_account(tmp_path):
 
 
 def test_partition_and_account_are_overridden_on_the_command_line(tmp_path):
-    out = dry_run(tmp_path, "--profile", str(ROOT / "profiles" / "slurm"),
-                  "--default-resources", "slurm_partition=gpu", "slurm_account=mylab")
+    out = dry_run(
+        tmp_path,
+        "--profile",
+        str(ROOT / "profiles" / "slurm"),
+        "--default-resources",
+        "slurm_partition=gpu",
+        "slurm_account=mylab",
+    )
     for res in job_resources(out, "shard") + job_resources(out, "gpus"):
         assert res["slurm_partition"] == "gpu" and res["slurm_account"] == "mylab"
 
@@ -64,12 +74,20 @@ def test_local_profile_runs_the_same_workflow(tmp_path):
     assert "slurm_partition" not in out
 
 
-@pytest.mark.skipif(not (ROOT / "Snakefile").exists() or not (ROOT / "configs" / "paper.yaml").exists(),
-                    reason="the pipeline's Snakefile / configs/paper.yaml are not in this checkout")
+@pytest.mark.skipif(
+    not (ROOT / "Snakefile").exists() or not (ROOT / "configs" / "paper.yaml").exists(),
+    reason="the pipeline's Snakefile / configs/paper.yaml are not in this checkout",
+)
 def test_paper_training_jobs_get_gpus_and_the_preemption_signal(tmp_path):
     """The profile's set-resources must name the real training rules, or no job gets the signal."""
-    out = dry_run(tmp_path, "--profile", str(ROOT / "profiles" / "slurm"), "--configfile",
-                  str(ROOT / "configs" / "paper.yaml"), snakefile=ROOT / "Snakefile")
+    out = dry_run(
+        tmp_path,
+        "--profile",
+        str(ROOT / "profiles" / "slurm"),
+        "--configfile",
+        str(ROOT / "configs" / "paper.yaml"),
+        snakefile=ROOT / "Snakefile",
+    )
     train = job_resources(out, "train")
     assert train, "no training job in the paper DAG"
     for res in train:
@@ -81,8 +99,18 @@ def test_paper_training_jobs_get_gpus_and_the_preemption_signal(tmp_path):
 
 def run_preemptible(tmp_path, steps, signal_after=None):
     """Run the stand-in trainer; with signal_after, send SIGUSR1 once it has counted that many seconds."""
-    cmd = [sys.executable, str(SMOKE / "preemptible.py"), "--steps", str(steps), "--step-seconds", "0.1",
-           "--checkpoint", str(tmp_path / "ckpt.json"), "--out", str(tmp_path / "done.json")]
+    cmd = [
+        sys.executable,
+        str(SMOKE / "preemptible.py"),
+        "--steps",
+        str(steps),
+        "--step-seconds",
+        "0.1",
+        "--checkpoint",
+        str(tmp_path / "ckpt.json"),
+        "--out",
+        str(tmp_path / "done.json"),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     if signal_after is not None:
         proc.stdout.readline()  # "starting at step ...": the handler is installed right after
