@@ -13,7 +13,8 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def add_device_arguments(parser) -> None:
-    """--device and --threads, for the commands that run a network (eval.sample, eval.evaluate)."""
+    """--device and --threads, for the commands that run a network (eval.sample, eval.evaluate, eval.sft score,
+    eval.dpo score)."""
     parser.add_argument("--device", default="auto", help="auto: cuda when available, else cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 

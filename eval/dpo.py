@@ -18,7 +18,7 @@ For the held-out preference shard (preprocess/preference.py) and the DPO run's m
     win rate        over the same prompts, (wins + ties / 2) / n_gen where a win is a prompt the judge accepts
                     after DPO and not before, a tie one where the verdicts agree: 0.5 = no change
 
-    python -m eval.evaluate dpo --run-dir runs/sft/dpo --before-dir runs/sft/sft/model \
+    python -m eval.dpo score --run-dir runs/sft/dpo --before-dir runs/sft/sft/model \
         --reference-dir runs/sft/sft/model ...
     python -m eval.dpo table --dpo-metrics runs/{profile}/*/eval/dpo.json --tables results/sft/tables
 """
@@ -33,7 +33,8 @@ from pathlib import Path
 import pyarrow as pa
 import torch
 
-from common.io import InputError, open_parquet
+from common.device import add_device_arguments, device_from_arguments
+from common.io import InputError, open_parquet, write_json
 from common.tasks import check_answer, normalise
 from eval.sft import EXAMPLES, backbone_name, source_of
 from eval.tables import write_run_table
@@ -344,12 +345,50 @@ def main(argv=None):
         prog="python -m eval.dpo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="what", required=True)
+    s = sub.add_parser("score", help="held-out reward accuracy and task score of a DPO run, before and after")
+    s.add_argument("--run-dir", required=True, help="runs/{profile}/{run} of a dpo run (model/ inside)")
+    s.add_argument(
+        "--before-dir", required=True, help="the model folder it started from (runs/{profile}/{init_from}/model)"
+    )
+    s.add_argument("--reference-dir", required=True, help="its frozen reference (dpo.reference, else --before-dir)")
+    s.add_argument(
+        "--pair-shards", nargs="+", required=True, help="held-out preference shard(s) (preprocess/preference.py)"
+    )
+    s.add_argument("--n-pairs", type=int, required=True, help="held-out pairs scored for reward accuracy")
+    s.add_argument("--time-samples", type=int, required=True, help="draws per answer ELBO")
+    s.add_argument("--n-gen", type=int, required=True, help="held-out prompts answered and judged")
+    s.add_argument("--gen-length", type=int, required=True, help="answer canvas (mask tokens)")
+    s.add_argument("--steps", type=int, required=True, help="unmasking steps (eval/generate.py)")
+    s.add_argument("--remasking", required=True, help="random | low_confidence | margin | entropy")
+    s.add_argument("--eos-guard", action="store_true", help="commit an EOS only with no mask to its left")
+    s.add_argument("--batch-size", type=int, required=True)
+    add_device_arguments(s)
+    s.add_argument("--out", required=True, help="runs/{profile}/{run}/eval/dpo.json")
     t = sub.add_parser("table", help="results/{profile}/tables/dpo.{md,csv} from the runs' dpo.json")
     t.add_argument(
         "--dpo-metrics", nargs="+", required=True, help="runs/{profile}/{run}/eval/dpo.json of every DPO run"
     )
     t.add_argument("--tables", required=True, help="results/{profile}/tables")
     args = parser.parse_args(argv)
+    if args.what == "score":
+        result = evaluate_dpo(
+            args.run_dir,
+            args.before_dir,
+            args.reference_dir,
+            args.pair_shards,
+            args.n_pairs,
+            args.time_samples,
+            args.n_gen,
+            args.gen_length,
+            args.steps,
+            args.remasking,
+            args.eos_guard,
+            args.batch_size,
+            device_from_arguments(args),
+        )
+        write_json(result, args.out)
+        print(json.dumps(result, indent=2)[:2000])
+        return
     write_table(table_rows(args.dpo_metrics), args.tables)
     print((Path(args.tables) / "dpo.md").read_text())
 

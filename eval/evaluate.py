@@ -10,6 +10,8 @@ number sits beside the exact definition used to compute it.
         --val-shards data/pydoc/stages-<tag>/.../validation/*.parquet \
         --time-samples 4 --batch-size 32 --discrete-steps 1000 --out runs/demo/cascade/eval/val.json
 
+SFT and DPO runs are scored by their own modules: python -m eval.sft score, python -m eval.dpo score.
+
 Both outputs carry who the run is (run_info: run, kind, data, method, objective, stages, tokenizer) and its
 ``provenance``, read from the config.json of the run's last model:
 
@@ -121,46 +123,12 @@ def main(argv=None):
         "default: only the continuous-time bound",
     )
     v.add_argument("--seed", type=int, default=0)
-    f = sub.add_parser(
-        "sft", help="held-out exact match and answer NELBO of an SFT run, before and after (eval/sft.py)"
-    )
-    f.add_argument("--run-dir", required=True, help="runs/{profile}/{run} of an sft run (model/ inside)")
-    f.add_argument(
-        "--before-dir", default=None, help="the model folder it started from (runs/{profile}/{init_from}/model)"
-    )
-    f.add_argument("--sft-shards", nargs="+", required=True, help="held-out SFT shard(s) (preprocess/sft.py)")
-    f.add_argument("--n", type=int, required=True, help="held-out conversations answered and scored")
-    f.add_argument("--gen-length", type=int, required=True, help="answer canvas (mask tokens)")
-    f.add_argument("--steps", type=int, required=True, help="unmasking steps (eval/generate.py)")
-    f.add_argument("--remasking", required=True, help="random | low_confidence | margin | entropy")
-    f.add_argument("--eos-guard", action="store_true", help="commit an EOS only with no mask to its left")
-    f.add_argument("--time-samples", type=int, required=True, help="stratified times per answer NELBO (K)")
-    f.add_argument("--batch-size", type=int, required=True)
-    d = sub.add_parser(
-        "dpo", help="held-out reward accuracy and task score of a DPO run, before and after (eval/dpo.py)"
-    )
-    d.add_argument("--run-dir", required=True, help="runs/{profile}/{run} of a dpo run (model/ inside)")
-    d.add_argument(
-        "--before-dir", required=True, help="the model folder it started from (runs/{profile}/{init_from}/model)"
-    )
-    d.add_argument("--reference-dir", required=True, help="its frozen reference (dpo.reference, else --before-dir)")
-    d.add_argument(
-        "--pair-shards", nargs="+", required=True, help="held-out preference shard(s) (preprocess/preference.py)"
-    )
-    d.add_argument("--n-pairs", type=int, required=True, help="held-out pairs scored for reward accuracy")
-    d.add_argument("--time-samples", type=int, required=True, help="draws per answer ELBO")
-    d.add_argument("--n-gen", type=int, required=True, help="held-out prompts answered and judged")
-    d.add_argument("--gen-length", type=int, required=True, help="answer canvas (mask tokens)")
-    d.add_argument("--steps", type=int, required=True, help="unmasking steps (eval/generate.py)")
-    d.add_argument("--remasking", required=True, help="random | low_confidence | margin | entropy")
-    d.add_argument("--eos-guard", action="store_true", help="commit an EOS only with no mask to its left")
-    d.add_argument("--batch-size", type=int, required=True)
-    for p in (s, v, f, d):
+    for p in (s, v):
         add_device_arguments(p)
         p.add_argument(
             "--out",
             required=True,
-            help="runs/{profile}/{run}/eval/{sampler}-{steps}.json, val.json, sft.json or dpo.json",
+            help="runs/{profile}/{run}/eval/{sampler}-{steps}.json or val.json",
         )
     args = parser.parse_args(argv)
     device = device_from_arguments(args)
@@ -169,40 +137,6 @@ def main(argv=None):
 
         scorer = None if args.scorer == "none" else load_scorer(args.scorer, device)
         result = evaluate_samples(args.run_dir, args.samples, scorer)
-    elif args.what == "dpo":
-        from eval.dpo import evaluate_dpo
-
-        result = evaluate_dpo(
-            args.run_dir,
-            args.before_dir,
-            args.reference_dir,
-            args.pair_shards,
-            args.n_pairs,
-            args.time_samples,
-            args.n_gen,
-            args.gen_length,
-            args.steps,
-            args.remasking,
-            args.eos_guard,
-            args.batch_size,
-            device,
-        )
-    elif args.what == "sft":
-        from eval.sft import evaluate_sft
-
-        result = evaluate_sft(
-            args.run_dir,
-            args.before_dir,
-            args.sft_shards,
-            args.n,
-            args.gen_length,
-            args.steps,
-            args.remasking,
-            args.time_samples,
-            args.batch_size,
-            device,
-            args.eos_guard,
-        )
     else:
         result = {
             **run_info(args.run_dir),

@@ -14,7 +14,7 @@ For a model folder and the held-out SFT shard (preprocess/sft.py: one row per co
 An SFT run is scored with its own folder (after) and with the folder it started from (`init_from`: before), on
 the same conversations and draws, so the two numbers differ only by the training in between.
 
-    python -m eval.evaluate sft --run-dir runs/sft/sft --before-dir runs/base/model --sft-shards F --n 64 ...
+    python -m eval.sft score --run-dir runs/sft/sft --before-dir runs/base/model --sft-shards F --n 64 ...
     python -m eval.sft table --sft-metrics runs/{profile}/*/eval/sft.json --tables results/sft-demo/tables
 """
 
@@ -26,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-from common.io import InputError, read_parquet, stats_path
+from common.device import add_device_arguments, device_from_arguments
+from common.io import InputError, read_parquet, stats_path, write_json
 from common.tasks import normalise
 from eval.tables import write_run_table
 
@@ -267,12 +268,44 @@ def main(argv=None):
         prog="python -m eval.sft", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="what", required=True)
+    s = sub.add_parser("score", help="held-out exact match and answer NELBO of an SFT run, before and after")
+    s.add_argument("--run-dir", required=True, help="runs/{profile}/{run} of an sft run (model/ inside)")
+    s.add_argument(
+        "--before-dir", default=None, help="the model folder it started from (runs/{profile}/{init_from}/model)"
+    )
+    s.add_argument("--sft-shards", nargs="+", required=True, help="held-out SFT shard(s) (preprocess/sft.py)")
+    s.add_argument("--n", type=int, required=True, help="held-out conversations answered and scored")
+    s.add_argument("--gen-length", type=int, required=True, help="answer canvas (mask tokens)")
+    s.add_argument("--steps", type=int, required=True, help="unmasking steps (eval/generate.py)")
+    s.add_argument("--remasking", required=True, help="random | low_confidence | margin | entropy")
+    s.add_argument("--eos-guard", action="store_true", help="commit an EOS only with no mask to its left")
+    s.add_argument("--time-samples", type=int, required=True, help="stratified times per answer NELBO (K)")
+    s.add_argument("--batch-size", type=int, required=True)
+    add_device_arguments(s)
+    s.add_argument("--out", required=True, help="runs/{profile}/{run}/eval/sft.json")
     t = sub.add_parser("table", help="results/{profile}/tables/sft.{md,csv} from the runs' sft.json")
     t.add_argument(
         "--sft-metrics", nargs="+", required=True, help="runs/{profile}/{run}/eval/sft.json of every SFT run"
     )
     t.add_argument("--tables", required=True, help="results/{profile}/tables")
     args = parser.parse_args(argv)
+    if args.what == "score":
+        result = evaluate_sft(
+            args.run_dir,
+            args.before_dir,
+            args.sft_shards,
+            args.n,
+            args.gen_length,
+            args.steps,
+            args.remasking,
+            args.time_samples,
+            args.batch_size,
+            device_from_arguments(args),
+            args.eos_guard,
+        )
+        write_json(result, args.out)
+        print(json.dumps(result, indent=2)[:2000])
+        return
     rows = table_rows(args.sft_metrics)
     write_table(rows, args.tables)
     print((Path(args.tables) / "sft.md").read_text())

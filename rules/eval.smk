@@ -221,7 +221,7 @@ rule evaluate_sft:
         eos_guard="--eos-guard" if SFT["eos_guard"] else "",
         device=device_arg(EVALUATE),
     shell:
-        "python -m eval.evaluate sft --run-dir runs/{PROFILE}/{wildcards.run} {params.before} --sft-shards {input.shards}"
+        "python -m eval.sft score --run-dir runs/{PROFILE}/{wildcards.run} {params.before} --sft-shards {input.shards}"
         " --n {SFT[eval_n]} --gen-length {SFT[gen_length]} --steps {SFT[eval_steps]} --remasking {SFT[remasking]} {params.eos_guard}"
         " --time-samples {EVALUATE[val_time_samples]} --batch-size {EVALUATE[batch_size]}"
         " {params.device} --threads {threads} --out {output} > {log} 2>&1"
@@ -292,7 +292,7 @@ rule evaluate_dpo:
         eos_guard="--eos-guard" if SFT["eos_guard"] else "",
         device=device_arg(EVALUATE),
     shell:
-        "python -m eval.evaluate dpo --run-dir runs/{PROFILE}/{wildcards.run} --before-dir {params.before}"
+        "python -m eval.dpo score --run-dir runs/{PROFILE}/{wildcards.run} --before-dir {params.before}"
         " --reference-dir {params.reference} --pair-shards {input.shards} --n-pairs {DPO[eval_pairs]}"
         " --time-samples {DPO[eval_time_samples]} --n-gen {SFT[eval_n]} --gen-length {SFT[gen_length]}"
         " --steps {SFT[eval_steps]} --remasking {SFT[remasking]} {params.eos_guard} --batch-size {EVALUATE[batch_size]}"
