@@ -8,7 +8,7 @@ Settings: the config's ``dpo`` section (defaults in schemas/config.schema.yaml):
 ``validation_fraction``, ``n_train``, ``n_validation``, ``seed``; and the canvas length L = ``sft.length`` (there is
 no dpo.length: DPO fine-tunes the SFT model, so pairs are scored on the canvas it was trained on).
 
-Sources (``dpo.source``), read with preprocess/sft.py's readers:
+Sources (``dpo.source``), read with preprocess/records.py's readers, as for SFT:
 - ``task:reverse``: pair i of a split comes from ``preprocess.sft.reverse_record(dpo.seed, split, i,
   dpo.validation_fraction)``, so the held-out word lists are those of the SFT task: prompt = its messages before
   the last answer, chosen = the last answer (the correct reversal), rejected = a wrong answer made by a rule drawn
@@ -51,10 +51,11 @@ assistant's); ``no_shared_prompt`` (chosen and rejected differ before their last
 ``prompt_not_ending_in_user`` (the prompt's last message is not a user turn); ``identical`` (chosen == rejected
 after whitespace normalisation: no preference to learn); ``special_token_in_content`` (text holding one of the
 tokenizer's special tokens); ``leading_assistant_turn`` (the prompt starts with an assistant turn, a greeting,
-and the chat template cannot render it after an empty context: preprocess/sft.py's rule; where it can, that turn
-is context like any earlier turn, mask 0); ``template_error`` (the chat template refuses the conversation);
-``truncated`` (either canvas needs more than L tokens: a cut answer would score a different text, so DPO needs whole
-answers). A split that yields no pair is an error naming the output file; it writes nothing.
+and the chat template cannot render it after an empty context: preprocess/sft.py's rule, checked by
+``preprocess.records.leading_assistant_problem``; where it can, that turn is context like any earlier turn, mask
+0); ``template_error`` (the chat template refuses the conversation); ``truncated`` (either canvas needs more than L
+tokens: a cut answer would score a different text, so DPO needs whole answers). A split that yields no pair is an
+error naming the output file; it writes nothing.
 """
 
 from __future__ import annotations
@@ -77,23 +78,21 @@ from common.config import ConfigError, load_config
 from common.io import InputError, atomic_path, write_json
 from common.io import stats_path as default_stats_path
 from common.tasks import normalise
-from preprocess.corpus import in_validation
-from preprocess.sft import (
+from preprocess.records import (
     SPLITS,
     Raw,
     SkipLog,
     Skipped,
-    _content_problem,
-    _special_texts,
-    hub_records,
+    content_problem,
     leading_assistant_problem,
     load_tokenizer,
-    local_records,
     message_list,
-    reverse_record,
     source_kind,
+    special_texts,
+    split_records,
     write_records,
 )
+from preprocess.sft import reverse_record
 
 SETTING = "dpo.source"  # the config key named in source errors
 PAIR_SCHEMA = pa.schema(
@@ -137,7 +136,7 @@ def _field_messages(obj: dict, field: str, role: str) -> tuple[list | None, str,
     """A field as a non-empty message list (a string is one ``role`` turn), or (None, reason, detail)."""
     value = obj[field]
     if value is None or isinstance(value, str):
-        problem = _content_problem(value)
+        problem = content_problem(value)
         if problem:
             return None, problem[0], f"field {field!r} {problem[1]}".rstrip()
         return [{"role": role, "content": value}], "", ""
@@ -270,8 +269,7 @@ def iter_split(dpo: dict, split: str, load: Callable = None) -> Iterator[Item]:
         raise InputError(f"unknown split {split!r}; expected one of {SPLITS}")
     source = str(dpo["source"])
     fraction = dpo["validation_fraction"]
-    kind = source_kind(source, SETTING)
-    if kind == "task":
+    if source_kind(source, SETTING) == "task":
         name = source.removeprefix("task:")
         if name not in TASKS:
             raise InputError(f"unknown dpo task {source!r}; known: {['task:' + t for t in TASKS]}")
@@ -283,17 +281,7 @@ def iter_split(dpo: dict, split: str, load: Callable = None) -> Iterator[Item]:
         for index in range(dpo["n_train"] if split == "train" else dpo["n_validation"]):
             yield TASKS[name](dpo["seed"], split, index, fraction)
         return
-    if kind == "local":
-        # Bad lines are split by their id too, so each is counted in exactly one split's stats.
-        raws = (
-            r
-            for r in local_records(Path(source).expanduser(), SETTING)
-            if in_validation(r.conversation_id if isinstance(r, Skipped) else r.record_id, fraction)
-            == (split == "validation")
-        )
-    else:
-        raws = hub_records(source, split, fraction, load=load, setting=SETTING)
-    for raw in raws:
+    for raw in split_records(source, split, fraction, SETTING, load=load):
         yield raw if isinstance(raw, Skipped) else to_pair(raw)
 
 
@@ -339,7 +327,7 @@ def build(
         raise InputError("the tokenizer has no eos_token; preference canvases end answers and fill with it")
     source = str(dpo["source"])
     is_task = source_kind(source, SETTING) == "task"
-    specials = _special_texts(tokenizer)
+    specials = special_texts(tokenizer)
     counts, rejections, skip = Counter(), Counter(), SkipLog()
 
     def rows_of(batch: list[Pair]) -> list[dict]:

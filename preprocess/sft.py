@@ -8,7 +8,7 @@ Settings: the config's ``sft`` section (defaults in schemas/config.schema.yaml),
 ``source``, ``format`` (auto | messages | alpaca), ``length`` (L, tokens per row), ``validation_fraction``,
 ``n_train``, ``n_validation``, ``seed``.
 
-Sources (``sft.source``):
+Sources (``sft.source``; files and hub datasets read by preprocess/records.py):
 - ``task:reverse``: an offline procedural task with a checkable answer, "Reverse the words: a b c" -> "c b a".
   Words come from Python's own identifiers (``keyword.kwlist`` + names of ``builtins``, the lowercase ASCII
   alphabetic ones, without the names ``site`` adds: so ``python -S`` gives the same list); 2-5 distinct words
@@ -78,19 +78,31 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from common.chat import ROLES, encode_conversation, render, render_empty_context
+from common.chat import encode_conversation
 from common.config import ConfigError, load_config
 from common.io import InputError, atomic_path, write_json
 from common.io import stats_path as default_stats_path
 from common.tasks import REVERSE_PROMPT
-from preprocess.corpus import in_validation, text_problem
+from preprocess.corpus import in_validation
+from preprocess.records import (
+    SPLITS,
+    Raw,
+    SkipLog,
+    Skipped,
+    content_problem,
+    leading_assistant_problem,
+    load_tokenizer,
+    message_list,
+    source_kind,
+    special_texts,
+    split_records,
+    write_records,
+)
 
-SPLITS = ("train", "validation")
+SETTING = "sft.source"  # the config key named in source errors
 FORMATS = ("auto", "messages", "alpaca")
-LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
 SFT_SCHEMA = pa.schema(
     [
         ("conversation_id", pa.string()),
@@ -102,9 +114,6 @@ SFT_SCHEMA = pa.schema(
         ("reference", pa.string()),
     ]
 )
-ROWS_PER_BATCH = 512  # conversations encoded, and rows written as one row group, at a time
-EXAMPLES_PER_REASON = 5  # skipped records named in the stats, per reason
-HUB_VALIDATION_SPLITS = ("validation", "valid", "val", "test")
 
 
 @dataclass(frozen=True)
@@ -115,39 +124,11 @@ class Conversation:
     messages: list
 
 
-@dataclass(frozen=True)
-class Skipped:
-    conversation_id: str
-    reason: str
-    detail: str = ""
-
-
-@dataclass(frozen=True)
-class Raw:
-    """A record as read, before the shape checks: ``obj`` is the parsed JSON value / Parquet row."""
-
-    record_id: str
-    obj: object
-    where: str
-
-
 Item = Conversation | Skipped
 
 
 # --------------------------------------------------------------------------------------------------------
 # Record shapes -> messages
-
-
-def _content_problem(content) -> tuple[str, str] | None:
-    """(reason, detail) when ``content`` cannot be a message's text."""
-    if content is None:
-        return "empty_content", "null"
-    if not isinstance(content, str):
-        return "wrong_type", f"a {type(content).__name__}, expected a string"
-    reason = text_problem(content)
-    if reason is not None:
-        return ("empty_content" if reason == "empty" else reason), ""
-    return None
 
 
 def _messages_of(obj: dict) -> tuple[list | None, str, str]:
@@ -158,29 +139,10 @@ def _messages_of(obj: dict) -> tuple[list | None, str, str]:
     return message_list(messages, "messages")
 
 
-def message_list(value: list, field: str) -> tuple[list | None, str, str]:
-    """(messages, "", "") from a list of {role, content} read from record field ``field``, or (None, reason, detail)
-    for the first message that is not an object, has a role outside ROLES or a bad content (_content_problem)."""
-    out = []
-    for i, message in enumerate(value):
-        if not isinstance(message, dict):
-            return None, "wrong_type", f"{field}[{i}] is a {type(message).__name__}, expected an object"
-        role, content = message.get("role"), message.get("content")
-        if not isinstance(role, str):
-            return None, "wrong_type", f"{field}[{i}].role is a {type(role).__name__}, expected a string"
-        if role not in ROLES:
-            return None, "unknown_role", f"{field}[{i}].role is {role!r}, expected one of {list(ROLES)}"
-        problem = _content_problem(content)
-        if problem:
-            return None, problem[0], f"{field}[{i}].content ({role}) {problem[1]}".rstrip()
-        out.append({"role": role, "content": content})
-    return out, "", ""
-
-
 def _alpaca_of(obj: dict) -> tuple[list | None, str, str]:
     """(messages, "", "") from an Alpaca record: user = instruction [+ "\\n\\n" + input], assistant = output."""
     for key in ("instruction", "output"):
-        problem = _content_problem(obj[key])
+        problem = content_problem(obj[key])
         if problem:
             return None, problem[0], f"field {key!r} {problem[1]}".rstrip()
     extra = obj.get("input")
@@ -229,156 +191,6 @@ def to_conversation(raw: Raw, fmt: str, counts: Counter) -> Item:
         )
     counts["trailing_turns_dropped"] += len(messages) - last - 1
     return Conversation(rid, messages[: last + 1])
-
-
-def _record_id(obj, fallback: str) -> str:
-    if isinstance(obj, dict):
-        rid = obj.get("id")
-        if isinstance(rid, str) and rid.strip() or (isinstance(rid, int) and not isinstance(rid, bool)):
-            return str(rid)
-    return fallback
-
-
-# --------------------------------------------------------------------------------------------------------
-# Conversations that start with an assistant turn
-
-
-def leading_assistant_problem(tokenizer, messages: list) -> str | None:
-    """None when common.chat.encode_conversation can encode ``messages``: it does not start with an assistant
-    turn, or the chat template renders that turn after an empty context (render_empty_context(add_generation_prompt
-    =True) succeeds and is a prefix of render(messages), so the turn's span starts where the empty context ends).
-    Else why not: the caller skips the record as ``leading_assistant_turn``. A template that refuses the whole
-    conversation raises jinja2.TemplateError from render(messages), as for any conversation (``template_error``)."""
-    import jinja2
-
-    if not messages or messages[0]["role"] != "assistant":
-        return None
-    try:
-        before = render_empty_context(tokenizer, add_generation_prompt=True)
-    except jinja2.TemplateError as err:
-        return (
-            f"the conversation starts with an assistant turn, and the chat template cannot render the empty "
-            f"context before it ({type(err).__name__}: {err})"
-        )
-    full = render(tokenizer, messages)
-    if not full.startswith(before):
-        return (
-            f"the conversation starts with an assistant turn, and the chat template's render of an empty "
-            f"context {before[:40]!r} does not start the conversation's render {full[:40]!r}"
-        )
-    return None
-
-
-# --------------------------------------------------------------------------------------------------------
-# Local files
-
-
-def jsonl_records(path: Path, name: str) -> Iterator[Raw | Skipped]:
-    """One record per non-blank line, decoded and parsed on its own (a bad line costs only itself)."""
-    with open(path, "rb") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            fallback, where = f"{name}:{lineno}", f"{path} line {lineno}"
-            try:
-                obj = json.loads(line.decode("utf-8"))
-            except UnicodeDecodeError as err:
-                yield Skipped(fallback, "invalid_utf8", f"{where}: {err.reason} at byte {err.start}")
-                continue
-            except json.JSONDecodeError as err:
-                yield Skipped(fallback, "invalid_json", f"{where}: {err.msg} (column {err.colno})")
-                continue
-            yield Raw(_record_id(obj, fallback), obj, where)
-
-
-def json_records(path: Path, name: str) -> Iterator[Raw | Skipped]:
-    """The elements of one JSON array (a file that is not one is an error naming it)."""
-    try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(
-            f"{path}: not a JSON file ({err}); expected a JSON array of records (use .jsonl for one record a line)"
-        ) from err
-    if not isinstance(data, list):
-        raise InputError(f"{path}: a JSON {type(data).__name__}, expected a JSON array of records")
-    for index, obj in enumerate(data):
-        yield Raw(_record_id(obj, f"{name}:{index}"), obj, f"{path} index {index}")
-
-
-def parquet_records(path: Path, name: str) -> Iterator[Raw | Skipped]:
-    """One record per row (a dict of the row's columns), read in batches."""
-    try:
-        parquet = pq.ParquetFile(path)
-    except (pa.ArrowException, OSError) as err:
-        raise InputError(f"{path}: not a readable Parquet file ({err})") from err
-    row = 0
-    batches = parquet.iter_batches(batch_size=1024)
-    while True:
-        try:
-            batch = next(batches)
-        except StopIteration:
-            return
-        except (pa.ArrowException, OSError) as err:
-            raise InputError(f"{path}: corrupt Parquet data, {row} rows read before it ({err})") from err
-        for obj in batch.to_pylist():
-            yield Raw(_record_id(obj, f"{name}:{row}"), obj, f"{path} row {row}")
-            row += 1
-
-
-def local_records(path: str | Path, setting: str = "sft.source") -> Iterator[Raw | Skipped]:
-    """Every record under ``path`` (a file, or a folder's .jsonl / .json / .parquet files in sorted order);
-    ``setting`` is the config key that named it (for the errors)."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: {setting} does not exist")
-    if path.is_file():
-        if path.suffix not in LOCAL_SUFFIXES:
-            raise InputError(f"{path}: unsupported {setting} file type {path.suffix!r}; expected {LOCAL_SUFFIXES}")
-        files = [path]
-    else:
-        files = sorted(
-            p for p in path.rglob("*") if p.is_file() and p.suffix in LOCAL_SUFFIXES and not p.name.startswith(".")
-        )
-        if not files:
-            raise InputError(f"{path}: no {', '.join(LOCAL_SUFFIXES)} files in this folder")
-    readers = {".jsonl": jsonl_records, ".json": json_records, ".parquet": parquet_records}
-    for file in files:
-        name = file.name if path.is_file() else file.relative_to(path).as_posix()
-        yield from readers[file.suffix](file, name)
-
-
-# --------------------------------------------------------------------------------------------------------
-# Hugging Face datasets
-
-
-def hub_records(
-    name: str, split: str, fraction: float, load: Callable = None, setting: str = "sft.source"
-) -> Iterator[Raw | Skipped]:
-    """Records of hub dataset ``name`` for our ``split`` (see the module docstring for which hub split).
-
-    ``load`` is ``datasets.load_dataset`` (called as ``load(name)``, returning a dict of splits)."""
-    if load is None:
-        import datasets
-
-        load = datasets.load_dataset
-    try:
-        splits = load(name)
-    except Exception as err:  # datasets raises many kinds (not found, offline, gated): name the source either way
-        raise InputError(
-            f"{name}: {setting} is not a local path, and loading it as a Hugging Face dataset "
-            f"failed ({type(err).__name__}: {err})"
-        ) from err
-    have = list(splits.keys())
-    if "train" not in splits:
-        raise InputError(f"hub dataset {name}: no 'train' split; it has {have}")
-    held = next((s for s in HUB_VALIDATION_SPLITS if s in splits), None)
-    hub_split = "train" if split == "train" or held is None else held
-    dataset = splits[hub_split]
-    for row, obj in enumerate(dataset):
-        rid = _record_id(obj, f"{hub_split}/{row}")
-        if held is None and in_validation(rid, fraction) != (split == "validation"):
-            continue
-        yield Raw(rid, obj, f"hub dataset {name} ({hub_split}) row {row}")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -444,22 +256,6 @@ def task_items(name: str, sft: dict, split: str) -> Iterator[Item]:
 # One split of one source
 
 
-def source_kind(source: str, setting: str = "sft.source") -> str:
-    """``task``, ``local`` (an existing path) or ``hub``; a name that looks like a path but does not exist is an
-    error (naming the config key ``setting``) rather than a hub lookup."""
-    if source.startswith("task:"):
-        return "task"
-    path = Path(source).expanduser()
-    if path.exists():
-        return "local"
-    if source.startswith(("/", ".", "~")) or path.suffix in LOCAL_SUFFIXES or "\\" in source:
-        raise InputError(
-            f"{source}: {setting} does not exist (expected task:reverse, a local "
-            f"{'/'.join(LOCAL_SUFFIXES)} file or folder, or a Hugging Face dataset id)"
-        )
-    return "hub"
-
-
 def iter_split(sft: dict, split: str, counts: Counter, load: Callable = None) -> Iterator[Item]:
     """Every conversation (or skip) of ``split`` from ``sft.source``; trailing turns dropped go into ``counts``."""
     if split not in SPLITS:
@@ -467,82 +263,11 @@ def iter_split(sft: dict, split: str, counts: Counter, load: Callable = None) ->
     if sft["format"] not in FORMATS:
         raise InputError(f"sft.format is {sft['format']!r}; expected one of {FORMATS}")
     source = str(sft["source"])
-    kind = source_kind(source)
-    if kind == "task":
+    if source_kind(source, SETTING) == "task":
         yield from task_items(source.removeprefix("task:"), sft, split)
         return
-    fraction = sft["validation_fraction"]
-    if kind == "local":
-        # Bad lines are split by their id too, so each is counted in exactly one split's stats.
-        raws = (
-            r
-            for r in local_records(Path(source).expanduser())
-            if in_validation(r.conversation_id if isinstance(r, Skipped) else r.record_id, fraction)
-            == (split == "validation")
-        )
-    else:
-        raws = hub_records(source, split, fraction, load=load)
-    for raw in raws:
+    for raw in split_records(source, split, sft["validation_fraction"], SETTING, load=load):
         yield raw if isinstance(raw, Skipped) else to_conversation(raw, sft["format"], counts)
-
-
-def _special_texts(tokenizer) -> list[str]:
-    """Texts of the tokenizer's special / added tokens that would tokenize as one token if found in content."""
-    texts = set(tokenizer.all_special_tokens)
-    texts |= {t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special}
-    return sorted((t for t in texts if t), key=len, reverse=True)
-
-
-class SkipLog:
-    """Records skipped by reason, with up to EXAMPLES_PER_REASON examples each naming the record: called as
-    skip(record_id, reason, detail); `counts` and `examples` go to a shard's stats."""
-
-    def __init__(self):
-        self.counts: Counter = Counter()
-        self.examples: dict[str, list[str]] = {}
-
-    def __call__(self, record_id: str, reason: str, detail: str) -> None:
-        self.counts[reason] += 1
-        named = self.examples.setdefault(reason, [])
-        if len(named) < EXAMPLES_PER_REASON:
-            named.append(f"{record_id} {detail}".strip())
-
-    def stats(self) -> dict:
-        return {"skipped": dict(sorted(self.counts.items())), "skipped_examples": dict(sorted(self.examples.items()))}
-
-
-def write_records(
-    items: Iterable, rows_of: Callable[[list], list[dict]], schema: pa.Schema, path: Path, skip: SkipLog, bar
-) -> tuple[int, int]:
-    """Write the rows of `items` to the Parquet file `path` (the caller's temporary name), ROWS_PER_BATCH records
-    encoded, and written as one row group, at a time: a Skipped item goes to `skip`, the others through
-    `rows_of(batch)` (which may skip some too). Returns (records read, rows written)."""
-    read = written = 0
-    writer = pq.ParquetWriter(path, schema, compression="zstd", write_statistics=False, store_schema=True)
-    try:
-        batch: list = []
-
-        def flush() -> None:
-            nonlocal written
-            rows = rows_of(batch)
-            if rows:
-                writer.write_table(pa.Table.from_pylist(rows, schema=schema))
-                written += len(rows)
-            batch.clear()
-
-        for item in items:
-            read += 1
-            bar.update()
-            if isinstance(item, Skipped):
-                skip(item.conversation_id, item.reason, item.detail)
-                continue
-            batch.append(item)
-            if len(batch) >= ROWS_PER_BATCH:
-                flush()
-        flush()
-    finally:
-        writer.close()
-    return read, written
 
 
 def build(
@@ -569,7 +294,7 @@ def build(
         raise InputError(f"preprocess.sft needs a fast tokenizer (offsets mapping); got {type(tokenizer).__name__}")
     if tokenizer.eos_token_id is None:
         raise InputError("the tokenizer has no eos_token; SFT rows end answers and fill with it")
-    specials = _special_texts(tokenizer)
+    specials = special_texts(tokenizer)
     counts, skip = Counter(), SkipLog()
 
     def rows_of(batch: list[Conversation]) -> list[dict]:
@@ -618,7 +343,7 @@ def build(
 
     with atomic_path(out_path) as tmp:
         total = None
-        if source_kind(str(sft["source"])) == "task":
+        if source_kind(str(sft["source"]), SETTING) == "task":
             total = sft["n_train"] if split == "train" else sft["n_validation"]
         with tqdm(
             total=total, desc=f"sft {split} -> {out_path.name}", unit="conv", disable=not progress, file=sys.stderr
@@ -648,18 +373,11 @@ def build(
         "tokens": written * length,
         "seconds": round(time.perf_counter() - t0, 3),
     }
-    if source_kind(str(sft["source"])) == "task":
+    if source_kind(str(sft["source"]), SETTING) == "task":
         stats["task_words"] = len(REVERSE_WORDS)
     assert read == written + sum(skip.counts.values())
     write_json(stats, stats_path)
     return stats
-
-
-def load_tokenizer(path: str | Path):
-    """The tokenizer folder written by preprocess.tokenizer (a fast tokenizer: offsets are needed)."""
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(path))
 
 
 def main(argv=None):
