@@ -257,19 +257,6 @@ def valid_positions(x0: torch.Tensor, pad_id: int | None) -> torch.Tensor:
     return torch.ones_like(x0, dtype=torch.bool) if pad_id is None else x0 != pad_id
 
 
-def _masked_logits(trained: Trained, x0, prefix, sigma, masked):
-    """x_t = x0 with the ``masked`` positions (Bool [B, L]) set to the mask token, the prefix clean. The network on
-    [prefix ; x_t] told ``sigma`` [B], its head run on the masked target positions only, as in training. Returns
-    (logits [N, V], x_t, rows [N]: the block of each masked position, row-major)."""
-    mask_id = trained.meta["mask_id"]
-    x_t = torch.where(masked, torch.full_like(x0, mask_id), x0)
-    prefix_len = 0 if prefix is None else prefix.shape[1]
-    x_in = x_t if prefix is None else torch.cat([prefix, x_t], dim=1)
-    select = torch.cat([torch.zeros_like(prefix, dtype=torch.bool), masked], 1) if prefix_len else masked
-    logits = trained.model(x_in, sigma, prefix_len, select=select)
-    return logits, x_t, masked.nonzero(as_tuple=True)[0]
-
-
 def _per_block(values: torch.Tensor, rows: torch.Tensor, batch: int) -> torch.Tensor:
     """Float64 [B]: the sum of ``values`` [N] over each block's positions (``rows`` [N] their blocks)."""
     return torch.zeros(batch, dtype=torch.float64, device=values.device).index_add_(0, rows, values.double())
@@ -280,19 +267,23 @@ def continuous_nats(trained: Trained, x0, prefix, t: torch.Tensor, masked: torch
     docstring): the training loss terms (train/objectives mdlm_token_loss, sedd_token_loss) with the rate
     sigma'(t) replaced by expm1(sigma_bar(t)), i.e. divided by lambda = sigma' / expm1(sigma_bar):
     MDLM -log p_theta(x0_i | x_t), SEDD expm1(sigma_bar) [sum_y s_y - r log s_x0 + r (log r - 1)].
-    t [B] float32 (as training); the network told sigma_bar(t)."""
-    from train.objectives import mdlm_token_loss, sedd_log_score, sedd_token_loss
+    t [B] float32 (as training); x_t = x0 with the ``masked`` positions (Bool [B, L]) set to the mask token, the
+    prefix clean, the network told sigma_bar(t) and its head run on the masked positions only
+    (train.objectives.masked_forward, as in training)."""
+    from train.objectives import fused_switch, masked_forward, mdlm_token_loss, sedd_log_score, sedd_token_loss
 
     mask_id = trained.meta["mask_id"]
     sigma = trained.noise.total(t)
     scale = torch.expm1(sigma)  # in place of sigma': L_i / lambda(t)
-    logits, x_t, rows = _masked_logits(trained, x0, prefix, sigma, masked)
+    out = masked_forward(trained.model, x0, prefix, masked, sigma, mask_id)
+    rows = out.rows
     if trained.meta["objective"] == "mdlm":
-        fused = getattr(trained.model, "fused", "auto")
-        token_loss = mdlm_token_loss(logits, x0[masked], sigma[rows], scale[rows], mask_id, fused)
+        fused = fused_switch(trained.model)
+        token_loss = mdlm_token_loss(out.logits, out.targets, sigma[rows], scale[rows], mask_id, fused)
     else:
-        log_score = sedd_log_score(logits, x_t[masked], sigma[rows], mask_id)
-        token_loss = sedd_token_loss(log_score, x0[masked], sigma[rows], scale[rows], mask_id)
+        x_t = torch.full_like(out.targets, mask_id)  # x_t = m at every masked position
+        log_score = sedd_log_score(out.logits, x_t, sigma[rows], mask_id)
+        token_loss = sedd_token_loss(log_score, out.targets, sigma[rows], scale[rows], mask_id)
     return _per_block(token_loss, rows, len(x0))
 
 
@@ -304,13 +295,15 @@ def step_of_time(t: torch.Tensor, steps: int) -> torch.Tensor:
 
 def discrete_nats(trained: Trained, x0, prefix, step: torch.Tensor, masked: torch.Tensor, steps: int) -> torch.Tensor:
     """Float64 [B]: G_T(S, i) = sum over each block's ``masked`` positions of -log p_theta(x0_j | x_{t_i}) at its
-    step i = ``step`` [B] (1..T), the network told sigma_bar(t_i), t_i = i / T (module docstring)."""
-    from train.objectives import subs_nll
+    step i = ``step`` [B] (1..T), the network told sigma_bar(t_i), t_i = i / T (module docstring; the call:
+    train.objectives.masked_forward)."""
+    from train.objectives import masked_forward, subs_nll
 
     t = (step.double() / steps).float()  # float32 as in training
     sigma = trained.noise.total(t.to(x0.device))
-    logits, _, rows = _masked_logits(trained, x0, prefix, sigma, masked)
-    return _per_block(subs_nll(logits, x0[masked], trained.meta["mask_id"]), rows, len(x0))
+    mask_id = trained.meta["mask_id"]
+    out = masked_forward(trained.model, x0, prefix, masked, sigma, mask_id)
+    return _per_block(subs_nll(out.logits, out.targets, mask_id), out.rows, len(x0))
 
 
 def final_denoising_nats(

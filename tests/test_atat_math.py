@@ -16,19 +16,24 @@ import numpy as np
 import pytest
 import torch
 
+import train.atat as atat
 from train.atat import (
+    TokenTerms,
     atat_loss,
     atat_token_terms,
     boundary_terms,
+    corrupt_by_token,
     curriculum_stage,
     log_mask_ratio,
     schedule_exponents,
+    state_dependent_token_loss,
     unmask_rates,
 )
+from train.fused import subs_cross_entropy, use_fused
 from train.importance import ImportanceEstimator, frequency_importance
 from train.model import DiffusionTransformer, ModelConfig
 from train.noise import SAMPLING_EPS, LogLinearNoise, sample_times
-from train.objectives import diffusion_loss
+from train.objectives import corrupt, diffusion_loss, subs_nll
 
 torch.set_num_threads(1)
 
@@ -364,6 +369,82 @@ def test_uniform_variant_gradient_equals_mdlm():
 
 
 # -- the curriculum ----------------------------------------------------------------------------------------
+def reference_atat_token_terms(model, x0, prefix, t, uniform, noise, mask_id, exponents=None, maskable=None):
+    """atat_token_terms as it was before train.objectives.masked_forward (commit 3d2f6b2), kept verbatim to pin
+    the refactor."""
+    sigma, dsigma = noise.total(t), noise.rate(t)
+    if maskable is not None:
+        uniform = torch.where(maskable, uniform, torch.ones_like(uniform))
+    if exponents is None:
+        x_t = corrupt(x0, sigma, mask_id, uniform)
+    else:
+        x_t = corrupt_by_token(x0, sigma, mask_id, uniform, exponents)
+    prefix_len = 0 if prefix is None else prefix.shape[1]
+    x_in = x_t if prefix is None else torch.cat([prefix, x_t], dim=1)
+    masked = x_t == mask_id
+    select = torch.cat([torch.zeros_like(prefix, dtype=torch.bool), masked], 1) if prefix_len else masked
+    logits = model(x_in, sigma, prefix_len, select=select)
+    rows = masked.nonzero(as_tuple=True)[0]
+    x0_masked = x0[masked]
+    if exponents is None:
+        fused = getattr(getattr(model, "module", model), "fused", "auto")
+        if use_fused(fused, logits):
+            nll = subs_cross_entropy(logits, x0_masked, mask_id)
+        else:
+            nll = subs_nll(logits, x0_masked, mask_id)
+        loss = dsigma[rows] / torch.expm1(sigma[rows]) * nll
+        return TokenTerms(loss, torch.zeros_like(loss), nll, rows, masked, x_in, sigma, logits.shape[-1])
+    nll_term, rate_term, nll = state_dependent_token_loss(
+        logits, x0_masked, sigma[rows], dsigma[rows], exponents.to(logits.device), mask_id
+    )
+    return TokenTerms(nll_term + rate_term, rate_term, nll, rows, masked, x_in, sigma, logits.shape[-1])
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("case", ["plain", "prefix", "maskable"])
+def test_token_terms_and_loss_equal_the_code_before_masked_forward(case, fused, monkeypatch):
+    """The shared network call (train.objectives.masked_forward) changes no number: every field of TokenTerms and
+    the gradient, for w = 1 and a frequency schedule, and atat_loss's loss, estimator loss, stats and gradients for
+    every variant, are torch.equal to the pre-refactor code's on the same draws."""
+    vocab, mask, pad = 24, 23, 22
+    g = torch.Generator().manual_seed(7)
+    x0 = torch.randint(0, pad, (5, 12), generator=g)
+    x0[0, 9:] = pad
+    prefix = torch.randint(0, pad, (5, 4), generator=g) if case == "prefix" else None
+    maskable = torch.rand(5, 12, generator=g) < 0.6 if case == "maskable" else None
+    t, u = sample_times(5, g), torch.rand(5, 12, generator=g)
+    noise = LogLinearNoise()
+    frequency = frequency_importance(np.bincount(x0.flatten().numpy(), minlength=vocab))
+    for exponents in (None, schedule_exponents(frequency, 0.7)):
+        got = []
+        for terms_of in (reference_atat_token_terms, atat_token_terms):
+            model = tiny_dit(vocab, fused=fused)
+            terms = terms_of(model, x0, prefix, t, u, noise, mask, exponents, maskable)
+            terms.loss.sum().backward()
+            got.append((terms, [p.grad for p in model.parameters()]))
+        (before, grads0), (after, grads1) = got
+        assert after.loss.numel() > 0 and after.vocab_size == before.vocab_size == vocab
+        for name in ("loss", "rate_term", "nll", "rows", "masked", "x_in", "sigma"):
+            assert torch.equal(getattr(before, name), getattr(after, name)), (name, exponents is None)
+        assert all(torch.equal(a, b) for a, b in zip(grads0, grads1))
+    for variant, strength in [("full", 0.8), ("learned", 0.8), ("frequency", 0.8), ("uniform", 0.0)]:
+        got = []
+        for terms_of in (reference_atat_token_terms, atat_token_terms):
+            model = tiny_dit(vocab, fused=fused)
+            torch.manual_seed(1)
+            estimator = ImportanceEstimator(vocab, dim=8)
+            with monkeypatch.context() as m:
+                m.setattr(atat, "atat_token_terms", terms_of)
+                loss, est_loss, stats = atat_loss(
+                    model, estimator, x0, prefix, t, u, noise, mask, variant, strength, frequency, pad, maskable
+                )
+            (loss + est_loss).backward()
+            got.append((loss, est_loss, stats, [p.grad for p in (*model.parameters(), *estimator.parameters())]))
+        (loss0, est0, stats0, grads0), (loss1, est1, stats1, grads1) = got
+        assert torch.equal(loss0, loss1) and torch.equal(est0, est1) and stats0 == stats1, variant
+        assert all(torch.equal(a, b) for a, b in zip(grads0, grads1)), variant
+
+
 @pytest.mark.parametrize("max_steps,stages", [(10, 3), (800, 4), (7, 7), (5, 1), (1000, 2)])
 def test_curriculum_is_monotone_and_ends_plain(max_steps, stages):
     path = [curriculum_stage(step, max_steps, stages, max_strength=1.5) for step in range(max_steps)]

@@ -17,6 +17,7 @@ import pytest
 import test_atat_math as toy  # the exact denoiser on sequences of 3 tokens over {0, 1, 2} (tests/, no package)
 import torch
 
+import eval.likelihood as likelihood
 from eval.denoiser import Denoiser
 from eval.likelihood import (
     ar_nats,
@@ -36,7 +37,7 @@ from eval.likelihood import (
 from eval.trained import Trained
 from train.model import DiffusionTransformer, ModelConfig
 from train.noise import LogLinearNoise, get_noise
-from train.objectives import masked_token_losses
+from train.objectives import masked_token_losses, mdlm_token_loss, sedd_log_score, sedd_token_loss, subs_nll
 
 torch.set_num_threads(1)
 
@@ -710,3 +711,78 @@ def test_padded_validation_counts_only_real_tokens_on_a_tiny_transformer():
             assert got == pytest.approx(ar_nats(ar, row[None, :n], torch.ones(1, n, dtype=torch.bool)), rel=1e-5)
     ar_result = stage_nelbo(ar, torch.zeros(6, 0, dtype=torch.long), target, 4, 3)
     assert ar_result["tokens"] == 22
+
+
+# -- the network call is training's (train.objectives.masked_forward): pinned against the code before it ----------
+def reference_masked_logits(trained, x0, prefix, sigma, masked):
+    """eval/likelihood.py's own network call before train.objectives.masked_forward (commit 3d2f6b2), verbatim."""
+    mask_id = trained.meta["mask_id"]
+    x_t = torch.where(masked, torch.full_like(x0, mask_id), x0)
+    prefix_len = 0 if prefix is None else prefix.shape[1]
+    x_in = x_t if prefix is None else torch.cat([prefix, x_t], dim=1)
+    select = torch.cat([torch.zeros_like(prefix, dtype=torch.bool), masked], 1) if prefix_len else masked
+    logits = trained.model(x_in, sigma, prefix_len, select=select)
+    return logits, x_t, masked.nonzero(as_tuple=True)[0]
+
+
+def reference_continuous_nats(trained, x0, prefix, t, masked):
+    """continuous_nats before masked_forward (commit 3d2f6b2), verbatim."""
+    mask_id = trained.meta["mask_id"]
+    sigma = trained.noise.total(t)
+    scale = torch.expm1(sigma)
+    logits, x_t, rows = reference_masked_logits(trained, x0, prefix, sigma, masked)
+    if trained.meta["objective"] == "mdlm":
+        fused = getattr(trained.model, "fused", "auto")
+        token_loss = mdlm_token_loss(logits, x0[masked], sigma[rows], scale[rows], mask_id, fused)
+    else:
+        log_score = sedd_log_score(logits, x_t[masked], sigma[rows], mask_id)
+        token_loss = sedd_token_loss(log_score, x0[masked], sigma[rows], scale[rows], mask_id)
+    return likelihood._per_block(token_loss, rows, len(x0))
+
+
+def reference_discrete_nats(trained, x0, prefix, step, masked, steps):
+    """discrete_nats before masked_forward (commit 3d2f6b2), verbatim."""
+    t = (step.double() / steps).float()
+    sigma = trained.noise.total(t.to(x0.device))
+    logits, _, rows = reference_masked_logits(trained, x0, prefix, sigma, masked)
+    return likelihood._per_block(subs_nll(logits, x0[masked], trained.meta["mask_id"]), rows, len(x0))
+
+
+@pytest.mark.parametrize("prefix_len", [0, 3])
+@pytest.mark.parametrize("noise_spec", [SCHEDULES[0], SCHEDULES[2]])
+@pytest.mark.parametrize("objective", ["mdlm", "sedd"])
+def test_terms_and_estimates_equal_the_code_before_masked_forward(objective, noise_spec, prefix_len, monkeypatch):
+    """The shared network call changes no number: continuous_nats and discrete_nats on a padded batch, and
+    block_nats and stage_nelbo (continuous and discrete-T, with the geometric schedule's t = 0 term) on the same
+    seeds, are torch.equal / == to the pre-refactor code's."""
+    pad = 5
+    trained = as_trained(tiny_network(), objective, noise_spec, pad_id=pad, target_len=6, prefix_len=prefix_len)
+    g = torch.Generator().manual_seed(11)
+    x0 = torch.randint(0, 6, (4, 6), generator=g)
+    prefix = torch.randint(0, 6, (4, prefix_len), generator=g)
+    pre = prefix if prefix_len else None
+    valid = x0 != pad
+    t = torch.rand(4, generator=g)
+    masked = (torch.rand(4, 6, generator=g) < 0.5) & valid
+    steps = 10 if objective == "mdlm" else None
+    with torch.no_grad():
+        want = reference_continuous_nats(trained, x0, pre, t, masked)
+        assert torch.equal(continuous_nats(trained, x0, pre, t, masked), want) and bool((want != 0).any())
+        if steps:
+            step = torch.tensor([1, 4, 7, 10])
+            want = reference_discrete_nats(trained, x0, pre, step, masked, steps)
+            assert torch.equal(discrete_nats(trained, x0, pre, step, masked, steps), want)
+        results = []
+        for continuous, discrete in (
+            (reference_continuous_nats, reference_discrete_nats),
+            (likelihood.continuous_nats, likelihood.discrete_nats),
+        ):
+            with monkeypatch.context() as m:  # what block_nats and stage_nelbo call
+                m.setattr(likelihood, "continuous_nats", continuous)
+                m.setattr(likelihood, "discrete_nats", discrete)
+                blocks = block_nats(trained, x0, pre, valid, 3, torch.Generator().manual_seed(5), steps)
+                stage = stage_nelbo(trained, prefix, x0, 2, 3, seed=3, discrete_steps=steps) if steps else None
+            results.append((blocks, stage))
+    (blocks0, stage0), (blocks1, stage1) = results
+    assert torch.equal(blocks0[0], blocks1[0]) and (steps is None or torch.equal(blocks0[1], blocks1[1]))
+    assert stage0 == stage1

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+import train.objectives as objectives
 from common.config import validate_config
 from train.model import DiffusionTransformer, ModelConfig
 from train.noise import get_noise, sample_times
@@ -13,9 +14,13 @@ from train.objectives import (
     ar_token_loss,
     corrupt,
     diffusion_loss,
+    forward_mask,
+    masked_forward,
+    masked_token_losses,
     mdlm_token_loss,
     sedd_log_score,
     sedd_token_loss,
+    sequence_nelbo,
     subs_log_probs,
 )
 from train.settings import compute_matched_steps, resolve
@@ -158,6 +163,104 @@ def test_sft_masks_and_scores_only_answer_tokens_per_token_or_per_sequence():
     assert token.item() == pytest.approx((row0 + row1) / 5, rel=1e-6)
     sequence = diffusion_loss(model, "mdlm", x0, None, t, u, noise, mask_id, maskable=answer, normalization="sequence")
     assert sequence.item() == pytest.approx((row0 / 2 + row1 / 3) / 2, rel=1e-6)
+
+
+def test_forward_mask_and_masked_forward_by_hand():
+    """forward_mask: u < move on the maskable positions; masked_forward: x_t, the prefix clean and never selected,
+    the head on the masked positions only, targets x0 there and their rows, row-major."""
+    u = torch.tensor([[0.1, 0.9, 0.2], [0.5, 0.0, 0.7]])
+    move = torch.tensor([[0.5], [0.6]])  # one per row
+    assert forward_mask(u, move).tolist() == [[True, False, True], [True, True, False]]
+    per_position = torch.tensor([[0.05, 0.95, 0.5], [0.4, 0.1, 0.8]])
+    assert forward_mask(u, per_position).tolist() == [[False, True, True], [False, True, True]]
+    maskable = torch.tensor([[True, True, False], [False, True, True]])
+    assert forward_mask(u, move, maskable).tolist() == [[True, False, False], [False, True, False]]
+
+    mask_id = 3
+    table = torch.arange(2 * 5 * 4, dtype=torch.float32).view(2, 5, 4)  # row b, position j: distinct logits
+    model = FixedLogits(table)
+    x0 = torch.tensor([[0, 1, 2], [2, 1, 0]])
+    prefix = torch.tensor([[1, 1], [0, 2]])
+    masked = torch.tensor([[True, False, True], [False, True, False]])
+    sigma = torch.tensor([0.5, 1.5])
+    out = masked_forward(model, x0, prefix, masked, sigma, mask_id)
+    x, prefix_len, select = model.seen
+    assert prefix_len == 2 and x.tolist() == [[1, 1, 3, 1, 3], [0, 2, 2, 3, 0]]
+    assert select.tolist() == [[False, False, True, False, True], [False, False, False, True, False]]
+    assert torch.equal(out.logits, torch.stack([table[0, 2], table[0, 4], table[1, 3]]))
+    assert out.targets.tolist() == [0, 2, 1] and out.rows.tolist() == [0, 0, 1]
+    assert torch.equal(out.masked, masked) and torch.equal(out.x_in, x)
+    model = FixedLogits(table[:, 2:])
+    without = masked_forward(model, x0, None, masked, sigma, mask_id)  # no prefix: select is the mask itself
+    assert model.seen[1] == 0 and model.seen[2].tolist() == masked.tolist()
+    assert without.x_in.tolist() == [[3, 1, 3], [2, 3, 0]] and without.rows.tolist() == [0, 0, 1]
+    assert torch.equal(without.logits, out.logits)
+
+
+def reference_masked_token_losses(model, objective, x0, prefix, t, uniform, noise, mask_id, maskable=None):
+    """masked_token_losses as it was before masked_forward (commit 3d2f6b2), kept verbatim to pin the refactor."""
+    sigma, dsigma = noise.total(t), noise.rate(t)
+    if maskable is not None:
+        uniform = torch.where(maskable, uniform, torch.ones_like(uniform))
+    x_t = corrupt(x0, sigma, mask_id, uniform)
+    prefix_len = 0 if prefix is None else prefix.shape[1]
+    x_in = x_t if prefix is None else torch.cat([prefix, x_t], dim=1)
+    masked = x_t == mask_id
+    select = torch.cat([torch.zeros_like(prefix, dtype=torch.bool), masked], 1) if prefix_len else masked
+    logits = model(x_in, sigma, prefix_len, select=select)
+    rows = masked.nonzero(as_tuple=True)[0]
+    if objective == "mdlm":
+        fused = getattr(getattr(model, "module", model), "fused", "auto")
+        return mdlm_token_loss(logits, x0[masked], sigma[rows], dsigma[rows], mask_id, fused), rows
+    if objective == "sedd":
+        log_score = sedd_log_score(logits, x_t[masked], sigma[rows], mask_id)
+        return sedd_token_loss(log_score, x0[masked], sigma[rows], dsigma[rows], mask_id), rows
+    raise ValueError(objective)
+
+
+def _pin_model(fused):
+    torch.manual_seed(0)
+    model = DiffusionTransformer(ModelConfig(vocab_size=24, dim=32, n_layers=2, n_heads=2, cond_dim=16), fused=fused)
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    return model
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("objective", ["mdlm", "sedd"])
+@pytest.mark.parametrize("case", ["plain", "prefix", "maskable"])
+def test_masked_token_losses_equal_the_code_before_masked_forward(case, objective, fused, monkeypatch):
+    """The shared network call changes no number: token losses, rows and gradients are torch.equal to the
+    pre-refactor code's on the same draws, and so are diffusion_loss (both normalizations, with pads) and
+    sequence_nelbo (the DPO score) computed through it."""
+    mask, pad = 23, 22
+    g = torch.Generator().manual_seed(7)
+    x0 = torch.randint(0, pad, (5, 12), generator=g)
+    x0[0, 9:] = pad
+    prefix = torch.randint(0, pad, (5, 4), generator=g) if case == "prefix" else None
+    maskable = torch.rand(5, 12, generator=g) < 0.6 if case == "maskable" else None
+    t, u = sample_times(5, g), torch.rand(5, 12, generator=g)
+    noise = get_noise({"type": "loglinear", "eps": 1e-3})
+    results = []
+    for terms in (reference_masked_token_losses, masked_token_losses):
+        model = _pin_model(fused)
+        loss, rows = terms(model, objective, x0, prefix, t, u, noise, mask, maskable)
+        loss.sum().backward()
+        with monkeypatch.context() as m:
+            m.setattr(objectives, "masked_token_losses", terms)  # what diffusion_loss and sequence_nelbo call
+            with torch.no_grad():
+                totals = [
+                    diffusion_loss(model, objective, x0, prefix, t, u, noise, mask, pad, maskable, norm)
+                    for norm in ("token", "sequence")
+                ]
+                if objective == "mdlm" and prefix is None:
+                    answer = torch.ones_like(x0, dtype=torch.bool) if maskable is None else maskable
+                    totals.append(sequence_nelbo(model, x0, t, u, noise, mask, answer))
+        results.append((loss.detach(), rows, [p.grad for p in model.parameters()], totals))
+    (loss0, rows0, grads0, totals0), (loss1, rows1, grads1, totals1) = results
+    assert loss1.numel() > 0 and torch.equal(loss0, loss1) and torch.equal(rows0, rows1)
+    assert all(torch.equal(a, b) for a, b in zip(grads0, grads1))
+    assert all(torch.equal(a, b) for a, b in zip(totals0, totals1))
 
 
 def test_ar_loss_ignores_pads():

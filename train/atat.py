@@ -67,8 +67,9 @@ surprisal, read from x_t). `strength` (lambda >= 0) comes from the curriculum be
 3. Curriculum (curriculum_stage): `stages` equal spans of training, lambda = max_strength (S-1-k)/(S-1) in span k:
    monotone down to lambda = 0 in the last span, where every variant is exactly MDLM (w = 1, g = 1).
 
-Variant uniform is MDLM itself: the same corrupt(), network call and 1/t-weighted cross-entropy as
-train/objectives.diffusion_loss, so the loss is bit for bit equal on the same draws.
+Variant uniform is MDLM itself: the same mask draw (train/objectives.forward_mask), network call
+(train/objectives.masked_forward) and 1/t-weighted cross-entropy as train/objectives.diffusion_loss, so the loss
+is bit for bit equal on the same draws.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ import torch
 from train.fused import subs_cross_entropy, use_fused
 from train.importance import estimator_loss, importance_stats
 from train.noise import SAMPLING_EPS
-from train.objectives import corrupt, subs_nll
+from train.objectives import forward_mask, fused_switch, masked_forward, subs_nll
 
 VARIANTS = ("full", "learned", "frequency", "uniform")
 USES_FREQUENCY = ("full", "frequency")
@@ -94,13 +95,22 @@ def schedule_exponents(frequency: torch.Tensor, strength: float) -> torch.Tensor
     return torch.exp(-float(strength) * frequency.float())
 
 
+def token_move(x0: torch.Tensor, sigma: torch.Tensor, exponents: torch.Tensor | None) -> torch.Tensor:
+    """The mask probability of each position under the state-dependent schedule, 1 - alpha_{x0_i}(t) =
+    1 - exp(-w_{x0_i} sigma): float [B, L] for x0 [B, L], sigma [B]; exponents None (w = 1): 1 - exp(-sigma) as
+    [B, 1], train.objectives.corrupt's."""
+    if exponents is None:
+        return -torch.expm1(-sigma)[:, None]
+    return -torch.expm1(-exponents.to(sigma.device)[x0] * sigma[:, None])
+
+
 def corrupt_by_token(
     x0: torch.Tensor, sigma: torch.Tensor, mask_id: int, uniform: torch.Tensor, exponents: torch.Tensor
 ) -> torch.Tensor:
     """State-dependent absorbing forward process: x_t[i] = m if u[i] < 1 - exp(-w_{x0_i} sigma) else x0[i].
     With w = 1 it is train.objectives.corrupt."""
-    move = -torch.expm1(-exponents.to(sigma.device)[x0] * sigma[:, None])
-    return torch.where(uniform < move, torch.full_like(x0, mask_id), x0)
+    masked = forward_mask(uniform, token_move(x0, sigma, exponents))
+    return torch.where(masked, torch.full_like(x0, mask_id), x0)
 
 
 def unmask_rates(sigma: torch.Tensor, dsigma: torch.Tensor, exponents: torch.Tensor) -> torch.Tensor:
@@ -168,36 +178,26 @@ def atat_token_terms(
     maskable: torch.Tensor | None = None,
 ) -> TokenTerms:
     """Noise x0 at times t (per-token schedule w = exponents [V]; None: w = 1, plain MDLM) and return the
-    masked positions' terms l_i. The model sees [prefix (clean) ; x_t] and is told sigma = sigma_bar(t) of the
-    base schedule. With exponents None every operation is train.objectives.masked_token_losses' for mdlm, so the
-    sums agree bit for bit."""
+    masked positions' terms l_i. masked_i = u_i < 1 - exp(-w_{x0_i} sigma) on the maskable positions (token_move,
+    train.objectives.forward_mask); the model sees [prefix (clean) ; x_t], is told sigma = sigma_bar(t) of the
+    base schedule and scores the masked positions only (train.objectives.masked_forward). With exponents None
+    every operation is train.objectives.masked_token_losses' for mdlm, so the sums agree bit for bit."""
     sigma, dsigma = noise.total(t), noise.rate(t)
-    if maskable is not None:
-        uniform = torch.where(maskable, uniform, torch.ones_like(uniform))  # u = 1 is never < move(t) <= 1
+    masked = forward_mask(uniform, token_move(x0, sigma, exponents), maskable)
+    out = masked_forward(model, x0, prefix, masked, sigma, mask_id)
+    logits, x0_masked, rows = out.logits, out.targets, out.rows
     if exponents is None:
-        x_t = corrupt(x0, sigma, mask_id, uniform)
-    else:
-        x_t = corrupt_by_token(x0, sigma, mask_id, uniform, exponents)
-    prefix_len = 0 if prefix is None else prefix.shape[1]
-    x_in = x_t if prefix is None else torch.cat([prefix, x_t], dim=1)
-    masked = x_t == mask_id
-    select = torch.cat([torch.zeros_like(prefix, dtype=torch.bool), masked], 1) if prefix_len else masked
-    logits = model(x_in, sigma, prefix_len, select=select)  # [N, V], rows in masked-position order
-    rows = masked.nonzero(as_tuple=True)[0]
-    x0_masked = x0[masked]
-    if exponents is None:
-        fused = getattr(getattr(model, "module", model), "fused", "auto")
-        if use_fused(fused, logits):
+        if use_fused(fused_switch(model), logits):
             nll = subs_cross_entropy(logits, x0_masked, mask_id)
         else:
             nll = subs_nll(logits, x0_masked, mask_id)
         # mdlm_token_loss's expression, operation for operation
         loss = dsigma[rows] / torch.expm1(sigma[rows]) * nll
-        return TokenTerms(loss, torch.zeros_like(loss), nll, rows, masked, x_in, sigma, logits.shape[-1])
+        return TokenTerms(loss, torch.zeros_like(loss), nll, rows, masked, out.x_in, sigma, logits.shape[-1])
     nll_term, rate_term, nll = state_dependent_token_loss(
         logits, x0_masked, sigma[rows], dsigma[rows], exponents.to(logits.device), mask_id
     )
-    return TokenTerms(nll_term + rate_term, rate_term, nll, rows, masked, x_in, sigma, logits.shape[-1])
+    return TokenTerms(nll_term + rate_term, rate_term, nll, rows, masked, out.x_in, sigma, logits.shape[-1])
 
 
 def learned_weights(prediction: torch.Tensor, rows: torch.Tensor, batch: int, strength: float) -> torch.Tensor:

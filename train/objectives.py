@@ -12,6 +12,7 @@ processes averages to the same value.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -21,14 +22,66 @@ from train.fused import subs_cross_entropy, use_fused
 OBJECTIVES = ("mdlm", "sedd", "ar")
 
 
+def forward_mask(uniform: torch.Tensor, move: torch.Tensor, maskable: torch.Tensor | None = None) -> torch.Tensor:
+    """The positions the absorbing forward process masks: Bool [B, L],
+
+        masked_i = (u_i < move_i) and maskable_i,      move_i = 1 - keep probability of position i,
+
+    u = `uniform` [B, L] in [0, 1), move [B, 1] (one sigma per row: 1 - exp(-sigma)) or [B, L] (per position,
+    train/atat.py), maskable Bool [B, L] (None: every position). P(masked_i) = move_i on maskable positions.
+    """
+    masked = uniform < move
+    return masked if maskable is None else masked & maskable
+
+
 def corrupt(x0: torch.Tensor, sigma: torch.Tensor, mask_id: int, uniform: torch.Tensor) -> torch.Tensor:
-    """Absorbing forward process: x_t[i] = m if u[i] < 1 - exp(-sigma) else x0[i].
+    """Absorbing forward process: x_t[i] = m if u[i] < 1 - exp(-sigma) else x0[i] (forward_mask).
 
     `uniform` (same shape as x0, U[0,1)) is drawn by the caller so that a global batch can be noised once
     and split across micro-batches and processes identically.
     """
     move = -torch.expm1(-sigma)  # 1 - exp(-sigma), exact for small sigma
-    return torch.where(uniform < move[:, None], torch.full_like(x0, mask_id), x0)
+    return torch.where(forward_mask(uniform, move[:, None]), torch.full_like(x0, mask_id), x0)
+
+
+class MaskedForward(NamedTuple):
+    """The network's output at the masked target positions of one batch (masked_forward): logits [N, V] and the
+    clean tokens x0_i they are scored against, targets [N], both in row-major order of the masked positions; the
+    row of each, rows [N]; the mask Bool [B, L]; the network input x_in = [prefix ; x_t] [B, P + L]."""
+
+    logits: torch.Tensor
+    targets: torch.Tensor
+    rows: torch.Tensor
+    masked: torch.Tensor
+    x_in: torch.Tensor
+
+
+def masked_forward(
+    model, x0: torch.Tensor, prefix: torch.Tensor | None, masked: torch.Tensor, sigma: torch.Tensor, mask_id: int
+) -> MaskedForward:
+    """Noise x0 with a given mask and run the network where its output is scored:
+
+        x_t[i] = m if masked[i] else x0[i],      logits = model([prefix ; x_t], sigma, P, select = [0_P ; masked]),
+
+    P = prefix length (the prefix stays clean and is never selected). x0 [B, L], prefix [B, P] or None, masked
+    Bool [B, L], sigma [B] (what the network is told). Only the masked positions are scored (SUBS and the absorbing
+    score entropy give every other position 0), so the output head runs on those N positions only. The scored
+    positions are `masked` itself, not x_t == m (a clean x0 token that is the mask id is not scored). The training
+    losses (masked_token_losses, sequence_nelbo, train/atat.py) and the validation NELBO (eval/likelihood.py) all
+    call the network through here.
+    """
+    x_t = torch.where(masked, torch.full_like(x0, mask_id), x0)
+    prefix_len = 0 if prefix is None else prefix.shape[1]
+    x_in = x_t if prefix is None else torch.cat([prefix, x_t], dim=1)
+    select = torch.cat([torch.zeros_like(prefix, dtype=torch.bool), masked], 1) if prefix_len else masked
+    logits = model(x_in, sigma, prefix_len, select=select)  # [N, V], rows in masked-position order
+    return MaskedForward(logits, x0[masked], masked.nonzero(as_tuple=True)[0], masked, x_in)
+
+
+def fused_switch(model) -> bool | str:
+    """The model's own fused cross-entropy switch ("auto", True, False; train.fused.use_fused), read through a
+    DDP / DeepSpeed wrapper (which holds the model as .module); "auto" for a model without one."""
+    return getattr(getattr(model, "module", model), "fused", "auto")
 
 
 def subs_log_probs(logits: torch.Tensor, x_t: torch.Tensor, mask_id: int) -> torch.Tensor:
@@ -138,27 +191,20 @@ def masked_token_losses(
     the NELBO (unmasked positions contribute exactly 0 under both objectives, so they are not computed).
 
     The model sees [prefix (clean) ; x_t]; only target positions are noised, and of those only the `maskable`
-    ones (Bool [B, L]; None: all). The output head runs only on the masked positions. mdlm: loss_i of
-    mdlm_token_loss; sedd: of sedd_token_loss.
+    ones (Bool [B, L]; None: all): masked_i = u_i < 1 - exp(-sigma) (forward_mask). The output head runs only on
+    the masked positions (masked_forward). mdlm: loss_i of mdlm_token_loss; sedd: of sedd_token_loss.
     """
+    if objective not in ("mdlm", "sedd"):
+        raise ValueError(f"diffusion objective must be mdlm or sedd, got {objective!r}")
     sigma, dsigma = noise.total(t), noise.rate(t)
-    if maskable is not None:
-        uniform = torch.where(maskable, uniform, torch.ones_like(uniform))  # u = 1 is never < move(t) <= 1
-    x_t = corrupt(x0, sigma, mask_id, uniform)
-    prefix_len = 0 if prefix is None else prefix.shape[1]
-    x_in = x_t if prefix is None else torch.cat([prefix, x_t], dim=1)
-    masked = x_t == mask_id
-    select = torch.cat([torch.zeros_like(prefix, dtype=torch.bool), masked], 1) if prefix_len else masked
-    logits = model(x_in, sigma, prefix_len, select=select)  # [N, V], rows in masked-position order
-    rows = masked.nonzero(as_tuple=True)[0]
+    masked = forward_mask(uniform, -torch.expm1(-sigma)[:, None], maskable)
+    out = masked_forward(model, x0, prefix, masked, sigma, mask_id)
+    rows = out.rows
     if objective == "mdlm":
-        # the model's own switch; DDP / DeepSpeed wrappers hold it as .module
-        fused = getattr(getattr(model, "module", model), "fused", "auto")
-        return mdlm_token_loss(logits, x0[masked], sigma[rows], dsigma[rows], mask_id, fused), rows
-    if objective == "sedd":
-        log_score = sedd_log_score(logits, x_t[masked], sigma[rows], mask_id)
-        return sedd_token_loss(log_score, x0[masked], sigma[rows], dsigma[rows], mask_id), rows
-    raise ValueError(f"diffusion objective must be mdlm or sedd, got {objective!r}")
+        return mdlm_token_loss(out.logits, out.targets, sigma[rows], dsigma[rows], mask_id, fused_switch(model)), rows
+    x_t = torch.full_like(out.targets, mask_id)  # x_t = m at every masked position
+    log_score = sedd_log_score(out.logits, x_t, sigma[rows], mask_id)
+    return sedd_token_loss(log_score, out.targets, sigma[rows], dsigma[rows], mask_id), rows
 
 
 def diffusion_loss(
