@@ -1,23 +1,29 @@
 r"""The ATAT ablation table: every run of objective atat (and plain mdlm runs, as "mdlm"), grouped by importance
-variant, with mean and spread over the seeds of each metric, and which differences from the uniform variant
-exceed the seed spread.
+variant and kind (a cascade and a single run of the same variant are different rows), with mean and spread over
+the seeds of each metric, and which differences from the uniform variant of the same kind exceed the seed spread.
+
+Who a run is comes from its record (eval/record.py: run_record, the last model folder of the run, stage3 of a
+cascade): variant = atat.importance (training objective atat) or the objective (plain runs), kind, and seed =
+train.seed. Two runs of the same variant, kind and seed are an error naming both (the table would keep one of
+them); an eval JSON whose provenance is not its run's record (another training) is an error too.
 
 Per run (its runs/{profile}/{run}/eval/ JSON files, written by the existing rules):
     val_nelbo   the plain MDLM NELBO (uniform schedule, 1/t weights) of the EMA model on the validation blocks,
-                nats per token (eval/likelihood.py; the same blocks and draws for every run), whatever the
-                training objective: train/atat.py's own bounds are never what the table compares
+                nats per stage-3 token (val.json "total", eval/likelihood.py: the same blocks and draws for every
+                run; of a cascade the sum of its stage NELBOs per stage-3 token, as in the main table), whatever
+                the training objective: train/atat.py's own bounds are never what the table compares
     val_ppl     exp(val_nelbo)
     gen_ppl     per sampler and steps: generative perplexity of the samples under the AR scorer
     entropy     per sampler and steps: mean unigram entropy of the samples (nats; low = repetitive)
 
-Per variant and metric over its seeds: n, mean, sd (sample standard deviation, n - 1), min, max. A variant's
-difference from the uniform variant on a metric "exceeds the seed spread" when Welch's two-sided t-test of the two
-seed samples gives p < 0.05 (scipy.stats.ttest_ind, equal_var=False). With 2 seeds a side that needs a difference
-of several standard deviations; non-overlapping [min, max] ranges alone would pass 1 in 3 equal pairs by chance.
-Both sides without spread (sd 0) and different means count as exceeding it. The test is not run, and the table
-says why (CSV column not_tested, and in words below the Markdown table), where a side has one seed (no spread to
-compare a difference with) or there is no uniform run (no baseline): "no difference exceeds the seed spread" is
-said only of differences that were tested.
+Per variant, kind and metric over its seeds: n, mean, sd (sample standard deviation, n - 1), min, max. A variant's
+difference from the uniform variant of its kind on a metric "exceeds the seed spread" when Welch's two-sided t-test
+of the two seed samples gives p < 0.05 (scipy.stats.ttest_ind, equal_var=False). With 2 seeds a side that needs a
+difference of several standard deviations; non-overlapping [min, max] ranges alone would pass 1 in 3 equal pairs by
+chance. Both sides without spread (sd 0) and different means count as exceeding it. The test is not run, and the
+table says why (CSV column not_tested, and in words below the Markdown table), where a side has one seed (no spread
+to compare a difference with) or there is no uniform run of its kind (no baseline): "no difference exceeds the seed
+spread" is said only of differences that were tested.
 
     python -m eval.atat table --val-metrics runs/{profile}/*/eval/val.json \
         --sample-metrics runs/{profile}/*/eval/*-*.json \
@@ -28,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import functools
 import io
 import json
 import math
@@ -36,12 +41,14 @@ import warnings
 from collections import defaultdict
 from pathlib import Path
 
-from common.io import atomic_path
+from common.io import InputError, atomic_path
+from eval.record import ModelRecord, provenance_differs, run_record
 
 VARIANT_ORDER = ("full", "learned", "frequency", "uniform", "mdlm")
 BASELINE = "uniform"
 CSV_COLUMNS = [
     "variant",
+    "kind",
     "metric",
     "sampler",
     "steps",
@@ -58,37 +65,78 @@ CSV_COLUMNS = [
     "not_tested",
 ]
 ALPHA = 0.05
-NO_BASELINE = f"no {BASELINE} run (atat.importance: {BASELINE}), so no baseline to compare with"
 
 
-@functools.cache
-def run_variant(run_dir: Path) -> str:
-    """The importance variant a run trained with (its model folder's config.json), "mdlm" for plain runs."""
-    meta = json.loads((run_dir / "model" / "config.json").read_text())
-    if meta.get("training_objective") == "atat":
-        return meta["atat"]["importance"]
-    return meta["objective"]
+def no_baseline(kind: str) -> str:
+    """Why a row has no test when its kind has no uniform run (its not_tested)."""
+    return f"no {BASELINE} run of kind {kind} (atat.importance: {BASELINE}), so no baseline to compare with"
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise InputError(f"{path}: not readable JSON ({err})") from err
+
+
+class Runs:
+    """The runs of the table's eval files, each read once through its record (eval.record.run_record): the row
+    group (variant, kind) and seed of an eval file, every (variant, kind, seed) from one run only."""
+
+    def __init__(self):
+        self.records: dict[Path, ModelRecord] = {}
+        self.owners: dict[tuple, Path] = {}
+
+    def of(self, path: Path, result: dict) -> tuple[str, str, int]:
+        """(variant, kind, seed) of the run whose eval file ``path`` (runs/{profile}/{run}/eval/*.json) is."""
+        run_dir = path.parents[1]
+        if run_dir.resolve() not in self.records:
+            self.records[run_dir.resolve()] = run_record(run_dir)
+        record = self.records[run_dir.resolve()]
+        if record.kind is None:
+            raise InputError(f"{record.config}: no key 'kind' (expected cascade or single): the table groups by kind")
+        if record.seed is None:
+            raise InputError(f"{record.config}: no key 'train.seed' (expected an integer): the table groups by seed")
+        prov = result.get("provenance")
+        if isinstance(prov, dict) and provenance_differs(prov, record.provenance):
+            raise InputError(
+                f"{path}: provenance {prov} differs from the record of its run, {record.config}: "
+                f"{record.provenance}; computed from another training: rerun the evaluation"
+            )
+        variant = record.atat_importance or record.objective
+        key = (variant, record.kind, record.seed)
+        owner = self.owners.setdefault(key, run_dir)
+        if owner.resolve() != run_dir.resolve():
+            raise InputError(
+                f"runs {owner} and {run_dir} are both variant {variant}, kind {record.kind}, seed {record.seed} "
+                f"(their config.json atat.importance / objective, kind, train.seed): the table has one value per "
+                f"seed and would keep only one of them; give one of the runs another train.seed"
+            )
+        return key
 
 
 def collect(val_files, sample_files) -> dict:
-    """{(variant, metric, sampler, steps): {seed: value}} from the runs' val.json and sample metrics."""
+    """{(variant, kind, metric, sampler, steps): {seed: value}} from the runs' val.json and sample metrics."""
     values: dict = defaultdict(dict)
+    runs = Runs()
     for path in map(Path, val_files):
-        result = json.loads(path.read_text())
-        run_dir = path.parents[1]
-        stage = result["stages"]["stage3"]
-        seed = result["provenance"]["seed"]
-        for metric, value in (("val_nelbo", stage["nelbo"]), ("val_ppl", stage["ppl"])):
-            values[(run_variant(run_dir), metric, "", "")][seed] = value
+        result = _read_json(path)
+        variant, kind, seed = runs.of(path, result)
+        total = result.get("total")
+        if not isinstance(total, dict) or not {"nelbo", "ppl"} <= set(total):
+            raise InputError(
+                f"{path}: key 'total' should be an object with nelbo and ppl (eval.evaluate val), got {total!r}"
+            )
+        for metric, value in (("val_nelbo", total["nelbo"]), ("val_ppl", total["ppl"])):
+            values[(variant, kind, metric, "", "")][seed] = value
     for path in map(Path, sample_files):
-        result = json.loads(path.read_text())
-        run_dir = path.parents[1]
-        seed, metrics = result["provenance"]["seed"], result["metrics"]
-        key = (result["sampler"], result["steps"])
-        variant = run_variant(run_dir)
+        result = _read_json(path)
+        variant, kind, seed = runs.of(path, result)
+        metrics = result["metrics"]
+        sampling = (result["sampler"], result["steps"])
         if (metrics.get("gen_ppl") or {}).get("value") is not None:  # evaluate.scorer: none scores nothing
-            values[(variant, "gen_ppl", *key)][seed] = metrics["gen_ppl"]["value"]
-        values[(variant, "entropy", *key)][seed] = metrics["unigram_entropy"]["value"]
+            values[(variant, kind, "gen_ppl", *sampling)][seed] = metrics["gen_ppl"]["value"]
+        values[(variant, kind, "entropy", *sampling)][seed] = metrics["unigram_entropy"]["value"]
     return values
 
 
@@ -123,18 +171,25 @@ def seed_test(a: list[float], b: list[float]) -> tuple[float | str, bool | str]:
 
 
 def table_rows(val_files, sample_files) -> list[dict]:
-    """One row per (variant, metric, sampler, steps): the seed summary, and against the uniform variant's row of
-    the same metric the difference of means, Welch's p and whether it exceeds the seed spread; `not_tested` says
-    why a variant other than uniform has no p: NO_BASELINE, or a side with one seed (no spread)."""
+    """One row per (variant, kind, metric, sampler, steps): the seed summary, and against the uniform variant's row
+    of the same kind and metric the difference of means, Welch's p and whether it exceeds the seed spread;
+    `not_tested` says why a variant other than uniform has no p: no_baseline(kind), or a side with one seed."""
     values = collect(val_files, sample_files)
     rows = []
-    for key in sorted(values, key=lambda k: (k[1], str(k[2]), str(k[3]), _order(k[0]))):
-        variant, metric, sampler, steps = key
-        row = {"variant": variant, "metric": metric, "sampler": sampler, "steps": steps, **summary(values[key])}
-        base = values.get((BASELINE, metric, sampler, steps))
+    for key in sorted(values, key=lambda k: (k[2], str(k[3]), str(k[4]), k[1], _order(k[0]))):
+        variant, kind, metric, sampler, steps = key
+        row = {
+            "variant": variant,
+            "kind": kind,
+            "metric": metric,
+            "sampler": sampler,
+            "steps": steps,
+            **summary(values[key]),
+        }
+        base = values.get((BASELINE, kind, metric, sampler, steps))
         row["diff_vs_uniform"], row["p_value"], row["exceeds_seed_spread"], row["not_tested"] = "", "", "", ""
         if variant != BASELINE and base is None:
-            row["not_tested"] = NO_BASELINE
+            row["not_tested"] = no_baseline(kind)
         elif variant != BASELINE:
             row["diff_vs_uniform"] = row["mean"] - summary(base)["mean"]
             row["p_value"], row["exceeds_seed_spread"] = seed_test(list(values[key].values()), list(base.values()))
@@ -154,6 +209,10 @@ def _label(row: dict) -> str:
     return row["metric"] + (f" {row['sampler']}-{row['steps']}" if row["sampler"] else "")
 
 
+def _group(row: dict) -> str:
+    return f"{row['variant']} ({row['kind']})"
+
+
 def _order(variant: str) -> int:
     return VARIANT_ORDER.index(variant) if variant in VARIANT_ORDER else len(VARIANT_ORDER)
 
@@ -165,9 +224,10 @@ def _cell(row: dict) -> str:
 
 
 def write_table(rows: list[dict], tables) -> None:
-    """results/{profile}/tables/atat.{md,csv}: csv one row per (variant, metric, sampler, steps); md one row per
-    variant, one column per metric (mean ± sd over seeds, * where the difference from uniform exceeds the seed
-    spread), then each such difference in words, and each that could not be tested with why (seed_test_verdict)."""
+    """results/{profile}/tables/atat.{md,csv}: csv one row per (variant, kind, metric, sampler, steps); md one row
+    per variant and kind, one column per metric (mean ± sd over seeds, * where the difference from uniform of the same
+    kind exceeds the seed spread), then each such difference in words, and each that could not be tested with why
+    (seed_test_verdict)."""
     tables = Path(tables)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS)
@@ -181,21 +241,21 @@ def write_table(rows: list[dict], tables) -> None:
         column = (row["metric"], row["sampler"], row["steps"])
         if column not in columns:
             columns.append(column)
-    variants = sorted({r["variant"] for r in rows}, key=_order)
-    cells = {(r["variant"], r["metric"], r["sampler"], r["steps"]): r for r in rows}
-    seeds = {r["variant"]: r["n_seeds"] for r in rows if r["metric"] == "val_nelbo"}
-    header = ["variant", "seeds"] + [m if not s else f"{m} {s}-{n}" for m, s, n in columns]
+    groups = sorted({(r["variant"], r["kind"]) for r in rows}, key=lambda g: (g[1], _order(g[0])))
+    cells = {(r["variant"], r["kind"], r["metric"], r["sampler"], r["steps"]): r for r in rows}
+    seeds = {(r["variant"], r["kind"]): r["n_seeds"] for r in rows if r["metric"] == "val_nelbo"}
+    header = ["variant", "kind", "seeds"] + [m if not s else f"{m} {s}-{n}" for m, s, n in columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for variant in variants:
-        out = [variant, str(seeds.get(variant, "—"))]
-        out += [_cell(cells[(variant, *c)]) if (variant, *c) in cells else "—" for c in columns]
+    for group in groups:
+        out = [*group, str(seeds.get(group, "—"))]
+        out += [_cell(cells[(*group, *c)]) if (*group, *c) in cells else "—" for c in columns]
         lines.append("| " + " | ".join(out) + " |")
     lines += [
         "",
         "mean ± sd over seeds. val_nelbo: the plain MDLM NELBO (uniform schedule, 1/t weights) on the same "
-        "validation blocks, nats per token, whatever the training objective; gen_ppl / entropy: per sampler "
-        "and steps. * = the difference from uniform exceeds the seed spread (Welch's t-test over seeds, "
-        f"p < {ALPHA}).",
+        "validation blocks, nats per stage-3 token (a cascade: the sum over its stages), whatever the training "
+        "objective; gen_ppl / entropy: per sampler and steps. * = the difference from uniform of the same kind "
+        f"exceeds the seed spread (Welch's t-test over seeds, p < {ALPHA}).",
     ]
     lines += ["", *seed_test_verdict(rows)]
     with atomic_path(tables / "atat.md") as tmp:
@@ -218,7 +278,7 @@ def seed_test_verdict(rows: list[dict]) -> list[str]:
     if beyond:
         lines += ["Differences from uniform beyond the seed spread:"]
         lines += [
-            f"- {r['variant']} {_label(r)}: {r['diff_vs_uniform']:+.4g} (p = {r['p_value']:.3g}; seeds {r['values']})"
+            f"- {_group(r)} {_label(r)}: {r['diff_vs_uniform']:+.4g} (p = {r['p_value']:.3g}; seeds {r['values']})"
             for r in beyond
         ]
     elif tested:
@@ -236,8 +296,8 @@ def seed_test_verdict(rows: list[dict]) -> list[str]:
         ]
         reasons: dict = {}
         for r in untested:
-            reasons.setdefault((r["variant"], r["not_tested"]), []).append(_label(r))
-        lines += [f"- {variant} ({', '.join(labels)}): {reason}" for (variant, reason), labels in reasons.items()]
+            reasons.setdefault((_group(r), r["not_tested"]), []).append(_label(r))
+        lines += [f"- {group} ({', '.join(labels)}): {reason}" for (group, reason), labels in reasons.items()]
     return lines
 
 

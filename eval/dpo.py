@@ -212,7 +212,7 @@ def evaluate_dpo(
         }
         for i in range(n_gen)
     ]
-    meta = after.meta
+    meta, record = after.meta, after.record
     return {
         "run": Path(run_dir).name,
         "init_from": str(before_dir),
@@ -244,19 +244,15 @@ def evaluate_dpo(
         "wins": wins,
         "losses": n_gen - wins - ties,
         "ties": ties,
-        "steps_trained": meta.get("steps"),
-        "backbone": meta.get("backbone", {"kind": "dit"}),
+        "steps_trained": record.steps,
+        "backbone": record.backbone,
         "examples": examples[:EXAMPLES],
         "definitions": {
             "reward_accuracy": DEFINITION_REWARD,
             "elbo_preference": DEFINITION_PREFERENCE,
             "win_rate": DEFINITION_WIN,
         },
-        "provenance": {
-            "settings_digest": meta.get("settings_digest"),
-            "seed": (meta.get("train") or {}).get("seed"),
-            "code_commit": meta.get("code_commit"),
-        },
+        "provenance": record.provenance,
     }
 
 

@@ -13,7 +13,7 @@ number sits beside the exact definition used to compute it.
 SFT and DPO runs are scored by their own modules: python -m eval.sft score, python -m eval.dpo score.
 
 Both outputs carry who the run is (run_info: run, kind, data, method, objective, stages, tokenizer) and its
-``provenance``, read from the config.json of the run's last model:
+``provenance``, read from the record of the run's last model (eval.record.ModelRecord.provenance):
 
     provenance = {"settings_digest": config.json settings_digest (sha256 of the computing settings, 16 hex),
                   "seed": config.json train.seed, "code_commit": config.json code_commit (git commit or null)}
@@ -26,41 +26,31 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from common.device import add_device_arguments, device_from_arguments
 from common.io import write_json
 from eval.likelihood import model_data, run_validation
 from eval.metrics import sample_metrics, stage_names
-from eval.runs import run_model_dirs
+from eval.record import run_record
 from eval.sample import read_jsonl
-from train.checkpoint import model_tokenizer_dir, read_meta, tokenizer_digest
-
-
-def provenance(meta: dict) -> dict:
-    """settings_digest, seed (train.seed) and code_commit of a config.json (module docstring); None where absent."""
-    train = meta.get("train")
-    return {
-        "settings_digest": meta.get("settings_digest"),
-        "seed": train.get("seed") if isinstance(train, dict) else None,
-        "code_commit": meta.get("code_commit"),
-    }
+from train.checkpoint import model_tokenizer_dir, tokenizer_digest
 
 
 def run_info(run_dir) -> dict:
-    """Who the run is, from the config.json of its last model: name, kind, data, method, objective, provenance."""
-    dirs = run_model_dirs(run_dir)
-    meta = read_meta(dirs[-1])
-    data, _ = model_data(meta, dirs[-1] / "config.json")
+    """Who the run is, from the record of its last model (eval.record.run_record): name, kind, data, method,
+    objective, stages, tokenizer digest, provenance."""
+    record = run_record(run_dir)
+    meta = record.meta
+    data, _ = model_data(meta, record.config)
     return {
-        "run": meta.get("run") or Path(run_dir).name,
-        "kind": meta.get("kind"),
+        "run": record.run,
+        "kind": record.kind,
         "data": data,
-        "method": meta.get("method"),
-        "objective": meta["objective"],
-        "stages": len(dirs),
-        "tokenizer_sha256": meta.get("tokenizer_sha256") or tokenizer_digest(model_tokenizer_dir(dirs[-1], meta)),
-        "provenance": provenance(meta),
+        "method": record.method,
+        "objective": record.objective,
+        "stages": record.stages,
+        "tokenizer_sha256": meta.get("tokenizer_sha256") or tokenizer_digest(model_tokenizer_dir(record.path, meta)),
+        "provenance": record.provenance,
     }
 
 

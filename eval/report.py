@@ -28,6 +28,7 @@ import math
 from pathlib import Path
 
 from common.io import InputError, atomic_path
+from eval.record import PROVENANCE, provenance_differs  # the keys of eval.record.ModelRecord.provenance
 
 COLUMNS = {  # column -> header in the Markdown / LaTeX tables
     "run": "run",
@@ -56,7 +57,6 @@ COLUMNS = {  # column -> header in the Markdown / LaTeX tables
 DISCRETE_COLUMNS = ("val_ppl_discrete", "discrete_steps")  # in the tables only when some val.json has them
 TEXT_COLUMNS = ("run", "kind", "data", "method", "objective", "sampler", "settings_digest", "code_commit")
 SHORT = {"settings_digest": 8, "code_commit": 7}  # md / tex show the first characters; main.csv the full value
-PROVENANCE = ("settings_digest", "seed", "code_commit")
 NOTES = (
     "val NELBO: upper bound on the NLL of a stage-3 block, nats per stage-3 token (cascade: sum of the stage "
     "NELBOs; AR: exact NLL; continuous time); val ppl = exp(val NELBO). val ppl (T): the same from the T-step "
@@ -113,7 +113,7 @@ def table_rows(sample_files, val_files) -> list[dict]:
         if val is not None:
             val_prov = _provenance(val, val_path)
             sample_prov = {k: row[k] for k in PROVENANCE}
-            if any(sample_prov[k] != val_prov[k] for k in PROVENANCE if None not in (sample_prov[k], val_prov[k])):
+            if provenance_differs(sample_prov, val_prov):
                 raise InputError(
                     f"{val_path}: provenance {val_prov} differs from {path}: {sample_prov}; "
                     f"the two were computed from different trainings of run {result['run']!r}: "

@@ -118,7 +118,7 @@ def score_model(
         {"prompt": messages[-1]["content"], "reference": ref, "answer": a["answer"], "correct": hit}
         for messages, ref, a, hit in zip(conversations["prompt"], conversations["reference"], answers, hits)
     ]
-    meta = trained.meta
+    record = trained.record
     return {
         "model_dir": str(model_dir),
         "exact_match": sum(hits) / len(hits),
@@ -126,14 +126,10 @@ def score_model(
         "answer_nelbo": nelbo["nelbo"],
         "answer_tokens": nelbo["tokens"],
         "network_calls_per_answer": sum(a["network_calls"] for a in answers) / len(answers),
-        "steps_trained": meta.get("steps"),
+        "steps_trained": record.steps,
         "examples": examples[:EXAMPLES],
-        "backbone": meta.get("backbone", {"kind": "dit"}),
-        "provenance": {
-            "settings_digest": meta.get("settings_digest"),
-            "seed": (meta.get("train") or {}).get("seed"),
-            "code_commit": meta.get("code_commit"),
-        },
+        "backbone": record.backbone,
+        "provenance": record.provenance,
     }
 
 
@@ -214,7 +210,9 @@ TABLE_COLUMNS = [
 
 
 def backbone_name(backbone: dict) -> str:
-    if backbone.get("kind", "dit") == "dit":
+    """A table's name for the backbone spec an eval JSON carries (eval.record.ModelRecord.backbone: kind always
+    set)."""
+    if backbone["kind"] == "dit":
         return "dit"
     if backbone.get("name"):
         return f"masked_lm {backbone['name']}"

@@ -5,8 +5,9 @@
     m.name         'stage2': stage{k} with k = config.json's stage (single-stage and AR models model stage 3)
     m.model        the network in eval mode with its EMA weights (train.checkpoint.load_model): a
                    DiffusionTransformer or a transformers masked LM (train/backbones.py), called alike
-    m.backbone     config.json's backbone kind: "dit" (also when absent) or "masked_lm"
+    m.backbone     config.json's backbone kind: "dit" (also when absent) or "masked_lm" (m.record.backbone_kind)
     m.meta         config.json, its keys checked (train.checkpoint.read_meta)
+    m.record       the same config.json as eval/record.ModelRecord: provenance, backbone, run, training objective
     m.tokenizer    the model folder's tokenizer copy (train.checkpoint.model_tokenizer_dir: digest checked)
     m.noise        the noise schedule, train.noise.get_noise(meta["noise"])      diffusion only, else None
     m.denoiser     the x_t -> p_theta(x_0 | x_t) and score views (eval/denoiser.py)  diffusion only, else None
@@ -28,6 +29,7 @@ from pathlib import Path
 import torch
 
 from eval.denoiser import Denoiser
+from eval.record import ModelRecord
 
 
 @lru_cache(maxsize=8)
@@ -50,8 +52,13 @@ class Trained:
     denoiser: Denoiser | None = None
 
     @property
+    def record(self) -> ModelRecord:
+        """The folder's record (eval/record.py): provenance, backbone, run, training objective, ..."""
+        return ModelRecord(self.model_dir, self.meta)
+
+    @property
     def backbone(self) -> str:
-        return (self.meta.get("backbone") or {}).get("kind", "dit")
+        return self.record.backbone_kind
 
     @property
     def tokenizer_sha256(self) -> str:

@@ -281,12 +281,20 @@ def backbone_meta(model: nn.Module, spec: Mapping | None) -> dict:
     return {"backbone": {**spec, "config": hf_config}, "model": hf_config}
 
 
-def model_from_meta(meta: Mapping, fused: bool | str = "auto") -> nn.Module:
-    """The untrained network a config.json describes (its weights are model.safetensors: train/checkpoint.py's
-    load_model). No "backbone" key means dit (folders written before backbones existed)."""
-    spec = dict(meta.get("backbone") or {"kind": "dit"})  # as written by backbone_meta: name kept for the record
+def recorded_backbone(meta: Mapping) -> dict:
+    """The backbone spec a config.json records, as backbone_meta wrote it (name kept for the record): its
+    "backbone", or {"kind": "dit"} where there is none (folders written before backbones existed). The one place
+    that default is read; a kind outside KINDS is an error."""
+    spec = dict(meta.get("backbone") or {"kind": "dit"})
     if spec.get("kind") not in KINDS:
         raise ValueError(f"config.json backbone.kind must be one of {list(KINDS)}, got {spec.get('kind')!r}")
+    return spec
+
+
+def model_from_meta(meta: Mapping, fused: bool | str = "auto") -> nn.Module:
+    """The untrained network a config.json describes (its weights are model.safetensors: train/checkpoint.py's
+    load_model), of the backbone it records (recorded_backbone)."""
+    spec = recorded_backbone(meta)
     if spec["kind"] == "dit":
         return build_model(meta["model"], fused)
     hf_config = _transformers_config(meta["model"])
