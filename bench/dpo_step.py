@@ -25,7 +25,8 @@ by `--perturb` x its std of Gaussian noise (or, with --policy, the model itself)
 Independent draw sets cost nothing extra: draw set r of the policy is paired with set r+1 (r+2, r+3) of the
 reference (mod R), so every score is used once and the R values of h stay independent.
 
-    python bench/dpo_step.py --model runs/sft/model --pairs data/pydoc/preference/128/validation/shard_00000.parquet
+    python bench/dpo_step.py --model runs/sft/sft/model \
+        --pairs $(python -m common.layout preference validation --configfile configs/sft.yaml)/shard_00000.parquet
 """
 
 from __future__ import annotations

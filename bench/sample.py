@@ -1,7 +1,7 @@
 """Benchmark: ddpm_cache against ddpm at 1,000 steps on the same model and seed, side by side.
 
-The model is the pipeline's single-stage MDLM (runs/single/model) scored by the pipeline's AR model
-(runs/ar/model) when a demo has left them; otherwise this trains both here, with the pipeline's model class
+The model is the pipeline's single-stage MDLM (runs/demo/single/model) scored by the pipeline's AR model
+(runs/demo/ar/model) when a demo has left them; otherwise this trains both here, with the pipeline's model class
 and losses (the tiny size, a few minutes on a laptop CPU), on the demo stage-3 blocks or, without them, on
 the pydoc corpus cut into blocks by a BPE trained here. It samples ``--n``
 blocks with each sampler from the same generator seed and reports tokens/s, network calls and generative
@@ -25,6 +25,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common.device import resolve_device  # noqa: E402
+from common.layout import Layout, merge_configfiles  # noqa: E402
+
+# where `make demo` (config.yaml) keeps its stage shards, tokenizer and runs
+DEMO = Layout(merge_configfiles([Path(__file__).resolve().parent.parent / "config.yaml"]))
 from common.io import read_parquet, write_json  # noqa: E402
 from eval.sample import cascade_records  # noqa: E402
 from eval.scorer import PipelineARScorer, generative_perplexity  # noqa: E402
@@ -125,15 +129,17 @@ def train_both(args, folder: Path, device) -> tuple[Path, Path]:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "--model-dir", default="runs/single/model", help="an mdlm model folder (trained here if absent)"
+        "--model-dir", default="runs/demo/single/model", help="an mdlm model folder (trained here if absent)"
     )
-    parser.add_argument("--scorer-dir", default="runs/ar/model", help="an AR model folder (trained here if absent)")
+    parser.add_argument(
+        "--scorer-dir", default="runs/demo/ar/model", help="an AR model folder (trained here if absent)"
+    )
     parser.add_argument(
         "--shards",
-        default="data/pydoc/stages/keybert_no_stopword/*/train/shard_*.parquet",
+        default=f"{DEMO.stages('keybert_no_stopword', 'train')}/shard_*.parquet",
         help="stage shards to train on when the model folders are absent",
     )
-    parser.add_argument("--tokenizer", default="data/pydoc/tokenizer")
+    parser.add_argument("--tokenizer", default=DEMO.tokenizer, help="the stage shards' tokenizer (the demo's)")
     parser.add_argument("--block-len", type=int, default=64, help="block length without stage shards")
     parser.add_argument("--steps", type=int, default=1000, help="sampling steps")
     parser.add_argument("--n", type=int, default=16, help="samples (one batch)")
