@@ -33,7 +33,7 @@ from eval.likelihood import model_data, run_validation
 from eval.metrics import sample_metrics, stage_names
 from eval.record import run_record
 from eval.sample import read_jsonl
-from train.checkpoint import model_tokenizer_dir, tokenizer_digest
+from train.checkpoint import model_tokenizer_digest
 
 
 def run_info(run_dir) -> dict:
@@ -49,7 +49,7 @@ def run_info(run_dir) -> dict:
         "method": record.method,
         "objective": record.objective,
         "stages": record.stages,
-        "tokenizer_sha256": meta.get("tokenizer_sha256") or tokenizer_digest(model_tokenizer_dir(record.path, meta)),
+        "tokenizer_sha256": model_tokenizer_digest(record.path, meta),
         "provenance": record.provenance,
     }
 

@@ -63,9 +63,9 @@ class Trained:
     @property
     def tokenizer_sha256(self) -> str:
         """The tokenizer's digest (train.checkpoint.tokenizer_digest): equal digests, equal token ids."""
-        from train.checkpoint import tokenizer_digest
+        from train.checkpoint import model_tokenizer_digest
 
-        return self.meta.get("tokenizer_sha256") or tokenizer_digest(self.tokenizer_dir)
+        return model_tokenizer_digest(self.model_dir, self.meta)
 
     @property
     def is_ar(self) -> bool:

@@ -101,6 +101,12 @@ def resolve_tokenizer_source(path: str, model_dir: Path) -> Path:
     return inside if not Path(path).is_absolute() and inside.is_dir() else Path(path)
 
 
+def model_tokenizer_digest(model_dir: str | os.PathLike, meta: dict) -> str:
+    """The digest of a model folder's tokenizer: what config.json records, else (a folder written before models
+    carried their tokenizer) computed from the folder it names."""
+    return meta.get("tokenizer_sha256") or tokenizer_digest(model_tokenizer_dir(model_dir, meta))
+
+
 def model_tokenizer_dir(model_dir: str | os.PathLike, meta: dict) -> Path:
     """The tokenizer folder of a model folder, checked against the digest config.json records: a tokenizer that
     does not match the model is refused (it would decode silently wrong, or fail on ids past its vocabulary)."""
