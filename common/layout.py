@@ -121,22 +121,24 @@ class Layout:
         return f"runs/{self.profile}/{run}"
 
 
-def merge_configfiles(paths) -> dict:
-    """The configfiles merged key by key, in order (nested mappings merged, anything else replaced), as
-    Snakemake's --configfile merges them; then checked and the schema's defaults filled in."""
-    from common.config import read_yaml, validate_config
+def merge_config(base: dict, over: dict) -> dict:
+    """``over`` merged into ``base`` in place, key by key (nested mappings merged, anything else replaced), as
+    Snakemake's --configfile merges a later file into the earlier ones; returns ``base``."""
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            merge_config(base[key], value)
+        else:
+            base[key] = copy.deepcopy(value)
+    return base
 
-    def merge(base: dict, over: dict) -> dict:
-        for key, value in over.items():
-            if isinstance(value, dict) and isinstance(base.get(key), dict):
-                merge(base[key], value)
-            else:
-                base[key] = copy.deepcopy(value)
-        return base
+
+def merge_configfiles(paths) -> dict:
+    """The configfiles merged in order (merge_config), then checked and the schema's defaults filled in."""
+    from common.config import read_yaml, validate_config
 
     config: dict = {}
     for path in paths:
-        merge(config, read_yaml(path) or {})
+        merge_config(config, read_yaml(path) or {})
     return validate_config(config, " + ".join(map(str, paths)))
 
 

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from common.config import ConfigError, check_configfiles, dpo_reference, validate_config
+from common.layout import merge_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,16 +20,10 @@ def load(name):
 
 
 def merged(*names):
-    """Config files merged key by key, in order, the way Snakemake merges several --configfile."""
-
-    def update(base, new):
-        for k, v in new.items():
-            base[k] = update(base.get(k, {}), v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
-        return base
-
+    """Config files merged key by key, in order, the way Snakemake merges several --configfile (unchecked)."""
     out = {}
     for n in names:
-        update(out, load(n))
+        merge_config(out, load(n))
     return out
 
 
