@@ -138,21 +138,9 @@ def judge(source: str | None, prompt: list, chosen: str, answer: str) -> bool:
 def generated_verdicts(
     trained, pairs: dict, n: int, source, gen_length: int, steps: int, remasking: str, eos_guard: bool, batch_size: int
 ) -> tuple[list[bool], list[str]]:
-    from common.chat import prompt_ids
-    from eval.generate import generate
+    from eval.generate import answer_conversations
 
-    prompts = [prompt_ids(trained.tokenizer, pairs["prompt"][i]) for i in range(n)]
-    answers = generate(
-        trained,
-        prompts,
-        gen_length,
-        steps,
-        remasking=remasking,
-        temperature=0.0,
-        seed=0,
-        batch_size=batch_size,
-        eos_guard=eos_guard,
-    )
+    answers = answer_conversations(trained, pairs["prompt"][:n], gen_length, steps, remasking, eos_guard, batch_size)
     texts = [a["answer"] for a in answers]
     return [judge(source, pairs["prompt"][i], pairs["chosen"][i], texts[i]) for i in range(n)], texts
 

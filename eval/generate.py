@@ -312,6 +312,34 @@ def _generate_batch(
     return x[:, plen:], calls, batch_calls, trajectory
 
 
+def answer_conversations(
+    trained,
+    conversations: list[list[dict]],
+    gen_length: int,
+    steps: int,
+    remasking: str,
+    eos_guard: bool,
+    batch_size: int,
+) -> list[dict]:
+    """The pipeline's answers to held-out conversations (evaluate_sft, evaluate_dpo): each message list through the
+    chat template (common.chat.prompt_ids, tokenized as training rows are), then generate() at temperature 0 with
+    seed 0, so the SFT and DPO tables answer alike."""
+    from common.chat import prompt_ids
+
+    prompts = [prompt_ids(trained.tokenizer, messages) for messages in conversations]
+    return generate(
+        trained,
+        prompts,
+        gen_length,
+        steps,
+        remasking=remasking,
+        temperature=0.0,
+        seed=0,
+        batch_size=batch_size,
+        eos_guard=eos_guard,
+    )
+
+
 def generate(
     trained,
     prompt_id_lists: list[list[int]],

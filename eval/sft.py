@@ -82,23 +82,13 @@ def score_model(
     eos_guard: bool = False,
 ) -> dict:
     """EM and answer NELBO of one model folder (module docstring)."""
-    from common.chat import prompt_ids
-    from eval.generate import generate
+    from eval.generate import answer_conversations
     from eval.likelihood import stage_nelbo
     from eval.trained import load_trained
 
     trained = load_trained(model_dir, device)
-    prompts = [prompt_ids(trained.tokenizer, messages) for messages in conversations["prompt"]]
-    answers = generate(
-        trained,
-        prompts,
-        gen_length,
-        steps,
-        remasking=remasking,
-        temperature=0.0,
-        seed=0,
-        batch_size=batch_size,
-        eos_guard=eos_guard,
+    answers = answer_conversations(
+        trained, conversations["prompt"], gen_length, steps, remasking, eos_guard, batch_size
     )
     hits = [normalise(a["answer"]) == normalise(ref) for a, ref in zip(answers, conversations["reference"])]
     target = torch.tensor(conversations["ids"], dtype=torch.long)
