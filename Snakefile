@@ -50,10 +50,10 @@ include: "rules/eval.smk"
 rule all:
     default_target: True
     input:
-        preprocess_outputs(),
-        report_outputs(),
+        PLAN.preprocess_outputs(),
+        PLAN.report_outputs(),
 
 
 rule preprocess:
     input:
-        preprocess_outputs(),
+        PLAN.preprocess_outputs(),
