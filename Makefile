@@ -34,11 +34,18 @@ test: venv
 test-fast: venv
 	python -m pytest tests -q -n 2 -m "not slow"
 
-## Lint and format checks: ruff (pyflakes, pycodestyle, imports, bugbear, pyupgrade; pyproject.toml) and snakefmt.
+## Lint and format checks: ruff (pyflakes, pycodestyle, imports, bugbear, pyupgrade; pyproject.toml), snakefmt, and
+## Snakemake's own lint (`snakemake --lint`, exit 1 on any finding) of the workflow as the default config, and as
+## each config of configs/ with its offline twin (configs/twins/), the way the tests and the README run them.
 lint: venv
 	ruff check .
 	ruff format --check .
 	snakefmt --check Snakefile rules/
+	snakemake --lint
+	for c in configs/*.yaml; do \
+	    t=configs/twins/$$(basename $$c); \
+	    snakemake --lint --configfile $$c $$([ -f $$t ] && echo $$t) || exit 1; \
+	done
 
 ## The live-SLURM test: installs and starts a single-node SLURM here, runs the tiny DAG through sbatch.
 # The script prints PASS, FAIL or SKIP (exit 77: this host cannot run SLURM daemons, and says why).
