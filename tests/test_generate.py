@@ -15,17 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from eval.generate import (
-    REMASKING,
-    block_plan,
-    build_parser,
-    canvas_segments,
-    generate,
-    main,
-    masked_log_probs,
-    prompt_seeds,
-    transfer_schedule,
-)
+from eval.denoiser import Denoiser
+from eval.generate import build_parser, generate, main, prompt_seeds
+from eval.samplers import REMASKING, block_plan, commit_schedule, remask
+from eval.views import canvas_segments
 from eval.trained import Trained, load_trained
 from preprocess.tokenizer import train_bpe
 from train.checkpoint import save_model
@@ -108,8 +101,8 @@ def commits(trajectory, mask_id):
 
 # ----------------------------------------------------------------------------------------------- schedule
 @pytest.mark.parametrize("n,steps", [(8, 8), (8, 3), (12, 5), (5, 12), (1, 4), (32, 32)])
-def test_transfer_schedule_sums_and_is_even(n, steps):
-    k = transfer_schedule(n, steps)
+def test_commit_schedule_sums_and_is_even(n, steps):
+    k = commit_schedule(n, steps)
     assert len(k) == steps and sum(k) == n and max(k) - min(k) <= 1
     assert all(sum(k[:s]) == s * n // steps for s in range(steps + 1))  # cumulative = floor(s n / S)
 
@@ -189,7 +182,7 @@ def test_commits_per_step_follow_the_schedule(trained, project, remasking, gen_l
         trained, prompts, gen_length, steps, remasking, block_length, temperature=0.7, record=True, stop_at_answer=False
     )
     blocks, per_block = block_plan(gen_length, steps, block_length)
-    expected = transfer_schedule(gen_length // blocks, per_block) * blocks
+    expected = commit_schedule(gen_length // blocks, per_block) * blocks
     for r in results:
         assert [len(c) for c in commits(r["trajectory"], trained.meta["mask_id"])] == expected
         assert r["network_calls"] == sum(1 for k in expected if k)  # a step that commits nothing calls nothing
