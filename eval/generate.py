@@ -67,10 +67,11 @@ Errors. A missing folder, a folder that is not a model folder (data, tokenizer),
 model.safetensors (train.checkpoint.read_weights), a bad --prompts line or an option out of range end the
 command with one line naming the path, line or option (``eval.generate: ...``), not a traceback.
 
-Views (eval/views.py): --show redraws the canvas in the terminal after every step (masks as ░, EOS as ∎) when stdout is a terminal
-(``--show always``: also when it is not). --record F.gif (Pillow) / F.html (self-contained page with a slider)
-writes the trajectory, steps + 1 frames (the all-mask canvas, then one per step), of every prompt of the run
-(stacked; meant for a few prompts); in --chat (eval/chat.py), the last turn's. Files are written atomically.
+Views (eval/views.py): --show redraws the canvas in the terminal after every step (masks as ░, EOS as ∎) when
+stdout is a terminal (``--show always``: also when it is not). --record F.gif (Pillow) / F.html (self-contained
+page with a slider) writes the trajectory, steps + 1 frames (the all-mask canvas, then one per step), of every
+prompt of the run (stacked; meant for a few prompts); in --chat (eval/chat.py), the last turn's. Files are
+written atomically.
 """
 
 from __future__ import annotations
