@@ -16,6 +16,12 @@ position, so every sampler runs on both objectives; each docstring names the obj
 Randomness: every draw comes from the caller's ``torch.Generator`` (categorical draws by Gumbel-max in
 float64), and how many numbers a step draws never depends on the network's output. That is why
 ``ddpm_cache`` reproduces ``ddpm`` token for token under the same generator.
+
+Prompted generation (eval/generate.py) is ``remask`` over the prompt as the prefix: LLaDA's sampler, a fixed
+number of commits per step chosen by a remasking rule, with one generator per row. It is not one of SAMPLERS
+(the values of the config's sample.samplers) but shares their pieces: the Gumbel-max draw (exponential_noise),
+the confidence ranking (most_confident), the block spans (block_spans) and the masked-share noise level
+(mask_share_level).
 """
 
 from __future__ import annotations
@@ -415,7 +421,8 @@ def commit_schedule(n: int, steps: int) -> list[int]:
 
 def block_plan(target_len: int, steps: int, block_size: int | None) -> tuple[int, int]:
     """(number of blocks, steps per block) of block_spans, where remask needs them exact: block_size divides
-    target_len and the number of blocks divides steps, so every block has the same length and steps."""
+    target_len and the number of blocks divides steps, so every block has the same length and steps. Errors
+    name the sizes as eval.generate's options do (gen_length, block_length)."""
     if target_len < 1:
         raise ValueError(f"gen_length must be >= 1, got {target_len}")
     if steps < 1:

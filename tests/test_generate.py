@@ -113,6 +113,12 @@ def test_commit_schedule_sums_and_is_even(n, steps):
     assert all(sum(k[:s]) == s * n // steps for s in range(steps + 1))  # cumulative = floor(s n / S)
 
 
+def test_commit_schedule_spreads_the_remainder():
+    """Not LLaDA's get_num_transfer_tokens, which gives the remainder to the first steps (3, 3, 2 and 3, 3, 2, 2, 2)."""
+    assert commit_schedule(8, 3) == [2, 3, 3] and commit_schedule(12, 5) == [2, 2, 3, 2, 3]
+    assert commit_schedule(12, 4) == [3, 3, 3, 3]  # steps divide n: n / S each, as LLaDA
+
+
 def test_block_plan_errors_name_the_numbers():
     assert block_plan(12, 6, 4) == (3, 2) and block_plan(12, 5, None) == (1, 5)
     with pytest.raises(ValueError, match="gen_length 12 is not divisible by block_length 5"):
