@@ -34,7 +34,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common.io import write_json  # noqa: E402
-from eval.generate import REMASKING, generate  # noqa: E402
+from eval.generate import generate  # noqa: E402
+from eval.samplers import REMASKING  # noqa: E402
 from eval.trained import load_trained  # noqa: E402
 from train.checkpoint import save_model  # noqa: E402
 from train.model import DiffusionTransformer, ModelConfig  # noqa: E402

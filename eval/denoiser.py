@@ -27,10 +27,24 @@ class Denoiser:
         self.calls = 0  # network calls and the rows they computed, counted so benchmarks can report them
         self.rows = 0
 
-    def logits(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    def logits(self, x: torch.Tensor, sigma: torch.Tensor, select: torch.Tensor | None = None) -> torch.Tensor:
+        """The network's logits [B, L, V]; with ``select`` (Bool [B, L]) those of the selected positions [N, V]
+        (row-major), the only ones it projects to the vocabulary (a network that ignores it is indexed here)."""
         self.calls += 1
         self.rows += x.shape[0]
-        return self.model(x, sigma, self.prefix_len)
+        if select is None:
+            return self.model(x, sigma, self.prefix_len)
+        logits = self.model(x, sigma, self.prefix_len, select=select)
+        return logits[select] if logits.dim() == 3 else logits
+
+    def masked_x0_log_probs(self, x: torch.Tensor, sigma: torch.Tensor, select: torch.Tensor) -> torch.Tensor:
+        """log p_theta(x_0 | x_t) [N, V] at the ``select``ed masked positions only, one call that projects just
+        those: log_softmax of the logits with the mask entry at -inf for both objectives (mdlm: SUBS at a masked
+        position; sedd: the score renormalised over y != m, where its shift -log expm1(sigma) - log(V - 1)
+        cancels)."""
+        logits = self.logits(x, sigma, select).float().clone()
+        logits[:, self.mask_id] = float("-inf")
+        return logits.log_softmax(dim=-1)
 
     def x0_log_probs(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """log p_theta(x_0 | x_t) [B, L, V], the network told noise level ``sigma`` [B]: SUBS for mdlm; for sedd

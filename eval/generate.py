@@ -25,34 +25,17 @@ is capped to P - (the longest prompt's tokens) (with blocks: rounded down to a m
 prompt that leaves no room is an error. In --chat, a dialogue that outgrows P loses its oldest user turns and
 their answers (said on stderr) until prompt + G fits; a single turn too long for any answer is skipped.
 
-The step, in formulas (x the canvas, M the masked positions of the current block, p = p_theta(x_0 | x_t)):
-
-  network   at a masked position both objectives give p(y) = softmax_{y != m}(logits)_y (mdlm: SUBS; sedd:
-            the score renormalised over y != m, where the 1/expm1(sigma) scale cancels), so one call with
-            ``select`` = M projects only those positions to the vocabulary.
-  noise     the network is told sigma = sigma_bar(t*) with move(t*) = 1 - exp(-sigma_bar(t*)) = the share of
-            the canvas still masked (eval.samplers.time_of_mask_share, the schedule's ``time_of_move``): the
-            state a uniformly noised training row is in. Models trained without time conditioning ignore it.
-  proposal  x0_i = argmax_y [log p_i(y) / T + g_iy], g = -log(-log U) Gumbel noise from the prompt's own
-            generator, in float64 (Gumbel-max: x0_i ~ p_i^(1/T) renormalised); T = 0: x0_i = argmax_y p_i(y).
-  schedule  block b's n = B tokens are committed over its S_b = steps / blocks steps, k_s at step s:
-                k_s = floor((s + 1) n / S_b) - floor(s n / S_b),     sum_s k_s = n
-            (LLaDA's get_num_transfer_tokens spread evenly; steps beyond n commit nothing and call nothing).
-  remasking which k_s of the masked positions are committed (each with its proposal), the k_s largest of:
-                random          c_i = u_i, u_i ~ U(0, 1)                   ancestral: a uniform random subset
-                low_confidence  c_i = p_i(x0_i)                            the most probable proposals first
-                margin          c_i = p_i(y1) - p_i(y2)                    top-1 minus top-2 probability
-                entropy         c_i = -H(p_i) = sum_y p_i(y) log p_i(y)    the most peaked distributions first
-            ties go to the leftmost position. c uses the untempered p (as LLaDA).
+The step is the sampler library's remask (eval/samplers.py) over [prompt ; canvas], the prompt a clean prefix as
+a cascade stage's is: the network told the masked share of the canvas, Gumbel-max proposals in float64, k_s
+commits at step s (the remainder of B / S_b spread over the steps, not given to the first ones as by LLaDA's
+get_num_transfer_tokens), chosen by a remasking rule (random, low_confidence, margin, entropy). Its formulas
+follow this text in --help.
 
 EOS guard (``--eos-guard``). An SFT model is trained on answers filled with EOS up to the row length (common.chat,
 LLaDA's EOS padding), so EOS at the right end of the canvas is its most confident proposal, and
 low-confidence remasking commits those EOS first; the answer is then pushed into whatever is left and comes out
-too short (LLaDA's low-confidence EOS problem). With the guard, a position whose proposal is EOS and that has a
-masked position anywhere to its left (before this step) gets c_i = -inf: an EOS is committed only as the leftmost
-mask, i.e. once everything before it is written. When the schedule asks for more positions than have a finite
-c_i, the extra ones are committed with their best non-EOS proposal (the same Gumbel draw with EOS excluded),
-chosen by that proposal's confidence; so no EOS is ever committed with a mask to its left.
+too short (LLaDA's low-confidence EOS problem). With the guard an EOS is committed only once no mask is left to
+its left, i.e. once everything before it is written (remask's ``eos_guard``).
 
 Stopping (exact). The answer is fixed once some committed EOS has no mask to its left: committed tokens never
 change and everything after the first EOS is cut. Such a row leaves the batch (its masks are filled with EOS)
@@ -65,8 +48,8 @@ with steps / (G / B) steps; later blocks stay masked meanwhile. G must be divisi
 Randomness. Each prompt has its own generator, seeded by sha256(seed, its token ids, how many identical prompts
 came before it in the list): an answer depends on the model, the options, the seed and the prompt, not on its
 position, its batch or the batch size. (The r-th repeat of a prompt gets its own stream, so repeats are
-distinct samples when T > 0.) Per step a row draws (masked positions of the block) x V Gumbel numbers (T > 0)
-and, for ``random``, one uniform per masked position: counts fixed by the schedule, never by the network.
+distinct samples when T > 0.) Per step a row draws (masked positions of the block) x V Gumbel-max noises
+(T > 0) and, for ``random``, one uniform per masked position: counts fixed by the schedule, never by the network.
 
 Batches group prompts of equal token length (no padding: the DiT has no attention mask, so a padded row would
 change the answer); the output is in input order. JSONL output, one object per prompt:
@@ -84,20 +67,20 @@ Errors. A missing folder, a folder that is not a model folder (data, tokenizer),
 model.safetensors (train.checkpoint.read_weights), a bad --prompts line or an option out of range end the
 command with one line naming the path, line or option (``eval.generate: ...``), not a traceback.
 
---show redraws the canvas in the terminal after every step (masks as ░, EOS as ∎) when stdout is a terminal
-(``--show always``: also when it is not). --record F.gif (Pillow) / F.html (self-contained page with a slider)
-writes the trajectory, steps + 1 frames (the all-mask canvas, then one per step), of every prompt of the run
-(stacked; meant for a few prompts); in --chat, the last turn's. Files are written atomically.
+Views (eval/views.py): --show redraws the canvas in the terminal after every step (masks as ░, EOS as ∎) when
+stdout is a terminal (``--show always``: also when it is not). --record F.gif (Pillow) / F.html (self-contained
+page with a slider) writes the trajectory, steps + 1 frames (the all-mask canvas, then one per step), of every
+prompt of the run (stacked; meant for a few prompts); in --chat (eval/chat.py), the last turn's. Files are
+written atomically.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import html
+import inspect
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -105,35 +88,8 @@ from pathlib import Path
 
 import torch
 
-REMASKING = ("random", "low_confidence", "margin", "entropy")
-MASK_GLYPH, EOS_GLYPH = "░", "∎"
-
-
-# --------------------------------------------------------------------------------------------- the schedule
-def transfer_schedule(n: int, steps: int) -> list[int]:
-    """Tokens committed at each of ``steps`` steps so that all ``n`` are committed, spread evenly:
-    k_s = floor((s + 1) n / steps) - floor(s n / steps)."""
-    if steps < 1 or n < 0:
-        raise ValueError(f"need steps >= 1 and n >= 0, got steps={steps}, n={n}")
-    return [(s + 1) * n // steps - s * n // steps for s in range(steps)]
-
-
-def block_plan(gen_length: int, steps: int, block_length: int | None) -> tuple[int, int]:
-    """(number of blocks, steps per block), with the divisibility checks of semi-autoregressive generation."""
-    if gen_length < 1:
-        raise ValueError(f"gen_length must be >= 1, got {gen_length}")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    block_length = block_length or gen_length
-    if block_length < 1 or gen_length % block_length:
-        raise ValueError(f"gen_length {gen_length} is not divisible by block_length {block_length}")
-    blocks = gen_length // block_length
-    if steps % blocks:
-        raise ValueError(
-            f"steps {steps} is not divisible by the number of blocks {blocks} "
-            f"(gen_length {gen_length} / block_length {block_length}); steps are split evenly"
-        )
-    return blocks, steps // blocks
+from eval.samplers import REMASKING, block_plan, remask
+from eval.views import TerminalShow, write_record
 
 
 def prompt_seeds(prompt_id_lists: list[list[int]], seed: int) -> list[int]:
@@ -147,169 +103,6 @@ def prompt_seeds(prompt_id_lists: list[list[int]], seed: int) -> list[int]:
         digest = hashlib.sha256(f"{seed}/{repeat}/{','.join(map(str, key))}".encode()).digest()
         seeds.append(int.from_bytes(digest[:8], "little") & (2**63 - 1))
     return seeds
-
-
-# ---------------------------------------------------------------------------------------------- one step
-def masked_log_probs(
-    model, x: torch.Tensor, sigma: torch.Tensor, prefix_len: int, select: torch.Tensor, mask_id: int
-) -> torch.Tensor:
-    """log p_theta(x_0 | x_t) [N, V] at the ``select``ed (masked) positions, row-major: log_softmax of the
-    logits with the mask entry at -inf (SUBS; for sedd the renormalised score, the same numbers). A network
-    that ignores ``select`` and returns [B, L, V] is indexed here."""
-    logits = model(x, sigma, prefix_len, select=select)
-    if logits.dim() == 3:
-        logits = logits[select]
-    logits = logits.float().clone()
-    logits[:, mask_id] = float("-inf")
-    return logits.log_softmax(dim=-1)
-
-
-def gumbel(generators: list[torch.Generator], rows: int, shape: tuple[int, ...], device) -> torch.Tensor:
-    """Gumbel(0, 1) noise [rows, *shape] in float64, row r drawn from generators[r] alone."""
-    out = [torch.rand(shape, generator=g, dtype=torch.float64, device=device) for g in generators]
-    uniform = torch.stack(out) if out else torch.empty((rows, *shape), dtype=torch.float64, device=device)
-    return -torch.log(-torch.log(uniform.clamp(1e-300, 1.0 - 1e-16)))
-
-
-def confidence(remasking: str, log_p: torch.Tensor, token: torch.Tensor, uniform: torch.Tensor | None):
-    """c_i of the docstring for log_p [..., V] and the committed candidate ``token`` [...]."""
-    if remasking == "random":
-        return uniform
-    if remasking == "low_confidence":
-        return log_p.gather(-1, token[..., None]).squeeze(-1).exp()
-    p = log_p.exp()
-    if remasking == "margin":
-        top = p.topk(2, dim=-1).values
-        return top[..., 0] - top[..., 1]
-    if remasking == "entropy":
-        return (p * log_p.clamp_min(-1e30)).nan_to_num(0.0).sum(-1)  # 0 log 0 = 0
-    raise ValueError(f"unknown remasking {remasking!r}; choose one of {REMASKING}")
-
-
-def choose(score: torch.Tensor, eligible: torch.Tensor, k: int) -> torch.Tensor:
-    """Bool [R, m]: per row the k positions with the largest (eligible, score), ties to the leftmost."""
-    order = score.argsort(dim=-1, descending=True, stable=True)
-    order = order.gather(-1, (~eligible).gather(-1, order).long().argsort(dim=-1, stable=True))
-    pick = torch.zeros_like(eligible)
-    return pick.scatter(-1, order[:, :k], True)
-
-
-def unmask_step(log_p, k, remasking, temperature, generators, positions, canvas_first_mask, eos_id, eos_guard):
-    """Proposals and the k positions to commit, for R rows with m masked block positions each.
-
-    log_p [R, m, V]; positions [R, m] (canvas offsets of the masked positions, increasing); canvas_first_mask
-    [R] (offset of each row's leftmost mask). Returns (pick Bool[R, m], tokens Long[R, m])."""
-    rows, m, vocab = log_p.shape
-    device = log_p.device
-    logits = log_p.double()
-    if temperature > 0:
-        logits = logits / temperature + gumbel(generators, rows, (m, vocab), device)
-    proposal = logits.argmax(-1)
-    uniform = None
-    if remasking == "random":
-        uniform = torch.stack([torch.rand(m, generator=g, dtype=torch.float64, device=device) for g in generators])
-    score = confidence(remasking, log_p, proposal, uniform)
-    eligible = torch.ones_like(proposal, dtype=torch.bool)
-    tokens = proposal
-    if eos_guard:
-        guarded = (proposal == eos_id) & (positions > canvas_first_mask[:, None])
-        alternative = logits.clone()
-        alternative[..., eos_id] = float("-inf")
-        alternative = alternative.argmax(-1)
-        tokens = torch.where(guarded, alternative, proposal)
-        score = torch.where(guarded, confidence(remasking, log_p, alternative, uniform), score)
-        eligible = ~guarded
-    return choose(score.double(), eligible, k), tokens
-
-
-# ------------------------------------------------------------------------------------------- generation
-def _answered(canvas: torch.Tensor, mask_id: int, eos_id: int) -> torch.Tensor:
-    """Bool [R]: some committed EOS has no mask to its left (the answer can no longer change)."""
-    length = canvas.shape[1]
-    pos = torch.arange(length, device=canvas.device).expand_as(canvas)
-    first_eos = torch.where(canvas == eos_id, pos, length).min(-1).values
-    first_mask = torch.where(canvas == mask_id, pos, length).min(-1).values
-    return (first_eos < length) & (first_eos < first_mask)
-
-
-def _generate_batch(
-    trained,
-    prompts: torch.Tensor,
-    generators,
-    gen_length,
-    steps,
-    blocks,
-    remasking,
-    temperature,
-    eos_guard,
-    stop_at_answer,
-    record,
-    on_step,
-    indices,
-):
-    meta = trained.meta
-    mask_id, eos_id, prefix_len = meta["mask_id"], meta["eos_id"], meta["prefix_len"]
-    from eval.samplers import time_of_mask_share
-
-    batch, plen = prompts.shape
-    device = prompts.device
-    x = torch.cat([prompts, torch.full((batch, gen_length), mask_id, dtype=torch.long, device=device)], dim=1)
-    active = torch.ones(batch, dtype=torch.bool, device=device)
-    calls = [0] * batch
-    batch_calls = 0
-    trajectory = [[x[r, plen:].tolist()] for r in range(batch)] if record else None
-    n_blocks, steps_per_block = blocks
-    block_length = gen_length // n_blocks
-    schedule = transfer_schedule(block_length, steps_per_block)
-    step = 0
-    for b in range(n_blocks):
-        lo, hi = plen + b * block_length, plen + (b + 1) * block_length
-        for k in schedule:
-            step += 1
-            rows = active.nonzero().squeeze(-1)
-            if k and len(rows):
-                xa = x[rows]
-                masked_block = torch.zeros_like(xa, dtype=torch.bool)
-                masked_block[:, lo:hi] = xa[:, lo:hi] == mask_id
-                m = int(masked_block[0].sum())
-                if not (masked_block.sum(-1) == m).all() or m < k:
-                    raise AssertionError("rows of a batch left the shared unmasking schedule")
-                share = (xa[:, plen:] == mask_id).double().mean(-1)
-                sigma = trained.noise.total(time_of_mask_share(trained.noise, share)).float()
-                log_p = masked_log_probs(trained.model, xa, sigma, prefix_len, masked_block, mask_id)
-                batch_calls += 1
-                for r in rows.tolist():
-                    calls[r] += 1
-                positions = masked_block[:, plen:].nonzero()[:, 1].view(len(rows), m)
-                canvas_first_mask = (xa[:, plen:] == mask_id).int().argmax(-1)
-                pick, tokens = unmask_step(
-                    log_p.view(len(rows), m, -1),
-                    k,
-                    remasking,
-                    temperature,
-                    [generators[r] for r in rows.tolist()],
-                    positions,
-                    canvas_first_mask,
-                    eos_id,
-                    eos_guard,
-                )
-                canvas = xa[:, plen:]
-                canvas.scatter_(-1, positions, torch.where(pick, tokens, canvas.gather(-1, positions)))
-                if stop_at_answer:
-                    done = _answered(canvas, mask_id, eos_id)
-                    canvas[done] = torch.where(canvas[done] == mask_id, eos_id, canvas[done])
-                    active[rows[done]] = False
-                x[rows] = xa  # the whole row: a step that wrote into the prompt is caught below
-            if record:
-                for r in range(batch):
-                    trajectory[r].append(x[r, plen:].tolist())
-            if on_step is not None:
-                on_step({"step": step, "steps": steps, "block": b, "indices": indices, "canvas": x[:, plen:]})
-    if not torch.equal(x[:, :plen], prompts):
-        raise AssertionError("generation changed the prompt")
-    if (x[:, plen:] == mask_id).any():
-        raise AssertionError("a mask token survived the last step")
-    return x[:, plen:], calls, batch_calls, trajectory
 
 
 def answer_conversations(
@@ -371,14 +164,10 @@ def generate(
             f"{trained.model_dir}: an autoregressive model; generate left to right with "
             f"`python -m eval.sample --sampler ar`"
         )
-    if remasking not in REMASKING:
-        raise ValueError(f"unknown remasking {remasking!r}; choose one of {REMASKING}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
     blocks = block_plan(gen_length, steps, block_length)
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    mask_id = trained.meta["mask_id"]
+    mask_id, eos_id = trained.meta["mask_id"], trained.meta["eos_id"]
     for i, ids in enumerate(prompt_id_lists):
         if mask_id in ids:
             raise ValueError(f"prompt {i} contains the mask token {mask_id}")
@@ -389,7 +178,6 @@ def generate(
         groups.setdefault(len(ids), []).append(i)
     results: list[dict | None] = [None] * len(prompt_id_lists)
     tokenizer = getattr(trained, "tokenizer", None)
-    eos_id = trained.meta["eos_id"]
     for members in groups.values():
         size = batch_size or len(members)
         for start in range(0, len(members), size):
@@ -397,26 +185,36 @@ def generate(
             prompts = torch.tensor([list(prompt_id_lists[i]) for i in chunk], dtype=torch.long, device=device)
             prompts = prompts.reshape(len(chunk), len(prompt_id_lists[chunk[0]]))  # also an empty prompt
             generators = [torch.Generator(device=device).manual_seed(seeds[i]) for i in chunk]
+            trajectory = [[[mask_id] * gen_length] for _ in chunk] if record else None
+
+            def after_step(info, chunk=chunk, trajectory=trajectory):
+                if trajectory is not None:
+                    for canvases, canvas in zip(trajectory, info["canvas"].tolist()):
+                        canvases.append(canvas)
+                if on_step is not None:
+                    on_step({**info, "indices": chunk})
+
             began = time.perf_counter()
             with torch.no_grad():
-                out, calls, batch_calls, trajectory = _generate_batch(
-                    trained,
+                out, calls = remask(
+                    trained.denoiser,
+                    trained.noise,
                     prompts,
-                    generators,
                     gen_length,
                     steps,
-                    blocks,
-                    remasking,
-                    temperature,
-                    eos_guard,
-                    stop_at_answer,
-                    record,
-                    on_step,
-                    chunk,
+                    generators,
+                    remasking=remasking,
+                    temperature=temperature,
+                    block_size=block_length,
+                    eos_id=eos_id,
+                    eos_guard=eos_guard,
+                    stop_at_answer=stop_at_answer,
+                    on_step=after_step,
                 )
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             seconds = (time.perf_counter() - began) / len(chunk)
+            batch_calls = int(calls.max())  # the row that stayed longest was in every call of its batch
             for row, i in enumerate(chunk):
                 ids = out[row].tolist()
                 answer_ids = ids[: ids.index(eos_id)] if eos_id in ids else ids
@@ -434,7 +232,7 @@ def generate(
                     "stop_at_answer": stop_at_answer,
                     "seed": seed,
                     "row_seed": seeds[i],
-                    "network_calls": calls[row],
+                    "network_calls": int(calls[row]),
                     "batch_calls": batch_calls,
                     "seconds": seconds,
                 }
@@ -446,226 +244,6 @@ def generate(
                     result["trajectory"] = trajectory[row]
                 results[i] = result
     return results
-
-
-# ------------------------------------------------------------------------------------- showing the canvas
-def canvas_segments(tokenizer, ids: list[int], mask_id: int, eos_id: int) -> list[tuple[str, str]]:
-    """The canvas as (kind, text) runs: ("text", decoded run of tokens), ("mask", one glyph per mask),
-    ("eos", one glyph per EOS). Runs of ordinary tokens are decoded together, so multi-byte characters split
-    over byte-level tokens come out whole."""
-    segments: list[tuple[str, str]] = []
-    run: list[int] = []
-
-    def flush():
-        if run:
-            segments.append(("text", tokenizer.decode(run, skip_special_tokens=True) if tokenizer else str(run)))
-            run.clear()
-
-    for token in ids:
-        if token == mask_id or token == eos_id:
-            flush()
-            kind, glyph = ("mask", MASK_GLYPH) if token == mask_id else ("eos", EOS_GLYPH)
-            if segments and segments[-1][0] == kind:
-                segments[-1] = (kind, segments[-1][1] + glyph)
-            else:
-                segments.append((kind, glyph))
-        else:
-            run.append(int(token))
-    flush()
-    return segments
-
-
-def terminal_text(segments, color: bool = True) -> str:
-    """ANSI text: masks dim, EOS dim cyan."""
-    if not color:
-        return "".join(text for _, text in segments)
-    style = {"text": "", "mask": "\x1b[2m", "eos": "\x1b[2;36m"}
-    return "".join(f"{style[kind]}{text}\x1b[0m" if style[kind] else text for kind, text in segments)
-
-
-class TerminalShow:
-    """on_step callback redrawing every row of the batch: clear the screen, home, the header, each canvas."""
-
-    def __init__(self, tokenizer, mask_id, eos_id, stream=None, labels: list[str] | None = None):
-        self.tokenizer, self.mask_id, self.eos_id = tokenizer, mask_id, eos_id
-        self.stream = stream or sys.stdout
-        self.labels = labels
-
-    def __call__(self, info: dict) -> None:
-        lines = [f"\x1b[2J\x1b[Hstep {info['step']}/{info['steps']}  block {info['block'] + 1}"]
-        for row, index in enumerate(info["indices"]):
-            label = self.labels[index] if self.labels else f"#{index}"
-            segments = canvas_segments(self.tokenizer, info["canvas"][row].tolist(), self.mask_id, self.eos_id)
-            lines += ["", f"\x1b[1m{label}\x1b[0m", terminal_text(segments)]
-        self.stream.write("\n".join(lines) + "\n")
-        self.stream.flush()
-
-
-def _trajectory_frames(tokenizer, trajectories: list[list[list[int]]], mask_id, eos_id):
-    """[frame][prompt] -> segments."""
-    n = len(trajectories[0])
-    return [[canvas_segments(tokenizer, t[f], mask_id, eos_id) for t in trajectories] for f in range(n)]
-
-
-def _font(size: int):
-    from PIL import ImageFont
-
-    for name in (
-        "DejaVuSansMono.ttf",
-        "/usr/share/fonts/truetype/dejavu/DejaVuSansMono.ttf",
-        "LiberationMono-Regular.ttf",
-        "Menlo.ttc",
-        "Consolas.ttf",
-    ):
-        try:
-            return ImageFont.truetype(name, size)
-        except OSError:
-            continue
-    return ImageFont.load_default(size)
-
-
-def _cells(segments, columns: int) -> list[list[tuple[str, str]]]:
-    """Wrap (kind, text) segments into lines of at most ``columns`` (kind, char) cells; newlines break."""
-    lines: list[list[tuple[str, str]]] = [[]]
-    for kind, text in segments:
-        for ch in text:
-            if ch == "\n":
-                lines.append([])
-                continue
-            if len(lines[-1]) >= columns:
-                lines.append([])
-            lines[-1].append((kind, "\t" if ch == "\t" else ch))
-    return lines
-
-
-def write_gif(path, tokenizer, trajectories, labels, mask_id, eos_id, columns: int = 80, frame_ms: int = 150):
-    """An animated GIF, one frame per trajectory entry (steps + 1), prompts stacked; masks as grey boxes."""
-    from PIL import Image, ImageDraw
-
-    from common.io import atomic_path
-
-    font = _font(14)
-    left, top, right, bottom = font.getbbox("M")
-    cw, ch = max(right - left, 8), max(bottom - top, 14) + 6
-    frames = _trajectory_frames(tokenizer, trajectories, mask_id, eos_id)
-    laid = [[_cells(segs, columns) for segs in frame] for frame in frames]
-    heights = [max(len(frame[p]) for frame in laid) for p in range(len(trajectories))]  # fixed per prompt
-    width = columns * cw + 20
-    height = 10 + ch + sum((h + 2) * ch for h in heights) + 10
-    colors = {"text": (20, 20, 20), "eos": (0, 130, 150)}
-    images = []
-    for f, frame in enumerate(laid):
-        img = Image.new("RGB", (width, height), (255, 255, 255))
-        draw = ImageDraw.Draw(img)
-        draw.text((10, 10), f"step {f}/{len(laid) - 1}", fill=(90, 90, 90), font=font)
-        y = 10 + ch
-        for p, lines in enumerate(frame):
-            y += ch // 2
-            draw.text((10, y), labels[p][:columns], fill=(120, 40, 40), font=font)
-            y += ch
-            for line in lines:
-                for c, (kind, char) in enumerate(line):
-                    x0 = 10 + c * cw
-                    if kind == "mask":
-                        draw.rectangle([x0 + 1, y + 2, x0 + cw - 1, y + ch - 4], fill=(200, 200, 200))
-                    elif not char.isspace():
-                        draw.text((x0, y), char, fill=colors[kind], font=font)
-                y += ch
-            y += (heights[p] - len(lines)) * ch + ch // 2
-        images.append(img.convert("P", palette=Image.ADAPTIVE, colors=16))
-    durations = [frame_ms] * (len(images) - 1) + [max(frame_ms, 1500)]
-    with atomic_path(path) as tmp:
-        images[0].save(
-            tmp,
-            format="GIF",
-            save_all=True,
-            append_images=images[1:],
-            duration=durations,
-            loop=0,
-            disposal=1,
-            optimize=False,
-        )
-
-
-HTML_PAGE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
-<style>
-body {{ font-family: sans-serif; margin: 2em; max-width: 60em; }}
-pre {{ white-space: pre-wrap; font: 15px/1.5 monospace; border: 1px solid #ddd; padding: .7em; }}
-.mask {{ color: #bbb; }} .eos {{ color: #08a; }} .label {{ color: #833; font-weight: bold; margin-top: 1em; }}
-#controls {{ position: sticky; top: 0; background: white; padding: .5em 0; }}
-input[type=range] {{ width: 60%; vertical-align: middle; }}
-</style></head><body>
-<h2>{title}</h2>
-<p>{subtitle}</p>
-<div id="controls"><button id="play">play</button>
-<input id="slider" type="range" min="0" max="{last}" value="{last}"> <span id="label"></span></div>
-<div id="panels"></div>
-<script id="data" type="application/json">{data}</script>
-<script>
-const data = JSON.parse(document.getElementById("data").textContent);
-const panels = document.getElementById("panels"), slider = document.getElementById("slider");
-const pres = data.labels.map(function (label) {{
-  const head = document.createElement("div"); head.className = "label"; head.textContent = label;
-  const pre = document.createElement("pre"); panels.appendChild(head); panels.appendChild(pre); return pre;
-}});
-function show(f) {{
-  document.getElementById("label").textContent = "step " + f + " / " + (data.frames.length - 1);
-  data.frames[f].forEach(function (segments, p) {{
-    pres[p].textContent = "";
-    segments.forEach(function (s) {{
-      const span = document.createElement("span"); span.className = s[0]; span.textContent = s[1];
-      pres[p].appendChild(span);
-    }});
-  }});
-}}
-slider.addEventListener("input", function () {{ show(+slider.value); }});
-let timer = null;
-document.getElementById("play").addEventListener("click", function () {{
-  if (timer) {{ clearInterval(timer); timer = null; this.textContent = "play"; return; }}
-  if (+slider.value >= data.frames.length - 1) slider.value = 0;
-  this.textContent = "pause"; const button = this;
-  timer = setInterval(function () {{
-    if (+slider.value >= data.frames.length - 1) {{
-      clearInterval(timer); timer = null; button.textContent = "play"; return;
-    }}
-    slider.value = +slider.value + 1; show(+slider.value);
-  }}, {frame_ms});
-}});
-show(+slider.value);
-</script></body></html>
-"""
-
-
-def write_html(path, tokenizer, trajectories, labels, mask_id, eos_id, subtitle: str = "", frame_ms: int = 150):
-    """A self-contained HTML page: every frame's segments as JSON, a slider and a play button."""
-    from common.io import atomic_path
-
-    frames = _trajectory_frames(tokenizer, trajectories, mask_id, eos_id)
-    data = json.dumps({"labels": labels, "frames": frames}, ensure_ascii=False).replace("</", "<\\/")
-    page = HTML_PAGE.format(
-        title="Denoising trajectory", subtitle=html.escape(subtitle), last=len(frames) - 1, data=data, frame_ms=frame_ms
-    )
-    with atomic_path(path) as tmp:
-        tmp.write_text(page, encoding="utf-8")
-
-
-def write_record(path, trained, results: list[dict], labels: list[str], frame_ms: int = 150) -> None:
-    """--record: the trajectories of ``results`` as .gif or .html (by the suffix)."""
-    trajectories = [r["trajectory"] for r in results]
-    mask_id, eos_id = trained.meta["mask_id"], trained.meta["eos_id"]
-    suffix = Path(path).suffix.lower()
-    if suffix == ".gif":
-        write_gif(path, trained.tokenizer, trajectories, labels, mask_id, eos_id, frame_ms=frame_ms)
-    elif suffix in (".html", ".htm"):
-        r = results[0]
-        subtitle = (
-            f"{trained.model_dir}: {r['remasking']}, {r['steps']} steps, gen_length {r['gen_length']}, "
-            f"block_length {r['block_length']}, temperature {r['temperature']}, eos_guard {r['eos_guard']}"
-        )
-        write_html(path, trained.tokenizer, trajectories, labels, mask_id, eos_id, subtitle, frame_ms)
-    else:
-        raise ValueError(f"--record {path}: write .gif or .html")
 
 
 # -------------------------------------------------------------------------------------------------- CLI
@@ -709,7 +287,7 @@ def fit_gen_length(gen_length: int, prompt_len: int, max_positions: int | None, 
     return room - room % block_length if block_length else room
 
 
-def _backbone_note(trained) -> str:
+def backbone_note(trained) -> str:
     """'the 128 positions of the bert backbone of runs/x/model', for the messages about positions."""
     model_type = trained.meta["model"].get("model_type", "masked_lm")
     return f"the {trained.max_positions} positions of the {model_type} backbone of {trained.model_dir}"
@@ -780,7 +358,7 @@ def _label(item: dict) -> str:
     return text if isinstance(text, str) and text.strip() else "(empty prompt)"
 
 
-def _options(args, gen_length: int | None = None) -> dict:
+def generate_options(args, gen_length: int | None = None) -> dict:
     return dict(
         gen_length=gen_length or args.gen_length,
         steps=args.steps,
@@ -794,13 +372,13 @@ def _options(args, gen_length: int | None = None) -> dict:
     )
 
 
-def _show_callback(args, trained, labels):
+def show_callback(args, trained, labels):
     if args.show is None or (args.show == "auto" and not sys.stdout.isatty()):
         return None
     return TerminalShow(trained.tokenizer, trained.meta["mask_id"], trained.meta["eos_id"], labels=labels)
 
 
-def _output_record(item: dict, result: dict, system, raw) -> dict:
+def output_record(item: dict, result: dict, system, raw) -> dict:
     record = {"index": result["index"]}
     if "prompt" in item:
         record["prompt"] = item["prompt"]
@@ -822,127 +400,13 @@ def _write_jsonl(records: list[dict], out) -> None:
         sys.stdout.flush()
 
 
-class Transcript:
-    """--chat --out: the dialogue as JSONL, one line per finished turn, written as the turn ends (one write of the
-    whole line, flush, fsync), so an interrupted (Ctrl-C) or crashed chat keeps every turn it finished. The file
-    is started empty (a new chat replaces an old transcript)."""
-
-    def __init__(self, path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(self.path, "w", encoding="utf-8")
-        self.turns = 0
-
-    def write(self, record: dict) -> None:
-        self.file.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self.file.flush()
-        try:
-            os.fsync(self.file.fileno())
-        except OSError:  # not a regular file (/dev/stdout, a pipe): nothing to sync
-            pass
-        self.turns += 1
-
-    def close(self) -> None:
-        self.file.close()
-
-
-def fit_dialogue(
-    trained, messages: list[dict], gen_length: int, block_length: int | None, say: Callable[[str], None]
-) -> tuple[list[int], int] | None:
-    """--chat: the prompt ids of ``messages`` (system?, then user / assistant turns, ending with a user turn) and
-    the turn's canvas length, fitted to a backbone of max_positions P: while len(prompt) + G > P and older turns
-    are left, the oldest user turn and its answer are dropped from ``messages`` (in place: they stay dropped);
-    when the last user turn alone still leaves no room for G, G is capped (fit_gen_length). None, with the
-    reason said, when the turn leaves no room for an answer at all (the caller drops the turn)."""
-    from common.chat import prompt_ids
-
-    ids = prompt_ids(trained.tokenizer, messages)
-    limit = trained.max_positions
-    if limit is None or len(ids) + gen_length <= limit:
-        return ids, gen_length
-    first = 1 if messages[0].get("role") == "system" else 0
-    before, dropped = len(ids), 0
-    while len(ids) + gen_length > limit and len(messages) - first > 1:
-        del messages[first : first + 2]  # the oldest user turn and the assistant's answer to it
-        dropped += 1
-        ids = prompt_ids(trained.tokenizer, messages)
-    if dropped:
-        say(
-            f"eval.generate: the dialogue ({before} prompt tokens) + gen_length {gen_length} outgrows "
-            f"{_backbone_note(trained)}; dropped the oldest {dropped} turn(s), {len(ids)} prompt tokens left"
-        )
-    fitted = fit_gen_length(gen_length, len(ids), limit, block_length)
-    if fitted < 1:
-        say(
-            f"eval.generate: this turn's prompt takes {len(ids)} of {_backbone_note(trained)}: no room for an "
-            f"answer; the turn is skipped (write a shorter one)"
-        )
-        return None
-    if fitted < gen_length:
-        say(
-            f"eval.generate: gen_length {gen_length} capped to {fitted} for this turn: its prompt takes "
-            f"{len(ids)} of {_backbone_note(trained)}"
-        )
-    return ids, fitted
-
-
-def chat_loop(args, trained, stdin=None, stdout=None, transcript: Transcript | None = None, stderr=None) -> list[dict]:
-    """--chat: one user turn per stdin line until EOF or an empty line; the dialogue is kept (each answer goes
-    back into the messages) and each answer printed; each finished turn goes to ``transcript`` at once. A dialogue
-    that outgrows the backbone's positions loses its oldest turns (fit_dialogue, said on stderr)."""
-    stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
-
-    def say(line: str) -> None:
-        stderr.write(line + "\n")
-        stderr.flush()
-
-    messages = [{"role": "system", "content": args.system}] if args.system else []
-    records = []
-    interactive = stdin.isatty()
-    while True:
-        if interactive:
-            stderr.write("you> ")
-            stderr.flush()
-        line = stdin.readline()
-        if not line or not line.strip():
-            break
-        messages.append({"role": "user", "content": line.rstrip("\n")})
-        fitted = fit_dialogue(trained, messages, args.gen_length, args.block_length, say)
-        if fitted is None:
-            messages.pop()
-            continue
-        ids, gen_length = fitted
-        try:
-            block_plan(gen_length, args.steps, args.block_length)
-        except ValueError as err:
-            say(f"eval.generate: this turn cannot be generated ({err}); the turn is skipped")
-            messages.pop()
-            continue
-        result = generate(
-            trained,
-            [ids],
-            record=bool(args.record),
-            on_step=_show_callback(args, trained, [f"turn {len(records) + 1}"]),
-            **_options(args, gen_length),
-        )[0]
-        result["index"] = len(records)
-        messages.append({"role": "assistant", "content": result["answer"]})
-        stdout.write(f"assistant> {result['answer']}\n")
-        stdout.flush()
-        record = _output_record({"messages": messages[:-1]}, result, None, False)
-        records.append(record)
-        if transcript is not None:
-            transcript.write(record)
-        if args.record:
-            write_record(args.record, trained, [result], [line.strip()], args.frame_ms)
-    return records
-
-
 def build_parser() -> argparse.ArgumentParser:
     from common.device import add_device_arguments
 
     parser = argparse.ArgumentParser(
-        prog="python -m eval.generate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m eval.generate",
+        description=f"{__doc__}\neval.samplers.remask, the step:\n\n{inspect.cleandoc(remask.__doc__)}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--model-dir", required=True, help="a diffusion model folder (runs/{profile}/{run}/model, a stage)"
@@ -1084,26 +548,12 @@ def main(argv=None) -> int:
     try:
         _resolve_defaults(args, trained)
         if args.chat:
-            return _chat(args, trained)
+            from eval.chat import run_chat
+
+            return run_chat(args, trained)
         return _answer(args, trained)
     except InputError as err:
         raise SystemExit(f"eval.generate: {err}") from None
-
-
-def _chat(args, trained) -> int:
-    transcript = Transcript(args.out) if args.out else None
-    try:
-        records = chat_loop(args, trained, transcript=transcript)
-    except KeyboardInterrupt:
-        where = f"; {transcript.turns} finished turn(s) in {args.out}" if transcript else ""
-        print(f"\neval.generate: interrupted{where}", file=sys.stderr)
-        return 130
-    finally:
-        if transcript is not None:
-            transcript.close()
-    if args.out:
-        print(f"{args.out}: {len(records)} turn(s)", file=sys.stderr)
-    return 0
 
 
 def _answer(args, trained) -> int:
@@ -1121,13 +571,13 @@ def _answer(args, trained) -> int:
     if gen_length < 1:
         raise InputError(
             f"prompt {longest + 1} ({labels[longest][:40]!r}) takes {len(ids[longest])} of "
-            f"{_backbone_note(trained)}: no room for an answer"
+            f"{backbone_note(trained)}: no room for an answer"
             + (f" in blocks of {args.block_length}" if args.block_length else "")
         )
     if gen_length < args.gen_length:
         print(
             f"eval.generate: gen_length {args.gen_length} capped to {gen_length}: the longest prompt takes "
-            f"{len(ids[longest])} of {_backbone_note(trained)}",
+            f"{len(ids[longest])} of {backbone_note(trained)}",
             file=sys.stderr,
         )
     try:
@@ -1138,12 +588,12 @@ def _answer(args, trained) -> int:
         trained,
         ids,
         record=bool(args.record),
-        on_step=_show_callback(args, trained, labels),
-        **_options(args, gen_length),
+        on_step=show_callback(args, trained, labels),
+        **generate_options(args, gen_length),
     )
     if args.record:
         write_record(args.record, trained, results, labels, args.frame_ms)
-    _write_jsonl([_output_record(item, r, args.system, args.raw_prompt) for item, r in zip(items, results)], args.out)
+    _write_jsonl([output_record(item, r, args.system, args.raw_prompt) for item, r in zip(items, results)], args.out)
     if args.out:
         total = sum(r["seconds"] for r in results)
         print(f"{args.out}: {len(results)} answers, {total / len(results):.3f} s/answer", file=sys.stderr)

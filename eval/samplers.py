@@ -16,6 +16,12 @@ position, so every sampler runs on both objectives; each docstring names the obj
 Randomness: every draw comes from the caller's ``torch.Generator`` (categorical draws by Gumbel-max in
 float64), and how many numbers a step draws never depends on the network's output. That is why
 ``ddpm_cache`` reproduces ``ddpm`` token for token under the same generator.
+
+Prompted generation (eval/generate.py) is ``remask`` over the prompt as the prefix: LLaDA's sampler, a fixed
+number of commits per step chosen by a remasking rule, with one generator per row. It is not one of SAMPLERS
+(the values of the config's sample.samplers) but shares their pieces: the Gumbel-max draw (exponential_noise),
+the confidence ranking (most_confident), the block spans (block_spans) and the masked-share noise level
+(mask_share_level).
 """
 
 from __future__ import annotations
@@ -37,15 +43,30 @@ NATIVE_OBJECTIVE = {
 SEMI_AR_BLOCKS = 4  # semi_ar without a block size: the target in this many blocks
 
 
+def exponential_noise(shape, generator: torch.Generator | None, device) -> torch.Tensor:
+    """E = -log U ~ Exp(1) with U ~ U[0, 1), float64 [*shape]: the noise of the Gumbel-max race
+    argmax_v w_v / E_v (= argmax_v log w_v + G_v with G_v = -log E_v ~ Gumbel(0, 1))."""
+    uniform = torch.rand(shape, generator=generator, dtype=torch.float64, device=device)
+    return -torch.log(uniform.clamp_min(1e-300))
+
+
 def sample_categorical(weights: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """Draw index ~ weights / weights.sum(-1) for non-negative, unnormalised ``weights[..., V]``.
 
     Gumbel-max in the exponential form argmax_v w_v / E_v with E_v = -log U_v ~ Exp(1), in float64: float32
     Gumbel noise truncates the tail and silently lowers the sampling temperature (Zheng et al., 2024).
     """
-    uniform = torch.rand(weights.shape, generator=generator, dtype=torch.float64, device=weights.device)
-    exponential = -torch.log(uniform.clamp_min(1e-300))
-    return (weights.to(torch.float64) / exponential).argmax(dim=-1)
+    return (weights.to(torch.float64) / exponential_noise(weights.shape, generator, weights.device)).argmax(dim=-1)
+
+
+def most_confident(score: torch.Tensor, first: torch.Tensor, k) -> torch.Tensor:
+    """Bool [B, L]: per row the ``k`` (an int, or Long[B]) positions that come first in the order: the ``first``
+    positions before the others, then the larger ``score``, then the leftmost."""
+    order = score.argsort(dim=-1, descending=True, stable=True)
+    order = order.gather(-1, (~first).gather(-1, order).long().argsort(dim=-1, stable=True))
+    positions = torch.arange(order.shape[-1], device=order.device).expand_as(order)
+    rank = torch.empty_like(order).scatter_(-1, order, positions)
+    return rank < torch.as_tensor(k, device=rank.device).reshape(-1, 1)
 
 
 def time_grid(steps: int) -> torch.Tensor:
@@ -251,18 +272,13 @@ def confidence_steps(denoiser, x, editable, noise, steps, temperature, generator
         if penalty is not None:
             confidence = confidence - penalty(x, sigma_t).to(confidence.dtype)
         masked = editable[None, :] & (x == denoiser.mask_id)
-        confidence = confidence.masked_fill(~masked, float("-inf"))
         if i == steps - 1:
             keep_masked = torch.zeros(batch, dtype=torch.long, device=x.device)
         else:
             move_chance = -math.expm1(-float(noise.total(grid[i + 1 : i + 2])[0]))
             keep_masked = torch.full((batch,), round(n_editable * move_chance), device=x.device)
-        reveal = (masked.sum(-1) - keep_masked).clamp_min(0)
-        # rank of each position by confidence within its row (0 = most confident)
-        order = confidence.argsort(dim=-1, descending=True, stable=True)
-        rank = torch.empty_like(order).scatter_(-1, order, torch.arange(x.shape[1], device=x.device).expand_as(order))
-        update = masked & (rank < reveal[:, None])
-        x = torch.where(update, proposal, x)
+        reveal = (masked.sum(-1) - keep_masked).clamp_min(0)  # <= the masked count: only masks are revealed
+        x = torch.where(most_confident(confidence, masked, reveal), proposal, x)
     return x
 
 
@@ -310,6 +326,32 @@ def autoregressive(
     return x[:, 1:]
 
 
+def block_spans(target_len: int, block_size: int | None, steps: int) -> tuple[list[tuple[int, int]], int]:
+    """Semi-autoregressive blocks: the target's spans [start, end) of ``block_size`` tokens, left to right (the
+    last one shorter when block_size does not divide target_len; None: one block), and the steps each gets,
+    max(1, steps // n_blocks)."""
+    block_size = block_size or target_len
+    spans = [(start, min(start + block_size, target_len)) for start in range(0, target_len, block_size)]
+    return spans, max(1, steps // len(spans))
+
+
+def masked_target(prefix: torch.Tensor, target_len: int, mask_id: int) -> torch.Tensor:
+    """x = [prefix ; target_len masks]: Long[B, P + L], where every sampler starts."""
+    masks = torch.full((prefix.shape[0], target_len), mask_id, dtype=torch.long, device=prefix.device)
+    return torch.cat([prefix.long(), masks], dim=1)
+
+
+def finished_target(x: torch.Tensor, prefix: torch.Tensor, mask_id: int) -> torch.Tensor:
+    """The target of a finished x = [prefix ; target], checked: a sampler that changed the clean prefix or left a
+    mask is a bug, not a sample."""
+    prefix_len = prefix.shape[1]
+    if not torch.equal(x[:, :prefix_len], prefix.long()):
+        raise AssertionError("the sampler changed the clean prefix (the prompt)")
+    if (x[:, prefix_len:] == mask_id).any():
+        raise AssertionError("a mask token survived the final step")
+    return x[:, prefix_len:]
+
+
 def sample(
     denoiser,
     noise,
@@ -339,16 +381,13 @@ def sample(
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if sampler == "semi_ar":
         sampler, block_size = "ddpm_cache", block_size or -(-target_len // SEMI_AR_BLOCKS)
-    batch, prefix_len = prefix.shape
-    masks = torch.full((batch, target_len), denoiser.mask_id, dtype=torch.long, device=prefix.device)
-    x = torch.cat([prefix.long(), masks], dim=1)
-    block_size = block_size or target_len
-    starts = list(range(0, target_len, block_size))
-    steps_per_block = max(1, steps // len(starts))
+    prefix_len = prefix.shape[1]
+    x = masked_target(prefix, target_len, denoiser.mask_id)
+    spans, steps_per_block = block_spans(target_len, block_size, steps)
     positions = torch.arange(x.shape[1], device=x.device)
-    level = mask_share_level(noise, prefix_len, denoiser.mask_id) if len(starts) > 1 else None
-    for start in starts:
-        editable = (positions >= prefix_len + start) & (positions < prefix_len + min(start + block_size, target_len))
+    level = mask_share_level(noise, prefix_len, denoiser.mask_id) if len(spans) > 1 else None
+    for start, end in spans:
+        editable = (positions >= prefix_len + start) & (positions < prefix_len + end)
         kwargs = dict(noise=noise, steps=steps_per_block, temperature=temperature, generator=generator, level=level)
         if sampler in ("ddpm", "ddpm_cache"):
             x = ddpm_steps(denoiser, x, editable, cache=sampler == "ddpm_cache", **kwargs)
@@ -360,8 +399,191 @@ def sample(
             x = uncertainty_steps(denoiser, x, editable, importance=importance, **kwargs)
         else:
             x = confidence_steps(denoiser, x, editable, **kwargs)
-    if not torch.equal(x[:, :prefix_len], prefix.long()):
-        raise AssertionError("sampler changed the clean prefix")
-    if (x[:, prefix_len:] == denoiser.mask_id).any():
-        raise AssertionError("a mask token survived the final step")
-    return x[:, prefix_len:]
+    return finished_target(x, prefix, denoiser.mask_id)
+
+
+# ------------------------------------------------------------------------ remasking (prompted generation)
+REMASKING = ("random", "low_confidence", "margin", "entropy")
+
+
+def commit_schedule(n: int, steps: int) -> list[int]:
+    """Tokens committed at each of ``steps`` steps so that all ``n`` are, the remainder spread over the steps:
+
+        k_s = floor((s + 1) n / steps) - floor(s n / steps),     sum_s k_s = n
+
+    (after s steps floor(s n / steps) are committed). LLaDA's get_num_transfer_tokens gives the n mod steps extra
+    tokens to the first steps instead, so the two differ where steps does not divide n (n = 8, 3 steps: 2, 3, 3
+    here, 3, 3, 2 there). Steps beyond n commit nothing."""
+    if steps < 1 or n < 0:
+        raise ValueError(f"need steps >= 1 and n >= 0, got steps={steps}, n={n}")
+    return [(s + 1) * n // steps - s * n // steps for s in range(steps)]
+
+
+def block_plan(target_len: int, steps: int, block_size: int | None) -> tuple[int, int]:
+    """(number of blocks, steps per block) of block_spans, where remask needs them exact: block_size divides
+    target_len and the number of blocks divides steps, so every block has the same length and steps. Errors
+    name the sizes as eval.generate's options do (gen_length, block_length)."""
+    if target_len < 1:
+        raise ValueError(f"gen_length must be >= 1, got {target_len}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    block_size = block_size or target_len
+    if block_size < 1 or target_len % block_size:
+        raise ValueError(f"gen_length {target_len} is not divisible by block_length {block_size}")
+    spans, steps_per_block = block_spans(target_len, block_size, steps)
+    if steps % len(spans):
+        raise ValueError(
+            f"steps {steps} is not divisible by the number of blocks {len(spans)} "
+            f"(gen_length {target_len} / block_length {block_size}); steps are split evenly"
+        )
+    return len(spans), steps_per_block
+
+
+def remasking_confidence(remasking: str, log_p: torch.Tensor, token: torch.Tensor, uniform: torch.Tensor | None):
+    """c_i of remask for log_p [..., V] (untempered, as LLaDA) and the committed candidate ``token`` [...]."""
+    if remasking == "random":
+        return uniform
+    if remasking == "low_confidence":
+        return log_p.gather(-1, token[..., None]).squeeze(-1).exp()
+    p = log_p.exp()
+    if remasking == "margin":
+        top = p.topk(2, dim=-1).values
+        return top[..., 0] - top[..., 1]
+    if remasking == "entropy":
+        return (p * log_p.clamp_min(-1e30)).nan_to_num(0.0).sum(-1)  # 0 log 0 = 0
+    raise ValueError(f"unknown remasking {remasking!r}; choose one of {REMASKING}")
+
+
+def _answer_final(target: torch.Tensor, mask_id: int, eos_id: int) -> torch.Tensor:
+    """Bool [B]: some committed EOS has no mask to its left, so the answer (cut at the first EOS) is final."""
+    length = target.shape[1]
+    pos = torch.arange(length, device=target.device).expand_as(target)
+    first_eos = torch.where(target == eos_id, pos, length).min(-1).values
+    first_mask = torch.where(target == mask_id, pos, length).min(-1).values
+    return (first_eos < length) & (first_eos < first_mask)
+
+
+def _remask_step(denoiser, x, sigma, span, prefix_len, k, remasking, temperature, generators, eos_id, eos_guard):
+    """One step of remask on rows x [R, P + L] that share the schedule: commits k masked positions of ``span``."""
+    rows = x.shape[0]
+    masked = torch.zeros_like(x, dtype=torch.bool)
+    masked[:, span[0] : span[1]] = x[:, span[0] : span[1]] == denoiser.mask_id
+    m = int(masked[0].sum())
+    if not (masked.sum(-1) == m).all() or m < k:
+        raise AssertionError("rows of a batch left the shared unmasking schedule")
+    log_p = denoiser.masked_x0_log_probs(x, sigma, masked).view(rows, m, -1)
+    positions = masked.nonzero()[:, 1].view(rows, m)
+    first_mask = prefix_len + (x[:, prefix_len:] == denoiser.mask_id).int().argmax(-1)
+    race = log_p.double()
+    if temperature > 0:  # each row's draws from its own generator: its tokens do not depend on the batch
+        noise = torch.stack([exponential_noise((m, log_p.shape[-1]), g, x.device) for g in generators])
+        race = tempered_log_probs(race, temperature).exp() / noise
+    proposal = race.argmax(-1)
+    uniform = None
+    if remasking == "random":
+        uniform = torch.stack([torch.rand(m, generator=g, dtype=torch.float64, device=x.device) for g in generators])
+    score = remasking_confidence(remasking, log_p, proposal, uniform)
+    first = torch.ones_like(proposal, dtype=torch.bool)
+    tokens = proposal
+    if eos_guard:
+        guarded = (proposal == eos_id) & (positions > first_mask[:, None])
+        alternative = race.clone()
+        alternative[..., eos_id] = float("-inf")
+        alternative = alternative.argmax(-1)
+        tokens = torch.where(guarded, alternative, proposal)
+        score = torch.where(guarded, remasking_confidence(remasking, log_p, alternative, uniform), score)
+        first = ~guarded
+    pick = most_confident(score, first, k)
+    return x.scatter(-1, positions, torch.where(pick, tokens, x.gather(-1, positions)))
+
+
+def remask(
+    denoiser,
+    noise,
+    prefix: torch.Tensor,
+    target_len: int,
+    steps: int,
+    generators: list[torch.Generator],
+    remasking: str = "low_confidence",
+    temperature: float = 0.0,
+    block_size: int | None = None,
+    eos_id: int | None = None,
+    eos_guard: bool = False,
+    stop_at_answer: bool = False,
+    on_step=None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """LLaDA-style generation after the clean ``prefix: Long[B, P]`` (a prompt): a fixed number of commits per
+    step, chosen by a remasking rule. Objective: mdlm or sedd (both give the same p at a masked position).
+    Returns (target Long[B, target_len], network calls per row Long[B]).
+
+    With x the target, M the masked positions of the current block and p = p_theta(x_0 | x_t):
+
+      network   one call per step with only M projected to the vocabulary (Denoiser.masked_x0_log_probs), told
+                the noise level of mask_share_level (the share of the target still masked).
+      proposal  x0_i = argmax_y p_i(y)^(1/T) / E_iy, E ~ Exp(1) from the row's own generator in float64
+                (Gumbel-max: x0_i ~ p_i^(1/T) renormalised); T = 0: x0_i = argmax_y p_i(y).
+      schedule  block b's n = B tokens are committed over its S_b = steps / blocks steps, k_s at step s:
+                    k_s = floor((s + 1) n / S_b) - floor(s n / S_b),     sum_s k_s = n
+                (commit_schedule: the remainder spread over the steps; a step that commits nothing calls
+                nothing).
+      remasking which k_s of the masked positions are committed (each with its proposal), the k_s largest of:
+                    random          c_i = u_i, u_i ~ U(0, 1)                   ancestral: a uniform random subset
+                    low_confidence  c_i = p_i(x0_i)                            the most probable proposals first
+                    margin          c_i = p_i(y1) - p_i(y2)                    top-1 minus top-2 probability
+                    entropy         c_i = -H(p_i) = sum_y p_i(y) log p_i(y)    the most peaked distributions first
+                ties go to the leftmost position. c uses the untempered p (as LLaDA).
+
+    ``eos_guard``: a position whose proposal is EOS with a masked position anywhere to its left (before this step)
+    is ranked after every other one and, if the schedule still reaches it, committed with its best non-EOS
+    proposal (the same draw with EOS excluded), ranked by that proposal's confidence; so no EOS is committed with
+    a mask to its left. ``stop_at_answer``: a row in which some committed EOS has no mask to its left has its final
+    answer (committed tokens never change); its masks are filled with EOS and it leaves the batch (no more calls).
+
+    Blocks: block_spans, with block_plan's exact division. Draws per step and row: (masked positions of the
+    block) x V exponentials (T > 0), then for ``random`` one uniform per masked position; counts fixed by the
+    schedule, never by the network. ``on_step(info)`` after every step: {step, steps, block, canvas [B, L]}.
+    """
+    if remasking not in REMASKING:
+        raise ValueError(f"unknown remasking {remasking!r}; choose one of {REMASKING}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if len(generators) != prefix.shape[0]:
+        raise ValueError(f"one generator per row: {prefix.shape[0]} rows, got {len(generators)} generators")
+    if (eos_guard or stop_at_answer) and eos_id is None:
+        raise ValueError("eos_guard and stop_at_answer need eos_id")
+    block_plan(target_len, steps, block_size)
+    prefix_len, mask_id = prefix.shape[1], denoiser.mask_id
+    x = masked_target(prefix, target_len, mask_id)
+    level = mask_share_level(noise, prefix_len, mask_id)
+    active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    calls = torch.zeros(x.shape[0], dtype=torch.long)
+    spans, steps_per_block = block_spans(target_len, block_size, steps)
+    step = 0
+    for block, (start, end) in enumerate(spans):
+        for k in commit_schedule(end - start, steps_per_block):
+            step += 1
+            rows = active.nonzero().squeeze(-1)
+            if k and len(rows):
+                xa = _remask_step(
+                    denoiser,
+                    x[rows],
+                    level(x[rows]),
+                    (prefix_len + start, prefix_len + end),
+                    prefix_len,
+                    k,
+                    remasking,
+                    temperature,
+                    [generators[r] for r in rows.tolist()],
+                    eos_id,
+                    eos_guard,
+                )
+                calls[rows.cpu()] += 1
+                if stop_at_answer:
+                    target = xa[:, prefix_len:]
+                    done = _answer_final(target, mask_id, eos_id)
+                    target[done] = torch.where(target[done] == mask_id, eos_id, target[done])
+                    active[rows[done]] = False
+                x[rows] = xa  # the whole row: a step that wrote into the prefix is caught by finished_target
+            if on_step is not None:
+                on_step({"step": step, "steps": steps, "block": block, "canvas": x[:, prefix_len:]})
+    return finished_target(x, prefix, mask_id), calls

@@ -3,7 +3,6 @@ changes, no mask survives, commits follow the schedule, each remasking rule pick
 blocks fill left to right, the EOS guard, batching does not change answers, stopping at the answer is exact,
 the recordings and the command line."""
 
-import dataclasses
 import io
 import json
 import math
@@ -15,18 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from eval.generate import (
-    REMASKING,
-    block_plan,
-    build_parser,
-    canvas_segments,
-    generate,
-    main,
-    masked_log_probs,
-    prompt_seeds,
-    transfer_schedule,
-)
+from eval.denoiser import Denoiser
+from eval.generate import build_parser, generate, main, prompt_seeds
+from eval.samplers import REMASKING, block_plan, commit_schedule, remask
 from eval.trained import Trained, load_trained
+from eval.views import canvas_segments
 from preprocess.tokenizer import train_bpe
 from train.checkpoint import save_model
 from train.model import DiffusionTransformer, ModelConfig
@@ -91,6 +83,13 @@ def trained(project):
     return load_trained(project["model"])
 
 
+def with_model(trained, model):
+    """``trained`` with another network, its denoiser view wrapping it (as load_trained builds it)."""
+    m = trained.meta
+    denoiser = Denoiser(model, m["objective"], m["mask_id"], m["prefix_len"])
+    return Trained(**{**trained.__dict__, "model": model, "denoiser": denoiser})
+
+
 def prompts_of(tok, texts):
     return [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
 
@@ -108,10 +107,16 @@ def commits(trajectory, mask_id):
 
 # ----------------------------------------------------------------------------------------------- schedule
 @pytest.mark.parametrize("n,steps", [(8, 8), (8, 3), (12, 5), (5, 12), (1, 4), (32, 32)])
-def test_transfer_schedule_sums_and_is_even(n, steps):
-    k = transfer_schedule(n, steps)
+def test_commit_schedule_sums_and_is_even(n, steps):
+    k = commit_schedule(n, steps)
     assert len(k) == steps and sum(k) == n and max(k) - min(k) <= 1
     assert all(sum(k[:s]) == s * n // steps for s in range(steps + 1))  # cumulative = floor(s n / S)
+
+
+def test_commit_schedule_spreads_the_remainder():
+    """Not LLaDA's get_num_transfer_tokens, which gives the remainder to the first steps (3, 3, 2 and 3, 3, 2, 2, 2)."""
+    assert commit_schedule(8, 3) == [2, 3, 3] and commit_schedule(12, 5) == [2, 2, 3, 2, 3]
+    assert commit_schedule(12, 4) == [3, 3, 3, 3]  # steps divide n: n / S each, as LLaDA
 
 
 def test_block_plan_errors_name_the_numbers():
@@ -140,7 +145,7 @@ def test_prompt_never_changes_and_no_mask_survives(trained, project, remasking, 
             seen.append(x.clone())
             return self.inner(x, sigma, prefix_len, select=select)
 
-    spy = Trained(**{**trained.__dict__, "model": Spy()})
+    spy = with_model(trained, Spy())
     results = generate(
         spy,
         prompts,
@@ -165,17 +170,15 @@ def test_prompt_never_changes_and_no_mask_survives(trained, project, remasking, 
 
 def test_prompt_change_is_caught(trained, project, monkeypatch):
     """The end-of-generation check fires when a step writes into the prompt."""
-    import eval.generate as g
+    real = trained.denoiser.masked_x0_log_probs
 
-    real = g.masked_log_probs
-
-    def corrupt(model, x, *args):
-        out = real(model, x, *args)
+    def corrupt(x, *args):
+        out = real(x, *args)
         x[:, 0] = 7  # a bug that writes into the prompt in place
         return out
 
-    monkeypatch.setattr(g, "masked_log_probs", corrupt)
-    with pytest.raises(AssertionError, match="changed the prompt"):
+    monkeypatch.setattr(trained.denoiser, "masked_x0_log_probs", corrupt)
+    with pytest.raises(AssertionError, match=r"changed the clean prefix \(the prompt\)"):
         generate(trained, [[10, 11, 12]], gen_length=4, steps=2)
 
 
@@ -189,7 +192,7 @@ def test_commits_per_step_follow_the_schedule(trained, project, remasking, gen_l
         trained, prompts, gen_length, steps, remasking, block_length, temperature=0.7, record=True, stop_at_answer=False
     )
     blocks, per_block = block_plan(gen_length, steps, block_length)
-    expected = transfer_schedule(gen_length // blocks, per_block) * blocks
+    expected = commit_schedule(gen_length // blocks, per_block) * blocks
     for r in results:
         assert [len(c) for c in commits(r["trajectory"], trained.meta["mask_id"])] == expected
         assert r["network_calls"] == sum(1 for k in expected if k)  # a step that commits nothing calls nothing
@@ -231,7 +234,7 @@ def test_network_is_told_the_masked_share(trained, project):
             seen.append((int((x[0, -8:] == trained.meta["mask_id"]).sum()), float(sigma[0])))
             return self.inner(x, sigma, prefix_len, select=select)
 
-    generate(Trained(**{**trained.__dict__, "model": Spy()}), [[5, 6, 7]], 8, 4, block_length=4, stop_at_answer=False)
+    generate(with_model(trained, Spy()), [[5, 6, 7]], 8, 4, block_length=4, stop_at_answer=False)
     noise = LogLinearNoise(1e-3)
     assert [m for m, _ in seen] == [8, 6, 4, 2]
     for masked, sigma in seen:
@@ -247,11 +250,64 @@ def test_masked_log_probs_equal_the_denoiser(project, which):
     x = torch.tensor([[5, 6, 7, mask, 9, mask, mask], [8, mask, 7, 6, mask, mask, 1]])
     sigma = torch.tensor([0.7, 1.3])
     with torch.no_grad():
-        mine = masked_log_probs(t.model, x, sigma, 0, x == mask, mask)
+        mine = t.denoiser.masked_x0_log_probs(x, sigma, x == mask)
         ref = t.denoiser.x0_log_probs(x, sigma)[x == mask]
     finite = torch.isfinite(ref)
     assert torch.equal(finite, torch.isfinite(mine))
     assert torch.allclose(mine[finite], ref[finite], atol=1e-5)
+
+
+@pytest.mark.parametrize("remasking", REMASKING)
+@pytest.mark.parametrize("block_length,temperature,eos_guard", [(None, 0.0, False), (4, 0.8, True), (None, 1.0, True)])
+@pytest.mark.parametrize("which", ["eosy", "sedd"])
+def test_generate_is_remask_over_the_prompt_as_prefix(project, which, remasking, block_length, temperature, eos_guard):
+    """generate() on a batch of prompts of mixed lengths equals the sampler library's remask run on each prompt
+    alone as the clean prefix, with the generator prompt_seeds gives it: the same ids, network calls and
+    trajectory (the all-mask canvas, then one per step)."""
+    t = load_trained(project[which])
+    prompts = prompts_of(project["tok"], TEXTS + ["def g(y):"]) + [[5, 6, 7]] * 2
+    kwargs = dict(remasking=remasking, temperature=temperature, eos_guard=eos_guard)
+    results = generate(t, prompts, 12, 6, block_length=block_length, seed=4, record=True, batch_size=3, **kwargs)
+    for prompt, row_seed, r in zip(prompts, prompt_seeds(prompts, 4), results):
+        canvases = [[t.meta["mask_id"]] * 12]
+        with torch.no_grad():
+            ids, calls = remask(
+                t.denoiser,
+                t.noise,
+                torch.tensor([prompt]).reshape(1, len(prompt)),
+                12,
+                6,
+                [torch.Generator().manual_seed(row_seed)],
+                block_size=block_length,
+                eos_id=t.meta["eos_id"],
+                stop_at_answer=True,
+                on_step=lambda info, seen=canvases: seen.append(info["canvas"][0].tolist()),
+                **kwargs,
+            )
+        assert r["row_seed"] == row_seed
+        assert (r["ids"], r["network_calls"], r["trajectory"]) == (ids[0].tolist(), int(calls[0]), canvases)
+
+
+def test_proposals_are_gumbel_max_from_the_row_generator(trained):
+    """One step commits the whole canvas with its proposals, x0_i = argmax_y [log p_i(y) / T + g_iy], g = -log(-log
+    U) with U [G, V] the row generator's first float64 uniforms: the draw in the additive form, computed here."""
+    mask, temperature, seed = trained.meta["mask_id"], 0.7, 11
+    prompt = torch.tensor([[5, 6, 7]])
+    x = torch.cat([prompt, torch.full((1, 8), mask)], 1)
+    with torch.no_grad():
+        ids, _ = remask(
+            trained.denoiser,
+            trained.noise,
+            prompt,
+            8,
+            1,
+            [torch.Generator().manual_seed(seed)],
+            temperature=temperature,
+        )
+        sigma = trained.noise.total(torch.ones(1, dtype=torch.float64)).float()
+        log_p = trained.denoiser.masked_x0_log_probs(x, sigma, x == mask).double()
+    uniform = torch.rand(log_p.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    assert ids[0].tolist() == (log_p / temperature - torch.log(-torch.log(uniform))).argmax(-1).tolist()
 
 
 # ------------------------------------------------------------------------------------ stand-in networks
@@ -274,15 +330,16 @@ class FixedLogits(torch.nn.Module):
 
 def stand_in(table):
     meta = {"objective": "mdlm", "mask_id": MASK, "eos_id": EOS, "prefix_len": 0}
-    fields = {f.name for f in dataclasses.fields(Trained)}  # tokenizer_dir: only where Trained has it
+    model = FixedLogits(table)
     return Trained(
         name="stage3",
         model_dir=Path("fixed"),
-        model=FixedLogits(table),
+        model=model,
         meta=meta,
         tokenizer=None,
+        tokenizer_dir=None,
         noise=LogLinearNoise(),
-        **({"tokenizer_dir": None} if "tokenizer_dir" in fields else {}),
+        denoiser=Denoiser(model, "mdlm", MASK, 0),
     )
 
 
@@ -679,7 +736,7 @@ def test_masked_lm_backbone_generates_through_the_same_call(project, tmp_path):
     mask = tok.mask_token_id
     x = torch.tensor([[5, 6, mask, 9, mask], [8, mask, 7, mask, mask]])
     with torch.no_grad():
-        mine = masked_log_probs(t.model, x, torch.ones(2), 0, x == mask, mask)
+        mine = t.denoiser.masked_x0_log_probs(x, torch.ones(2), x == mask)
         ref = t.denoiser.x0_log_probs(x, torch.ones(2))[x == mask]
     finite = torch.isfinite(ref)
     assert torch.allclose(mine[finite], ref[finite], atol=1e-5)
@@ -1038,7 +1095,7 @@ class Interrupting(io.StringIO):
 def test_chat_transcript_is_written_turn_by_turn(project, tmp_path, monkeypatch, capsys):
     """Ctrl-C after two turns keeps both on disk; a crash in turn 2 keeps turn 1 (the transcript used to be
     written only at the end)."""
-    import eval.generate as g
+    import eval.chat
 
     out = tmp_path / "chat.jsonl"
     monkeypatch.setattr(sys, "stdin", Interrupting("hello there\nand again\n"))
@@ -1063,7 +1120,7 @@ def test_chat_transcript_is_written_turn_by_turn(project, tmp_path, monkeypatch,
     assert f"interrupted; 2 finished turn(s) in {out}" in capsys.readouterr().err
     assert [r["messages"][-1]["content"] for r in records_of(out)] == ["hello there", "and again"]
 
-    real, calls = g.generate, []
+    real, calls = eval.chat.generate, []
 
     def crash_on_the_second(*args, **kwargs):
         calls.append(1)
@@ -1072,7 +1129,7 @@ def test_chat_transcript_is_written_turn_by_turn(project, tmp_path, monkeypatch,
             raise RuntimeError("out of memory")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(g, "generate", crash_on_the_second)
+    monkeypatch.setattr(eval.chat, "generate", crash_on_the_second)
     monkeypatch.setattr(sys, "stdin", io.StringIO("first\nsecond\nthird\n"))
     with pytest.raises(RuntimeError, match="out of memory"):
         main(argv)
