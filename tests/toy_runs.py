@@ -119,12 +119,21 @@ class Done:
 class ToyProject:
     root: Path
     data: dict  # tokenizer, train, validation: the stage shards (write_stage_shards)
+    runs: dict  # the config's runs
 
     @classmethod
-    def build(cls, root: Path, train: dict | None = None, runs: dict | None = None, dpo: dict | None = None):
-        """Shards and config.yaml under `root`; `train`, `runs` (per run, merged) and `dpo` override the defaults."""
+    def build(
+        cls,
+        root: Path,
+        train: dict | None = None,
+        runs: dict | None = None,
+        dpo: dict | None = None,
+        stage_rows: int = 96,
+    ):
+        """Shards and config.yaml under `root`; `train`, `runs` (per run, merged) and `dpo` override the defaults;
+        stage_rows training blocks (and 32 validation blocks) in the stage shards."""
         root = Path(root)
-        data = write_stage_shards(root / "data", rows=96, val_rows=32, lengths=(4, 8, 16), n_words=N_WORDS)
+        data = write_stage_shards(root / "data", rows=stage_rows, val_rows=32, lengths=(4, 8, 16), n_words=N_WORDS)
         for kind in ("sft", "pairs"):
             for split, rows, seed in (("train", 96, 0), ("validation", 32, 1)):
                 (root / kind / split).mkdir(parents=True, exist_ok=True)
@@ -142,7 +151,7 @@ class ToyProject:
         }
         (root / "config.yaml").write_text(yaml.safe_dump(config))
         (root / "runner.py").write_text(RUNNER)
-        return cls(root, data)
+        return cls(root, data, all_runs)
 
     def write_config(self, name: str, change) -> str:
         """A second config file beside config.yaml: change(config) edits a copy; returns its file name."""
@@ -153,17 +162,18 @@ class ToyProject:
 
     def args(self, run: str, out: Path, *extra: str, config: str = "config.yaml") -> list[str]:
         """`python -m train` arguments of `run` (dpo: its base model folder, trained first if missing)."""
-        if run in ("sft", "dpo"):
-            split = self.root / ("sft" if run == "sft" else "pairs")
+        kind = self.runs[run]["kind"]
+        if kind in ("sft", "dpo"):
+            split = self.root / ("sft" if kind == "sft" else "pairs")
             shards = [str(split / "train/shard_00000.parquet"), str(split / "validation/shard_00000.parquet")]
         else:
             shards = [self.data["train"], self.data["validation"]]
         args = ["--config", str(self.root / config), "--run", run]
         args += ["--train-shards", shards[0], "--val-shards", shards[1], "--tokenizer", self.data["tokenizer"]]
         args += ["--out", str(out)]
-        if RUNS[run]["kind"] == "cascade":
+        if kind == "cascade":
             args += ["--stage", "2"]
-        if run == "dpo":
+        if kind == "dpo":
             args += ["--init", str(self.base())]
         return args + list(extra)
 
