@@ -1,4 +1,7 @@
-"""The training loop: one stage of a cascade, a single-stage model, or the AR baseline, on accelerate.
+"""The training loop of every run (a cascade stage, a single-stage model, the AR baseline, SFT, DPO, ATAT), on
+accelerate. The loop, the step and everything around it are written once here; a run's objective
+(train/objective.py: its data, per-micro-batch loss and metrics, validation, and what it trains or keeps beside
+the model) fills in hooks, so no objective has a branch of its own in this file.
 
     global batch G = micro_batch_size x processes x accumulation          (settings.accumulation_steps)
     lr(s)         = lr * (s + 1) / warmup                for s < warmup
@@ -6,17 +9,20 @@
     optimizer     AdamW, gradients clipped to grad_clip (global norm), EMA of the weights after each step
     precision     bf16 autocast on CUDA, fp32 on CPU (precision: auto)
 
+    metrics       a train row's objective columns: means over the global batch (micro-batches, then processes)
+
 Determinism: the rows of step s (train/data.py BatchOrder) and its diffusion times and mask draws come from
-generators seeded by (seed, s), drawn for the whole global batch; each process and accumulation step takes
-its own slice. So a resumed run sees exactly the batches and noise an uninterrupted run would, and 1 or N
-processes see the same global batch (their curves differ only by float summation order).
+generators seeded by (seed, s), drawn for the whole global batch by the objective's begin_step; each process
+and accumulation step takes its own slice. So a resumed run sees exactly the batches and noise an uninterrupted
+run would, and 1 or N processes see the same global batch (their curves differ only by float summation order).
 
 Checkpoints (`{out}/checkpoints/step_XXXXXXXX/`, the newest two kept) hold accelerate's state (model,
-optimizer, RNG states of every process), the EMA, and trainer_state.json (step, seconds, the settings and
-their digest); they are written under a temporary name and renamed. A run resumes from the newest checkpoint
-that is intact (every safetensors header and torch archive opens, trainer_state.json parses) and was written
-under the same settings digest; each one passed over is named in the log with the reason (the broken file,
-or the settings that differ, old -> new) and removed, and with none left the run starts from step 0.
+optimizer, the objective's extra modules and their optimizers as model_1 / optimizer_1, ..., RNG states of
+every process), the EMA, and trainer_state.json (step, seconds, the settings and their digest); they are
+written under a temporary name and renamed. A run resumes from the newest checkpoint that is intact (every
+safetensors header and torch archive opens, trainer_state.json parses) and was written under the same settings
+digest; each one passed over is named in the log with the reason (the broken file, or the settings that
+differ, old -> new) and removed, and with none left the run starts from step 0.
 SIGTERM or SIGUSR1 (SLURM preemption / time limit) finishes the current step, writes a checkpoint and exits
 with EXIT_PREEMPTED = 75 (EX_TEMPFAIL): non-zero, so Snakemake / SLURM treat the job as failed and requeue
 or retry it (use --retries), and the rerun resumes. The declared outputs (model.safetensors, config.json,
@@ -116,7 +122,7 @@ class Trainer:
         self._load_datasets(train_shards, val_shards)
         model = self._build_model(init_dir)
         self._prepare(model)
-        self.meta = self._meta(model, tokenizer_dir, init_dir)
+        self._build_meta(model, tokenizer_dir, init_dir)
         self._stop_signal: int | None = None
         self.nonfinite_streak = 0  # consecutive skipped steps up to now (checkpointed, so a resume counts on)
         self.skipped_steps = 0  # all skipped steps of the run
@@ -226,10 +232,10 @@ class Trainer:
         for extra in self.extras:  # the objective keeps the same ExtraModule objects, now prepared
             extra.module, extra.optimizer = self.acc.prepare(extra.module, extra.optimizer)
 
-    def _meta(self, model, tokenizer_dir: str, init_dir: str | None) -> dict:
+    def _build_meta(self, model, tokenizer_dir: str, init_dir: str | None) -> None:
         """config.json of the model folder: the settings that made it, then the objective's own keys."""
         settings = self.s
-        meta = {
+        self.meta = {
             **backbone_meta(model, self.backbone_spec),
             # what validation scores and the model folder's parameterization: atat trains the mdlm network
             "objective": "mdlm" if settings.objective == "atat" else settings.objective,
@@ -258,8 +264,7 @@ class Trainer:
             "code_commit": code_commit(),
             "train": settings.computing(),
         }
-        meta.update(self.objective.meta())
-        return meta
+        self.meta.update(self.objective.meta())
 
     def _deepspeed_config(self, path: str, precision: str) -> dict:
         """The ZeRO config file with its batch / clipping / precision fields set from the run (one truth)."""
