@@ -481,7 +481,7 @@ class AtatObjective(LikelihoodObjective):
         draw = super().begin_step(step)
         stage = curriculum_stage(step, self.trainer.max_steps, self.atat["stages"], self.atat["max_strength"])
         if stage.stage != self.stage:
-            self.trainer._say(stage.describe())
+            self.trainer.say(stage.describe())
             self.stage = stage.stage
         self.strength = stage.strength
         return draw

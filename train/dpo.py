@@ -242,7 +242,7 @@ class DPOObjective(Objective):
         """Dropout off in the policy, and the frozen reference loaded; nothing trained beside the policy."""
         disabled = disable_dropout(policy)
         if disabled:
-            self.trainer._say(f"dpo: dropout off in {disabled} policy module(s), so policy and reference score alike")
+            self.trainer.say(f"dpo: dropout off in {disabled} policy module(s), so policy and reference score alike")
         self.reference = self._load_reference(policy)
         return []
 
@@ -320,14 +320,14 @@ class DPOObjective(Objective):
                 saved = torch.load(path, map_location="cpu")
                 usable = saved.get("digest") == self.s.digest() and saved["scores"].shape == (total, 2)
             except Exception as err:  # noqa: BLE001 - a damaged cache is recomputed, and the log says why
-                tr._say(
+                tr.say(
                     f"warning: {path}: cannot read the cached reference scores ({type(err).__name__}: {err}); "
                     f"scoring again"
                 )
                 usable = False
             if usable:
                 self.reference_cache = saved["scores"].to(tr.acc.device)
-                tr._say(f"dpo: reference scores of {total} training pairs read from {path}")
+                tr.say(f"dpo: reference scores of {total} training pairs read from {path}")
         if self.reference_cache is None:
             self.reference_cache = self._score_positions(torch.arange(total), "dpo reference scores")
             if tr.acc.is_main_process:

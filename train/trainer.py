@@ -208,7 +208,7 @@ class Trainer:
             from train.pretrained import load_pretrained
 
             report = load_pretrained(model, settings.pretrained, settings.pretrained_format)
-            self._say(f"pretrained start: {report}")
+            self.say(f"pretrained start: {report}")
         if init_dir:
             previous, _ = load_model(init_dir)
             load_state_strict(model, previous.state_dict(), f"--init {init_dir}")
@@ -499,7 +499,7 @@ class Trainer:
             f"metrics so far: {self.partial_metrics}. Lower train.lr or raise warmup_steps / grad_clip."
         )
 
-    def _say(self, message: str) -> None:
+    def say(self, message: str) -> None:
         """A log line from the main process, written above the progress bar (tqdm.write) so it starts a line."""
         from tqdm.auto import tqdm
 
@@ -520,7 +520,7 @@ class Trainer:
                 f"steps ({first} to {step}), more than max_nonfinite_steps = "
                 f"{self.s.max_nonfinite_steps}",
             )
-        self._say(
+        self.say(
             f"warning: step {step}: non-finite {quantity} ({values}); update skipped "
             f"({self.nonfinite_streak} in a row of at most {self.s.max_nonfinite_steps})"
         )
