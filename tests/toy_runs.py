@@ -2,9 +2,10 @@
 preference pairs of arithmetic progressions (train/toydata.py), a config with one run per objective, and
 `python -m train` on it, in this process (fast) or in a subprocess (for a real SIGKILL).
 
-    project = ToyProject.build(tmp, train={"max_steps": 8})
-    done = project.train("sedd", tmp / "out", stop_at=5)       # SIGTERM after step 5: exit 75
-    assert_same_run(project, reference_out, done_out)
+    project = ToyProject.build(tmp, train={"max_steps": 12})
+    done = project.train("sedd", tmp / "out", stop_at=6)       # SIGTERM after step 6: exit 75, done.log
+    done = project.train("sedd", tmp / "out")                  # resumes from the step-7 checkpoint
+    assert_same_run(tmp / "uninterrupted", tmp / "out")        # same losses and weights
 
 OBJECTIVE_RUNS names the run of each objective: mdlm (a cascade stage 2, so prefix and shuffle_prefix are in
 play), sedd (single), ar, sft, dpo (from `base`, a few mdlm steps) and atat (the full variant).
