@@ -15,10 +15,11 @@ before it, in a child of its own:
     peak RSS     = ru_maxrss of that child, read with os.wait4 (Linux: KiB; reported in MB = 10^6 bytes)
     setup peak   = VmHWM of the child at the end of Trainer.__init__ (the peak up to then: imports, data, model)
     setup s      = Trainer.__init__ (tokenizer, shards -> data, model), timed in the child
-    data ms/step = time in Trainer._batch (rows gathered, cast, moved) during train_step, per step
+    data ms/step = time in the objective's batch (rows gathered, cast, moved) during train_step, per step
+                   (train.objective.LikelihoodObjective.batch; Trainer._batch in checkouts before it)
     step ms      = train_step wall time per step (data included), median over the steps after the first
 
-The child is `python -c` with a small driver that wraps Trainer.__init__, _batch and train_step with timers
+The child is `python -c` with a small driver that wraps Trainer.__init__, batch and train_step with timers
 and then calls train.__main__.main, so the code measured is the checkout's own. The new code is run twice:
 the first run decodes the shards into its cache (`{out}/data-cache/`), the second is given a cache that
 survives (a copy kept aside) to show the reuse; the cache is removed when a run finishes.
@@ -59,7 +60,12 @@ import train.trainer as T
 from train.__main__ import main
 report = {"data_s": 0.0, "steps": [], "setup_s": None}
 inside = [False]
-init, batch, step = T.Trainer.__init__, T.Trainer._batch, T.Trainer.train_step
+try:  # the batch reader: the objective's (train/objective.py), or the trainer's own in older checkouts
+    import train.objective as O
+    reader, reader_name = O.LikelihoodObjective, "batch"
+except ImportError:
+    reader, reader_name = T.Trainer, "_batch"
+init, batch, step = T.Trainer.__init__, getattr(reader, reader_name), T.Trainer.train_step
 def timed_init(self, *a, **k):
     t = time.perf_counter(); init(self, *a, **k); report["setup_s"] = time.perf_counter() - t
     status = dict(line.split(":", 1) for line in open("/proc/self/status") if line.startswith("Vm"))
@@ -72,7 +78,8 @@ def timed_step(self, s):
     inside[0] = True; t = time.perf_counter()
     try: return step(self, s)
     finally: report["steps"].append(time.perf_counter() - t); inside[0] = False
-T.Trainer.__init__, T.Trainer._batch, T.Trainer.train_step = timed_init, timed_batch, timed_step
+T.Trainer.__init__, T.Trainer.train_step = timed_init, timed_step
+setattr(reader, reader_name, timed_batch)
 rc = main(sys.argv[2:])
 with open(sys.argv[1], "w") as f: json.dump(report, f)
 sys.exit(rc)

@@ -5,8 +5,8 @@ Step cost. One batch of `--batch` pairs from the shard, every configuration on i
 own (peak RSS = the child's ru_maxrss; "step memory" = that peak minus the child's VmHWM just before the first
 step, i.e. what the steps added on top of Python, torch, the model and the data). The baseline is the SFT step
 on the same 2B canvases (chosen and rejected rows, answers only masked: train/objectives.diffusion_loss, mdlm,
-antithetic t). A DPO step is the trainer's (DPOTrainer._pair_losses + train_step): pair_draws (n times, one mask
-each), pair_scores of the policy (one network call of 2B x n rows), the reference's scores either read from a
+antithetic t). A DPO step is the trainer's (DPOObjective.pair_losses in Trainer.train_step): pair_draws (n times,
+one mask each), pair_scores of the policy (one network call of 2B x n rows), the reference's scores either read from a
 cache (dpo.cache_reference) or computed under no_grad on the same draws, the sigmoid loss, backward, clipping,
 AdamW. Gradient checkpointing on and off (DiffusionTransformer.gradient_checkpointing). Every step draws anew
 (the trainer's epoch index = the step's); the cached scores are computed before the timed steps, one pair at a

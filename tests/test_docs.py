@@ -202,7 +202,7 @@ def test_every_labelled_list_matches_its_constant():
         "train.settings.KINDS",
         "train.settings.DIFFUSION_OBJECTIVES",
         "train.trainer.METRIC_FIELDS",
-        "train.trainer.ATAT_FIELDS",
+        "train.atat.ATAT_FIELDS",
         "train.dpo.DPO_FIELDS",
     } <= named, f"a checked list is gone from the docs: have {sorted(named)}"
 
@@ -506,7 +506,8 @@ def test_train_triggers_are_what_computing_reads():
 
 def written_meta_keys() -> set[str]:
     """Every config.json key the training code writes: train/trainer.py's self.meta (with backbone_meta's keys),
-    self.meta.update(...) and meta["..."] = ... anywhere in train/, and save_model's tokenizer keys."""
+    self.meta.update(...) and meta["..."] = ... anywhere in train/, the dicts an objective's meta() hook returns
+    (train/objective.py), and save_model's tokenizer keys."""
     keys = set()
 
     def returned_keys(path, function):
@@ -522,6 +523,8 @@ def written_meta_keys() -> set[str]:
 
     for path in sorted((ROOT / "train").glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef) and node.name == "meta":  # an objective's config.json keys
+                keys |= returned_keys(path.relative_to(ROOT), "meta")
             if (
                 isinstance(node, ast.Assign)
                 and isinstance(node.value, ast.Dict)

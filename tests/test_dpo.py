@@ -1,29 +1,22 @@
 """Diffusion-DPO (train/dpo.py): the score, the draws and the loss against hand computations; policy = reference
 gives margins of exactly 0 and a loss of exactly ln 2; shared draws cut the variance of the preference score; and
 the trainer: step-0 validation at ln 2, learning on a toy preference, and a run with cached reference scores,
-preempted and resumed, equal to an uninterrupted run that scores the reference at every step."""
+preempted and resumed, equal to an uninterrupted run that scores the reference at every step (that one in
+tests/test_train_resume.py)."""
 
 import copy
-import csv
 import math
 import os
-import subprocess
-import sys
-from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
+from toy_runs import ToyProject, rows_of
 
 from train.backbones import build_backbone
 from train.dpo import answer_scores, pair_draws, pair_scores, preference_loss, preference_metrics
 from train.noise import get_noise
-from train.toydata import write_stage_shards
 
-ROOT = Path(__file__).resolve().parents[1]
 NOISE = get_noise({"type": "loglinear", "eps": 1e-3})
 V, MASK = 20, 19
 
@@ -186,55 +179,12 @@ def test_shared_draws_cut_the_variance_of_the_preference_score():
 # The trainer on a toy preference: chosen continues an arithmetic progression, rejected breaks it
 
 
-PROMPT, ANSWER = 6, 10
-RUNNER = """
-import os, signal, sys
-from train.__main__ import main
-kill_at = int(os.environ.get("KILL_AT", "0"))
-def on_step(step):
-    if step == kill_at:
-        os.kill(os.getpid(), signal.SIGTERM)
-sys.exit(main(sys.argv[1:], on_step=on_step))
-"""
-
-
-def preference_table(rows: int, n_words: int, seed: int) -> pa.Table:
-    gen = torch.Generator().manual_seed(seed)
-    length = PROMPT + ANSWER
-    a = torch.randint(0, n_words, (rows, 1), generator=gen)
-    b = torch.randint(1, 4, (rows, 1), generator=gen)
-    chosen = (a + b * torch.arange(length)) % n_words
-    rejected = chosen.clone()
-    rejected[:, PROMPT:] = torch.randint(0, n_words, (rows, ANSWER), generator=gen)
-    mask = [[0] * PROMPT + [1] * ANSWER] * rows
-
-    def lists(values):
-        return pa.array(values, type=pa.list_(pa.int32()))
-
-    return pa.table(
-        {
-            "pair_id": [f"p{i}" for i in range(rows)],
-            "chosen_ids": lists(chosen.tolist()),
-            "chosen_mask": lists(mask),
-            "rejected_ids": lists(rejected.tolist()),
-            "rejected_mask": lists(mask),
-        }
-    )
-
-
 @pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    """A base model trained 80 steps on progressions (stage-3 blocks), the preference shards and a config."""
-    tmp = tmp_path_factory.mktemp("dpo")
-    data = write_stage_shards(tmp / "data", rows=128, val_rows=32, lengths=(4, 8, 16), n_words=61)
-    for split, rows, seed in (("train", 96, 0), ("validation", 32, 1)):
-        (tmp / "pairs" / split).mkdir(parents=True)
-        pq.write_table(preference_table(rows, 61, seed), tmp / "pairs" / split / "shard_00000.parquet")
-    train_keys = {
-        "model": "tiny",
-        "global_batch_size": 16,
-        "micro_batch_size": 8,
-        "lr": 3e-3,
+def uninterrupted(tmp_path_factory):
+    """A base model trained 80 steps on progressions (stage-3 blocks), then 12 dpo steps on the toy preference with
+    the reference scored at every step (cache_reference: false). (The dpo run preempted and resumed with cached
+    reference scores equals the uncached one: tests/test_train_resume.py.)"""
+    train = {
         "warmup_steps": 2,
         "max_steps": 80,
         "ema": 0.0,
@@ -242,88 +192,13 @@ def toy(tmp_path_factory):
         "eval_every": 40,
         "eval_batches": 2,
         "save_every": 4,
-        "seed": 0,
     }
-    config = {
-        "stages": {"lengths": [4, 8, 16]},
-        "sft": {"length": PROMPT + ANSWER},
-        "dpo": {"beta": 0.5, "time_samples": 2},
-        "runs": {
-            "base": {"kind": "single", "method": "keybert_no_stopword", "objective": "mdlm"},
-            "dpo": {
-                "kind": "dpo",
-                "objective": "mdlm",
-                "init_from": "base",
-                "max_steps": 12,
-                "lr": 2e-3,
-                "eval_every": 4,
-            },
-        },
-        "train": train_keys,
-    }
-    (tmp / "config.yaml").write_text(yaml.safe_dump(config))
-    (tmp / "runner.py").write_text(RUNNER)
-    done = run_train(tmp, "base", data["train"], data["validation"], data["tokenizer"], tmp / "base")
-    assert done.returncode == 0, done.log[-3000:]
-    return tmp, data
-
-
-def run_train(tmp, run, train, val, tokenizer, out, *extra, kill_at=0, config="config.yaml"):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "KILL_AT": str(kill_at)}
-    cmd = [
-        sys.executable,
-        str(tmp / "runner.py"),
-        "--config",
-        str(tmp / config),
-        "--run",
-        run,
-        "--train-shards",
-        train,
-        "--val-shards",
-        val,
-        "--tokenizer",
-        tokenizer,
-        "--out",
-        str(out),
-        *extra,
-    ]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    done.log = done.stdout + done.stderr
-    return done
-
-
-def run_dpo(toy, out, *extra, kill_at=0, config="config.yaml"):
-    tmp, data = toy
-    return run_train(
-        tmp,
-        "dpo",
-        str(tmp / "pairs/train/shard_00000.parquet"),
-        str(tmp / "pairs/validation/shard_00000.parquet"),
-        data["tokenizer"],
-        out,
-        "--init",
-        str(tmp / "base"),
-        *extra,
-        kill_at=kill_at,
-        config=config,
+    runs = {"base": {"max_steps": 80}, "dpo": {"max_steps": 12, "eval_every": 4}}
+    project = ToyProject.build(
+        tmp_path_factory.mktemp("dpo"), train=train, runs=runs, dpo={"cache_reference": False}, stage_rows=128
     )
-
-
-def rows_of(out):
-    with open(Path(out) / "metrics.csv") as f:
-        return list(csv.DictReader(f))
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(toy):
-    """The yardstick run, with the reference scored at every step (cache_reference: false); the preempted run
-    below caches them, so its equality with this one also shows the cache changes nothing."""
-    tmp = toy[0]
-    config = yaml.safe_load((tmp / "config.yaml").read_text())
-    config["dpo"]["cache_reference"] = False
-    (tmp / "config-nocache.yaml").write_text(yaml.safe_dump(config))
-    out = tmp / "dpo-uninterrupted"
-    done = run_dpo(toy, out, config="config-nocache.yaml")
+    out = project.root / "dpo-uninterrupted"
+    done = project.train("dpo", out)
     assert done.returncode == 0, done.log[-3000:]
     return out, done.log
 
@@ -356,26 +231,6 @@ def test_step0_validation_is_ln2_and_training_learns_the_preference(uninterrupte
     assert "dpo reference scores" not in log and "checkpoints" not in os.listdir(out)  # scored at every step
     meta = yaml.safe_load((out / "config.json").read_text())
     assert meta["kind"] == "dpo" and meta["dpo"]["beta"] == 0.5 and meta["reference"].endswith("base")
-
-
-def test_preempted_and_resumed_with_cached_reference_equals_uninterrupted(toy, uninterrupted):
-    """cache_reference is a speed choice: a run that caches the reference's scores, preempted and resumed (reading
-    the cache back), computes the losses and weights of the uncached uninterrupted run."""
-    out = toy[0] / "dpo-preempted"
-    first = run_dpo(toy, out, kill_at=6)
-    assert first.returncode == 75, first.log[-3000:]
-    assert "dpo reference scores" in first.log
-    assert (out / "checkpoints" / "reference_scores.pt").is_file()
-    second = run_dpo(toy, out)
-    assert second.returncode == 0, second.log[-3000:]
-    assert "resuming from" in second.log and "read from" in second.log  # the cached scores are reused
-    want, got = rows_of(uninterrupted[0]), rows_of(out)
-    assert [(r["step"], r["split"]) for r in got] == [(r["step"], r["split"]) for r in want]
-    for a, b in zip(want, got):
-        assert float(b["loss"]) == pytest.approx(float(a["loss"]), rel=1e-6, abs=1e-7), (a, b)
-    w_ref, w_out = load_file(uninterrupted[0] / "model.safetensors"), load_file(out / "model.safetensors")
-    for name in w_ref:
-        assert (w_ref[name] - w_out[name]).abs().max().item() <= 1e-6, name
 
 
 def test_a_run_overrides_the_dpo_training_keys_only():

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from common.config import load_config
 from train.__main__ import main
+from train.objective import LikelihoodObjective
 from train.resume import checkpoint_problem
 from train.settings import resolve
 from train.toydata import write_stage_shards
@@ -129,7 +130,7 @@ def test_an_in_process_run_gives_the_signal_handlers_back(toy, tmp_path):
 
 def poison_losses(monkeypatch, steps):
     """Make the training loss NaN at the given (0-based) steps, through the real skip logic."""
-    train_step, loss = Trainer.train_step, Trainer._loss
+    train_step, loss = Trainer.train_step, LikelihoodObjective.loss
 
     def train_step_at(self, step):
         self.poisoned = step in steps
@@ -137,10 +138,10 @@ def poison_losses(monkeypatch, steps):
 
     def poisoned_loss(self, model, *rest):
         value = loss(self, model, *rest)
-        return value * float("nan") if model.training and self.poisoned else value
+        return value * float("nan") if model.training and self.trainer.poisoned else value
 
     monkeypatch.setattr(Trainer, "train_step", train_step_at)
-    monkeypatch.setattr(Trainer, "_loss", poisoned_loss)
+    monkeypatch.setattr(LikelihoodObjective, "loss", poisoned_loss)
 
 
 def test_isolated_nonfinite_steps_are_skipped_and_counted(toy, tmp_path, monkeypatch, capsys):
@@ -162,13 +163,13 @@ def test_isolated_nonfinite_steps_are_skipped_and_counted(toy, tmp_path, monkeyp
 
 def test_nonfinite_validation_loss_stops_the_run(toy, tmp_path, monkeypatch):
     out = tmp_path / "bad-val"
-    validate, calls = Trainer.validate, []
+    validate, calls = LikelihoodObjective.validate, []
 
     def nan_after_the_first(self):  # step 0 scores the untrained model; step 3 "diverges"
         calls.append(1)
         return validate(self) if len(calls) == 1 else math.nan
 
-    monkeypatch.setattr(Trainer, "validate", nan_after_the_first)
+    monkeypatch.setattr(LikelihoodObjective, "validate", nan_after_the_first)
     with pytest.raises(SystemExit, match=r"training diverged at step 3: non-finite validation loss \(nan\)"):
         main(args(toy, out))
     assert not (out / "model.safetensors").exists()

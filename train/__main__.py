@@ -84,17 +84,13 @@ def main(argv=None, on_step=None) -> int:
             f"--init {args.init} given but runs.{args.run} has neither warm_start: true (cascade) nor "
             f"init_from (sft, dpo)"
         )
-    from train.trainer import Trainer, TrainingDiverged
+    import train.trainer
 
-    trainer_class = Trainer
-    if settings.kind == "dpo":
-        from train.dpo import DPOTrainer  # the same loop with the preference step
-
-        trainer_class = DPOTrainer
     if args.reference and settings.kind != "dpo":
         raise SystemExit(f"--reference {args.reference} given but runs.{args.run} is kind {settings.kind}, not dpo")
     extra = {"reference_dir": args.reference} if settings.kind == "dpo" else {}
-    trainer = trainer_class(
+    # one trainer for every kind; the objective (train/objective.objective_for) is chosen by the settings
+    trainer = train.trainer.Trainer(
         settings,
         args.train_shards,
         args.val_shards,
@@ -108,7 +104,7 @@ def main(argv=None, on_step=None) -> int:
         trainer.meta["generation"] = generation_meta(config)
     try:
         return trainer.run(on_step=on_step)
-    except TrainingDiverged as err:  # the message says it all; a traceback into the loop would bury it
+    except train.trainer.TrainingDiverged as err:  # the message says it all; a traceback into the loop would bury it
         raise SystemExit(f"error: {err}") from None
 
 

@@ -70,6 +70,13 @@ surprisal, read from x_t). `strength` (lambda >= 0) comes from the curriculum be
 Variant uniform is MDLM itself: the same mask draw (train/objectives.forward_mask), network call
 (train/objectives.masked_forward) and 1/t-weighted cross-entropy as train/objectives.diffusion_loss, so the loss
 is bit for bit equal on the same draws.
+
+4. In the trainer (AtatObjective, the hooks of train/objective.py): the MDLM objective's data, draws and
+   validation (the plain MDLM NELBO); build() counts the training targets for z and pi and returns the importance
+   estimator as an extra module (its own AdamW at atat.estimator_lr, else the run's lr, on the model's schedule;
+   checkpointed as model_1 / optimizer_1); begin_step() sets the curriculum's strength and logs a stage change;
+   each micro-batch backpropagates atat_loss's loss plus the estimator's loss and reports ATAT_FIELDS, averaged
+   over the global batch; write_outputs() saves importance.safetensors beside the model.
 """
 
 from __future__ import annotations
@@ -82,9 +89,22 @@ import torch
 from train.fused import subs_cross_entropy, use_fused
 from train.importance import estimator_loss, importance_stats
 from train.noise import SAMPLING_EPS
+from train.objective import ExtraModule, LikelihoodObjective, MicroLoss, StepDraw
 from train.objectives import forward_mask, fused_switch, masked_forward, subs_nll
 
 VARIANTS = ("full", "learned", "frequency", "uniform")
+# metrics.csv columns of a training step: the schedule's own NELBO, the curriculum strength and the importance
+# estimator's fit (means over the global batch; validation rows leave them empty)
+ATAT_FIELDS = [
+    "atat_nelbo",
+    "atat_strength",
+    "estimator_loss",
+    "importance_mean",
+    "importance_std",
+    "importance_min",
+    "importance_max",
+    "importance_corr",
+]
 USES_FREQUENCY = ("full", "frequency")
 USES_ESTIMATOR = ("full", "learned")
 
@@ -416,3 +436,83 @@ def curriculum_stage(step: int, max_steps: int, stages: int = 3, max_strength: f
     k = min(stages - 1, step * stages // max_steps)
     strength = 0.0 if stages == 1 else max_strength * (stages - 1 - k) / (stages - 1)
     return CurriculumStage(stage=k, stages=stages, start=-(-k * max_steps // stages), strength=float(strength))
+
+
+# -- the objective in the trainer --------------------------------------------------------------------------
+class AtatObjective(LikelihoodObjective):
+    """Objective atat in train/trainer.py (module docstring, 4.): the MDLM objective's data, draws and validation,
+    with atat_loss per micro-batch, the importance estimator trained beside the model and the curriculum."""
+
+    metric_fields = tuple(ATAT_FIELDS)
+
+    def __init__(self, settings):
+        super().__init__(settings)
+        self.atat = settings.atat
+        self.estimator: ExtraModule | None = None
+        self.frequency = self.unigram_logits = None
+        self.stage = None  # the curriculum stage of the last step, so that a change is logged once
+        self.strength = 0.0
+
+    def build(self, policy) -> list[ExtraModule]:
+        """The frequency importance z of the training targets (train/importance.py), the prior's logits
+        log(c_v + 1) (the add-one unigram pi of atat_nelbo), and the learned importance estimator with its own
+        AdamW (lr atat.estimator_lr, else the run's lr)."""
+        from train.importance import ImportanceEstimator, frequency_importance, unigram_counts
+
+        tr = self.trainer
+        store, pad_id, chunk = tr.train_data.target, tr.pad_id, 4096
+
+        def target_rows():
+            for start in range(0, len(store), chunk):
+                rows = store[torch.arange(start, min(start + chunk, len(store)))]
+                yield rows[rows != pad_id] if pad_id is not None else rows
+
+        counts = unigram_counts(target_rows(), tr.vocab_size, "training targets")
+        self.frequency = frequency_importance(counts).to(tr.acc.device)
+        self.unigram_logits = torch.log1p(torch.as_tensor(counts, dtype=torch.float64)).to(tr.acc.device)
+        a = self.atat
+        estimator = ImportanceEstimator(tr.vocab_size, a["estimator_dim"], a["estimator_kernel"], a["estimator_layers"])
+        lr = a["estimator_lr"] or self.s.lr
+        self.estimator = ExtraModule(estimator, torch.optim.AdamW(estimator.parameters(), lr=lr, weight_decay=0.0), lr)
+        return [self.estimator]
+
+    def begin_step(self, step: int) -> StepDraw:
+        """The MDLM draws, and the curriculum's strength at `step` (a log line when its stage changes)."""
+        draw = super().begin_step(step)
+        stage = curriculum_stage(step, self.trainer.max_steps, self.atat["stages"], self.atat["max_strength"])
+        if stage.stage != self.stage:
+            self.trainer.say(stage.describe())
+            self.stage = stage.stage
+        self.strength = stage.strength
+        return draw
+
+    def micro_batch_loss(self, model, draw: StepDraw, sl: slice) -> MicroLoss:
+        """atat_loss's diffusion loss, the estimator's loss as the auxiliary, and ATAT_FIELDS (NaN if absent)."""
+        tr = self.trainer
+        keys = None if draw.keys is None else draw.keys[sl]
+        x0, prefix, _ = self.batch(tr.train_data, draw.rows[sl], keys)
+        loss, est_loss, stats = atat_loss(
+            model,
+            self.estimator.module,
+            x0,
+            prefix,
+            draw.t[sl].to(x0.device),
+            draw.u[sl].to(x0.device),
+            tr.noise,
+            tr.mask_id,
+            self.atat["importance"],
+            self.strength,
+            self.frequency,
+            tr.pad_id,
+            prior_logits=self.unigram_logits,
+        )
+        metrics = {
+            k: torch.tensor(stats.get(k, float("nan")), dtype=torch.float64, device=tr.acc.device) for k in ATAT_FIELDS
+        }
+        return MicroLoss(loss, est_loss, metrics)
+
+    def write_outputs(self, out) -> None:
+        """importance.safetensors: the estimator's weights and the frequency importance (train/importance.py)."""
+        from train.importance import save_importance
+
+        save_importance(out, self.trainer.acc.unwrap_model(self.estimator.module), self.frequency)

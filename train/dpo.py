@@ -50,14 +50,15 @@ from __future__ import annotations
 import resource
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from train.checkpoint import load_model
 from train.data import RowStore, load_columns
+from train.objective import MicroLoss, Objective
 from train.objectives import sequence_nelbo
-from train.trainer import METRIC_FIELDS, StepResult, Trainer, lr_at
 
 LOSSES = ("sigmoid", "ipo")
 SAMPLING_EPS = 1e-3  # smallest diffusion time: w(t) = 1/t diverges at 0 (train/noise.sample_times uses the same)
@@ -192,55 +193,73 @@ def load_pairs(shards: list[str], length: int, vocab_size: int | None, cache_dir
 
 
 # ----------------------------------------------------------------------------------------------------------
-# The trainer
+# The objective in the trainer
 
 
-class DPOTrainer(Trainer):
-    """train/trainer.Trainer with the Diffusion-DPO step: everything else (accelerate, accumulation, EMA,
-    checkpoints and exact resume, signals, divergence, trackers) is the base trainer's."""
+class PairDraw(NamedTuple):
+    """A step's global batch of pairs: the step, rows [G] of the pair data and their epochs [G] (the draws of
+    pair p in epoch e are pair_draws')."""
 
-    metric_fields = METRIC_FIELDS + DPO_FIELDS
+    step: int
+    rows: torch.Tensor
+    epochs: torch.Tensor
 
-    def __init__(
-        self, settings, train_shards, val_shards, tokenizer_dir, out_dir, init_dir=None, run=None, reference_dir=None
-    ):
+
+class DPOObjective(Objective):
+    """Kind dpo in train/trainer.py (the hooks of train/objective.py): preference pairs as data, the reference
+    loaded beside the policy (build) and scored once for the held-out pairs and, with cache_reference, for every
+    training pair (after_resume), the per-pair loss and TRL metrics per micro-batch, and the memory peak per step.
+    Everything else (accelerate, accumulation, EMA, checkpoints and exact resume, signals, divergence, trackers)
+    is the trainer's."""
+
+    metric_fields = tuple(DPO_FIELDS)
+
+    def __init__(self, settings, init_dir: str | None, reference_dir: str | None = None):
         if init_dir is None:
             raise ValueError(f"runs.{settings.run}: a dpo run starts from a model folder (--init, init_from)")
-        super().__init__(settings, train_shards, val_shards, tokenizer_dir, out_dir, init_dir=init_dir, run=run)
+        super().__init__(settings)
         self.dpo = settings.dpo
         self.n = int(self.dpo["time_samples"])
         self.beta, self.loss_type = float(self.dpo["beta"]), self.dpo["loss"]
         self.label_smoothing = float(self.dpo["label_smoothing"])
         self.sft_weight = float(self.dpo["sft_weight"])
-        policy = self.acc.unwrap_model(self.model)
-        disabled = disable_dropout(policy)
-        if disabled:
-            self._say(f"dpo: dropout off in {disabled} policy module(s), so policy and reference score alike")
         # the rule passes the resolved folder (common.config.dpo_reference: a run name is that run's model folder)
         self.reference_dir = Path(reference_dir or self.dpo["reference"] or init_dir)
-        self.reference = self._load_reference(policy)
-        self.meta.update(
-            dpo={k: self.dpo[k] for k in ("beta", "loss", "label_smoothing", "sft_weight", "time_samples")},
-            reference=str(self.reference_dir),
-        )
+        self.reference = None
         self.reference_cache: torch.Tensor | None = None  # [max_steps x G, 2]: B_ref(y_w), B_ref(y_l) per position
         self.val_reference = None
 
     # -- data and reference ----------------------------------------------------------------------
-    def _load_data(self, shards):
-        return load_pairs(shards, self.target_len, self.vocab_size, self.data_cache)
+    def load_data(self, shards):
+        tr = self.trainer
+        return load_pairs(shards, tr.target_len, tr.vocab_size, tr.data_cache)
 
-    @property
     def tokens_per_step(self) -> int:
-        return 2 * self.global_batch * self.target_len  # chosen and rejected canvases (x n draws in the network)
+        """2 x G x target_len: chosen and rejected canvases (x n draws in the network)."""
+        return 2 * self.trainer.global_batch * self.trainer.target_len
+
+    def build(self, policy) -> list:
+        """Dropout off in the policy, and the frozen reference loaded; nothing trained beside the policy."""
+        disabled = disable_dropout(policy)
+        if disabled:
+            self.trainer.say(f"dpo: dropout off in {disabled} policy module(s), so policy and reference score alike")
+        self.reference = self._load_reference(policy)
+        return []
+
+    def meta(self) -> dict:
+        return {
+            "dpo": {k: self.dpo[k] for k in ("beta", "loss", "label_smoothing", "sft_weight", "time_samples")},
+            "reference": str(self.reference_dir),
+        }
 
     def _load_reference(self, policy):
-        reference, meta = load_model(self.reference_dir, self.acc.device)
-        if meta.get("vocab_size") != self.vocab_size or meta.get("mask_id") != self.mask_id:
+        tr = self.trainer
+        reference, meta = load_model(self.reference_dir, tr.acc.device)
+        if meta.get("vocab_size") != tr.vocab_size or meta.get("mask_id") != tr.mask_id:
             raise ValueError(
                 f"{self.reference_dir}: the reference model has vocab_size {meta.get('vocab_size')} and "
-                f"mask_id {meta.get('mask_id')}, the policy's tokenizer {self.vocab_size} and "
-                f"{self.mask_id}: the reference must share the tokenizer"
+                f"mask_id {meta.get('mask_id')}, the policy's tokenizer {tr.vocab_size} and "
+                f"{tr.mask_id}: the reference must share the tokenizer"
             )
         reference.fused = getattr(policy, "fused", "auto")  # the same kernels as the policy: equal scores at step 0
         disable_dropout(reference)
@@ -249,19 +268,20 @@ class DPOTrainer(Trainer):
     @torch.no_grad()
     def _reference_scores(self, data: PairTensors, rows: torch.Tensor, epochs: torch.Tensor, stream: int):
         """B_ref(y_w), B_ref(y_l) of `rows` with their draws."""
-        t, u = pair_draws(self.seed, rows, epochs, self.n, self.target_len, stream)
-        chosen, chosen_mask, rejected, rejected_mask = data.batch(rows, self.acc.device)
-        with self.acc.autocast():
+        tr = self.trainer
+        t, u = pair_draws(self.s.seed, rows, epochs, self.n, tr.target_len, stream)
+        chosen, chosen_mask, rejected, rejected_mask = data.batch(rows, tr.acc.device)
+        with tr.acc.autocast():
             return pair_scores(
                 self.reference,
                 chosen,
                 chosen_mask,
                 rejected,
                 rejected_mask,
-                t.to(self.acc.device),
-                u.to(self.acc.device),
-                self.noise,
-                self.mask_id,
+                t.to(tr.acc.device),
+                u.to(tr.acc.device),
+                tr.noise,
+                tr.mask_id,
             )
 
     def _score_positions(self, positions: torch.Tensor, desc: str) -> torch.Tensor:
@@ -269,65 +289,64 @@ class DPOTrainer(Trainer):
         each process computing a share, summed across processes."""
         from tqdm.auto import tqdm
 
-        out = torch.zeros(len(positions), 2, dtype=torch.float64, device=self.acc.device)
-        chunk = self.micro
-        starts = list(range(0, len(positions), chunk))[self.acc.process_index :: self.acc.num_processes]
-        for start in tqdm(starts, desc=desc, disable=not self.acc.is_main_process, mininterval=1):
+        tr = self.trainer
+        acc = tr.acc
+        out = torch.zeros(len(positions), 2, dtype=torch.float64, device=acc.device)
+        chunk = tr.micro
+        starts = list(range(0, len(positions), chunk))[acc.process_index :: acc.num_processes]
+        for start in tqdm(starts, desc=desc, disable=not acc.is_main_process, mininterval=1):
             pos = positions[start : start + chunk]
-            epochs = pos // self.order.n
-            rows = self.order.rows_at(pos)
-            chosen, rejected = self._reference_scores(self.train_data, rows, epochs, stream=0)
+            epochs = pos // tr.order.n
+            rows = tr.order.rows_at(pos)
+            chosen, rejected = self._reference_scores(tr.train_data, rows, epochs, stream=0)
             out[start : start + len(pos)] = torch.stack([chosen, rejected], 1).double()
-        if self.acc.num_processes > 1:
-            out = self.acc.reduce(out, reduction="sum")
+        if acc.num_processes > 1:
+            out = acc.reduce(out, reduction="sum")
         return out
 
-    def _prepare_reference(self) -> None:
+    def after_resume(self) -> None:
         """Held-out reference scores (always once), and with cache_reference every training pair's, then the
         reference model is freed. The training cache is kept beside the checkpoints under the settings digest."""
+        tr = self.trainer
         n_val = self._n_validation()
         rows = torch.arange(n_val)
-        self.val_reference = self._reference_scores(self.val_data, rows, torch.zeros_like(rows), VALIDATION_STREAM)
+        self.val_reference = self._reference_scores(tr.val_data, rows, torch.zeros_like(rows), VALIDATION_STREAM)
         if not self.s.dpo_cache_reference:
             return
-        path = self.ckpt_root / REFERENCE_CACHE
-        total = self.max_steps * self.global_batch
+        path = tr.ckpt_root / REFERENCE_CACHE
+        total = tr.max_steps * tr.global_batch
         if path.is_file():
             try:
                 saved = torch.load(path, map_location="cpu")
                 usable = saved.get("digest") == self.s.digest() and saved["scores"].shape == (total, 2)
             except Exception as err:  # noqa: BLE001 - a damaged cache is recomputed, and the log says why
-                self._say(
+                tr.say(
                     f"warning: {path}: cannot read the cached reference scores ({type(err).__name__}: {err}); "
                     f"scoring again"
                 )
                 usable = False
             if usable:
-                self.reference_cache = saved["scores"].to(self.acc.device)
-                self._say(f"dpo: reference scores of {total} training pairs read from {path}")
+                self.reference_cache = saved["scores"].to(tr.acc.device)
+                tr.say(f"dpo: reference scores of {total} training pairs read from {path}")
         if self.reference_cache is None:
             self.reference_cache = self._score_positions(torch.arange(total), "dpo reference scores")
-            if self.acc.is_main_process:
+            if tr.acc.is_main_process:
                 tmp = path.with_suffix(".tmp")
                 torch.save({"digest": self.s.digest(), "scores": self.reference_cache.cpu()}, tmp)
                 tmp.replace(path)
         self.reference = None  # every score the run needs is in the cache: free the model
-        if self.acc.device.type == "cuda":
+        if tr.acc.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def resume(self):
-        step, seconds = super().resume()
-        self._prepare_reference()
-        return step, seconds
-
     # -- the step --------------------------------------------------------------------------------
-    def _pair_losses(self, model, data, rows, epochs, reference: tuple[torch.Tensor, torch.Tensor] | None, stream: int):
+    def pair_losses(self, model, data, rows, epochs, reference: tuple[torch.Tensor, torch.Tensor] | None, stream: int):
         """Per-pair loss and metrics of `rows` under `model`; reference scores given (cache) or computed."""
-        t, u = pair_draws(self.seed, rows, epochs, self.n, self.target_len, stream)
-        chosen, chosen_mask, rejected, rejected_mask = data.batch(rows, self.acc.device)
-        t, u = t.to(self.acc.device), u.to(self.acc.device)
+        tr = self.trainer
+        t, u = pair_draws(self.s.seed, rows, epochs, self.n, tr.target_len, stream)
+        chosen, chosen_mask, rejected, rejected_mask = data.batch(rows, tr.acc.device)
+        t, u = t.to(tr.acc.device), u.to(tr.acc.device)
         policy_chosen, policy_rejected = pair_scores(
-            model, chosen, chosen_mask, rejected, rejected_mask, t, u, self.noise, self.mask_id
+            model, chosen, chosen_mask, rejected, rejected_mask, t, u, tr.noise, tr.mask_id
         )
         if reference is None:
             reference = self._reference_scores(data, rows, epochs, stream)
@@ -343,82 +362,54 @@ class DPOTrainer(Trainer):
         metrics["nll_loss"] = nll.detach()
         return losses, metrics
 
-    def train_step(self, step: int) -> StepResult:
-        lr = lr_at(step, self.s.lr, self.s.warmup_steps, self.max_steps)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        rows, epochs = self.order.indices(step), self.order.epochs(step)
-        self.model.train()
-        total, grad_norm, nonfinite = torch.zeros((), device=self.acc.device), None, []
-        collected: dict[str, list[torch.Tensor]] = {}
-        for a in range(self.accum):
-            start = (a * self.acc.num_processes + self.acc.process_index) * self.micro
-            sl = slice(start, start + self.micro)
-            reference = None
-            if self.reference_cache is not None:
-                cached = self.reference_cache[step * self.global_batch + start :][: self.micro]
-                reference = (cached[:, 0], cached[:, 1])
-            with self.acc.accumulate(self.model):
-                losses, metrics = self._pair_losses(
-                    self.model, self.train_data, rows[sl], epochs[sl], reference, stream=0
-                )
-                loss = losses.mean()
-                self.acc.backward(loss)
-                total += loss.detach().float()
-                for key, value in metrics.items():
-                    collected.setdefault(key, []).append(value.float())
-                if self.acc.sync_gradients:
-                    norm = self.acc.clip_grad_norm_(self.model.parameters(), self.s.grad_clip)
-                    grad_norm = float(norm) if norm is not None else None
-                    nonfinite = self._nonfinite(total, grad_norm)
-                    if not nonfinite:
-                        self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-        mean = self.acc.reduce(total / self.accum, reduction="mean")
-        if not nonfinite:
-            self.ema.update(self.acc.unwrap_model(self.model))
-        extras = self._reduce_metrics(collected)
-        extras["memory_mb"] = round(peak_memory_mb(self.acc.device), 1)
-        return StepResult(float(mean), grad_norm, nonfinite, extras)
+    def begin_step(self, step: int) -> PairDraw:
+        order = self.trainer.order
+        return PairDraw(step, order.indices(step), order.epochs(step))
 
-    def _reduce_metrics(self, collected: dict[str, list[torch.Tensor]]) -> dict[str, float]:
-        """Means over the global batch (every process holds an equal share, so the mean of means is exact)."""
-        means = torch.stack([torch.cat(collected[k]).mean() for k in PAIR_FIELDS])
-        if self.acc.num_processes > 1:
-            means = self.acc.reduce(means, reduction="mean")
-        return {k: round(float(v), 6) for k, v in zip(PAIR_FIELDS, means)}
+    def micro_batch_loss(self, model, draw: PairDraw, sl: slice) -> MicroLoss:
+        """The mean pair loss of the micro-batch; the per-pair PAIR_FIELDS as its metrics."""
+        reference = None
+        if self.reference_cache is not None:
+            cached = self.reference_cache[draw.step * self.trainer.global_batch + sl.start :][: sl.stop - sl.start]
+            reference = (cached[:, 0], cached[:, 1])
+        losses, metrics = self.pair_losses(
+            model, self.trainer.train_data, draw.rows[sl], draw.epochs[sl], reference, stream=0
+        )
+        return MicroLoss(losses.mean(), metrics={k: v.float() for k, v in metrics.items()})
+
+    def end_step(self) -> dict:
+        return {"memory_mb": round(peak_memory_mb(self.trainer.acc.device), 1)}
 
     # -- validation ------------------------------------------------------------------------------
     def _n_validation(self) -> int:
-        return min(len(self.val_data), self.s.eval_batches * self.global_batch)
+        return min(len(self.trainer.val_data), self.s.eval_batches * self.trainer.global_batch)
 
     @torch.no_grad()
     def validation_row(self) -> dict:
         """The DPO loss and TRL metrics of the EMA policy on the first eval_batches x G held-out pairs, with
         draws fixed for the run (VALIDATION_STREAM) and the reference's scores computed once."""
-        model = self.acc.unwrap_model(self.model)
+        tr = self.trainer
+        acc = tr.acc
+        model = acc.unwrap_model(tr.model)
         n = self._n_validation()
-        chunks = [slice(i, min(i + self.micro, n)) for i in range(0, n, self.micro)]
-        sums = torch.zeros(1 + len(PAIR_FIELDS), dtype=torch.float64, device=self.acc.device)
+        chunks = [slice(i, min(i + tr.micro, n)) for i in range(0, n, tr.micro)]
+        sums = torch.zeros(1 + len(PAIR_FIELDS), dtype=torch.float64, device=acc.device)
         model.eval()
-        with self.ema.applied(model):
-            for sl in chunks[self.acc.process_index :: self.acc.num_processes]:
+        with tr.ema.applied(model):
+            for sl in chunks[acc.process_index :: acc.num_processes]:
                 rows = torch.arange(n)[sl]
                 reference = (self.val_reference[0][sl], self.val_reference[1][sl])
-                with self.acc.autocast():
-                    losses, metrics = self._pair_losses(
-                        model, self.val_data, rows, torch.zeros_like(rows), reference, VALIDATION_STREAM
+                with acc.autocast():
+                    losses, metrics = self.pair_losses(
+                        model, tr.val_data, rows, torch.zeros_like(rows), reference, VALIDATION_STREAM
                     )
                 values = [losses.double().sum()] + [metrics[k].double().sum() for k in PAIR_FIELDS]
                 sums += torch.stack(values)
-        sums = self.acc.reduce(sums, reduction="sum")
+        sums = acc.reduce(sums, reduction="sum")
         row = {"loss": float(sums[0] / n)}
         row.update({k: round(float(v / n), 6) for k, v in zip(PAIR_FIELDS, sums[1:])})
-        row["memory_mb"] = round(peak_memory_mb(self.acc.device), 1)
+        row["memory_mb"] = round(peak_memory_mb(acc.device), 1)
         return row
-
-    def validate(self) -> float:
-        return self.validation_row()["loss"]
 
 
 def disable_dropout(model: torch.nn.Module) -> int:

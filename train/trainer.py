@@ -1,4 +1,7 @@
-"""The training loop: one stage of a cascade, a single-stage model, or the AR baseline, on accelerate.
+"""The training loop of every run (a cascade stage, a single-stage model, the AR baseline, SFT, DPO, ATAT), on
+accelerate. The loop, the step and everything around it are written once here; a run's objective
+(train/objective.py: its data, per-micro-batch loss and metrics, validation, and what it trains or keeps beside
+the model) fills in hooks, so no objective has a branch of its own in this file.
 
     global batch G = micro_batch_size x processes x accumulation          (settings.accumulation_steps)
     lr(s)         = lr * (s + 1) / warmup                for s < warmup
@@ -6,17 +9,20 @@
     optimizer     AdamW, gradients clipped to grad_clip (global norm), EMA of the weights after each step
     precision     bf16 autocast on CUDA, fp32 on CPU (precision: auto)
 
+    metrics       a train row's objective columns: means over the global batch (micro-batches, then processes)
+
 Determinism: the rows of step s (train/data.py BatchOrder) and its diffusion times and mask draws come from
-generators seeded by (seed, s), drawn for the whole global batch; each process and accumulation step takes
-its own slice. So a resumed run sees exactly the batches and noise an uninterrupted run would, and 1 or N
-processes see the same global batch (their curves differ only by float summation order).
+generators seeded by (seed, s), drawn for the whole global batch by the objective's begin_step; each process
+and accumulation step takes its own slice. So a resumed run sees exactly the batches and noise an uninterrupted
+run would, and 1 or N processes see the same global batch (their curves differ only by float summation order).
 
 Checkpoints (`{out}/checkpoints/step_XXXXXXXX/`, the newest two kept) hold accelerate's state (model,
-optimizer, RNG states of every process), the EMA, and trainer_state.json (step, seconds, the settings and
-their digest); they are written under a temporary name and renamed. A run resumes from the newest checkpoint
-that is intact (every safetensors header and torch archive opens, trainer_state.json parses) and was written
-under the same settings digest; each one passed over is named in the log with the reason (the broken file,
-or the settings that differ, old -> new) and removed, and with none left the run starts from step 0.
+optimizer, the objective's extra modules and their optimizers as model_1 / optimizer_1, ..., RNG states of
+every process), the EMA, and trainer_state.json (step, seconds, the settings and their digest); they are
+written under a temporary name and renamed. A run resumes from the newest checkpoint that is intact (every
+safetensors header and torch archive opens, trainer_state.json parses) and was written under the same settings
+digest; each one passed over is named in the log with the reason (the broken file, or the settings that
+differ, old -> new) and removed, and with none left the run starts from step 0.
 SIGTERM or SIGUSR1 (SLURM preemption / time limit) finishes the current step, writes a checkpoint and exits
 with EXIT_PREEMPTED = 75 (EX_TEMPFAIL): non-zero, so Snakemake / SLURM treat the job as failed and requeue
 or retry it (use --retries), and the rerun resumes. The declared outputs (model.safetensors, config.json,
@@ -50,30 +56,18 @@ from pathlib import Path
 import torch
 
 from common.provenance import code_commit
-from train.atat import atat_loss, curriculum_stage
 from train.backbones import backbone_meta, build_backbone
 from train.checkpoint import load_model, load_state_strict, save_model, write_text_atomic
-from train.data import BatchOrder, load_stage_tensors
+from train.data import BatchOrder
 from train.ema import EMA
-from train.noise import get_noise, sample_times
-from train.objectives import ar_loss, diffusion_loss
+from train.noise import get_noise
+from train.objective import ExtraModule, Objective, objective_for
 from train.resume import STATE_FILE, as_json, checkpoint_problem, read_trainer_state
 from train.settings import TrainSettings
 from train.trackers import check_trackers, flat_config, tracker_init_kwargs
 
 EXIT_PREEMPTED = 75
 METRIC_FIELDS = ["step", "split", "loss", "lr", "tokens", "seconds", "grad_norm", "skipped"]
-# objective atat: the schedule's own NELBO, the curriculum strength and the importance estimator's fit (train/atat.py)
-ATAT_FIELDS = [
-    "atat_nelbo",
-    "atat_strength",
-    "estimator_loss",
-    "importance_mean",
-    "importance_std",
-    "importance_min",
-    "importance_max",
-    "importance_corr",
-]
 CHECKPOINTS_KEPT = 2  # the newest may be damaged (a write cut short by the file system); the older is the fallback
 
 
@@ -89,20 +83,16 @@ def lr_at(step: int, lr: float, warmup: int, max_steps: int, final_ratio: float 
     return lr * (final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def _step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 4 + stream)
-
-
 @dataclass
 class StepResult:
     loss: float  # mean over the global batch
     grad_norm: float | None  # None when the backend reports none (DeepSpeed clips inside its engine)
     nonfinite: list[str]  # "loss" / "grad_norm" when non-finite on some process: the update was skipped
-    extras: dict = field(default_factory=dict)  # more metrics.csv columns of the step (a subclass's metric_fields)
+    extras: dict = field(default_factory=dict)  # the objective's metrics.csv columns of the step
 
 
 class Trainer:
-    metric_fields = METRIC_FIELDS  # the metrics.csv columns; train/dpo.py's trainer adds its own
+    """The loop of every run; what differs between objectives is its `objective` (train/objective.py)."""
 
     def __init__(
         self,
@@ -113,20 +103,37 @@ class Trainer:
         out_dir: str,
         init_dir: str | None = None,
         run: str | None = None,
+        reference_dir: str | None = None,
+        objective: Objective | None = None,
     ):
-        from accelerate import Accelerator
-        from accelerate.utils import DeepSpeedPlugin
-        from transformers import PreTrainedTokenizerFast
-
         self.s, self.out, self.run_name = settings, Path(out_dir), run
-        self.objective, self.kind = settings.objective, settings.kind
-        # what validation scores and the model folder's parameterization: atat trains the same network as mdlm
-        # and every table reports its plain MDLM NELBO (train/atat.py)
-        self.model_objective = "mdlm" if self.objective == "atat" else self.objective
+        self.kind = settings.kind
         self.prefix_len, self.target_len = settings.prefix_len, settings.target_len
         self.max_steps = settings.max_steps
         self.seed = settings.seed
+        # refused before anything is built (e.g. a dpo run without its start)
+        self.objective = objective or objective_for(settings, init_dir, reference_dir)
+        self.objective.attach(self)
+        self.metric_fields = METRIC_FIELDS + list(self.objective.metric_fields)
 
+        self._build_accelerator()
+        torch.manual_seed(self.seed + self.acc.process_index)  # dropout; restored from checkpoints on resume
+        self._read_tokenizer(tokenizer_dir)
+        self._load_datasets(train_shards, val_shards)
+        model = self._build_model(init_dir)
+        self._prepare(model)
+        self._build_meta(model, tokenizer_dir, init_dir)
+        self._stop_signal: int | None = None
+        self.nonfinite_streak = 0  # consecutive skipped steps up to now (checkpointed, so a resume counts on)
+        self.skipped_steps = 0  # all skipped steps of the run
+
+    # -- building ---------------------------------------------------------------------------------
+    def _build_accelerator(self) -> None:
+        """accelerate with the run's precision, accumulation, DeepSpeed plugin and trackers."""
+        from accelerate import Accelerator
+        from accelerate.utils import DeepSpeedPlugin
+
+        settings = self.s
         precision = settings.precision
         if precision == "auto":
             precision = "bf16" if torch.cuda.is_available() else "fp32"
@@ -150,69 +157,92 @@ class Trainer:
         self.precision = precision
         self.micro = settings.micro_batch_size
         self.global_batch = settings.global_batch_size
-        torch.manual_seed(self.seed + self.acc.process_index)  # dropout; restored from checkpoints on resume
+
+    def _read_tokenizer(self, tokenizer_dir: str) -> None:
+        """The ids the losses need: vocabulary size, mask, eos and (data: doc) pad."""
+        from transformers import PreTrainedTokenizerFast
 
         tokenizer = PreTrainedTokenizerFast.from_pretrained(tokenizer_dir)
         if tokenizer.mask_token_id is None or tokenizer.eos_token_id is None:
             raise ValueError(f"{tokenizer_dir}: the tokenizer needs mask_token and eos_token set")
         self.vocab_size, self.mask_id = len(tokenizer), tokenizer.mask_token_id
         self.eos_id = tokenizer.eos_token_id
+        self.tokenizer_pad_id = tokenizer.pad_token_id
         # padded blocks (data: doc): pad positions are never masked and carry no loss (train/objectives.py)
         self.pad_id = None
-        if settings.data == "doc":
+        if self.s.data == "doc":
             self.pad_id = tokenizer.pad_token_id
             if self.pad_id is None or self.pad_id in (self.eos_id, self.mask_id):
                 raise ValueError(
                     f"{tokenizer_dir}: data: doc needs a pad token of its own, the tokenizer has "
                     f"pad {tokenizer.pad_token!r} (eos {self.eos_id}, mask {self.mask_id})"
                 )
-        stage = settings.stage
-        # rows are read from uncompressed cache files per batch (train/data.py), built once by the main process
-        with self.acc.main_process_first():
-            self.train_data = self._load_data(train_shards)
-            self.val_data = self._load_data(val_shards)
-        self.order = BatchOrder(len(self.train_data), self.global_batch, self.seed)
-        self.noise = get_noise(settings.noise)
 
+    def _load_datasets(self, train_shards: list[str], val_shards: list[str]) -> None:
+        """The objective's rows (read per batch from uncompressed cache files, train/data.py, built once by the
+        main process), their order per step, and the noise schedule."""
+        with self.acc.main_process_first():
+            self.train_data = self.objective.load_data(train_shards)
+            self.val_data = self.objective.load_data(val_shards)
+        self.order = BatchOrder(len(self.train_data), self.global_batch, self.seed)
+        self.noise = get_noise(self.s.noise)
+
+    def _build_model(self, init_dir: str | None):
+        """The backbone, with pretrained weights (pretrained:) or a model folder's (--init) when given."""
+        settings = self.s
         spec = dict(settings.backbone)
         if spec["kind"] == "masked_lm" and spec.get("config") and "pad_token_id" not in spec["config"]:
             # the masked LM's padding_idx gets no gradient: make it our pad token, not whatever id 0 is (EOS in
             # the pipeline's BPE, and SFT trains the EOS fill)
-            spec["config"] = {**spec["config"], "pad_token_id": tokenizer.pad_token_id}
+            spec["config"] = {**spec["config"], "pad_token_id": self.tokenizer_pad_id}
+        self.backbone_spec = spec
         model = build_backbone(
-            spec, self.vocab_size, settings.model, settings.dropout, causal=self.objective == "ar", fused=settings.fused
+            spec,
+            self.vocab_size,
+            settings.model,
+            settings.dropout,
+            causal=settings.objective == "ar",
+            fused=settings.fused,
         )
         if settings.pretrained:
             from train.pretrained import load_pretrained
 
             report = load_pretrained(model, settings.pretrained, settings.pretrained_format)
-            self._say(f"pretrained start: {report}")
+            self.say(f"pretrained start: {report}")
         if init_dir:
             previous, _ = load_model(init_dir)
             load_state_strict(model, previous.state_dict(), f"--init {init_dir}")
+        return model
+
+    def _prepare(self, model) -> None:
+        """Model and AdamW prepared by accelerate, the EMA registered for checkpoints, then the objective's
+        own modules (build), each with its optimizer prepared in turn: accelerate numbers them model_1, ..."""
         # fused AdamW (one kernel per step on CPU and CUDA); DeepSpeed brings its own optimizer path
         optimizer = torch.optim.AdamW(
             model.parameters(),
-            lr=settings.lr,
+            lr=self.s.lr,
             betas=(0.9, 0.999),
-            weight_decay=settings.weight_decay,
-            fused=not settings.deepspeed,
+            weight_decay=self.s.weight_decay,
+            fused=not self.s.deepspeed,
         )
         self.model, self.optimizer = self.acc.prepare(model, optimizer)
-        self.ema = EMA(self.acc.unwrap_model(self.model), settings.ema)
+        self.ema = EMA(self.acc.unwrap_model(self.model), self.s.ema)
         self.acc.register_for_checkpointing(self.ema)
-        self.estimator = self.estimator_optimizer = self.frequency = self.unigram_logits = None
-        self.atat_stage = None  # the curriculum stage of the last step, so a change is logged once
-        if self.objective == "atat":
-            self._build_estimator()
+        self.extras: list[ExtraModule] = self.objective.build(self.acc.unwrap_model(self.model))
+        for extra in self.extras:  # the objective keeps the same ExtraModule objects, now prepared
+            extra.module, extra.optimizer = self.acc.prepare(extra.module, extra.optimizer)
 
+    def _build_meta(self, model, tokenizer_dir: str, init_dir: str | None) -> None:
+        """config.json of the model folder: the settings that made it, then the objective's own keys."""
+        settings = self.s
         self.meta = {
-            **backbone_meta(model, spec),
-            "objective": self.model_objective,
+            **backbone_meta(model, self.backbone_spec),
+            # what validation scores and the model folder's parameterization: atat trains the mdlm network
+            "objective": "mdlm" if settings.objective == "atat" else settings.objective,
             "noise": dict(settings.noise),
-            "training_objective": self.objective,
+            "training_objective": settings.objective,
             "atat": settings.atat,
-            "stage": stage,
+            "stage": settings.stage,
             "prefix_len": self.prefix_len,
             "target_len": self.target_len,
             "vocab_size": self.vocab_size,
@@ -221,7 +251,7 @@ class Trainer:
             # the AR model reads [bos ; block] with bos = eos, so every block token is predicted
             "bos_id": self.eos_id,
             "tokenizer": str(tokenizer_dir),
-            "run": run,
+            "run": self.run_name,
             "kind": self.kind,
             "time_conditioning": model.time_conditioning,
             "method": settings.method,
@@ -234,51 +264,7 @@ class Trainer:
             "code_commit": code_commit(),
             "train": settings.computing(),
         }
-        self._stop_signal: int | None = None
-        self.nonfinite_streak = 0  # consecutive skipped steps up to now (checkpointed, so a resume counts on)
-        self.skipped_steps = 0  # all skipped steps of the run
-
-    # -- pieces ---------------------------------------------------------------------------------
-    def _build_estimator(self) -> None:
-        """Objective atat: the frequency importance of the training targets (train/importance.py) and the learned
-        importance estimator with its own AdamW; accelerate prepares both, so checkpoints hold them."""
-        from train.importance import ImportanceEstimator, frequency_importance, unigram_counts
-
-        a = self.s.atat
-        store = self.train_data.target
-        chunk = 4096
-
-        def target_rows():
-            for start in range(0, len(store), chunk):
-                rows = store[torch.arange(start, min(start + chunk, len(store)))]
-                yield rows[rows != self.pad_id] if self.pad_id is not None else rows
-
-        counts = unigram_counts(target_rows(), self.vocab_size, "training targets")
-        self.frequency = frequency_importance(counts).to(self.acc.device)
-        # log(c_v + 1): the add-one unigram's logits, the prior pi of the atat_nelbo bound (train/atat.py)
-        self.unigram_logits = torch.log1p(torch.as_tensor(counts, dtype=torch.float64)).to(self.acc.device)
-        estimator = ImportanceEstimator(
-            self.vocab_size, a["estimator_dim"], a["estimator_kernel"], a["estimator_layers"]
-        )
-        optimizer = torch.optim.AdamW(estimator.parameters(), lr=self.estimator_lr, weight_decay=0.0)
-        self.estimator, self.estimator_optimizer = self.acc.prepare(estimator, optimizer)
-        self.metric_fields = METRIC_FIELDS + ATAT_FIELDS
-
-    @property
-    def estimator_lr(self) -> float:
-        return self.s.atat["estimator_lr"] or self.s.lr
-
-    def _load_data(self, shards: list[str]):
-        """The rows of `shards` this run reads (train/data.py), checked against the vocabulary."""
-        return load_stage_tensors(
-            shards,
-            self.s.stage,
-            self.prefix_len,
-            self.target_len,
-            self.vocab_size,
-            cache_dir=self.data_cache,
-            data=self.s.data,
-        )
+        self.meta.update(self.objective.meta())
 
     def _deepspeed_config(self, path: str, precision: str) -> dict:
         """The ZeRO config file with its batch / clipping / precision fields set from the run (one truth)."""
@@ -295,41 +281,6 @@ class Trainer:
         ds["bf16"] = {"enabled": precision == "bf16"}
         return ds
 
-    def _batch(self, data, rows: torch.Tensor, perm_keys: torch.Tensor | None):
-        x0 = data.target[rows].long().to(self.acc.device)
-        prefix = None
-        if data.prefix is not None:
-            prefix = data.prefix[rows].long()
-            if perm_keys is not None:  # small_shuffle: a random order of the prefix tokens per example
-                prefix = prefix.gather(1, perm_keys.argsort(dim=1))
-            prefix = prefix.to(self.acc.device)
-        # SFT: the answer tokens, the only positions masked and scored (prompt tokens stay clean)
-        answer = data.answer[rows].to(self.acc.device) > 0 if data.answer is not None else None
-        return x0, prefix, answer
-
-    def _loss(self, model, x0, prefix, t, u, answer=None) -> torch.Tensor:
-        if self.objective == "ar":
-            return ar_loss(model, x0, self.eos_id, self.pad_id)
-        return diffusion_loss(
-            model,
-            self.model_objective,
-            x0,
-            prefix,
-            t.to(x0.device),
-            u.to(x0.device),
-            self.noise,
-            self.mask_id,
-            self.pad_id,
-            maskable=answer,
-            normalization=self.s.sft_normalization or "token",
-        )
-
-    def _draw(self, gen: torch.Generator, n: int, shuffle: bool):
-        t = sample_times(n, gen, antithetic=self.s.antithetic)
-        u = torch.rand(n, self.target_len, generator=gen)
-        keys = torch.rand(n, self.prefix_len, generator=gen) if shuffle and self.prefix_len else None
-        return t, u, keys
-
     def _nonfinite(self, loss_sum: torch.Tensor, grad_norm: float | None) -> list[str]:
         """Which of loss / grad_norm is non-finite on any process: every process gets the same answer, so they
         all skip the same steps (the grad norm is global already; the loss is per process)."""
@@ -342,112 +293,63 @@ class Trainer:
 
     def train_step(self, step: int) -> StepResult:
         """One optimizer step on the global batch of `step`, skipped (no update) when the loss or the gradient
-        norm is non-finite."""
-        lr = lr_at(step, self.s.lr, self.s.warmup_steps, self.max_steps)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        rows = self.order.indices(step)
-        t, u, keys = self._draw(_step_generator(self.seed, step), self.global_batch, self.s.shuffle_prefix)
+        norm is non-finite. Micro-batch a of this process (process p of P) is the slice starting at
+        (a P + p) x micro of the objective's draw; the model and the objective's extra modules accumulate their
+        gradients over the `accum` micro-batches, then are clipped and stepped together."""
+        for optimizer, lr in [(self.optimizer, self.s.lr)] + [(e.optimizer, e.lr) for e in self.extras]:
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, lr, self.s.warmup_steps, self.max_steps)
+        draw = self.objective.begin_step(step)
         self.model.train()
         total, grad_norm, nonfinite = torch.zeros((), device=self.acc.device), None, []
-        models = (self.model,) if self.estimator is None else (self.model, self.estimator)
-        strength, stats = self._atat_strength(step), []
+        models = (self.model, *(e.module for e in self.extras))
+        optimizers = (self.optimizer, *(e.optimizer for e in self.extras))
+        collected: dict[str, list[torch.Tensor]] = {}
         for a in range(self.accum):
             start = (a * self.acc.num_processes + self.acc.process_index) * self.micro
-            sl = slice(start, start + self.micro)
             with self.acc.accumulate(*models):
-                x0, prefix, answer = self._batch(self.train_data, rows[sl], None if keys is None else keys[sl])
-                if self.estimator is None:
-                    loss = self._loss(self.model, x0, prefix, t[sl], u[sl], answer)
-                    self.acc.backward(loss)
-                else:
-                    loss, estimator_loss, micro_stats = atat_loss(
-                        self.model,
-                        self.estimator,
-                        x0,
-                        prefix,
-                        t[sl].to(x0.device),
-                        u[sl].to(x0.device),
-                        self.noise,
-                        self.mask_id,
-                        self.s.atat["importance"],
-                        strength,
-                        self.frequency,
-                        self.pad_id,
-                        prior_logits=self.unigram_logits,
-                    )
-                    self.acc.backward(loss + estimator_loss)  # disjoint parameters: each gets its own gradient
-                    stats.append(micro_stats)
+                loss, auxiliary, metrics = self.objective.micro_batch_loss(
+                    self.model, draw, slice(start, start + self.micro)
+                )
+                # an extra module's loss is on its own parameters: each gets its own gradient
+                self.acc.backward(loss if auxiliary is None else loss + auxiliary)
                 total += loss.detach().float()
+                for key, value in (metrics or {}).items():
+                    collected.setdefault(key, []).append(value)
                 if self.acc.sync_gradients:  # the last micro step: the whole batch's gradient is in
                     norm = self.acc.clip_grad_norm_(self.model.parameters(), self.s.grad_clip)
                     grad_norm = float(norm) if norm is not None else None
-                    if self.estimator is not None:
-                        self.acc.clip_grad_norm_(self.estimator.parameters(), self.s.grad_clip)
+                    for extra in self.extras:
+                        self.acc.clip_grad_norm_(extra.module.parameters(), self.s.grad_clip)
                     nonfinite = self._nonfinite(total, grad_norm)
                     if not nonfinite:
-                        self.optimizer.step()
-                        if self.estimator is not None:
-                            self.estimator_optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                if self.estimator is not None:
-                    self.estimator_optimizer.zero_grad(set_to_none=True)
+                        for optimizer in optimizers:
+                            optimizer.step()
+                for optimizer in optimizers:
+                    optimizer.zero_grad(set_to_none=True)
         mean = self.acc.reduce(total / self.accum, reduction="mean")
         if not nonfinite:
             self.ema.update(self.acc.unwrap_model(self.model))
-        return StepResult(float(mean), grad_norm, nonfinite, self._mean_stats(stats))
+        return StepResult(
+            float(mean), grad_norm, nonfinite, {**self.mean_metrics(collected), **self.objective.end_step()}
+        )
 
-    def _atat_strength(self, step: int) -> float:
-        """Objective atat: the curriculum's importance strength at `step` (0 otherwise), the estimator's lr set
-        by the same schedule as the model's, and a log line when the stage changes."""
-        if self.estimator is None:
-            return 0.0
-        stage = curriculum_stage(step, self.max_steps, self.s.atat["stages"], self.s.atat["max_strength"])
-        if stage.stage != self.atat_stage:
-            self._say(stage.describe())
-            self.atat_stage = stage.stage
-        for group in self.estimator_optimizer.param_groups:
-            group["lr"] = lr_at(step, self.estimator_lr, self.s.warmup_steps, self.max_steps)
-        return stage.strength
-
-    def _mean_stats(self, stats: list[dict]) -> dict:
-        """ATAT_FIELDS averaged over the micro-batches and processes (every process holds an equal share)."""
-        if not stats:
+    def mean_metrics(self, collected: dict[str, list[torch.Tensor]]) -> dict[str, float]:
+        """The objective's metrics over the global batch, rounded to 6 decimals: per column, the mean of this
+        process's values (per example or per micro-batch, concatenated in the dtype given), then the mean over
+        processes (each holds an equal share of the batch, so the mean of means is the global mean)."""
+        keys = [k for k in self.objective.metric_fields if k in collected]
+        if not keys:
             return {}
-        values = torch.tensor(
-            [[m.get(k, float("nan")) for k in ATAT_FIELDS] for m in stats], dtype=torch.float64, device=self.acc.device
-        ).mean(0)
+        means = torch.stack([torch.cat([v.reshape(-1) for v in collected[k]]).mean().double() for k in keys])
         if self.acc.num_processes > 1:
-            values = self.acc.reduce(values, reduction="mean")
-        return {k: round(float(v), 6) for k, v in zip(ATAT_FIELDS, values)}
-
-    @torch.no_grad()
-    def validate(self) -> float:
-        """Per-token NELBO (or NLL for AR) of the EMA weights on the first eval_batches x G validation rows,
-        with noise from a fixed generator, so every evaluation of a run scores the same corrupted batches."""
-        model = self.acc.unwrap_model(self.model)
-        n = min(len(self.val_data), self.s.eval_batches * self.global_batch)
-        gen = _step_generator(self.seed, 0, stream=1)
-        t, u, _ = self._draw(gen, n, shuffle=False)
-        chunks = [slice(i, min(i + self.micro, n)) for i in range(0, n, self.micro)]
-        total = torch.zeros(2, device=self.acc.device, dtype=torch.float64)
-        model.eval()
-        with self.ema.applied(model):
-            for sl in chunks[self.acc.process_index :: self.acc.num_processes]:
-                x0, prefix, answer = self._batch(self.val_data, torch.arange(n)[sl], None)
-                loss = self._loss(model, x0, prefix, t[sl], u[sl], answer)
-                total += torch.tensor(
-                    [float(loss) * (sl.stop - sl.start), sl.stop - sl.start],
-                    device=self.acc.device,
-                    dtype=torch.float64,
-                )
-        total = self.acc.reduce(total, reduction="sum")
-        return float(total[0] / total[1])
+            means = self.acc.reduce(means, reduction="mean")
+        return {k: round(float(v), 6) for k, v in zip(keys, means)}
 
     @property
     def tokens_per_step(self) -> int:
-        """Tokens the network reads per optimizer step (metrics.csv `tokens` counts them)."""
-        return self.global_batch * (self.prefix_len + self.target_len)
+        """Tokens the network reads per optimizer step (metrics.csv `tokens` counts them; the objective's count)."""
+        return self.objective.tokens_per_step()
 
     @property
     def data_cache(self) -> Path:
@@ -471,8 +373,8 @@ class Trainer:
         names = ["custom_checkpoint_0.pkl"] + [f"random_states_{i}.pkl" for i in range(self.acc.num_processes)]
         if not self.s.deepspeed:
             names += ["model.safetensors", "optimizer.bin"]
-        if self.estimator is not None:  # accelerate numbers the second prepared model and optimizer
-            names += ["model_1.safetensors", "optimizer_1.bin"]
+        for i in range(1, len(self.extras) + 1):  # the objective's modules: accelerate numbers them after the model
+            names += [f"model_{i}.safetensors", f"optimizer_{i}.bin"]
         return [STATE_FILE] + names
 
     def choose_checkpoint(self) -> Path | None:
@@ -496,7 +398,13 @@ class Trainer:
         return chosen
 
     def resume(self) -> tuple[int, float]:
-        """(step, seconds) of the chosen checkpoint with its state loaded, or (0, 0.0) for a fresh start."""
+        """(step, seconds) of the chosen checkpoint with its state loaded, or (0, 0.0) for a fresh start; then the
+        objective's after_resume."""
+        step, seconds = self._load_checkpoint()
+        self.objective.after_resume()
+        return step, seconds
+
+    def _load_checkpoint(self) -> tuple[int, float]:
         folder = self.choose_checkpoint()
         if folder is None:
             self.metrics = []
@@ -591,7 +499,7 @@ class Trainer:
             f"metrics so far: {self.partial_metrics}. Lower train.lr or raise warmup_steps / grad_clip."
         )
 
-    def _say(self, message: str) -> None:
+    def say(self, message: str) -> None:
         """A log line from the main process, written above the progress bar (tqdm.write) so it starts a line."""
         from tqdm.auto import tqdm
 
@@ -612,17 +520,13 @@ class Trainer:
                 f"steps ({first} to {step}), more than max_nonfinite_steps = "
                 f"{self.s.max_nonfinite_steps}",
             )
-        self._say(
+        self.say(
             f"warning: step {step}: non-finite {quantity} ({values}); update skipped "
             f"({self.nonfinite_streak} in a row of at most {self.s.max_nonfinite_steps})"
         )
 
-    def validation_row(self) -> dict:
-        """The metrics.csv values of a validation: the loss (validate()); train/dpo.py adds its rewards."""
-        return {"loss": self.validate()}
-
     def _validate_at(self, step: int, seconds: float, tokens: int) -> float:
-        row = self.validation_row()
+        row = self.objective.validation_row()
         val = row["loss"]
         self._log(step=step, split="val", tokens=tokens, seconds=round(seconds, 3), **row)
         if not math.isfinite(val):
@@ -734,10 +638,7 @@ class Trainer:
         if self.acc.is_main_process:
             model = self.acc.unwrap_model(self.model)
             write_metrics_csv(self.out / "metrics.csv", self.metrics, self.metric_fields)
-            if self.estimator is not None:  # before save_model, whose config.json (written last) marks the folder done
-                from train.importance import save_importance
-
-                save_importance(self.out, self.acc.unwrap_model(self.estimator), self.frequency)
+            self.objective.write_outputs(self.out)  # before save_model, whose config.json (written last) marks done
             save_model(self.out, self.ema.weights(model), self.meta)
             shutil.rmtree(self.ckpt_root)
             shutil.rmtree(self.data_cache, ignore_errors=True)  # decoded shards, needed only while training
