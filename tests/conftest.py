@@ -16,12 +16,28 @@ TWINS = CONFIGS / "twins"
 TINY = (CONFIGS / "tiny.yaml",)
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items):
     """Under `pytest -n 2 --dist loadgroup` (make test), every test that uses the shared workspace runs on one
-    worker, so its DAG fixtures are built once; the other worker takes the unit tests meanwhile."""
+    worker, so its DAG fixtures are built once; the other worker takes the unit tests meanwhile. tryfirst: xdist's
+    own hook reads the xdist_group marks into the test ids, so they must be there before it runs (without it each
+    worker built its own workspace, every DAG twice)."""
     for item in items:
         if "workspace" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group("workspace"))
+
+
+def pytest_runtest_setup(item):
+    """Under --dist loadgroup, fail a workspace test that xdist did not group, before its fixtures build anything:
+    pytest 9.2 moved the test id out of the attribute that pytest-xdist 3.8 rewrites, and the suite then silently
+    built every DAG fixture on both workers (twice the time). constraints.txt pins a pair that works."""
+    if getattr(item.config.option, "loadgroup", False) and "workspace" in item.fixturenames:
+        if "@workspace" not in item.nodeid:
+            pytest.fail(
+                f"pytest-xdist did not put {item.nodeid} in the workspace group: pytest {pytest.__version__} and "
+                f"this pytest-xdist disagree on test ids; install the versions of constraints.txt",
+                pytrace=False,
+            )
 
 
 def offline_env() -> dict:
