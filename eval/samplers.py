@@ -13,6 +13,12 @@ A sampler sees the model through a ``denoiser`` (eval/denoiser.py) with two view
 On the absorbing graph the two are tied by s(x_t)_y = p(x_0 = y | x_t) / (exp(sigma) - 1) at a masked
 position, so every sampler runs on both objectives; each docstring names the objective it is written for.
 
+Given tokens inside the target: a target position that already holds a token (not the mask) when a ``*_steps``
+function starts is given. The samplers only ever write masked positions, so a given token is never changed, and
+every schedule counts the masked positions of its span, not the given ones (confidence_steps). The placing
+samplers (PLACING_SAMPLERS, ``{sampler}_placed``) start from such a canvas: place_prefix puts the prefix's tokens
+into the target (eval/placement.py), then the sampler fills the rest; constrained decoding, not the model's law.
+
 Randomness: every draw comes from the caller's ``torch.Generator`` (categorical draws by Gumbel-max in
 float64), and how many numbers a step draws never depends on the network's output. That is why
 ``ddpm_cache`` reproduces ``ddpm`` token for token under the same generator.
@@ -30,6 +36,8 @@ import math
 
 import torch
 
+from eval.placement import best_placement
+
 SAMPLERS = ("ddpm", "ddpm_cache", "analytic", "euler", "confidence", "semi_ar", "uncertainty")
 NATIVE_OBJECTIVE = {
     "ddpm": "mdlm",
@@ -41,6 +49,16 @@ NATIVE_OBJECTIVE = {
     "euler": "sedd",
 }
 SEMI_AR_BLOCKS = 4  # semi_ar without a block size: the target in this many blocks
+PLACED = "_placed"  # {sampler}_placed: place the prefix's tokens in the target first (place_prefix), then sample
+PLACING_SAMPLERS = tuple(s + PLACED for s in SAMPLERS)
+
+
+def placing(sampler: str) -> tuple[str, bool]:
+    """(the sampler that fills the target, whether the prefix is placed first): 'confidence_placed' ->
+    ('confidence', True), 'confidence' -> ('confidence', False)."""
+    if sampler in PLACING_SAMPLERS:
+        return sampler[: -len(PLACED)], True
+    return sampler, False
 
 
 def exponential_noise(shape, generator: torch.Generator | None, device) -> torch.Tensor:
@@ -256,14 +274,15 @@ def confidence_steps(denoiser, x, editable, noise, steps, temperature, generator
 
     Each step proposes x_0 ~ p_theta(x_0 | x_t)^(1/T) at every masked position, scores each proposal by its
     own probability, keeps the most confident ones and remasks the rest. How many stay masked follows the
-    noise schedule: after the step to time s, round(n_editable * (1 - exp(-sigma_bar(s)))) positions of the
-    editable span are still masked, and none after the last step. ``level``: as in ddpm_steps.
+    noise schedule: after the step to time s, round(n * (1 - exp(-sigma_bar(s)))) of the row's n masked
+    positions of the editable span (counted at the start: given tokens are not) are still masked, and none after
+    the last step. ``level``: as in ddpm_steps.
     ``penalty`` (x, sigma) -> [B, P + L] nats, when given, is subtracted from each position's confidence before
     the ranking (uncertainty_steps); it draws nothing, so the random stream is the same with or without it.
     """
     batch = x.shape[0]
     grid = time_grid(steps)
-    n_editable = int(editable.sum())
+    n_free = (editable[None, :] & (x == denoiser.mask_id)).sum(-1).to(torch.float64)  # [B]
     for i in range(steps):
         sigma_t = _sigma(noise, grid[i], batch, x.device) if level is None else level(x)
         log_p0 = tempered_log_probs(denoiser.x0_log_probs(x, sigma_t), temperature)
@@ -276,7 +295,7 @@ def confidence_steps(denoiser, x, editable, noise, steps, temperature, generator
             keep_masked = torch.zeros(batch, dtype=torch.long, device=x.device)
         else:
             move_chance = -math.expm1(-float(noise.total(grid[i + 1 : i + 2])[0]))
-            keep_masked = torch.full((batch,), round(n_editable * move_chance), device=x.device)
+            keep_masked = (n_free * move_chance).round().long()  # half to even, as Python's round
         reveal = (masked.sum(-1) - keep_masked).clamp_min(0)  # <= the masked count: only masks are revealed
         x = torch.where(most_confident(confidence, masked, reveal), proposal, x)
     return x
@@ -341,12 +360,40 @@ def masked_target(prefix: torch.Tensor, target_len: int, mask_id: int) -> torch.
     return torch.cat([prefix.long(), masks], dim=1)
 
 
-def finished_target(x: torch.Tensor, prefix: torch.Tensor, mask_id: int) -> torch.Tensor:
-    """The target of a finished x = [prefix ; target], checked: a sampler that changed the clean prefix or left a
-    mask is a bug, not a sample."""
+def place_prefix(denoiser, noise, prefix: torch.Tensor, target_len: int) -> torch.Tensor:
+    """x = [prefix ; target] with the prefix's m tokens also placed in the target, in order, where the network
+    finds them most likely (eval/placement.py), and masks elsewhere: Long[B, P + L], where a placing sampler
+    starts. One network call on masked_target(prefix, ...), told sigma_bar(1) as every sampler's first step, gives
+
+        S[r, i] = log p_theta(x_0^i = prefix_r | x_1)        (untempered; the sampler's temperature is not used)
+
+    and placement.best_placement picks j_0 < ... < j_{m-1} maximising sum_r S[r, j_r] (ties: the leftmost).
+    A prefix of no tokens (stage 1) places nothing and calls nothing."""
+    prefix_len = prefix.shape[1]
+    x = masked_target(prefix, target_len, denoiser.mask_id)
+    if prefix_len == 0:
+        return x
+    if prefix_len > target_len:
+        raise ValueError(f"cannot place a prefix of {prefix_len} tokens in a target of {target_len}")
+    log_p = denoiser.x0_log_probs(x, _sigma(noise, 1.0, x.shape[0], x.device))[:, prefix_len:]  # [B, L, V]
+    tokens = prefix.long()[:, None, :].expand(-1, target_len, -1)
+    scores = log_p.gather(-1, tokens).transpose(1, 2)  # S [B, m, L]
+    return x.scatter(1, prefix_len + best_placement(scores), prefix.long())
+
+
+def finished_target(
+    x: torch.Tensor, prefix: torch.Tensor, mask_id: int, start: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The target of a finished x = [prefix ; target], checked: a sampler that changed the clean prefix or a given
+    token of the target (a token of ``start``, the canvas it began from, that is not the mask), or left a mask, is
+    a bug, not a sample."""
     prefix_len = prefix.shape[1]
     if not torch.equal(x[:, :prefix_len], prefix.long()):
         raise AssertionError("the sampler changed the clean prefix (the prompt)")
+    if start is not None:
+        given = start != mask_id
+        if not torch.equal(x[given], start[given]):
+            raise AssertionError("the sampler changed a given token of the target")
     if (x[:, prefix_len:] == mask_id).any():
         raise AssertionError("a mask token survived the final step")
     return x[:, prefix_len:]
@@ -374,18 +421,31 @@ def sample(
     is told the noise level whose mask probability is the share of the target still masked
     (mask_share_level): that is the state it was trained on, a uniformly noised target.
     ``importance`` (x, sigma) -> predicted surprisal [B, P + L]: the estimator sampler ``uncertainty`` needs.
+
+    ``{sampler}_placed`` (PLACING_SAMPLERS): place_prefix first puts the prefix's tokens into the target, in order,
+    where the network finds them most likely (one call); they are given, and ``sampler`` fills the other
+    L - P positions. The network is then told the masked share's noise level (mask_share_level), as in blocks:
+    the target is not all masked at t = 1. Every prefix token is in the output, in order (retention 1). With no
+    prefix (stage 1) it is exactly ``sampler``. Constrained decoding: not a draw from the model's distribution.
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
+    if sampler not in SAMPLERS + PLACING_SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS + PLACING_SAMPLERS}")
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    sampler, placed = placing(sampler)
     if sampler == "semi_ar":
         sampler, block_size = "ddpm_cache", block_size or -(-target_len // SEMI_AR_BLOCKS)
     prefix_len = prefix.shape[1]
-    x = masked_target(prefix, target_len, denoiser.mask_id)
+    placed = placed and prefix_len > 0
+    canvas = (  # where the sampler starts: the target all masked, or with the prefix's tokens placed in it
+        place_prefix(denoiser, noise, prefix, target_len)
+        if placed
+        else masked_target(prefix, target_len, denoiser.mask_id)
+    )
+    x = canvas
     spans, steps_per_block = block_spans(target_len, block_size, steps)
     positions = torch.arange(x.shape[1], device=x.device)
-    level = mask_share_level(noise, prefix_len, denoiser.mask_id) if len(spans) > 1 else None
+    level = mask_share_level(noise, prefix_len, denoiser.mask_id) if len(spans) > 1 or placed else None
     for start, end in spans:
         editable = (positions >= prefix_len + start) & (positions < prefix_len + end)
         kwargs = dict(noise=noise, steps=steps_per_block, temperature=temperature, generator=generator, level=level)
@@ -399,7 +459,7 @@ def sample(
             x = uncertainty_steps(denoiser, x, editable, importance=importance, **kwargs)
         else:
             x = confidence_steps(denoiser, x, editable, **kwargs)
-    return finished_target(x, prefix, denoiser.mask_id)
+    return finished_target(x, prefix, denoiser.mask_id, canvas)
 
 
 # ------------------------------------------------------------------------ remasking (prompted generation)
