@@ -35,6 +35,9 @@ class ConfigError(ValueError):
 # The dpo section's keys a dpo training reads, which a run may override (train/settings.py, rules/train.smk);
 # the others make the preference shard (preprocess/preference.py) or the evaluation (eval/dpo.py).
 DPO_TRAIN_KEYS = ("beta", "loss", "label_smoothing", "sft_weight", "time_samples", "reference")
+# The suffix of the placing samplers, eval.samplers.PLACED (not imported: reading a config loads no torch):
+# {sampler}_placed places stage k-1's tokens in stage k's target first, so it samples cascade runs only.
+PLACED = "_placed"
 
 
 def load_schema() -> dict:
@@ -232,6 +235,20 @@ def _check_whole(config: dict, source: str) -> None:
             raise ConfigError(
                 f"{source}: runs.{name}.match_compute = {target!r} must name a cascade run, one of {cascades}"
             )
+    _check_samplers(config, source)
+
+
+def _check_samplers(config: dict, source: str) -> None:
+    """Placing samplers sample cascade runs only (common.workflow.Plan.run_samplings): a single-stage run needs a
+    plain sampler too, or it would get no samples."""
+    samplers = config["sample"]["samplers"]
+    singles = sorted(name for name, run in config["runs"].items() if run["kind"] == "single")
+    if singles and all(s.endswith(PLACED) for s in samplers):
+        raise ConfigError(
+            f"{source}: sample.samplers = {samplers}: only placing samplers ({{sampler}}{PLACED}), which sample "
+            f"cascade runs only, so the single-stage runs {singles} would get no samples; expected a plain sampler "
+            f"as well (e.g. {samplers[0].removesuffix(PLACED)!r})"
+        )
 
 
 def _check_post_training_run(config: dict, name: str, run: dict, source: str) -> None:

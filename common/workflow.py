@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from common.config import ar_scorer_run, dpo_reference, run_data
+from common.config import PLACED, ar_scorer_run, dpo_reference, run_data
 from common.layout import ANNOTATE_KEYS, Layout
 
 SPLITS = ["train", "validation"]
@@ -258,12 +258,15 @@ class Plan:
     # ---- sampling, evaluation, report ----------------------------------------------------------------------
 
     def run_samplings(self, run: str) -> list[tuple]:
-        """(sampler, steps) pairs sampled for a run: every configured pair for diffusion runs, left-to-right
-        sampling of the whole block for an AR run."""
-        if self.runs[run]["kind"] == "ar":
+        """(sampler, steps) pairs sampled for a run: every configured pair for cascade runs, the same without the
+        placing samplers ({sampler}_placed: they place stage k-1's tokens, and only a cascade has a stage k-1) for
+        single-stage runs, left-to-right sampling of the whole block for an AR run."""
+        kind = self.runs[run]["kind"]
+        if kind == "ar":
             return [("ar", self.train[(run, "model")].target_len)]
         sample = self.config["sample"]
-        return [(s, n) for s in sample["samplers"] for n in sample["steps"]]
+        samplers = [s for s in sample["samplers"] if kind == "cascade" or not s.endswith(PLACED)]
+        return [(s, n) for s in samplers for n in sample["steps"]]
 
     def model_files(self, run: str) -> list[str]:
         return [f"{d}/{name}" for d in self.run_model_dirs(run) for name in WEIGHTS]

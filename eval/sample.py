@@ -9,6 +9,8 @@ right (sampler ``ar``). The output is JSONL, one object per sample (docs/contrac
 
 ``seconds`` is the wall time of the sample's batch (all stages) divided by the batch size;
 ``generated_tokens`` counts the tokens sampled over all stages (prefixes are not regenerated).
+``--sampler {sampler}_placed`` (cascade runs only) places stage k-1's tokens in stage k's target before sampling
+the rest (eval/placement.py): constrained decoding, not draws from the model's distribution.
 
     python -m eval.sample --run-dir runs/demo/cascade --n 16 --sampler ddpm_cache --steps 64 \
         --out runs/demo/cascade/samples/ddpm_cache-64.jsonl
@@ -27,7 +29,7 @@ from tqdm import tqdm
 from common.device import add_device_arguments, device_from_arguments
 from common.io import atomic_path, jsonl_objects
 from eval.runs import run_model_dirs
-from eval.samplers import NATIVE_OBJECTIVE, SAMPLERS, autoregressive, sample
+from eval.samplers import NATIVE_OBJECTIVE, PLACED, PLACING_SAMPLERS, SAMPLERS, autoregressive, placing, sample
 from eval.trained import Trained, load_trained
 
 
@@ -51,7 +53,18 @@ def sample_batch(
     generator: torch.Generator,
     device,
 ) -> tuple[dict, dict]:
-    """Run the cascade once for ``batch`` samples: ({stage: Long[batch, len]}, {stage: seconds})."""
+    """Run the cascade once for ``batch`` samples: ({stage: Long[batch, len]}, {stage: seconds}).
+
+    A placing sampler (``{sampler}_placed``) places each stage's prefix in its target before sampling; stage 1,
+    which has no prefix, is sampled by the plain sampler. A run of one model (single-stage, AR) has no prefix to
+    place: an error."""
+    base, placed = placing(sampler)
+    if placed and len(stages) < 2:
+        kind = stages[0].record.kind or ("ar" if stages[0].is_ar else "single")
+        raise ValueError(
+            f"{stages[0].model_dir}: sampler {sampler!r} places the previous stage's tokens in a cascade stage's "
+            f"target, and this {kind} run has one model and no previous stage; sample it with {base!r}"
+        )
     prefix = torch.zeros(batch, 0, dtype=torch.long, device=device)
     ids, seconds = {}, {}
     for stage in stages:
@@ -79,7 +92,7 @@ def sample_batch(
                 )
             importance = (
                 stage_importance(str(stage.model_dir), stage.meta["prefix_len"], str(device))
-                if sampler == "uncertainty"
+                if base == "uncertainty"
                 else None
             )
             out = sample(
@@ -170,10 +183,12 @@ def main(argv=None):
     parser.add_argument(
         "--sampler",
         required=True,
-        choices=SAMPLERS + ("ar",),
+        choices=SAMPLERS + PLACING_SAMPLERS + ("ar",),
         help="written for: "
         + ", ".join(f"{k} ({v})" for k, v in NATIVE_OBJECTIVE.items())
-        + ", ar (AR runs); every diffusion sampler also runs on the other objective",
+        + ", ar (AR runs); every diffusion sampler also runs on the other objective. "
+        f"{{sampler}}{PLACED} (cascade runs): places stage k-1's tokens in stage k's target first, where the model "
+        "finds them most likely in order, then samples the rest: constrained decoding, retention 1",
     )
     parser.add_argument("--steps", type=int, required=True, help="denoising steps per stage (ignored by ar)")
     parser.add_argument("--n", type=int, required=True, help="number of samples")

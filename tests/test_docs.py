@@ -198,6 +198,7 @@ def test_every_labelled_list_matches_its_constant():
     named = {ref for _, ref, _ in lists}
     assert {
         "eval.samplers.SAMPLERS",
+        "eval.samplers.PLACING_SAMPLERS",
         "train.objectives.OBJECTIVES",
         "train.settings.KINDS",
         "train.settings.DIFFUSION_OBJECTIVES",
@@ -215,7 +216,7 @@ def test_samplers_objectives_and_kinds_are_the_schemas():
     """The values a config may name are the ones the docs list (and the code implements)."""
     schema = load_schema()
     run = schema["properties"]["runs"]["additionalProperties"]["properties"]
-    assert sorted(doc_list("eval.samplers.SAMPLERS")) == sorted(
+    assert sorted(doc_list("eval.samplers.SAMPLERS") + doc_list("eval.samplers.PLACING_SAMPLERS")) == sorted(
         schema["properties"]["sample"]["properties"]["samplers"]["items"]["enum"]
     )
     assert sorted(doc_list("train.settings.KINDS")) == sorted(run["kind"]["enum"])
