@@ -491,3 +491,18 @@ def test_a_from_config_backbone_vocabulary_is_the_tokenizers():
         validate_config(with_backbone(backbone))
     validate_config(with_backbone({"kind": "masked_lm", "config": {**BERT["config"], "vocab_size": 2048}}))
     validate_config(with_backbone(BERT))  # no vocab_size: the tokenizer's
+
+
+def test_placing_samplers_alone_leave_a_single_run_unsampled():
+    """{sampler}_placed samples cascade runs only: a single run needs a plain sampler beside it."""
+
+    def config(samplers, runs=("cascade", "single")):
+        config = load("config.yaml")
+        config["runs"] = {kind: {"kind": kind, "method": "keybert_no_stopword", "objective": "mdlm"} for kind in runs}
+        config["sample"] = {"samplers": samplers}
+        return config
+
+    with pytest.raises(ConfigError, match=r"single-stage runs \['single'\] would get no samples.*'confidence'"):
+        validate_config(config(["confidence_placed"]))
+    validate_config(config(["confidence_placed", "ddpm_cache"]))
+    validate_config(config(["confidence_placed"], runs=("cascade",)))

@@ -114,3 +114,28 @@ def test_paper_config_plans_the_source_grid_of_cascades(tmp_path):
         assert {(run, f"stage{k}") for k in (1, 2, 3)} <= trained, f"{run}: stage trainings not all planned"
     assert set(variants) <= {j["run"] for j in jobs.get("evaluate_val", [])}
     assert len(jobs.get("report", [])) == 1
+
+
+def test_placing_samplers_are_planned_for_cascade_runs_only(tmp_path):
+    """sample.samplers with a placing sampler: its own sample and evaluate files ({sampler}_placed-{steps}) for the
+    cascade, beside the plain sampler's; the single-stage run gets the plain sampler alone."""
+    proc = run_snakemake(
+        tmp_path,
+        "-n",
+        "--configfile",
+        str(ROOT / "configs" / "tiny.yaml"),
+        "--config",
+        "sample={samplers: [confidence, confidence_placed], steps: [4]}",
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    jobs = planned_jobs(proc.stdout)
+    for rule in ("sample", "evaluate"):
+        planned = {(j["run"], j["sampler"], j["steps"]) for j in jobs[rule]}
+        assert planned == {
+            ("cascade", "confidence", "4"),
+            ("cascade", "confidence_placed", "4"),
+            ("single", "confidence", "4"),
+            ("ar", "ar", "32"),
+        }, rule
+    assert "runs/tiny/cascade/samples/confidence_placed-4.jsonl" in proc.stdout
+    assert "runs/tiny/cascade/eval/confidence_placed-4.json" in proc.stdout
