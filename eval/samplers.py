@@ -25,9 +25,9 @@ float64), and how many numbers a step draws never depends on the network's outpu
 
 Prompted generation (eval/generate.py) is ``remask`` over the prompt as the prefix: LLaDA's sampler, a fixed
 number of commits per step chosen by a remasking rule, with one generator per row. It is not one of SAMPLERS
-(the values of the config's sample.samplers) but shares their pieces: the Gumbel-max draw (exponential_noise),
-the confidence ranking (most_confident), the block spans (block_spans) and the masked-share noise level
-(mask_share_level).
+(the values of the config's sample.samplers, with PLACING_SAMPLERS) but shares their pieces: the Gumbel-max
+draw (exponential_noise), the confidence ranking (most_confident), the block spans (block_spans) and the
+masked-share noise level (mask_share_level).
 """
 
 from __future__ import annotations
