@@ -210,3 +210,35 @@ def test_a_one_model_run_refuses_a_placing_sampler(kind, is_ar):
         r"sample it with 'confidence'",
     ):
         sample_batch([stage], 2, "confidence_placed", 4, 1.0, None, torch.Generator(), torch.device("cpu"))
+
+
+def test_a_placed_cascade_keeps_every_stage_in_the_next():
+    """eval.sample over three toy stages: stage 1 as the plain sampler, stages 2 and 3 keep all of the stage before."""
+    lengths = (4, 8, 12)
+    stages = [
+        SimpleNamespace(
+            name=f"stage{k + 1}",
+            is_ar=False,
+            model_dir=Path(f"runs/demo/cascade/stage{k + 1}"),
+            record=SimpleNamespace(kind="cascade"),
+            meta={"prefix_len": lengths[k - 1] if k else 0, "target_len": lengths[k]},
+            denoiser=tiny_denoiser(prefix_len=lengths[k - 1] if k else 0),
+            noise=LogLinearNoise(),
+        )
+        for k in range(3)
+    ]
+
+    def run(sampler):
+        with torch.no_grad():
+            ids, _ = sample_batch(
+                stages, 4, sampler, 5, 1.0, None, torch.Generator().manual_seed(0), torch.device("cpu")
+            )
+        return ids
+
+    placed, plain = run("ddpm_cache_placed"), run("ddpm_cache")
+    assert torch.equal(placed["stage1"], plain["stage1"])
+    for prev, nxt in (("stage1", "stage2"), ("stage2", "stage3")):
+        assert prefix_retention(placed[prev].tolist(), placed[nxt].tolist())["value"] == 1.0
+        for row in range(4):  # an order-preserving subsequence
+            it = iter(placed[nxt][row].tolist())
+            assert all(token in it for token in placed[prev][row].tolist())
