@@ -198,6 +198,7 @@ def _check_whole(config: dict, source: str) -> None:
     for name in config["runs"]:
         _check_backbone_tokenizer(config, name, source)
     for name, run in config["runs"].items():
+        _check_stage_form(name, run, source)
         if run["kind"] in ("sft", "dpo") or run.get("init_from") is not None:
             _check_post_training_run(config, name, run, source)
             continue
@@ -232,6 +233,21 @@ def _check_whole(config: dict, source: str) -> None:
             raise ConfigError(
                 f"{source}: runs.{name}.match_compute = {target!r} must name a cascade run, one of {cascades}"
             )
+
+
+def _check_stage_form(name: str, run: dict, source: str) -> None:
+    """stage_form insert only for cascades, and placement only with stage_form insert."""
+    form = run.get("stage_form", "repredict")
+    if form == "insert" and run["kind"] != "cascade":
+        raise ConfigError(
+            f"{source}: runs.{name}.stage_form = insert applies to cascade runs (expected repredict for kind "
+            f"{run['kind']}), got insert"
+        )
+    if run.get("placement") is not None and form != "insert":
+        raise ConfigError(
+            f"{source}: runs.{name}.placement = {run['placement']!r} is the placement law of inserting stages: "
+            f"expected stage_form: insert, got stage_form: {form}"
+        )
 
 
 def _check_post_training_run(config: dict, name: str, run: dict, source: str) -> None:
