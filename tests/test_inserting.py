@@ -256,3 +256,28 @@ def test_inserting_cascade_trains_in_process(tmp_path):
     done = project.train("insert", tmp_path / "stage1", "--stage", "1")
     assert done.returncode == 0, done.log[-3000:]
     assert "stage_form" not in json.loads((tmp_path / "stage1" / "config.json").read_text())
+    check_sampling_and_bound(tmp_path, project.data["validation"])
+
+
+def check_sampling_and_bound(tmp_path, val_shard):
+    """The trained stages sampled as a cascade: every sampler keeps the stage-1 tokens in stage 2, in order
+    (retention 1, as a subsequence); the validation entry splits into placement and infill nats that add up."""
+    from eval.likelihood import inserting_stage_nelbo
+    from eval.metrics import prefix_retention
+    from eval.sample import sample_batch
+    from eval.samplers import SAMPLERS
+    from eval.trained import load_trained
+
+    stages = [load_trained(tmp_path / name) for name in ("stage1", "stage2")]
+    for sampler in [s for s in SAMPLERS if s != "uncertainty"]:
+        generator = torch.Generator().manual_seed(0)
+        ids, _ = sample_batch(stages, 6, sampler, 8, 1.0, None, generator, torch.device("cpu"))
+        for one, two in zip(ids["stage1"].tolist(), ids["stage2"].tolist()):
+            it = iter(two)
+            assert all(token in it for token in one), (sampler, one, two)  # a subsequence: kept, in order
+        assert prefix_retention(ids["stage1"].tolist(), ids["stage2"].tolist())["value"] == 1.0
+    entry = inserting_stage_nelbo(stages[1], [val_shard], 2, 16, 32)
+    assert entry["tokens"] == 32 * 8 and entry["infill_tokens"] == 32 * 4
+    assert entry["nats"] == pytest.approx(entry["placement_nats"] + entry["infill_nats"])
+    assert entry["placement_nats"] > 0 and entry["infill_nats"] > 0
+    assert entry["infill_nelbo"] == pytest.approx(entry["infill_nats"] / entry["infill_tokens"])

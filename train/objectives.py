@@ -254,7 +254,8 @@ def diffusion_loss(
     if pad_id is not None:
         not_pad = x0 != pad_id
         maskable = not_pad if maskable is None else maskable & not_pad
-    token_loss, rows = masked_token_losses(model, objective, x0, prefix, t, uniform, noise, mask_id, maskable, given)
+    told = {} if given is None else {"given": given}  # the seed's call exactly when there are none
+    token_loss, rows = masked_token_losses(model, objective, x0, prefix, t, uniform, noise, mask_id, maskable, **told)
     # sum over masked positions / all target positions (unmasked positions contribute exactly 0). When nothing
     # is masked the [0, V] logits still carry the graph, so every parameter gets a (zero) gradient (DDP needs it)
     if maskable is None:

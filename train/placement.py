@@ -127,7 +127,8 @@ class LearnedPlacement(nn.Module):
         gaps = []
         for j in range(self.given):
             probs = self.gap_log_probs(h[:, j], left).exp()
-            gap = torch.multinomial(probs.cpu().double(), 1, generator=generator).squeeze(1).to(prefix.device)
+            where = probs.device if generator is None else generator.device  # the generator's device draws
+            gap = torch.multinomial(probs.double().to(where), 1, generator=generator).squeeze(1).to(prefix.device)
             gaps.append(gap)
             left = left - gap
         gaps.append(left)
