@@ -181,6 +181,17 @@ def test_settings_of_an_inserting_cascade():
     assert resolve(repredict, "c", 1).digest() == one.digest()
 
 
+def test_match_compute_counts_the_canvas_tokens_of_an_inserting_cascade():
+    """A single run matched to an inserting cascade gets sum_k steps_k l_k / l3 steps (the canvas only)."""
+    from train.settings import compute_matched_steps, resolve
+
+    config = insert_config()
+    config["runs"]["s"] = {"kind": "single", "method": "constituency", "objective": "mdlm", "match_compute": "c"}
+    steps = resolve(config, "c", 1).max_steps
+    assert resolve(config, "s").max_steps == -(-steps * (4 + 8 + 16) // 16)
+    assert compute_matched_steps([800] * 3, [8, 16, 32], 32) == 2000  # the seed's demo count is unchanged
+
+
 @pytest.mark.parametrize(
     "run, message",
     [

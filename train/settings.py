@@ -49,7 +49,9 @@ class SettingsError(ValueError):
     """Settings that cannot train; the message names the run and the key."""
 
 
-def compute_matched_steps(stage_steps: list[int], lengths: list[int], block: int | None = None) -> int:
+def compute_matched_steps(
+    stage_steps: list[int], lengths: list[int], block: int | None = None, inserting: bool = False
+) -> int:
     """Steps for a single-stage model on `block`-token blocks (default l3) that costs what a cascade costs.
 
     Cascade stage k trains on sequences of prefix + target = l_{k-1} + l_k tokens (l_0 = 0), so with the
@@ -59,13 +61,14 @@ def compute_matched_steps(stage_steps: list[int], lengths: list[int], block: int
         steps_single = ceil( sum_k steps_k * (l_{k-1} + l_k) / block ).
 
     Example (demo): 800 * (8 + 24 + 48) / 32 = 2,000 steps. (Tokens, not FLOPs: attention's quadratic
-    term is ignored, which is small at these lengths.)
+    term is ignored, which is small at these lengths.) An inserting cascade (``inserting``, stage_form insert)
+    reads only the l_k canvas per example (the given tokens are in it), so its stages count steps_k * l_k.
     """
     if len(stage_steps) != len(lengths):
         raise ValueError(f"one step count per stage: {stage_steps} vs lengths {lengths}")
     tokens, previous = 0, 0
     for steps, length in zip(stage_steps, lengths):
-        tokens += steps * (previous + length)
+        tokens += steps * ((0 if inserting else previous) + length)
         previous = length
     return -(-tokens // (block or lengths[-1]))
 
@@ -308,9 +311,11 @@ def resolve(config: dict, run: str, stage: int | None = None) -> TrainSettings:
     target = spec.get("match_compute")
     if target is not None:
         stage_steps = [resolve(config, target, k).max_steps for k in (1, 2, 3)]
-        values["max_steps"] = compute_matched_steps(stage_steps, list(lengths), target_len)
+        inserting = runs[target].get("stage_form") == "insert"
+        values["max_steps"] = compute_matched_steps(stage_steps, list(lengths), target_len, inserting)
+        read = "l_k" if inserting else "(l_(k-1) + l_k)"
         steps_source = (
-            f"match_compute: {target} (ceil(sum_k steps_k (l_(k-1) + l_k) / {target_len}) with steps "
+            f"match_compute: {target} (ceil(sum_k steps_k {read} / {target_len}) with steps "
             f"{stage_steps}, lengths {list(lengths)})"
         )
     method = spec.get("method") if data == "stages" else None
