@@ -370,6 +370,7 @@ def block_nats(
     S = draw_masks(valid, m(t_i), u, pick) with the same u and pick, term w(S) G_T(S, i) / K."""
     noise, device, batch = trained.noise, x0.device, len(x0)
     start = float(mask_share(noise, 0.0))  # m0
+    told = {} if given is None else {"given": given}  # the seed's calls exactly when there are none
     continuous = torch.zeros(batch, dtype=torch.float64, device=device)
     discrete = None if discrete_steps is None else torch.zeros_like(continuous)
     for v in stratified_levels(batch, time_samples, generator):
@@ -378,15 +379,15 @@ def block_nats(
         uniform = torch.rand(x0.shape, generator=generator, dtype=torch.float64).to(device)
         pick = torch.rand(batch, generator=generator, dtype=torch.float64)
         masked = draw_masks(valid, share, uniform, pick)
-        g = continuous_nats(trained, x0, prefix, t.float().to(device), masked, given)
+        g = continuous_nats(trained, x0, prefix, t.float().to(device), masked, **told)
         continuous += draw_weights(masked, valid, start) * g / time_samples
         if discrete is not None:  # the same mu (as its step), u and i*: common random numbers
             step = step_of_time(t, discrete_steps)
             masked_step = draw_masks(valid, mask_share(noise, step.double() / discrete_steps), uniform, pick)
-            g_step = discrete_nats(trained, x0, prefix, step, masked_step, discrete_steps, given)
+            g_step = discrete_nats(trained, x0, prefix, step, masked_step, discrete_steps, **told)
             discrete += draw_weights(masked_step, valid, start) * g_step / time_samples
     if start > 0:
-        final = final_denoising_nats(trained, x0, prefix, start, generator, valid, given)
+        final = final_denoising_nats(trained, x0, prefix, start, generator, valid, **told)
         continuous += final
         if discrete is not None:
             discrete += final
