@@ -35,7 +35,7 @@ class ConfigError(ValueError):
 # The dpo section's keys a dpo training reads, which a run may override (train/settings.py, rules/train.smk);
 # the others make the preference shard (preprocess/preference.py) or the evaluation (eval/dpo.py).
 DPO_TRAIN_KEYS = ("beta", "loss", "label_smoothing", "sft_weight", "time_samples", "reference")
-# The suffix of the placing samplers, eval.samplers.PLACED (not imported: reading a config loads no torch):
+# The suffix of the placing samplers (eval.samplers.PLACING_SAMPLERS; defined here, where no torch is loaded):
 # {sampler}_placed places stage k-1's tokens in stage k's target first, so it samples cascade runs only.
 PLACED = "_placed"
 
@@ -201,6 +201,7 @@ def _check_whole(config: dict, source: str) -> None:
     for name in config["runs"]:
         _check_backbone_tokenizer(config, name, source)
     for name, run in config["runs"].items():
+        _check_stage_form(name, run, source)
         if run["kind"] in ("sft", "dpo") or run.get("init_from") is not None:
             _check_post_training_run(config, name, run, source)
             continue
@@ -248,6 +249,21 @@ def _check_samplers(config: dict, source: str) -> None:
             f"{source}: sample.samplers = {samplers}: only placing samplers ({{sampler}}{PLACED}), which sample "
             f"cascade runs only, so the single-stage runs {singles} would get no samples; expected a plain sampler "
             f"as well (e.g. {samplers[0].removesuffix(PLACED)!r})"
+        )
+
+
+def _check_stage_form(name: str, run: dict, source: str) -> None:
+    """stage_form insert only for cascades, and placement only with stage_form insert."""
+    form = run.get("stage_form", "repredict")
+    if form == "insert" and run["kind"] != "cascade":
+        raise ConfigError(
+            f"{source}: runs.{name}.stage_form = insert applies to cascade runs (expected repredict for kind "
+            f"{run['kind']}), got insert"
+        )
+    if run.get("placement") is not None and form != "insert":
+        raise ConfigError(
+            f"{source}: runs.{name}.placement = {run['placement']!r} is the placement law of inserting stages: "
+            f"expected stage_form: insert, got stage_form: {form}"
         )
 
 

@@ -27,32 +27,42 @@ class Denoiser:
         self.calls = 0  # network calls and the rows they computed, counted so benchmarks can report them
         self.rows = 0
 
-    def logits(self, x: torch.Tensor, sigma: torch.Tensor, select: torch.Tensor | None = None) -> torch.Tensor:
+    def logits(
+        self,
+        x: torch.Tensor,
+        sigma: torch.Tensor,
+        select: torch.Tensor | None = None,
+        given: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """The network's logits [B, L, V]; with ``select`` (Bool [B, L]) those of the selected positions [N, V]
-        (row-major), the only ones it projects to the vocabulary (a network that ignores it is indexed here)."""
+        (row-major), the only ones it projects to the vocabulary (a network that ignores it is indexed here).
+        ``given`` (Bool [B, L]; inserting stages): the clean given tokens of the canvas, told to the network."""
         self.calls += 1
         self.rows += x.shape[0]
+        told = {} if given is None else {"given": given}
         if select is None:
-            return self.model(x, sigma, self.prefix_len)
-        logits = self.model(x, sigma, self.prefix_len, select=select)
+            return self.model(x, sigma, self.prefix_len, **told)
+        logits = self.model(x, sigma, self.prefix_len, select=select, **told)
         return logits[select] if logits.dim() == 3 else logits
 
-    def masked_x0_log_probs(self, x: torch.Tensor, sigma: torch.Tensor, select: torch.Tensor) -> torch.Tensor:
+    def masked_x0_log_probs(
+        self, x: torch.Tensor, sigma: torch.Tensor, select: torch.Tensor, given: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """log p_theta(x_0 | x_t) [N, V] at the ``select``ed masked positions only, one call that projects just
         those: log_softmax of the logits with the mask entry at -inf for both objectives (mdlm: SUBS at a masked
         position; sedd: the score renormalised over y != m, where its shift -log expm1(sigma) - log(V - 1)
         cancels)."""
-        logits = self.logits(x, sigma, select).float().clone()
+        logits = self.logits(x, sigma, select, given).float().clone()
         logits[:, self.mask_id] = float("-inf")
         return logits.log_softmax(dim=-1)
 
-    def x0_log_probs(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    def x0_log_probs(self, x: torch.Tensor, sigma: torch.Tensor, given: torch.Tensor | None = None) -> torch.Tensor:
         """log p_theta(x_0 | x_t) [B, L, V], the network told noise level ``sigma`` [B]: SUBS for mdlm; for sedd
         softmax_{y != m}(log s_y) at masked positions and a point mass on x_t elsewhere (carry-over, as SUBS).
         The sedd renormalisation cancels the 1 / expm1(sigma) scale, so sigma only reaches the network."""
         from train.objectives import sedd_log_score, subs_log_probs
 
-        logits = self.logits(x, sigma)
+        logits = self.logits(x, sigma, given=given)
         if self.objective == "mdlm":
             return subs_log_probs(logits, x, self.mask_id)
         log_score = sedd_log_score(logits, x, sigma, self.mask_id)
@@ -62,7 +72,11 @@ class Denoiser:
         return torch.where((x != self.mask_id)[..., None], carry, renormalised)
 
     def log_score(
-        self, x: torch.Tensor, sigma: torch.Tensor, network_sigma: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        sigma: torch.Tensor,
+        network_sigma: torch.Tensor | None = None,
+        given: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """log s_theta(x_t)_y [B, L, V] at noise level ``sigma`` [B]: SEDD's scaled score for sedd;
         log p_theta(y | x_t) - log expm1(sigma) for mdlm. Only masked positions are read by the samplers.
@@ -73,7 +87,7 @@ class Denoiser:
         block's own time (eval/samplers.py)."""
         from train.objectives import sedd_log_score, subs_log_probs
 
-        logits = self.logits(x, sigma if network_sigma is None else network_sigma)
+        logits = self.logits(x, sigma if network_sigma is None else network_sigma, given=given)
         if self.objective == "sedd":
             return sedd_log_score(logits, x, sigma, self.mask_id)
         log_p0 = subs_log_probs(logits, x, self.mask_id)

@@ -92,6 +92,10 @@ tokens (an SFT answer mask, ``scored``, restricts the same way). The sums are ta
 normaliser of the training loss is assumed. Which column a model reads: train.data.data_columns of its
 config.json ``data`` (stages | wrap | doc; absent in older folders: stages).
 
+An inserting stage (stage_form insert, train/inserting.py) is scored on its canvas: placement NLL of the true
+positions plus the NELBO above over the inserted positions only, with the given tokens clean and told to the
+network (inserting_stage_nelbo); its `tokens` are blocks * l_k, as a re-predicting stage's.
+
 Because stage 1 and 2 are functions of the stage-3 block, -log p(x3) <= -log p(x1) - log p(x2|x1) - log p(x3|x2),
 so the cascade's sum of stage NELBOs (nats per block) is an upper bound on the NLL of the stage-3 block and is
 comparable with the single-stage and AR numbers. ``total`` reports it per stage-3 token (continuous and discrete).
@@ -149,6 +153,14 @@ DEFINITION_TOTAL = (
 DEFINITION_TOTAL_DISCRETE = (
     "as total nelbo, from each stage's discrete-T NELBO (T = {steps} steps per stage); null when a stage has none "
     "(sedd: see its stage)"
+)
+DEFINITION_INSERT = (
+    "bound of an inserting stage k in nats per canvas token (stage_form insert): (placement_nats + infill_nats) / "
+    "tokens, tokens = blocks * l_k; placement_nats = sum over blocks of -ln p(P | y), the stage's placement law "
+    "(uniform: ln C(l_k, l_(k-1)); learned: placement.safetensors) of the true positions P = stage(k-1)_pos of "
+    "the true stage k-1 tokens y; infill_nats = the validation NELBO (definition_infill) of the l_k - l_(k-1) "
+    "other tokens of the true stage-k block with y clean at P (never masked, not counted; infill_tokens, "
+    "infill_nelbo per inserted token). An upper bound on -ln p(stage-k block, P | y)"
 )
 DATA = ("stages", "wrap", "doc")
 
@@ -262,20 +274,20 @@ def _per_block(values: torch.Tensor, rows: torch.Tensor, batch: int) -> torch.Te
     return torch.zeros(batch, dtype=torch.float64, device=values.device).index_add_(0, rows, values.double())
 
 
-def continuous_nats(trained: Trained, x0, prefix, t: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+def continuous_nats(trained: Trained, x0, prefix, t: torch.Tensor, masked: torch.Tensor, given=None) -> torch.Tensor:
     """Float64 [B]: G(S, t) = sum over each block's ``masked`` positions of g_i = L_i / lambda(t) (module
     docstring): the training loss terms (train/objectives mdlm_token_loss, sedd_token_loss) with the rate
     sigma'(t) replaced by expm1(sigma_bar(t)), i.e. divided by lambda = sigma' / expm1(sigma_bar):
     MDLM -log p_theta(x0_i | x_t), SEDD expm1(sigma_bar) [sum_y s_y - r log s_x0 + r (log r - 1)].
     t [B] float32 (as training); x_t = x0 with the ``masked`` positions (Bool [B, L]) set to the mask token, the
     prefix clean, the network told sigma_bar(t) and its head run on the masked positions only
-    (train.objectives.masked_forward, as in training)."""
+    (train.objectives.masked_forward, as in training); ``given`` (Bool [B, L]): an inserting canvas's given tokens."""
     from train.objectives import fused_switch, masked_forward, mdlm_token_loss, sedd_log_score, sedd_token_loss
 
     mask_id = trained.meta["mask_id"]
     sigma = trained.noise.total(t)
     scale = torch.expm1(sigma)  # in place of sigma': L_i / lambda(t)
-    out = masked_forward(trained.model, x0, prefix, masked, sigma, mask_id)
+    out = masked_forward(trained.model, x0, prefix, masked, sigma, mask_id, given)
     rows = out.rows
     if trained.meta["objective"] == "mdlm":
         fused = fused_switch(trained.model)
@@ -293,7 +305,9 @@ def step_of_time(t: torch.Tensor, steps: int) -> torch.Tensor:
     return torch.ceil(t * steps).long().clamp(1, steps)
 
 
-def discrete_nats(trained: Trained, x0, prefix, step: torch.Tensor, masked: torch.Tensor, steps: int) -> torch.Tensor:
+def discrete_nats(
+    trained: Trained, x0, prefix, step: torch.Tensor, masked: torch.Tensor, steps: int, given=None
+) -> torch.Tensor:
     """Float64 [B]: G_T(S, i) = sum over each block's ``masked`` positions of -log p_theta(x0_j | x_{t_i}) at its
     step i = ``step`` [B] (1..T), the network told sigma_bar(t_i), t_i = i / T (module docstring; the call:
     train.objectives.masked_forward)."""
@@ -302,7 +316,7 @@ def discrete_nats(trained: Trained, x0, prefix, step: torch.Tensor, masked: torc
     t = (step.double() / steps).float()  # float32 as in training
     sigma = trained.noise.total(t.to(x0.device))
     mask_id = trained.meta["mask_id"]
-    out = masked_forward(trained.model, x0, prefix, masked, sigma, mask_id)
+    out = masked_forward(trained.model, x0, prefix, masked, sigma, mask_id, given)
     return _per_block(subs_nll(out.logits, out.targets, mask_id), out.rows, len(x0))
 
 
@@ -313,6 +327,7 @@ def final_denoising_nats(
     share: float,
     generator: torch.Generator,
     valid: torch.Tensor | None = None,
+    given: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Float64 [B], R of each block (module docstring): one x per block with each (non-pad) target token masked
     with probability ``share`` = m0 = move(0) / M, then the sum over its masked positions of -log p_theta(x0_i | x)
@@ -323,7 +338,8 @@ def final_denoising_nats(
     x_t = torch.where(masked, torch.full_like(x0, trained.meta["mask_id"]), x0)
     x = x_t if prefix is None else torch.cat([prefix, x_t], dim=1)
     sigma = trained.noise.total(torch.zeros(len(x0), device=x0.device))
-    log_p = trained.denoiser.x0_log_probs(x, sigma)[:, x.shape[1] - x0.shape[1] :]
+    told = {} if given is None else {"given": given}
+    log_p = trained.denoiser.x0_log_probs(x, sigma, **told)[:, x.shape[1] - x0.shape[1] :]
     nll = -log_p.gather(-1, x0[..., None]).squeeze(-1).double()
     return torch.where(masked, nll, torch.zeros_like(nll)).sum(1)
 
@@ -345,6 +361,7 @@ def block_nats(
     time_samples: int,
     generator: torch.Generator,
     discrete_steps: int | None = None,
+    given: torch.Tensor | None = None,
 ):
     """(Float64 [B], Float64 [B] or None): one estimate per block of D + R (module docstring) from K =
     ``time_samples`` stratified draws and one R draw, and with ``discrete_steps`` = T (mdlm) the discrete-T
@@ -353,6 +370,7 @@ def block_nats(
     S = draw_masks(valid, m(t_i), u, pick) with the same u and pick, term w(S) G_T(S, i) / K."""
     noise, device, batch = trained.noise, x0.device, len(x0)
     start = float(mask_share(noise, 0.0))  # m0
+    told = {} if given is None else {"given": given}  # the seed's calls exactly when there are none
     continuous = torch.zeros(batch, dtype=torch.float64, device=device)
     discrete = None if discrete_steps is None else torch.zeros_like(continuous)
     for v in stratified_levels(batch, time_samples, generator):
@@ -361,15 +379,15 @@ def block_nats(
         uniform = torch.rand(x0.shape, generator=generator, dtype=torch.float64).to(device)
         pick = torch.rand(batch, generator=generator, dtype=torch.float64)
         masked = draw_masks(valid, share, uniform, pick)
-        g = continuous_nats(trained, x0, prefix, t.float().to(device), masked)
+        g = continuous_nats(trained, x0, prefix, t.float().to(device), masked, **told)
         continuous += draw_weights(masked, valid, start) * g / time_samples
         if discrete is not None:  # the same mu (as its step), u and i*: common random numbers
             step = step_of_time(t, discrete_steps)
             masked_step = draw_masks(valid, mask_share(noise, step.double() / discrete_steps), uniform, pick)
-            g_step = discrete_nats(trained, x0, prefix, step, masked_step, discrete_steps)
+            g_step = discrete_nats(trained, x0, prefix, step, masked_step, discrete_steps, **told)
             discrete += draw_weights(masked_step, valid, start) * g_step / time_samples
     if start > 0:
-        final = final_denoising_nats(trained, x0, prefix, start, generator, valid)
+        final = final_denoising_nats(trained, x0, prefix, start, generator, valid, **told)
         continuous += final
         if discrete is not None:
             discrete += final
@@ -388,13 +406,15 @@ def stage_nelbo(
     desc: str = "val",
     discrete_steps: int | None = None,
     scored: torch.Tensor | None = None,
+    given: torch.Tensor | None = None,
 ) -> dict:
     """Summed NELBO (nats) and token count of one model over the given blocks (see module docstring; per block
     block_nats); with ``discrete_steps`` = T also the discrete-T bound on the same draws (``nats_discrete`` ... ;
     None for sedd). Pad positions (config.json pad_id, trained.meta) are never masked and not counted. ``scored``
     (Bool, the shape of ``target``; SFT: the answer tokens) restricts the same way: only those positions are
     masked and counted, everything else is clean context, so the number is the NELBO of the answers given the
-    prompts."""
+    prompts. ``given`` (Bool, the shape of ``target``; inserting stages): the given tokens, never masked nor
+    counted and told to the network (the infill NELBO, inserting_stage_nelbo)."""
     if isinstance(time_samples, bool) or not isinstance(time_samples, int) or time_samples < 1:
         raise ValueError(f"time_samples should be an integer >= 1, got {time_samples!r}")
     if discrete_steps is not None and (
@@ -412,12 +432,15 @@ def stage_nelbo(
         valid = valid_positions(x0, pad_id)
         if scored is not None:
             valid = valid & scored[start : start + batch_size].to(device)
+        block_given = None if given is None else given[start : start + batch_size].to(device)
+        if block_given is not None:
+            valid = valid & ~block_given
         tokens += int(valid.sum())
         if trained.is_ar:
             nats += ar_nats(trained, x0, valid)
             continue
         continuous, discrete_part = block_nats(
-            trained, x0, pre, valid, time_samples, generator, discrete_steps if discrete else None
+            trained, x0, pre, valid, time_samples, generator, discrete_steps if discrete else None, block_given
         )
         nats += float(continuous.sum())
         if discrete:
@@ -443,6 +466,88 @@ def stage_nelbo(
             value, definition = None, DEFINITION_DISCRETE_SEDD
         result.update(_discrete_keys(value, tokens, discrete_steps, definition))
     return result
+
+
+def inserting_stage_nelbo(
+    trained: Trained,
+    shards,
+    time_samples: int,
+    batch_size: int,
+    max_blocks: int | None,
+    seed: int = 0,
+    device=torch.device("cpu"),
+    discrete_steps: int | None = None,
+) -> dict:
+    """val.json entry of an inserting stage (train/inserting.py): on the true stage-k canvas x0 = stage{k}_ids with
+    the given tokens y at their true positions P = stage{k-1}_pos,
+
+        nats = placement_nats + infill_nats,   placement_nats = sum_blocks -log p(P | y) (the stage's law),
+        infill_nats = stage_nelbo's NELBO of the other l_k - l_{k-1} tokens given the canvas (given = P),
+
+    an upper bound on -log p(x0, P | y); ``tokens`` = blocks * l_k (what nelbo is per, so the run's total adds
+    it to the other stages as it adds a re-predicting stage), infill_tokens the inserted ones."""
+    from train.inserting import given_mask
+    from train.placement import placement_law
+
+    meta, k = trained.meta, trained.meta["stage"]
+    length, given_len = meta["target_len"], meta["prefix_len"]
+    target, positions = read_columns(shards, {f"stage{k}_ids": length, f"stage{k - 1}_pos": given_len}, max_blocks)
+    given = given_mask(positions, length)
+    infill = stage_nelbo(
+        trained,
+        target[:, :0],
+        target,
+        time_samples,
+        batch_size,
+        seed,
+        device,
+        f"val {trained.name}",
+        discrete_steps,
+        given=given,
+    )
+    law = placement_law(meta["placement"], meta["vocab_size"], length, given_len, trained.model_dir, device)
+    with torch.no_grad():
+        placement = float(-law.log_prob(target.gather(1, positions).to(device), positions.to(device)).double().sum())
+    tokens = target.numel()
+    nats = placement + infill["nats"]
+    result = {
+        **infill,
+        "nats": nats,
+        "tokens": tokens,
+        "nelbo": nats / tokens,
+        "ppl": math.exp(nats / tokens),
+        "stage_form": "insert",
+        "placement": meta["placement"],
+        "placement_nats": placement,
+        "infill_nats": infill["nats"],
+        "infill_tokens": infill["tokens"],
+        "infill_nelbo": infill["nelbo"],
+        "definition": DEFINITION_INSERT,
+        "definition_infill": infill["definition"],
+    }
+    if discrete_steps is not None and infill.get("nats_discrete") is not None:
+        result.update(_discrete_keys(placement + infill["nats_discrete"], tokens, discrete_steps, DEFINITION_INSERT))
+    return result
+
+
+def read_columns(shards, columns: dict[str, int], max_blocks: int | None) -> list[torch.Tensor]:
+    """Long[N, length] per column {name: length} of the first ``max_blocks`` rows, shard order; lengths checked."""
+    out = {c: [] for c in columns}
+    for shard in shards:
+        table = read_parquet(shard, list(columns))
+        for col, length in columns.items():
+            rows = table.column(col).to_pylist()
+            bad = next((i for i, r in enumerate(rows) if len(r) != length), None)
+            if bad is not None:
+                raise InputError(f"{shard}: row {bad} of {col} has {len(rows[bad])} values, the model expects {length}")
+            out[col].extend(rows)
+        if max_blocks is not None and len(out[next(iter(columns))]) >= max_blocks:
+            break
+    first = out[next(iter(columns))]
+    if not first:
+        raise InputError(f"no validation blocks in {list(shards)}")
+    n = len(first) if max_blocks is None else min(max_blocks, len(first))
+    return [torch.tensor(out[c][:n], dtype=torch.long) for c in columns]
 
 
 def _discrete_keys(nats: float | None, tokens: int, steps: int, definition: str) -> dict:
@@ -475,6 +580,11 @@ def run_validation(
         trained = load_trained(model_dir, device)
         meta = trained.meta
         data, _ = model_data(meta, Path(model_dir) / "config.json")
+        if meta.get("stage_form") == "insert":
+            stages[trained.name] = inserting_stage_nelbo(
+                trained, val_shards, time_samples, batch_size, max_blocks, seed, device, discrete_steps
+            )
+            continue
         prefix, target = read_stage_blocks(
             val_shards, meta["stage"], meta["prefix_len"], meta["target_len"], max_blocks, data
         )

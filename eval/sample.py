@@ -1,14 +1,18 @@
 r"""Cascade sampling: stage 1 from nothing, stage 2 after the stage-1 sample, stage 3 after stage 2.
 
-A single-stage diffusion run samples its one model with no prefix; an autoregressive run samples left to
-right (sampler ``ar``). The output is JSONL, one object per sample (docs/contracts.md):
+An inserting stage (stage_form insert, train/inserting.py) draws the positions of the previous stage's tokens from
+its placement law, puts them there and fills the rest of the canvas with the sampler; the given tokens are never
+edited, so their retention is 1. A single-stage diffusion run samples its one model with no prefix; an
+autoregressive run samples left to right (sampler ``ar``). The output is JSONL, one object per sample
+(docs/contracts.md):
 
     {"sample": 0, "sampler": "ddpm_cache", "steps": 64, "temperature": 1.0, "seed": 0,
      "stage1_ids": [...], "stage1_text": "...", "stage2_ids": ..., "stage3_ids": ..., "stage3_text": ...,
      "seconds": 0.41, "stage_seconds": {"stage1": 0.1, ...}, "generated_tokens": 112}
 
 ``seconds`` is the wall time of the sample's batch (all stages) divided by the batch size;
-``generated_tokens`` counts the tokens sampled over all stages (prefixes are not regenerated).
+``generated_tokens`` counts the tokens sampled over all stages (prefixes are not regenerated; an inserting
+stage counts its whole canvas, as a re-predicting one does).
 ``--sampler {sampler}_placed`` (cascade runs only) places stage k-1's tokens in stage k's target before sampling
 the rest (eval/placement.py): constrained decoding, not draws from the model's distribution.
 
@@ -41,6 +45,26 @@ def stage_importance(model_dir: str, prefix_len: int, device: str):
 
     estimator, _ = load_importance(model_dir, device)
     return estimator_importance(estimator, prefix_len)
+
+
+@functools.cache
+def stage_placement(model_dir: str, kind: str, length: int, given: int, device: str):
+    """The placement law of an inserting stage (train/placement.py): uniform, or its placement.safetensors."""
+    from train.placement import placement_law
+
+    return placement_law(kind, 0, length, given, model_dir if kind == "learned" else None, device)
+
+
+def insert_canvas(stage: Trained, prefix: torch.Tensor, generator: torch.Generator):
+    """(given Bool[B, L], canvas Long[B, L]) of an inserting stage: positions drawn from its placement law given
+    the previous stage's tokens, which are put there (the rest of the canvas is filled by the sampler)."""
+    from train.inserting import given_mask
+
+    length = stage.meta["target_len"]
+    law = stage_placement(str(stage.model_dir), stage.meta["placement"], length, prefix.shape[1], str(prefix.device))
+    positions = law.sample(prefix, generator).to(prefix.device)
+    canvas = torch.zeros(len(prefix), length, dtype=torch.long, device=prefix.device).scatter(1, positions, prefix)
+    return given_mask(positions, length), canvas
 
 
 def sample_batch(
@@ -95,6 +119,11 @@ def sample_batch(
                 if base == "uncertainty"
                 else None
             )
+            given = canvas = None
+            if stage.meta.get("stage_form") == "insert":
+                # the given tokens go into the canvas at drawn positions: the network reads no prefix
+                given, canvas = insert_canvas(stage, prefix, generator)
+                prefix = prefix[:, :0]
             out = sample(
                 stage.denoiser,
                 stage.noise,
@@ -106,6 +135,8 @@ def sample_batch(
                 block_size,
                 generator,
                 importance=importance,
+                given=given,
+                canvas=canvas,
             )
         if device.type == "cuda":
             torch.cuda.synchronize(device)

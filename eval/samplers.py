@@ -36,6 +36,7 @@ import math
 
 import torch
 
+from common.config import PLACED
 from eval.placement import best_placement
 
 SAMPLERS = ("ddpm", "ddpm_cache", "analytic", "euler", "confidence", "semi_ar", "uncertainty")
@@ -49,7 +50,7 @@ NATIVE_OBJECTIVE = {
     "euler": "sedd",
 }
 SEMI_AR_BLOCKS = 4  # semi_ar without a block size: the target in this many blocks
-PLACED = "_placed"  # {sampler}_placed: place the prefix's tokens in the target first (place_prefix), then sample
+# {sampler}_placed (PLACED, common/config.py): place the prefix's tokens in the target first (place_prefix), then sample
 PLACING_SAMPLERS = tuple(s + PLACED for s in SAMPLERS)
 
 
@@ -120,14 +121,20 @@ def time_of_mask_share(noise, share: torch.Tensor) -> torch.Tensor:
     return t.clamp(0.0, 1.0)
 
 
-def mask_share_level(noise, prefix_len: int, mask_id: int):
+def mask_share_level(noise, prefix_len: int, mask_id: int, given: torch.Tensor | None = None):
     """Noise level from the sequence itself, for semi-autoregressive blocks: x [B, P + L] -> sigma [B] with
     sigma = sigma_bar(t) and 1 - exp(-sigma_bar(t)) = share of the row's L target positions still masked
     (time_of_mask_share). A block's own grid restarts at t = 1, where the network would be told that the
-    whole target is masked while the blocks to its left are already clean; this tells it the truth."""
+    whole target is masked while the blocks to its left are already clean; this tells it the truth. ``given``
+    (Bool [B, P + L], inserting stages): the given positions are not target positions (never masked), so the
+    share is of the others."""
 
     def level(x: torch.Tensor) -> torch.Tensor:
-        share = (x[:, prefix_len:] == mask_id).to(torch.float64).mean(dim=-1)
+        masked = (x[:, prefix_len:] == mask_id).to(torch.float64)
+        if given is None:
+            share = masked.mean(dim=-1)
+        else:
+            share = masked.sum(dim=-1) / (~given[:, prefix_len:]).sum(dim=-1).clamp_min(1)
         return noise.total(time_of_mask_share(noise, share)).to(torch.float32)
 
     return level
@@ -149,7 +156,19 @@ def _unmask_probability(sigma_t: torch.Tensor, sigma_s: torch.Tensor) -> torch.T
     return torch.expm1(sigma_t - sigma_s) / torch.expm1(sigma_t)
 
 
-def ddpm_steps(denoiser, x, editable, noise, steps, temperature, generator, cache=False, level=None):
+def editable_masks(editable: torch.Tensor, x: torch.Tensor, mask_id: int) -> torch.Tensor:
+    """Bool [B, P + L]: the masked positions a step may fill, ``editable`` ([P + L] for every row, or [B, P + L]
+    per row: an inserting canvas's given positions are not editable) and masked in x."""
+    return (editable if editable.dim() == 2 else editable[None, :]) & (x == mask_id)
+
+
+def told(given: torch.Tensor | None) -> dict:
+    """The denoiser's keyword for given tokens: none without them, so a denoiser that knows no given tokens
+    serves every canvas that has none."""
+    return {} if given is None else {"given": given}
+
+
+def ddpm_steps(denoiser, x, editable, noise, steps, temperature, generator, cache=False, level=None, given=None):
     """Ancestral sampling of the MDLM reverse process (Sahoo et al., 2024, eq. 7). Objective: mdlm.
 
     For a masked position from time t to s < t (sigma_t = sigma_bar(t), sigma_s = sigma_bar(s)):
@@ -173,6 +192,8 @@ def ddpm_steps(denoiser, x, editable, noise, steps, temperature, generator, cach
 
     ``level`` (x -> sigma [B]), when given, is the noise level the network is told instead of sigma_bar(t) of
     the grid (semi-autoregressive blocks, see sample()); it depends on each row alone, so the cache still holds.
+    ``given`` (Bool [B, P + L] or None): clean given tokens told to the network (sample(), inserting stages); the
+    same for every sampler below.
     """
     batch = x.shape[0]
     grid = time_grid(steps)
@@ -181,13 +202,13 @@ def ddpm_steps(denoiser, x, editable, noise, steps, temperature, generator, cach
         sigma64 = noise.total(grid[i : i + 2].to(x.device))
         sigma_t = sigma64[0].to(torch.float32).expand(batch) if level is None else level(x)
         p_unmask = 1.0 if i == steps - 1 else float(_unmask_probability(sigma64[0], sigma64[1]))
-        masked = editable[None, :] & (x == denoiser.mask_id)
+        masked = editable_masks(editable, x, denoiser.mask_id)
         uniform = torch.rand(x.shape, generator=generator, dtype=torch.float64, device=x.device)
         unmask = masked & (uniform < p_unmask)
         rows = unmask.any(dim=-1) if cache else torch.ones(batch, dtype=torch.bool, device=x.device)
         if not rows.any():
             continue
-        log_p0 = denoiser.x0_log_probs(x[rows], sigma_t[rows])
+        log_p0 = denoiser.x0_log_probs(x[rows], sigma_t[rows], **told(None if given is None else given[rows]))
         if not unmask.any():
             continue
         p0 = tempered_log_probs(log_p0, temperature).exp()
@@ -218,11 +239,10 @@ def _jump_from_masks(weights, x, editable, mask_id, last_step, generator):
     else:
         weights[..., mask_id] = (1.0 - weights.sum(-1)).clamp_min(0.0)
     proposal = sample_categorical(weights, generator)
-    update = editable[None, :] & (x == mask_id)
-    return torch.where(update, proposal, x)
+    return torch.where(editable_masks(editable, x, mask_id), proposal, x)
 
 
-def analytic_steps(denoiser, x, editable, noise, steps, temperature, generator, level=None):
+def analytic_steps(denoiser, x, editable, noise, steps, temperature, generator, level=None, given=None):
     """Analytic (Tweedie) tau-leaping of SEDD (Lou et al., 2024, sec. 4.2), absorbing graph. Objective: sedd.
 
     For a masked position from sigma_t to sigma_s, with d = sigma_t - sigma_s and learned ratios
@@ -238,7 +258,7 @@ def analytic_steps(denoiser, x, editable, noise, steps, temperature, generator, 
     for i in range(steps):
         sigma_t = _sigma(noise, grid[i], batch, x.device)
         sigma_s = _sigma(noise, grid[i + 1], batch, x.device)
-        log_score = denoiser.log_score(x, sigma_t, None if level is None else level(x))
+        log_score = denoiser.log_score(x, sigma_t, None if level is None else level(x), **told(given))
         score = _tempered_score(log_score, temperature, denoiser.mask_id)
         growth = torch.expm1(sigma_t - sigma_s)[:, None, None].to(score.dtype)
         weights = score * growth
@@ -246,7 +266,7 @@ def analytic_steps(denoiser, x, editable, noise, steps, temperature, generator, 
     return x
 
 
-def euler_steps(denoiser, x, editable, noise, steps, temperature, generator, level=None):
+def euler_steps(denoiser, x, editable, noise, steps, temperature, generator, level=None, given=None):
     """Euler discretisation of the reverse CTMC (SEDD's EulerPredictor), absorbing graph. Objective: sedd.
 
     The reverse rate out of the mask is sigma'(t) * s_theta(x_t)_y, so over a step dt:
@@ -261,14 +281,14 @@ def euler_steps(denoiser, x, editable, noise, steps, temperature, generator, lev
         t = torch.full((batch,), float(grid[i]), dtype=torch.float64, device=x.device)
         sigma_t = noise.total(t).to(torch.float32)
         rate = noise.rate(t).to(torch.float32)
-        log_score = denoiser.log_score(x, sigma_t, None if level is None else level(x))
+        log_score = denoiser.log_score(x, sigma_t, None if level is None else level(x), **told(given))
         score = _tempered_score(log_score, temperature, denoiser.mask_id)
         weights = score * (dt * rate)[:, None, None].to(score.dtype)
         x = _jump_from_masks(weights, x, editable, denoiser.mask_id, i == steps - 1, generator)
     return x
 
 
-def confidence_steps(denoiser, x, editable, noise, steps, temperature, generator, level=None, penalty=None):
+def confidence_steps(denoiser, x, editable, noise, steps, temperature, generator, level=None, penalty=None, given=None):
     """Low-confidence remasking (MaskGIT; LLaDA's ``low_confidence``; the uncertainty sampler of ATAT).
     Objective: mdlm.
 
@@ -282,26 +302,29 @@ def confidence_steps(denoiser, x, editable, noise, steps, temperature, generator
     """
     batch = x.shape[0]
     grid = time_grid(steps)
-    n_free = (editable[None, :] & (x == denoiser.mask_id)).sum(-1).to(torch.float64)  # [B]
+    n_editable = editable.sum(-1).double()  # per row when editable is
     for i in range(steps):
         sigma_t = _sigma(noise, grid[i], batch, x.device) if level is None else level(x)
-        log_p0 = tempered_log_probs(denoiser.x0_log_probs(x, sigma_t), temperature)
+        log_p0 = tempered_log_probs(denoiser.x0_log_probs(x, sigma_t, **told(given)), temperature)
         proposal = sample_categorical(log_p0.exp(), generator)
         confidence = log_p0.gather(-1, proposal[..., None]).squeeze(-1)
         if penalty is not None:
             confidence = confidence - penalty(x, sigma_t).to(confidence.dtype)
-        masked = editable[None, :] & (x == denoiser.mask_id)
+        masked = editable_masks(editable, x, denoiser.mask_id)
         if i == steps - 1:
             keep_masked = torch.zeros(batch, dtype=torch.long, device=x.device)
         else:
             move_chance = -math.expm1(-float(noise.total(grid[i + 1 : i + 2])[0]))
-            keep_masked = (n_free * move_chance).round().long()  # half to even, as Python's round
+            # round half to even, as Python's round
+            keep_masked = torch.round(n_editable * move_chance).long().to(x.device).expand(batch)
         reveal = (masked.sum(-1) - keep_masked).clamp_min(0)  # <= the masked count: only masks are revealed
         x = torch.where(most_confident(confidence, masked, reveal), proposal, x)
     return x
 
 
-def uncertainty_steps(denoiser, x, editable, noise, steps, temperature, generator, level=None, importance=None):
+def uncertainty_steps(
+    denoiser, x, editable, noise, steps, temperature, generator, level=None, importance=None, given=None
+):
     """Uncertainty-guided unmasking (ATAT's sampler; train/atat.py). Objective: mdlm (an atat run trains the same
     SUBS network and ends its curriculum on the plain MDLM loss).
 
@@ -318,7 +341,9 @@ def uncertainty_steps(denoiser, x, editable, noise, steps, temperature, generato
             "sampler 'uncertainty' needs the importance estimator of an atat run (sample(..., "
             "importance=train.importance.estimator_importance(estimator, prefix_len))); got none"
         )
-    return confidence_steps(denoiser, x, editable, noise, steps, temperature, generator, level, penalty=importance)
+    return confidence_steps(
+        denoiser, x, editable, noise, steps, temperature, generator, level, penalty=importance, given=given
+    )
 
 
 def autoregressive(
@@ -382,18 +407,15 @@ def place_prefix(denoiser, noise, prefix: torch.Tensor, target_len: int) -> torc
 
 
 def finished_target(
-    x: torch.Tensor, prefix: torch.Tensor, mask_id: int, start: torch.Tensor | None = None
+    x: torch.Tensor, prefix: torch.Tensor, mask_id: int, given: torch.Tensor | None = None, canvas=None
 ) -> torch.Tensor:
     """The target of a finished x = [prefix ; target], checked: a sampler that changed the clean prefix or a given
-    token of the target (a token of ``start``, the canvas it began from, that is not the mask), or left a mask, is
-    a bug, not a sample."""
+    token (``given`` Bool [B, L] of ``canvas`` Long [B, L]), or left a mask, is a bug, not a sample."""
     prefix_len = prefix.shape[1]
     if not torch.equal(x[:, :prefix_len], prefix.long()):
         raise AssertionError("the sampler changed the clean prefix (the prompt)")
-    if start is not None:
-        given = start != mask_id
-        if not torch.equal(x[given], start[given]):
-            raise AssertionError("the sampler changed a given token of the target")
+    if given is not None and not torch.equal(x[:, prefix_len:][given], canvas.long()[given]):
+        raise AssertionError("the sampler changed a given token of the canvas")
     if (x[:, prefix_len:] == mask_id).any():
         raise AssertionError("a mask token survived the final step")
     return x[:, prefix_len:]
@@ -410,6 +432,8 @@ def sample(
     block_size: int | None = None,
     generator: torch.Generator | None = None,
     importance=None,
+    given: torch.Tensor | None = None,
+    canvas: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Generate ``target_len`` tokens after the clean ``prefix: Long[B, P]``; returns ``Long[B, target_len]``.
 
@@ -427,6 +451,9 @@ def sample(
     L - P positions. The network is then told the masked share's noise level (mask_share_level), as in blocks:
     the target is not all masked at t = 1. Every prefix token is in the output, in order (retention 1). With no
     prefix (stage 1) it is exactly ``sampler``. Constrained decoding: not a draw from the model's distribution.
+    ``given`` (Bool [B, L]) with ``canvas`` (Long [B, L]): target positions that start clean, holding canvas's
+    tokens, are never edited and are told to the network (model(..., given=...)); an inserting stage's given
+    tokens at their placement (eval/sample.py). The other target positions start masked, as without them.
     """
     if sampler not in SAMPLERS + PLACING_SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS + PLACING_SAMPLERS}")
@@ -437,18 +464,40 @@ def sample(
         sampler, block_size = "ddpm_cache", block_size or -(-target_len // SEMI_AR_BLOCKS)
     prefix_len = prefix.shape[1]
     placed = placed and prefix_len > 0
-    canvas = (  # where the sampler starts: the target all masked, or with the prefix's tokens placed in it
-        place_prefix(denoiser, noise, prefix, target_len)
-        if placed
-        else masked_target(prefix, target_len, denoiser.mask_id)
-    )
-    x = canvas
+    x = masked_target(prefix, target_len, denoiser.mask_id)
+    fixed = None  # the given positions of x = [prefix ; target], Bool [B, P + L]
+    if given is not None:
+        if placed:
+            raise ValueError(
+                f"sampler {sampler}{PLACED} places a re-predicting stage's prefix; this stage has given positions "
+                f"(an inserting stage): use {sampler!r}"
+            )
+        if given.shape != (len(prefix), target_len) or canvas is None or canvas.shape != given.shape:
+            raise ValueError(
+                f"given and canvas must both be [{len(prefix)}, {target_len}], got "
+                f"{tuple(given.shape)} and {None if canvas is None else tuple(canvas.shape)}"
+            )
+        fixed = torch.cat([torch.zeros_like(prefix, dtype=torch.bool), given.to(x.device)], dim=1)
+        x = torch.where(fixed, torch.cat([prefix.long(), canvas.long().to(x.device)], dim=1), x)
+    elif placed:  # the prefix's tokens placed in the target: given from here on, but not told to the network
+        x = place_prefix(denoiser, noise, prefix, target_len)
+        fixed = torch.cat([torch.zeros_like(prefix, dtype=torch.bool), x[:, prefix_len:] != denoiser.mask_id], 1)
+        given, canvas = fixed[:, prefix_len:], x[:, prefix_len:]
     spans, steps_per_block = block_spans(target_len, block_size, steps)
     positions = torch.arange(x.shape[1], device=x.device)
-    level = mask_share_level(noise, prefix_len, denoiser.mask_id) if len(spans) > 1 or placed else None
+    # the level the network is told: an inserting stage's given positions are outside its target (never masked),
+    # so its share is of the others; a re-predicting network reads placed tokens as unmasked target tokens
+    level = None
+    if placed:
+        level = mask_share_level(noise, prefix_len, denoiser.mask_id)
+    elif len(spans) > 1:
+        level = mask_share_level(noise, prefix_len, denoiser.mask_id, fixed)
     for start, end in spans:
         editable = (positions >= prefix_len + start) & (positions < prefix_len + end)
+        if fixed is not None:
+            editable = editable[None, :] & ~fixed
         kwargs = dict(noise=noise, steps=steps_per_block, temperature=temperature, generator=generator, level=level)
+        kwargs["given"] = None if placed else fixed  # placed tokens are told as ordinary unmasked ones
         if sampler in ("ddpm", "ddpm_cache"):
             x = ddpm_steps(denoiser, x, editable, cache=sampler == "ddpm_cache", **kwargs)
         elif sampler == "analytic":
@@ -459,7 +508,7 @@ def sample(
             x = uncertainty_steps(denoiser, x, editable, importance=importance, **kwargs)
         else:
             x = confidence_steps(denoiser, x, editable, **kwargs)
-    return finished_target(x, prefix, denoiser.mask_id, canvas)
+    return finished_target(x, prefix, denoiser.mask_id, given, canvas)
 
 
 # ------------------------------------------------------------------------ remasking (prompted generation)

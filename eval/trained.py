@@ -98,5 +98,7 @@ def load_trained(model_dir, device=torch.device("cpu")) -> Trained:
     )
     if meta["objective"] == "ar":
         return Trained(**parts)
-    denoiser = Denoiser(model, meta["objective"], meta["mask_id"], meta["prefix_len"])
+    # an inserting stage's network reads only its canvas: the prefix_len given tokens sit inside it, not before it
+    network_prefix = 0 if meta.get("stage_form") == "insert" else meta["prefix_len"]
+    denoiser = Denoiser(model, meta["objective"], meta["mask_id"], network_prefix)
     return Trained(**parts, noise=get_noise(meta["noise"]), denoiser=denoiser)

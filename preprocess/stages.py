@@ -10,7 +10,12 @@ first, ties broken by the earlier position, and walked in that order; a position
 id was already taken, except that tokens with priority > 1 (the structural sentence periods) may repeat.
 Stage 2 is the first l2 taken positions and stage 1 the first l1, each put back in text order; stage 3 is
 the whole block. So stage1 ⊂ stage2 ⊂ stage3 as position sets. A block with fewer than l2 taken positions
-is dropped and counted.
+is dropped and counted. The positions are written too (the inserting stage form, docs/design.md):
+
+    stage1_pos[j] = the index in stage2_ids of stage 1's j-th token,   stage2_ids[stage1_pos] == stage1_ids
+    stage2_pos[j] = the index in stage3_ids of stage 2's j-th token,   stage3_ids[stage2_pos] == stage2_ids
+
+each strictly increasing (text order is kept).
 
 A shard that yields no block at all (every document shorter than l3 tokens, or every block dropped) is an
 error naming the shard, l3 and the counts, and writes nothing: training or validating on an empty split
@@ -23,6 +28,7 @@ import argparse
 import time
 from collections import Counter
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -40,6 +46,8 @@ STAGE_SCHEMA = pa.schema(
         ("stage1_ids", pa.list_(pa.int32())),
         ("stage2_ids", pa.list_(pa.int32())),
         ("stage3_ids", pa.list_(pa.int32())),
+        ("stage1_pos", pa.list_(pa.int32())),
+        ("stage2_pos", pa.list_(pa.int32())),
         ("priority", pa.list_(pa.float32())),
     ]
 )
@@ -60,12 +68,25 @@ def select_positions(ids: np.ndarray, priority: np.ndarray, n: int) -> np.ndarra
     return None
 
 
-def split_block(ids: np.ndarray, priority: np.ndarray, l1: int, l2: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """(stage1_ids, stage2_ids) of one block, each in text order; None when the block must be dropped."""
+class Split(NamedTuple):
+    """One block's stages: stage1_ids [l1] and stage2_ids [l2] in text order, stage1_pos [l1] (indices into
+    stage2_ids) and stage2_pos [l2] (indices into the block, stage3_ids), both strictly increasing."""
+
+    stage1_ids: np.ndarray
+    stage2_ids: np.ndarray
+    stage1_pos: np.ndarray
+    stage2_pos: np.ndarray
+
+
+def split_block(ids: np.ndarray, priority: np.ndarray, l1: int, l2: int) -> Split | None:
+    """The stages of one block (Split); None when the block must be dropped."""
     taken = select_positions(ids, priority, l2)
     if taken is None:
         return None
-    return ids[np.sort(taken[:l1])], ids[np.sort(taken)]
+    pos2 = np.sort(taken)
+    # stage 1's block positions are a subset of pos2 (sorted), so searchsorted gives their indices in stage 2
+    pos1 = np.searchsorted(pos2, np.sort(taken[:l1])).astype(np.int32)
+    return Split(ids[pos2[pos1]], ids[pos2], pos1, pos2.astype(np.int32))
 
 
 def no_blocks_error(input_path, out_path, lengths: tuple[int, int, int], counts: Counter) -> InputError:
@@ -117,9 +138,11 @@ def build_stages(input_path: str | Path, out_path: str | Path, lengths: tuple[in
             rows["doc_id"].append(doc_id)
             rows["block"].append(b)
             rows["start"].append(start)
-            rows["stage1_ids"].append(split[0])
-            rows["stage2_ids"].append(split[1])
+            rows["stage1_ids"].append(split.stage1_ids)
+            rows["stage2_ids"].append(split.stage2_ids)
             rows["stage3_ids"].append(block_ids)
+            rows["stage1_pos"].append(split.stage1_pos)
+            rows["stage2_pos"].append(split.stage2_pos)
             rows["priority"].append(block_prio)
             counts["blocks_written"] += 1
     if counts["blocks_written"] == 0:

@@ -17,9 +17,24 @@ from preprocess.stages import build_stages, select_positions, split_block
 def test_highest_priority_first_and_text_order_restored():
     ids = np.array([10, 11, 12, 13, 14, 15])
     prio = np.array([0.1, 0.9, 0.5, 0.7, 0.2, 0.3], dtype=np.float32)
-    s1, s2 = split_block(ids, prio, 2, 4)
+    s1, s2 = split_block(ids, prio, 2, 4)[:2]
     assert s1.tolist() == [11, 13]  # positions 1 (0.9) and 3 (0.7), in text order
     assert s2.tolist() == [11, 12, 13, 15]
+
+
+def test_positions_index_the_next_stage_in_text_order():
+    """stage2_ids[stage1_pos] == stage1_ids and stage3_ids[stage2_pos] == stage2_ids, both strictly increasing."""
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        ids = rng.integers(0, 9, 16)
+        prio = rng.random(16).astype(np.float32)
+        split = split_block(ids, prio, 3, 6)
+        if split is None:
+            continue
+        assert split.stage2_ids[split.stage1_pos].tolist() == split.stage1_ids.tolist()
+        assert ids[split.stage2_pos].tolist() == split.stage2_ids.tolist()
+        assert (np.diff(split.stage1_pos) > 0).all() and (np.diff(split.stage2_pos) > 0).all()
+        assert split.stage1_pos.dtype == split.stage2_pos.dtype == np.int32
 
 
 def test_ties_break_to_the_earlier_position():
@@ -71,6 +86,7 @@ def test_build_stages_rows_stats_and_byte_identical_rerun(tmp_path):
     for row in table.to_pylist():
         assert (len(row["stage1_ids"]), len(row["stage2_ids"]), len(row["stage3_ids"])) == (2, 4, 8)
         assert set(row["stage1_ids"]) <= set(row["stage2_ids"]) <= set(row["stage3_ids"])
+        assert (len(row["stage1_pos"]), len(row["stage2_pos"])) == (2, 4)
         start = row["start"]
         assert row["stage3_ids"] == docs[0][1][start : start + 8].tolist()
     assert json.loads((tmp_path / "stages" / "shard_00000.stats.json").read_text()) == stats | {

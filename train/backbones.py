@@ -12,6 +12,7 @@ Both kinds are called alike, so every loss, sampler and metric works unchanged (
 
     model(x, sigma, prefix_len)               Long[B, L] -> logits Float[B, L, V]
     model(x, sigma, prefix_len, select=m)     logits at the positions of Bool[B, L] m only, [N, V] row-major
+    model(x, sigma, 0, select=m, given=g)     an inserting canvas: Bool[B, L] g marks the given clean tokens
     model.fused, model.num_params(), model.config (ModelConfig | the transformers config)
 
 A masked LM (BERT, RoBERTa, ModernBERT, ... : AutoModelForMaskedLM) is wrapped by MaskedLMDenoiser. It has no
@@ -148,9 +149,11 @@ class MaskedLMDenoiser(nn.Module):
         sigma: torch.Tensor | None = None,
         prefix_len: int = 0,
         select: torch.Tensor | None = None,
+        given: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x Long[B, L] -> logits Float[B, L, V]; with select Bool[B, L], [N, V] at those positions (row-major).
-        sigma and prefix_len change nothing: the network has no time input and sees the prefix as context."""
+        sigma, prefix_len and given change nothing: the network has no time input and no segment embedding; it
+        sees the prefix and given tokens as context."""
         limit = getattr(self.config, "max_position_embeddings", None)
         if limit is not None and x.shape[1] > limit:
             raise ValueError(

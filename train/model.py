@@ -245,22 +245,29 @@ class DiffusionTransformer(nn.Module):
         sigma: torch.Tensor | None = None,
         prefix_len: int = 0,
         select: torch.Tensor | None = None,
+        given: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x Long[B, prefix_len + target_len], sigma Float[B] -> logits Float[B, L, V].
 
         select Bool[B, L] (optional): return logits only at those positions, as [N, V] in row-major order;
         the losses need the vocabulary projection only at masked positions, which saves most of the head.
+        given Bool[B, L] (optional; inserting stages, train/inserting.py): clean tokens placed inside the canvas,
+        marked with prefix_embed as a prefix is: both are the clean tokens the model is conditioned on, and
+        the marker tells a given token from one the noise merely left unmasked.
         """
         B, L = x.shape
         h = self.vocab_embed(x)
         if prefix_len:
             segment = (torch.arange(L, device=x.device) < prefix_len).to(h.dtype)
             h = h + segment[None, :, None] * self.prefix_embed
+        if given is not None:
+            h = h + given[..., None].to(h.dtype) * self.prefix_embed
         h = self.drop_embed(h)
         if sigma is None or not self.config.time_conditioning:
             sigma = torch.zeros(B, device=x.device)
         c = F.silu(self.sigma_map(sigma))
-        if not prefix_len:  # keep prefix_embed in the graph (zero gradient) so DDP finds every parameter used
+        # keep prefix_embed in the graph (zero gradient) so DDP finds every parameter used
+        if not prefix_len and given is None:
             c = c + 0.0 * self.prefix_embed.sum()
         cos, sin = self.rotary(L, x.device, h.dtype)
         fused = fused_ops.use_fused(self.fused, h)

@@ -24,7 +24,8 @@ The hooks (Objective below; each has a default):
     meta()              more config.json keys
 
 LikelihoodObjective is the default: the per-token NELBO (mdlm, sedd; sft masks only answer tokens) or NLL (ar) of
-train/objectives.py. train/atat.py's AtatObjective and train/dpo.py's DPOObjective are the others; objective_for
+train/objectives.py. train/atat.py's AtatObjective, train/dpo.py's DPOObjective and train/inserting.py's
+InsertingObjective (inserting cascade stages) are the others; objective_for
 picks one from the settings. (train/objectives.py holds the losses themselves.)
 
 Determinism: step s's rows come from train/data.py's BatchOrder, its times, masks and prefix shuffles from
@@ -228,7 +229,8 @@ class LikelihoodObjective(Objective):
 
 
 def objective_for(settings, init_dir: str | None = None, reference_dir: str | None = None) -> Objective:
-    """The objective of a run: kind dpo -> train/dpo.py's, objective atat -> train/atat.py's, else likelihood."""
+    """The objective of a run: kind dpo -> train/dpo.py's, objective atat -> train/atat.py's, an inserting cascade
+    stage (stage_form insert, stage > 1) -> train/inserting.py's, else likelihood."""
     if settings.kind == "dpo":
         from train.dpo import DPOObjective
 
@@ -239,4 +241,8 @@ def objective_for(settings, init_dir: str | None = None, reference_dir: str | No
         from train.atat import AtatObjective
 
         return AtatObjective(settings)
+    if settings.stage_form == "insert":
+        from train.inserting import InsertingObjective
+
+        return InsertingObjective(settings)
     return LikelihoodObjective(settings)

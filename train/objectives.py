@@ -57,7 +57,13 @@ class MaskedForward(NamedTuple):
 
 
 def masked_forward(
-    model, x0: torch.Tensor, prefix: torch.Tensor | None, masked: torch.Tensor, sigma: torch.Tensor, mask_id: int
+    model,
+    x0: torch.Tensor,
+    prefix: torch.Tensor | None,
+    masked: torch.Tensor,
+    sigma: torch.Tensor,
+    mask_id: int,
+    given: torch.Tensor | None = None,
 ) -> MaskedForward:
     """Noise x0 with a given mask and run the network where its output is scored:
 
@@ -68,13 +74,19 @@ def masked_forward(
     score entropy give every other position 0), so the output head runs on those N positions only. The scored
     positions are `masked` itself, not x_t == m (a clean x0 token that is the mask id is not scored). The training
     losses (masked_token_losses, sequence_nelbo, train/atat.py) and the validation NELBO (eval/likelihood.py) all
-    call the network through here.
+    call the network through here. given (Bool [B, L], inserting stages; prefix None): the clean tokens placed in
+    the canvas, which the network is told (model(..., given=given)); they must never be masked.
     """
     x_t = torch.where(masked, torch.full_like(x0, mask_id), x0)
     prefix_len = 0 if prefix is None else prefix.shape[1]
     x_in = x_t if prefix is None else torch.cat([prefix, x_t], dim=1)
     select = torch.cat([torch.zeros_like(prefix, dtype=torch.bool), masked], 1) if prefix_len else masked
-    logits = model(x_in, sigma, prefix_len, select=select)  # [N, V], rows in masked-position order
+    if given is None:
+        logits = model(x_in, sigma, prefix_len, select=select)  # [N, V], rows in masked-position order
+    else:
+        if prefix_len:
+            raise ValueError(f"an inserting canvas has no prefix (its given tokens sit inside it), got {prefix_len}")
+        logits = model(x_in, sigma, 0, select=select, given=given)
     return MaskedForward(logits, x0[masked], masked.nonzero(as_tuple=True)[0], masked, x_in)
 
 
@@ -186,6 +198,7 @@ def masked_token_losses(
     noise,
     mask_id: int,
     maskable: torch.Tensor | None = None,
+    given: torch.Tensor | None = None,
 ):
     """Noise x0 at times t and return (loss_i of every masked position, the row of each): the terms whose sum is
     the NELBO (unmasked positions contribute exactly 0 under both objectives, so they are not computed).
@@ -193,12 +206,15 @@ def masked_token_losses(
     The model sees [prefix (clean) ; x_t]; only target positions are noised, and of those only the `maskable`
     ones (Bool [B, L]; None: all): masked_i = u_i < 1 - exp(-sigma) (forward_mask). The output head runs only on
     the masked positions (masked_forward). mdlm: loss_i of mdlm_token_loss; sedd: of sedd_token_loss.
+    given (Bool [B, L], inserting stages): clean tokens the network is told of (masked_forward); never masked.
     """
+    if given is not None:
+        maskable = ~given if maskable is None else maskable & ~given
     if objective not in ("mdlm", "sedd"):
         raise ValueError(f"diffusion objective must be mdlm or sedd, got {objective!r}")
     sigma, dsigma = noise.total(t), noise.rate(t)
     masked = forward_mask(uniform, -torch.expm1(-sigma)[:, None], maskable)
-    out = masked_forward(model, x0, prefix, masked, sigma, mask_id)
+    out = masked_forward(model, x0, prefix, masked, sigma, mask_id, given)
     rows = out.rows
     if objective == "mdlm":
         return mdlm_token_loss(out.logits, out.targets, sigma[rows], dsigma[rows], mask_id, fused_switch(model)), rows
@@ -219,6 +235,7 @@ def diffusion_loss(
     pad_id: int | None = None,
     maskable: torch.Tensor | None = None,
     normalization: str = "token",
+    given: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-target-token NELBO of one (micro-)batch for objective mdlm or sedd (terms: masked_token_losses).
 
@@ -229,11 +246,16 @@ def diffusion_loss(
     prompt, system and user tokens stay clean. normalization "token": sum over the batch's maskable positions /
     their count; "sequence": the mean over rows b of sum_{i in b} loss_i / n_b (each conversation weighs the
     same, whatever its answer length; rows with n_b = 0 count as 0).
+    given (inserting stages, Bool [B, L]): the given tokens, clean, told to the network and not scored, so
+    maskable = not given and the loss is per inserted token (train/inserting.py).
     """
+    if given is not None:
+        maskable = ~given if maskable is None else maskable & ~given
     if pad_id is not None:
         not_pad = x0 != pad_id
         maskable = not_pad if maskable is None else maskable & not_pad
-    token_loss, rows = masked_token_losses(model, objective, x0, prefix, t, uniform, noise, mask_id, maskable)
+    told = {} if given is None else {"given": given}  # the seed's call exactly when there are none
+    token_loss, rows = masked_token_losses(model, objective, x0, prefix, t, uniform, noise, mask_id, maskable, **told)
     # sum over masked positions / all target positions (unmasked positions contribute exactly 0). When nothing
     # is masked the [0, V] logits still carry the graph, so every parameter gets a (zero) gradient (DDP needs it)
     if maskable is None:

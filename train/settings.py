@@ -7,7 +7,9 @@ runs the cross-field checks once, here. The Snakemake rules (resources, inputs, 
 training command both build their settings with resolve(), so they read one truth.
 
 Run kinds:
-    cascade  stages 1, 2, 3; stage k > 1 sees [stage k-1 clean ; noisy stage k]
+    cascade  stages 1, 2, 3; stage k > 1 sees [stage k-1 clean ; noisy stage k] (stage_form repredict), or, with
+             stage_form insert, the stage-k canvas with the stage k-1 tokens clean at their positions and a
+             placement law for those positions (train/inserting.py)
     single   the stage-3 blocks with no prefix
     ar       a causal LM on the stage-3 blocks (objective ar, cross-entropy)
 A single or ar run with `data: wrap | doc` reads unannotated block shards of blocks.length tokens instead of
@@ -35,15 +37,21 @@ DIFFUSION_OBJECTIVES = ("mdlm", "sedd", "atat")
 # tests/test_train_model_equivalence.py), so switching them is a speed choice.
 # dpo_cache_reference likewise: cached reference scores are those the steps would compute (tests/test_dpo.py).
 JOB_ONLY_KEYS = ("gpus", "cpus", "mem_mb", "runtime", "log_with", "fused", "dpo_cache_reference")
-# Fields of one kind or objective (dpo runs, objective atat), None elsewhere and then not part of computing().
-RUN_SECTION_KEYS = ("dpo", "atat")
+# Fields of one kind, objective or form (dpo runs, objective atat, inserting cascade stages), left out of
+# computing() where they hold the value that means "not used here", so adding such a field changes no other run's
+# settings digest: nothing reruns, every checkpoint still resumes.
+ABSENT_VALUES = {"dpo": None, "atat": None, "stage_form": "repredict", "placement": None}
+STAGE_FORMS = ("repredict", "insert")
+PLACEMENTS = ("uniform", "learned")
 
 
 class SettingsError(ValueError):
     """Settings that cannot train; the message names the run and the key."""
 
 
-def compute_matched_steps(stage_steps: list[int], lengths: list[int], block: int | None = None) -> int:
+def compute_matched_steps(
+    stage_steps: list[int], lengths: list[int], block: int | None = None, inserting: bool = False
+) -> int:
     """Steps for a single-stage model on `block`-token blocks (default l3) that costs what a cascade costs.
 
     Cascade stage k trains on sequences of prefix + target = l_{k-1} + l_k tokens (l_0 = 0), so with the
@@ -53,13 +61,14 @@ def compute_matched_steps(stage_steps: list[int], lengths: list[int], block: int
         steps_single = ceil( sum_k steps_k * (l_{k-1} + l_k) / block ).
 
     Example (demo): 800 * (8 + 24 + 48) / 32 = 2,000 steps. (Tokens, not FLOPs: attention's quadratic
-    term is ignored, which is small at these lengths.)
+    term is ignored, which is small at these lengths.) An inserting cascade (``inserting``, stage_form insert)
+    reads only the l_k canvas per example (the given tokens are in it), so its stages count steps_k * l_k.
     """
     if len(stage_steps) != len(lengths):
         raise ValueError(f"one step count per stage: {stage_steps} vs lengths {lengths}")
     tokens, previous = 0, 0
     for steps, length in zip(stage_steps, lengths):
-        tokens += steps * (previous + length)
+        tokens += steps * ((0 if inserting else previous) + length)
         previous = length
     return -(-tokens // (block or lengths[-1]))
 
@@ -86,6 +95,8 @@ class TrainSettings:
     dpo: dict | None  # dpo: the dpo section's DPO_TRAIN_KEYS
     dpo_cache_reference: bool  # dpo: dpo.cache_reference (a speed / memory choice, JOB_ONLY_KEYS)
     atat: dict | None  # objective atat: the atat section (train/atat.py)
+    stage_form: str  # repredict | insert (cascade stages > 1 only; train/inserting.py)
+    placement: str | None  # insert: uniform | learned (train/placement.py); None otherwise
     # the train: keys
     model: str
     backbone: dict
@@ -173,6 +184,28 @@ class TrainSettings:
                     f"own weights (backbone.name); objective {self.objective!r}, pretrained "
                     f"{self.pretrained!r}"
                 )
+        if self.stage_form not in STAGE_FORMS:
+            raise SettingsError(f"{where}.stage_form must be one of {STAGE_FORMS}, got {self.stage_form!r}")
+        if self.stage_form == "insert":
+            if self.kind != "cascade":
+                raise SettingsError(f"{where}.stage_form insert applies to cascade runs, this run is kind {self.kind}")
+            if self.objective not in ("mdlm", "sedd"):
+                raise SettingsError(
+                    f"{where}.stage_form insert trains objective mdlm or sedd on the inserted tokens, "
+                    f"got objective {self.objective!r}"
+                )
+            if self.shuffle_prefix:
+                raise SettingsError(
+                    f"{where}.shuffle_prefix: an inserting stage keeps the given tokens at their positions "
+                    f"(stage_form insert), so there is no prefix order to shuffle; expected false, got true"
+                )
+            if self.stage > 1 and self.placement not in PLACEMENTS:
+                raise SettingsError(f"{where}.placement must be one of {PLACEMENTS}, got {self.placement!r}")
+        if self.placement is not None and not (self.stage_form == "insert" and self.stage > 1):
+            raise SettingsError(
+                f"{where}.placement is the placement law of an inserting stage (stage_form insert, stage 2 or "
+                f"3); this model is {self.name} with stage_form {self.stage_form}, got placement {self.placement!r}"
+            )
         if self.kind == "cascade" and self.data != "stages":
             raise SettingsError(f"{where}.data: a cascade trains on the stage datasets, got {self.data!r}")
         if self.global_batch_size % self.micro_batch_size:
@@ -211,13 +244,13 @@ class TrainSettings:
         return dataclasses.asdict(self)
 
     def computing(self) -> dict:
-        """The settings that decide what the job computes (all but JOB_ONLY_KEYS). The sections only some runs
-        read (RUN_SECTION_KEYS) are left out where they are None, so adding such a section to the code changes no
-        other run's settings: nothing reruns, every checkpoint still resumes."""
+        """The settings that decide what the job computes (all but JOB_ONLY_KEYS). The fields only some runs
+        read (ABSENT_VALUES) are left out where they hold their unused value, so adding such a field to the code
+        changes no other run's settings: nothing reruns, every checkpoint still resumes."""
         return {
             k: v
             for k, v in self.to_dict().items()
-            if k not in JOB_ONLY_KEYS and not (k in RUN_SECTION_KEYS and v is None)
+            if k not in JOB_ONLY_KEYS and not (k in ABSENT_VALUES and v == ABSENT_VALUES[k])
         }
 
     def digest(self) -> str:
@@ -244,7 +277,19 @@ def resolve(config: dict, run: str, stage: int | None = None) -> TrainSettings:
         **{
             k: v
             for k, v in spec.items()
-            if k not in ("kind", "data", "method", "objective", "match_compute", "init_from", "atat", "dpo")
+            if k
+            not in (
+                "kind",
+                "data",
+                "method",
+                "objective",
+                "match_compute",
+                "init_from",
+                "atat",
+                "dpo",
+                "stage_form",
+                "placement",
+            )
         },
     }
     lengths = tuple(config["stages"]["lengths"]) if config.get("stages") else None
@@ -266,12 +311,20 @@ def resolve(config: dict, run: str, stage: int | None = None) -> TrainSettings:
     target = spec.get("match_compute")
     if target is not None:
         stage_steps = [resolve(config, target, k).max_steps for k in (1, 2, 3)]
-        values["max_steps"] = compute_matched_steps(stage_steps, list(lengths), target_len)
+        inserting = runs[target].get("stage_form") == "insert"
+        values["max_steps"] = compute_matched_steps(stage_steps, list(lengths), target_len, inserting)
+        read = "l_k" if inserting else "(l_(k-1) + l_k)"
         steps_source = (
-            f"match_compute: {target} (ceil(sum_k steps_k (l_(k-1) + l_k) / {target_len}) with steps "
+            f"match_compute: {target} (ceil(sum_k steps_k {read} / {target_len}) with steps "
             f"{stage_steps}, lengths {list(lengths)})"
         )
     method = spec.get("method") if data == "stages" else None
+    stage_form, placement = spec.get("stage_form") or "repredict", spec.get("placement")
+    if kind == "cascade" and stage == 1:
+        # stage 1 has no given tokens: the same model in both forms, trained (and digested) as repredict
+        stage_form, placement = "repredict", None
+    elif stage_form == "insert":
+        placement = placement or "uniform"
     return TrainSettings(
         run=run,
         kind=kind,
@@ -289,5 +342,7 @@ def resolve(config: dict, run: str, stage: int | None = None) -> TrainSettings:
         dpo={k: {**config["dpo"], **spec.get("dpo", {})}[k] for k in DPO_TRAIN_KEYS} if kind == "dpo" else None,
         dpo_cache_reference=kind == "dpo" and config["dpo"]["cache_reference"],
         atat={**config["atat"], **spec.get("atat", {})} if spec["objective"] == "atat" else None,
+        stage_form=stage_form,
+        placement=placement,
         **values,
     )

@@ -3,7 +3,8 @@
 Tokens are words w0..w{n-1} plus [EOS] and [MASK] (a tokenizers WordLevel model wrapped in a
 PreTrainedTokenizerFast). Each block is an arithmetic progression x_i = (a + b i) mod n (b in 1..max_stride), so it is
 learnable: a model that has seen a few tokens can fill in the rest. Stage 2 and stage 1 keep a random
-subset of the block's positions (nested, in text order), as preprocess/stages.py would with priorities.
+subset of the block's positions (nested, in text order), as preprocess/stages.py would with priorities, and the
+positions stage1_pos, stage2_pos of each in the next stage (docs/contracts.md).
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ def stage_table(rows: int, lengths: tuple[int, int, int], n_words: int, seed: in
             "stage1_ids": lists(stage1),
             "stage2_ids": lists(stage2),
             "stage3_ids": lists(stage3),
+            # keep1 is a subset of keep2 (both the top of one order), so its indices into stage 2 are a search
+            "stage1_pos": lists(np.stack([np.searchsorted(k2, k1) for k1, k2 in zip(keep1, keep2)])),
+            "stage2_pos": lists(keep2),
             "priority": pa.array(list(priority), type=pa.list_(pa.float32())),
         }
     )
