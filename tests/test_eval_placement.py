@@ -192,10 +192,12 @@ def test_a_changed_given_token_is_a_bug():
     start[:, PREFIX_LEN + 2] = 7
     finished = start.clone()
     finished[:, PREFIX_LEN:] = 3
+    canvas = start[:, PREFIX_LEN:]
+    given = canvas != MASK
     with pytest.raises(AssertionError, match="changed a given token"):
-        finished_target(finished, prefix, MASK, start)
+        finished_target(finished, prefix, MASK, given, canvas)
     finished[:, PREFIX_LEN + 2] = 7
-    assert (finished_target(finished, prefix, MASK, start)[:, 2] == 7).all()
+    assert (finished_target(finished, prefix, MASK, given, canvas)[:, 2] == 7).all()
 
 
 @pytest.mark.parametrize("kind, is_ar", [("single", False), ("ar", True)])
