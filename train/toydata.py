@@ -44,6 +44,8 @@ def stage_table(rows: int, lengths: tuple[int, int, int], n_words: int, seed: in
     keep1 = np.sort(order[:, :l1], axis=1)
     stage2 = np.take_along_axis(stage3, keep2, 1)
     stage1 = np.take_along_axis(stage3, keep1, 1)
+    # keep1 is a subset of keep2 (both the top of one order), so its indices into stage 2 are a search
+    pos1 = np.array([np.searchsorted(k2, k1) for k1, k2 in zip(keep1, keep2)], dtype=np.int64).reshape(rows, l1)
 
     def lists(m):
         return pa.array(list(m.astype(np.int32)), type=pa.list_(pa.int32()))
@@ -56,8 +58,7 @@ def stage_table(rows: int, lengths: tuple[int, int, int], n_words: int, seed: in
             "stage1_ids": lists(stage1),
             "stage2_ids": lists(stage2),
             "stage3_ids": lists(stage3),
-            # keep1 is a subset of keep2 (both the top of one order), so its indices into stage 2 are a search
-            "stage1_pos": lists(np.stack([np.searchsorted(k2, k1) for k1, k2 in zip(keep1, keep2)])),
+            "stage1_pos": lists(pos1),
             "stage2_pos": lists(keep2),
             "priority": pa.array(list(priority), type=pa.list_(pa.float32())),
         }
