@@ -1,7 +1,15 @@
-"""Fixtures shared by the slow tests: one workspace in which the real Snakemake DAG runs every config's offline
-twin (configs/twins/), so that what two twins build alike (the corpus, a tokenizer, packed blocks: data folders
-are named by their settings, common/layout.py) is built once for the whole session, and each config's runs stay
-under runs/{profile}/."""
+"""Fixtures shared by the slow tests: two working directories in which the real Snakemake DAG runs every config's
+offline twin (configs/twins/), so that what twins build alike (the corpus, a tokenizer, annotated shards, packed
+blocks: data folders are named by their settings, common/layout.py) is built once for the whole session, and each
+config's runs stay under runs/{profile}/.
+
+    workspace          configs/tiny.yaml and the twins that share its data folders (sft, insert)
+    recipe_workspace   the cluster recipes' twins (paper, atat, wikihow, atat-wikitext103) and the hub folders they
+                       name (tests/hub_layouts.py): no data folder in common with tiny's
+
+Under `make test` (pytest -n 2 --dist loadgroup) each workspace's tests run on one worker, in order, so its DAG
+fixtures are built once, and the two workspaces fill the two workers side by side with the unit tests.
+"""
 
 import os
 import subprocess
@@ -16,28 +24,39 @@ TWINS = CONFIGS / "twins"
 TINY = (CONFIGS / "tiny.yaml",)
 
 
+WORKSPACES = ("workspace", "recipe_workspace")  # the session's DAG working directories, one xdist group each
+
+
+def workspace_of(item) -> str | None:
+    """The DAG workspace a test uses (through any of its fixtures), None for a unit test; one at most."""
+    used = [name for name in WORKSPACES if name in getattr(item, "fixturenames", ())]
+    if len(used) > 1:
+        raise pytest.UsageError(f"{item.nodeid} uses both {used}: a test builds in one workspace")
+    return used[0] if used else None
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items):
-    """Under `pytest -n 2 --dist loadgroup` (make test), every test that uses the shared workspace runs on one
-    worker, so its DAG fixtures are built once; the other worker takes the unit tests meanwhile. tryfirst: xdist's
-    own hook reads the xdist_group marks into the test ids, so they must be there before it runs (without it each
-    worker built its own workspace, every DAG twice)."""
+    """Under `pytest -n 2 --dist loadgroup` (make test), every test of a workspace runs on one worker, so its DAG
+    fixtures are built once. tryfirst: xdist's own hook reads the xdist_group marks into the test ids, so they
+    must be there before it runs."""
     for item in items:
-        if "workspace" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("workspace"))
+        name = workspace_of(item)
+        if name is not None:
+            item.add_marker(pytest.mark.xdist_group(name))
 
 
 def pytest_runtest_setup(item):
     """Under --dist loadgroup, fail a workspace test that xdist did not group, before its fixtures build anything:
     pytest 9.2 moved the test id out of the attribute that pytest-xdist 3.8 rewrites, and the suite then silently
     built every DAG fixture on both workers (twice the time). constraints.txt pins a pair that works."""
-    if getattr(item.config.option, "loadgroup", False) and "workspace" in item.fixturenames:
-        if "@workspace" not in item.nodeid:
-            pytest.fail(
-                f"pytest-xdist did not put {item.nodeid} in the workspace group: pytest {pytest.__version__} and "
-                f"this pytest-xdist disagree on test ids; install the versions of constraints.txt",
-                pytrace=False,
-            )
+    name = workspace_of(item)
+    if getattr(item.config.option, "loadgroup", False) and name and not item.nodeid.endswith(f"@{name}"):
+        pytest.fail(
+            f"pytest-xdist did not put {item.nodeid} in the {name} group: pytest {pytest.__version__} and this "
+            f"pytest-xdist disagree on test ids; install the versions of constraints.txt",
+            pytrace=False,
+        )
 
 
 def offline_env() -> dict:
@@ -107,17 +126,23 @@ def dry_run_counts(workdir, configfiles, *targets) -> dict:
 
 @pytest.fixture(scope="session")
 def workspace(tmp_path_factory):
-    """The one working directory of the session's DAG runs."""
+    """The working directory of tiny's DAG and of the twins that share its data folders."""
     return tmp_path_factory.mktemp("workspace")
 
 
 @pytest.fixture(scope="session")
-def hub(workspace):
+def recipe_workspace(tmp_path_factory):
+    """The working directory of the cluster recipes' twins (module docstring)."""
+    return tmp_path_factory.mktemp("recipe-workspace")
+
+
+@pytest.fixture(scope="session")
+def hub(recipe_workspace):
     """Local folders in the hub's layouts (tests/hub_layouts.py) under workspace/hub, which the twins of the
     cluster recipes name instead of the hub's tokenizer and models."""
     from hub_layouts import build_hub
 
-    return build_hub(workspace / "hub")
+    return build_hub(recipe_workspace / "hub")
 
 
 @pytest.fixture(scope="session")

@@ -23,11 +23,10 @@ VARIANTS = ("full", "learned", "frequency", "uniform")
 
 
 @pytest.fixture(scope="module")
-def ablation(workspace):
-    """The ablation table of the twin and what it needs, in the session's workspace (the corpus, tokenizer and
-    blocks are those of the other pydoc twins)."""
-    snakemake(workspace, "results/atat-twin/tables/atat.md", configfiles=twin("atat"))
-    return workspace
+def ablation(recipe_workspace):
+    """The ablation table of the twin and what it needs, in the recipes' workspace (tests/conftest.py)."""
+    snakemake(recipe_workspace, "results/atat-twin/tables/atat.md", configfiles=twin("atat"))
+    return recipe_workspace
 
 
 @slow

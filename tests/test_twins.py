@@ -57,8 +57,8 @@ def test_profiles_are_distinct():
         assert profile not in set(recipes.values()) - {recipes[name]}
 
 
-def test_the_wikihow_twin_plans_no_annotation(workspace, hub):
-    counts = dry_run_counts(workspace, twin("wikihow"))
+def test_the_wikihow_twin_plans_no_annotation(recipe_workspace, hub):
+    counts = dry_run_counts(recipe_workspace, twin("wikihow"))
     assert "annotate" not in counts and "stages" not in counts
 
 
@@ -69,7 +69,7 @@ FINETUNE = "cascade-keybert_no_stopword-shuffle-sedd-finetune"  # sedd-small sta
 
 
 @pytest.fixture(scope="module")
-def paper(workspace, hub):
+def paper(recipe_workspace, hub):
     """One job of each kind the paper config has: the three stages of a from-scratch MDLM cascade and of a SEDD
     cascade fine-tuned from the sedd-small folder with shuffled prefixes, the single and AR baselines, sampling with
     two samplers, evaluation by the hub scorer and on validation, on stages annotated with the PyPI models."""
@@ -81,8 +81,8 @@ def paper(workspace, hub):
         f"{PAPER_RUNS}/single/eval/ddpm-4.json",
         f"{PAPER_RUNS}/ar/eval/ar-32.json",
     ]
-    snakemake(workspace, *targets, configfiles=PAPER)
-    return workspace
+    snakemake(recipe_workspace, *targets, configfiles=PAPER)
+    return recipe_workspace
 
 
 @pytest.mark.slow
@@ -126,14 +126,14 @@ ATAT_WT103 = twin("atat-wikitext103")
 
 
 @pytest.mark.slow
-def test_atat_wikitext103_twin_runs_a_variant_and_plans_the_ablation(workspace, hub):
+def test_atat_wikitext103_twin_runs_a_variant_and_plans_the_ablation(recipe_workspace, hub):
     run = "runs/atat-wikitext103-twin/atat-full-s0"
-    snakemake(workspace, f"{run}/eval/uncertainty-4.json", f"{run}/eval/val.json", configfiles=ATAT_WT103)
-    meta = json.loads((workspace / run / "model" / "config.json").read_text())
+    snakemake(recipe_workspace, f"{run}/eval/uncertainty-4.json", f"{run}/eval/val.json", configfiles=ATAT_WT103)
+    meta = json.loads((recipe_workspace / run / "model" / "config.json").read_text())
     assert (meta["training_objective"], meta["atat"]["importance"]) == ("atat", "full")
-    gen = json.loads((workspace / run / "eval" / "uncertainty-4.json").read_text())["metrics"]["gen_ppl"]
+    gen = json.loads((recipe_workspace / run / "eval" / "uncertainty-4.json").read_text())["metrics"]["gen_ppl"]
     assert gen["scorer"] == "hub/gpt2-large"
-    counts = dry_run_counts(workspace, ATAT_WT103)
+    counts = dry_run_counts(recipe_workspace, ATAT_WT103)
     assert counts["train"] == 4 * 3 + 1 - 1 and counts["atat_report"] == 1 and "annotate" not in counts
     assert counts["sample"] == 4 * 3 * 3 + 1 - 1
 

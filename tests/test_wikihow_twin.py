@@ -20,9 +20,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def wikihow(workspace, hub):
-    snakemake(workspace, configfiles=CONFIGS)
-    return workspace
+def wikihow(recipe_workspace, hub):
+    snakemake(recipe_workspace, configfiles=CONFIGS)
+    return recipe_workspace
 
 
 def test_blocks_skip_annotation_and_account_for_every_token(wikihow):
