@@ -116,8 +116,8 @@ def bound_split(val: dict, path) -> dict[str, float]:
     parts = sum(v for m, v in out.items() if m != "bound")
     if not math.isclose(parts, out["bound"], rel_tol=TOLERANCE, abs_tol=TOLERANCE):
         raise InputError(
-            f"{path}: the stages' nats per stage-3 token sum to {parts}, total.nelbo is {out['bound']}: expected "
-            f"equal (total = sum_k nats_k / total.tokens); the file was not written by one eval.evaluate val"
+            f"{path}: the stages' nats per stage-3 token sum to {parts:.6g}, total.nelbo is {out['bound']:.6g}: "
+            f"expected equal (total = sum_k nats_k / total.tokens); the file was not written by one eval.evaluate val"
         )
     return out
 
@@ -210,10 +210,10 @@ def _cell(row: dict, metric: str) -> str:
     mean, sd = row[f"{metric}_mean"], row[f"{metric}_sd"]
     if mean is None:
         return "—"
-    digits = ".4g" if metric == "gen_ppl" else ".3f"
+    digits, sd_digits = (".4g", ".3g") if metric == "gen_ppl" else (".3f", ".3f")
     if metric not in WITH_SPREAD or sd is None:
         return f"{mean:{digits}}"
-    return f"{mean:{digits}} ± {sd:{digits}}"
+    return f"{mean:{digits}} ± {sd:{sd_digits}}"
 
 
 def notes(rows: list[dict]) -> list[str]:
