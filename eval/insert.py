@@ -255,8 +255,13 @@ def notes(rows: list[dict]) -> list[str]:
             f"seeds."
             for v, r in few.items()
         ]
-    commits = sorted({c for r in rows for c in r["code_commit"].split()})
-    lines += ["", f"Runs and seeds per row: insert.csv (runs, seeds); code commit(s): {', '.join(commits) or '-'}."]
+    commits = sorted(
+        {c[:7] + ("+dirty" if c.endswith("+dirty") else "") for r in rows for c in r["code_commit"].split()}
+    )
+    lines += [
+        "",
+        f"Runs and seeds per row: insert.csv (runs, seeds, full commits); code commit(s): {', '.join(commits)}.",
+    ]
     return lines
 
 
