@@ -36,8 +36,17 @@ class ConfigError(ValueError):
 # the others make the preference shard (preprocess/preference.py) or the evaluation (eval/dpo.py).
 DPO_TRAIN_KEYS = ("beta", "loss", "label_smoothing", "sft_weight", "time_samples", "reference")
 # The suffix of the placing samplers (eval.samplers.PLACING_SAMPLERS; defined here, where no torch is loaded):
-# {sampler}_placed places stage k-1's tokens in stage k's target first, so it samples cascade runs only.
+# {sampler}_placed places stage k-1's tokens in stage k's target first, so it samples re-predicting cascade runs
+# only (places_prefix).
 PLACED = "_placed"
+
+
+def places_prefix(spec: dict) -> bool:
+    """Whether a run is sampled by the placing samplers ({sampler}_placed): a cascade whose stages re-predict the
+    previous stage's tokens (stage_form repredict). An inserting cascade (stage_form insert) already keeps them at
+    positions drawn from its placement law (eval/sample.py), and eval.samplers.sample refuses to place them again;
+    a single-stage run has no previous stage."""
+    return spec["kind"] == "cascade" and (spec.get("stage_form") or "repredict") == "repredict"
 
 
 def load_schema() -> dict:
@@ -240,15 +249,17 @@ def _check_whole(config: dict, source: str) -> None:
 
 
 def _check_samplers(config: dict, source: str) -> None:
-    """Placing samplers sample cascade runs only (common.workflow.Plan.run_samplings): a single-stage run needs a
-    plain sampler too, or it would get no samples."""
+    """Placing samplers sample re-predicting cascade runs only (places_prefix; common.workflow.Plan.run_samplings):
+    a single-stage run or an inserting cascade needs a plain sampler too, or it would get no samples."""
     samplers = config["sample"]["samplers"]
-    singles = sorted(name for name, run in config["runs"].items() if run["kind"] == "single")
-    if singles and all(s.endswith(PLACED) for s in samplers):
+    unplaced = sorted(
+        name for name, run in config["runs"].items() if run["kind"] in ("single", "cascade") and not places_prefix(run)
+    )
+    if unplaced and all(s.endswith(PLACED) for s in samplers):
         raise ConfigError(
             f"{source}: sample.samplers = {samplers}: only placing samplers ({{sampler}}{PLACED}), which sample "
-            f"cascade runs only, so the single-stage runs {singles} would get no samples; expected a plain sampler "
-            f"as well (e.g. {samplers[0].removesuffix(PLACED)!r})"
+            f"re-predicting cascade runs only, so the single-stage runs and inserting cascades {unplaced} would get "
+            f"no samples; expected a plain sampler as well (e.g. {samplers[0].removesuffix(PLACED)!r})"
         )
 
 

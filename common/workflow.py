@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from common.config import PLACED, ar_scorer_run, dpo_reference, run_data
+from common.config import PLACED, ar_scorer_run, dpo_reference, places_prefix, run_data
 from common.layout import ANNOTATE_KEYS, Layout
 
 SPLITS = ["train", "validation"]
@@ -130,6 +130,14 @@ class Plan:
         self.sft_runs = [run for run, spec in self.runs.items() if spec["kind"] == "sft"]
         self.dpo_runs = [run for run, spec in self.runs.items() if spec["kind"] == "dpo"]
         self.atat_runs = [run for run, spec in self.runs.items() if spec["objective"] == "atat"]
+        # The inserting comparison (eval/insert.py), in a config with an inserting cascade: every cascade and single
+        # run on the stage shards, so the seed's cascades and the single models are its baselines.
+        inserting = any(spec.get("stage_form") == "insert" for spec in self.runs.values())
+        self.insert_runs = [
+            run
+            for run, spec in self.runs.items()
+            if inserting and spec["kind"] in ("cascade", "single") and run_data(spec) == "stages"
+        ]
         profile = config["profile"]
         self.tables = f"results/{profile}/tables"
         self.plots = f"results/{profile}/plots"
@@ -258,14 +266,15 @@ class Plan:
     # ---- sampling, evaluation, report ----------------------------------------------------------------------
 
     def run_samplings(self, run: str) -> list[tuple]:
-        """(sampler, steps) pairs sampled for a run: every configured pair for cascade runs, the same without the
-        placing samplers ({sampler}_placed: they place stage k-1's tokens, and only a cascade has a stage k-1) for
-        single-stage runs, left-to-right sampling of the whole block for an AR run."""
-        kind = self.runs[run]["kind"]
-        if kind == "ar":
+        """(sampler, steps) pairs sampled for a run: every configured pair for re-predicting cascade runs, the same
+        without the placing samplers ({sampler}_placed: they place stage k-1's tokens in a re-predicting stage's
+        target, common.config.places_prefix) for single-stage runs (no stage k-1) and inserting cascades (which
+        place them by their placement law), left-to-right sampling of the whole block for an AR run."""
+        spec = self.runs[run]
+        if spec["kind"] == "ar":
             return [("ar", self.train[(run, "model")].target_len)]
         sample = self.config["sample"]
-        samplers = [s for s in sample["samplers"] if kind == "cascade" or not s.endswith(PLACED)]
+        samplers = [s for s in sample["samplers"] if places_prefix(spec) or not s.endswith(PLACED)]
         return [(s, n) for s in samplers for n in sample["steps"]]
 
     def model_files(self, run: str) -> list[str]:
@@ -308,7 +317,7 @@ class Plan:
 
     def report_outputs(self) -> list[str]:
         """The tables and plots (the end of the default target); the SFT / DPO / ATAT tables when the config has
-        such runs."""
+        such runs, the inserting comparison when it has an inserting cascade."""
         tables, plots = self.tables, self.plots
         return (
             [f"{tables}/main.{ext}" for ext in ("md", "csv", "tex")]
@@ -316,6 +325,7 @@ class Plan:
             + ([f"{tables}/sft.{ext}" for ext in ("md", "csv")] if self.sft_runs else [])
             + ([f"{tables}/dpo.{ext}" for ext in ("md", "csv")] if self.dpo_runs else [])
             + ([f"{tables}/atat.{ext}" for ext in ("md", "csv")] if self.atat_runs else [])
+            + ([f"{tables}/insert.{ext}" for ext in ("md", "csv")] if self.insert_runs else [])
         )
 
     def sft_before_dir(self, run: str) -> str | None:

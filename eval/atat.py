@@ -42,10 +42,11 @@ from collections import defaultdict
 from pathlib import Path
 
 from common.io import InputError, atomic_path
-from eval.record import ModelRecord, provenance_differs, run_record
+from eval.seeds import Runs, summary
 
 VARIANT_ORDER = ("full", "learned", "frequency", "uniform", "mdlm")
 BASELINE = "uniform"
+VARIANT_KEYS = "atat.importance / objective"  # what a run's variant is read from (its config.json)
 CSV_COLUMNS = [
     "variant",
     "kind",
@@ -79,46 +80,10 @@ def _read_json(path: Path) -> dict:
         raise InputError(f"{path}: not readable JSON ({err})") from err
 
 
-class Runs:
-    """The runs of the table's eval files, each read once through its record (eval.record.run_record): the row
-    group (variant, kind) and seed of an eval file, every (variant, kind, seed) from one run only."""
-
-    def __init__(self):
-        self.records: dict[Path, ModelRecord] = {}
-        self.owners: dict[tuple, Path] = {}
-
-    def of(self, path: Path, result: dict) -> tuple[str, str, int]:
-        """(variant, kind, seed) of the run whose eval file ``path`` (runs/{profile}/{run}/eval/*.json) is."""
-        run_dir = path.parents[1]
-        if run_dir.resolve() not in self.records:
-            self.records[run_dir.resolve()] = run_record(run_dir)
-        record = self.records[run_dir.resolve()]
-        if record.kind is None:
-            raise InputError(f"{record.config}: no key 'kind' (expected cascade or single): the table groups by kind")
-        if record.seed is None:
-            raise InputError(f"{record.config}: no key 'train.seed' (expected an integer): the table groups by seed")
-        prov = result.get("provenance")
-        if isinstance(prov, dict) and provenance_differs(prov, record.provenance):
-            raise InputError(
-                f"{path}: provenance {prov} differs from the record of its run, {record.config}: "
-                f"{record.provenance}; computed from another training: rerun the evaluation"
-            )
-        variant = record.atat_importance or record.objective
-        key = (variant, record.kind, record.seed)
-        owner = self.owners.setdefault(key, run_dir)
-        if owner.resolve() != run_dir.resolve():
-            raise InputError(
-                f"runs {owner} and {run_dir} are both variant {variant}, kind {record.kind}, seed {record.seed} "
-                f"(their config.json atat.importance / objective, kind, train.seed): the table has one value per "
-                f"seed and would keep only one of them; give one of the runs another train.seed"
-            )
-        return key
-
-
 def collect(val_files, sample_files) -> dict:
     """{(variant, kind, metric, sampler, steps): {seed: value}} from the runs' val.json and sample metrics."""
     values: dict = defaultdict(dict)
-    runs = Runs()
+    runs = Runs(variant_of=lambda record: record.atat_importance or record.objective, variant_keys=VARIANT_KEYS)
     for path in map(Path, val_files):
         result = _read_json(path)
         variant, kind, seed = runs.of(path, result)
@@ -138,21 +103,6 @@ def collect(val_files, sample_files) -> dict:
             values[(variant, kind, "gen_ppl", *sampling)][seed] = metrics["gen_ppl"]["value"]
         values[(variant, kind, "entropy", *sampling)][seed] = metrics["unigram_entropy"]["value"]
     return values
-
-
-def summary(by_seed: dict) -> dict:
-    xs = [by_seed[s] for s in sorted(by_seed)]
-    mean = sum(xs) / len(xs)
-    sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else float("nan")
-    return {
-        "n_seeds": len(xs),
-        "seeds": " ".join(map(str, sorted(by_seed))),
-        "mean": mean,
-        "sd": sd,
-        "min": min(xs),
-        "max": max(xs),
-        "values": " ".join(f"{x:.6g}" for x in xs),
-    }
 
 
 def seed_test(a: list[float], b: list[float]) -> tuple[float | str, bool | str]:

@@ -101,6 +101,13 @@ def speed(records: Sequence[dict]) -> dict:
     }
 
 
+def mean_retention(metrics: dict) -> float | None:
+    """The tables' retention of a sample-metrics dict (sample_metrics' output): the mean over consecutive stage
+    pairs of prefix_retention_{k-1}_{k}; None for a run of one stage (nothing to retain)."""
+    values = [v["value"] for k, v in metrics.items() if k.startswith("prefix_retention_")]
+    return sum(values) / len(values) if values else None
+
+
 def stage_names(record: dict) -> list[str]:
     """The stages of a sample record in cascade order, e.g. ['stage1', 'stage2', 'stage3']."""
     names = [key[: -len("_ids")] for key in record if key.startswith("stage") and key.endswith("_ids")]

@@ -1,6 +1,6 @@
 """A model folder's record as eval/ reads it: who trained the model and how, from its config.json. The one place
 eval/ gives the record's keys a meaning (their defaults in older folders included); the evaluation JSONs, the
-report and the SFT, DPO and ATAT tables take them from here.
+report and the SFT, DPO, ATAT and inserting-stage tables take them from here.
 
     from eval.record import ModelRecord, run_record
     r = ModelRecord.read("runs/demo/single/model")   # config.json, checked by train.checkpoint.read_meta
@@ -13,6 +13,9 @@ report and the SFT, DPO and ATAT tables take them from here.
     r.objective           the network's parameterization: mdlm | sedd | ar
     r.training_objective  the run's objective: config.json training_objective, else objective (older folders)
     r.atat_importance     training objective atat: atat.importance (full | learned | frequency | uniform); else None
+    r.stage_form          repredict | insert (config.json stage_form; repredict where absent: older folders,
+                          stage 1, single runs)
+    r.placement           stage_form insert: uniform | learned (config.json placement); else None
     r.backbone            the backbone spec (train.backbones.recorded_backbone: no "backbone" key = {"kind": "dit"})
     r.backbone_kind       "dit" | "masked_lm"
     r.seed                train.seed (None where absent)
@@ -79,6 +82,14 @@ class ModelRecord:
                 f"got {atat!r}"
             )
         return atat["importance"]
+
+    @property
+    def stage_form(self) -> str:
+        return self.meta.get("stage_form") or "repredict"
+
+    @property
+    def placement(self) -> str | None:
+        return self.meta.get("placement") if self.stage_form == "insert" else None
 
     @property
     def backbone(self) -> dict:

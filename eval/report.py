@@ -28,6 +28,7 @@ import math
 from pathlib import Path
 
 from common.io import InputError, atomic_path
+from eval.metrics import mean_retention
 from eval.record import PROVENANCE, provenance_differs  # the keys of eval.record.ModelRecord.provenance
 
 COLUMNS = {  # column -> header in the Markdown / LaTeX tables
@@ -106,7 +107,6 @@ def table_rows(sample_files, val_files) -> list[dict]:
         if "metrics" not in result or "sampler" not in result:
             raise InputError(f"{path}: not a sample-metrics file (no 'metrics' / 'sampler')")
         m = result["metrics"]
-        retention = [v["value"] for k, v in m.items() if k.startswith("prefix_retention_")]
         row = {k: result.get(k) for k in ("run", "kind", "method", "objective", "sampler", "steps")}
         # eval JSONs older than block data have no 'data': they all come from stage shards
         row["data"] = result.get("data", "stages")
@@ -132,7 +132,7 @@ def table_rows(sample_files, val_files) -> list[dict]:
                 "val_ppl_discrete": total.get("ppl_discrete"),
                 "discrete_steps": total.get("discrete_steps"),
                 "gen_ppl": _value(m, "gen_ppl"),
-                "retention": sum(retention) / len(retention) if retention else None,
+                "retention": mean_retention(m),
                 "entropy": _value(m, "unigram_entropy"),
                 "distinct_1": _value(m, "distinct_1"),
                 "distinct_2": _value(m, "distinct_2"),

@@ -276,3 +276,32 @@ rule atat_report:
     shell:
         "python -m eval.atat table --val-metrics {input.val} --sample-metrics {input.samples} --tables {params.tables}"
         " > {log} 2>&1"
+
+
+# The inserting comparison: the seed's cascade, the inserting cascades (per placement law) and the single model,
+# mean and spread over seeds of the bound and its split per stage, and each sampler's gen ppl, retention and
+# entropy (eval/insert.py); planned when the config has an inserting cascade (configs/insert.yaml).
+rule insert_report:
+    input:
+        val=[PLAN.val_metrics(run) for run in PLAN.insert_runs],
+        samples=[f for run in PLAN.insert_runs for f in PLAN.sample_metrics(run)],
+        models=[f for run in PLAN.insert_runs for f in PLAN.model_files(run)],
+    output:
+        md=report(f"{TABLES}/insert.md", category="Tables", labels={"table": "insert", "format": "md"}),
+        csv=report(f"{TABLES}/insert.csv", category="Tables", labels={"table": "insert", "format": "csv"}),
+    log:
+        f"logs/report/{PROFILE}-insert.log",
+    benchmark:
+        f"benchmarks/report/{PROFILE}-insert.tsv"
+    conda:
+        "../envs/train.yaml"
+    threads: 1
+    resources:
+        cpus_per_task=1,
+        mem_mb=2000,
+        runtime=10,
+    params:
+        tables=lambda w, output: parent_dir(output.md),
+    shell:
+        "python -m eval.insert table --val-metrics {input.val} --sample-metrics {input.samples} --tables {params.tables}"
+        " > {log} 2>&1"

@@ -494,15 +494,21 @@ def test_a_from_config_backbone_vocabulary_is_the_tokenizers():
 
 
 def test_placing_samplers_alone_leave_a_single_run_unsampled():
-    """{sampler}_placed samples cascade runs only: a single run needs a plain sampler beside it."""
+    """{sampler}_placed samples re-predicting cascade runs only: a single run or an inserting cascade needs a plain
+    sampler beside it."""
 
-    def config(samplers, runs=("cascade", "single")):
+    def config(samplers, runs=("cascade", "single"), insert=False):
         config = load("config.yaml")
         config["runs"] = {kind: {"kind": kind, "method": "keybert_no_stopword", "objective": "mdlm"} for kind in runs}
+        if insert:
+            config["runs"]["insert"] = {**config["runs"]["cascade"], "stage_form": "insert"}
         config["sample"] = {"samplers": samplers}
         return config
 
-    with pytest.raises(ConfigError, match=r"single-stage runs \['single'\] would get no samples.*'confidence'"):
+    with pytest.raises(ConfigError, match=r"inserting cascades \['single'\] would get no samples.*'confidence'"):
         validate_config(config(["confidence_placed"]))
+    with pytest.raises(ConfigError, match=r"inserting cascades \['insert'\] would get no samples"):
+        validate_config(config(["confidence_placed"], runs=("cascade",), insert=True))
     validate_config(config(["confidence_placed", "ddpm_cache"]))
+    validate_config(config(["confidence_placed", "ddpm_cache"], insert=True))
     validate_config(config(["confidence_placed"], runs=("cascade",)))

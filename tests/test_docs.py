@@ -35,6 +35,7 @@ RICH = {
     "blocks": {"length": 24},
     "runs": {
         "cascade": {"kind": "cascade", "method": "keybert", "objective": "mdlm"},
+        "insert": {"kind": "cascade", "method": "keybert", "objective": "mdlm", "stage_form": "insert"},
         "single": {"kind": "single", "method": "constituency", "objective": "mdlm", "match_compute": "cascade"},
         "wrap": {"kind": "single", "data": "wrap", "objective": "sedd"},
         "ar": {"kind": "ar", "method": "keybert_no_stopword", "objective": "ar"},
