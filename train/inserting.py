@@ -139,29 +139,23 @@ class InsertingObjective(LikelihoodObjective):
     @torch.no_grad()
     def validation_row(self) -> dict:
         """loss: the infill NELBO per inserted token of the EMA weights on the fixed validation draws (as
-        LikelihoodObjective.validate); placement_nats: the law's mean NLL per block on the same rows."""
+        LikelihoodObjective.validate, through validation_sums); placement_nats: the law's mean NLL per block on
+        the same rows."""
         tr = self.trainer
-        acc = tr.acc
-        model = acc.unwrap_model(tr.model)
-        n = min(len(tr.val_data), self.s.eval_batches * tr.global_batch)
-        t, u, _ = self.draw(step_generator(self.s.seed, 0, stream=1), n, shuffle=False)
-        chunks = [slice(i, min(i + tr.micro, n)) for i in range(0, n, tr.micro)]
-        total = torch.zeros(3, device=acc.device, dtype=torch.float64)
-        model.eval()
-        law = acc.unwrap_model(self.extra.module) if self.extra is not None else self.law
+        law = tr.acc.unwrap_model(self.extra.module) if self.extra is not None else self.law
+
+        def score(model, rows, t, u):
+            x0, given, y, positions = self.canvas(tr.val_data, rows)
+            loss = self.infill_loss(model, x0, given, t, u)
+            nats = float(-law.log_prob(y, positions).double().sum())
+            return torch.tensor([float(loss) * len(rows), nats, len(rows)], device=tr.acc.device, dtype=torch.float64)
+
         was_training = getattr(law, "training", False)
         if was_training:
             law.eval()
-        with tr.ema.applied(model):
-            for sl in chunks[acc.process_index :: acc.num_processes]:
-                x0, given, y, positions = self.canvas(tr.val_data, torch.arange(n)[sl])
-                loss = self.infill_loss(model, x0, given, t[sl], u[sl])
-                rows = sl.stop - sl.start
-                nats = float(-law.log_prob(y, positions).double().sum())
-                total += torch.tensor([float(loss) * rows, nats, rows], device=acc.device, dtype=torch.float64)
+        total = self.validation_sums(score, 3)
         if was_training:
             law.train()
-        total = acc.reduce(total, reduction="sum")
         return {"loss": float(total[0] / total[2]), "placement_nats": float(total[1] / total[2])}
 
     def write_outputs(self, out) -> None:

@@ -205,26 +205,35 @@ class LikelihoodObjective(Objective):
         return {"loss": self.validate()}
 
     @torch.no_grad()
-    def validate(self) -> float:
-        """Per-token NELBO (or NLL for AR) of the EMA weights on the first eval_batches x G validation rows,
-        with noise from a fixed generator, so every evaluation of a run scores the same corrupted batches:
-        the mean over rows of each micro-batch's loss weighted by its row count (sums across processes)."""
+    def validation_sums(self, score, width: int) -> torch.Tensor:
+        """Float64[width] sums over the first eval_batches x G validation rows, scored by the EMA weights with noise
+        from a fixed generator (so every evaluation of a run scores the same corrupted batches): score(model, rows,
+        t, u) -> Float64[width] of one micro-batch of rows; the micro-batches are shared among processes and the
+        sums added across them."""
         tr = self.trainer
         acc = tr.acc
         model = acc.unwrap_model(tr.model)
         n = min(len(tr.val_data), self.s.eval_batches * tr.global_batch)
         t, u, _ = self.draw(step_generator(self.s.seed, 0, stream=1), n, shuffle=False)
         chunks = [slice(i, min(i + tr.micro, n)) for i in range(0, n, tr.micro)]
-        total = torch.zeros(2, device=acc.device, dtype=torch.float64)
+        total = torch.zeros(width, device=acc.device, dtype=torch.float64)
         model.eval()
         with tr.ema.applied(model):
             for sl in chunks[acc.process_index :: acc.num_processes]:
-                x0, prefix, answer = self.batch(tr.val_data, torch.arange(n)[sl], None)
-                loss = self.loss(model, x0, prefix, t[sl], u[sl], answer)
-                total += torch.tensor(
-                    [float(loss) * (sl.stop - sl.start), sl.stop - sl.start], device=acc.device, dtype=torch.float64
-                )
-        total = acc.reduce(total, reduction="sum")
+                total += score(model, torch.arange(n)[sl], t[sl], u[sl])
+        return acc.reduce(total, reduction="sum")
+
+    def validate(self) -> float:
+        """Per-token NELBO (or NLL for AR) of the EMA weights on the validation rows (validation_sums): the mean
+        over rows of each micro-batch's loss weighted by its row count."""
+        tr = self.trainer
+
+        def score(model, rows, t, u):
+            x0, prefix, answer = self.batch(tr.val_data, rows, None)
+            loss = self.loss(model, x0, prefix, t, u, answer)
+            return torch.tensor([float(loss) * len(rows), len(rows)], device=tr.acc.device, dtype=torch.float64)
+
+        total = self.validation_sums(score, 2)
         return float(total[0] / total[1])
 
 
