@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import CONFIGS, dry_run_counts, merged_config, snakemake, twin
+from test_atat_pipeline import fake_record
 
 from common.io import InputError
 from eval.insert import table_rows, write_table
@@ -60,25 +61,9 @@ def test_the_recipe_plans_placing_samplers_for_the_seeds_cascade_only(tmp_path):
 
 
 def record(run: str, kind: str, stage: int, seed: int, form: str, placement) -> dict:
-    """A model folder's config.json with the keys read_meta requires and the record's."""
-    meta = {
-        "model": {},
-        "objective": "mdlm",
-        "noise": {"type": "loglinear"},
-        "stage": stage,
-        "prefix_len": 0,
-        "target_len": 8,
-        "vocab_size": 16,
-        "mask_id": 15,
-        "eos_id": 0,
-        "bos_id": 0,
-        "tokenizer": "tokenizer",
-        "run": run,
-        "kind": kind,
-        "settings_digest": f"{run}-digest",
-        "code_commit": "c0ffee",
-        "train": {"seed": seed},
-    }
+    """A model folder's config.json (test_atat_pipeline.fake_record of a plain mdlm run), with an inserting stage's
+    stage_form and placement."""
+    meta = fake_record(run, kind, stage, seed, "mdlm")
     if form == "insert" and stage > 1:
         meta.update(stage_form="insert", placement=placement)
     return meta
