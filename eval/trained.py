@@ -8,7 +8,8 @@
     m.backbone     config.json's backbone kind: "dit" (also when absent) or "masked_lm" (m.record.backbone_kind)
     m.meta         config.json, its keys checked (train.checkpoint.read_meta)
     m.record       the same config.json as eval/record.ModelRecord: provenance, backbone, run, training objective
-    m.tokenizer    the model folder's tokenizer copy (train.checkpoint.model_tokenizer_dir: digest checked)
+    m.tokenizer    the model folder's tokenizer copy (train.checkpoint.model_tokenizer_dir: digest checked),
+                   loaded on first use: a job that needs only ids (validation) never imports transformers (~1 s)
     m.noise        the noise schedule, train.noise.get_noise(meta["noise"])      diffusion only, else None
     m.denoiser     the x_t -> p_theta(x_0 | x_t) and score views (eval/denoiser.py)  diffusion only, else None
     m.is_ar        objective == "ar": sampled left to right, scored as a causal LM
@@ -46,10 +47,18 @@ class Trained:
     model_dir: Path
     model: torch.nn.Module
     meta: dict
-    tokenizer: object
+    loaded_tokenizer: object | None  # None until the first use of .tokenizer
     tokenizer_dir: Path
     noise: object | None = None
     denoiser: Denoiser | None = None
+
+    @property
+    def tokenizer(self):
+        """The tokenizer of tokenizer_dir (transformers' AutoTokenizer), loaded once; None for a stand-in model
+        with no tokenizer folder."""
+        if self.loaded_tokenizer is None and self.tokenizer_dir is not None:
+            self.loaded_tokenizer = load_tokenizer(str(self.tokenizer_dir))
+        return self.loaded_tokenizer
 
     @property
     def record(self) -> ModelRecord:
@@ -93,7 +102,7 @@ def load_trained(model_dir, device=torch.device("cpu")) -> Trained:
         model_dir=Path(model_dir),
         model=model,
         meta=meta,
-        tokenizer=load_tokenizer(str(tokenizer_dir)),
+        loaded_tokenizer=None,
         tokenizer_dir=tokenizer_dir,
     )
     if meta["objective"] == "ar":

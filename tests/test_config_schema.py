@@ -162,41 +162,36 @@ def test_a_run_inherits_train_keys_it_does_not_set():
     assert "lr" not in config["runs"]["ar"] and config["runs"]["ar"]["warmup_steps"] == 7
 
 
-@pytest.mark.parametrize(
-    "override, key, want",
-    [
-        ("train={lr: 0.002}", ("train", "lr"), 0.002),
-        ("train={antithetic: false, log_with: [tensorboard]}", ("train", "antithetic"), False),
-        ("sample={steps: [8, 32]}", ("sample", "steps"), [8, 32]),
-        ("corpus={shards: {train: 4}}", ("corpus", "shards"), {"train": 4, "validation": 1}),
-    ],
-)
-def test_nested_config_values_from_the_command_line_get_their_types(tmp_path, override, key, want):
+NESTED_OVERRIDES = {  # `--config section={key: value}` on the command line: (section, key) -> the value it must reach
+    ("train", "lr"): 0.002,
+    ("train", "antithetic"): False,
+    ("train", "log_with"): ["tensorboard"],
+    ("sample", "steps"): [8, 32],
+    ("corpus", "shards"): {"train": 4, "validation": 1},  # the unset key keeps its default
+}
+
+
+def test_nested_config_values_from_the_command_line_get_their_types(tmp_path):
     """`--config section={key: value}` reaches the jobs with the type the schema asks for (Snakemake itself
-    keeps nested values as strings)."""
+    keeps nested values as strings): floats, booleans, lists of strings and of ints, nested mappings, in one run."""
+    overrides = [
+        "train={lr: 0.002, antithetic: false, log_with: [tensorboard]}",
+        "sample={steps: [8, 32]}",
+        "corpus={shards: {train: 4}}",
+    ]
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "-n",
-            "-s",
-            str(ROOT / "Snakefile"),
-            "-d",
-            str(tmp_path),
-            "--quiet",
-            "rules",
-            "--config",
-            override,
-        ],
+        [sys.executable, "-m", "snakemake", "-n", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path)]
+        + ["--quiet", "rules", "--config", *overrides],
         capture_output=True,
         text=True,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     written = list((tmp_path / ".snakemake" / "cascade").glob("config-*.yaml"))
     assert len(written) == 1
-    value = yaml.safe_load(written[0].read_text())[key[0]][key[1]]
-    assert value == want and type(value) is type(want)
+    config = yaml.safe_load(written[0].read_text())
+    for (section, key), want in NESTED_OVERRIDES.items():
+        value = config[section][key]
+        assert value == want and type(value) is type(want), (section, key, value)
 
 
 def test_a_string_that_is_not_a_number_is_still_refused_by_name():

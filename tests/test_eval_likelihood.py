@@ -79,13 +79,13 @@ def as_trained(model, objective="mdlm", noise_spec=SCHEDULES[0], pad_id=None, ta
     if pad_id is not None:
         meta["pad_id"] = pad_id
     if objective == "ar":
-        return Trained("stage3", None, model, meta, tokenizer=None, tokenizer_dir=None)
+        return Trained("stage3", None, model, meta, loaded_tokenizer=None, tokenizer_dir=None)
     return Trained(
         "stage3",
         None,
         model,
         meta,
-        tokenizer=None,
+        loaded_tokenizer=None,
         tokenizer_dir=None,
         noise=get_noise(noise_spec),
         denoiser=Denoiser(model, objective, mask_id, prefix_len),

@@ -336,7 +336,7 @@ def stand_in(table):
         model_dir=Path("fixed"),
         model=model,
         meta=meta,
-        tokenizer=None,
+        loaded_tokenizer=None,
         tokenizer_dir=None,
         noise=LogLinearNoise(),
         denoiser=Denoiser(model, "mdlm", MASK, 0),

@@ -72,8 +72,12 @@ def as_run(command: str) -> str:
 
 
 RUNNABLE = [(c, linked) for c, linked in commands_with_setup() if c not in PATTERNS]
-# a command the README prints in several places runs once (with the same setup it has the same outcome)
-DISTINCT = list(dict.fromkeys(RUNNABLE))
+# a command the README prints in several places, or as a run and as its dry run, runs once: with the same setup
+# the same command line has the same outcome
+FIRST_OF_EACH_RUN: dict = {}
+for command, linked in RUNNABLE:
+    FIRST_OF_EACH_RUN.setdefault((as_run(command), linked), (command, linked))
+DISTINCT = list(FIRST_OF_EACH_RUN.values())
 
 
 def run_as_printed(command: str, linked: bool, demo, home) -> subprocess.CompletedProcess:
