@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import copy
 import hashlib
+import os
 from pathlib import Path
 
 import yaml
@@ -116,6 +117,23 @@ class Layout:
 
     def preference(self, split: str) -> str:
         return f"{self.data}/preference-{self.preference_tag(split)}/{self.config['sft']['length']}/{split}"
+
+    def zero_shot_tag(self, label: str) -> str:
+        """The tag of one zero-shot corpus entry ({name, path, max_docs}) of the config."""
+        return settings_tag("zero-shot", self.config["zero_shot"]["corpora"][label])
+
+    def zero_shot_blocks_tag(self, label: str) -> str:
+        return settings_tag("blocks", self.zero_shot_raw(label), self.tokenizer)
+
+    def zero_shot_raw(self, label: str) -> str:
+        """data/{name}/zero-shot-{tag}/raw: one zero-shot corpus's evaluation text."""
+        name = self.config["zero_shot"]["corpora"][label]["name"]
+        return f"data/{name}/zero-shot-{self.zero_shot_tag(label)}/raw"
+
+    def zero_shot_blocks(self, label: str, length: int) -> str:
+        """Its text wrapped into blocks of ``length`` tokens by the config's tokenizer."""
+        root = os.path.dirname(self.zero_shot_raw(label))
+        return f"{root}/blocks-{self.zero_shot_blocks_tag(label)}/wrap/{length}"
 
     def run(self, run: str) -> str:
         return f"runs/{self.profile}/{run}"

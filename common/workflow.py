@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from functools import cached_property
 from pathlib import Path
 
@@ -85,6 +86,11 @@ def local_files(source) -> list[str]:
     return sorted(os.path.join(d, f) for d, _, files in os.walk(source) for f in files if not f.startswith("."))
 
 
+def one_of(names) -> str:
+    """A wildcard constraint that matches exactly these strings ("(?!)", matching nothing, for none)."""
+    return "|".join(re.escape(name) for name in names) or "(?!)"
+
+
 def layout_log(path: str) -> str:
     """A data folder's log or benchmark file: the data path under logs/ or benchmarks/, minus data/."""
     return path[len("data/") :]
@@ -138,6 +144,19 @@ class Plan:
             for run, spec in self.runs.items()
             if inserting and spec["kind"] in ("cascade", "single") and run_data(spec) == "stages"
         ]
+        # The zero-shot table: single and AR runs scored on corpora they were not trained on (eval/zero_shot.py).
+        zero_shot = config["zero_shot"]
+        self.zero_shot_corpora = [label for label, corpus in zero_shot["corpora"].items() if corpus is not None]
+        chosen = zero_shot["runs"]
+        if chosen is None:
+            chosen = [run for run, spec in self.runs.items() if spec["kind"] in ("single", "ar")]
+        for run in chosen:
+            if run not in self.runs or self.runs[run]["kind"] not in ("single", "ar"):
+                raise ValueError(
+                    f"zero_shot.runs: {run!r} is not a single or ar run of this config; those are "
+                    f"{[r for r, spec in self.runs.items() if spec['kind'] in ('single', 'ar')]}"
+                )
+        self.zero_shot_runs = chosen if self.zero_shot_corpora else []
         profile = config["profile"]
         self.tables = f"results/{profile}/tables"
         self.plots = f"results/{profile}/plots"
@@ -326,7 +345,32 @@ class Plan:
             + ([f"{tables}/dpo.{ext}" for ext in ("md", "csv")] if self.dpo_runs else [])
             + ([f"{tables}/atat.{ext}" for ext in ("md", "csv")] if self.atat_runs else [])
             + ([f"{tables}/insert.{ext}" for ext in ("md", "csv")] if self.insert_runs else [])
+            + ([f"{tables}/zero_shot.{ext}" for ext in ("md", "csv")] if self.zero_shot_runs else [])
         )
+
+    # ---- zero-shot -----------------------------------------------------------------------------------------
+
+    def zero_shot_label(self, name: str, tag: str) -> str:
+        """The zero-shot corpus label of data/{name}/zero-shot-{tag}/ (a ValueError for a folder that is not one of
+        this config's)."""
+        for label in self.zero_shot_corpora:
+            if self.config["zero_shot"]["corpora"][label]["name"] == name and self.layout.zero_shot_tag(label) == tag:
+                return label
+        raise ValueError(f"data/{name}/zero-shot-{tag}: not a zero-shot corpus of this config; see common/layout.py")
+
+    def zero_shot_raw_shard(self, label: str) -> str:
+        return f"{self.layout.zero_shot_raw(label)}/shard_00000.parquet"
+
+    def zero_shot_block_shard(self, run: str, label: str) -> str:
+        """The zero-shot corpus wrapped into blocks of the run's target length (its single model's l)."""
+        length = self.train[(run, "model")].target_len
+        return f"{self.layout.zero_shot_blocks(label, length)}/shard_00000.parquet"
+
+    def zero_shot_metrics(self, run: str, label: str) -> str:
+        return os.path.join(self.layout.run(run), "eval", "zero_shot", f"{label}.json")
+
+    def zero_shot_results(self) -> list[str]:
+        return [self.zero_shot_metrics(run, label) for run in self.zero_shot_runs for label in self.zero_shot_corpora]
 
     def sft_before_dir(self, run: str) -> str | None:
         """The model folder an sft run started from (previous_stage), or None."""

@@ -112,6 +112,12 @@ def main(argv=None):
         help="also the discrete-T bound with T steps (MDLM's T > 0; mdlm runs, AR exact, sedd null); "
         "default: only the continuous-time bound",
     )
+    v.add_argument(
+        "--blocks",
+        action="store_true",
+        help="the shards are block shards (preprocess/blocks.py, column ids) of the model's target length, scored "
+        "as its x0 whatever it trained on: zero-shot evaluation of a single-stage or AR run",
+    )
     v.add_argument("--seed", type=int, default=0)
     for p in (s, v):
         add_device_arguments(p)
@@ -139,7 +145,9 @@ def main(argv=None):
                 args.seed,
                 device,
                 args.discrete_steps,
+                blocks=args.blocks,
             ),
+            **({"block_shards": list(args.val_shards)} if args.blocks else {}),
         }
     write_json(result, args.out)
     print(json.dumps(result, indent=2)[:2000])

@@ -571,15 +571,29 @@ def run_validation(
     seed: int = 0,
     device=torch.device("cpu"),
     discrete_steps: int | None = None,
+    blocks: bool = False,
 ) -> dict:
     """val.json of a run: every stage's NELBO and the total per stage-3 token; with ``discrete_steps`` also the
-    discrete-T bound of each stage and of the total."""
+    discrete-T bound of each stage and of the total.
+
+    ``blocks``: the shards are unannotated block shards (preprocess/blocks.py, column ids) of the model's target
+    length, scored as its own x0 whatever data it trained on (a single-stage or AR model only: the zero-shot
+    table, rule evaluate_zero_shot); a stage-trained single model reads stage3_ids otherwise."""
     max_blocks = None if max_batches is None else max_batches * batch_size
+    model_dirs = run_model_dirs(run_dir)
+    if blocks and len(model_dirs) != 1:
+        raise InputError(
+            f"{run_dir}: block shards score a single-stage or AR run, this one has {len(model_dirs)} models"
+        )
     stages = {}
-    for model_dir in run_model_dirs(run_dir):
+    for model_dir in model_dirs:
         trained = load_trained(model_dir, device)
         meta = trained.meta
         data, _ = model_data(meta, Path(model_dir) / "config.json")
+        if blocks:
+            if meta["prefix_len"] or meta.get("stage_form") == "insert":
+                raise InputError(f"{model_dir}: block shards have no prefix; this model reads a prefix or a canvas")
+            data = "wrap"
         if meta.get("stage_form") == "insert":
             stages[trained.name] = inserting_stage_nelbo(
                 trained, val_shards, time_samples, batch_size, max_blocks, seed, device, discrete_steps

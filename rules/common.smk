@@ -11,6 +11,7 @@ from common.workflow import (  # noqa: E402 (the Snakefile put the repo on sys.p
     job_resources,
     layout_log,
     local_files,
+    one_of,
     parent_dir,
     train_launcher,
     trigger,
@@ -35,3 +36,8 @@ wildcard_constraints:
     lengths=r"\d+_\d+_\d+",
     packing="wrap|doc",
     block_length=r"\d+",
+    # the zero-shot corpora's folders (common/layout.py): only the config's own, so a folder of other settings
+    # is never written by this config's jobs
+    zs_name=one_of({config["zero_shot"]["corpora"][label]["name"] for label in PLAN.zero_shot_corpora}),
+    zs_tag=one_of(LAYOUT.zero_shot_tag(label) for label in PLAN.zero_shot_corpora),
+    zs_corpus=one_of(PLAN.zero_shot_corpora),

@@ -305,3 +305,66 @@ rule insert_report:
     shell:
         "python -m eval.insert table --val-metrics {input.val} --sample-metrics {input.samples} --tables {params.tables}"
         " > {log} 2>&1"
+
+
+# The zero-shot table (MDLM's): each single and AR run's validation bound on the zero-shot corpora's blocks
+# (eval.evaluate val --blocks: the blocks' ids scored as the model's own target, whatever data it trained on),
+# then one table of the bound per token, perplexity and tokens per (run, corpus), with the corpora's provenance.
+rule evaluate_zero_shot:
+    input:
+        models=lambda w: PLAN.model_files(w.run),
+        shards=lambda w: PLAN.zero_shot_block_shard(w.run, w.zs_corpus),
+    output:
+        f"runs/{PROFILE}/{{run}}/eval/zero_shot/{{zs_corpus}}.json",
+    log:
+        f"logs/{PROFILE}/evaluate/{{run}}/zero_shot/{{zs_corpus}}.log",
+    benchmark:
+        f"benchmarks/{PROFILE}/evaluate/{{run}}/zero_shot/{{zs_corpus}}.tsv"
+    conda:
+        "../envs/train.yaml"
+    threads: EVALUATE["cpus"]
+    resources:
+        **job_resources(EVALUATE),
+    params:
+        run_dir=lambda w, output: parent_dir(output[0], 3),
+        settings=trigger(
+            {
+                **{k: EVALUATE[k] for k in ("val_time_samples", "batch_size", "discrete_steps")},
+                "max_batches": config["zero_shot"]["max_batches"],
+            }
+        ),
+        max_batches=(
+            f"--max-batches {config['zero_shot']['max_batches']}" if config["zero_shot"]["max_batches"] else ""
+        ),
+        discrete=f"--discrete-steps {EVALUATE['discrete_steps']}" if EVALUATE["discrete_steps"] else "",
+        device=device_arg(EVALUATE),
+    shell:
+        "python -m eval.evaluate val --blocks --run-dir {params.run_dir} --val-shards {input.shards}"
+        " --time-samples {params.settings[val_time_samples]} --batch-size {params.settings[batch_size]}"
+        " {params.max_batches} {params.discrete} {params.device} --threads {threads} --out {output} > {log} 2>&1"
+
+
+rule zero_shot_report:
+    input:
+        metrics=PLAN.zero_shot_results(),
+        corpora=[f"{LAYOUT.zero_shot_raw(label)}/stats.json" for label in PLAN.zero_shot_corpora],
+    output:
+        md=report(f"{TABLES}/zero_shot.md", category="Tables", labels={"table": "zero-shot", "format": "md"}),
+        csv=report(f"{TABLES}/zero_shot.csv", category="Tables", labels={"table": "zero-shot", "format": "csv"}),
+    log:
+        f"logs/report/{PROFILE}-zero_shot.log",
+    benchmark:
+        f"benchmarks/report/{PROFILE}-zero_shot.tsv"
+    conda:
+        "../envs/train.yaml"
+    threads: 1
+    resources:
+        cpus_per_task=1,
+        mem_mb=2000,
+        runtime=10,
+    params:
+        tables=lambda w, output: parent_dir(output.md),
+        labels=PLAN.zero_shot_corpora,
+    shell:
+        "python -m eval.zero_shot --metrics {input.metrics} --corpus-stats {input.corpora}"
+        " --corpora {params.labels} --tables {params.tables} > {log} 2>&1"

@@ -185,3 +185,58 @@ rule preference_data:
     shell:
         "python -m preprocess.preference --config {params.config} --split {wildcards.split} --tokenizer {input.tokenizer}"
         " --out {output.shard} --stats {output.stats} > {log} 2>&1"
+
+
+# Zero-shot corpora (the zero_shot section, preprocess/zero_shot.py): each corpus's evaluation text as one raw
+# shard, with its own document grouping and detokenizer; then wrapped into blocks of a scored run's target length
+# by the config's tokenizer (the blocks rule's code). {zs_tag} names the corpus entry (common/layout.py).
+rule zero_shot_corpus:
+    input:
+        # a local path in the corpus's own format: editing its files reruns the job
+        lambda w: local_files(config["zero_shot"]["corpora"][PLAN.zero_shot_label(w.zs_name, w.zs_tag)]["path"]),
+    output:
+        shard="data/{zs_name}/zero-shot-{zs_tag}/raw/shard_00000.parquet",
+        stats="data/{zs_name}/zero-shot-{zs_tag}/raw/stats.json",
+    log:
+        "logs/{zs_name}/zero-shot-{zs_tag}/raw.log",
+    benchmark:
+        "benchmarks/{zs_name}/zero-shot-{zs_tag}/raw.tsv"
+    conda:
+        "../envs/preprocess.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    params:
+        config=CONFIG_FILE,
+        # no settings trigger: the corpus entry's settings are the folder's {zs_tag}
+        corpus=lambda w: PLAN.zero_shot_label(w.zs_name, w.zs_tag),
+    shell:
+        "python -m preprocess.zero_shot --config {params.config} --corpus {params.corpus}"
+        " --out {output.shard} --stats {output.stats} > {log} 2>&1"
+
+
+rule zero_shot_blocks:
+    input:
+        raw="data/{zs_name}/zero-shot-{zs_tag}/raw/shard_00000.parquet",
+        tokenizer=LAYOUT.tokenizer,
+    output:
+        shard="data/{zs_name}/zero-shot-{zs_tag}/blocks-{tag}/wrap/{block_length}/shard_00000.parquet",
+        stats="data/{zs_name}/zero-shot-{zs_tag}/blocks-{tag}/wrap/{block_length}/shard_00000.stats.json",
+    log:
+        "logs/{zs_name}/zero-shot-{zs_tag}/blocks-{tag}/wrap/{block_length}.log",
+    benchmark:
+        "benchmarks/{zs_name}/zero-shot-{zs_tag}/blocks-{tag}/wrap/{block_length}.tsv"
+    conda:
+        "../envs/preprocess.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    params:
+        tag=lambda w: checked_tag(
+            w.tag,
+            LAYOUT.zero_shot_blocks_tag(PLAN.zero_shot_label(w.zs_name, w.zs_tag)),
+            f"zero-shot blocks of data/{w.zs_name}/zero-shot-{w.zs_tag}",
+        ),
+    shell:
+        "python -m preprocess.blocks --packing wrap --length {wildcards.block_length}"
+        " --tokenizer {input.tokenizer} --input {input.raw} --out {output.shard} > {log} 2>&1"

@@ -165,6 +165,54 @@ def write_mdlm_owt(folder: Path, vocab_size: int) -> DiffusionTransformer:
     return model
 
 
+def pydoc_sentences(limit: int = 120) -> list[str]:
+    """Plain sentences of the Python reference (not its first topics, which the twins train on)."""
+    import re
+
+    sentences = []
+    for text in reversed(pydoc_texts()):  # from the end of the manual
+        for sentence in re.split(r"(?<=[.!?])\s+", " ".join(text.split())):
+            if 40 < len(sentence) < 200 and sentence[0].isalpha():
+                sentences.append(sentence)
+    return sentences[:limit]
+
+
+def write_zero_shot_corpora(root: Path) -> dict[str, Path]:
+    """Local files in three corpora's own release formats, from Python reference sentences: the zero-shot twins'
+    sources (preprocess/zero_shot.py reads them as the hub's rows, then groups and detokenizes them as the hub's).
+
+        wikitext-2/wiki.valid.txt   WikiText raw rows: " = Title = " article heads, " = = Section = = " heads,
+                                    blank " " rows, text with " @-@ ", " @,@ " and spaced punctuation
+        ptb/ptb.valid.txt           PTB: one lower-cased sentence per line, tokens spaced, numbers as N, " 's"
+        lambada/lambada_test.jsonl  LAMBADA (OpenAI): one {"text": passage} object per line
+    """
+    import re
+
+    sentences = pydoc_sentences()
+
+    def spaced(sentence: str) -> str:
+        return re.sub(r"([,.;:()])", r" \1 ", sentence).replace("-", " @-@ ")
+
+    wikitext = []
+    for article in range(4):
+        wikitext += [f" = Article {article} = \n", " \n"]
+        for section in range(2):
+            start = (article * 2 + section) * 6
+            text = " ".join(map(spaced, sentences[start : start + 6]))
+            wikitext += [f" = = Section {section} = = \n", " \n", f" {text} \n", " \n"]
+    ptb = [" ".join(re.sub(r"\d+", "N", spaced(s).lower()).replace("'s", " 's").split()) + "\n" for s in sentences]
+    lambada = [json.dumps({"text": " ".join(sentences[i : i + 4])}) + "\n" for i in range(0, len(sentences), 4)]
+    files = {
+        "wikitext2": root / "wikitext-2" / "wiki.valid.txt",
+        "ptb": root / "ptb" / "ptb.valid.txt",
+        "lambada": root / "lambada" / "lambada_test.jsonl",
+    }
+    for name, lines in (("wikitext2", wikitext), ("ptb", ptb), ("lambada", lambada)):
+        files[name].parent.mkdir(parents=True, exist_ok=True)
+        files[name].write_text("".join(lines))
+    return files
+
+
 def build_hub(root: Path) -> Path:
     """Every folder of the module docstring under ``root`` (skipped where it exists: built once per workspace)."""
     root = Path(root)
@@ -175,6 +223,7 @@ def build_hub(root: Path) -> Path:
     write_causal_lm(root / "gpt2-large", tokenizer)
     write_sedd_small(root / "sedd-small", vocab)
     write_mdlm_owt(root / "mdlm-owt", vocab)
+    write_zero_shot_corpora(root)
     (root / ".complete").write_text("")
     return root
 

@@ -3,6 +3,7 @@ runs end to end here: the same rules, runs and keys, with only sizes and sources
 atat and wikihow run their whole DAG, and insert's its table target, in the modules that test their outputs; the two
 cluster recipes (paper, atat-wikitext103) run one job of each kind they have and plan the rest, here."""
 
+import csv
 import json
 
 import pytest
@@ -80,6 +81,7 @@ def paper(recipe_workspace, hub):
         f"{PAPER_RUNS}/{FINETUNE}/eval/val.json",
         f"{PAPER_RUNS}/single/eval/ddpm-4.json",
         f"{PAPER_RUNS}/ar/eval/ar-32.json",
+        "results/paper-twin/tables/zero_shot.csv",
     ]
     snakemake(recipe_workspace, *targets, configfiles=PAPER)
     return recipe_workspace
@@ -107,6 +109,20 @@ def test_paper_twin_runs_each_job_kind(paper, hub):
         (paper / layout(PAPER).annot("keybert_no_stopword", "train") / "shard_00000.stats.json").read_text()
     )
     assert stats["documents_written"] > 0
+
+
+@pytest.mark.slow
+def test_paper_twin_scores_its_single_and_ar_runs_zero_shot(paper):
+    """MDLM's zero-shot table: the single (stage-trained) and AR runs on local WikiText-2 and PTB files, wrapped
+    into blocks of their l3 = 32 tokens; the AR row is the exact NLL, the single run's the NELBO bound."""
+    with open(paper / "results" / "paper-twin" / "tables" / "zero_shot.csv") as f:
+        rows = {(r["corpus"], r["run"]): r for r in csv.DictReader(f)}
+    assert set(rows) == {(c, run) for c in ("wikitext2", "ptb") for run in ("single", "ar")}
+    for (_, run), row in rows.items():
+        assert row["bound"] == ("NLL (exact)" if run == "ar" else "NELBO (upper bound)")
+        assert int(row["block_length"]) == 32 and int(row["tokens"]) > 0 and float(row["ppl"]) > 1
+    result = json.loads((paper / PAPER_RUNS / "ar" / "eval" / "zero_shot" / "ptb.json").read_text())
+    assert result["block_shards"] == [f"{layout(PAPER).zero_shot_blocks('ptb', 32)}/shard_00000.parquet"]
 
 
 @pytest.mark.slow
