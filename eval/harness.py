@@ -92,7 +92,7 @@ from lm_eval.api.registry import register_model
 from eval.likelihood import draw_term, final_denoising_nats, mask_share, stratified_levels
 from eval.trained import Trained, load_trained
 
-log = logging.getLogger("cascade_dllm.harness")
+log = logging.getLogger("lm_eval.models.cascade_dllm")  # under lm_eval: its CLI logging shows it
 MODEL_NAME = "cascade-dllm"
 DEFAULT_MC_NUM = 32
 SE_DEFINITION = (
