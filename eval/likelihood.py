@@ -328,11 +328,15 @@ def final_denoising_nats(
     generator: torch.Generator,
     valid: torch.Tensor | None = None,
     given: torch.Tensor | None = None,
+    uniform: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Float64 [B], R of each block (module docstring): one x per block with each (non-pad) target token masked
     with probability ``share`` = m0 = move(0) / M, then the sum over its masked positions of -log p_theta(x0_i | x)
-    with the network told sigma_bar(0) (Denoiser.x0_log_probs, what the samplers' last step draws from)."""
-    masked = torch.rand(x0.shape, generator=generator).to(x0.device) < share
+    with the network told sigma_bar(0) (Denoiser.x0_log_probs, what the samplers' last step draws from).
+    ``uniform`` [B, L] in [0, 1): the masks' uniforms (u_i < m0), else drawn from ``generator``."""
+    if uniform is None:
+        uniform = torch.rand(x0.shape, generator=generator)
+    masked = uniform.to(x0.device) < share
     if valid is not None:
         masked &= valid
     x_t = torch.where(masked, torch.full_like(x0, trained.meta["mask_id"]), x0)
@@ -350,6 +354,29 @@ def ar_nats(trained: Trained, x0: torch.Tensor, valid: torch.Tensor) -> float:
 
     x_in = torch.cat([torch.full_like(x0[:, :1], trained.meta["bos_id"]), x0[:, :-1]], dim=1)
     return float(ar_token_loss(trained.model(x_in), x0).double()[valid].sum())
+
+
+def draw_term(
+    trained: Trained,
+    x0: torch.Tensor,
+    prefix: torch.Tensor | None,
+    valid: torch.Tensor,
+    level: torch.Tensor,
+    uniform: torch.Tensor,
+    pick: torch.Tensor,
+    given: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Float64 [B], Float64 [B]): one draw's term X = w(S) G(S, t(mu)) per block and its time t(mu) (module
+    docstring): mu = m0 + (1 - m0) ``level`` (v [B] in (0, 1]), S = draw_masks(valid, mu, ``uniform`` [B, L],
+    ``pick`` [B]), w(S) = (1 - m0) n / |S|. E[X] = D over v ~ U(0, 1], u, i*; the mean of K such terms over the
+    stratified levels is block_nats' estimate of D (eval/harness.py draws its own, shared between choices)."""
+    noise = trained.noise
+    share = share_of_level(noise, level)  # mu ~ U(m0, 1], stratified
+    t = time_of_share(noise, share)
+    masked = draw_masks(valid, share, uniform, pick)
+    told = {} if given is None else {"given": given}
+    g = continuous_nats(trained, x0, prefix, t.float().to(x0.device), masked, **told)
+    return draw_weights(masked, valid, float(mask_share(noise, 0.0))) * g, t
 
 
 @torch.no_grad()
@@ -374,13 +401,10 @@ def block_nats(
     continuous = torch.zeros(batch, dtype=torch.float64, device=device)
     discrete = None if discrete_steps is None else torch.zeros_like(continuous)
     for v in stratified_levels(batch, time_samples, generator):
-        share = share_of_level(noise, v)  # mu ~ U(m0, 1], stratified
-        t = time_of_share(noise, share)
         uniform = torch.rand(x0.shape, generator=generator, dtype=torch.float64).to(device)
         pick = torch.rand(batch, generator=generator, dtype=torch.float64)
-        masked = draw_masks(valid, share, uniform, pick)
-        g = continuous_nats(trained, x0, prefix, t.float().to(device), masked, **told)
-        continuous += draw_weights(masked, valid, start) * g / time_samples
+        term, t = draw_term(trained, x0, prefix, valid, v, uniform, pick, **told)
+        continuous += term / time_samples
         if discrete is not None:  # the same mu (as its step), u and i*: common random numbers
             step = step_of_time(t, discrete_steps)
             masked_step = draw_masks(valid, mask_share(noise, step.double() / discrete_steps), uniform, pick)
