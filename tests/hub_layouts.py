@@ -8,6 +8,8 @@ twins (configs/twins/) run the same loading code with nothing fetched:
                        names in pytorch_model.bin), on the gpt2 tokenizer + mask vocabulary
     hub/mdlm-owt       a random tiny DiT in kuleshov-group/mdlm-owt's layout (model_type mdlm, keys under
                        backbone.), same vocabulary
+    hub/wikitext-2, hub/ptb, hub/lambada   zero-shot corpora as local files in their release formats
+                       (write_zero_shot_corpora): the twins' zero_shot sources
 
 Sizes follow train.model.ModelConfig's `tiny` (what the twins train). Build them in a working directory with
 

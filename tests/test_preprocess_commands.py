@@ -15,6 +15,7 @@ DAG_STEPS = {
     "blocks",
     "sft",
     "preference",
+    "zero_shot",
 }  # the commands rules/preprocess.smk runs
 
 

@@ -88,23 +88,26 @@ def test_table_rows_carry_data_digest_seed_and_commit(wikihow):
         assert row["code_commit"] and meta["code_commit"].startswith(row["code_commit"].split("+")[0])
 
 
-def test_the_zero_shot_table_scores_every_run_on_local_wikitext_and_ptb(wikihow, hub):
+def test_the_zero_shot_table_scores_every_run_on_local_wikitext_and_lambada(wikihow, hub):
     """Both corpora from local files in their own formats (tests/hub_layouts.py), grouped and detokenized as the hub
-    rows are, wrapped into the runs' 32-token blocks by the gpt2-layout tokenizer; one row per (corpus, run)."""
+    rows are (every LAMBADA passage: none held out), wrapped into the runs' 32-token blocks by the gpt2-layout
+    tokenizer; one row per (corpus, run)."""
     with open(wikihow / "results" / "wikihow-twin" / "tables" / "zero_shot.csv") as f:
         rows = list(csv.DictReader(f))
     runs = ["mdlm-finetune", "mdlm-owt", "mdlm-scratch"]
-    assert [(r["corpus"], r["run"]) for r in rows] == [(c, run) for c in ("wikitext2", "ptb") for run in runs]
+    assert [(r["corpus"], r["run"]) for r in rows] == [(c, run) for c in ("wikitext2", "lambada") for run in runs]
     paths = layout(CONFIGS)
     for row in rows:
         raw = wikihow / paths.zero_shot_raw(row["corpus"])
         stats = json.loads((raw / "stats.json").read_text())
         shard = pq.read_table(raw / "shard_00000.parquet")
         assert int(row["documents"]) == stats["documents_written"] == shard.num_rows
-        file = "wikitext-2/wiki.valid.txt" if row["corpus"] == "wikitext2" else "ptb/ptb.valid.txt"
+        file = "wikitext-2/wiki.valid.txt" if row["corpus"] == "wikitext2" else "lambada/lambada_test.jsonl"
         assert row["source"] == f"hub/{file}"
         assert row["bound"] == "NELBO (upper bound)" and int(row["block_length"]) == 32
         assert int(row["tokens"]) == 32 * int(row["blocks"]) > 0  # max_batches 1: one batch of blocks
         assert 0 < float(row["nats_per_token"]) < 10 and float(row["ppl"]) > 1
     texts = pq.read_table(wikihow / paths.zero_shot_raw("wikitext2") / "shard_00000.parquet").column("text")
     assert len(texts) == 4 and not any(" @-@ " in t for t in texts.to_pylist())  # 4 articles, detokenized
+    passages = (hub / "lambada" / "lambada_test.jsonl").read_text().splitlines()
+    assert int(next(r for r in rows if r["corpus"] == "lambada")["documents"]) == len(passages)
