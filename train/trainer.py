@@ -204,6 +204,13 @@ class Trainer:
             causal=settings.objective == "ar",
             fused=settings.fused,
         )
+        mlm = getattr(model, "mlm", None)
+        if mlm is not None and hasattr(mlm, "weights_not_in_checkpoint"):
+            self.say(
+                f"pretrained masked LM {spec['name']}: {len(mlm.weights_not_in_checkpoint)} weight(s) not in the "
+                f"checkpoint, newly initialised: {mlm.weights_not_in_checkpoint}; checkpoint weights unused: "
+                f"{mlm.checkpoint_weights_unused}"
+            )
         if settings.pretrained:
             from train.pretrained import load_pretrained
 
