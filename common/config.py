@@ -246,6 +246,17 @@ def _check_whole(config: dict, source: str) -> None:
                 f"{source}: runs.{name}.match_compute = {target!r} must name a cascade run, one of {cascades}"
             )
     _check_samplers(config, source)
+    _check_zero_shot(config, source)
+
+
+def _check_zero_shot(config: dict, source: str) -> None:
+    """zero_shot.runs names single or AR runs: the zero-shot rules score one model folder per run."""
+    scorable = sorted(name for name, run in config["runs"].items() if run["kind"] in ("single", "ar"))
+    for name in config["zero_shot"]["runs"] or []:
+        if name not in scorable:
+            raise ConfigError(
+                f"{source}: zero_shot.runs: {name!r} is not a single or ar run of this config; those are {scorable}"
+            )
 
 
 def _check_samplers(config: dict, source: str) -> None:

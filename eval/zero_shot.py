@@ -66,7 +66,6 @@ def table_rows(metrics: list[str], corpus_stats: dict[str, dict]) -> list[dict]:
         total = result.get("total")
         if not total or "nelbo" not in total:
             raise InputError(f"{path}: no total.nelbo (expected eval.evaluate val --blocks output)")
-        stage = next(iter(result["stages"].values()))
         exact = result["objective"] == "ar"
         rows.append(
             {
@@ -78,7 +77,7 @@ def table_rows(metrics: list[str], corpus_stats: dict[str, dict]) -> list[dict]:
                 "ppl": total["ppl"],
                 "tokens": total["tokens"],
                 "blocks": total["blocks"],
-                "block_length": total["tokens"] // total["blocks"] if total["blocks"] else stage.get("tokens"),
+                "block_length": total["tokens"] // total["blocks"],  # wrap blocks: no padding, blocks > 0
                 "documents": stats["documents_written"],
                 "source": stats["source"],
                 "detokenizer": stats.get("detokenizer"),

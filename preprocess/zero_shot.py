@@ -36,20 +36,7 @@ from pathlib import Path
 
 from common.config import ConfigError, load_config
 from common.io import InputError
-from preprocess.corpus import HUB_CORPORA, hub_documents, refuse_binary_file, write_split
-
-LOCAL_FORMATS = (".txt", ".jsonl", ".parquet")
-
-
-def local_files(path: Path) -> list[Path]:
-    """The files of a zero-shot corpus's local ``path`` (a file, or a folder's files in sorted order)."""
-    if not path.exists():
-        raise InputError(f"{path}: zero-shot corpus path does not exist")
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    wanted = [p for p in files if p.suffix in LOCAL_FORMATS and not p.name.startswith(".")]
-    if not wanted:
-        raise InputError(f"{path}: no {', '.join(LOCAL_FORMATS)} file to read as a zero-shot corpus")
-    return wanted
+from preprocess.corpus import HUB_CORPORA, hub_documents, local_files, refuse_binary_file, write_split
 
 
 def read_rows(file: Path, column: str, keep_linebreaks: bool) -> list:
@@ -89,11 +76,8 @@ def local_loader(path: str, name: str):
     def load(*_hub_location, split=None, **_options):
         import datasets
 
-        rows = [
-            row
-            for file in local_files(Path(path))
-            for row in read_rows(file, spec.text_column, keep_linebreaks=spec.wikitext_articles)
-        ]
+        files, _ = local_files(Path(path))  # preprocess.corpus's: .txt, .jsonl, .parquet, sorted; others ignored
+        rows = [row for file in files for row in read_rows(file, spec.text_column, spec.wikitext_articles)]
         return datasets.Dataset.from_dict({spec.text_column: rows})
 
     return load

@@ -57,6 +57,14 @@ def test_run_data_and_method_are_checked(runs, named):
         validate_config(config)
 
 
+@pytest.mark.parametrize("run", ["cascade", "nosuchrun"])
+def test_zero_shot_runs_are_single_or_ar_runs(run):
+    config = load("config.yaml")
+    config["zero_shot"] = {"corpora": {"ptb": {"name": "ptb"}}, "runs": ["single", run]}
+    with pytest.raises(ConfigError, match=rf"zero_shot.runs: '{run}' is not a single or ar run.*\['ar', 'single'\]"):
+        validate_config(config)
+
+
 def test_block_runs_need_no_stages_but_a_block_length():
     config = {"runs": {"s": {"kind": "single", "data": "wrap", "objective": "mdlm"}}}
     with pytest.raises(ConfigError, match="needs blocks.length"):
