@@ -231,11 +231,9 @@ class CascadeLM(LM):
     def _generation_settings(self, gen_length, steps, block_length, remasking, eos_guard) -> dict:
         """gen_length, steps, remasking, eos_guard: model_args, else eval.generate.generation_defaults (config.json
         "generation", else its fallback); block_length: model_args or none."""
-        from eval.generate import REMASKING, generation_defaults
+        from eval.generate import FALLBACK, REMASKING, generation_defaults
 
-        defaults = {"gen_length": 128, "steps": 128, "remasking": "low_confidence", "eos_guard": False}
-        if not self.trained.is_ar:
-            defaults, _ = generation_defaults(self.trained)
+        defaults = dict(FALLBACK) if self.trained.is_ar else generation_defaults(self.trained)[0]
         settings = {
             "gen_length": positive_int(gen_length, "gen_length", True) or defaults["gen_length"],
             "gen_length_given": gen_length is not None,
