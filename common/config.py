@@ -211,6 +211,11 @@ def _check_whole(config: dict, source: str) -> None:
         _check_backbone_tokenizer(config, name, source)
     for name, run in config["runs"].items():
         _check_stage_form(name, run, source)
+        if run["pairs"] != "source" and run["kind"] != "dpo":
+            raise ConfigError(
+                f"{source}: runs.{name}.pairs = {run['pairs']!r} chooses a dpo run's training pairs; this run is "
+                f"kind {run['kind']}: leave pairs out"
+            )
         if run["kind"] in ("sft", "dpo") or run.get("init_from") is not None:
             _check_post_training_run(config, name, run, source)
             continue
@@ -557,8 +562,11 @@ def _check_backbone_tokenizer(config: dict, name: str, source: str) -> None:
 
 def run_data(spec: dict) -> str:
     """What a run trains on: the stage datasets for a cascade, the SFT canvases for an sft run, the preference
-    pairs for a dpo run, else its `data` (stages | wrap | doc)."""
-    return {"cascade": "stages", "sft": "sft", "dpo": "preference"}.get(spec["kind"], spec.get("data", "stages"))
+    pairs for a dpo run (dpo.source's, or own_pairs: made from its start model's answers, pairs: own_answers),
+    else its `data` (stages | wrap | doc)."""
+    if spec["kind"] == "dpo":
+        return "own_pairs" if spec.get("pairs", "source") == "own_answers" else "preference"
+    return {"cascade": "stages", "sft": "sft"}.get(spec["kind"], spec.get("data", "stages"))
 
 
 def block_length(config: dict) -> int | None:

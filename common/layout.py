@@ -138,6 +138,11 @@ class Layout:
     def run(self, run: str) -> str:
         return f"runs/{self.profile}/{run}"
 
+    def own_pairs(self, run: str) -> str:
+        """runs/{profile}/{run}/pairs/train: the pairs a dpo run with pairs: own_answers made from its start
+        model's answers (eval/own_pairs.py); under the run, since they depend on a model, not on data settings."""
+        return f"{self.run(run)}/pairs/train"
+
 
 def merge_config(base: dict, over: dict) -> dict:
     """``over`` merged into ``base`` in place, key by key (nested mappings merged, anything else replaced), as

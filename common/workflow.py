@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 from common.config import PLACED, ar_scorer_run, dpo_reference, places_prefix, run_data
-from common.layout import ANNOTATE_KEYS, Layout
+from common.layout import ANNOTATE_KEYS, PREFERENCE_DATA_KEYS, Layout, split_settings
 
 SPLITS = ["train", "validation"]
 WEIGHTS = ("model.safetensors", "config.json")  # the files of a trained model folder (docs/contracts.md)
@@ -135,6 +135,7 @@ class Plan:
         self.methods = config["annotate"]["methods"] if self.has_stages else []
         self.sft_runs = [run for run, spec in self.runs.items() if spec["kind"] == "sft"]
         self.dpo_runs = [run for run, spec in self.runs.items() if spec["kind"] == "dpo"]
+        self.own_pairs_runs = [run for run in self.dpo_runs if run_data(self.runs[run]) == "own_pairs"]
         self.atat_runs = [run for run, spec in self.runs.items() if spec["objective"] == "atat"]
         # The inserting comparison (eval/insert.py), in a config with an inserting cascade: every cascade and single
         # run on the stage shards, so the seed's cascades and the single models are its baselines.
@@ -181,14 +182,40 @@ class Plan:
         sft.length."""
         return [f"{self.layout.preference(split)}/shard_00000.parquet"]
 
+    def own_pairs_shard(self, run: str) -> str:
+        """The training pairs of a dpo run with pairs: own_answers (rule own_pairs)."""
+        return f"{self.layout.own_pairs(run)}/shard_00000.parquet"
+
+    def own_pairs_start(self, run: str) -> str:
+        """The model folder whose answers make a dpo run's own pairs: its start, init_from's folder."""
+        return self.previous_stage(self.train[(run, "model")])
+
+    def own_pairs_inputs(self, wildcards) -> dict:
+        """Rule own_pairs: the start model's files (a new start model means new pairs) and the tokenizer."""
+        start = self.own_pairs_start(wildcards.run)
+        return {"model": [f"{start}/{name}" for name in WEIGHTS], "tokenizer": self.layout.tokenizer}
+
+    def own_pairs_settings(self) -> dict:
+        """What rule own_pairs computes from beside its input files: dpo.source's training prompts (the data keys
+        of its train split), dpo.own_answers, and the sft section's canvas length and generation settings."""
+        dpo, sft = self.config["dpo"], self.config["sft"]
+        return {
+            **split_settings(dpo, PREFERENCE_DATA_KEYS, "train"),
+            "own_answers": dpo["own_answers"],
+            **{k: sft[k] for k in ("length", "gen_length", "eval_steps", "remasking", "eos_guard")},
+        }
+
     def run_data_shards(self, run: str, split: str) -> list[str]:
         """What a run trains and validates on: its method's stage shards, the block shards of its packing, the
-        SFT canvases or the preference pairs."""
+        SFT canvases or the preference pairs (a dpo run with pairs: own_answers trains on its own pairs and
+        validates on dpo.source's held-out pairs, as every dpo run of the config does)."""
         data = run_data(self.runs[run])
         if data == "sft":
             return self.sft_shards(split)
-        if data == "preference":
+        if data == "preference" or (data == "own_pairs" and split == "validation"):
             return self.preference_shards(split)
+        if data == "own_pairs":
+            return [self.own_pairs_shard(run)]
         if data == "stages":
             return self.stage_shards(self.runs[run]["method"], split)
         return self.block_shards(data, split)

@@ -206,6 +206,8 @@ def evaluate_dpo(
         "init_from": str(before_dir),
         "reference": str(reference_dir),
         "source": source,
+        # the training pairs: dpo.source's, or the start model's own answers (eval/own_pairs.py)
+        "pairs": "own answers" if record.data == "own_pairs" else "source",
         "judge": "task check" if source and source.startswith("task:") else "exact match with chosen",
         "settings": {
             "n_pairs": n_pairs,
@@ -248,6 +250,7 @@ TABLE_COLUMNS = [
     "run",
     "backbone",
     "source",
+    "pairs",
     "judge",
     "init_from",
     "loss",
@@ -281,6 +284,7 @@ def table_rows(paths) -> list[dict]:
                 "run": result["run"],
                 "backbone": backbone_name(result["backbone"]),
                 "source": result["source"],
+                "pairs": result.get("pairs", "source"),  # a dpo.json from before own-answer pairs: source pairs
                 "judge": result["judge"],
                 "init_from": result["init_from"],
                 "loss": settings["loss"],

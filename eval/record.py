@@ -60,6 +60,11 @@ class ModelRecord:
         return self.meta.get("method")
 
     @property
+    def data(self) -> str | None:
+        """What the model trained on (common.config.run_data): stages | wrap | doc | sft | preference | own_pairs."""
+        return self.meta.get("data")
+
+    @property
     def steps(self) -> int | None:
         return self.meta.get("steps")
 

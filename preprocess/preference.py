@@ -66,7 +66,7 @@ import random
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -304,12 +304,16 @@ def build(
     stats_path: str | Path | None = None,
     load: Callable = None,
     progress: bool = True,
+    items: Iterable[Item] | None = None,
+    more_stats: Callable[[int], dict] | None = None,
 ) -> dict:
     """Write the preference shard of ``split`` (Parquet, PAIR_SCHEMA, atomically, one row group per batch) and its
     stats JSON (default: ``<shard>.stats.json`` beside it). Returns the stats.
 
     ``dpo`` is the filled ``dpo`` config section, ``length`` the canvas length (``sft.length``); ``load`` replaces
-    ``datasets.load_dataset`` (tests).
+    ``datasets.load_dataset`` (tests). ``items`` replaces the source's pairs (iter_split) with other Pair / Skipped
+    items, e.g. pairs of a model's own answers (eval/own_pairs.py), which pass the same checks; ``more_stats(pairs
+    written)``, called once they are all read, adds its keys to the stats.
     """
     import jinja2
 
@@ -379,7 +383,7 @@ def build(
         return rows
 
     with atomic_path(out_path) as tmp:
-        total = (dpo["n_train"] if split == "train" else dpo["n_validation"]) if is_task else None
+        total = (dpo["n_train"] if split == "train" else dpo["n_validation"]) if is_task and items is None else None
         with tqdm(
             total=total,
             desc=f"preference {split} -> {out_path.name}",
@@ -387,7 +391,8 @@ def build(
             disable=not progress,
             file=sys.stderr,
         ) as bar:
-            read, written = write_records(iter_split(dpo, split, load=load), rows_of, PAIR_SCHEMA, tmp, skip, bar)
+            pairs = iter_split(dpo, split, load=load) if items is None else items
+            read, written = write_records(pairs, rows_of, PAIR_SCHEMA, tmp, skip, bar)
         if written == 0:
             raise InputError(
                 f"{out_path}: no preference pair for split {split!r} from {source}: {read} records read, skipped "
@@ -401,9 +406,10 @@ def build(
         "records_read": read,
         "records_written": written,
         **skip.stats(),
-        "rejections": {rule: rejections[rule] for rule in REJECTION_RULES if rejections[rule]},
+        "rejections": dict(sorted(rejections.items())),
         "chosen_tokens": counts["chosen_tokens"],
         "rejected_tokens": counts["rejected_tokens"],
+        **(more_stats(written) if more_stats else {}),
         "seconds": round(time.perf_counter() - t0, 3),
     }
     assert read == written + sum(skip.counts.values())

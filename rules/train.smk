@@ -17,6 +17,38 @@
 TRAIN = PLAN.train
 
 
+# The training pairs of a dpo run with pairs: own_answers: its start model answers dpo.source's training prompts
+# dpo.own_answers.samples times, the task's judge picks a chosen and a rejected answer (eval/own_pairs.py). The
+# start model's files are inputs, so a new start model (a retrained SFT run, or round r - 1's DPO model) means
+# new pairs.
+rule own_pairs:
+    input:
+        unpack(PLAN.own_pairs_inputs),
+        source=local_files(config["dpo"]["source"]),
+    output:
+        shard=f"runs/{PROFILE}/{{run}}/pairs/train/shard_00000.parquet",
+        stats=f"runs/{PROFILE}/{{run}}/pairs/train/shard_00000.stats.json",
+    log:
+        f"logs/{PROFILE}/own_pairs/{{run}}.log",
+    benchmark:
+        f"benchmarks/{PROFILE}/own_pairs/{{run}}.tsv"
+    wildcard_constraints:
+        run=one_of(PLAN.own_pairs_runs),
+    conda:
+        "../envs/train.yaml"
+    threads: config["evaluate"]["cpus"]
+    resources:
+        **job_resources(config["evaluate"]),
+    params:
+        config=CONFIG_FILE,
+        settings=trigger(PLAN.own_pairs_settings()),
+        model=lambda w: PLAN.own_pairs_start(w.run),
+        device=device_arg(config["evaluate"]),
+    shell:
+        "python -m eval.own_pairs --config {params.config} --model-dir {params.model} --tokenizer {input.tokenizer}"
+        " --out {output.shard} --stats {output.stats} {params.device} --threads {threads} > {log} 2>&1"
+
+
 rule train:
     input:
         unpack(PLAN.train_inputs),

@@ -43,6 +43,7 @@ RICH = {
         "atat": {"kind": "single", "method": "keybert", "objective": "atat"},
         "sft": {"kind": "sft", "objective": "mdlm", "init_from": "single"},
         "dpo": {"kind": "dpo", "objective": "mdlm", "init_from": "sft"},
+        "dpo-own": {"kind": "dpo", "objective": "mdlm", "init_from": "sft", "pairs": "own_answers"},
     },
     "zero_shot": {"corpora": {"ptb": {"name": "ptb"}}},
 }

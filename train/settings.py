@@ -17,7 +17,8 @@ the stage-3 blocks (preprocess/blocks.py); it has no method.
     sft      question/answer canvases of sft.length tokens (preprocess/sft.py; data "sft"): only answer tokens
              are masked and carry loss; starts from init_from's model folder or the backbone's own weights
     dpo      Diffusion-DPO on preference pairs of sft.length-token canvases (preprocess/preference.py; data
-             "preference"), from init_from's model folder against a frozen reference (train/dpo.py)
+             "preference"; with pairs: own_answers, pairs of its start model's own answers, data "own_pairs",
+             eval/own_pairs.py), from init_from's model folder against a frozen reference (train/dpo.py)
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ class TrainSettings:
     # what is trained
     run: str
     kind: str
-    data: str  # stages | wrap | doc | sft (what the run reads; cascades: stages)
+    data: str  # stages | wrap | doc | sft | preference | own_pairs (common.config.run_data; cascades: stages)
     method: str | None  # the stage shards' priority method (None for data wrap | doc)
     objective: str
     stage: int  # 1..3 for a cascade; 3 for single / ar (they model the stage-3 blocks)
@@ -281,6 +282,7 @@ def resolve(config: dict, run: str, stage: int | None = None) -> TrainSettings:
             not in (
                 "kind",
                 "data",
+                "pairs",  # read through run_data: data preference | own_pairs
                 "method",
                 "objective",
                 "match_compute",
@@ -306,6 +308,7 @@ def resolve(config: dict, run: str, stage: int | None = None) -> TrainSettings:
             "stages": lengths[2] if lengths else None,
             "sft": config["sft"]["length"],
             "preference": config["sft"]["length"],
+            "own_pairs": config["sft"]["length"],
         }.get(data, block_length(config))
     steps_source = f"runs.{run}.max_steps" if "max_steps" in spec else "train.max_steps"
     target = spec.get("match_compute")

@@ -1,0 +1,174 @@
+"""Preference pairs from a model's own answers (eval/own_pairs.py): which answers become chosen and rejected, the
+counted skips, the stats that say what the pairs look like (checked against scripted answers, by hand), and, on a
+real model folder, that a rejected answer is exactly the model's own first refused draw."""
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+from test_generate import write_folder
+from test_preference_data import dpo_config
+from test_sft_data import bpe_tokenizer
+
+import eval.generate
+from common.chat import prompt_ids
+from common.io import read_parquet
+from common.tasks import reference_answer
+from eval.own_pairs import REJECTION, Tally, build_own_pairs, own_answer_items, pair_from_answers
+from eval.trained import load_trained
+from preprocess.preference import Pair, build, iter_split
+from preprocess.records import Skipped
+
+SFT = {"length": 256, "gen_length": 8, "eval_steps": 4, "remasking": "low_confidence", "eos_guard": True}
+GENERATION = {"gen_length": 8, "steps": 4, "remasking": "low_confidence", "eos_guard": True}
+
+
+def own(**over):
+    return {
+        "samples": 4, "prompts": None, "temperature": 0.7, "reference_fallback": True, "batch_size": 16, "seed": 3,
+        **over,
+    }  # fmt: skip
+
+
+PROMPT = [{"role": "user", "content": "Reverse the words: a b"}]
+SOURCE = Pair("p0", PROMPT, "b a", "", "")
+
+
+@pytest.mark.parametrize(
+    "verdicts, fallback, expected",
+    [
+        ([False, True, False, True], True, ("ans1", "ans0")),  # the first accepted, the first refused
+        ([True, True, False, False], True, ("ans0", "ans2")),
+        ([False, False, False, False], True, ("b a", "ans0")),  # none accepted: the reference
+        ([False, False, False, False], False, "no_correct_answer"),
+        ([True, True, True, True], True, "no_wrong_answer"),
+    ],
+)
+def test_the_first_accepted_answer_is_chosen_and_the_first_refused_rejected(verdicts, fallback, expected):
+    item = pair_from_answers(SOURCE, [f"ans{j}" for j in range(4)], verdicts, fallback)
+    if isinstance(expected, str):
+        assert isinstance(item, Skipped) and item.reason == expected and item.record_id == "p0"
+    else:
+        assert isinstance(item, Pair) and (item.chosen, item.rejected) == expected
+        assert item.prompt == PROMPT and item.rejection == REJECTION
+
+
+# Per prompt (cycling): which of its K = 4 answers are right (the correct reversal) or wrong.
+PATTERNS = [
+    [False, True, False, True],  # a pair from samples; first wrong at draw 1
+    [True, True, False, True],  # a pair from samples; first wrong at draw 3
+    [True, True, True, True],  # no_wrong_answer
+    [False, False, False, False],  # the reference is chosen; first wrong at draw 1
+]
+
+
+def scripted_generate(calls):
+    """A stand-in for eval.generate.generate: answer j of prompt i is the reversal of its last user turn's words
+    when PATTERNS says so, else those words unreversed with a marker; records its arguments."""
+
+    def generate(trained, prompts, gen_length, steps, **options):
+        calls.append({"n": len(prompts), "gen_length": gen_length, "steps": steps, **options})
+        out = []
+        for p, ids in enumerate(prompts):
+            text = trained.tokenizer.decode(ids)
+            words = text.split("Reverse the words:")[-1].split("<|")[0].split()
+            i, j = divmod(p, 4)
+            right = PATTERNS[i % len(PATTERNS)][j]
+            out.append({"answer": " ".join(reversed(words)) if right else f"{' '.join(words)} wrong{j}"})
+        return out
+
+    return generate
+
+
+def test_scripted_answers_make_the_pairs_and_the_stats(monkeypatch, tmp_path):
+    tok = bpe_tokenizer()
+    calls = []
+    monkeypatch.setattr(eval.generate, "generate", scripted_generate(calls))
+    dpo = {**dpo_config("task:reverse", n_train=8), "own_answers": own()}
+    tally = Tally(samples=4)
+    trained = SimpleNamespace(tokenizer=tok)
+    items = own_answer_items(trained, iter_split(dpo, "train"), "task:reverse", dpo["own_answers"], GENERATION, tally)
+    out = tmp_path / "shard_00000.parquet"
+
+    def more_stats(written):
+        return tally.stats(written)
+
+    stats = build(dpo, SFT["length"], tok, "train", out, items=items, more_stats=more_stats)
+    # one generate call for the 8 prompts x K = 4 answers, at the own_answers temperature and seed, with the
+    # sft section's generation settings
+    assert calls == [
+        {"n": 32, "gen_length": 8, "steps": 4, "remasking": "low_confidence", "temperature": 0.7, "seed": 3,
+         "eos_guard": True, "batch_size": 16}
+    ]  # fmt: skip
+    sources = list(iter_split(dpo, "train"))
+    rows = read_parquet(out).to_pylist()
+    expected = []
+    for i, source in enumerate(sources):
+        words = source.prompt[-1]["content"].removeprefix("Reverse the words: ").split()
+        pattern = PATTERNS[i % 4]
+        if all(pattern):
+            continue
+        right = " ".join(reversed(words))
+        assert right == reference_answer("task:reverse", source.prompt) == source.chosen
+        chosen = right  # a sampled right answer is the reversal itself; with none, the reference is too
+        rejected = f"{' '.join(words)} wrong{pattern.index(False)}"
+        expected.append((source.pair_id, chosen, rejected))
+    assert [(r["pair_id"], r["chosen"], r["rejected"]) for r in rows] == expected
+    assert {r["rejection"] for r in rows} == {REJECTION}
+    # by hand: 8 prompts; patterns 0, 1, 3 give pairs (6 of 8); 2 (twice) skips; accepted answers 2 + 3 + 4 + 0 per
+    # cycle = 9 of 16; first wrong draws 1, 3, 1 -> mean 5/3; chosen from samples on patterns 0, 1, the reference on 3
+    assert stats["records_read"] == 8 and stats["records_written"] == 6
+    assert stats["skipped"] == {"no_wrong_answer": 2}
+    assert stats["prompts"] == 8 and stats["samples"] == 4
+    assert stats["answers_accepted"] == 0.5625 and stats["pairs_share"] == 0.75
+    assert stats["mean_draws_to_wrong"] == round(5 / 3, 3)
+    assert stats["chosen_from"] == {"sample": 4, "reference": 2}
+    assert stats["rejections"] == {REJECTION: 6}
+    assert len(stats["examples"]) == 8 and stats["examples"][2]["outcome"] == "no_wrong_answer"
+    assert stats["examples"][0]["accepted"] == PATTERNS[0]
+    assert json.loads((tmp_path / "shard_00000.stats.json").read_text())["pairs_share"] == 0.75
+
+
+def test_without_the_fallback_a_prompt_with_no_right_answer_is_skipped(monkeypatch, tmp_path):
+    tok = bpe_tokenizer()
+    monkeypatch.setattr(eval.generate, "generate", scripted_generate([]))
+    dpo = {**dpo_config("task:reverse", n_train=4), "own_answers": own(reference_fallback=False)}
+    items = own_answer_items(
+        SimpleNamespace(tokenizer=tok), iter_split(dpo, "train"), "task:reverse", dpo["own_answers"], GENERATION,
+        Tally(samples=4),
+    )  # fmt: skip
+    stats = build(dpo, SFT["length"], tok, "train", tmp_path / "s.parquet", items=items)
+    assert stats["skipped"] == {"no_correct_answer": 1, "no_wrong_answer": 1} and stats["records_written"] == 2
+
+
+def test_a_real_models_rejected_answer_is_its_own_first_draw(tmp_path):
+    """On a random tiny model folder (every answer wrong): chosen is the reference, rejected is exactly the text
+    eval.generate gives for the prompt's first draw at the own_answers temperature and seed."""
+    tok = bpe_tokenizer()
+    tok_dir = tmp_path / "tokenizer"
+    tok.save_pretrained(str(tok_dir))
+    model_dir = write_folder(tmp_path / "model", tok_dir, tok)
+    dpo = {**dpo_config("task:reverse", n_train=5), "own_answers": own(samples=3)}
+    config = {"dpo": dpo, "sft": SFT}
+    stats = build_own_pairs(config, model_dir, tok_dir, tmp_path / "pairs" / "shard_00000.parquet")
+    rows = read_parquet(tmp_path / "pairs" / "shard_00000.parquet").to_pylist()
+    assert stats["answers_accepted"] == 0 and stats["chosen_from"] == {"sample": 0, "reference": 5}
+    assert stats["mean_draws_to_wrong"] == 1.0 and len(rows) == 5 and stats["model"] == str(model_dir)
+    trained = load_trained(model_dir, torch.device("cpu"))
+    sources = list(iter_split(dpo, "train"))
+    prompts = [prompt_ids(trained.tokenizer, s.prompt) for s in sources for _ in range(3)]
+    answers = eval.generate.generate(
+        trained, prompts, 8, 4, remasking="low_confidence", temperature=0.7, seed=3, eos_guard=True, batch_size=16
+    )
+    assert [r["rejected"] for r in rows] == [answers[3 * i]["answer"] for i in range(5)]
+    assert [r["chosen"] for r in rows] == [s.chosen for s in sources]
+    # the three draws of a prompt are distinct streams (temperature > 0): not all the same text everywhere
+    assert len({answers[3 * i + j]["answer"] for i in range(5) for j in range(3)}) > 5
+    # own_answers.prompts: only the first prompts are answered
+    few = {**config, "dpo": {**dpo, "own_answers": own(samples=3, prompts=2)}}
+    stats = build_own_pairs(few, model_dir, tok_dir, tmp_path / "few" / "shard_00000.parquet")
+    assert stats["prompts"] == stats["records_read"] == 2
+    assert [r["rejected"] for r in read_parquet(tmp_path / "few" / "shard_00000.parquet").to_pylist()] == [
+        answers[0]["answer"], answers[3]["answer"]
+    ]  # fmt: skip
