@@ -21,6 +21,9 @@ For the held-out preference shard (preprocess/preference.py) and the DPO run's m
     python -m eval.dpo score --run-dir runs/sft/dpo --before-dir runs/sft/sft/model \
         --reference-dir runs/sft/sft/model ...
     python -m eval.dpo table --dpo-metrics runs/{profile}/*/eval/dpo.json --tables results/sft/tables
+
+The table step writes dpo.{md,csv} (one row per run) and dpo_seeds.{md,csv} (one row per kind of run: its pairs,
+loss and round, with the mean and spread of the task score, win rate and reward accuracy over its seeds).
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ import torch
 from common.device import add_device_arguments, device_from_arguments
 from common.io import InputError, open_parquet, write_json
 from common.tasks import check_answer, normalise
+from eval.record import ModelRecord
+from eval.seeds import Runs, summary
 from eval.sft import EXAMPLES, backbone_name, source_of
 from eval.tables import write_run_table
 
@@ -328,6 +333,70 @@ def write_table(rows: list[dict], tables) -> None:
     )
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Over seeds: one row per kind of DPO run
+
+
+def own_round(record: ModelRecord) -> int:
+    """1 for a run on its start's own answers, 1 + the start's round when the start is such a run itself."""
+    start = ModelRecord.read(record.meta["init"])
+    return 1 + (own_round(start) if start.data == "own_pairs" else 0)
+
+
+def dpo_variant(record: ModelRecord) -> str:
+    """A DPO run's row of the over-seeds table: where its pairs came from (dpo.source's, or its start's own answers
+    and the round), its loss and NLL weight; its seed is train.seed."""
+    dpo = record.meta["dpo"]
+    loss = dpo["loss"] + (f" + {dpo['sft_weight']:g} x chosen NELBO" if dpo["sft_weight"] else "")
+    pairs = f"own answers, round {own_round(record)}" if record.data == "own_pairs" else "source pairs"
+    return f"{pairs}; {loss}; beta {dpo['beta']:g}"
+
+
+SEED_METRICS = ("task_score_before", "task_score_after", "win_rate", "reward_accuracy")
+SEED_COLUMNS = [
+    "variant",
+    "n_seeds",
+    "seeds",
+    *(f"{m}_{stat}" for m in SEED_METRICS for stat in ("mean", "sd")),
+    "runs",
+]
+
+
+def seed_rows(paths) -> list[dict]:
+    """One row per dpo_variant: mean and sample sd over seeds of the dpo.json metrics (eval.seeds), in first-seen
+    order."""
+    runs = Runs(variant_of=dpo_variant, variant_keys="dpo, data, init")
+    groups: dict[str, dict] = {}
+    for path in paths:
+        result = json.loads(Path(path).read_text())
+        variant, _, seed = runs.of(path, result)
+        groups.setdefault(variant, {})[seed] = result
+    rows = []
+    for variant, by_seed in groups.items():
+        row = {"variant": variant, "runs": " ".join(by_seed[s]["run"] for s in sorted(by_seed))}
+        for metric in SEED_METRICS:
+            stats = summary({s: r[metric] for s, r in by_seed.items()})
+            row.update(n_seeds=stats["n_seeds"], seeds=stats["seeds"])
+            row[f"{metric}_mean"], row[f"{metric}_sd"] = stats["mean"], stats["sd"]
+        rows.append(row)
+    return rows
+
+
+def write_seed_table(rows: list[dict], tables) -> None:
+    """results/{profile}/tables/dpo_seeds.{md,csv}: one row per kind of DPO run, mean and spread over seeds."""
+    write_run_table(
+        rows,
+        SEED_COLUMNS,
+        tables,
+        "dpo_seeds",
+        [
+            "One row per kind of DPO run (its pairs, loss and round); mean and sample standard deviation over its "
+            "seeds (train.seed; nan for one seed). task_score_before is the run's start: the SFT model for round 1 "
+            "and the source pairs, round 1's DPO model for round 2.",
+        ],
+    )
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m eval.dpo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -352,7 +421,9 @@ def main(argv=None):
     s.add_argument("--batch-size", type=int, required=True)
     add_device_arguments(s)
     s.add_argument("--out", required=True, help="runs/{profile}/{run}/eval/dpo.json")
-    t = sub.add_parser("table", help="results/{profile}/tables/dpo.{md,csv} from the runs' dpo.json")
+    t = sub.add_parser(
+        "table", help="results/{profile}/tables/dpo.{md,csv} and dpo_seeds.{md,csv} from the runs' dpo.json"
+    )
     t.add_argument(
         "--dpo-metrics", nargs="+", required=True, help="runs/{profile}/{run}/eval/dpo.json of every DPO run"
     )
@@ -378,7 +449,9 @@ def main(argv=None):
         print(json.dumps(result, indent=2)[:2000])
         return
     write_table(table_rows(args.dpo_metrics), args.tables)
-    print((Path(args.tables) / "dpo.md").read_text())
+    write_seed_table(seed_rows(args.dpo_metrics), args.tables)
+    for name in ("dpo", "dpo_seeds"):
+        print((Path(args.tables) / f"{name}.md").read_text())
 
 
 if __name__ == "__main__":

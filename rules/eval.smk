@@ -229,10 +229,16 @@ rule evaluate_dpo:
 
 rule dpo_report:
     input:
-        [f"{LAYOUT.run(run)}/eval/dpo.json" for run in PLAN.dpo_runs],
+        metrics=[f"{LAYOUT.run(run)}/eval/dpo.json" for run in PLAN.dpo_runs],
+        # the over-seeds table groups runs by their records (and a round by its start's)
+        models=sorted({f for run in PLAN.dpo_runs for f in PLAN.dpo_model_files(run)}),
     output:
         md=report(f"{TABLES}/dpo.md", category="Tables", labels={"table": "dpo", "format": "md"}),
         csv=report(f"{TABLES}/dpo.csv", category="Tables", labels={"table": "dpo", "format": "csv"}),
+        seeds_md=report(f"{TABLES}/dpo_seeds.md", category="Tables", labels={"table": "dpo_seeds", "format": "md"}),
+        seeds_csv=report(
+            f"{TABLES}/dpo_seeds.csv", category="Tables", labels={"table": "dpo_seeds", "format": "csv"}
+        ),
     log:
         f"logs/report/{PROFILE}-dpo.log",
     benchmark:
@@ -247,7 +253,7 @@ rule dpo_report:
     params:
         tables=lambda w, output: parent_dir(output.md),
     shell:
-        "python -m eval.dpo table --dpo-metrics {input} --tables {params.tables} > {log} 2>&1"
+        "python -m eval.dpo table --dpo-metrics {input.metrics} --tables {params.tables} > {log} 2>&1"
 
 
 # ATAT: the ablation table over every run of objective atat, grouped by importance variant, mean and spread over

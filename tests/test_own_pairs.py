@@ -3,18 +3,21 @@ counted skips, the stats that say what the pairs look like (checked against scri
 real model folder, that a rejected answer is exactly the model's own first refused draw."""
 
 import json
+import math
 from types import SimpleNamespace
 
 import pytest
 import torch
+from test_atat_pipeline import fake_record
 from test_generate import write_folder
 from test_preference_data import dpo_config
 from test_sft_data import bpe_tokenizer
 
 import eval.generate
 from common.chat import prompt_ids
-from common.io import read_parquet
+from common.io import InputError, read_parquet
 from common.tasks import reference_answer
+from eval.dpo import seed_rows, write_seed_table
 from eval.own_pairs import REJECTION, Tally, build_own_pairs, own_answer_items, pair_from_answers
 from eval.trained import load_trained
 from preprocess.preference import Pair, build, iter_split
@@ -172,3 +175,63 @@ def test_a_real_models_rejected_answer_is_its_own_first_draw(tmp_path):
     assert [r["rejected"] for r in read_parquet(tmp_path / "few" / "shard_00000.parquet").to_pylist()] == [
         answers[0]["answer"], answers[3]["answer"]
     ]  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The over-seeds DPO table (eval/dpo.py seed_rows): runs grouped by their pairs, loss and round
+
+
+def fake_dpo_run(root, name, seed, data, init, sft_weight, scores):
+    """runs/{name}/model/config.json as the trainer writes it for a dpo run (the keys read_meta requires and the
+    record's), and its eval/dpo.json with ``scores``; returns the dpo.json path."""
+    folder = root / "runs" / name / "model"
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").touch()
+    meta = {**fake_record(name, "dpo", 3, seed, "mdlm"), "data": data, "init": init}
+    meta["dpo"] = {"loss": "sigmoid", "beta": 0.1, "sft_weight": sft_weight}
+    (folder / "config.json").write_text(json.dumps(meta))
+    (root / "runs" / name / "eval").mkdir()
+    path = root / "runs" / name / "eval" / "dpo.json"
+    result = {"run": name, "provenance": {"settings_digest": f"{name}-digest", "seed": seed, "code_commit": "c0ffee"}}
+    path.write_text(json.dumps({**result, **scores}))
+    return path
+
+
+def scores(before, after, win, acc):
+    return {"task_score_before": before, "task_score_after": after, "win_rate": win, "reward_accuracy": acc}
+
+
+def test_the_seed_table_groups_rounds_and_pairs_with_mean_and_spread(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a record's init is relative to the working directory, as in the DAG
+    sft = tmp_path / "runs" / "sft" / "model"
+    sft.mkdir(parents=True)
+    (sft / "config.json").write_text(json.dumps({**fake_record("sft", "sft", 3, 0, "mdlm"), "data": "sft"}))
+    paths = [
+        fake_dpo_run(tmp_path, "rpo", 0, "preference", "runs/sft/model", 1.0, scores(0.8, 0.7, 0.45, 1.0)),
+        fake_dpo_run(tmp_path, "rpo-s1", 1, "preference", "runs/sft/model", 1.0, scores(0.8, 0.6, 0.40, 0.9)),
+        fake_dpo_run(tmp_path, "own1", 0, "own_pairs", "runs/sft/model", 1.0, scores(0.8, 0.9, 0.60, 0.5)),
+        fake_dpo_run(tmp_path, "own1-s1", 1, "own_pairs", "runs/sft/model", 1.0, scores(0.8, 0.86, 0.55, 0.7)),
+        fake_dpo_run(tmp_path, "own2", 0, "own_pairs", "runs/own1/model", 1.0, scores(0.9, 0.92, 0.51, 0.6)),
+        fake_dpo_run(tmp_path, "plain", 0, "preference", "runs/sft/model", 0.0, scores(0.8, 0.4, 0.3, 0.98)),
+    ]
+    rows = seed_rows([str(p.relative_to(tmp_path)) for p in paths])
+    by = {r["variant"]: r for r in rows}
+    assert list(by) == [
+        "source pairs; sigmoid + 1 x chosen NELBO; beta 0.1",
+        "own answers, round 1; sigmoid + 1 x chosen NELBO; beta 0.1",
+        "own answers, round 2; sigmoid + 1 x chosen NELBO; beta 0.1",
+        "source pairs; sigmoid; beta 0.1",
+    ]
+    rpo, own1, own2 = (by[v] for v in list(by)[:3])
+    assert rpo["n_seeds"] == 2 and rpo["seeds"] == "0 1" and rpo["runs"] == "rpo rpo-s1"
+    assert rpo["task_score_after_mean"] == pytest.approx(0.65)
+    assert rpo["task_score_after_sd"] == pytest.approx(0.1 / math.sqrt(2))  # two seeds: |a - b| / sqrt(2)
+    assert own1["win_rate_mean"] == pytest.approx(0.575) and own1["reward_accuracy_sd"] == pytest.approx(0.2 / 2**0.5)
+    assert own2["n_seeds"] == 1 and math.isnan(own2["task_score_after_sd"]) and own2["runs"] == "own2"
+    write_seed_table(rows, tmp_path / "tables")
+    text = (tmp_path / "tables" / "dpo_seeds.md").read_text()
+    assert "| own answers, round 2; sigmoid + 1 x chosen NELBO; beta 0.1 | 1 | 0 | 0.900 | nan | 0.920 |" in text
+    # two runs of one kind and seed would share a cell: refused, naming both
+    paths.append(fake_dpo_run(tmp_path, "rpo-again", 1, "preference", "runs/sft/model", 1.0, scores(0, 0, 0, 0)))
+    with pytest.raises(InputError, match="rpo-s1 and .*rpo-again"):
+        seed_rows([str(p.relative_to(tmp_path)) for p in paths])
