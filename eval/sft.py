@@ -29,7 +29,7 @@ import torch
 from common.device import add_device_arguments, device_from_arguments
 from common.io import InputError, read_parquet, stats_path, write_json
 from common.tasks import normalise
-from eval.tables import write_run_table
+from eval.tables import seed_summary_lines, write_run_table
 
 EXAMPLES = 5  # generated answers kept in the JSON (with prompt and reference) for people to read
 
@@ -205,7 +205,8 @@ def backbone_name(backbone: dict) -> str:
     if backbone["kind"] == "dit":
         return "dit"
     if backbone.get("name"):
-        return f"masked_lm {backbone['name']}"
+        random = " (random weights)" if backbone.get("weights") == "random" else ""
+        return f"masked_lm {backbone['name']}{random}"
     config = backbone.get("config") or {}
     return f"masked_lm {config.get('model_type', '?')} (from config)"
 
@@ -236,14 +237,23 @@ def table_rows(paths) -> list[dict]:
     return rows
 
 
+SEED_GROUP = ["backbone", "task", "steps_trained"]  # runs that differ only by seed: one line of the summary
+SEED_METRICS = ["em_before", "em_after", "answer_nelbo_before", "answer_nelbo_after"]
+
+
 def write_table(rows: list[dict], tables) -> None:
-    """results/{profile}/tables/sft.{md,csv}: one row per SFT run (EM and answer NELBO before and after)."""
+    """results/{profile}/tables/sft.{md,csv}: one row per SFT run (EM and answer NELBO before and after); the
+    markdown adds, per backbone, task and steps, the mean ± sd of each over the runs' seeds."""
     write_run_table(
         rows,
         TABLE_COLUMNS,
         tables,
         "sft",
         [
+            "Mean ± sd over seeds (sample sd; runs of the same backbone, task and steps trained):",
+            "",
+            *seed_summary_lines(rows, SEED_GROUP, SEED_METRICS),
+            "",
             f"EM: {DEFINITION_EM}.",
             f"Answer NELBO: {DEFINITION_NELBO}. before = the init_from model on the "
             f"same conversations and draws; — = no init_from.",

