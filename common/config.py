@@ -348,23 +348,30 @@ def _check_dpo_loss(config: dict, name: str, source: str) -> None:
         )
 
 
+# backbone.weights of a masked_lm by name: the first is the default (train/backbones.py checks a spec with it)
+MASKED_LM_WEIGHTS = ("pretrained", "random")
+
+
 def run_backbone(config: dict, name: str) -> dict:
     """The network run ``name`` builds (train/backbones.build_backbone), from its keys over the train: section:
-    {kind: dit, model: size} or {kind: masked_lm, name, config}. Two runs whose results are equal build networks
-    with the same parameter names and shapes (the vocabulary is the config's one tokenizer for both), so one can
-    start from the other's weights (init_from)."""
+    {kind: dit, model: size} or {kind: masked_lm, name, config, weights}. Two runs whose results are equal build
+    networks with the same parameter names and shapes (the vocabulary is the config's one tokenizer for both), so
+    one can start from the other's weights (init_from), and their records name the same start (a run on a random
+    MiniLM's weights is not recorded as the pretrained one)."""
     run = config["runs"][name]
     spec = run.get("backbone", config["train"]["backbone"])
     if spec["kind"] == "dit":
         return {"kind": "dit", "model": run.get("model", config["train"]["model"])}
-    return {"kind": spec["kind"], "name": spec.get("name"), "config": spec.get("config")}
+    named = spec.get("name") is not None
+    weights = spec.get("weights", MASKED_LM_WEIGHTS[0]) if named else None
+    return {"kind": spec["kind"], "name": spec.get("name"), "config": spec.get("config"), "weights": weights}
 
 
 def _describe(backbone: dict) -> str:
     if backbone["kind"] == "dit":
         return f"dit (model: {backbone['model']})"
     if backbone.get("name") is not None:
-        return f"masked_lm (name: {backbone['name']})"
+        return f"masked_lm (name: {backbone['name']}, weights: {backbone['weights']})"
     return f"masked_lm (config: {backbone['config']})"
 
 

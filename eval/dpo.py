@@ -22,8 +22,8 @@ For the held-out preference shard (preprocess/preference.py) and the DPO run's m
         --reference-dir runs/sft/sft/model ...
     python -m eval.dpo table --dpo-metrics runs/{profile}/*/eval/dpo.json --tables results/sft/tables
 
-The table step writes dpo.{md,csv} (one row per run) and dpo_seeds.{md,csv} (one row per kind of run: its pairs,
-loss and round, with the mean and spread of the task score, win rate and reward accuracy over its seeds).
+The table (dpo.{md,csv}) has one row per run, with its `variant` (where its pairs came from and the round, its
+loss); the markdown adds the mean ± sd over seeds of the runs of each variant.
 """
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ from common.device import add_device_arguments, device_from_arguments
 from common.io import InputError, open_parquet, write_json
 from common.tasks import check_answer, normalise
 from eval.record import ModelRecord
-from eval.seeds import Runs, summary
+from eval.seeds import Runs
 from eval.sft import EXAMPLES, backbone_name, source_of
-from eval.tables import write_run_table
+from eval.tables import seed_summary_lines, write_run_table
 
 # the preference shard's columns (preprocess/preference.py's PAIR_SCHEMA) this evaluation reads
 PAIR_SHARD_COLUMNS = (
@@ -251,8 +251,31 @@ def evaluate_dpo(
     }
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# The table: one row per run, and the mean over the seeds of each variant
+
+
+def own_round(record: ModelRecord) -> int:
+    """1 for a run on its start's own answers, 1 + the start's round when the start is such a run itself."""
+    start = ModelRecord.read(record.meta["init"])
+    return 1 + (own_round(start) if start.data == "own_pairs" else 0)
+
+
+def dpo_variant(record: ModelRecord) -> str:
+    """What a DPO run is, apart from its seed (train.seed): where its pairs came from (dpo.source's, or its start's
+    own answers and the round), its loss and NLL weight."""
+    dpo = record.meta["dpo"]
+    loss = dpo["loss"] + (f" + {dpo['sft_weight']:g} x chosen NELBO" if dpo["sft_weight"] else "")
+    pairs = f"own answers, round {own_round(record)}" if record.data == "own_pairs" else "source pairs"
+    return f"{pairs}; {loss}; beta {dpo['beta']:g}"
+
+
+SEED_METRICS = ["task_score_before", "task_score_after", "win_rate", "reward_accuracy"]
+
+
 TABLE_COLUMNS = [
     "run",
+    "variant",
     "backbone",
     "source",
     "pairs",
@@ -280,6 +303,9 @@ TABLE_COLUMNS = [
 
 
 def table_rows(paths) -> list[dict]:
+    """One row per dpo.json, with its run's variant (dpo_variant; two runs of one variant and seed are refused:
+    eval.seeds.Runs)."""
+    runs = Runs(variant_of=dpo_variant, variant_keys="dpo, data, init")
     rows = []
     for path in paths:
         result = json.loads(Path(path).read_text())
@@ -287,6 +313,7 @@ def table_rows(paths) -> list[dict]:
         rows.append(
             {
                 "run": result["run"],
+                "variant": runs.of(path, result)[0],
                 "backbone": backbone_name(result["backbone"]),
                 "source": result["source"],
                 "pairs": result.get("pairs", "source"),  # a dpo.json from before own-answer pairs: source pairs
@@ -319,7 +346,8 @@ def table_rows(paths) -> list[dict]:
 
 
 def write_table(rows: list[dict], tables) -> None:
-    """results/{profile}/tables/dpo.{md,csv}: one row per DPO run."""
+    """results/{profile}/tables/dpo.{md,csv}: one row per DPO run; the markdown adds the mean ± sd over seeds per
+    variant."""
     write_run_table(
         rows,
         TABLE_COLUMNS,
@@ -329,70 +357,11 @@ def write_table(rows: list[dict], tables) -> None:
             f"reward_accuracy: {DEFINITION_REWARD}.",
             f"elbo_preference: {DEFINITION_PREFERENCE} (before = the init_from model, after = the DPO model).",
             f"task_score: share of generated answers the judge accepts (temperature 0). win_rate: {DEFINITION_WIN}.",
-        ],
-    )
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Over seeds: one row per kind of DPO run
-
-
-def own_round(record: ModelRecord) -> int:
-    """1 for a run on its start's own answers, 1 + the start's round when the start is such a run itself."""
-    start = ModelRecord.read(record.meta["init"])
-    return 1 + (own_round(start) if start.data == "own_pairs" else 0)
-
-
-def dpo_variant(record: ModelRecord) -> str:
-    """A DPO run's row of the over-seeds table: where its pairs came from (dpo.source's, or its start's own answers
-    and the round), its loss and NLL weight; its seed is train.seed."""
-    dpo = record.meta["dpo"]
-    loss = dpo["loss"] + (f" + {dpo['sft_weight']:g} x chosen NELBO" if dpo["sft_weight"] else "")
-    pairs = f"own answers, round {own_round(record)}" if record.data == "own_pairs" else "source pairs"
-    return f"{pairs}; {loss}; beta {dpo['beta']:g}"
-
-
-SEED_METRICS = ("task_score_before", "task_score_after", "win_rate", "reward_accuracy")
-SEED_COLUMNS = [
-    "variant",
-    "n_seeds",
-    "seeds",
-    *(f"{m}_{stat}" for m in SEED_METRICS for stat in ("mean", "sd")),
-    "runs",
-]
-
-
-def seed_rows(paths) -> list[dict]:
-    """One row per dpo_variant: mean and sample sd over seeds of the dpo.json metrics (eval.seeds), in first-seen
-    order."""
-    runs = Runs(variant_of=dpo_variant, variant_keys="dpo, data, init")
-    groups: dict[str, dict] = {}
-    for path in paths:
-        result = json.loads(Path(path).read_text())
-        variant, _, seed = runs.of(path, result)
-        groups.setdefault(variant, {})[seed] = result
-    rows = []
-    for variant, by_seed in groups.items():
-        row = {"variant": variant, "runs": " ".join(by_seed[s]["run"] for s in sorted(by_seed))}
-        for metric in SEED_METRICS:
-            stats = summary({s: r[metric] for s, r in by_seed.items()})
-            row.update(n_seeds=stats["n_seeds"], seeds=stats["seeds"])
-            row[f"{metric}_mean"], row[f"{metric}_sd"] = stats["mean"], stats["sd"]
-        rows.append(row)
-    return rows
-
-
-def write_seed_table(rows: list[dict], tables) -> None:
-    """results/{profile}/tables/dpo_seeds.{md,csv}: one row per kind of DPO run, mean and spread over seeds."""
-    write_run_table(
-        rows,
-        SEED_COLUMNS,
-        tables,
-        "dpo_seeds",
-        [
-            "One row per kind of DPO run (its pairs, loss and round); mean and sample standard deviation over its "
-            "seeds (train.seed; nan for one seed). task_score_before is the run's start: the SFT model for round 1 "
-            "and the source pairs, round 1's DPO model for round 2.",
+            "",
+            "Mean ± sd over seeds (sample sd) of the runs of each variant; task_score_before is each run's start (the "
+            "SFT model for round 1 and the source pairs, round 1's DPO model for round 2):",
+            "",
+            *seed_summary_lines(rows, ["variant"], SEED_METRICS),
         ],
     )
 
@@ -421,9 +390,7 @@ def main(argv=None):
     s.add_argument("--batch-size", type=int, required=True)
     add_device_arguments(s)
     s.add_argument("--out", required=True, help="runs/{profile}/{run}/eval/dpo.json")
-    t = sub.add_parser(
-        "table", help="results/{profile}/tables/dpo.{md,csv} and dpo_seeds.{md,csv} from the runs' dpo.json"
-    )
+    t = sub.add_parser("table", help="results/{profile}/tables/dpo.{md,csv} from the runs' dpo.json")
     t.add_argument(
         "--dpo-metrics", nargs="+", required=True, help="runs/{profile}/{run}/eval/dpo.json of every DPO run"
     )
@@ -449,9 +416,7 @@ def main(argv=None):
         print(json.dumps(result, indent=2)[:2000])
         return
     write_table(table_rows(args.dpo_metrics), args.tables)
-    write_seed_table(seed_rows(args.dpo_metrics), args.tables)
-    for name in ("dpo", "dpo_seeds"):
-        print((Path(args.tables) / f"{name}.md").read_text())
+    print((Path(args.tables) / "dpo.md").read_text())
 
 
 if __name__ == "__main__":

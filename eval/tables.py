@@ -26,8 +26,7 @@ def cell(value) -> str:
 
 def write_run_table(rows: list[dict], columns: list[str], tables, name: str, notes: list[str]) -> None:
     """{tables}/{name}.csv (all `columns`) and {tables}/{name}.md (the same, digest and commit shortened, then the
-    `notes` lines), each written atomically. A table of groups of runs (a mean over seeds) has no provenance
-    columns: its markdown then shows `columns` as they are."""
+    `notes` lines), each written atomically."""
     tables = Path(tables)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns)
@@ -35,13 +34,11 @@ def write_run_table(rows: list[dict], columns: list[str], tables, name: str, not
     writer.writerows(rows)
     with atomic_path(tables / f"{name}.csv") as tmp:
         tmp.write_text(buffer.getvalue())
-    provenance = set(PROVENANCE) <= set(columns)
-    shown = [c for c in columns if c not in PROVENANCE] + (["digest", "commit"] if provenance else [])
+    shown = [c for c in columns if c not in PROVENANCE] + ["digest", "commit"]
     lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
     for row in rows:
-        cells = [cell(row[c]) for c in columns if c not in PROVENANCE]
-        if provenance:
-            cells += [(row["settings_digest"] or "—")[:8], (row["code_commit"] or "—")[:7]]
+        cells = [cell(row[c]) for c in shown[:-2]]
+        cells += [(row["settings_digest"] or "—")[:8], (row["code_commit"] or "—")[:7]]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", *notes]
     with atomic_path(tables / f"{name}.md") as tmp:

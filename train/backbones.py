@@ -48,6 +48,7 @@ from collections.abc import Mapping
 import torch
 import torch.nn as nn
 
+from common.config import MASKED_LM_WEIGHTS
 from train import fused as fused_ops
 from train.model import DiffusionTransformer, ModelConfig, build_model
 
@@ -56,9 +57,10 @@ SPEC_KEYS = {
     "dit": {"kind", "name", "config", "gradient_checkpointing"},
     "masked_lm": {"kind", "name", "config", "gradient_checkpointing", "weights"},
 }
-# backbone.weights of a masked_lm by name: its checkpoint's weights (the default, first) or the same architecture
-# (AutoConfig of that name) with transformers' own random init, the control that says what pretraining brought
-WEIGHTS = ("pretrained", "random")
+# backbone.weights of a masked_lm by name (common.config.MASKED_LM_WEIGHTS): its checkpoint's weights (the default,
+# first) or the same architecture (AutoConfig of that name) with transformers' own random init, the control that says
+# what pretraining brought
+WEIGHTS = MASKED_LM_WEIGHTS
 # the special token ids of a transformers config; outside the vocabulary they would break (pad_token_id is
 # the embedding's padding_idx) or mislead, so a config-built model drops the defaults that do not fit
 TOKEN_ID_KEYS = ("pad_token_id", "bos_token_id", "eos_token_id", "cls_token_id", "sep_token_id", "mask_token_id")
