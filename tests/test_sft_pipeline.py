@@ -156,6 +156,7 @@ def test_a_dpo_reference_is_an_input_and_a_run_name_is_its_model(sft_run, tmp_pa
     override = tmp_path / "reference.yaml"
     override.write_text(yaml.safe_dump({"dpo": {"reference": "base"}}))
     counts = dry_run_counts(sft_run, (*CONFIGS, override))
-    assert counts == {"train": 7, "evaluate_dpo": 7, "dpo_report": 1}  # every dpo run; no pairs change
+    # every dpo run retrains; round 2's pairs are answers of a round-1 model that retrains, so they are made again
+    assert counts == {"train": 7, "evaluate_dpo": 7, "own_pairs": 2, "dpo_report": 1}
     proc = snakemake(sft_run, "-n", "-p", f"{RUNS}/dpo/model/model.safetensors", configfiles=(*CONFIGS, override))
     assert f"--reference {RUNS}/base/model" in proc.stdout
