@@ -5,8 +5,8 @@ config's runs stay under runs/{profile}/.
 
     workspace          configs/tiny.yaml and the twins that share its data folders (sft, insert)
     recipe_workspace   the cluster recipes' twins (paper, atat, wikihow, atat-wikitext103) and the hub folders they
-                       name (tests/hub_layouts.py), and sft-minilm's (MiniLM's tokenizer): no data folder in common
-                       with tiny's
+                       name (tests/hub_layouts.py), and sft-minilm's (hub/minilm, a tiny MiniLM): no data folder in
+                       common with tiny's
 
 Under `make test` (pytest -n 2 --dist loadgroup) each workspace's tests run on one worker, in order, so its DAG
 fixtures are built once, and the two workspaces fill the two workers side by side with the unit tests.

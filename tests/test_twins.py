@@ -170,4 +170,4 @@ def test_twins_of_cluster_recipes_need_only_the_hub_folders(hub):
         for s in strings(yaml.safe_load((TWINS / f"{name}.yaml").read_text()))
         if s.startswith("hub/")
     }
-    assert named == built == {"gpt2", "gpt2-large", "sedd-small", "mdlm-owt", "wikitext-2", "ptb", "lambada"}
+    assert named == built == {"gpt2", "gpt2-large", "sedd-small", "mdlm-owt", "minilm", "wikitext-2", "ptb", "lambada"}
