@@ -36,7 +36,8 @@ The stats JSON (beside the shard) adds what the pairs look like, beside preferen
     chosen_from             {"sample": n, "reference": n}: where the chosen answers of the pairs made here came
                             from (before build's canvas checks, which may still skip a pair as truncated)
     mean_draws_to_wrong     over prompts with a refused answer, the mean index j (1-based) of the first one
-    examples                up to EXAMPLES prompts: the prompt, the reference, the K answers and their verdicts
+    examples                the prompt, the reference, the K answers, their verdicts and the outcome of up to
+                            EXAMPLES prompts that made a pair and up to 2 of each skip reason, in prompt order
 """
 
 from __future__ import annotations
@@ -144,7 +145,8 @@ def own_answer_items(
                 tally.draws_to_wrong.append(verdicts.index(False) + 1)
             if isinstance(item, Pair):
                 tally.chosen_from["sample" if any(verdicts) else "reference"] += 1
-            if len(tally.examples) < EXAMPLES:
+            outcome = item.reason if isinstance(item, Skipped) else "pair"
+            if sum(e["outcome"] == outcome for e in tally.examples) < (EXAMPLES if outcome == "pair" else 2):
                 tally.examples.append(
                     {
                         "pair_id": pair.pair_id,
@@ -152,7 +154,7 @@ def own_answer_items(
                         "reference": pair.chosen,
                         "answers": texts,
                         "accepted": verdicts,
-                        "outcome": item.reason if isinstance(item, Skipped) else "pair",
+                        "outcome": outcome,
                     }
                 )
             yield item

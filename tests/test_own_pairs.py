@@ -128,7 +128,8 @@ def test_scripted_answers_make_the_pairs_and_the_stats(monkeypatch, tmp_path):
     assert stats["mean_draws_to_wrong"] == round(5 / 3, 3)
     assert stats["chosen_from"] == {"sample": 4, "reference": 2}
     assert stats["rejections"] == {REJECTION: 6}
-    assert len(stats["examples"]) == 8 and stats["examples"][2]["outcome"] == "no_wrong_answer"
+    # every pair (6) and both no_wrong_answer skips, in prompt order (up to 8 pairs and 2 per skip reason)
+    assert [e["outcome"] for e in stats["examples"]] == ["pair", "pair", "no_wrong_answer", "pair"] * 2
     assert stats["examples"][0]["accepted"] == PATTERNS[0]
     assert json.loads((tmp_path / "shard_00000.stats.json").read_text())["pairs_share"] == 0.75
 
