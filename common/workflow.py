@@ -186,13 +186,10 @@ class Plan:
         """The training pairs of a dpo run with pairs: own_answers (rule own_pairs)."""
         return f"{self.layout.own_pairs(run)}/shard_00000.parquet"
 
-    def own_pairs_start(self, run: str) -> str:
-        """The model folder whose answers make a dpo run's own pairs: its start, init_from's folder."""
-        return self.previous_stage(self.train[(run, "model")])
-
     def own_pairs_inputs(self, wildcards) -> dict:
-        """Rule own_pairs: the start model's files (a new start model means new pairs) and the tokenizer."""
-        start = self.own_pairs_start(wildcards.run)
+        """Rule own_pairs: the files of the model whose answers make the pairs, the dpo run's start (dpo_dirs; a new
+        start model means new pairs), and the tokenizer."""
+        start = self.dpo_dirs(wildcards.run)[0]
         return {"model": [f"{start}/{name}" for name in WEIGHTS], "tokenizer": self.layout.tokenizer}
 
     def own_pairs_settings(self) -> dict:

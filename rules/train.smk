@@ -42,7 +42,7 @@ rule own_pairs:
     params:
         config=CONFIG_FILE,
         settings=trigger(PLAN.own_pairs_settings()),
-        model=lambda w: PLAN.own_pairs_start(w.run),
+        model=lambda w: PLAN.dpo_dirs(w.run)[0],
         device=device_arg(config["evaluate"]),
     shell:
         "python -m eval.own_pairs --config {params.config} --model-dir {params.model} --tokenizer {input.tokenizer}"

@@ -57,10 +57,6 @@ SPEC_KEYS = {
     "dit": {"kind", "name", "config", "gradient_checkpointing"},
     "masked_lm": {"kind", "name", "config", "gradient_checkpointing", "weights"},
 }
-# backbone.weights of a masked_lm by name (common.config.MASKED_LM_WEIGHTS): its checkpoint's weights (the default,
-# first) or the same architecture (AutoConfig of that name) with transformers' own random init, the control that says
-# what pretraining brought
-WEIGHTS = MASKED_LM_WEIGHTS
 # the special token ids of a transformers config; outside the vocabulary they would break (pad_token_id is
 # the embedding's padding_idx) or mislead, so a config-built model drops the defaults that do not fit
 TOKEN_ID_KEYS = ("pad_token_id", "bos_token_id", "eos_token_id", "cls_token_id", "sep_token_id", "mask_token_id")
@@ -98,9 +94,11 @@ def check_spec(spec: Mapping | None) -> dict:
         raise ValueError(
             f"backbone.config must be an object with a 'model_type' (e.g. bert, modernbert), got {config!r}"
         )
-    weights = spec.get("weights", WEIGHTS[0] if name is not None else "random")
-    if weights not in WEIGHTS:
-        raise ValueError(f"backbone.weights must be one of {list(WEIGHTS)}, got {weights!r}")
+    # backbone.weights of a masked_lm by name: its checkpoint's weights (the default, first) or the same architecture
+    # (AutoConfig of that name) with transformers' own random init, the control that says what pretraining brought
+    weights = spec.get("weights", MASKED_LM_WEIGHTS[0] if name is not None else "random")
+    if weights not in MASKED_LM_WEIGHTS:
+        raise ValueError(f"backbone.weights must be one of {list(MASKED_LM_WEIGHTS)}, got {weights!r}")
     if config is not None and weights != "random":
         raise ValueError(
             "backbone.weights must be 'random' (or left out) with backbone.config: a network built from "
