@@ -15,6 +15,8 @@ fixtures are built once, and the two workspaces fill the two workers side by sid
 import os
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -60,11 +62,55 @@ def pytest_runtest_setup(item):
         )
 
 
+OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+# what Snakemake's shell adds to the environment of a job of 1 thread with the default tmpdir resource
+# (snakemake/shell.py); the warm interpreter and the tests' `snakemake` calls run in it, so that such jobs match it
+ONE_THREAD_JOB = {
+    **{key: "1" for key in ("OMP_NUM_THREADS", "GOTO_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")},
+    **{key: "1" for key in ("VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")},
+    **{key: tempfile.gettempdir() for key in ("TMPDIR", "TMP", "TEMPDIR", "TEMP")},
+}
+WARM_BIN: list[Path] = []  # the warm interpreter's `python` folder once a DAG workspace has started it (warm_python)
+
+
 def offline_env() -> dict:
-    """The environment of the Makefile's targets: offline, and this venv's executables first on PATH."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    """The environment of the Makefile's targets: offline, and this venv's executables first on PATH (behind the
+    warm interpreter's `python`, tests/warm_python.py, while one runs)."""
+    env = {**os.environ, **OFFLINE}
+    env["PATH"] = os.pathsep.join([*map(str, WARM_BIN), str(Path(sys.executable).parent), env["PATH"]])
     return env
+
+
+def python() -> str:
+    """The interpreter for a test's `python -m` subprocess: the warm one while it runs, else this venv's."""
+    return str(WARM_BIN[0] / "python") if WARM_BIN else sys.executable
+
+
+@pytest.fixture(scope="session")
+def warm_python(tmp_path_factory):
+    """Start tests/warm_python.py for this worker's DAG tests (WARM_PYTHON=0: run every job on a fresh interpreter),
+    and stop it when the session ends."""
+    if os.environ.get("WARM_PYTHON", "1") == "0":
+        yield None
+        return
+    folder = tmp_path_factory.mktemp("warm-python")
+    command = [sys.executable, str(ROOT / "tests" / "warm_python.py"), "--socket", str(folder / "socket")]
+    command += ["--bin", str(folder / "bin"), "--log", str(folder / "plain.log")]
+    with open(folder / "server.log", "w") as log:
+        server = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env={**offline_env(), **ONE_THREAD_JOB}
+        )
+    deadline = time.time() + 600
+    while not (folder / "bin" / "python").exists():  # written once the imports are done, just before it listens
+        if server.poll() is not None or time.time() > deadline:
+            server.kill()
+            pytest.fail(f"tests/warm_python.py did not start: {(folder / 'server.log').read_text()[-3000:]}")
+        time.sleep(0.2)
+    WARM_BIN.append(folder / "bin")
+    yield folder
+    WARM_BIN.clear()
+    server.terminate()
+    server.wait(timeout=30)
 
 
 def twin(name: str) -> tuple[Path, Path]:
@@ -76,7 +122,7 @@ def snakemake(workdir, *args, configfiles=TINY):
     """Snakemake on the tiny config (or ``configfiles``, merged in order) in ``workdir``; on failure, fail the
     test with the run's output and logs."""
     cmd = [
-        sys.executable,
+        python(),
         "-m",
         "snakemake",
         "-s",
@@ -89,7 +135,7 @@ def snakemake(workdir, *args, configfiles=TINY):
         "--configfile",
         *map(str, configfiles),
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=offline_env())
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**offline_env(), **ONE_THREAD_JOB})
     if proc.returncode != 0:
         newest = sorted(Path(workdir, "logs").rglob("*.log"), key=lambda p: p.stat().st_mtime)[-8:]
         logs = "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in newest)
@@ -126,13 +172,13 @@ def dry_run_counts(workdir, configfiles, *targets) -> dict:
 
 
 @pytest.fixture(scope="session")
-def workspace(tmp_path_factory):
+def workspace(tmp_path_factory, warm_python):
     """The working directory of tiny's DAG and of the twins that share its data folders."""
     return tmp_path_factory.mktemp("workspace")
 
 
 @pytest.fixture(scope="session")
-def recipe_workspace(tmp_path_factory):
+def recipe_workspace(tmp_path_factory, warm_python):
     """The working directory of the cluster recipes' twins (module docstring)."""
     return tmp_path_factory.mktemp("recipe-workspace")
 
