@@ -58,8 +58,9 @@ PRELOAD = (
     "snakemake.cli",
 )
 
-# keys a fresh interpreter's imports do not read, which differ from job to job (the shell's, pytest's, Snakemake's)
-PER_JOB = {"PWD", "OLDPWD", "SHLVL", "_", "PATH", "PYTEST_CURRENT_TEST"}
+# keys a fresh interpreter's imports do not read, which differ from job to job (the shell's, pytest's, Snakemake's);
+# PS1 and PS2: a venv's activate exports PS1, and a non-interactive bash (Snakemake's job shell) drops both
+PER_JOB = {"PWD", "OLDPWD", "SHLVL", "_", "PATH", "PS1", "PS2", "PYTEST_CURRENT_TEST"}
 PER_JOB_PREFIXES = ("SNAKEMAKE_",)
 STARTED_WITH = dict(os.environ)  # the environment the preloaded imports read (they add keys of their own to it)
 
