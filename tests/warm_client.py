@@ -41,7 +41,10 @@ def run(real_python: str, socket_path: str) -> None:
     header = struct.pack("!I", len(request))
     socket.send_fds(sock, [header + request], [0, 1, 2])
     pending = bytearray()
-    answer = read_line(sock, pending)
+    try:
+        answer = read_line(sock, pending)
+    except ConnectionError:  # the server failed before starting the job: nothing ran yet
+        answer = "plain"
     if answer == "plain":  # the server cannot serve this environment (it says why in its log)
         sock.close()
         os.execv(real_python, [real_python, *argv])
