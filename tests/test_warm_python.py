@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from warm_python import start
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,13 +44,8 @@ def server(tmp_path_factory):
     (folder / "modules" / "sleeper.py").write_text(SLEEPER)
     (folder / "modules" / "suicide.py").write_text("import os, signal\nos.kill(os.getpid(), signal.SIGTERM)\n")
     env = {**os.environ}
-    command = [sys.executable, str(ROOT / "tests" / "warm_python.py"), "--socket", str(folder / "socket")]
-    command += ["--bin", str(folder / "bin"), "--log", str(folder / "plain.log"), "--preload", "torch"]
-    proc = subprocess.Popen(command, env=env)
-    deadline = time.time() + 120
-    while not (folder / "bin" / "python").exists():  # the client is written once the server listens
-        assert proc.poll() is None and time.time() < deadline, "tests/warm_python.py did not start"
-        time.sleep(0.1)
+    proc = start(folder, folder, env, preload=["torch"], timeout=120)
+    assert proc is not None, (folder / "server.log").read_text()
     yield {"folder": folder, "python": str(folder / "bin" / "python"), "env": env}
     proc.terminate()
     proc.wait(timeout=30)
@@ -130,3 +126,9 @@ def test_other_forms_run_on_the_real_interpreter(server):
     assert done.returncode == 0 and done.stdout.strip() == sys.executable
     missing = run(server["python"], server, "no_such_module", capture_output=True, text=True)
     assert missing.returncode == 1 and "No module named no_such_module" in missing.stderr
+
+
+def test_a_server_that_cannot_start_is_reported_and_leaves_jobs_to_fresh_interpreters(tmp_path):
+    with pytest.warns(UserWarning, match="No module named 'no_such_module'"):
+        assert start(tmp_path, tmp_path, {**os.environ}, preload=["no_such_module"], timeout=60) is None
+    assert not (tmp_path / "bin" / "python").exists()

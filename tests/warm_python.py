@@ -30,10 +30,12 @@ import select
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import threading
 import time
 import traceback
+import warnings
 from pathlib import Path
 
 # imported once here, so that a forked job finds them in sys.modules: what the jobs' entry points import at the top
@@ -224,6 +226,28 @@ def serve(socket_path: Path, bin_dir: Path, log_path: Path, preload=PRELOAD) -> 
             finally:
                 os._exit(0)
         conn.close()
+
+
+def start(folder: Path, socket_dir: Path, env: dict, preload=None, timeout: float = 600):
+    """Start a server for a test session: its client is folder/bin/python, its log folder/server.log, its socket in
+    ``socket_dir`` (keep it short: a Unix socket's path is limited to 107 bytes). The running server, or None, with
+    a warning that quotes its log, when it exits or does not listen within ``timeout`` seconds."""
+    command = [sys.executable, __file__, "--socket", str(socket_dir / "socket"), "--bin", str(folder / "bin")]
+    command += ["--log", str(folder / "plain.log")]
+    if preload is not None:
+        command += ["--preload", *preload]
+    with open(folder / "server.log", "w") as log:
+        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    deadline = time.time() + timeout
+    while not (folder / "bin" / "python").exists():  # written once the imports are done and the socket listens
+        if server.poll() is not None or time.time() > deadline:
+            server.kill()
+            server.wait()
+            log = (folder / "server.log").read_text()[-3000:]
+            warnings.warn(f"tests/warm_python.py did not start; jobs run on fresh interpreters:\n{log}", stacklevel=2)
+            return None
+        time.sleep(0.2)
+    return server
 
 
 def main(argv=None) -> None:
