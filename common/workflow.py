@@ -192,13 +192,19 @@ class Plan:
         start = self.dpo_dirs(wildcards.run)[0]
         return {"model": [f"{start}/{name}" for name in WEIGHTS], "tokenizer": self.layout.tokenizer}
 
-    def own_pairs_settings(self) -> dict:
+    def own_pairs_seed(self, run: str) -> int:
+        """The seed of a dpo run's answer draws: dpo.own_answers.seed + the run's seed, so that the seeds of one round
+        draw their own pairs and their spread covers the sampling of the pairs, not only the training."""
+        return self.config["dpo"]["own_answers"]["seed"] + self.train[(run, "model")].seed
+
+    def own_pairs_settings(self, run: str) -> dict:
         """What rule own_pairs computes from beside its input files: dpo.source's training prompts (the data keys
-        of its train split), dpo.own_answers, and the sft section's canvas length and generation settings."""
+        of its train split), dpo.own_answers with the run's draw seed, and the sft section's canvas length and
+        generation settings."""
         dpo, sft = self.config["dpo"], self.config["sft"]
         return {
             **split_settings(dpo, PREFERENCE_DATA_KEYS, "train"),
-            "own_answers": dpo["own_answers"],
+            "own_answers": {**dpo["own_answers"], "seed": self.own_pairs_seed(run)},
             **{k: sft[k] for k in ("length", "gen_length", "eval_steps", "remasking", "eos_guard")},
         }
 

@@ -171,8 +171,12 @@ def own_answer_items(
         yield from answer(chunk)
 
 
-def build_own_pairs(config: dict, model_dir, tokenizer_dir, out, stats=None, device=torch.device("cpu")) -> dict:
-    """Write the own-answer pairs of ``model_dir`` for the config's dpo.source train prompts; returns the stats."""
+def build_own_pairs(
+    config: dict, model_dir, tokenizer_dir, out, stats=None, device=torch.device("cpu"), seed: int | None = None
+) -> dict:
+    """Write the own-answer pairs of ``model_dir`` for the config's dpo.source train prompts; returns the stats.
+    ``seed``: the draws' seed (rule own_pairs: dpo.own_answers.seed + the dpo run's seed, common.workflow
+    Plan.own_pairs_seed), dpo.own_answers.seed when None."""
     from eval.trained import load_trained
 
     dpo, sft = config["dpo"], config["sft"]
@@ -183,7 +187,7 @@ def build_own_pairs(config: dict, model_dir, tokenizer_dir, out, stats=None, dev
         "remasking": sft["remasking"],
         "eos_guard": sft["eos_guard"],
     }
-    own = dpo["own_answers"]
+    own = {**dpo["own_answers"], "seed": dpo["own_answers"]["seed"] if seed is None else seed}
     tally = Tally(samples=own["samples"])
     source = str(dpo["source"])
     prompts = islice(iter_split(dpo, "train"), own["prompts"])  # None: every one
@@ -192,7 +196,7 @@ def build_own_pairs(config: dict, model_dir, tokenizer_dir, out, stats=None, dev
     def more_stats(pairs_written: int) -> dict:
         return {
             "model": str(model_dir),
-            "generation": {**generation, **dpo["own_answers"]},
+            "generation": {**generation, **own},
             **tally.stats(pairs_written),
         }
 
@@ -209,11 +213,18 @@ def main(argv=None):
     parser.add_argument("--tokenizer", required=True, help="the pipeline's tokenizer folder (the canvases)")
     parser.add_argument("--out", required=True, help="the pair shard (Parquet)")
     parser.add_argument("--stats", help="stats JSON (default: <out>.stats.json beside the shard)")
+    parser.add_argument("--seed", type=int, help="the draws' seed (default: the config's dpo.own_answers.seed)")
     add_device_arguments(parser)
     args = parser.parse_args(argv)
     try:
         stats = build_own_pairs(
-            load_config(args.config), args.model_dir, args.tokenizer, args.out, args.stats, device_from_arguments(args)
+            load_config(args.config),
+            args.model_dir,
+            args.tokenizer,
+            args.out,
+            args.stats,
+            device_from_arguments(args),
+            seed=args.seed,
         )
     except (ConfigError, InputError) as err:
         parser.exit(2, f"eval.own_pairs: error: {err}\n")

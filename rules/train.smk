@@ -41,12 +41,13 @@ rule own_pairs:
         **job_resources(config["evaluate"]),
     params:
         config=CONFIG_FILE,
-        settings=trigger(PLAN.own_pairs_settings()),
+        settings=lambda w: trigger(PLAN.own_pairs_settings(w.run)),
         model=lambda w: PLAN.dpo_dirs(w.run)[0],
+        seed=lambda w: PLAN.own_pairs_seed(w.run),
         device=device_arg(config["evaluate"]),
     shell:
         "python -m eval.own_pairs --config {params.config} --model-dir {params.model} --tokenizer {input.tokenizer}"
-        " --out {output.shard} --stats {output.stats} {params.device} --threads {threads} > {log} 2>&1"
+        " --seed {params.seed} --out {output.shard} --stats {output.stats} {params.device} --threads {threads} > {log} 2>&1"
 
 
 rule train:

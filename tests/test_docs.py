@@ -141,8 +141,10 @@ PROBE = textwrap.dedent('''
         workflow = api.workflow(snakefile=root / "Snakefile", workdir=workdir, resource_settings=ResourceSettings(),
                                 config_settings=ConfigSettings(configfiles=[configfile]))._workflow
         config = workflow.config
-        # the wildcards a settings function reads (annotate: method; sft_data, preference_data: split)
-        wildcards = [types.SimpleNamespace(method=m, split=s)
+        # the wildcards a settings function reads (annotate: method; sft_data, preference_data: split; own_pairs:
+        # run, a dpo run with pairs: own_answers)
+        own = [name for name, run in config["runs"].items() if run.get("pairs") == "own_answers"]
+        wildcards = [types.SimpleNamespace(method=m, split=s, run=own[0] if own else None)
                      for m, s in itertools.product(config["annotate"]["methods"], ["train", "validation"])]
         rules = {}
         for rule in workflow.rules:

@@ -241,3 +241,20 @@ def test_the_table_names_each_runs_variant_and_averages_its_seeds(tmp_path, monk
     paths.append(fake_dpo_run(tmp_path, "rpo-again", 1, "preference", "runs/sft/model", 1.0, scores(0, 0, 0, 0)))
     with pytest.raises(InputError, match="rpo-s1 and .*rpo-again"):
         table_rows([str(p.relative_to(tmp_path)) for p in paths])
+
+
+def test_each_seed_of_a_round_draws_its_own_pairs():
+    """Rule own_pairs draws with dpo.own_answers.seed + the run's seed: the two seeds of round 1 start from the same
+    SFT model yet get different draw seeds, hence different jobs and pairs; a run's seed moves its pairs' seed."""
+    from conftest import merged_config, twin
+
+    from common.workflow import Plan
+
+    config = merged_config(twin("sft"))
+    config["dpo"]["own_answers"]["seed"] = 5
+    plan = Plan(config)
+    assert [plan.own_pairs_seed(run) for run in ("dpo-own-r1", "dpo-own-r1-s1", "dpo-own-r2-s1")] == [5, 6, 6]
+    assert plan.dpo_dirs("dpo-own-r1")[0] == plan.dpo_dirs("dpo-own-r1-s1")[0]  # the same start model
+    first, second = plan.own_pairs_settings("dpo-own-r1"), plan.own_pairs_settings("dpo-own-r1-s1")
+    assert first["own_answers"]["seed"] == 5 and second["own_answers"]["seed"] == 6
+    assert {**first, "own_answers": None} == {**second, "own_answers": None}
