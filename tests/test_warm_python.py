@@ -86,15 +86,20 @@ def test_another_environment_is_served_by_a_fresh_interpreter_and_logged(server)
     assert "environment differs in ['HOME']" in (server["folder"] / "plain.log").read_text()
 
 
-def test_a_forwarded_sigterm_reaches_the_jobs_handler(server, tmp_path):
-    pid_file = tmp_path / "pid"
+def start_sleeper(server, pid_file: Path) -> tuple[subprocess.Popen, int]:
+    """The sleeper module through the warm client: (the client process, the pid the job wrote once it started)."""
     proc = subprocess.Popen(
         [server["python"], "-m", "sleeper", str(pid_file)], cwd=server["folder"] / "modules", env=server["env"]
     )
     deadline = time.time() + 30
-    while not pid_file.exists() and time.time() < deadline:
+    while not (pid_file.exists() and pid_file.read_text()) and time.time() < deadline:
         time.sleep(0.05)
-    assert int(pid_file.read_text()) != proc.pid  # the job is the fork, not the client
+    return proc, int(pid_file.read_text())
+
+
+def test_a_forwarded_sigterm_reaches_the_jobs_handler(server, tmp_path):
+    proc, job = start_sleeper(server, tmp_path / "pid")
+    assert job != proc.pid  # the job is the fork, not the client
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 75
 
@@ -105,14 +110,7 @@ def test_a_job_killed_by_a_signal_is_reported_as_killed(server):
 
 
 def test_a_killed_client_takes_its_job_with_it(server, tmp_path):
-    pid_file = tmp_path / "pid"
-    proc = subprocess.Popen(
-        [server["python"], "-m", "sleeper", str(pid_file)], cwd=server["folder"] / "modules", env=server["env"]
-    )
-    deadline = time.time() + 30
-    while not pid_file.exists() and time.time() < deadline:
-        time.sleep(0.05)
-    job = int(pid_file.read_text())
+    proc, job = start_sleeper(server, tmp_path / "pid")
     proc.kill()
     proc.wait()
     deadline = time.time() + 10

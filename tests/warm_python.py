@@ -7,9 +7,10 @@ about 7 for every KeyBERT job, Snakemake about 1.5 for every `snakemake` call. A
 modules in memory and runs the same module, with the same arguments, working directory, environment and file
 descriptors as the process it stands in for; `python -m` is the only form it serves.
 
-    server   `python tests/warm_python.py --socket S --bin B`: preloads, writes B/python (tests/warm_client.py) and
-             listens on S. Per request it forks a manager, which forks the job, reports the job's pid, waits for it
-             and reports its wait status; if the client goes away first, the manager kills the job.
+    server   `python tests/warm_python.py --socket S --bin B --log L` (started by start()): preloads, writes
+             B/python (tests/warm_client.py) and listens on S. Per request it forks a manager, which forks the job,
+             reports the job's pid, waits for it and reports its wait status; if the client goes away first, the
+             manager kills the job.
     client   B/python: first on the tests' PATH (conftest.offline_env); what it cannot hand over it execs plainly.
 
 What a fresh interpreter would read at start-up must be what the server read: an environment that differs from the
