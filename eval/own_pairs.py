@@ -10,6 +10,9 @@ the task's correct answer for a task source, the record's chosen answer for file
 K = dpo.own_answers.samples answers a_1 .. a_K: eval/generate.py at temperature T = dpo.own_answers.temperature
 with the sft section's gen_length, eval_steps, remasking and eos_guard (the settings evaluate_sft and evaluate_dpo
 answer with), a_j the j-th repeat of x, so each answer has its own seeded stream (eval.generate.prompt_seeds).
+With dpo.own_answers.greedy_first, a_1 is instead the greedy answer (temperature 0: the decoding the task score of
+eval/dpo.py judges) and a_2 .. a_K are the first K - 1 draws at T, so a prompt the model answers wrong when scored
+gives a pair whose rejected answer is that very answer.
 The judge (eval.dpo.judge: the task's check, common/tasks.py, for a task source; else exact match with r after
 whitespace normalisation) accepts or refuses each answer, and
 
@@ -32,6 +35,9 @@ The stats JSON (beside the shard) adds what the pairs look like, beside preferen
     prompts                 prompts answered (source pairs read minus the source's own skips)
     samples                 K
     answers_accepted        share of the K x prompts answers the judge accepts: the start model's accuracy at T
+                            (with greedy_first, its greedy answers counted among them)
+    greedy_accepted         with greedy_first: share of prompts whose greedy answer a_1 the judge accepts (the
+                            start model's task score on these training prompts); else null
     pairs_share             pairs written / prompts
     chosen_from             {"sample": n, "reference": n}: where the chosen answers of the pairs made here came
                             from (before build's canvas checks, which may still skip a pair as truncated)
@@ -70,6 +76,7 @@ class Tally:
     samples: int
     prompts: int = 0
     accepted: int = 0
+    greedy_accepted: int | None = None  # counted only with greedy_first
     chosen_from: Counter = field(default_factory=Counter)
     draws_to_wrong: list[int] = field(default_factory=list)
     examples: list[dict] = field(default_factory=list)
@@ -80,6 +87,11 @@ class Tally:
             "prompts": self.prompts,
             "samples": self.samples,
             "answers_accepted": round(self.accepted / answers, 4) if answers else None,
+            "greedy_accepted": (
+                round(self.greedy_accepted / self.prompts, 4)
+                if self.greedy_accepted is not None and self.prompts
+                else None
+            ),
             "pairs_share": round(pairs_written / self.prompts, 4) if self.prompts else None,
             "chosen_from": {k: self.chosen_from[k] for k in ("sample", "reference")},
             "mean_draws_to_wrong": (
@@ -114,33 +126,42 @@ def own_answer_items(
 ) -> Iterator[Item]:
     """The pairs (and skips) of ``items``' prompts from ``trained``'s answers, PROMPTS_PER_CHUNK prompts at a time.
 
-    ``own`` is dpo.own_answers (samples, temperature, reference_fallback, batch_size, seed); ``generation`` holds
-    gen_length, steps, remasking and eos_guard."""
+    ``own`` is dpo.own_answers (samples, temperature, greedy_first, reference_fallback, batch_size, seed);
+    ``generation`` holds gen_length, steps, remasking and eos_guard."""
     from common.chat import prompt_ids
     from eval.generate import generate
 
     k = own["samples"]
+    greedy_first = own["greedy_first"]
+    drawn = k - 1 if greedy_first else k  # answers sampled at the temperature, per prompt
     chunk: list[Pair] = []
 
-    def answer(chunk: list[Pair]) -> Iterator[Item]:
-        prompts = [prompt_ids(trained.tokenizer, pair.prompt) for pair in chunk for _ in range(k)]
+    def answers_at(prompts: list[list[int]], temperature: float) -> list[str]:
         results = generate(
             trained,
             prompts,
             generation["gen_length"],
             generation["steps"],
             remasking=generation["remasking"],
-            temperature=own["temperature"],
+            temperature=temperature,
             seed=own["seed"],
             eos_guard=generation["eos_guard"],
             batch_size=own["batch_size"],
         )
+        return [r["answer"] for r in results]
+
+    def answer(chunk: list[Pair]) -> Iterator[Item]:
+        prompts = [prompt_ids(trained.tokenizer, pair.prompt) for pair in chunk]
+        greedy = answers_at(prompts, 0.0) if greedy_first else None
+        sampled = answers_at([ids for ids in prompts for _ in range(drawn)], own["temperature"]) if drawn else []
         for i, pair in enumerate(chunk):
-            texts = [r["answer"] for r in results[i * k : (i + 1) * k]]
+            texts = ([greedy[i]] if greedy_first else []) + sampled[i * drawn : (i + 1) * drawn]
             verdicts = [judge(source, pair.prompt, pair.chosen, text) for text in texts]
             item = pair_from_answers(pair, texts, verdicts, own["reference_fallback"])
             tally.prompts += 1
             tally.accepted += sum(verdicts)
+            if greedy_first:
+                tally.greedy_accepted += verdicts[0]
             if not all(verdicts):
                 tally.draws_to_wrong.append(verdicts.index(False) + 1)
             if isinstance(item, Pair):
@@ -188,7 +209,7 @@ def build_own_pairs(
         "eos_guard": sft["eos_guard"],
     }
     own = {**dpo["own_answers"], "seed": dpo["own_answers"]["seed"] if seed is None else seed}
-    tally = Tally(samples=own["samples"])
+    tally = Tally(samples=own["samples"], greedy_accepted=0 if own["greedy_first"] else None)
     source = str(dpo["source"])
     prompts = islice(iter_split(dpo, "train"), own["prompts"])  # None: every one
     items = own_answer_items(trained, prompts, source, own, generation, tally)

@@ -29,7 +29,8 @@ GENERATION = {"gen_length": 8, "steps": 4, "remasking": "low_confidence", "eos_g
 
 def own(**over):
     return {
-        "samples": 4, "prompts": None, "temperature": 0.7, "reference_fallback": True, "batch_size": 16, "seed": 3,
+        "samples": 4, "prompts": None, "temperature": 0.7, "greedy_first": False, "reference_fallback": True,
+        "batch_size": 16, "seed": 3,
         **over,
     }  # fmt: skip
 
@@ -146,6 +147,46 @@ def test_without_the_fallback_a_prompt_with_no_right_answer_is_skipped(monkeypat
     assert stats["skipped"] == {"no_correct_answer": 1, "no_wrong_answer": 1} and stats["records_written"] == 2
 
 
+def test_greedy_first_rejects_the_greedy_answer_the_score_would_judge(monkeypatch, tmp_path):
+    """With greedy_first the first answer of a prompt is its greedy one (one temperature-0 call for the prompts),
+    the other K - 1 are draws at the temperature (one call for prompts x (K - 1)); a wrong greedy answer is the
+    rejected one even when every draw is right, and greedy_accepted counts the greedy answers the judge accepts."""
+    tok = bpe_tokenizer()
+    calls = []
+
+    def generate(trained, prompts, gen_length, steps, **options):
+        calls.append({"n": len(prompts), "temperature": options["temperature"], "seed": options["seed"]})
+        greedy = options["temperature"] == 0
+        out = []
+        for p, ids in enumerate(prompts):
+            words = trained.tokenizer.decode(ids).split("Reverse the words:")[-1].split("<|")[0].split()
+            right = p % 2 == 1 if greedy else True  # greedy wrong on prompts 0 and 2; every draw right
+            out.append({"answer": " ".join(reversed(words)) if right else f"{' '.join(words)} greedy"})
+        return out
+
+    monkeypatch.setattr(eval.generate, "generate", generate)
+    dpo = {**dpo_config("task:reverse", n_train=4), "own_answers": own(greedy_first=True)}
+    tally = Tally(samples=4, greedy_accepted=0)
+    items = own_answer_items(
+        SimpleNamespace(tokenizer=tok), iter_split(dpo, "train"), "task:reverse", dpo["own_answers"], GENERATION, tally
+    )  # fmt: skip
+    out = tmp_path / "shard_00000.parquet"
+    stats = build(dpo, SFT["length"], tok, "train", out, items=items, more_stats=tally.stats)
+    assert calls == [{"n": 4, "temperature": 0.0, "seed": 3}, {"n": 12, "temperature": 0.7, "seed": 3}]
+    sources = list(iter_split(dpo, "train"))
+    expected = []
+    for source in sources[0::2]:
+        words = source.prompt[-1]["content"].removeprefix("Reverse the words: ")
+        expected.append((source.pair_id, source.chosen, f"{words} greedy"))
+    rows = read_parquet(out).to_pylist()
+    assert [(r["pair_id"], r["chosen"], r["rejected"]) for r in rows] == expected
+    # by hand: 4 prompts, greedy right on 2; answers accepted (3 + 4 + 3 + 4) / 16; both pairs' chosen sampled
+    assert stats["greedy_accepted"] == 0.5 and stats["answers_accepted"] == 0.875
+    assert stats["mean_draws_to_wrong"] == 1.0 and stats["chosen_from"] == {"sample": 2, "reference": 0}
+    assert stats["skipped"] == {"no_wrong_answer": 2}
+    assert Tally(samples=4).stats(0)["greedy_accepted"] is None  # without greedy_first: not counted
+
+
 def test_a_real_models_rejected_answer_is_its_own_first_draw(tmp_path):
     """On a random tiny model folder (every answer wrong): chosen is the reference, rejected is exactly the text
     eval.generate gives for the prompt's first draw at the own_answers temperature and seed."""
@@ -176,6 +217,16 @@ def test_a_real_models_rejected_answer_is_its_own_first_draw(tmp_path):
     assert [r["rejected"] for r in read_parquet(tmp_path / "few" / "shard_00000.parquet").to_pylist()] == [
         answers[0]["answer"], answers[3]["answer"]
     ]  # fmt: skip
+    # greedy_first: the rejected answer (every answer is wrong) is the prompt's greedy one, as the task score decodes
+    greedy = {**config, "dpo": {**dpo, "own_answers": own(samples=3, greedy_first=True)}}
+    stats = build_own_pairs(greedy, model_dir, tok_dir, tmp_path / "greedy" / "shard_00000.parquet")
+    greedy_answers = eval.generate.generate(
+        trained, prompts[::3], 8, 4, remasking="low_confidence", temperature=0.0, eos_guard=True, batch_size=16
+    )
+    assert [r["rejected"] for r in read_parquet(tmp_path / "greedy" / "shard_00000.parquet").to_pylist()] == [
+        r["answer"] for r in greedy_answers
+    ]
+    assert stats["greedy_accepted"] == 0 and stats["generation"]["greedy_first"] is True
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -105,6 +105,8 @@ def test_own_answer_pairs_come_from_each_rounds_start_model(sft_run, run, start)
     rows = pq.read_table(shard).to_pylist()
     assert stats["model"] == f"{RUNS}/{start}/model" and stats["samples"] == 4
     assert stats["generation"]["seed"] == (1 if run.endswith("-s1") else 0)  # own_answers.seed 0 + the run's seed
+    # the config's greedy_first: a_1 is the greedy answer; greedy_accepted counts those the judge accepts
+    assert stats["generation"]["greedy_first"] is True and 0 <= stats["greedy_accepted"] <= 1
     assert rows and len(rows) == stats["records_written"] and stats["prompts"] == stats["records_read"] == 48
     assert stats["records_written"] + sum(stats["skipped"].values()) == 48
     assert set(stats["skipped"]) <= {"no_wrong_answer", "truncated"}
