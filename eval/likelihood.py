@@ -274,14 +274,17 @@ def _per_block(values: torch.Tensor, rows: torch.Tensor, batch: int) -> torch.Te
     return torch.zeros(batch, dtype=torch.float64, device=values.device).index_add_(0, rows, values.double())
 
 
-def continuous_nats(trained: Trained, x0, prefix, t: torch.Tensor, masked: torch.Tensor, given=None) -> torch.Tensor:
+def continuous_nats(
+    trained: Trained, x0, prefix, t: torch.Tensor, masked: torch.Tensor, given=None, counted=None
+) -> torch.Tensor:
     """Float64 [B]: G(S, t) = sum over each block's ``masked`` positions of g_i = L_i / lambda(t) (module
     docstring): the training loss terms (train/objectives mdlm_token_loss, sedd_token_loss) with the rate
     sigma'(t) replaced by expm1(sigma_bar(t)), i.e. divided by lambda = sigma' / expm1(sigma_bar):
     MDLM -log p_theta(x0_i | x_t), SEDD expm1(sigma_bar) [sum_y s_y - r log s_x0 + r (log r - 1)].
     t [B] float32 (as training); x_t = x0 with the ``masked`` positions (Bool [B, L]) set to the mask token, the
     prefix clean, the network told sigma_bar(t) and its head run on the masked positions only
-    (train.objectives.masked_forward, as in training); ``given`` (Bool [B, L]): an inserting canvas's given tokens."""
+    (train.objectives.masked_forward, as in training); ``given`` (Bool [B, L]): an inserting canvas's given tokens;
+    ``counted`` (Bool [B, L]): only the terms of these positions are summed (stage_nelbo's counted)."""
     from train.objectives import fused_switch, masked_forward, mdlm_token_loss, sedd_log_score, sedd_token_loss
 
     mask_id = trained.meta["mask_id"]
@@ -296,6 +299,8 @@ def continuous_nats(trained: Trained, x0, prefix, t: torch.Tensor, masked: torch
         x_t = torch.full_like(out.targets, mask_id)  # x_t = m at every masked position
         log_score = sedd_log_score(out.logits, x_t, sigma[rows], mask_id)
         token_loss = sedd_token_loss(log_score, out.targets, sigma[rows], scale[rows], mask_id)
+    if counted is not None:
+        token_loss = token_loss * counted[masked]  # the same order as out.rows: row-major masked positions
     return _per_block(token_loss, rows, len(x0))
 
 
@@ -306,18 +311,19 @@ def step_of_time(t: torch.Tensor, steps: int) -> torch.Tensor:
 
 
 def discrete_nats(
-    trained: Trained, x0, prefix, step: torch.Tensor, masked: torch.Tensor, steps: int, given=None
+    trained: Trained, x0, prefix, step: torch.Tensor, masked: torch.Tensor, steps: int, given=None, counted=None
 ) -> torch.Tensor:
     """Float64 [B]: G_T(S, i) = sum over each block's ``masked`` positions of -log p_theta(x0_j | x_{t_i}) at its
     step i = ``step`` [B] (1..T), the network told sigma_bar(t_i), t_i = i / T (module docstring; the call:
-    train.objectives.masked_forward)."""
+    train.objectives.masked_forward); ``counted`` as in continuous_nats."""
     from train.objectives import masked_forward, subs_nll
 
     t = (step.double() / steps).float()  # float32 as in training
     sigma = trained.noise.total(t.to(x0.device))
     mask_id = trained.meta["mask_id"]
     out = masked_forward(trained.model, x0, prefix, masked, sigma, mask_id, given)
-    return _per_block(subs_nll(out.logits, out.targets, mask_id), out.rows, len(x0))
+    nll = subs_nll(out.logits, out.targets, mask_id)
+    return _per_block(nll if counted is None else nll * counted[masked], out.rows, len(x0))
 
 
 def final_denoising_nats(
@@ -329,11 +335,13 @@ def final_denoising_nats(
     valid: torch.Tensor | None = None,
     given: torch.Tensor | None = None,
     uniform: torch.Tensor | None = None,
+    counted: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Float64 [B], R of each block (module docstring): one x per block with each (non-pad) target token masked
     with probability ``share`` = m0 = move(0) / M, then the sum over its masked positions of -log p_theta(x0_i | x)
     with the network told sigma_bar(0) (Denoiser.x0_log_probs, what the samplers' last step draws from).
-    ``uniform`` [B, L] in [0, 1): the masks' uniforms (u_i < m0), else drawn from ``generator``."""
+    ``uniform`` [B, L] in [0, 1): the masks' uniforms (u_i < m0), else drawn from ``generator``. ``counted``: only
+    these masked positions' terms are summed (the masks are drawn over all valid positions all the same)."""
     if uniform is None:
         uniform = torch.rand(x0.shape, generator=generator)
     masked = uniform.to(x0.device) < share
@@ -345,7 +353,8 @@ def final_denoising_nats(
     told = {} if given is None else {"given": given}
     log_p = trained.denoiser.x0_log_probs(x, sigma, **told)[:, x.shape[1] - x0.shape[1] :]
     nll = -log_p.gather(-1, x0[..., None]).squeeze(-1).double()
-    return torch.where(masked, nll, torch.zeros_like(nll)).sum(1)
+    summed = masked if counted is None else masked & counted
+    return torch.where(summed, nll, torch.zeros_like(nll)).sum(1)
 
 
 def ar_nats(trained: Trained, x0: torch.Tensor, valid: torch.Tensor) -> float:
@@ -365,17 +374,19 @@ def draw_term(
     uniform: torch.Tensor,
     pick: torch.Tensor,
     given: torch.Tensor | None = None,
+    counted: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(Float64 [B], Float64 [B]): one draw's term X = w(S) G(S, t(mu)) per block and its time t(mu) (module
     docstring): mu = m0 + (1 - m0) ``level`` (v [B] in (0, 1]), S = draw_masks(valid, mu, ``uniform`` [B, L],
     ``pick`` [B]), w(S) = (1 - m0) n / |S|. E[X] = D over v ~ U(0, 1], u, i*; the mean of K such terms over the
-    stratified levels is block_nats' estimate of D (eval/harness.py draws its own, shared between choices)."""
+    stratified levels is block_nats' estimate of D (eval/harness.py draws its own, shared between choices).
+    ``counted``: G sums only these positions' terms (stage_nelbo's counted), S and w(S) unchanged."""
     noise = trained.noise
     share = share_of_level(noise, level)  # mu ~ U(m0, 1], stratified
     t = time_of_share(noise, share)
     masked = draw_masks(valid, share, uniform, pick)
     told = {} if given is None else {"given": given}
-    g = continuous_nats(trained, x0, prefix, t.float().to(x0.device), masked, **told)
+    g = continuous_nats(trained, x0, prefix, t.float().to(x0.device), masked, counted=counted, **told)
     return draw_weights(masked, valid, float(mask_share(noise, 0.0))) * g, t
 
 
@@ -389,12 +400,14 @@ def block_nats(
     generator: torch.Generator,
     discrete_steps: int | None = None,
     given: torch.Tensor | None = None,
+    counted: torch.Tensor | None = None,
 ):
     """(Float64 [B], Float64 [B] or None): one estimate per block of D + R (module docstring) from K =
     ``time_samples`` stratified draws and one R draw, and with ``discrete_steps`` = T (mdlm) the discrete-T
     bound's estimate on the same draws. Per draw j: mu_j = m0 + (1 - m0) v_j, t_j = t(mu_j),
     S_j = draw_masks(valid, mu_j, u, pick), term w(S_j) G(S_j, t_j) / K; discrete: step i = ceil(T t_j),
-    S = draw_masks(valid, m(t_i), u, pick) with the same u and pick, term w(S) G_T(S, i) / K."""
+    S = draw_masks(valid, m(t_i), u, pick) with the same u and pick, term w(S) G_T(S, i) / K. ``counted``: every
+    G sums only these positions' terms (stage_nelbo's counted)."""
     noise, device, batch = trained.noise, x0.device, len(x0)
     start = float(mask_share(noise, 0.0))  # m0
     told = {} if given is None else {"given": given}  # the seed's calls exactly when there are none
@@ -403,15 +416,15 @@ def block_nats(
     for v in stratified_levels(batch, time_samples, generator):
         uniform = torch.rand(x0.shape, generator=generator, dtype=torch.float64).to(device)
         pick = torch.rand(batch, generator=generator, dtype=torch.float64)
-        term, t = draw_term(trained, x0, prefix, valid, v, uniform, pick, **told)
+        term, t = draw_term(trained, x0, prefix, valid, v, uniform, pick, counted=counted, **told)
         continuous += term / time_samples
         if discrete is not None:  # the same mu (as its step), u and i*: common random numbers
             step = step_of_time(t, discrete_steps)
             masked_step = draw_masks(valid, mask_share(noise, step.double() / discrete_steps), uniform, pick)
-            g_step = discrete_nats(trained, x0, prefix, step, masked_step, discrete_steps, **told)
+            g_step = discrete_nats(trained, x0, prefix, step, masked_step, discrete_steps, counted=counted, **told)
             discrete += draw_weights(masked_step, valid, start) * g_step / time_samples
     if start > 0:
-        final = final_denoising_nats(trained, x0, prefix, start, generator, valid, **told)
+        final = final_denoising_nats(trained, x0, prefix, start, generator, valid, counted=counted, **told)
         continuous += final
         if discrete is not None:
             discrete += final
@@ -431,6 +444,7 @@ def stage_nelbo(
     discrete_steps: int | None = None,
     scored: torch.Tensor | None = None,
     given: torch.Tensor | None = None,
+    counted: torch.Tensor | None = None,
 ) -> dict:
     """Summed NELBO (nats) and token count of one model over the given blocks (see module docstring; per block
     block_nats); with ``discrete_steps`` = T also the discrete-T bound on the same draws (``nats_discrete`` ... ;
@@ -438,7 +452,11 @@ def stage_nelbo(
     (Bool, the shape of ``target``; SFT: the answer tokens) restricts the same way: only those positions are
     masked and counted, everything else is clean context, so the number is the NELBO of the answers given the
     prompts. ``given`` (Bool, the shape of ``target``; inserting stages): the given tokens, never masked nor
-    counted and told to the network (the infill NELBO, inserting_stage_nelbo)."""
+    counted and told to the network (the infill NELBO, inserting_stage_nelbo). ``counted`` (Bool, the shape of
+    ``target``; SFT: an answer's own tokens and its first EOS, eval.sft.answer_content): the masks are drawn over
+    the scored positions as without it, the same draws, but only the terms of counted positions are summed and only
+    they are counted, so the number is that part of the NELBO per counted token. Masking the rest all the same
+    keeps the answer's length hidden from the network (a clean fill would tell it where the answer ends)."""
     if isinstance(time_samples, bool) or not isinstance(time_samples, int) or time_samples < 1:
         raise ValueError(f"time_samples should be an integer >= 1, got {time_samples!r}")
     if discrete_steps is not None and (
@@ -459,12 +477,21 @@ def stage_nelbo(
         block_given = None if given is None else given[start : start + batch_size].to(device)
         if block_given is not None:
             valid = valid & ~block_given
-        tokens += int(valid.sum())
+        block_counted = None if counted is None else counted[start : start + batch_size].to(device) & valid
+        tokens += int(valid.sum() if block_counted is None else block_counted.sum())
         if trained.is_ar:
-            nats += ar_nats(trained, x0, valid)
+            nats += ar_nats(trained, x0, valid if block_counted is None else block_counted)
             continue
         continuous, discrete_part = block_nats(
-            trained, x0, pre, valid, time_samples, generator, discrete_steps if discrete else None, block_given
+            trained,
+            x0,
+            pre,
+            valid,
+            time_samples,
+            generator,
+            discrete_steps if discrete else None,
+            block_given,
+            counted=block_counted,
         )
         nats += float(continuous.sum())
         if discrete:

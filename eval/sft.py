@@ -10,6 +10,10 @@ For a model folder and the held-out SFT shard (preprocess/sft.py: one row per co
     answer NELBO  the masked-diffusion NELBO of the answer tokens given everything else in the canvas (the
                   prompt, earlier turns), eval/likelihood.stage_nelbo with `scored` = the shard's answer_mask:
                   only answer tokens (and their EOS fill) are masked and counted; nats per answer token
+    content NELBO the part of the same estimate (same draws, same masks over answers and fill) summed over each
+                  answer's own tokens and its first EOS only (answer_content: the fill after that EOS is left
+                  out), nats per such token: what the model has learnt of the answers themselves, which the
+                  answer NELBO hides when the fill is most of the canvas
 
 An SFT run is scored with its own folder (after) and with the folder it started from (`init_from`: before), on
 the same conversations and draws, so the two numbers differ only by the training in between.
@@ -41,6 +45,27 @@ DEFINITION_NELBO = (
     "masked-diffusion NELBO of the answer tokens (answer_mask, EOS fill included) given the rest of "
     "the canvas, nats per answer token (eval/likelihood.stage_nelbo with scored = answer_mask)"
 )
+DEFINITION_CONTENT = (
+    "the answer NELBO's terms over each answer's own tokens and its first EOS (the same draws and masks; the "
+    "EOS fill after it masked but not summed), nats per such token (stage_nelbo with counted = answer_content)"
+)
+
+
+def answer_content(ids: list[list[int]], answer_mask: list[list[int]], eos_id: int) -> torch.Tensor:
+    """Bool [B, L]: in every run of consecutive answer positions (one assistant turn and, for the last, the EOS
+    fill after it), the positions up to and including the run's first EOS; a run without an EOS (cut by the
+    canvas) counts whole."""
+    content = torch.zeros(len(ids), len(ids[0]) if ids else 0, dtype=torch.bool)
+    for row, (tokens, mask) in enumerate(zip(ids, answer_mask)):
+        ended = False  # the current run has had its EOS
+        for i, (token, scored) in enumerate(zip(tokens, mask)):
+            if not scored:
+                ended = False
+                continue
+            if not ended:
+                content[row, i] = True
+                ended = token == eos_id
+    return content
 
 
 def read_conversations(shards, n: int) -> dict:
@@ -93,16 +118,21 @@ def score_model(
     hits = [normalise(a["answer"]) == normalise(ref) for a, ref in zip(answers, conversations["reference"])]
     target = torch.tensor(conversations["ids"], dtype=torch.long)
     scored = torch.tensor(conversations["answer_mask"], dtype=torch.long) > 0
-    nelbo = stage_nelbo(
-        trained,
-        torch.zeros(len(target), 0, dtype=torch.long),
-        target,
-        time_samples,
-        batch_size,
-        seed=0,
-        device=device,
-        desc=f"answer nelbo {Path(model_dir).parent.name}",
-        scored=scored,
+    content = answer_content(conversations["ids"], conversations["answer_mask"], trained.meta["eos_id"])
+    nelbo, content_nelbo = (
+        stage_nelbo(
+            trained,
+            torch.zeros(len(target), 0, dtype=torch.long),
+            target,
+            time_samples,
+            batch_size,
+            seed=0,  # both: the same draws
+            device=device,
+            desc=f"{name} {Path(model_dir).parent.name}",
+            scored=scored,
+            counted=counted,
+        )
+        for name, counted in (("answer nelbo", None), ("content nelbo", content))
     )
     examples = [
         {"prompt": messages[-1]["content"], "reference": ref, "answer": a["answer"], "correct": hit}
@@ -115,6 +145,8 @@ def score_model(
         "n": len(hits),
         "answer_nelbo": nelbo["nelbo"],
         "answer_tokens": nelbo["tokens"],
+        "content_nelbo": content_nelbo["nelbo"],
+        "content_tokens": content_nelbo["tokens"],
         "network_calls_per_answer": sum(a["network_calls"] for a in answers) / len(answers),
         "steps_trained": record.steps,
         "examples": examples[:EXAMPLES],
@@ -166,7 +198,11 @@ def evaluate_sft(
         "settings": settings,
         "after": after,
         "before": before,
-        "definitions": {"exact_match": DEFINITION_EM, "answer_nelbo": DEFINITION_NELBO},
+        "definitions": {
+            "exact_match": DEFINITION_EM,
+            "answer_nelbo": DEFINITION_NELBO,
+            "content_nelbo": DEFINITION_CONTENT,
+        },
         "steps_trained": after["steps_trained"],
     }
 
@@ -189,6 +225,8 @@ TABLE_COLUMNS = [
     "em_after",
     "answer_nelbo_before",
     "answer_nelbo_after",
+    "content_nelbo_before",
+    "content_nelbo_after",
     "n",
     "remasking",
     "eval_steps",
@@ -227,6 +265,9 @@ def table_rows(paths) -> list[dict]:
                 "em_after": after["exact_match"],
                 "answer_nelbo_before": None if before is None else before["answer_nelbo"],
                 "answer_nelbo_after": after["answer_nelbo"],
+                # absent from an sft.json written before the content NELBO was scored
+                "content_nelbo_before": None if before is None else before.get("content_nelbo"),
+                "content_nelbo_after": after.get("content_nelbo"),
                 "n": settings["n"],
                 "remasking": settings["remasking"],
                 "eval_steps": settings["steps"],
@@ -238,7 +279,14 @@ def table_rows(paths) -> list[dict]:
 
 
 SEED_GROUP = ["backbone", "task", "steps_trained"]  # runs that differ only by seed: one line of the summary
-SEED_METRICS = ["em_before", "em_after", "answer_nelbo_before", "answer_nelbo_after"]
+SEED_METRICS = [
+    "em_before",
+    "em_after",
+    "answer_nelbo_before",
+    "answer_nelbo_after",
+    "content_nelbo_before",
+    "content_nelbo_after",
+]
 
 
 def write_table(rows: list[dict], tables) -> None:
@@ -257,6 +305,7 @@ def write_table(rows: list[dict], tables) -> None:
             f"EM: {DEFINITION_EM}.",
             f"Answer NELBO: {DEFINITION_NELBO}. before = the init_from model on the "
             f"same conversations and draws; — = no init_from.",
+            f"Content NELBO: {DEFINITION_CONTENT}.",
         ],
     )
 

@@ -786,3 +786,35 @@ def test_terms_and_estimates_equal_the_code_before_masked_forward(objective, noi
     (blocks0, stage0), (blocks1, stage1) = results
     assert torch.equal(blocks0[0], blocks1[0]) and (steps is None or torch.equal(blocks0[1], blocks1[1]))
     assert stage0 == stage1
+
+
+# -- counted: a part of the same estimate (the SFT content NELBO, eval/sft.answer_content) ------------------------
+
+
+@pytest.mark.parametrize("noise_spec", SCHEDULES)
+def test_counted_parts_of_one_estimate_add_up_to_it(noise_spec):
+    """stage_nelbo with ``counted`` = C and with its complement (within the scored positions) sums the terms of the
+    same draws and masks: the two parts' nats add up to the whole estimate's, their tokens to its tokens, for the
+    continuous and the discrete bound, under every schedule (the geometric one has the t = 0 term); counted = the
+    scored positions gives the whole estimate exactly. The masks do not depend on C: a part is not the NELBO of
+    C alone with the rest clean (which would differ)."""
+    model = tiny_network()
+    trained = as_trained(model, noise_spec=noise_spec, target_len=6)
+    target = torch.randint(0, MASK, (5, 6), generator=torch.Generator().manual_seed(1))
+    scored = torch.rand(5, 6, generator=torch.Generator().manual_seed(2)) < 0.8
+    scored[:, 0] = True  # every row scores something
+    part = torch.rand(5, 6, generator=torch.Generator().manual_seed(3)) < 0.5
+    empty = torch.zeros(5, 0, dtype=torch.long)
+
+    def nelbo(**kw):
+        return stage_nelbo(trained, empty, target, 3, 2, seed=7, discrete_steps=9, scored=scored, **kw)
+
+    whole, one, rest = nelbo(), nelbo(counted=part), nelbo(counted=~part)
+    assert one["tokens"] == int((part & scored).sum()) and one["tokens"] + rest["tokens"] == whole["tokens"]
+    assert 0 < one["tokens"] < whole["tokens"]
+    for key in ("nats", "nats_discrete"):
+        assert one[key] + rest[key] == pytest.approx(whole[key], rel=1e-9)
+        assert 0 < one[key] < whole[key]
+    assert nelbo(counted=scored)["nats"] == whole["nats"]
+    alone = stage_nelbo(trained, empty, target, 3, 2, seed=7, scored=scored & part)
+    assert alone["tokens"] == one["tokens"] and alone["nats"] != pytest.approx(one["nats"], rel=1e-6)

@@ -123,7 +123,7 @@ def test_the_sft_table_has_each_backbone_and_seed_at_equal_steps(minilm):
 def test_the_seed_summary_gives_mean_and_sample_sd_per_group(tmp_path):
     from eval.sft import write_table
 
-    def row(run, backbone, seed, em, nelbo):
+    def row(run, backbone, seed, em, nelbo, content=None):
         return {
             "run": run,
             "backbone": backbone,
@@ -134,6 +134,8 @@ def test_the_seed_summary_gives_mean_and_sample_sd_per_group(tmp_path):
             "em_after": em,
             "answer_nelbo_before": None,
             "answer_nelbo_after": nelbo,
+            "content_nelbo_before": None,
+            "content_nelbo_after": content,
             "n": 10,
             "remasking": "low_confidence",
             "eval_steps": 8,
@@ -143,11 +145,19 @@ def test_the_seed_summary_gives_mean_and_sample_sd_per_group(tmp_path):
             "code_commit": "0123456789",
         }
 
-    rows = [row("a-s0", "dit", 0, 0.5, 1.0), row("a-s1", "dit", 1, 0.7, 2.0), row("b-s0", "masked_lm x", 0, 0.2, 3.0)]
+    rows = [
+        row("a-s0", "dit", 0, 0.5, 1.0, 4.0),
+        row("a-s1", "dit", 1, 0.7, 2.0, 6.0),
+        row("b-s0", "masked_lm x", 0, 0.2, 3.0, 5.0),
+    ]
     write_table(rows, tmp_path)
     lines = (tmp_path / "sft.md").read_text().split("Mean ± sd")[1].splitlines()
     sd = torch.tensor([1.0, 2.0]).std().item()  # sample sd, n - 1: 0.707
-    assert f"| dit | task:reverse | 100 | 0 1 | 0.000 ± 0.000 | 0.600 ± 0.141 | — | 1.500 ± {sd:.3f} |" in lines
-    assert "| masked_lm x | task:reverse | 100 | 0 | 0.000 | 0.200 | — | 3.000 |" in lines
+    content_sd = 2 * sd  # 4 and 6
+    assert (
+        f"| dit | task:reverse | 100 | 0 1 | 0.000 ± 0.000 | 0.600 ± 0.141 | — | 1.500 ± {sd:.3f} | — "
+        f"| 5.000 ± {content_sd:.3f} |"
+    ) in lines
+    assert "| masked_lm x | task:reverse | 100 | 0 | 0.000 | 0.200 | — | 3.000 | — | 5.000 |" in lines
     with open(tmp_path / "sft.csv") as f:
         assert [r["run"] for r in csv.DictReader(f)] == ["a-s0", "a-s1", "b-s0"]  # the csv stays one row per run

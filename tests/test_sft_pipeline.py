@@ -51,9 +51,32 @@ def test_both_backbones_fine_tune_from_their_init_and_generate(sft_run, run, ini
         scored = result[side]
         assert scored["n"] == result["settings"]["n"] > 0 and scored["answer_tokens"] > 0
         assert 0.0 <= scored["exact_match"] <= 1.0 and scored["answer_nelbo"] > 0
+        # the content part: each answer and its first EOS, fewer tokens than answers and fill
+        assert 0 < scored["content_tokens"] < scored["answer_tokens"] and scored["content_nelbo"] > 0
         assert scored["examples"] and all("answer" in e and "reference" in e for e in scored["examples"])
         assert 0 < scored["network_calls_per_answer"] <= result["settings"]["steps"]
     assert result["before"]["model_dir"] == f"{RUNS}/{init}/model"
+
+
+def test_content_positions_are_each_answer_and_its_first_eos():
+    """answer_content by hand: two assistant turns (answer mask 1) between prompt tokens; the first ends with its
+    EOS, the second with its EOS and the fill after it; a run cut by the canvas (no EOS) counts whole."""
+    from eval.sft import answer_content
+
+    eos = 9
+    ids = [
+        [1, 2, 5, 6, eos, 3, 7, eos, eos, eos],
+        [1, 5, 6, 7, 8, 6, 5, 7, 8, 6],
+    ]
+    mask = [
+        [0, 0, 1, 1, 1, 0, 1, 1, 1, 1],
+        [0, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+    ]
+    got = answer_content(ids, mask, eos).int().tolist()
+    assert got == [
+        [0, 0, 1, 1, 1, 0, 1, 1, 0, 0],
+        [0, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+    ]
 
 
 def test_sft_table_has_a_row_per_sft_run(sft_run):
@@ -63,6 +86,7 @@ def test_sft_table_has_a_row_per_sft_run(sft_run):
         result = json.loads((sft_run / RUNS / row["run"] / "eval" / "sft.json").read_text())
         assert float(row["em_after"]) == result["after"]["exact_match"]
         assert float(row["answer_nelbo_before"]) == result["before"]["answer_nelbo"]
+        assert float(row["content_nelbo_after"]) == result["after"]["content_nelbo"]
         assert row["task"] == "task:reverse" and row["settings_digest"]
     assert "masked_lm bert" in (sft_run / "results" / "sft-twin" / "tables" / "sft.md").read_text()
 
