@@ -725,8 +725,9 @@ def reference_masked_logits(trained, x0, prefix, sigma, masked):
     return logits, x_t, masked.nonzero(as_tuple=True)[0]
 
 
-def reference_continuous_nats(trained, x0, prefix, t, masked):
-    """continuous_nats before masked_forward (commit 3d2f6b2), verbatim."""
+def reference_continuous_nats(trained, x0, prefix, t, masked, counted=None):
+    """continuous_nats before masked_forward (commit 3d2f6b2), verbatim (it had no ``counted``: called with None)."""
+    assert counted is None
     mask_id = trained.meta["mask_id"]
     sigma = trained.noise.total(t)
     scale = torch.expm1(sigma)
@@ -740,8 +741,9 @@ def reference_continuous_nats(trained, x0, prefix, t, masked):
     return likelihood._per_block(token_loss, rows, len(x0))
 
 
-def reference_discrete_nats(trained, x0, prefix, step, masked, steps):
-    """discrete_nats before masked_forward (commit 3d2f6b2), verbatim."""
+def reference_discrete_nats(trained, x0, prefix, step, masked, steps, counted=None):
+    """discrete_nats before masked_forward (commit 3d2f6b2), verbatim (it had no ``counted``: called with None)."""
+    assert counted is None
     t = (step.double() / steps).float()
     sigma = trained.noise.total(t.to(x0.device))
     logits, _, rows = reference_masked_logits(trained, x0, prefix, sigma, masked)
