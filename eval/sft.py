@@ -215,18 +215,22 @@ def source_of(shards) -> str | None:
         return None
 
 
-TABLE_COLUMNS = [
-    "run",
-    "backbone",
-    "task",
-    "init_from",
-    "steps_trained",
+# what each SFT run scores, before and after: a column of the table and a mean ± sd over seeds in its summary
+SEED_METRICS = [
     "em_before",
     "em_after",
     "answer_nelbo_before",
     "answer_nelbo_after",
     "content_nelbo_before",
     "content_nelbo_after",
+]
+TABLE_COLUMNS = [
+    "run",
+    "backbone",
+    "task",
+    "init_from",
+    "steps_trained",
+    *SEED_METRICS,
     "n",
     "remasking",
     "eval_steps",
@@ -279,14 +283,6 @@ def table_rows(paths) -> list[dict]:
 
 
 SEED_GROUP = ["backbone", "task", "steps_trained"]  # runs that differ only by seed: one line of the summary
-SEED_METRICS = [
-    "em_before",
-    "em_after",
-    "answer_nelbo_before",
-    "answer_nelbo_after",
-    "content_nelbo_before",
-    "content_nelbo_after",
-]
 
 
 def write_table(rows: list[dict], tables) -> None:
