@@ -35,7 +35,8 @@ def test_every_dependency_is_pinned_and_torch_is_pinned_by_the_makefile():
     unpinned = [name for name in project_requirements() if name not in pinned and name != "torch"]
     assert not unpinned, f"constraints.txt has no version for {unpinned}"
     makefile = (ROOT / "Makefile").read_text()
-    assert "pip install --quiet torch==2.13.0" in makefile and "-c constraints.txt" in makefile
+    assert "pip install --quiet torch==2.13.0" in makefile
+    assert "uv pip install" in makefile and "-c constraints.txt -e '.[test]'" in makefile
 
 
 def test_this_environment_holds_the_pinned_versions():
