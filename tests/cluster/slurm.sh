@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # A real, single-node SLURM cluster on localhost, for testing the pipeline's SLURM profile.
 #
+#   tests/cluster/slurm.sh install install the Debian packages where missing (what `up` does first; .ci/run
+#                                  starts it at the beginning, beside the Python install and the tests)
 #   tests/cluster/slurm.sh up      install (Debian) where missing, write configs, start daemons, wait for idle
 #   tests/cluster/slurm.sh down    stop every daemon this script started, by pid (reverse order)
 #   tests/cluster/slurm.sh status  the daemons we started, and sinfo
@@ -291,8 +293,9 @@ status() {
 }
 
 case ${1:-} in
+install) mkdir -p "$DIR" && install_packages ;;
 up) up ;;
 down) down ;;
 status) status ;;
-*) echo "usage: $0 up|down|status   (state in \$CASCADE_SLURM_DIR, default /tmp/cascade-slurm)" >&2; exit 2 ;;
+*) echo "usage: $0 install|up|down|status   (state in \$CASCADE_SLURM_DIR, default /tmp/cascade-slurm)" >&2; exit 2 ;;
 esac
