@@ -11,7 +11,7 @@ import json
 
 import pytest
 import torch
-from conftest import snakemake, twin
+from conftest import merged_config, snakemake, twin
 
 CONFIGS = twin("sft-minilm")
 RUNS = "runs/sft-minilm-twin"
@@ -118,6 +118,24 @@ def test_the_sft_table_has_each_backbone_and_seed_at_equal_steps(minilm):
     summary = (minilm / "results" / "sft-minilm-twin" / "tables" / "sft.md").read_text().split("Mean ± sd")[1]
     for backbone in BACKBONES.values():
         assert f"| {backbone} | task:reverse | 3 | 0 1 |" in summary
+
+
+@pytest.mark.parametrize("configfiles", [CONFIGS[:1], CONFIGS], ids=["recipe", "twin"])
+def test_every_backbone_and_seed_trains_at_equal_steps_and_batch(configfiles):
+    """The comparison's premise, in the recipe and its twin: every base run the same steps and batch, every SFT run
+    the same steps and batch (the SFT runs set their own max_steps, the twin's override included), and the recipe's
+    SFT reads each training conversation once (n_train = steps x batch)."""
+    from common.workflow import Plan
+
+    config = merged_config(configfiles)
+    plan = Plan(config)
+    for kind in ("base", "sft"):
+        jobs = [plan.train[(f"{prefix}-{kind}-s{seed}", "model")] for prefix in BACKBONES for seed in SEEDS]
+        settings = {(job.max_steps, job.global_batch_size) for job in jobs}
+        assert len(settings) == 1, (kind, settings)
+    ((steps, batch),) = settings  # the SFT runs'
+    if configfiles == CONFIGS[:1]:
+        assert config["sft"]["n_train"] == steps * batch
 
 
 def test_the_seed_summary_gives_mean_and_sample_sd_per_group(tmp_path):
