@@ -129,11 +129,12 @@ def test_every_backbone_and_seed_trains_at_equal_steps_and_batch(configfiles):
 
     config = merged_config(configfiles)
     plan = Plan(config)
+    settings = {}  # kind -> {(max_steps, global_batch_size)} over its runs
     for kind in ("base", "sft"):
         jobs = [plan.train[(f"{prefix}-{kind}-s{seed}", "model")] for prefix in BACKBONES for seed in SEEDS]
-        settings = {(job.max_steps, job.global_batch_size) for job in jobs}
-        assert len(settings) == 1, (kind, settings)
-    ((steps, batch),) = settings  # the SFT runs'
+        settings[kind] = {(job.max_steps, job.global_batch_size) for job in jobs}
+        assert len(settings[kind]) == 1, (kind, settings[kind])
+    ((steps, batch),) = settings["sft"]
     if configfiles == CONFIGS[:1]:
         assert config["sft"]["n_train"] == steps * batch
 
